@@ -1,0 +1,109 @@
+//! The entry point of re-executed worker processes.
+
+use super::{run_worker, sys, Transport, LINK_FD_VAR};
+use crate::protocol::read_frame_blocking;
+use crate::runtime::Runtime;
+use crate::worker::{exit_code, rejection, Handshake, Worker, HELLO_LIMIT};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+/// A worker type that a re-executed process can run, found by its [`Worker::name`].
+///
+/// Adapters build these for their runtime (`looppool_tokio::worker::<W>()`); a program lists
+/// the worker types it uses in one call to [`init`].
+#[derive(Clone, Copy)]
+pub struct Entry {
+    name: fn() -> &'static str,
+    run: fn(Arc<dyn Runtime>, UnixStream, Handshake) -> i32,
+    runtime: fn() -> Arc<dyn Runtime>,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry").field("name", &(self.name)()).finish()
+    }
+}
+
+impl Entry {
+    /// Worker type `W`, run on the runtime `runtime` builds in the worker process.
+    pub fn new<W: Worker>(runtime: fn() -> Arc<dyn Runtime>) -> Self {
+        Entry {
+            name: W::name,
+            run: |rt, stream, hs| run_worker::<W>(rt, Transport::Unix(stream), Some(hs)),
+            runtime,
+        }
+    }
+
+    /// The worker name this entry answers to.
+    pub fn name(&self) -> &'static str {
+        (self.name)()
+    }
+}
+
+/// Turns this process into a worker if it was started as one; otherwise returns at once.
+///
+/// Call it first thing in `main`, before anything with side effects, listing every worker
+/// type the program starts pools of:
+///
+/// ```no_run
+/// # use looppool_core::{async_trait, BoxError, Context, Worker};
+/// # struct Doubler;
+/// # #[async_trait(?Send)]
+/// # impl Worker for Doubler {
+/// #     type Task = u64;
+/// #     type Output = u64;
+/// #     async fn init(_: &Context<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
+/// #     async fn process(&self, _: u64, _: &Context<u64>) -> Result<(), BoxError> { Ok(()) }
+/// # }
+/// # fn tokio_runtime() -> std::sync::Arc<dyn looppool_core::Runtime> { unimplemented!() }
+/// fn main() {
+///     looppool_core::init(&[looppool_core::Entry::new::<Doubler>(tokio_runtime)]);
+///     // ... the parent's program ...
+/// }
+/// ```
+///
+/// In a worker process this reads the handshake, runs the matching worker on a fresh runtime
+/// until its pool stops it or its parent dies, and exits the process. It never returns there.
+pub fn init(entries: &[Entry]) {
+    let Some(fd) = std::env::var_os(LINK_FD_VAR) else {
+        return;
+    };
+    // Programs this worker starts must not believe they are workers too.
+    std::env::remove_var(LINK_FD_VAR);
+    let code = match fd.to_str().and_then(|s| s.parse().ok()).and_then(sys::adopt_link_fd) {
+        Some(stream) => run_entry(entries, stream),
+        None => {
+            eprintln!("looppool: {LINK_FD_VAR}={fd:?} does not name an inherited socket");
+            exit_code::HANDSHAKE
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run_entry(entries: &[Entry], mut stream: UnixStream) -> i32 {
+    let handshake = read_frame_blocking(&mut stream, HELLO_LIMIT)
+        .map_err(|e| format!("cannot read the handshake: {e}"))
+        .and_then(|body| Handshake::decode(&body));
+    let handshake = handshake.and_then(|hs| {
+        match entries.iter().find(|e| e.name() == hs.worker_name) {
+            Some(entry) => Ok((hs, entry)),
+            None => {
+                let known: Vec<_> = entries.iter().map(Entry::name).collect();
+                Err(format!(
+                    "worker type `{}` is not registered in this executable's looppool init() \
+                     (registered: {known:?})",
+                    hs.worker_name
+                ))
+            }
+        }
+    });
+    match handshake {
+        Ok((hs, entry)) => (entry.run)((entry.runtime)(), stream, hs),
+        Err(reason) => {
+            let _ = stream.write_all(&rejection(&reason));
+            eprintln!("looppool worker: {reason}");
+            exit_code::HANDSHAKE
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Starting worker processes (or threads) and handing back their transports.
+//!
+//! - [`StartMethod::ReExec`] (the default) runs the current executable again; its `main` calls
+//!   [`init`](crate::init) first thing, which recognises the worker process and never returns.
+//!   Safe from any state of the parent, threads and runtimes included.
+//! - [`StartMethod::Fork`] forks the parent, so workers see everything it prepared before the
+//!   pool started, without serialising it. Only sound while the process has one thread, which
+//!   is checked: otherwise the start fails with [`Error::ForkUnsafe`](crate::Error::ForkUnsafe).
+//! - [`StartMethod::Thread`] runs each worker on a thread of the parent over an in-memory pipe:
+//!   no isolation, for tests and for environments that forbid processes.
+
+mod child;
+mod entry;
+mod sys;
+
+pub(crate) use child::{Killer, Process, Reaper};
+pub use entry::{init, Entry};
+
+use crate::error::{Error, Exit};
+use crate::pipe::{duplex, PipeEnd};
+use crate::runtime::{BoxIo, Runtime};
+use crate::worker::{serve, Handshake, Worker};
+use futures_channel::oneshot;
+use std::cell::Cell;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use sys::ChildSetup;
+
+/// The environment variable that tells a re-executed process which descriptor is its link.
+pub(crate) const LINK_FD_VAR: &str = "LOOPPOOL_WORKER_FD";
+
+/// How worker processes are started. See the [module docs](self) for the trade-offs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StartMethod {
+    /// Run the current executable again (its `main` must call [`init`](crate::init) first).
+    #[default]
+    ReExec,
+    /// Fork the parent; refused unless the process has exactly one thread.
+    Fork,
+    /// Threads of the parent over in-memory pipes; no process isolation.
+    Thread,
+}
+
+/// A worker's link as launched, before the parent's runtime wraps it.
+pub(crate) enum Transport {
+    Unix(UnixStream),
+    Pipe(PipeEnd),
+}
+
+impl Transport {
+    pub(crate) fn into_io(self, runtime: &dyn Runtime) -> io::Result<BoxIo> {
+        match self {
+            Transport::Unix(s) => {
+                s.set_nonblocking(true)?;
+                runtime.wrap_unix(s)
+            }
+            Transport::Pipe(p) => Ok(Box::new(p)),
+        }
+    }
+}
+
+/// One launched worker.
+pub(crate) struct Launched {
+    pub(crate) transport: Transport,
+    pub(crate) killer: Killer,
+    pub(crate) reaper: Reaper,
+}
+
+/// What every launch needs to know.
+#[derive(Debug, Clone)]
+pub(crate) struct LaunchOptions {
+    pub(crate) pool_name: String,
+    pub(crate) ignore_signals: bool,
+    pub(crate) worker_runtime: Arc<dyn Runtime>,
+}
+
+impl LaunchOptions {
+    fn title(&self, worker: usize) -> String {
+        format!("looppool: {} worker {worker}", self.pool_name)
+    }
+
+    fn setup(&self, worker: usize, inherit_fd: Option<i32>) -> ChildSetup {
+        let mut comm = format!("lp-{}-{worker}", self.pool_name).into_bytes();
+        comm.retain(|&b| b != 0);
+        comm.truncate(15);
+        ChildSetup {
+            parent: nix::unistd::getpid(),
+            ignore_signals: self.ignore_signals,
+            comm: CString::new(comm).expect("NUL bytes were removed"),
+            inherit_fd,
+        }
+    }
+}
+
+/// Launches workers `0..n` of type `W`.
+pub(crate) async fn launch_all<W: Worker>(method: StartMethod, n: usize, opts: &LaunchOptions) -> Result<Vec<Launched>, Error> {
+    match method {
+        StartMethod::ReExec => {
+            let mut launched = Vec::with_capacity(n);
+            for worker in 0..n {
+                match reexec(worker, opts).await {
+                    Ok(l) => launched.push(l),
+                    Err(source) => {
+                        kill_all(&launched);
+                        return Err(Error::Launch { worker, source });
+                    }
+                }
+            }
+            Ok(launched)
+        }
+        StartMethod::Fork => fork_all::<W>(n, opts),
+        StartMethod::Thread => (0..n)
+            .map(|worker| thread::<W>(worker, opts).map_err(|source| Error::Launch { worker, source }))
+            .collect(),
+    }
+}
+
+fn kill_all(launched: &[Launched]) {
+    for l in launched {
+        l.killer.kill_and_reap_blocking();
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `job` on the launcher thread: a thread that lives as long as the process, so the
+/// parent-death signal of the workers it starts (which Linux ties to the *thread* that forked
+/// them) fires only when the whole process dies.
+fn on_launcher_thread(job: Job) -> io::Result<()> {
+    static LAUNCHER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let sender = LAUNCHER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("looppool-launcher".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("cannot start the looppool launcher thread");
+        Mutex::new(tx)
+    });
+    let sender = sender.lock().unwrap_or_else(|e| e.into_inner());
+    sender
+        .send(job)
+        .map_err(|_| io::Error::other("the looppool launcher thread has stopped"))
+}
+
+async fn reexec(worker: usize, opts: &LaunchOptions) -> io::Result<Launched> {
+    let (parent_end, child_end) = UnixStream::pair()?;
+    let fd = child_end.as_raw_fd();
+    let mut command = Command::new(if cfg!(target_os = "linux") {
+        "/proc/self/exe".into()
+    } else {
+        std::env::current_exe()?
+    });
+    command
+        .arg0(opts.title(worker))
+        .env(LINK_FD_VAR, fd.to_string())
+        .stdin(Stdio::null());
+    sys::set_pre_exec(&mut command, opts.setup(worker, Some(fd)));
+    let (tx, rx) = oneshot::channel();
+    on_launcher_thread(Box::new(move || {
+        let spawned = command.spawn();
+        // The child has its copy; ours must close so that the parent sees the child's death.
+        drop(child_end);
+        let _ = tx.send(spawned);
+    }))?;
+    let child = rx
+        .await
+        .map_err(|_| io::Error::other("the launcher dropped the request"))??;
+    let process = Process::new(nix::unistd::Pid::from_raw(child.id() as i32));
+    // `std::process::Child` does not kill or wait on drop; the pool reaps the pid itself.
+    drop(child);
+    Ok(Launched {
+        transport: Transport::Unix(parent_end),
+        killer: Killer::Process(process.clone()),
+        reaper: Reaper::Process(process),
+    })
+}
+
+fn fork_all<W: Worker>(n: usize, opts: &LaunchOptions) -> Result<Vec<Launched>, Error> {
+    let threads = sys::thread_count().map_err(|source| Error::Launch { worker: 0, source })?;
+    if threads != 1 {
+        return Err(Error::ForkUnsafe { threads });
+    }
+    // Whatever the parent buffered would otherwise be written again by every child.
+    let _ = io::Write::flush(&mut io::stdout());
+    let mut launched = Vec::with_capacity(n);
+    for worker in 0..n {
+        let result = UnixStream::pair().and_then(|(parent_end, child_end)| {
+            let keep = child_end.as_raw_fd();
+            let runtime = opts.worker_runtime.clone();
+            let pid = sys::fork_worker(&opts.setup(worker, None), keep, move || {
+                run_worker::<W>(runtime, Transport::Unix(child_end), None)
+            })?;
+            Ok((parent_end, pid))
+        });
+        match result {
+            Ok((parent_end, pid)) => {
+                let process = Process::new(pid);
+                launched.push(Launched {
+                    transport: Transport::Unix(parent_end),
+                    killer: Killer::Process(process.clone()),
+                    reaper: Reaper::Process(process),
+                });
+            }
+            Err(source) => {
+                kill_all(&launched);
+                return Err(Error::Launch { worker, source });
+            }
+        }
+    }
+    Ok(launched)
+}
+
+fn thread<W: Worker>(worker: usize, opts: &LaunchOptions) -> io::Result<Launched> {
+    let (parent_end, child_end, closer) = duplex(256 * 1024);
+    let runtime = opts.worker_runtime.clone();
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("looppool-{}-{worker}", opts.pool_name))
+        .spawn(move || {
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_worker::<W>(runtime, Transport::Pipe(child_end), None)
+            }));
+            let _ = tx.send(Exit::Thread {
+                panicked: run.is_err(),
+            });
+        })?;
+    Ok(Launched {
+        transport: Transport::Pipe(parent_end),
+        killer: Killer::Thread(closer),
+        reaper: Reaper::Thread(rx),
+    })
+}
+
+/// Runs worker `W` on a fresh runtime on this thread until its link ends; returns its exit code.
+pub(crate) fn run_worker<W: Worker>(runtime: Arc<dyn Runtime>, transport: Transport, handshake: Option<Handshake>) -> i32 {
+    let code = Rc::new(Cell::new(crate::worker::exit_code::LINK));
+    let out = code.clone();
+    let rt = runtime.clone();
+    runtime.block_on_local(Box::pin(async move {
+        match transport.into_io(&*rt) {
+            Ok(io) => out.set(serve::<W>(io, handshake).await),
+            Err(e) => eprintln!("looppool worker: cannot use the link: {e}"),
+        }
+    }));
+    code.get()
+}

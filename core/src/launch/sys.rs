@@ -1,0 +1,132 @@
+// The only module allowed `unsafe`; see the crate root.
+#![allow(unsafe_code)]
+//! Everything in this crate that the operating system makes `unsafe`: forking, code run between
+//! fork and exec, and adopting raw file descriptors. Each block says why it is sound.
+
+use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::unistd::{getppid, Pid};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// What a new worker process does to itself before it runs any worker code.
+#[derive(Debug, Clone)]
+pub(crate) struct ChildSetup {
+    /// The pool's process; if it is already gone, the child exits at once.
+    pub(crate) parent: Pid,
+    /// Ignore SIGINT and SIGTERM (they reach the whole process group from a terminal).
+    pub(crate) ignore_signals: bool,
+    /// The kernel's short name for the process (`comm`, at most 15 bytes).
+    pub(crate) comm: CString,
+    /// A descriptor that must survive `exec` (the child's end of its link).
+    pub(crate) inherit_fd: Option<RawFd>,
+}
+
+/// Runs in the child between fork and exec, or right after fork: only async-signal-safe calls
+/// (prctl, getppid, sigaction, fcntl), no allocation.
+fn apply(setup: &ChildSetup) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // Die with the parent even if it is SIGKILLed. The signal is tied to the thread that
+        // forked, which is why re-exec launches happen on a thread that never exits.
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+        let _ = nix::sys::prctl::set_name(&setup.comm);
+    }
+    // The parent may have died before the death signal was armed.
+    if getppid() != setup.parent {
+        return Err(io::Error::other("the pool's process exited during the launch"));
+    }
+    if setup.ignore_signals {
+        for sig in [Signal::SIGINT, Signal::SIGTERM] {
+            // SAFETY: installing SIG_IGN runs no handler code, so it cannot break any
+            // invariant of the program; sigaction is async-signal-safe.
+            unsafe { signal(sig, SigHandler::SigIgn) }?;
+        }
+    }
+    if let Some(fd) = setup.inherit_fd {
+        // Clear close-on-exec on the link's descriptor only.
+        nix::fcntl::fcntl(
+            // SAFETY: the descriptor is open for the whole call: the parent keeps its
+            // `UnixStream` alive until the spawn returned, and the child is a copy of it.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )?;
+    }
+    Ok(())
+}
+
+/// Makes `command` apply `setup` in the child before it execs.
+pub(crate) fn set_pre_exec(command: &mut Command, setup: ChildSetup) {
+    // SAFETY: `apply` only makes async-signal-safe system calls and does not allocate; its
+    // captured `setup` was built before the fork.
+    unsafe {
+        command.pre_exec(move || apply(&setup));
+    }
+}
+
+/// The number of threads in this process.
+pub(crate) fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// Forks a worker process that applies `setup`, closes every descriptor but stdio and `keep`,
+/// then runs `body` on a fresh thread and exits with its code. Returns the child's pid.
+///
+/// The caller must have checked that this process has exactly one thread.
+pub(crate) fn fork_worker(setup: &ChildSetup, keep: RawFd, body: impl FnOnce() -> i32 + Send + 'static) -> io::Result<Pid> {
+    use nix::unistd::ForkResult;
+    // SAFETY: the caller checked that this process has a single thread, so the child is a
+    // complete copy with no lock held by a thread that does not exist in it; it may allocate,
+    // spawn threads and run arbitrary code.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Child => {
+            let code = match apply(setup).and_then(|()| close_fds_except(keep)) {
+                // A fresh thread has no thread-local state copied from the parent's runtime
+                // (a runtime refuses to start inside another one it believes is running).
+                Ok(()) => std::thread::spawn(body).join().unwrap_or(101),
+                Err(e) => {
+                    eprintln!("looppool: worker set-up failed: {e}");
+                    1
+                }
+            };
+            // Skip destructors and atexit handlers: they belong to the parent's copy of the
+            // program state (buffers, runtimes), which the child must not flush or tear down.
+            // SAFETY: `_exit` ends the process immediately; nothing runs after it.
+            unsafe { nix::libc::_exit(code) }
+        }
+    }
+}
+
+/// Closes every descriptor above stderr except `keep`: a sibling's end of another worker's link
+/// would hide that worker's death from the parent.
+fn close_fds_except(keep: RawFd) -> io::Result<()> {
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2 && fd != keep)
+        .collect();
+    for fd in fds {
+        // The directory's own descriptor is closed already and fails harmlessly.
+        let _ = nix::unistd::close(fd);
+    }
+    Ok(())
+}
+
+/// Adopts the link descriptor a parent passed to this re-executed process.
+///
+/// Returns `None` if `fd` is not an open socket.
+pub(crate) fn adopt_link_fd(fd: RawFd) -> Option<UnixStream> {
+    // Validate before taking ownership, so that a wrong number in the environment cannot make
+    // us close some other descriptor later.
+    // SAFETY: borrowed for this call only; fstat on a closed descriptor just fails.
+    let stat = nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).ok()?;
+    if stat.st_mode & nix::libc::S_IFMT != nix::libc::S_IFSOCK {
+        return None;
+    }
+    // SAFETY: the descriptor is open, is a socket, and nothing else in this process owns it:
+    // it was inherited from the parent for this purpose and named only in our environment.
+    Some(unsafe { UnixStream::from_raw_fd(fd) })
+}

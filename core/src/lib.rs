@@ -1,0 +1,38 @@
+//! The runtime-neutral core of **looppool**: a pool of worker processes, each driving its own
+//! async event loop, exchanging messages with a parent that keeps serving its own loop.
+//!
+//! Use it through an adapter crate (`looppool-tokio`, `looppool-smol`, `looppool-async-std`),
+//! which re-exports this crate and adds the runtime binding. The layers, from the bottom:
+//!
+//! - [`protocol`]: length-prefixed postcard frames and a versioned handshake;
+//! - [`state`]: the sans-IO bookkeeping (routing, capacity, result credit, in-flight tasks, the
+//!   stop state machine), with no I/O, clock or runtime, so it can be model-checked;
+//! - the async driver ([`Pool`], [`Builder`]), written against the [`Runtime`] trait;
+//! - launching ([`StartMethod`], [`init`]): re-exec, fork or threads.
+//!
+//! A worker implements [`Worker`]; the parent builds a [`Pool`] of it, submits tasks and reads
+//! outputs. See the adapters' docs for runnable examples.
+#![deny(unsafe_code)]
+#![cfg(unix)]
+
+mod error;
+mod launch;
+mod pipe;
+mod pool;
+pub mod protocol;
+mod runtime;
+pub mod state;
+mod worker;
+
+pub use async_trait::async_trait;
+pub use error::{BoxError, CallError, Error, Exit, PutError, SubmitError, TaskError};
+pub use launch::{init, Entry, StartMethod};
+pub use pipe::{duplex, PipeCloser, PipeEnd};
+pub use pool::{Builder, Delivery, Outputs, Pool, Stopped, TaskHandle};
+pub use runtime::{AsyncIo, BoxFuture, BoxIo, LocalBoxFuture, Runtime};
+pub use state::TaskId;
+pub use worker::{Context, Worker};
+
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+pub use worker::Fault;

@@ -1,0 +1,199 @@
+//! What the parent holds: task handles, output deliveries and the output stream.
+
+use crate::error::{Exit, TaskError};
+use crate::state::TaskId;
+use futures_channel::oneshot;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// Resolves, exactly once, to how one submitted task ended.
+///
+/// Dropping the handle does not cancel the task; it only forgoes learning how it ended.
+#[must_use = "a task handle tells how the task ended; drop it explicitly to ignore that"]
+pub struct TaskHandle {
+    id: TaskId,
+    worker: usize,
+    rx: oneshot::Receiver<Result<(), TaskError>>,
+}
+
+impl fmt::Debug for TaskHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("id", &self.id)
+            .field("worker", &self.worker)
+            .finish()
+    }
+}
+
+impl TaskHandle {
+    pub(crate) fn new(id: TaskId, worker: usize, rx: oneshot::Receiver<Result<(), TaskError>>) -> Self {
+        Self { id, worker, rx }
+    }
+
+    /// The task's id, which tags its outputs.
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    /// The worker the task was sent to.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+}
+
+impl Future for TaskHandle {
+    type Output = Result<(), TaskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let worker = self.worker;
+        Pin::new(&mut self.rx).poll(cx).map(|r| {
+            r.unwrap_or(Err(TaskError::Lost {
+                worker,
+                exit: Exit::Unknown,
+                cause: Some("the pool was dropped".into()),
+            }))
+        })
+    }
+}
+
+/// Where acknowledgements go: the pool's shared state.
+pub(crate) trait AckSink: Send + Sync {
+    fn ack(&self, worker: usize, generation: u64);
+}
+
+/// Returns one result credit to the worker that emitted an output, when dropped.
+pub(crate) struct Acker {
+    pub(crate) sink: Arc<dyn AckSink>,
+    pub(crate) worker: usize,
+    pub(crate) generation: u64,
+}
+
+impl Drop for Acker {
+    fn drop(&mut self) {
+        self.sink.ack(self.worker, self.generation);
+    }
+}
+
+/// One output from a worker.
+///
+/// While a delivery is alive it holds one of its worker's result credits; dropping it (or
+/// calling [`ack`](Self::ack) or [`into_value`](Self::into_value)) acknowledges it and lets the
+/// worker emit another. A consumer that holds deliveries therefore slows the workers down.
+pub struct Delivery<O> {
+    value: O,
+    worker: usize,
+    task: Option<TaskId>,
+    _acker: Acker,
+}
+
+impl<O: fmt::Debug> fmt::Debug for Delivery<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("worker", &self.worker)
+            .field("task", &self.task)
+            .field("value", &self.value)
+            .finish()
+    }
+}
+
+impl<O> Delivery<O> {
+    pub(crate) fn new(value: O, worker: usize, task: Option<TaskId>, acker: Acker) -> Self {
+        Self {
+            value,
+            worker,
+            task,
+            _acker: acker,
+        }
+    }
+
+    /// The worker that emitted it.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// The task it was emitted for, or `None` for an unsolicited output.
+    pub fn task_id(&self) -> Option<TaskId> {
+        self.task
+    }
+
+    /// The output.
+    pub fn value(&self) -> &O {
+        &self.value
+    }
+
+    /// Acknowledges the output now.
+    pub fn ack(self) {}
+
+    /// Acknowledges the output and returns it.
+    pub fn into_value(self) -> O {
+        self.value
+    }
+}
+
+impl<O> std::ops::Deref for Delivery<O> {
+    type Target = O;
+
+    fn deref(&self) -> &O {
+        &self.value
+    }
+}
+
+/// The stream of outputs from every worker, in arrival order.
+///
+/// Clones share the stream: each output goes to one of them. Outputs of tasks submitted with
+/// [`Pool::call`](crate::Pool::call) go to their caller instead. The stream ends once the pool
+/// has stopped and everything emitted was received.
+pub struct Outputs<O> {
+    rx: Pin<Box<async_channel::Receiver<Delivery<O>>>>,
+}
+
+impl<O> Clone for Outputs<O> {
+    fn clone(&self) -> Self {
+        Self {
+            rx: Box::pin((*self.rx).clone()),
+        }
+    }
+}
+
+impl<O> fmt::Debug for Outputs<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outputs").field("queued", &self.rx.len()).finish()
+    }
+}
+
+impl<O> Outputs<O> {
+    pub(crate) fn new(rx: async_channel::Receiver<Delivery<O>>) -> Self {
+        Self { rx: Box::pin(rx) }
+    }
+
+    /// The next output, or `None` once the pool has stopped and all were received.
+    pub async fn recv(&self) -> Option<Delivery<O>> {
+        self.rx.recv().await.ok()
+    }
+
+    /// The next output if one is waiting.
+    pub fn try_recv(&self) -> Option<Delivery<O>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Outputs received from workers and not yet taken from the stream.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether no output is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+impl<O> futures_util::Stream for Outputs<O> {
+    type Item = Delivery<O>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.as_mut().poll_next(cx)
+    }
+}

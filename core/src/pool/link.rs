@@ -1,0 +1,167 @@
+//! One worker's link in the parent: the handshake, then a reader task and a writer task.
+
+use super::shared::Shared;
+use crate::launch::{Killer, Reaper};
+use crate::protocol::{
+    encode_header, encode_with_raw, split_body, FrameReader, ToParent, PROTOCOL_VERSION,
+};
+use crate::runtime::{BoxIo, Runtime};
+use crate::state::{Transmit, WorkerStatus};
+use crate::worker::{Handshake, HELLO_LIMIT};
+use futures_util::future::{select, Either};
+use futures_util::io::{ReadHalf, WriteHalf};
+use futures_util::{AsyncReadExt, AsyncWriteExt};
+use serde::de::DeserializeOwned;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(crate) type LinkReader = FrameReader<ReadHalf<BoxIo>>;
+pub(crate) type LinkWriter = WriteHalf<BoxIo>;
+
+/// Why a handshake failed.
+pub(crate) enum HandshakeError {
+    /// The worker refused it, broke it, or did not answer.
+    Protocol(String),
+    /// The worker's init hook failed.
+    Init(String),
+}
+
+/// Sends the `Hello` and waits for the worker's answer, at most `timeout`.
+pub(crate) async fn handshake(
+    io: BoxIo,
+    hello: &Handshake,
+    version: u32,
+    timeout: Duration,
+    runtime: &dyn Runtime,
+) -> Result<(LinkReader, LinkWriter, u32), HandshakeError> {
+    let (read_half, mut writer) = io.split();
+    let mut buf = Vec::new();
+    hello.encode(version, &mut buf);
+    let sent = async {
+        writer.write_all(&buf).await?;
+        writer.flush().await
+    };
+    if let Err(e) = sent.await {
+        return Err(HandshakeError::Protocol(format!("cannot send the handshake: {e}")));
+    }
+    let mut reader = FrameReader::new(read_half, HELLO_LIMIT);
+    let answer = {
+        let read = pin!(reader.next());
+        match select(read, runtime.sleep(timeout)).await {
+            Either::Left((read, _)) => match read {
+                Ok(Some(body)) => match split_body::<ToParent<'_>>(body) {
+                    Ok((ToParent::Ready { version: v, pid }, _)) if v == PROTOCOL_VERSION => Ok(pid),
+                    Ok((ToParent::Ready { version: v, .. }, _)) => Err(HandshakeError::Protocol(format!(
+                        "protocol version mismatch: the worker speaks version {v}, the parent \
+                         speaks version {PROTOCOL_VERSION}"
+                    ))),
+                    Ok((ToParent::Rejected { reason }, _)) => Err(HandshakeError::Protocol(reason.into())),
+                    Ok((ToParent::InitFailed { message }, _)) => Err(HandshakeError::Init(message.into())),
+                    Ok(_) => Err(HandshakeError::Protocol("the first frame is not a handshake answer".into())),
+                    Err(e) => Err(HandshakeError::Protocol(format!("malformed handshake answer: {e}"))),
+                },
+                Ok(None) => Err(HandshakeError::Protocol(
+                    "the worker exited before answering the handshake (does the program's main \
+                     call looppool's init() first thing?)"
+                        .into(),
+                )),
+                Err(e) => Err(HandshakeError::Protocol(format!("cannot read the handshake answer: {e}"))),
+            },
+            Either::Right(_) => Err(HandshakeError::Protocol(format!(
+                "no handshake answer within {timeout:?} (a slow init hook, or a main that does \
+                 not call looppool's init() first thing)"
+            ))),
+        }
+    };
+    let pid = answer?;
+    Ok((reader, writer, pid))
+}
+
+/// Spawns the reader and writer tasks of worker `worker`'s incarnation `generation`.
+pub(crate) fn spawn<O: DeserializeOwned + Send + 'static>(
+    shared: &Arc<Shared<O>>,
+    worker: usize,
+    generation: u64,
+    reader: LinkReader,
+    writer: LinkWriter,
+    killer: Killer,
+    reaper: Reaper,
+) {
+    let runtime = shared.runtime.clone();
+    runtime.spawn(Box::pin(write_loop(shared.clone(), worker, generation, writer)));
+    runtime.spawn(Box::pin(read_loop(shared.clone(), worker, generation, reader, killer, reaper)));
+}
+
+async fn read_loop<O: DeserializeOwned + Send + 'static>(
+    shared: Arc<Shared<O>>,
+    worker: usize,
+    generation: u64,
+    mut reader: LinkReader,
+    killer: Killer,
+    reaper: Reaper,
+) {
+    reader.set_max_frame(shared.settings.max_frame);
+    let cause = loop {
+        match reader.next().await {
+            Ok(Some(body)) => {
+                if let Err(e) = shared.handle_frame(worker, generation, body) {
+                    break Some(e);
+                }
+            }
+            Ok(None) => break None,
+            Err(e) => break Some(e.to_string()),
+        }
+    };
+    if let Some(cause) = &cause {
+        tracing::error!(pool = %shared.settings.name, worker, "ending the link to worker {worker}: {cause}");
+    }
+    // A worker that said goodbye is exiting by itself; anything else that ends a link leaves a
+    // process that is useless at best, so it is killed before it is reaped.
+    let said_goodbye = cause.is_none() && shared.lock().state.said_goodbye(worker);
+    if !said_goodbye {
+        killer.kill();
+    }
+    drop(reader);
+    let exit = reaper.reap(&*shared.runtime).await;
+    shared.worker_exited(worker, generation, exit, cause);
+}
+
+async fn write_loop<O>(shared: Arc<Shared<O>>, worker: usize, generation: u64, mut writer: LinkWriter) {
+    let max_frame = shared.settings.max_frame;
+    let mut buf = Vec::new();
+    loop {
+        let listener = shared.writers[worker].listen();
+        {
+            let mut inner = shared.lock();
+            let state = &mut inner.state;
+            if state.generation(worker) != generation || state.status(worker) == WorkerStatus::Exited {
+                return;
+            }
+            while let Some(transmit) = state.poll_transmit(worker) {
+                let encoded = match &transmit {
+                    Transmit::Task { id, payload } => {
+                        encode_with_raw(&mut buf, &crate::protocol::ToWorker::Task { id: *id }, payload, max_frame)
+                    }
+                    Transmit::Ack(n) => encode_header(&mut buf, &crate::protocol::ToWorker::Ack { n: *n }, max_frame),
+                    Transmit::Stop => encode_header(&mut buf, &crate::protocol::ToWorker::Stop, max_frame),
+                };
+                // Task sizes were checked when they were submitted.
+                encoded.expect("a queued frame fits the frame limit");
+            }
+        }
+        if buf.is_empty() {
+            listener.await;
+            continue;
+        }
+        let written = async {
+            writer.write_all(&buf).await?;
+            writer.flush().await
+        };
+        if written.await.is_err() {
+            // The reader sees the same broken link and does the clean-up.
+            return;
+        }
+        buf.clear();
+    }
+}

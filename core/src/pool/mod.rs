@@ -1,0 +1,351 @@
+//! The parent's handle on a running pool.
+
+mod builder;
+mod handle;
+mod link;
+mod shared;
+
+pub use builder::Builder;
+pub use handle::{Delivery, Outputs, TaskHandle};
+
+use crate::error::{CallError, Exit, SubmitError, TaskError};
+use crate::runtime::Runtime;
+use crate::state::{Phase, Refusal, Route};
+use crate::worker::Worker;
+use futures_channel::oneshot;
+use futures_util::future::select;
+use shared::{Pending, Shared};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A pool of worker processes, each running a `W` on its own event loop.
+///
+/// All methods take `&self`; share the pool between tasks with an `Arc`. Dropping the pool
+/// without [`stop`](Self::stop) kills its workers at once and fails their tasks as lost: no
+/// worker process outlives its pool.
+pub struct Pool<W: Worker> {
+    shared: Arc<Shared<W::Output>>,
+    _worker: PhantomData<fn() -> W>,
+}
+
+impl<W: Worker> fmt::Debug for Pool<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.shared.lock();
+        f.debug_struct("Pool")
+            .field("name", &self.shared.settings.name)
+            .field("workers", &inner.state.size())
+            .field("phase", &inner.state.phase())
+            .finish()
+    }
+}
+
+/// How a stopped pool's workers ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stopped {
+    exits: Vec<Exit>,
+    killed: Vec<usize>,
+}
+
+impl Stopped {
+    /// How each worker ended, by worker number.
+    pub fn exits(&self) -> &[Exit] {
+        &self.exits
+    }
+
+    /// The workers that had to be killed because the stop deadline passed.
+    pub fn killed(&self) -> &[usize] {
+        &self.killed
+    }
+
+    /// Whether every worker drained and exited by itself.
+    pub fn is_graceful(&self) -> bool {
+        self.killed.is_empty() && self.exits.iter().all(Exit::success)
+    }
+}
+
+impl<W: Worker> Pool<W> {
+    /// Configures a pool whose parent side runs on `runtime`. Adapters offer a shorter form
+    /// (`looppool_tokio::builder::<W>()`).
+    pub fn builder(runtime: Arc<dyn Runtime>) -> Builder<W> {
+        Builder::new(runtime)
+    }
+
+    fn from_shared(shared: Arc<Shared<W::Output>>) -> Self {
+        Self {
+            shared,
+            _worker: PhantomData,
+        }
+    }
+
+    /// The number of workers (live or not).
+    pub fn size(&self) -> usize {
+        self.shared.room.len()
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.shared.settings.name
+    }
+
+    /// Worker `worker`'s process id (the parent's own for thread workers), while it is alive.
+    pub fn pid(&self, worker: usize) -> Option<u32> {
+        let inner = self.shared.lock();
+        inner.killers.get(worker)?.as_ref()?;
+        inner.pids.get(worker).copied().flatten()
+    }
+
+    /// The stream of outputs that are not replies to [`call`](Self::call).
+    pub fn outputs(&self) -> Outputs<W::Output> {
+        Outputs::new(self.shared.outputs_rx.clone())
+    }
+
+    /// Sends `task` to the next worker in round-robin order, waiting while that worker is full.
+    pub async fn submit(&self, task: W::Task) -> Result<TaskHandle, SubmitError<W::Task>> {
+        Ok(self.place(Route::Any, task, false, true).await?.0)
+    }
+
+    /// Sends `task` to the next worker in round-robin order, or hands it back at once in
+    /// [`SubmitError::Full`] if that worker holds its capacity of unfinished tasks.
+    pub fn try_submit(&self, task: W::Task) -> Result<TaskHandle, SubmitError<W::Task>> {
+        futures_util::FutureExt::now_or_never(self.place(Route::Any, task, false, false))
+            .expect("a non-waiting placement never waits")
+            .map(|(h, _)| h)
+    }
+
+    /// Sends `task` to worker `worker`, waiting while it is full.
+    pub async fn submit_to(&self, worker: usize, task: W::Task) -> Result<TaskHandle, SubmitError<W::Task>> {
+        Ok(self.place(Route::Worker(worker), task, false, true).await?.0)
+    }
+
+    /// Sends `task` to worker `worker`, or hands it back at once if it is full.
+    pub fn try_submit_to(&self, worker: usize, task: W::Task) -> Result<TaskHandle, SubmitError<W::Task>> {
+        futures_util::FutureExt::now_or_never(self.place(Route::Worker(worker), task, false, false))
+            .expect("a non-waiting placement never waits")
+            .map(|(h, _)| h)
+    }
+
+    /// Sends one copy of `task` to every live worker, each behind whatever was sent to that
+    /// worker before, waiting until every live worker has room. Returns one handle per copy,
+    /// in worker order.
+    pub async fn broadcast(&self, task: W::Task) -> Result<Vec<TaskHandle>, SubmitError<W::Task>> {
+        let payload = match self.encode(&task) {
+            Ok(p) => p,
+            Err(e) => return Err(SubmitError::Encode(task, e)),
+        };
+        loop {
+            let listener = {
+                let mut inner = self.shared.lock();
+                match inner.state.broadcast(payload.clone()) {
+                    Ok(copies) => {
+                        let handles = copies
+                            .into_iter()
+                            .map(|(worker, id)| {
+                                let (done, rx) = oneshot::channel();
+                                inner.pending.insert(id, Pending { done, reply: None });
+                                TaskHandle::new(id, worker, rx)
+                            })
+                            .collect::<Vec<_>>();
+                        drop(inner);
+                        for h in &handles {
+                            self.shared.writers[h.worker()].notify(1);
+                        }
+                        return Ok(handles);
+                    }
+                    Err(Refusal::Full { worker }) => self.shared.room[worker].listen(),
+                    Err(refusal) => return Err(SubmitError::from_refusal(task, refusal)),
+                }
+            };
+            listener.await;
+        }
+    }
+
+    /// Sends `task` round-robin and returns its first output: the request-reply case.
+    ///
+    /// The task's outputs go to this call, not to [`outputs`](Self::outputs); the first is
+    /// returned (and acknowledged), any later ones are acknowledged and discarded. A task that
+    /// completes without an output gives [`CallError::NoOutput`].
+    pub async fn call(&self, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
+        self.call_route(Route::Any, task).await
+    }
+
+    /// Like [`call`](Self::call), on worker `worker`.
+    pub async fn call_to(&self, worker: usize, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
+        self.call_route(Route::Worker(worker), task).await
+    }
+
+    async fn call_route(&self, route: Route, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
+        let (handle, reply) = self.place(route, task, true, true).await.map_err(CallError::Submit)?;
+        let id = handle.id();
+        let mut reply = reply.expect("a call has a reply channel");
+        handle.await.map_err(CallError::Task)?;
+        // The worker writes a task's outputs before its end, and the parent reads them in order,
+        // so a reply, if any, has arrived by now.
+        match reply.try_recv() {
+            Ok(Some(delivery)) => Ok(delivery.into_value()),
+            _ => Err(CallError::NoOutput(id)),
+        }
+    }
+
+    fn encode(&self, task: &W::Task) -> Result<Arc<[u8]>, String> {
+        let bytes = postcard::to_stdvec(task).map_err(|e| format!("cannot encode the task: {e}"))?;
+        // The frame adds a header of at most 11 bytes (variant and a varint id).
+        let limit = self.shared.settings.max_frame - 11;
+        if bytes.len() > limit {
+            return Err(format!(
+                "the encoded task is {} bytes, over the frame limit of {limit} bytes",
+                bytes.len()
+            ));
+        }
+        Ok(bytes.into())
+    }
+
+    async fn place(
+        &self,
+        route: Route,
+        task: W::Task,
+        reply: bool,
+        wait: bool,
+    ) -> Result<(TaskHandle, Option<oneshot::Receiver<Delivery<W::Output>>>), SubmitError<W::Task>> {
+        let payload = match self.encode(&task) {
+            Ok(p) => p,
+            Err(e) => return Err(SubmitError::Encode(task, e)),
+        };
+        loop {
+            let listener = {
+                let mut inner = self.shared.lock();
+                match inner.state.submit(route, payload.clone()) {
+                    Ok((worker, id)) => {
+                        let (done, rx) = oneshot::channel();
+                        let (reply_tx, reply_rx) = if reply {
+                            let (tx, rx) = oneshot::channel();
+                            (Some(tx), Some(rx))
+                        } else {
+                            (None, None)
+                        };
+                        inner.pending.insert(id, Pending { done, reply: reply_tx });
+                        drop(inner);
+                        self.shared.writers[worker].notify(1);
+                        return Ok((TaskHandle::new(id, worker, rx), reply_rx));
+                    }
+                    Err(Refusal::Full { worker }) if wait => self.shared.room[worker].listen(),
+                    Err(refusal) => return Err(SubmitError::from_refusal(task, refusal)),
+                }
+            };
+            listener.await;
+        }
+    }
+
+    /// Stops the pool gracefully and waits until it has stopped.
+    ///
+    /// New submissions are refused from now on ([`SubmitError::Closed`]). Each worker receives
+    /// the poison pill behind the tasks it already has, finishes them (delivering their
+    /// outputs, which needs a consumer reading [`outputs`](Self::outputs)), says goodbye and
+    /// exits. Workers still running when the stop timeout passes are killed and their tasks
+    /// end as lost. When this returns, every task ever accepted has ended and the output stream
+    /// ends after its last output. Calling it again, or concurrently, waits for the same stop.
+    pub async fn stop(&self) -> Stopped {
+        let shared = &self.shared;
+        let runtime = shared.runtime.clone();
+        shared
+            .lock()
+            .state
+            .begin_stop(runtime.now(), shared.settings.stop_timeout);
+        shared.wake_all();
+        let mut killed = Vec::new();
+        loop {
+            let listener = shared.exited.listen();
+            let now = runtime.now();
+            let (stopped, deadline, kill) = {
+                let mut inner = shared.lock();
+                let kill: Vec<_> = inner
+                    .state
+                    .handle_timeout(now)
+                    .into_iter()
+                    .map(|k| (k, inner.killers[k].clone()))
+                    .collect();
+                (inner.state.is_stopped(), inner.state.poll_timeout(), kill)
+            };
+            if stopped {
+                break;
+            }
+            for (worker, killer) in kill {
+                tracing::warn!(pool = %shared.settings.name, worker, "stop timeout passed; killing worker {worker}");
+                killed.push(worker);
+                if let Some(k) = killer {
+                    k.kill();
+                }
+            }
+            match deadline {
+                Some(d) if d > now => {
+                    let _ = select(listener, runtime.sleep(d - now)).await;
+                }
+                _ => listener.await,
+            }
+        }
+        shared.outputs.close();
+        let inner = shared.lock();
+        Stopped {
+            exits: inner.exits.iter().map(|e| e.unwrap_or(Exit::Unknown)).collect(),
+            killed,
+        }
+    }
+
+    /// Begins a stop with no grace: every worker is killed now and its tasks end as lost.
+    /// Await [`stop`](Self::stop) afterwards to wait until all are reaped.
+    pub fn kill(&self) {
+        let killers: Vec<_> = {
+            let mut inner = self.shared.lock();
+            let now = self.shared.runtime.now();
+            inner.state.begin_stop(now, Duration::ZERO);
+            let _ = inner.state.handle_timeout(now);
+            inner.killers.iter().flatten().cloned().collect()
+        };
+        for k in killers {
+            k.kill();
+        }
+        self.shared.wake_all();
+    }
+
+    /// Whether a stop has begun.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().state.phase() != Phase::Running
+    }
+}
+
+impl<W: Worker> Drop for Pool<W> {
+    fn drop(&mut self) {
+        let (killers, lost) = {
+            let mut inner = self.shared.lock();
+            if inner.state.is_stopped() {
+                return;
+            }
+            inner.state.begin_stop(self.shared.runtime.now(), Duration::ZERO);
+            let killers: Vec<_> = inner.killers.iter_mut().map(Option::take).collect();
+            let mut lost = Vec::new();
+            for (worker, killer) in killers.iter().enumerate() {
+                if killer.is_some() {
+                    for id in inner.state.handle_exit(worker) {
+                        if let Some(p) = inner.pending.remove(&id) {
+                            lost.push((worker, p.done));
+                        }
+                    }
+                }
+            }
+            (killers, lost)
+        };
+        for killer in killers.iter().flatten() {
+            killer.kill_and_reap_blocking();
+        }
+        for (worker, done) in lost {
+            let _ = done.send(Err(TaskError::Lost {
+                worker,
+                exit: Exit::Signal(nix::sys::signal::Signal::SIGKILL as i32),
+                cause: Some("the pool was dropped without being stopped".into()),
+            }));
+        }
+        self.shared.outputs.close();
+        self.shared.wake_all();
+    }
+}

@@ -1,0 +1,135 @@
+//! The wire protocol between a parent and its workers.
+//!
+//! Every message is a *frame*: a 4-byte little-endian length, then a body of that many bytes.
+//! The body is a postcard-encoded header ([`ToWorker`] or [`ToParent`]) followed, for tasks and
+//! outputs, by the postcard encoding of the user's value. Keeping the user's payload outside the
+//! header lets the parent encode a task once and lets both sides decode straight out of the read
+//! buffer.
+//!
+//! The first frame each way is the handshake: the parent sends [`ToWorker::Hello`], whose first
+//! field is the protocol version, and the worker answers [`ToParent::Ready`] (or
+//! [`ToParent::Rejected`]). The version is decoded before anything else so that a peer speaking
+//! a different layout is rejected with a clear message rather than a decoding error.
+
+mod codec;
+mod reader;
+
+pub(crate) use codec::{encode_header, encode_with_payload, encode_with_raw, split_body};
+pub(crate) use reader::{read_frame_blocking, FrameReader};
+
+use serde::{Deserialize, Serialize};
+
+/// The version of the wire protocol this build speaks. Both ends must agree exactly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The default limit on a frame's body, in bytes (16 MiB).
+pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
+
+/// Bytes taken by the length prefix of every frame.
+pub(crate) const LEN_PREFIX: usize = 4;
+
+/// A header sent by the parent to a worker.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) enum ToWorker<'a> {
+    /// The handshake. `version` must stay the first field of the first variant.
+    Hello {
+        version: u32,
+        worker: u32,
+        pool_size: u32,
+        concurrency: u32,
+        result_credit: u32,
+        max_frame: u32,
+        #[serde(borrow)]
+        pool_name: &'a str,
+        #[serde(borrow)]
+        worker_name: &'a str,
+    },
+    /// A task; the payload follows the header.
+    Task { id: u64 },
+    /// The parent consumed `n` more outputs: the worker may emit `n` more.
+    Ack { n: u32 },
+    /// The poison pill: finish what you hold, say [`ToParent::Bye`], exit.
+    Stop,
+}
+
+/// A header sent by a worker to its parent.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) enum ToParent<'a> {
+    /// The handshake answer, sent once the worker's init hook succeeded.
+    Ready { version: u32, pid: u32 },
+    /// The handshake was refused (version mismatch, unknown worker type).
+    Rejected {
+        #[serde(borrow)]
+        reason: &'a str,
+    },
+    /// The worker's init hook failed; the worker exits after sending this.
+    InitFailed {
+        #[serde(borrow)]
+        message: &'a str,
+    },
+    /// An output; the payload follows the header. `task` is `None` for unsolicited outputs.
+    Output { task: Option<u64> },
+    /// A task ended.
+    Done {
+        task: u64,
+        #[serde(borrow)]
+        outcome: WireOutcome<'a>,
+    },
+    /// The worker drained everything after [`ToWorker::Stop`] and is exiting.
+    Bye,
+}
+
+/// How a task ended, as the worker reports it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) enum WireOutcome<'a> {
+    Completed,
+    Failed(#[serde(borrow)] &'a str),
+    Panicked(#[serde(borrow)] &'a str),
+}
+
+/// Reads the protocol version out of a `Hello` body without decoding the rest of it.
+pub(crate) fn hello_version(body: &[u8]) -> Option<u32> {
+    let (variant, rest): (u32, &[u8]) = postcard::take_from_bytes(body).ok()?;
+    if variant != 0 {
+        return None;
+    }
+    let (version, _): (u32, &[u8]) = postcard::take_from_bytes(rest).ok()?;
+    Some(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(version: u32) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let header = ToWorker::Hello {
+            version,
+            worker: 3,
+            pool_size: 8,
+            concurrency: 2,
+            result_credit: 16,
+            max_frame: 1024,
+            pool_name: "p",
+            worker_name: "w",
+        };
+        encode_header(&mut buf, &header, usize::MAX).unwrap();
+        buf
+    }
+
+    #[test]
+    fn hello_version_is_read_before_the_rest_of_the_handshake() {
+        for version in [0, 1, 7, u32::MAX] {
+            let frame = hello(version);
+            assert_eq!(hello_version(&frame[LEN_PREFIX..]), Some(version));
+        }
+    }
+
+    #[test]
+    fn hello_version_is_none_for_other_frames() {
+        let mut buf = Vec::new();
+        encode_header(&mut buf, &ToWorker::Stop, usize::MAX).unwrap();
+        assert_eq!(hello_version(&buf[LEN_PREFIX..]), None);
+        assert_eq!(hello_version(&[]), None);
+    }
+}

@@ -1,0 +1,390 @@
+//! The pool's bookkeeping, without I/O, clocks or a runtime.
+//!
+//! [`PoolState`] is what the async driver consults under its lock: which worker a task goes
+//! to, whether that worker has room, which tasks each worker holds, how many outputs each worker
+//! has outstanding, what must be written to each link next, and how far a stop has come. Inputs
+//! are `handle_*` methods (and [`submit`](PoolState::submit) / [`broadcast`](PoolState::broadcast)),
+//! outputs are return values and [`poll_transmit`](PoolState::poll_transmit). Time is passed in.
+//! Because nothing here waits or performs I/O, every invariant of the pool can be checked by
+//! driving this type with random inputs (see the `looppool-testkit` crate).
+//!
+//! The payload type `P` is opaque: the driver uses shared encoded bytes, the model checks use
+//! small markers.
+
+mod slot;
+
+use slot::Slot;
+pub use slot::WorkerStatus;
+use std::time::{Duration, Instant};
+
+/// The identifier the pool gives each accepted task; unique within a pool.
+pub type TaskId = u64;
+
+/// Where a submission should go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The next live worker in round-robin order.
+    Any,
+    /// Worker number `k`.
+    Worker(usize),
+}
+
+/// Why the state refused a submission. Nothing was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The chosen worker already holds `capacity` unfinished tasks.
+    #[error("worker {worker} already holds its capacity of unfinished tasks")]
+    Full {
+        /// The worker that was full.
+        worker: usize,
+    },
+    /// The pool is stopping or stopped.
+    #[error("the pool is stopping and accepts no new tasks")]
+    Closed,
+    /// A targeted submission named a worker number outside the pool.
+    #[error("there is no worker {worker} in a pool of {size}")]
+    NoSuchWorker {
+        /// The worker number asked for.
+        worker: usize,
+        /// The number of workers in the pool.
+        size: usize,
+    },
+    /// A targeted submission named a worker that has exited.
+    #[error("worker {worker} has exited")]
+    WorkerExited {
+        /// The worker number asked for.
+        worker: usize,
+    },
+    /// Every worker has exited.
+    #[error("no worker is alive")]
+    NoLiveWorkers,
+}
+
+/// A worker broke the protocol; the driver ends its link.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Violation {
+    /// The worker emitted more outputs than its result credit allows.
+    #[error("worker {worker} emitted an output beyond its result credit of {credit}")]
+    CreditExceeded {
+        /// The offending worker.
+        worker: usize,
+        /// Its result credit.
+        credit: usize,
+    },
+    /// The worker reported the end of a task it does not hold.
+    #[error("worker {worker} reported the end of task {task}, which it does not hold")]
+    UnknownTask {
+        /// The offending worker.
+        worker: usize,
+        /// The task id it named.
+        task: TaskId,
+    },
+    /// The worker said goodbye while still holding tasks, or before being asked to stop.
+    #[error("worker {worker} said goodbye {why}")]
+    EarlyBye {
+        /// The offending worker.
+        worker: usize,
+        /// What was wrong.
+        why: &'static str,
+    },
+    /// The worker sent a frame that is out of place in its current state.
+    #[error("worker {worker} sent an unexpected {what}")]
+    Unexpected {
+        /// The offending worker.
+        worker: usize,
+        /// What it sent.
+        what: &'static str,
+    },
+}
+
+/// Something the driver must write to a worker's link, in this order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit<P> {
+    /// A task for the worker.
+    Task {
+        /// Its id.
+        id: TaskId,
+        /// Its encoded payload.
+        payload: P,
+    },
+    /// Return `n` result credits to the worker.
+    Ack(u32),
+    /// The poison pill.
+    Stop,
+}
+
+/// Where the pool is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepting tasks.
+    Running,
+    /// Refusing new tasks and draining; workers past `deadline` are killed.
+    Stopping {
+        /// When stragglers get killed.
+        deadline: Instant,
+    },
+    /// Every worker has exited after a stop.
+    Stopped,
+}
+
+/// The sans-IO state of one pool. See the [module docs](self).
+#[derive(Debug)]
+pub struct PoolState<P> {
+    slots: Vec<Slot<P>>,
+    capacity: usize,
+    result_credit: usize,
+    cursor: usize,
+    next_id: TaskId,
+    phase: Phase,
+}
+
+impl<P: Clone> PoolState<P> {
+    /// A pool of `workers` workers, each holding at most `capacity` unfinished tasks and at most
+    /// `result_credit` unacknowledged outputs. Every worker starts in [`WorkerStatus::Starting`].
+    ///
+    /// # Panics
+    /// If any argument is zero.
+    pub fn new(workers: usize, capacity: usize, result_credit: usize) -> Self {
+        assert!(workers > 0, "a pool needs at least one worker");
+        assert!(capacity > 0, "a worker's task capacity must be at least 1");
+        assert!(result_credit > 0, "a worker's result credit must be at least 1");
+        Self {
+            slots: (0..workers).map(|_| Slot::new()).collect(),
+            capacity,
+            result_credit,
+            cursor: 0,
+            next_id: 1,
+            phase: Phase::Running,
+        }
+    }
+
+    /// Accepts a task for the worker `route` picks and queues it for that worker's link.
+    /// Returns the worker number and the task's new id.
+    pub fn submit(&mut self, route: Route, payload: P) -> Result<(usize, TaskId), Refusal> {
+        let worker = self.choose(route)?;
+        let id = self.take_id();
+        self.slots[worker].accept(id, payload);
+        if route == Route::Any {
+            self.cursor = (worker + 1) % self.slots.len();
+        }
+        Ok((worker, id))
+    }
+
+    /// Accepts one copy of a task for every live worker, all or nothing: if any live worker is
+    /// full, nothing is queued. Each copy is queued behind everything already queued for its
+    /// worker. Returns `(worker, id)` for each copy, in worker order.
+    pub fn broadcast(&mut self, payload: P) -> Result<Vec<(usize, TaskId)>, Refusal> {
+        self.check_open()?;
+        let live: Vec<usize> = (0..self.slots.len()).filter(|&k| self.slots[k].is_live()).collect();
+        if live.is_empty() {
+            return Err(Refusal::NoLiveWorkers);
+        }
+        if let Some(&worker) = live.iter().find(|&&k| self.slots[k].held() >= self.capacity) {
+            return Err(Refusal::Full { worker });
+        }
+        Ok(live
+            .into_iter()
+            .map(|k| {
+                let id = self.take_id();
+                self.slots[k].accept(id, payload.clone());
+                (k, id)
+            })
+            .collect())
+    }
+
+    /// Which worker `route` would pick now, or why the submission would be refused.
+    pub fn choose(&self, route: Route) -> Result<usize, Refusal> {
+        self.check_open()?;
+        let worker = match route {
+            Route::Worker(worker) => {
+                let slot = self.slots.get(worker).ok_or(Refusal::NoSuchWorker {
+                    worker,
+                    size: self.slots.len(),
+                })?;
+                if !slot.is_live() {
+                    return Err(Refusal::WorkerExited { worker });
+                }
+                worker
+            }
+            Route::Any => {
+                let n = self.slots.len();
+                (0..n)
+                    .map(|i| (self.cursor + i) % n)
+                    .find(|&k| self.slots[k].is_live())
+                    .ok_or(Refusal::NoLiveWorkers)?
+            }
+        };
+        if self.slots[worker].held() >= self.capacity {
+            return Err(Refusal::Full { worker });
+        }
+        Ok(worker)
+    }
+
+    fn check_open(&self) -> Result<(), Refusal> {
+        match self.phase {
+            Phase::Running => Ok(()),
+            _ => Err(Refusal::Closed),
+        }
+    }
+
+    fn take_id(&mut self) -> TaskId {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// The worker finished its handshake.
+    pub fn handle_ready(&mut self, worker: usize) -> Result<(), Violation> {
+        self.slots[worker].ready(worker)
+    }
+
+    /// The worker emitted an output (tagged with `task`, if any). It now counts against the
+    /// worker's result credit until [`handle_ack`](Self::handle_ack).
+    pub fn handle_output(&mut self, worker: usize) -> Result<(), Violation> {
+        let credit = self.result_credit;
+        self.slots[worker].output(worker, credit)
+    }
+
+    /// The consumer acknowledged one output that the worker's incarnation `generation` emitted.
+    /// Acknowledgements for an earlier incarnation are ignored: its credit died with it.
+    pub fn handle_ack(&mut self, worker: usize, generation: u64) {
+        self.slots[worker].ack(generation);
+    }
+
+    /// The worker reported the end of task `id`.
+    pub fn handle_done(&mut self, worker: usize, id: TaskId) -> Result<(), Violation> {
+        self.slots[worker].done(worker, id)
+    }
+
+    /// The worker said it drained everything after the poison pill.
+    pub fn handle_bye(&mut self, worker: usize) -> Result<(), Violation> {
+        self.slots[worker].bye(worker)
+    }
+
+    /// The worker's process (or thread) is gone. Returns the tasks it held, which are lost, in
+    /// the order they were accepted. Calling it again for the same incarnation returns nothing.
+    pub fn handle_exit(&mut self, worker: usize) -> Vec<TaskId> {
+        let lost = self.slots[worker].exit();
+        if let Phase::Stopping { .. } = self.phase {
+            if self.slots.iter().all(|s| !s.is_live()) {
+                self.phase = Phase::Stopped;
+            }
+        }
+        lost
+    }
+
+    /// A new incarnation of an exited worker takes its number. Returns its generation.
+    ///
+    /// # Panics
+    /// If the worker has not exited.
+    pub fn handle_replaced(&mut self, worker: usize) -> u64 {
+        self.slots[worker].replace()
+    }
+
+    /// Begins a graceful stop: new submissions are refused, every live worker is sent the poison
+    /// pill behind what it already has, and workers still alive at `now + grace` are to be killed
+    /// (see [`handle_timeout`](Self::handle_timeout)). Idempotent.
+    pub fn begin_stop(&mut self, now: Instant, grace: Duration) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        self.phase = Phase::Stopping {
+            deadline: now + grace,
+        };
+        for slot in &mut self.slots {
+            slot.queue_stop();
+        }
+        if self.slots.iter().all(|s| !s.is_live()) {
+            self.phase = Phase::Stopped;
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Stopping { deadline } => Some(deadline),
+            _ => None,
+        }
+    }
+
+    /// Time has reached `now`. Returns the workers the driver must kill now (each once).
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<usize> {
+        match self.phase {
+            Phase::Stopping { deadline } if now >= deadline => (0..self.slots.len())
+                .filter(|&k| self.slots[k].take_kill())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The next thing to write to worker `worker`'s link, in order.
+    #[must_use]
+    pub fn poll_transmit(&mut self, worker: usize) -> Option<Transmit<P>> {
+        self.slots[worker].poll_transmit()
+    }
+
+    /// Whether anything is waiting to be written to `worker`'s link.
+    pub fn has_transmit(&self, worker: usize) -> bool {
+        self.slots[worker].has_transmit()
+    }
+
+    /// Where the pool is in its life.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Whether a stop has begun and every worker has exited.
+    pub fn is_stopped(&self) -> bool {
+        self.phase == Phase::Stopped
+    }
+
+    /// The number of workers (live or not).
+    pub fn size(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Each worker's task capacity.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Each worker's result credit.
+    pub fn result_credit(&self) -> usize {
+        self.result_credit
+    }
+
+    /// The state of worker `worker`.
+    pub fn status(&self, worker: usize) -> WorkerStatus {
+        self.slots[worker].status()
+    }
+
+    /// The incarnation of worker `worker` (0 for the first, +1 per replacement).
+    pub fn generation(&self, worker: usize) -> u64 {
+        self.slots[worker].generation()
+    }
+
+    /// Whether `worker` said goodbye after draining (it is exiting by itself).
+    pub fn said_goodbye(&self, worker: usize) -> bool {
+        self.slots[worker].said_bye()
+    }
+
+    /// Tasks accepted for `worker` that have not ended.
+    pub fn held(&self, worker: usize) -> usize {
+        self.slots[worker].held()
+    }
+
+    /// Whether `worker` holds task `id`.
+    pub fn holds(&self, worker: usize, id: TaskId) -> bool {
+        self.slots[worker].holds(id)
+    }
+
+    /// Outputs `worker` emitted that the consumer has not acknowledged.
+    pub fn unacked(&self, worker: usize) -> usize {
+        self.slots[worker].unacked()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,199 @@
+//! One worker's share of the pool state.
+
+use super::{TaskId, Transmit, Violation};
+use std::collections::{HashMap, VecDeque};
+
+/// Where one worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerStatus {
+    /// Launched; the handshake has not completed. Tasks may already be queued for it.
+    Starting,
+    /// Handshake done; processing tasks.
+    Ready,
+    /// Sent the poison pill (or said goodbye); finishing what it holds.
+    Draining,
+    /// Its process or thread is gone.
+    Exited,
+}
+
+#[derive(Debug)]
+pub(super) struct Slot<P> {
+    status: WorkerStatus,
+    generation: u64,
+    /// Unfinished tasks, with the order they were accepted in (for reporting losses in order).
+    tasks: HashMap<TaskId, u64>,
+    seq: u64,
+    unacked: usize,
+    ack_due: u32,
+    outbox: VecDeque<Transmit<P>>,
+    stop_queued: bool,
+    said_bye: bool,
+    kill_taken: bool,
+}
+
+impl<P> Slot<P> {
+    pub(super) fn new() -> Self {
+        Self {
+            status: WorkerStatus::Starting,
+            generation: 0,
+            tasks: HashMap::new(),
+            seq: 0,
+            unacked: 0,
+            ack_due: 0,
+            outbox: VecDeque::new(),
+            stop_queued: false,
+            said_bye: false,
+            kill_taken: false,
+        }
+    }
+
+    pub(super) fn status(&self) -> WorkerStatus {
+        self.status
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(super) fn is_live(&self) -> bool {
+        self.status != WorkerStatus::Exited
+    }
+
+    pub(super) fn said_bye(&self) -> bool {
+        self.said_bye
+    }
+
+    pub(super) fn held(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub(super) fn holds(&self, id: TaskId) -> bool {
+        self.tasks.contains_key(&id)
+    }
+
+    pub(super) fn unacked(&self) -> usize {
+        self.unacked
+    }
+
+    pub(super) fn accept(&mut self, id: TaskId, payload: P) {
+        debug_assert!(self.is_live() && !self.stop_queued);
+        self.seq += 1;
+        self.tasks.insert(id, self.seq);
+        self.outbox.push_back(Transmit::Task { id, payload });
+    }
+
+    pub(super) fn ready(&mut self, worker: usize) -> Result<(), Violation> {
+        if self.status != WorkerStatus::Starting {
+            return Err(Violation::Unexpected {
+                worker,
+                what: "second handshake",
+            });
+        }
+        self.status = if self.stop_queued {
+            WorkerStatus::Draining
+        } else {
+            WorkerStatus::Ready
+        };
+        Ok(())
+    }
+
+    pub(super) fn output(&mut self, worker: usize, credit: usize) -> Result<(), Violation> {
+        if self.said_bye {
+            return Err(Violation::Unexpected {
+                worker,
+                what: "output after goodbye",
+            });
+        }
+        if self.unacked >= credit {
+            return Err(Violation::CreditExceeded { worker, credit });
+        }
+        self.unacked += 1;
+        Ok(())
+    }
+
+    pub(super) fn ack(&mut self, generation: u64) {
+        if generation != self.generation || self.unacked == 0 {
+            return;
+        }
+        self.unacked -= 1;
+        if self.is_live() && !self.said_bye {
+            self.ack_due += 1;
+        }
+    }
+
+    pub(super) fn done(&mut self, worker: usize, id: TaskId) -> Result<(), Violation> {
+        match self.tasks.remove(&id) {
+            Some(_) => Ok(()),
+            None => Err(Violation::UnknownTask { worker, task: id }),
+        }
+    }
+
+    pub(super) fn bye(&mut self, worker: usize) -> Result<(), Violation> {
+        let why = if !self.stop_queued {
+            "before it was asked to stop"
+        } else if !self.tasks.is_empty() {
+            "while still holding tasks"
+        } else if self.said_bye {
+            "twice"
+        } else {
+            self.said_bye = true;
+            self.ack_due = 0;
+            return Ok(());
+        };
+        Err(Violation::EarlyBye { worker, why })
+    }
+
+    pub(super) fn exit(&mut self) -> Vec<TaskId> {
+        if !self.is_live() {
+            return Vec::new();
+        }
+        self.status = WorkerStatus::Exited;
+        self.outbox.clear();
+        self.ack_due = 0;
+        let mut lost: Vec<(u64, TaskId)> = self.tasks.drain().map(|(id, seq)| (seq, id)).collect();
+        lost.sort_unstable();
+        lost.into_iter().map(|(_, id)| id).collect()
+    }
+
+    pub(super) fn replace(&mut self) -> u64 {
+        assert!(!self.is_live(), "only an exited worker can be replaced");
+        let generation = self.generation + 1;
+        *self = Self::new();
+        self.generation = generation;
+        generation
+    }
+
+    pub(super) fn queue_stop(&mut self) {
+        if self.is_live() && !self.stop_queued {
+            self.stop_queued = true;
+            self.outbox.push_back(Transmit::Stop);
+            if self.status == WorkerStatus::Ready {
+                self.status = WorkerStatus::Draining;
+            }
+        }
+    }
+
+    pub(super) fn take_kill(&mut self) -> bool {
+        if self.is_live() && !self.kill_taken {
+            self.kill_taken = true;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(super) fn poll_transmit(&mut self) -> Option<Transmit<P>> {
+        if let Some(t) = self.outbox.pop_front() {
+            return Some(t);
+        }
+        if self.ack_due > 0 {
+            return Some(Transmit::Ack(std::mem::take(&mut self.ack_due)));
+        }
+        None
+    }
+
+    pub(super) fn has_transmit(&self) -> bool {
+        !self.outbox.is_empty() || self.ack_due > 0
+    }
+}

@@ -1,0 +1,154 @@
+use super::*;
+
+fn ready(workers: usize, capacity: usize, credit: usize) -> PoolState<u32> {
+    let mut s = PoolState::new(workers, capacity, credit);
+    for k in 0..workers {
+        s.handle_ready(k).unwrap();
+    }
+    s
+}
+
+fn drain(s: &mut PoolState<u32>, worker: usize) -> Vec<Transmit<u32>> {
+    std::iter::from_fn(|| s.poll_transmit(worker)).collect()
+}
+
+#[test]
+fn round_robin_rotates_over_live_workers_and_skips_exited_ones() {
+    let mut s = ready(3, 10, 1);
+    let picks: Vec<usize> = (0..6).map(|i| s.submit(Route::Any, i).unwrap().0).collect();
+    assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+    let _ = s.handle_exit(1);
+    let picks: Vec<usize> = (0..4).map(|i| s.submit(Route::Any, i).unwrap().0).collect();
+    assert_eq!(picks, [0, 2, 0, 2]);
+}
+
+#[test]
+fn a_full_worker_refuses_and_the_cursor_stays() {
+    let mut s = ready(2, 1, 1);
+    assert_eq!(s.submit(Route::Any, 0).unwrap().0, 0);
+    assert_eq!(s.submit(Route::Any, 1).unwrap().0, 1);
+    assert_eq!(s.submit(Route::Any, 2), Err(Refusal::Full { worker: 0 }));
+    assert_eq!(s.submit(Route::Worker(1), 3), Err(Refusal::Full { worker: 1 }));
+    let first = match drain(&mut s, 0).as_slice() {
+        [Transmit::Task { id, .. }] => *id,
+        other => panic!("{other:?}"),
+    };
+    s.handle_done(0, first).unwrap();
+    assert_eq!(s.submit(Route::Any, 4).unwrap().0, 0, "the cursor did not move past worker 0");
+}
+
+#[test]
+fn targeted_submissions_check_the_worker_number_and_liveness() {
+    let mut s = ready(2, 4, 1);
+    assert_eq!(
+        s.submit(Route::Worker(2), 0),
+        Err(Refusal::NoSuchWorker { worker: 2, size: 2 })
+    );
+    let _ = s.handle_exit(1);
+    assert_eq!(s.submit(Route::Worker(1), 0), Err(Refusal::WorkerExited { worker: 1 }));
+    let _ = s.handle_exit(0);
+    assert_eq!(s.submit(Route::Any, 0), Err(Refusal::NoLiveWorkers));
+}
+
+#[test]
+fn broadcast_is_all_or_nothing_and_queued_behind_earlier_tasks() {
+    let mut s = ready(3, 2, 1);
+    s.submit(Route::Worker(1), 10).unwrap();
+    s.submit(Route::Worker(1), 11).unwrap();
+    assert_eq!(s.broadcast(99), Err(Refusal::Full { worker: 1 }));
+    assert_eq!(s.held(0) + s.held(2), 0, "a refused broadcast queued nothing");
+    let t = drain(&mut s, 1);
+    for tr in &t {
+        if let Transmit::Task { id, .. } = tr {
+            s.handle_done(1, *id).unwrap();
+        }
+    }
+    s.submit(Route::Worker(1), 12).unwrap();
+    let copies = s.broadcast(99).unwrap();
+    assert_eq!(copies.iter().map(|c| c.0).collect::<Vec<_>>(), [0, 1, 2]);
+    let payloads: Vec<u32> = drain(&mut s, 1)
+        .into_iter()
+        .filter_map(|t| match t {
+            Transmit::Task { payload, .. } => Some(payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(payloads, [12, 99]);
+}
+
+#[test]
+fn outputs_beyond_credit_are_a_violation_and_acks_return_credit() {
+    let mut s = ready(1, 1, 2);
+    s.handle_output(0).unwrap();
+    s.handle_output(0).unwrap();
+    assert_eq!(
+        s.handle_output(0),
+        Err(Violation::CreditExceeded { worker: 0, credit: 2 })
+    );
+    s.handle_ack(0, 0);
+    assert_eq!(s.unacked(0), 1);
+    assert_eq!(drain(&mut s, 0), [Transmit::Ack(1)]);
+    s.handle_output(0).unwrap();
+}
+
+#[test]
+fn acks_for_a_previous_incarnation_are_ignored() {
+    let mut s = ready(1, 1, 1);
+    s.handle_output(0).unwrap();
+    let _ = s.handle_exit(0);
+    assert_eq!(s.handle_replaced(0), 1);
+    s.handle_ack(0, 0);
+    assert!(!s.has_transmit(0));
+    s.handle_ready(0).unwrap();
+    s.handle_output(0).unwrap();
+    s.handle_ack(0, 1);
+    assert_eq!(drain(&mut s, 0), [Transmit::Ack(1)]);
+}
+
+#[test]
+fn an_exit_loses_exactly_the_held_tasks_in_acceptance_order_once() {
+    let mut s = ready(2, 8, 1);
+    let ids: Vec<TaskId> = (0..5).map(|i| s.submit(Route::Worker(0), i).unwrap().1).collect();
+    s.submit(Route::Worker(1), 9).unwrap();
+    s.handle_done(0, ids[2]).unwrap();
+    assert_eq!(s.handle_exit(0), [ids[0], ids[1], ids[3], ids[4]]);
+    assert!(s.handle_exit(0).is_empty());
+    assert_eq!(s.held(1), 1);
+    assert_eq!(
+        s.handle_done(0, ids[0]),
+        Err(Violation::UnknownTask { worker: 0, task: ids[0] })
+    );
+}
+
+#[test]
+fn stop_refuses_new_work_queues_a_pill_after_everything_and_ends_when_all_exit() {
+    let t0 = Instant::now();
+    let mut s = ready(2, 4, 1);
+    let (_, a) = s.submit(Route::Worker(0), 1).unwrap();
+    s.begin_stop(t0, Duration::from_secs(5));
+    assert_eq!(s.submit(Route::Any, 2), Err(Refusal::Closed));
+    assert_eq!(s.broadcast(2), Err(Refusal::Closed));
+    assert_eq!(
+        drain(&mut s, 0),
+        [Transmit::Task { id: a, payload: 1 }, Transmit::Stop]
+    );
+    assert_eq!(
+        s.handle_bye(0),
+        Err(Violation::EarlyBye { worker: 0, why: "while still holding tasks" })
+    );
+    s.handle_done(0, a).unwrap();
+    s.handle_bye(0).unwrap();
+    let _ = s.handle_exit(0);
+    assert!(!s.is_stopped());
+    assert!(s.handle_timeout(t0 + Duration::from_secs(4)).is_empty());
+    assert_eq!(s.handle_timeout(t0 + Duration::from_secs(5)), [1]);
+    assert!(s.handle_timeout(t0 + Duration::from_secs(6)).is_empty(), "each kill once");
+    let _ = s.handle_exit(1);
+    assert!(s.is_stopped());
+}
+
+#[test]
+fn goodbye_before_the_pill_is_a_violation() {
+    let mut s = ready(1, 1, 1);
+    assert!(matches!(s.handle_bye(0), Err(Violation::EarlyBye { .. })));
+}

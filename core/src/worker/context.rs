@@ -1,0 +1,191 @@
+//! The handle a worker uses to learn where it is and to emit outputs.
+
+use crate::error::PutError;
+use crate::protocol::{encode_with_payload, ToParent};
+use crate::state::TaskId;
+use event_listener::Event;
+use serde::Serialize;
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+/// What a worker knows about its place in the pool, and the link's outgoing side.
+#[derive(Debug)]
+pub(super) struct Link {
+    pub(super) worker: usize,
+    pub(super) pool_size: usize,
+    pub(super) pool_name: String,
+    pub(super) max_frame: usize,
+    /// Outputs the worker may emit before the parent acknowledges more.
+    pub(super) credit: Cell<usize>,
+    pub(super) credit_returned: Event,
+    /// Encoded frames waiting for the writer.
+    pub(super) outgoing: RefCell<Vec<u8>>,
+    pub(super) wake_writer: Event,
+    /// Set once the worker said goodbye or lost its parent: no more outputs.
+    pub(super) closed: Cell<bool>,
+    /// Set by fault injection: close the link once the writer has flushed.
+    pub(super) hang_up: Cell<bool>,
+}
+
+impl Link {
+    pub(super) fn close(&self) {
+        self.closed.set(true);
+        self.credit_returned.notify(usize::MAX);
+        self.wake_writer.notify(usize::MAX);
+    }
+
+    pub(super) fn add_credit(&self, n: usize) {
+        self.credit.set(self.credit.get() + n);
+        self.credit_returned.notify(n);
+    }
+}
+
+/// A worker's view of the pool, and its way to emit outputs.
+///
+/// `init` receives one with no task id; each `process` call receives one carrying that task's
+/// id, which tags the outputs it emits. Clones share the same link: a worker may keep the init
+/// context to emit unsolicited outputs (tagged with no task) from its own background tasks.
+pub struct Context<O> {
+    link: Rc<Link>,
+    task: Option<TaskId>,
+    _output: PhantomData<fn(O)>,
+}
+
+impl<O> Clone for Context<O> {
+    fn clone(&self) -> Self {
+        Self {
+            link: self.link.clone(),
+            task: self.task,
+            _output: PhantomData,
+        }
+    }
+}
+
+impl<O> fmt::Debug for Context<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("worker", &self.link.worker)
+            .field("pool_size", &self.link.pool_size)
+            .field("task", &self.task)
+            .field("credit", &self.link.credit.get())
+            .finish()
+    }
+}
+
+impl<O> Context<O> {
+    pub(super) fn new(link: Rc<Link>, task: Option<TaskId>) -> Self {
+        Self {
+            link,
+            task,
+            _output: PhantomData,
+        }
+    }
+
+    /// This worker's number, `0..pool_size`. A replacement keeps the number of the worker it
+    /// replaces.
+    pub fn worker(&self) -> usize {
+        self.link.worker
+    }
+
+    /// How many workers the pool has.
+    pub fn pool_size(&self) -> usize {
+        self.link.pool_size
+    }
+
+    /// The pool's name.
+    pub fn pool_name(&self) -> &str {
+        &self.link.pool_name
+    }
+
+    /// The task this context belongs to, or `None` for the init context.
+    pub fn task_id(&self) -> Option<TaskId> {
+        self.task
+    }
+
+    /// A context for the same worker that tags outputs with no task (unsolicited outputs).
+    pub fn unsolicited(&self) -> Self {
+        Self::new(self.link.clone(), None)
+    }
+
+    /// Outputs this worker may emit right now without waiting.
+    pub fn credit(&self) -> usize {
+        self.link.credit.get()
+    }
+}
+
+impl<O: Serialize> Context<O> {
+    /// Emits an output, waiting while the worker has no result credit left (the parent has not
+    /// yet acknowledged `result_credit` earlier outputs). This is the back-pressure from a slow
+    /// consumer to the worker.
+    pub async fn put(&self, output: O) -> Result<(), PutError<O>> {
+        let mut output = output;
+        loop {
+            match self.try_put(output) {
+                Err(PutError::Full(o)) => output = o,
+                done => return done,
+            }
+            let listener = self.link.credit_returned.listen();
+            if self.link.credit.get() > 0 || self.link.closed.get() {
+                continue;
+            }
+            listener.await;
+        }
+    }
+
+    /// Emits an output if the worker has result credit left, or hands it back in
+    /// [`PutError::Full`].
+    pub fn try_put(&self, output: O) -> Result<(), PutError<O>> {
+        let link = &*self.link;
+        if link.closed.get() {
+            return Err(PutError::Closed(output));
+        }
+        let credit = link.credit.get();
+        if credit == 0 {
+            return Err(PutError::Full(output));
+        }
+        let header = ToParent::Output { task: self.task };
+        let encoded = encode_with_payload(&mut link.outgoing.borrow_mut(), &header, &output, link.max_frame);
+        if let Err(e) = encoded {
+            return Err(PutError::Encode(output, e.to_string()));
+        }
+        link.credit.set(credit - 1);
+        link.wake_writer.notify(1);
+        Ok(())
+    }
+}
+
+/// A way to make a worker break the wire protocol, for testing the parent's defences.
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Fault {
+    /// A length prefix far over any frame limit.
+    Oversized,
+    /// A well-sized frame whose body is not a valid header.
+    Garbage,
+    /// The start of a frame, then the link is closed.
+    Truncated,
+}
+
+#[cfg(feature = "fault-injection")]
+impl<O> Context<O> {
+    #[doc(hidden)]
+    pub fn inject_fault(&self, fault: Fault) {
+        let mut out = self.link.outgoing.borrow_mut();
+        match fault {
+            Fault::Oversized => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+            Fault::Garbage => {
+                out.extend_from_slice(&8u32.to_le_bytes());
+                out.extend_from_slice(&[0xff; 8]);
+            }
+            Fault::Truncated => {
+                out.extend_from_slice(&100u32.to_le_bytes());
+                out.extend_from_slice(&[0; 10]);
+                self.link.hang_up.set(true);
+            }
+        }
+        self.link.wake_writer.notify(1);
+    }
+}

@@ -1,0 +1,71 @@
+//! The worker side: the [`Worker`] trait users implement and the [`Context`] it is given.
+
+mod context;
+mod serve;
+
+pub use context::Context;
+pub(crate) use serve::{exit_code, rejection, serve, Handshake, HELLO_LIMIT};
+
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+pub use context::Fault;
+
+use crate::error::BoxError;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// A worker: state built once in its own process, then fed tasks on that process's event loop.
+///
+/// The pool runs `init` once in each worker process, after the process started and its runtime
+/// was built, then calls `process` for each task it receives, up to the pool's per-worker
+/// concurrency at a time, all on one thread. The worker may therefore hold `!Send` state
+/// (`Rc`, `RefCell`, a runtime-local client) and use its runtime freely (spawn, timers, I/O).
+///
+/// Outputs are not a return value: a task emits zero or more of them with
+/// [`Context::put`], and a worker may keep a clone of the init [`Context`] to emit unsolicited
+/// outputs later (for example from a subscription it started). A task's end is reported to the
+/// parent automatically when `process` returns or panics; there is nothing to forget to call.
+///
+/// ```
+/// use looppool_core::{async_trait, BoxError, Context, Worker};
+///
+/// struct Doubler;
+///
+/// #[async_trait(?Send)]
+/// impl Worker for Doubler {
+///     type Task = u64;
+///     type Output = u64;
+///
+///     async fn init(_ctx: &Context<u64>) -> Result<Self, BoxError> {
+///         Ok(Doubler)
+///     }
+///
+///     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), BoxError> {
+///         ctx.put(n * 2).await?;
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait::async_trait(?Send)]
+pub trait Worker: Sized + 'static {
+    /// What the parent sends.
+    type Task: Serialize + DeserializeOwned + Send + 'static;
+    /// What the worker emits.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+
+    /// The name that selects this worker type in a re-executed process.
+    ///
+    /// The default, the type's path, is stable for one build, which is all re-exec and fork
+    /// need since parent and workers run the same executable. Override it when workers run
+    /// from another build.
+    fn name() -> &'static str {
+        std::any::type_name::<Self>()
+    }
+
+    /// Builds the worker in its own process, once, before any task. An error or panic here
+    /// fails the pool's start with [`Error::Init`](crate::Error::Init).
+    async fn init(ctx: &Context<Self::Output>) -> Result<Self, BoxError>;
+
+    /// Processes one task. An error or panic is reported to the parent for this task only; the
+    /// worker goes on with the next one.
+    async fn process(&self, task: Self::Task, ctx: &Context<Self::Output>) -> Result<(), BoxError>;
+}

@@ -1,0 +1,366 @@
+//! A worker's event loop: handshake, init, then tasks in and outputs out until the poison pill.
+//!
+//! Three parts run on the worker's one thread, sharing state through `Rc`:
+//! - the *reader* decodes frames from the parent: tasks go to the inbox, acknowledgements return
+//!   result credit, the poison pill marks the inbox as closing;
+//! - the *runner* starts inbox tasks while fewer than `concurrency` run, and reports each end;
+//! - the *writer* flushes every encoded frame (outputs, task ends) in as few writes as it can.
+//!
+//! The loop ends when the runner has drained the inbox after the pill (it then says goodbye and
+//! the writer flushes it), when the parent hangs up (end of file: the parent died, so do we), or
+//! when the parent breaks the protocol.
+
+use super::context::{Context, Link};
+use super::Worker;
+use crate::error::{error_chain, panic_message};
+use crate::protocol::{
+    encode_header, hello_version, split_body, FrameReader, ToParent, ToWorker, WireOutcome,
+    PROTOCOL_VERSION,
+};
+use crate::runtime::BoxIo;
+use crate::state::TaskId;
+use event_listener::Event;
+use futures_util::future::{select, Either, FutureExt};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::{AsyncWrite, AsyncWriteExt};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::rc::Rc;
+
+/// Exit codes of a worker process.
+pub(crate) mod exit_code {
+    /// Drained after the poison pill, or the parent went away.
+    pub(crate) const OK: i32 = 0;
+    /// The handshake was refused.
+    pub(crate) const HANDSHAKE: i32 = 2;
+    /// The init hook failed.
+    pub(crate) const INIT: i32 = 3;
+    /// The parent broke the protocol or the link failed.
+    pub(crate) const LINK: i32 = 4;
+}
+
+/// The largest handshake accepted before the negotiated frame limit is known.
+pub(crate) const HELLO_LIMIT: usize = 64 * 1024;
+
+/// The longest error or panic message sent to the parent, in bytes.
+const MESSAGE_LIMIT: usize = 16 * 1024;
+
+/// What the parent told this worker in the handshake.
+#[derive(Debug, Clone)]
+pub(crate) struct Handshake {
+    pub(crate) worker: usize,
+    pub(crate) pool_size: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) result_credit: usize,
+    pub(crate) max_frame: usize,
+    pub(crate) pool_name: String,
+    pub(crate) worker_name: String,
+}
+
+impl Handshake {
+    /// Decodes a `Hello` body, checking the protocol version before anything else.
+    pub(crate) fn decode(body: &[u8]) -> Result<Self, String> {
+        match hello_version(body) {
+            Some(PROTOCOL_VERSION) => {}
+            Some(v) => {
+                return Err(format!(
+                    "protocol version mismatch: the parent speaks version {v}, this worker speaks \
+                     version {PROTOCOL_VERSION}"
+                ))
+            }
+            None => return Err("the first frame is not a handshake".to_string()),
+        }
+        match split_body::<ToWorker<'_>>(body) {
+            Ok((
+                ToWorker::Hello {
+                    worker,
+                    pool_size,
+                    concurrency,
+                    result_credit,
+                    max_frame,
+                    pool_name,
+                    worker_name,
+                    ..
+                },
+                _,
+            )) => Ok(Handshake {
+                worker: worker as usize,
+                pool_size: pool_size as usize,
+                concurrency: concurrency.max(1) as usize,
+                result_credit: result_credit as usize,
+                max_frame: max_frame as usize,
+                pool_name: pool_name.to_string(),
+                worker_name: worker_name.to_string(),
+            }),
+            Ok(_) => Err("the first frame is not a handshake".to_string()),
+            Err(e) => Err(format!("malformed handshake: {e}")),
+        }
+    }
+
+    /// Appends the `Hello` frame for this handshake, announcing `version`.
+    pub(crate) fn encode(&self, version: u32, buf: &mut Vec<u8>) {
+        let hello = ToWorker::Hello {
+            version,
+            worker: self.worker as u32,
+            pool_size: self.pool_size as u32,
+            concurrency: self.concurrency as u32,
+            result_credit: self.result_credit as u32,
+            max_frame: self.max_frame as u32,
+            pool_name: &self.pool_name,
+            worker_name: &self.worker_name,
+        };
+        encode_header(buf, &hello, HELLO_LIMIT).expect("a handshake fits its limit");
+    }
+}
+
+/// Encodes a refusal of the handshake, to be written before exiting.
+pub(crate) fn rejection(reason: &str) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let reason = truncate(reason);
+    encode_header(&mut buf, &ToParent::Rejected { reason }, HELLO_LIMIT).expect("bounded message");
+    buf
+}
+
+fn truncate(message: &str) -> &str {
+    if message.len() <= MESSAGE_LIMIT {
+        return message;
+    }
+    let mut end = MESSAGE_LIMIT;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
+
+/// How the loop ended.
+enum End {
+    Drained,
+    ParentGone,
+    Link(String),
+}
+
+struct Inbox<T> {
+    queue: RefCell<VecDeque<(TaskId, Result<T, String>)>>,
+    stopping: Cell<bool>,
+    changed: Event,
+}
+
+/// Runs worker `W` over `io` until the link ends; returns the process exit code.
+///
+/// `handshake` is given when it was already read (a re-executed process reads it before it
+/// has a runtime, to learn which worker type to run); otherwise it is read here.
+pub(crate) async fn serve<W: Worker>(io: BoxIo, handshake: Option<Handshake>) -> i32 {
+    let (read_half, mut write_half) = futures_util::AsyncReadExt::split(io);
+    let mut reader = FrameReader::new(read_half, HELLO_LIMIT);
+    let hs = match handshake {
+        Some(hs) => hs,
+        None => {
+            let decoded = match reader.next().await {
+                Ok(Some(body)) => Handshake::decode(body),
+                Ok(None) => return exit_code::OK,
+                Err(e) => Err(format!("cannot read the handshake: {e}")),
+            };
+            match decoded {
+                Ok(hs) => hs,
+                Err(reason) => {
+                    let _ = write_all(&mut write_half, &rejection(&reason)).await;
+                    eprintln!("looppool worker: {reason}");
+                    return exit_code::HANDSHAKE;
+                }
+            }
+        }
+    };
+    reader.set_max_frame(hs.max_frame);
+
+    let link = Rc::new(Link {
+        worker: hs.worker,
+        pool_size: hs.pool_size,
+        pool_name: hs.pool_name.clone(),
+        max_frame: hs.max_frame,
+        credit: Cell::new(hs.result_credit),
+        credit_returned: Event::new(),
+        outgoing: RefCell::new(Vec::new()),
+        wake_writer: Event::new(),
+        closed: Cell::new(false),
+        hang_up: Cell::new(false),
+    });
+
+    let init_ctx = Context::new(link.clone(), None);
+    let worker = match AssertUnwindSafe(W::init(&init_ctx)).catch_unwind().await {
+        Ok(Ok(worker)) => Rc::new(worker),
+        outcome => {
+            let message = match outcome {
+                Ok(Err(e)) => error_chain(&*e),
+                Err(panic) => format!("panicked: {}", panic_message(&*panic)),
+                Ok(Ok(_)) => unreachable!(),
+            };
+            let mut buf = Vec::new();
+            let frame = ToParent::InitFailed {
+                message: truncate(&message),
+            };
+            encode_header(&mut buf, &frame, HELLO_LIMIT).expect("bounded message");
+            let _ = write_all(&mut write_half, &buf).await;
+            return exit_code::INIT;
+        }
+    };
+    {
+        let mut ready = Vec::new();
+        let frame = ToParent::Ready {
+            version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+        };
+        encode_header(&mut ready, &frame, HELLO_LIMIT).expect("small frame");
+        // Outputs the init hook emitted are already queued; the handshake answer goes first.
+        link.outgoing.borrow_mut().splice(0..0, ready);
+        link.wake_writer.notify(1);
+    }
+
+    let inbox = Rc::new(Inbox::<W::Task> {
+        queue: RefCell::new(VecDeque::new()),
+        stopping: Cell::new(false),
+        changed: Event::new(),
+    });
+
+    let read = pin!(read_loop(&mut reader, &link, &inbox));
+    let write = pin!(write_loop(&mut write_half, &link));
+    let run = pin!(run_loop(worker, &link, &inbox, hs.concurrency));
+    let end = match select(read, select(write, run)).await {
+        Either::Left((end, _)) => end,
+        Either::Right((Either::Left((end, _)), _)) => end,
+        Either::Right((Either::Right((end, _)), _)) => end,
+    };
+    link.close();
+    match end {
+        End::Drained | End::ParentGone => exit_code::OK,
+        End::Link(reason) => {
+            eprintln!("looppool worker {}: {reason}", hs.worker);
+            exit_code::LINK
+        }
+    }
+}
+
+async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
+async fn read_loop<R, T>(reader: &mut FrameReader<R>, link: &Link, inbox: &Inbox<T>) -> End
+where
+    R: futures_io::AsyncRead + Unpin,
+    T: serde::de::DeserializeOwned,
+{
+    loop {
+        let body = match reader.next().await {
+            Ok(Some(body)) => body,
+            Ok(None) => return End::ParentGone,
+            Err(e) => return End::Link(e.to_string()),
+        };
+        match split_body::<ToWorker<'_>>(body) {
+            Ok((ToWorker::Task { id }, payload)) => {
+                let task = postcard::from_bytes::<T>(payload)
+                    .map_err(|e| format!("the worker cannot decode the task: {e}"));
+                inbox.queue.borrow_mut().push_back((id, task));
+                inbox.changed.notify(1);
+            }
+            Ok((ToWorker::Ack { n }, _)) => link.add_credit(n as usize),
+            Ok((ToWorker::Stop, _)) => {
+                inbox.stopping.set(true);
+                inbox.changed.notify(1);
+            }
+            Ok((ToWorker::Hello { .. }, _)) => return End::Link("a second handshake".into()),
+            Err(e) => return End::Link(format!("malformed frame from the parent: {e}")),
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(w: &mut W, link: &Link) -> End {
+    let mut buf = Vec::new();
+    loop {
+        let listener = link.wake_writer.listen();
+        std::mem::swap(&mut buf, &mut *link.outgoing.borrow_mut());
+        if !buf.is_empty() {
+            if let Err(e) = write_all(w, &buf).await {
+                return if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    End::ParentGone
+                } else {
+                    End::Link(format!("cannot write to the parent: {e}"))
+                };
+            }
+            buf.clear();
+            continue;
+        }
+        if link.hang_up.get() {
+            return End::ParentGone;
+        }
+        if link.closed.get() {
+            return End::Drained;
+        }
+        listener.await;
+    }
+}
+
+type Running = FuturesUnordered<futures_util::future::LocalBoxFuture<'static, (TaskId, Ended)>>;
+
+enum Ended {
+    Completed,
+    Failed(String),
+    Panicked(String),
+}
+
+async fn run_loop<W: Worker>(worker: Rc<W>, link: &Rc<Link>, inbox: &Inbox<W::Task>, concurrency: usize) -> End {
+    let mut running: Running = FuturesUnordered::new();
+    loop {
+        while running.len() < concurrency {
+            let Some((id, task)) = inbox.queue.borrow_mut().pop_front() else {
+                break;
+            };
+            running.push(run_one(worker.clone(), link.clone(), id, task).boxed_local());
+        }
+        if running.is_empty() && inbox.stopping.get() && inbox.queue.borrow().is_empty() {
+            break;
+        }
+        let listener = inbox.changed.listen();
+        if running.len() < concurrency && !inbox.queue.borrow().is_empty() {
+            continue;
+        }
+        if running.is_empty() {
+            listener.await;
+            continue;
+        }
+        if let Either::Left((Some((id, ended)), _)) = select(running.next(), listener).await {
+            report(link, id, &ended);
+        }
+    }
+    // Drained after the pill: say goodbye, accept no more outputs, let the writer flush.
+    encode_header(&mut link.outgoing.borrow_mut(), &ToParent::Bye, link.max_frame).expect("small frame");
+    link.close();
+    std::future::pending().await
+}
+
+async fn run_one<W: Worker>(worker: Rc<W>, link: Rc<Link>, id: TaskId, task: Result<W::Task, String>) -> (TaskId, Ended) {
+    let task = match task {
+        Ok(task) => task,
+        Err(message) => return (id, Ended::Failed(message)),
+    };
+    let ctx = Context::new(link, Some(id));
+    let ended = match AssertUnwindSafe(worker.process(task, &ctx)).catch_unwind().await {
+        Ok(Ok(())) => Ended::Completed,
+        Ok(Err(e)) => Ended::Failed(error_chain(&*e)),
+        Err(panic) => Ended::Panicked(panic_message(&*panic)),
+    };
+    (id, ended)
+}
+
+fn report(link: &Link, id: TaskId, ended: &Ended) {
+    let outcome = match ended {
+        Ended::Completed => WireOutcome::Completed,
+        Ended::Failed(m) => WireOutcome::Failed(truncate(m)),
+        Ended::Panicked(m) => WireOutcome::Panicked(truncate(m)),
+    };
+    let frame = ToParent::Done { task: id, outcome };
+    encode_header(&mut link.outgoing.borrow_mut(), &frame, link.max_frame.max(HELLO_LIMIT))
+        .expect("a task end with a bounded message fits any frame limit");
+    link.wake_writer.notify(1);
+}
