@@ -40,7 +40,6 @@
 
 pub use looppool_core::*;
 
-use looppool_core::{BoxFuture, BoxIo, LocalBoxFuture};
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;

@@ -1,0 +1,168 @@
+//! The worker the conformance suite drives: each task variant exercises one behaviour.
+
+use looppool_core::{async_trait, BoxError, Context, Fault, PutError, Worker};
+use serde::{Deserialize, Serialize};
+use std::cell::Cell;
+
+/// A value whose serialisation always fails, to test encode errors on both sides.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Refuse;
+
+impl Serialize for Refuse {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this value refuses to be encoded"))
+    }
+}
+
+/// What the suite asks a [`Probe`] to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Task {
+    /// Emit `Doubled(2n)`.
+    Double(u64),
+    /// Remember a value.
+    Set(i64),
+    /// Emit the remembered value and the worker number.
+    Get,
+    /// Emit the worker number.
+    WhoAmI,
+    /// Fail with this message.
+    Fail(String),
+    /// Panic with this message.
+    Panic(String),
+    /// Emit `Seq(0..n)` with `put`, waiting for credit.
+    Emit(u32),
+    /// `try_put` `Seq(0..n)`; fail unless exactly `accepted` went through and every refusal
+    /// handed its output back.
+    TryEmit {
+        /// How many to try.
+        n: u32,
+        /// How many must be accepted.
+        accepted: u32,
+    },
+    /// Emit `Seq(0)` then `Seq(1)`: with a result credit of 1 the task ends only after the
+    /// consumer acknowledged the first output.
+    Hold,
+    /// Try to emit an output that cannot be encoded; expect the error, then emit `Doubled(1)`.
+    PutUnencodable,
+    /// A task that cannot be encoded in the parent.
+    Unencodable(Refuse),
+    /// A large task (to exceed the frame limit).
+    Blob(Vec<u8>),
+    /// Break the wire protocol.
+    Fault(Fault),
+    /// End the worker process with this exit code.
+    Exit(i32),
+}
+
+/// What a [`Probe`] emits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Out {
+    /// The answer to `Double`.
+    Doubled(u64),
+    /// The answer to `Get`.
+    Value {
+        /// The remembered value.
+        value: i64,
+        /// The worker's number.
+        worker: usize,
+    },
+    /// The answer to `WhoAmI`.
+    Worker(usize),
+    /// One of a sequence.
+    Seq(u32),
+    /// Never encodable.
+    Unencodable(Refuse),
+}
+
+/// The suite's worker: a remembered value and a task per behaviour.
+#[derive(Debug)]
+pub struct Probe {
+    value: Cell<i64>,
+}
+
+#[async_trait(?Send)]
+impl Worker for Probe {
+    type Task = Task;
+    type Output = Out;
+
+    fn name() -> &'static str {
+        "looppool-testkit/probe"
+    }
+
+    async fn init(_ctx: &Context<Out>) -> Result<Self, BoxError> {
+        Ok(Probe {
+            value: Cell::new(0),
+        })
+    }
+
+    async fn process(&self, task: Task, ctx: &Context<Out>) -> Result<(), BoxError> {
+        match task {
+            Task::Double(n) => ctx.put(Out::Doubled(n * 2)).await?,
+            Task::Set(v) => self.value.set(v),
+            Task::Get => {
+                let out = Out::Value {
+                    value: self.value.get(),
+                    worker: ctx.worker(),
+                };
+                ctx.put(out).await?;
+            }
+            Task::WhoAmI => ctx.put(Out::Worker(ctx.worker())).await?,
+            Task::Fail(message) => return Err(message.into()),
+            Task::Panic(message) => panic!("{message}"),
+            Task::Emit(n) => {
+                for i in 0..n {
+                    ctx.put(Out::Seq(i)).await?;
+                }
+            }
+            Task::TryEmit { n, accepted } => {
+                let mut ok = 0;
+                for i in 0..n {
+                    match ctx.try_put(Out::Seq(i)) {
+                        Ok(()) => ok += 1,
+                        Err(PutError::Full(Out::Seq(j))) if j == i => {}
+                        Err(e) => return Err(format!("try_put {i}: unexpected {e:?}").into()),
+                    }
+                }
+                if ok != accepted {
+                    return Err(format!("try_put accepted {ok} of {n}, expected {accepted}").into());
+                }
+            }
+            Task::Hold => {
+                ctx.put(Out::Seq(0)).await?;
+                ctx.put(Out::Seq(1)).await?;
+            }
+            Task::PutUnencodable => match ctx.try_put(Out::Unencodable(Refuse)) {
+                Err(PutError::Encode(Out::Unencodable(Refuse), message)) if message.contains("cannot encode") => {
+                    ctx.put(Out::Doubled(1)).await?;
+                }
+                other => return Err(format!("expected an encode error, got {other:?}").into()),
+            },
+            Task::Unencodable(_) | Task::Blob(_) => {}
+            Task::Fault(fault) => ctx.inject_fault(fault),
+            Task::Exit(code) => std::process::exit(code),
+        }
+        Ok(())
+    }
+}
+
+/// A worker whose init hook fails.
+#[derive(Debug)]
+pub struct FailingInit;
+
+#[async_trait(?Send)]
+impl Worker for FailingInit {
+    type Task = ();
+    type Output = ();
+
+    fn name() -> &'static str {
+        "looppool-testkit/failing-init"
+    }
+
+    async fn init(_ctx: &Context<()>) -> Result<Self, BoxError> {
+        Err("no database at db.invalid".into())
+    }
+
+    async fn process(&self, _: (), _: &Context<()>) -> Result<(), BoxError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,466 @@
+//! The trials. Each proves one behaviour and fails with a message saying what differed.
+
+use super::{within, Adapter, FailingInit, Out, Outcome, Probe, Refuse, Task};
+use futures_util::future::{join_all, select, Either, LocalBoxFuture};
+use looppool_core::{
+    Builder, CallError, Error, Exit, Fault, Outputs, Pool, StartMethod, SubmitError, TaskError,
+    TaskHandle, TaskId,
+};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::pin;
+
+use std::time::Duration;
+
+/// A trial: its name, whether it needs worker processes, and its body.
+pub(super) type Body = fn(StartMethod) -> LocalBoxFuture<'static, Outcome>;
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+macro_rules! table {
+    ($($name:ident: $processes_only:expr),* $(,)?) => {
+        vec![$((stringify!($name), $processes_only, (|m| Box::pin($name::<A>(m))) as Body)),*]
+    };
+}
+
+pub(super) fn all<A: Adapter>() -> Vec<(&'static str, bool, Body)> {
+    table![
+        ten_tasks_through_eight_workers_come_back_doubled: false,
+        stop_after_k_tasks_ends_every_task_and_delivers_every_output: false,
+        a_full_worker_refuses_try_submit_and_submit_waits_for_room: false,
+        round_robin_gives_each_of_8_workers_100_of_800_tasks: false,
+        a_broadcast_after_k_tasks_reaches_every_worker_once_in_order: false,
+        targeted_tasks_reach_their_worker: false,
+        errors_and_panics_reach_the_parent_and_the_worker_goes_on: false,
+        result_credit_bounds_unacknowledged_outputs_and_loses_nothing: false,
+        values_that_cannot_be_encoded_are_refused_at_the_call: false,
+        a_bad_frame_from_a_worker_ends_only_its_link_with_a_clear_error: false,
+        a_protocol_version_mismatch_fails_the_start_clearly: false,
+        a_failing_init_hook_fails_the_start_clearly: false,
+        stop_racing_submissions_ends_every_accepted_task: false,
+        a_killed_worker_loses_its_tasks_with_the_signal_and_others_go_on: true,
+        dropping_a_pool_leaves_no_worker_process: true,
+    ]
+}
+
+fn pool<A: Adapter>(method: StartMethod, workers: usize) -> Builder<Probe> {
+    Pool::builder(A::runtime())
+        .name("conformance")
+        .start_method(method)
+        .workers(workers)
+        .stop_timeout(Duration::from_secs(30))
+        .handshake_timeout(Duration::from_secs(30))
+}
+
+async fn start(builder: Builder<Probe>) -> Result<Pool<Probe>, String> {
+    builder.start().await.map_err(|e| format!("the pool did not start: {e}"))
+}
+
+/// An output as the test saw it: worker, task, value.
+type Seen = (usize, Option<TaskId>, Out);
+
+/// Runs `future` while taking (and so acknowledging) every output from `outputs`; returns its
+/// result and the outputs taken, including those that arrived before it finished.
+async fn draining<T>(outputs: &Outputs<Out>, future: impl Future<Output = T>) -> (T, Vec<Seen>) {
+    let mut seen = Vec::new();
+    let mut future = pin!(future);
+    let value = loop {
+        match select(future.as_mut(), pin!(outputs.recv())).await {
+            Either::Left((value, _)) => break value,
+            Either::Right((Some(d), _)) => seen.push((d.worker(), d.task_id(), d.into_value())),
+            Either::Right((None, _)) => break future.await,
+        }
+    };
+    while let Some(d) = outputs.try_recv() {
+        seen.push((d.worker(), d.task_id(), d.into_value()));
+    }
+    (value, seen)
+}
+
+async fn all_ok(handles: Vec<TaskHandle>) -> Outcome {
+    for (i, r) in join_all(handles).await.into_iter().enumerate() {
+        ensure!(r.is_ok(), "task #{i} ended with {r:?}");
+    }
+    Ok(())
+}
+
+async fn stop_gracefully(pool: &Pool<Probe>) -> Outcome {
+    let stopped = pool.stop().await;
+    ensure!(stopped.is_graceful(), "the stop was not graceful: {stopped:?}");
+    Ok(())
+}
+
+async fn ten_tasks_through_eight_workers_come_back_doubled<A: Adapter>(m: StartMethod) -> Outcome {
+    let pool = start(pool::<A>(m, 8)).await?;
+    let outputs = pool.outputs();
+    let mut handles = Vec::new();
+    for n in 0..10 {
+        handles.push(pool.submit(Task::Double(n)).await.map_err(|e| e.to_string())?);
+    }
+    let ids: Vec<TaskId> = handles.iter().map(TaskHandle::id).collect();
+    let (ended, seen) = draining(&outputs, all_ok(handles)).await;
+    ended?;
+    let mut got: Vec<u64> = seen
+        .iter()
+        .map(|(_, task, out)| match out {
+            Out::Doubled(v) if task.is_some_and(|t| ids.contains(&t)) => Ok(*v),
+            other => Err(format!("unexpected output {other:?} for task {task:?}")),
+        })
+        .collect::<Result<_, _>>()?;
+    got.sort_unstable();
+    ensure!(got == (0..10).map(|n| n * 2).collect::<Vec<_>>(), "got {got:?}");
+    ensure!(pool.call(Task::Double(21)).await.ok() == Some(Out::Doubled(42)), "call(21) did not give 42");
+    stop_gracefully(&pool).await
+}
+
+async fn stop_after_k_tasks_ends_every_task_and_delivers_every_output<A: Adapter>(m: StartMethod) -> Outcome {
+    for k in 0..16u64 {
+        let pool = start(pool::<A>(m, 2).capacity(16)).await?;
+        let outputs = pool.outputs();
+        let mut handles = Vec::new();
+        for n in 0..k {
+            handles.push(pool.submit(Task::Double(n)).await.map_err(|e| e.to_string())?);
+        }
+        stop_gracefully(&pool).await?;
+        for h in handles {
+            let id = h.id();
+            let ended = futures_util::FutureExt::now_or_never(h);
+            ensure!(ended == Some(Ok(())), "k={k}: after stop, task {id} has {ended:?}");
+        }
+        let mut delivered = 0;
+        while let Some(d) = outputs.recv().await {
+            ensure!(matches!(d.value(), Out::Doubled(_)), "k={k}: unexpected {:?}", d.value());
+            delivered += 1;
+        }
+        ensure!(delivered == k, "k={k}: {delivered} outputs delivered");
+        let late = pool.try_submit(Task::Double(1));
+        ensure!(matches!(late, Err(SubmitError::Closed(Task::Double(1)))), "k={k}: after stop: {late:?}");
+    }
+    Ok(())
+}
+
+async fn a_full_worker_refuses_try_submit_and_submit_waits_for_room<A: Adapter>(m: StartMethod) -> Outcome {
+    let pool = start(pool::<A>(m, 1).capacity(2).concurrency(2).result_credit(1)).await?;
+    let outputs = pool.outputs();
+    // Two `Hold`s fill the worker; neither can end before the consumer acknowledges an output.
+    let held = [pool.try_submit(Task::Hold), pool.try_submit(Task::Hold)];
+    let held: Vec<TaskHandle> = held.into_iter().collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    match pool.try_submit(Task::Double(7)) {
+        Err(SubmitError::Full(task)) => ensure!(task == Task::Double(7), "handed back {task:?}"),
+        other => return Err(format!("expected Full, got {other:?}")),
+    }
+    let mut waiting = pin!(pool.submit(Task::Double(8)));
+    let first = futures_util::poll!(waiting.as_mut());
+    ensure!(first.is_pending(), "submit did not wait for room: {first:?}");
+    let (submitted, _) = draining(&outputs, async {
+        let handle = waiting.await.map_err(|e| e.to_string())?;
+        all_ok(held).await?;
+        handle.await.map_err(|e| e.to_string())
+    })
+    .await;
+    submitted?;
+    stop_gracefully(&pool).await
+}
+
+async fn round_robin_gives_each_of_8_workers_100_of_800_tasks<A: Adapter>(m: StartMethod) -> Outcome {
+    let pool = start(pool::<A>(m, 8)).await?;
+    let outputs = pool.outputs();
+    let (handles, seen) = draining(&outputs, async {
+        let mut handles = Vec::new();
+        for _ in 0..800 {
+            handles.push(pool.submit(Task::WhoAmI).await.map_err(|e| e.to_string())?);
+        }
+        let by_handle = count(handles.iter().map(TaskHandle::worker));
+        all_ok(handles).await?;
+        Ok::<_, String>(by_handle)
+    })
+    .await;
+    let by_handle = handles?;
+    let mut by_output = BTreeMap::new();
+    for (worker, _, out) in &seen {
+        ensure!(*out == Out::Worker(*worker), "worker {worker} said {out:?}");
+        *by_output.entry(*worker).or_insert(0) += 1;
+    }
+    let expected: BTreeMap<usize, usize> = (0..8).map(|w| (w, 100)).collect();
+    ensure!(by_handle == expected, "tasks sent per worker: {by_handle:?}");
+    ensure!(by_output == expected, "tasks processed per worker: {by_output:?}");
+    stop_gracefully(&pool).await
+}
+
+fn count(workers: impl Iterator<Item = usize>) -> BTreeMap<usize, usize> {
+    let mut counts = BTreeMap::new();
+    for w in workers {
+        *counts.entry(w).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Broadcasts `Get` and returns each worker's answer, checking each answered exactly once.
+async fn broadcast_get(pool: &Pool<Probe>, outputs: &Outputs<Out>) -> Result<BTreeMap<usize, i64>, String> {
+    let (ended, seen) = draining(outputs, async {
+        let handles = pool.broadcast(Task::Get).await.map_err(|e| e.to_string())?;
+        all_ok(handles).await
+    })
+    .await;
+    ended?;
+    let mut values = BTreeMap::new();
+    for (worker, _, out) in seen {
+        match out {
+            Out::Value { value, worker: w } if w == worker => {
+                ensure!(values.insert(worker, value).is_none(), "worker {worker} answered twice");
+            }
+            other => return Err(format!("unexpected output {other:?} from worker {worker}")),
+        }
+    }
+    ensure!(values.len() == pool.size(), "answers from {} of {} workers", values.len(), pool.size());
+    Ok(values)
+}
+
+async fn a_broadcast_after_k_tasks_reaches_every_worker_once_in_order<A: Adapter>(m: StartMethod) -> Outcome {
+    for k in 0..16u64 {
+        let pool = start(pool::<A>(m, 4).capacity(32)).await?;
+        let outputs = pool.outputs();
+        // The earlier tasks set other values: a broadcast that overtook any of them would leave
+        // that value behind instead of 26.
+        let mut handles = Vec::new();
+        for n in 0..k {
+            handles.push(pool.submit(Task::Set(-(n as i64) - 1)).await.map_err(|e| e.to_string())?);
+        }
+        handles.extend(pool.broadcast(Task::Set(26)).await.map_err(|e| e.to_string())?);
+        let values = broadcast_get(&pool, &outputs).await?;
+        ensure!(values.values().all(|&v| v == 26), "k={k}: values {values:?}");
+        let (ended, _) = draining(&outputs, all_ok(handles)).await;
+        ended?;
+        stop_gracefully(&pool).await?;
+    }
+    Ok(())
+}
+
+async fn targeted_tasks_reach_their_worker<A: Adapter>(m: StartMethod) -> Outcome {
+    let n = 4;
+    let pool = start(pool::<A>(m, n)).await?;
+    let outputs = pool.outputs();
+    let mut handles = Vec::new();
+    for k in 0..n {
+        handles.push(pool.submit_to(k, Task::Set((n - 1 - k) as i64)).await.map_err(|e| e.to_string())?);
+    }
+    all_ok(handles).await?;
+    let values = broadcast_get(&pool, &outputs).await?;
+    for (worker, value) in &values {
+        ensure!(value + *worker as i64 == n as i64 - 1, "worker {worker} holds {value}");
+    }
+    for k in 0..n {
+        let answer = pool.call_to(k, Task::WhoAmI).await.map_err(|e| e.to_string())?;
+        ensure!(answer == Out::Worker(k), "call_to({k}) answered {answer:?}");
+    }
+    let nowhere = pool.try_submit_to(n, Task::Get);
+    ensure!(matches!(nowhere, Err(SubmitError::Unroutable(Task::Get, _))), "worker {n}: {nowhere:?}");
+    stop_gracefully(&pool).await
+}
+
+async fn errors_and_panics_reach_the_parent_and_the_worker_goes_on<A: Adapter>(m: StartMethod) -> Outcome {
+    let pool = start(pool::<A>(m, 2)).await?;
+    let pid = pool.pid(0);
+    let failing = pool.submit_to(0, Task::Fail("the disk is full".into())).await.map_err(|e| e.to_string())?;
+    let failing_id = failing.id();
+    match failing.await {
+        Err(TaskError::Failed { message }) => ensure!(message == "the disk is full", "message {message:?}"),
+        other => return Err(format!("task {failing_id}: expected a failure, got {other:?}")),
+    }
+    match pool.call_to(0, Task::Panic("kaboom".into())).await {
+        Err(CallError::Task(TaskError::Panicked { message })) => ensure!(message == "kaboom", "message {message:?}"),
+        other => return Err(format!("expected a panic, got {other:?}")),
+    }
+    let after = pool.call_to(0, Task::Double(21)).await.map_err(|e| e.to_string())?;
+    ensure!(after == Out::Doubled(42), "after the failures worker 0 answered {after:?}");
+    ensure!(pool.pid(0) == pid, "worker 0 was replaced: {pid:?} -> {:?}", pool.pid(0));
+    stop_gracefully(&pool).await
+}
+
+async fn result_credit_bounds_unacknowledged_outputs_and_loses_nothing<A: Adapter>(m: StartMethod) -> Outcome {
+    let credit = 3;
+    let pool = start(pool::<A>(m, 1).result_credit(credit)).await?;
+    let outputs = pool.outputs();
+    // try_put: the first `credit` go through, the rest are handed back.
+    let tried = pool.submit(Task::TryEmit { n: 5, accepted: credit as u32 }).await.map_err(|e| e.to_string())?;
+    tried.await.map_err(|e| format!("TryEmit: {e}"))?;
+    let mut first = Vec::new();
+    for _ in 0..credit {
+        first.push(outputs.recv().await.ok_or("the stream ended")?);
+    }
+    ensure!(outputs.try_recv().is_none(), "more than {credit} outputs were emitted");
+    drop(first);
+
+    // put with a slow consumer: hold `credit` deliveries, acknowledge the oldest only then.
+    let emitting = pool.submit(Task::Emit(50)).await.map_err(|e| e.to_string())?;
+    let mut held = std::collections::VecDeque::new();
+    let mut received = Vec::new();
+    while received.len() < 50 {
+        let d = outputs.recv().await.ok_or("the stream ended early")?;
+        received.push(d.value().clone());
+        held.push_back(d);
+        if held.len() == credit {
+            // No credit is left, so the worker cannot have emitted another output.
+            ensure!(outputs.try_recv().is_none(), "an output beyond the credit arrived");
+            held.pop_front();
+        }
+    }
+    drop(held);
+    emitting.await.map_err(|e| format!("Emit: {e}"))?;
+    ensure!(received == (0..50).map(Out::Seq).collect::<Vec<_>>(), "received {received:?}");
+    stop_gracefully(&pool).await
+}
+
+async fn values_that_cannot_be_encoded_are_refused_at_the_call<A: Adapter>(m: StartMethod) -> Outcome {
+    let pool = start(pool::<A>(m, 1).max_frame(64 * 1024)).await?;
+    match pool.try_submit(Task::Unencodable(Refuse)) {
+        Err(SubmitError::Encode(Task::Unencodable(Refuse), message)) => {
+            ensure!(message.contains("cannot encode the task"), "message {message:?}")
+        }
+        other => return Err(format!("expected an encode error, got {other:?}")),
+    }
+    match pool.submit(Task::Blob(vec![7; 100_000])).await {
+        Err(SubmitError::Encode(Task::Blob(blob), message)) => {
+            ensure!(blob.len() == 100_000, "the task came back changed");
+            ensure!(message.contains("frame limit"), "message {message:?}");
+        }
+        other => return Err(format!("expected a size error, got {other:?}")),
+    }
+    let answer = pool.call(Task::PutUnencodable).await.map_err(|e| e.to_string())?;
+    ensure!(answer == Out::Doubled(1), "PutUnencodable answered {answer:?}");
+    stop_gracefully(&pool).await
+}
+
+async fn a_bad_frame_from_a_worker_ends_only_its_link_with_a_clear_error<A: Adapter>(m: StartMethod) -> Outcome {
+    let cases = [
+        (Fault::Oversized, "exceeds the limit"),
+        (Fault::Garbage, "malformed"),
+        (Fault::Truncated, "truncated frame"),
+    ];
+    for (fault, expected) in cases {
+        // With a result credit of 1 and no consumer, `Hold` stays in flight until the link ends.
+        let pool = start(pool::<A>(m, 2).concurrency(2).result_credit(1)).await?;
+        let before = pool.submit_to(0, Task::Hold).await.map_err(|e| e.to_string())?;
+        let faulty = pool.submit_to(0, Task::Fault(fault)).await.map_err(|e| e.to_string())?;
+        for (what, handle) in [("the faulty task", faulty), ("a task beside it", before)] {
+            match handle.await {
+                Err(TaskError::Lost { worker: 0, cause: Some(cause), .. }) => {
+                    ensure!(cause.contains(expected), "{fault:?}: {what} lost with {cause:?}")
+                }
+                other => return Err(format!("{fault:?}: {what} ended with {other:?}")),
+            }
+        }
+        let answer = pool.call_to(1, Task::Double(2)).await.map_err(|e| format!("{fault:?}: {e}"))?;
+        ensure!(answer == Out::Doubled(4), "{fault:?}: worker 1 answered {answer:?}");
+        let dead = pool.try_submit_to(0, Task::Get);
+        ensure!(matches!(dead, Err(SubmitError::Unroutable(..))), "{fault:?}: worker 0 took {dead:?}");
+        let stopped = pool.stop().await;
+        ensure!(stopped.killed().is_empty(), "{fault:?}: {stopped:?}");
+    }
+    Ok(())
+}
+
+async fn a_protocol_version_mismatch_fails_the_start_clearly<A: Adapter>(m: StartMethod) -> Outcome {
+    match pool::<A>(m, 2).protocol_version(99).start().await {
+        Err(Error::Handshake { reason, .. }) => {
+            ensure!(reason.contains("protocol version mismatch"), "reason {reason:?}");
+            ensure!(reason.contains("99"), "the reason does not name the version: {reason:?}");
+            Ok(())
+        }
+        other => Err(format!("expected a handshake error, got {other:?}")),
+    }
+}
+
+async fn a_failing_init_hook_fails_the_start_clearly<A: Adapter>(m: StartMethod) -> Outcome {
+    let started = Pool::<FailingInit>::builder(A::runtime()).start_method(m).workers(2).start().await;
+    match started {
+        Err(Error::Init { message, .. }) => {
+            ensure!(message.contains("no database at db.invalid"), "message {message:?}");
+            Ok(())
+        }
+        other => Err(format!("expected an init error, got {other:?}")),
+    }
+}
+
+async fn stop_racing_submissions_ends_every_accepted_task<A: Adapter>(m: StartMethod) -> Outcome {
+    for round in 0..4 {
+        let pool = start(pool::<A>(m, 2)).await?;
+        let outputs = pool.outputs();
+        let submitting = async {
+            let mut accepted = Vec::new();
+            for n in 0.. {
+                match pool.submit(Task::Double(n)).await {
+                    Ok(h) => accepted.push(h),
+                    Err(SubmitError::Closed(Task::Double(k))) if k == n => return Ok(accepted),
+                    Err(e) => return Err(format!("round {round}: unexpected refusal {e}")),
+                }
+                if n == 20 * round {
+                    // Let the stop begin while submissions are still coming.
+                    futures_util::pending!();
+                }
+            }
+            unreachable!()
+        };
+        let ((accepted, stopped), _) = draining(&outputs, futures_util::future::join(submitting, pool.stop())).await;
+        let accepted = accepted?;
+        ensure!(stopped.is_graceful(), "round {round}: {stopped:?}");
+        for h in accepted {
+            let id = h.id();
+            let ended = futures_util::FutureExt::now_or_never(h);
+            ensure!(ended == Some(Ok(())), "round {round}: task {id} has {ended:?} after stop");
+        }
+    }
+    Ok(())
+}
+
+async fn a_killed_worker_loses_its_tasks_with_the_signal_and_others_go_on<A: Adapter>(m: StartMethod) -> Outcome {
+    use nix::sys::signal::{kill, Signal};
+    let pool = start(pool::<A>(m, 2).concurrency(2).result_credit(1)).await?;
+    // Two tasks stuck on credit (nobody reads the outputs) are in flight on worker 0.
+    let stuck = [
+        pool.submit_to(0, Task::Hold).await.map_err(|e| e.to_string())?,
+        pool.submit_to(0, Task::Hold).await.map_err(|e| e.to_string())?,
+    ];
+    let pid = pool.pid(0).ok_or("worker 0 has no pid")?;
+    kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(|e| e.to_string())?;
+    for h in stuck {
+        match h.await {
+            Err(TaskError::Lost { worker: 0, exit: Exit::Signal(9), .. }) => {}
+            other => return Err(format!("a task of the killed worker ended with {other:?}")),
+        }
+    }
+    match pool.call_to(1, Task::Exit(3)).await {
+        Err(CallError::Task(TaskError::Lost { worker: 1, exit: Exit::Code(3), .. })) => {}
+        other => return Err(format!("a worker that exited with 3: {other:?}")),
+    }
+    let nobody = pool.try_submit(Task::Get);
+    ensure!(matches!(nobody, Err(SubmitError::Unroutable(..))), "with every worker dead: {nobody:?}");
+    let stopped = within(&*A::runtime(), Duration::from_secs(10), "stop", pool.stop()).await?;
+    ensure!(
+        stopped.exits() == [Exit::Signal(9), Exit::Code(3)],
+        "exits {:?}",
+        stopped.exits()
+    );
+    Ok(())
+}
+
+async fn dropping_a_pool_leaves_no_worker_process<A: Adapter>(m: StartMethod) -> Outcome {
+    let pool = start(pool::<A>(m, 3)).await?;
+    let pids: Vec<u32> = (0..3).map(|k| pool.pid(k).ok_or(format!("worker {k} has no pid"))).collect::<Result<_, _>>()?;
+    let handle = pool.submit(Task::Hold).await.map_err(|e| e.to_string())?;
+    drop(pool);
+    for pid in pids {
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
+        ensure!(!alive, "worker process {pid} outlived its dropped pool");
+    }
+    let ended = futures_util::FutureExt::now_or_never(handle);
+    ensure!(matches!(ended, Some(Err(TaskError::Lost { .. }))), "its task: {ended:?}");
+    Ok(())
+}
+
