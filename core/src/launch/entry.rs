@@ -99,7 +99,11 @@ fn run_entry(entries: &[Entry], mut stream: UnixStream) -> i32 {
         }
     });
     match handshake {
-        Ok((hs, entry)) => (entry.run)((entry.runtime)(), stream, hs),
+        Ok((hs, entry)) => {
+            // `exec` reset the short name to the executable's; set it again.
+            sys::set_name(&super::comm_name(hs.worker, &hs.pool_name));
+            (entry.run)((entry.runtime)(), stream, hs)
+        }
         Err(reason) => {
             let _ = stream.write_all(&rejection(&reason));
             eprintln!("looppool worker: {reason}");

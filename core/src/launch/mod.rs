@@ -6,6 +6,9 @@
 //! - [`StartMethod::Fork`] forks the parent, so workers see everything it prepared before the
 //!   pool started, without serialising it. Only sound while the process has one thread, which
 //!   is checked: otherwise the start fails with [`Error::ForkUnsafe`](crate::Error::ForkUnsafe).
+//!   A forked worker closes the pool's other link ends but inherits the parent's other open
+//!   descriptors (a listening socket, say) and libraries' process-global state; use re-exec
+//!   when workers must not share those.
 //! - [`StartMethod::Thread`] runs each worker on a thread of the parent over an in-memory pipe:
 //!   no isolation, for tests and for environments that forbid processes.
 
@@ -87,16 +90,22 @@ impl LaunchOptions {
     }
 
     fn setup(&self, worker: usize, inherit_fd: Option<i32>) -> ChildSetup {
-        let mut comm = format!("lp-{}-{worker}", self.pool_name).into_bytes();
-        comm.retain(|&b| b != 0);
-        comm.truncate(15);
         ChildSetup {
             parent: nix::unistd::getpid(),
             ignore_signals: self.ignore_signals,
-            comm: CString::new(comm).expect("NUL bytes were removed"),
+            comm: comm_name(worker, &self.pool_name),
             inherit_fd,
         }
     }
+}
+
+/// The kernel's short name for a worker process (`comm`, shown by `top` and `ps -o comm`).
+/// The kernel keeps 15 bytes of it, so the worker number goes first, where it survives.
+pub(crate) fn comm_name(worker: usize, pool_name: &str) -> CString {
+    let mut comm = format!("lp{worker}-{pool_name}").into_bytes();
+    comm.retain(|&b| b != 0);
+    comm.truncate(15);
+    CString::new(comm).expect("NUL bytes were removed")
 }
 
 /// Launches workers `0..n` of type `W`.
@@ -193,14 +202,18 @@ fn fork_all<W: Worker>(n: usize, opts: &LaunchOptions) -> Result<Vec<Launched>, 
     }
     // Whatever the parent buffered would otherwise be written again by every child.
     let _ = io::Write::flush(&mut io::stdout());
-    let mut launched = Vec::with_capacity(n);
+    let mut launched: Vec<Launched> = Vec::with_capacity(n);
+    let mut parent_ends = Vec::with_capacity(n);
     for worker in 0..n {
         let result = UnixStream::pair().and_then(|(parent_end, child_end)| {
-            let keep = child_end.as_raw_fd();
+            // The child closes the parent's end of its own link and of every earlier worker's.
+            let mut close = parent_ends.clone();
+            close.push(parent_end.as_raw_fd());
             let runtime = opts.worker_runtime.clone();
-            let pid = sys::fork_worker(&opts.setup(worker, None), keep, move || {
+            let pid = sys::fork_worker(&opts.setup(worker, None), &close, move || {
                 run_worker::<W>(runtime, Transport::Unix(child_end), None)
             })?;
+            parent_ends.push(parent_end.as_raw_fd());
             Ok((parent_end, pid))
         });
         match result {

@@ -67,16 +67,26 @@ pub(crate) fn set_pre_exec(command: &mut Command, setup: ChildSetup) {
     }
 }
 
+/// Sets the kernel's short name of the calling thread (the process's, on its main thread).
+pub(crate) fn set_name(comm: &std::ffi::CStr) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = nix::sys::prctl::set_name(comm);
+}
+
 /// The number of threads in this process.
 pub(crate) fn thread_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/task")?.count())
 }
 
-/// Forks a worker process that applies `setup`, closes every descriptor but stdio and `keep`,
+/// Forks a worker process that applies `setup`, closes the descriptors in `close` (the pool's
+/// other link ends: a sibling holding another worker's end would hide that worker's death),
 /// then runs `body` on a fresh thread and exits with its code. Returns the child's pid.
 ///
+/// Other descriptors stay open: libraries keep process-global ones (tokio's signal pipe, for
+/// one) that a runtime built in the child still needs.
+///
 /// The caller must have checked that this process has exactly one thread.
-pub(crate) fn fork_worker(setup: &ChildSetup, keep: RawFd, body: impl FnOnce() -> i32 + Send + 'static) -> io::Result<Pid> {
+pub(crate) fn fork_worker(setup: &ChildSetup, close: &[RawFd], body: impl FnOnce() -> i32 + Send + 'static) -> io::Result<Pid> {
     use nix::unistd::ForkResult;
     // SAFETY: the caller checked that this process has a single thread, so the child is a
     // complete copy with no lock held by a thread that does not exist in it; it may allocate,
@@ -84,7 +94,10 @@ pub(crate) fn fork_worker(setup: &ChildSetup, keep: RawFd, body: impl FnOnce() -
     match unsafe { nix::unistd::fork() }? {
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
-            let code = match apply(setup).and_then(|()| close_fds_except(keep)) {
+            for &fd in close {
+                let _ = nix::unistd::close(fd);
+            }
+            let code = match apply(setup) {
                 // A fresh thread has no thread-local state copied from the parent's runtime
                 // (a runtime refuses to start inside another one it believes is running).
                 Ok(()) => std::thread::spawn(body).join().unwrap_or(101),
@@ -99,20 +112,6 @@ pub(crate) fn fork_worker(setup: &ChildSetup, keep: RawFd, body: impl FnOnce() -
             unsafe { nix::libc::_exit(code) }
         }
     }
-}
-
-/// Closes every descriptor above stderr except `keep`: a sibling's end of another worker's link
-/// would hide that worker's death from the parent.
-fn close_fds_except(keep: RawFd) -> io::Result<()> {
-    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&fd| fd > 2 && fd != keep)
-        .collect();
-    for fd in fds {
-        // The directory's own descriptor is closed already and fails harmlessly.
-        let _ = nix::unistd::close(fd);
-    }
-    Ok(())
 }
 
 /// Adopts the link descriptor a parent passed to this re-executed process.

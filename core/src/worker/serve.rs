@@ -331,12 +331,30 @@ async fn run_loop<W: Worker>(worker: Rc<W>, link: &Rc<Link>, inbox: &Inbox<W::Ta
         }
         if let Either::Left((Some((id, ended)), _)) = select(running.next(), listener).await {
             report(link, id, &ended);
+            // Let the writer flush this task's outputs and end before the next task starts: a
+            // CPU-bound task would otherwise hold them back until it, too, yields.
+            yield_now().await;
         }
     }
     // Drained after the pill: say goodbye, accept no more outputs, let the writer flush.
     encode_header(&mut link.outgoing.borrow_mut(), &ToParent::Bye, link.max_frame).expect("small frame");
     link.close();
     std::future::pending().await
+}
+
+/// Returns `Pending` once, waking itself, so that the loop's other parts run before we go on.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 async fn run_one<W: Worker>(worker: Rc<W>, link: Rc<Link>, id: TaskId, task: Result<W::Task, String>) -> (TaskId, Ended) {

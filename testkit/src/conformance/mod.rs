@@ -91,9 +91,19 @@ pub fn trials<A: Adapter>() -> Vec<Trial> {
     all
 }
 
+/// When set, the test program acts as a pool's parent (for the orphan trial): it starts a pool
+/// with the named start method, prints its workers' pids on one line, and waits to be killed.
+const PARENT_VAR: &str = "LOOPPOOL_TESTKIT_PARENT";
+
 /// The whole test program of an adapter's conformance target.
 pub fn main<A: Adapter>() {
     looppool_core::init(&entries::<A>());
+    if let Some(method) = std::env::var_os(PARENT_VAR) {
+        std::env::remove_var(PARENT_VAR);
+        let method = if method == "fork" { StartMethod::Fork } else { StartMethod::ReExec };
+        A::block_on(trials::parent_until_killed::<A>(method));
+        return;
+    }
     let mut args = Arguments::from_args();
     // Sequential, on the main thread: fork needs a single-threaded process.
     args.test_threads = Some(1);

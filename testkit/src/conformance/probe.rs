@@ -52,6 +52,8 @@ pub enum Task {
     Fault(Fault),
     /// End the worker process with this exit code.
     Exit(i32),
+    /// Busy-loop, never yielding to the event loop, until this file exists.
+    SpinUntilExists(String),
 }
 
 /// What a [`Probe`] emits.
@@ -140,6 +142,11 @@ impl Worker for Probe {
             Task::Unencodable(_) | Task::Blob(_) => {}
             Task::Fault(fault) => ctx.inject_fault(fault),
             Task::Exit(code) => std::process::exit(code),
+            Task::SpinUntilExists(path) => {
+                while !std::path::Path::new(&path).exists() {
+                    std::hint::spin_loop();
+                }
+            }
         }
         Ok(())
     }

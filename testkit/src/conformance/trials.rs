@@ -39,6 +39,7 @@ pub(super) fn all<A: Adapter>() -> Vec<(&'static str, bool, Body)> {
         targeted_tasks_reach_their_worker: false,
         errors_and_panics_reach_the_parent_and_the_worker_goes_on: false,
         result_credit_bounds_unacknowledged_outputs_and_loses_nothing: false,
+        outputs_are_flushed_before_the_next_cpu_bound_task_starts: false,
         values_that_cannot_be_encoded_are_refused_at_the_call: false,
         a_bad_frame_from_a_worker_ends_only_its_link_with_a_clear_error: false,
         a_protocol_version_mismatch_fails_the_start_clearly: false,
@@ -46,6 +47,8 @@ pub(super) fn all<A: Adapter>() -> Vec<(&'static str, bool, Body)> {
         stop_racing_submissions_ends_every_accepted_task: false,
         a_killed_worker_loses_its_tasks_with_the_signal_and_others_go_on: true,
         dropping_a_pool_leaves_no_worker_process: true,
+        worker_processes_are_named_ignore_terminal_signals_and_hold_only_their_link: true,
+        workers_die_with_a_parent_that_is_killed: true,
     ]
 }
 
@@ -317,6 +320,29 @@ async fn result_credit_bounds_unacknowledged_outputs_and_loses_nothing<A: Adapte
     stop_gracefully(&pool).await
 }
 
+async fn outputs_are_flushed_before_the_next_cpu_bound_task_starts<A: Adapter>(m: StartMethod) -> Outcome {
+    let pool = start(pool::<A>(m, 1)).await?;
+    let outputs = pool.outputs();
+    let marker = std::env::temp_dir().join(format!("looppool-spin-{}-{m:?}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let first = pool.submit(Task::Double(5)).await.map_err(|e| e.to_string())?;
+    let spinning = pool
+        .submit(Task::SpinUntilExists(marker.to_string_lossy().into_owned()))
+        .await
+        .map_err(|e| e.to_string())?;
+    // The spinning task never yields until the marker exists, and the marker is only created
+    // once the first task's output and end have arrived.
+    let output = within(&*A::runtime(), Duration::from_secs(20), "the first task's output", outputs.recv()).await;
+    let ended = within(&*A::runtime(), Duration::from_secs(20), "the first task's end", first).await;
+    std::fs::write(&marker, b"").map_err(|e| e.to_string())?;
+    let output = output?.ok_or("the stream ended")?;
+    ensure!(*output == Out::Doubled(10), "first output {:?}", *output);
+    ensure!(ended == Ok(Ok(())), "first task {ended:?}");
+    spinning.await.map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&marker);
+    stop_gracefully(&pool).await
+}
+
 async fn values_that_cannot_be_encoded_are_refused_at_the_call<A: Adapter>(m: StartMethod) -> Outcome {
     let pool = start(pool::<A>(m, 1).max_frame(64 * 1024)).await?;
     match pool.try_submit(Task::Unencodable(Refuse)) {
@@ -464,3 +490,98 @@ async fn dropping_a_pool_leaves_no_worker_process<A: Adapter>(m: StartMethod) ->
     Ok(())
 }
 
+
+/// Whether process `pid` exists and is not a zombie.
+fn is_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name, which may itself contain spaces.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, None | Some('Z' | 'X'))
+}
+
+async fn worker_processes_are_named_ignore_terminal_signals_and_hold_only_their_link<A: Adapter>(m: StartMethod) -> Outcome {
+    use nix::sys::signal::{kill, Signal};
+    let before = sockets("self")?;
+    let pool = start(pool::<A>(m, 2)).await?;
+    // The sockets the parent opened for the pool: its ends of the links.
+    let links: Vec<String> = sockets("self")?.into_iter().filter(|s| !before.contains(s)).collect();
+    ensure!(links.len() >= 2, "the parent holds {} new sockets for 2 links", links.len());
+    for k in 0..2 {
+        let pid = pool.pid(k).ok_or(format!("worker {k} has no pid"))?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).map_err(|e| e.to_string())?;
+        ensure!(comm.trim_end() == format!("lp{k}-conformance"), "worker {k} comm {comm:?}");
+        if m == StartMethod::ReExec {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| e.to_string())?;
+            let title = format!("looppool: conformance worker {k}\0");
+            ensure!(cmdline.starts_with(title.as_bytes()), "worker {k} cmdline {:?}", String::from_utf8_lossy(&cmdline));
+        }
+        let shared: Vec<String> = sockets(&pid.to_string())?.into_iter().filter(|s| links.contains(s)).collect();
+        ensure!(shared.is_empty(), "worker {k} holds the parent's link ends {shared:?}");
+        for sig in [Signal::SIGINT, Signal::SIGTERM] {
+            kill(nix::unistd::Pid::from_raw(pid as i32), sig).map_err(|e| e.to_string())?;
+        }
+        let answer = pool.call_to(k, Task::WhoAmI).await.map_err(|e| format!("after SIGINT and SIGTERM: {e}"))?;
+        ensure!(answer == Out::Worker(k), "worker {k} answered {answer:?}");
+        ensure!(pool.pid(k) == Some(pid), "worker {k} was replaced");
+    }
+    stop_gracefully(&pool).await
+}
+
+/// The sockets process `pid` ("self" for this one) has open, as `socket:[inode]`.
+fn sockets(pid: &str) -> Result<Vec<String>, String> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .filter(|target| target.starts_with("socket:"))
+        .collect())
+}
+
+/// The body of the parent process of [`workers_die_with_a_parent_that_is_killed`].
+pub(super) async fn parent_until_killed<A: Adapter>(m: StartMethod) {
+    let pool = start(pool::<A>(m, 3)).await.expect("the pool starts");
+    let pids: Vec<String> = (0..3).map(|k| pool.pid(k).expect("a live worker").to_string()).collect();
+    println!("{}", pids.join(" "));
+    std::future::pending::<()>().await;
+}
+
+async fn workers_die_with_a_parent_that_is_killed<A: Adapter>(m: StartMethod) -> Outcome {
+    use futures_util::AsyncReadExt;
+    use std::os::unix::net::UnixStream;
+    let runtime = A::runtime();
+    // The parent's stdout is a socket so it can be read without blocking this thread.
+    let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut parent = std::process::Command::new(exe)
+        .env(super::PARENT_VAR, if m == StartMethod::Fork { "fork" } else { "reexec" })
+        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    ours.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut io = runtime.wrap_unix(ours).map_err(|e| e.to_string())?;
+    let mut line = Vec::new();
+    let read_line = async {
+        let mut byte = [0u8];
+        while io.read(&mut byte).await.map_err(|e| e.to_string())? == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        Ok::<_, String>(())
+    };
+    within(&*runtime, Duration::from_secs(30), "the parent's worker pids", read_line).await??;
+    let pids: Vec<u32> = String::from_utf8_lossy(&line)
+        .split_whitespace()
+        .map(|p| p.parse().map_err(|_| format!("not a pid: {p:?}")))
+        .collect::<Result<_, _>>()?;
+    ensure!(pids.len() == 3 && pids.iter().all(|&p| is_alive(p)), "the parent reported {pids:?}");
+    parent.kill().map_err(|e| e.to_string())?;
+    parent.wait().map_err(|e| e.to_string())?;
+    // Wait for the workers to go: the kernel signals them when their parent dies.
+    let gone = async {
+        while pids.iter().any(|&p| is_alive(p)) {
+            runtime.sleep(Duration::from_millis(5)).await;
+        }
+    };
+    within(&*runtime, Duration::from_secs(5), "the orphaned workers to die", gone).await
+}
