@@ -51,7 +51,8 @@ impl Worker for Primes {
     async fn process(&self, limit: u64, ctx: &Context<Self::Output>) -> Result<(), BoxError> {
         let started = Instant::now();
         let count = count_primes(limit);
-        ctx.put((limit, count, started.elapsed().as_millis() as u64)).await?;
+        ctx.put((limit, count, started.elapsed().as_millis() as u64))
+            .await?;
         Ok(())
     }
 }
@@ -74,14 +75,19 @@ fn heartbeat() -> Rc<Cell<Duration>> {
 }
 
 async fn run(jobs: Vec<u64>) -> Result<(), BoxError> {
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2);
     let started = Instant::now();
     let pool = looppool_tokio::builder::<Primes>()
         .name("quickstart")
         .workers(workers)
         .start()
         .await?;
-    println!("started {workers} worker processes in {:.1?}", started.elapsed());
+    println!(
+        "started {workers} worker processes in {:.1?}",
+        started.elapsed()
+    );
 
     println!("\n{} jobs in the pool:", jobs.len());
     let worst = heartbeat();
@@ -97,7 +103,9 @@ async fn run(jobs: Vec<u64>) -> Result<(), BoxError> {
     };
     let received = async {
         for _ in 0..jobs.len() {
-            let Some(out) = outputs.recv().await else { break };
+            let Some(out) = outputs.recv().await else {
+                break;
+            };
             let (limit, count, ms) = *out;
             println!(
                 "  worker {}: {count} primes below {limit} ({ms} ms in the worker, at {:.2?})",
@@ -109,7 +117,10 @@ async fn run(jobs: Vec<u64>) -> Result<(), BoxError> {
     let (submitted, ()) = tokio::join!(submitted, received);
     submitted?;
     let in_pool = started.elapsed();
-    println!("  all done in {in_pool:.2?}; the parent's loop was at most {:.1?} late", worst.get());
+    println!(
+        "  all done in {in_pool:.2?}; the parent's loop was at most {:.1?} late",
+        worst.get()
+    );
 
     let stopped = pool.stop().await;
     println!("\npool stopped (graceful: {})", stopped.is_graceful());
@@ -120,12 +131,18 @@ async fn run(jobs: Vec<u64>) -> Result<(), BoxError> {
     let started = Instant::now();
     for &limit in &jobs {
         let count = count_primes(limit);
-        println!("  parent: {count} primes below {limit} (at {:.2?})", started.elapsed());
+        println!(
+            "  parent: {count} primes below {limit} (at {:.2?})",
+            started.elapsed()
+        );
         // Give the heartbeat a chance to run, as a well-behaved handler would.
         tokio::task::yield_now().await;
     }
     let inline = started.elapsed();
-    println!("  all done in {inline:.2?}; the parent's loop was at most {:.1?} late", worst.get());
+    println!(
+        "  all done in {inline:.2?}; the parent's loop was at most {:.1?} late",
+        worst.get()
+    );
     println!(
         "\nin the pool: {in_pool:.2?} and a responsive loop; inline: {inline:.2?} and a loop blocked \
          for each job"
@@ -143,7 +160,9 @@ fn main() -> Result<(), BoxError> {
     } else {
         (0..8).map(|i| 2_000_000 + i * 250_000).collect()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     tokio::task::LocalSet::new().block_on(&runtime, async {
         tokio::select! {
             done = run(jobs) => done,
@@ -156,4 +175,3 @@ fn main() -> Result<(), BoxError> {
         }
     })
 }
-

@@ -61,7 +61,9 @@ pub struct Tokio {
 impl Tokio {
     /// Workers run a current-thread runtime (the default).
     pub fn current_thread() -> Self {
-        Self { worker_threads: None }
+        Self {
+            worker_threads: None,
+        }
     }
 
     /// Workers run a multi-threaded runtime with `threads` worker threads.

@@ -99,7 +99,11 @@ pub fn duplex(capacity: usize) -> (PipeEnd, PipeEnd, PipeCloser) {
 }
 
 impl AsyncRead for PipeEnd {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         let mut q = self.rx.lock();
         if q.reader_gone {
             return Poll::Ready(Ok(0));
@@ -123,7 +127,11 @@ impl AsyncRead for PipeEnd {
 }
 
 impl AsyncWrite for PipeEnd {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let mut q = self.tx.lock();
         if q.reader_gone || q.writer_gone {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));

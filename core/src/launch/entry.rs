@@ -21,7 +21,9 @@ pub struct Entry {
 
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Entry").field("name", &(self.name)()).finish()
+        f.debug_struct("Entry")
+            .field("name", &(self.name)())
+            .finish()
     }
 }
 
@@ -71,7 +73,11 @@ pub fn init(entries: &[Entry]) {
     };
     // Programs this worker starts must not believe they are workers too.
     std::env::remove_var(LINK_FD_VAR);
-    let code = match fd.to_str().and_then(|s| s.parse().ok()).and_then(sys::adopt_link_fd) {
+    let code = match fd
+        .to_str()
+        .and_then(|s| s.parse().ok())
+        .and_then(sys::adopt_link_fd)
+    {
         Some(stream) => run_entry(entries, stream),
         None => {
             eprintln!("looppool: {LINK_FD_VAR}={fd:?} does not name an inherited socket");
@@ -85,19 +91,20 @@ fn run_entry(entries: &[Entry], mut stream: UnixStream) -> i32 {
     let handshake = read_frame_blocking(&mut stream, HELLO_LIMIT)
         .map_err(|e| format!("cannot read the handshake: {e}"))
         .and_then(|body| Handshake::decode(&body));
-    let handshake = handshake.and_then(|hs| {
-        match entries.iter().find(|e| e.name() == hs.worker_name) {
-            Some(entry) => Ok((hs, entry)),
-            None => {
-                let known: Vec<_> = entries.iter().map(Entry::name).collect();
-                Err(format!(
-                    "worker type `{}` is not registered in this executable's looppool init() \
+    let handshake =
+        handshake.and_then(
+            |hs| match entries.iter().find(|e| e.name() == hs.worker_name) {
+                Some(entry) => Ok((hs, entry)),
+                None => {
+                    let known: Vec<_> = entries.iter().map(Entry::name).collect();
+                    Err(format!(
+                        "worker type `{}` is not registered in this executable's looppool init() \
                      (registered: {known:?})",
-                    hs.worker_name
-                ))
-            }
-        }
-    });
+                        hs.worker_name
+                    ))
+                }
+            },
+        );
     match handshake {
         Ok((hs, entry)) => {
             // `exec` reset the short name to the executable's; set it again.

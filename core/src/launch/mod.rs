@@ -28,8 +28,8 @@ use std::cell::Cell;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
@@ -38,7 +38,12 @@ use sys::ChildSetup;
 /// The environment variable that tells a re-executed process which descriptor is its link.
 pub(crate) const LINK_FD_VAR: &str = "LOOPPOOL_WORKER_FD";
 
-/// How worker processes are started. See the [module docs](self) for the trade-offs.
+/// How worker processes are started.
+///
+/// Re-exec is the default: safe from any state of the parent. Fork shares what the parent
+/// prepared before the pool started, but is only sound while the process has one thread (it
+/// is refused otherwise) and leaves the parent's other descriptors open in the workers. Threads
+/// give no isolation at all and exist for tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum StartMethod {
@@ -109,7 +114,11 @@ pub(crate) fn comm_name(worker: usize, pool_name: &str) -> CString {
 }
 
 /// Launches workers `0..n` of type `W`.
-pub(crate) async fn launch_all<W: Worker>(method: StartMethod, n: usize, opts: &LaunchOptions) -> Result<Vec<Launched>, Error> {
+pub(crate) async fn launch_all<W: Worker>(
+    method: StartMethod,
+    n: usize,
+    opts: &LaunchOptions,
+) -> Result<Vec<Launched>, Error> {
     match method {
         StartMethod::ReExec => {
             let mut launched = Vec::with_capacity(n);
@@ -126,7 +135,9 @@ pub(crate) async fn launch_all<W: Worker>(method: StartMethod, n: usize, opts: &
         }
         StartMethod::Fork => fork_all::<W>(n, opts),
         StartMethod::Thread => (0..n)
-            .map(|worker| thread::<W>(worker, opts).map_err(|source| Error::Launch { worker, source }))
+            .map(|worker| {
+                thread::<W>(worker, opts).map_err(|source| Error::Launch { worker, source })
+            })
             .collect(),
     }
 }
@@ -256,7 +267,11 @@ fn thread<W: Worker>(worker: usize, opts: &LaunchOptions) -> io::Result<Launched
 }
 
 /// Runs worker `W` on a fresh runtime on this thread until its link ends; returns its exit code.
-pub(crate) fn run_worker<W: Worker>(runtime: Arc<dyn Runtime>, transport: Transport, handshake: Option<Handshake>) -> i32 {
+pub(crate) fn run_worker<W: Worker>(
+    runtime: Arc<dyn Runtime>,
+    transport: Transport,
+    handshake: Option<Handshake>,
+) -> i32 {
     let code = Rc::new(Cell::new(crate::worker::exit_code::LINK));
     let out = code.clone();
     let rt = runtime.clone();

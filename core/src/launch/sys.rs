@@ -37,7 +37,9 @@ fn apply(setup: &ChildSetup) -> io::Result<()> {
     }
     // The parent may have died before the death signal was armed.
     if getppid() != setup.parent {
-        return Err(io::Error::other("the pool's process exited during the launch"));
+        return Err(io::Error::other(
+            "the pool's process exited during the launch",
+        ));
     }
     if setup.ignore_signals {
         for sig in [Signal::SIGINT, Signal::SIGTERM] {
@@ -86,7 +88,11 @@ pub(crate) fn thread_count() -> io::Result<usize> {
 /// one) that a runtime built in the child still needs.
 ///
 /// The caller must have checked that this process has exactly one thread.
-pub(crate) fn fork_worker(setup: &ChildSetup, close: &[RawFd], body: impl FnOnce() -> i32 + Send + 'static) -> io::Result<Pid> {
+pub(crate) fn fork_worker(
+    setup: &ChildSetup,
+    close: &[RawFd],
+    body: impl FnOnce() -> i32 + Send + 'static,
+) -> io::Result<Pid> {
     use nix::unistd::ForkResult;
     // SAFETY: the caller checked that this process has a single thread, so the child is a
     // complete copy with no lock held by a thread that does not exist in it; it may allocate,

@@ -154,13 +154,22 @@ impl<W: Worker> Builder<W> {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(Error::Config(what.into())) };
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::Config(what.into()))
+            }
+        };
         check(workers >= 1, "a pool needs at least one worker")?;
         check(workers <= u32::MAX as usize, "too many workers")?;
         check(self.concurrency >= 1, "concurrency must be at least 1")?;
         check(self.capacity != Some(0), "capacity must be at least 1")?;
         check(self.result_credit >= 1, "result credit must be at least 1")?;
-        check(self.result_credit <= u32::MAX as usize, "result credit is too large")?;
+        check(
+            self.result_credit <= u32::MAX as usize,
+            "result credit is too large",
+        )?;
         check(
             (HELLO_LIMIT..=u32::MAX as usize).contains(&self.max_frame),
             "the frame limit must be between 64 KiB and 4 GiB",
@@ -183,7 +192,10 @@ impl<W: Worker> Builder<W> {
         let opts = LaunchOptions {
             pool_name: self.name.clone(),
             ignore_signals: self.ignore_signals,
-            worker_runtime: self.worker_runtime.clone().unwrap_or_else(|| self.runtime.clone()),
+            worker_runtime: self
+                .worker_runtime
+                .clone()
+                .unwrap_or_else(|| self.runtime.clone()),
         };
         let launched = launch_all::<W>(self.start_method, n, &opts).await?;
         let killers: Vec<_> = launched.iter().map(|l| l.killer.clone()).collect();
@@ -205,13 +217,18 @@ impl<W: Worker> Builder<W> {
                     .transport
                     .into_io(runtime)
                     .map_err(|source| Error::Launch { worker, source })?;
-                let (reader, writer, pid) =
-                    link::handshake(io, &hello, self.protocol_version, self.handshake_timeout, runtime)
-                        .await
-                        .map_err(|e| match e {
-                            HandshakeError::Protocol(reason) => Error::Handshake { worker, reason },
-                            HandshakeError::Init(message) => Error::Init { worker, message },
-                        })?;
+                let (reader, writer, pid) = link::handshake(
+                    io,
+                    &hello,
+                    self.protocol_version,
+                    self.handshake_timeout,
+                    runtime,
+                )
+                .await
+                .map_err(|e| match e {
+                    HandshakeError::Protocol(reason) => Error::Handshake { worker, reason },
+                    HandshakeError::Init(message) => Error::Init { worker, message },
+                })?;
                 Ok::<_, Error>((reader, writer, pid, l.killer, l.reaper))
             }
         });

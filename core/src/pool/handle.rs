@@ -29,7 +29,11 @@ impl fmt::Debug for TaskHandle {
 }
 
 impl TaskHandle {
-    pub(crate) fn new(id: TaskId, worker: usize, rx: oneshot::Receiver<Result<(), TaskError>>) -> Self {
+    pub(crate) fn new(
+        id: TaskId,
+        worker: usize,
+        rx: oneshot::Receiver<Result<(), TaskError>>,
+    ) -> Self {
         Self { id, worker, rx }
     }
 
@@ -160,7 +164,9 @@ impl<O> Clone for Outputs<O> {
 
 impl<O> fmt::Debug for Outputs<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Outputs").field("queued", &self.rx.len()).finish()
+        f.debug_struct("Outputs")
+            .field("queued", &self.rx.len())
+            .finish()
     }
 }
 

@@ -43,7 +43,9 @@ pub(crate) async fn handshake(
         writer.flush().await
     };
     if let Err(e) = sent.await {
-        return Err(HandshakeError::Protocol(format!("cannot send the handshake: {e}")));
+        return Err(HandshakeError::Protocol(format!(
+            "cannot send the handshake: {e}"
+        )));
     }
     let mut reader = FrameReader::new(read_half, HELLO_LIMIT);
     let answer = {
@@ -51,22 +53,36 @@ pub(crate) async fn handshake(
         match select(read, runtime.sleep(timeout)).await {
             Either::Left((read, _)) => match read {
                 Ok(Some(body)) => match split_body::<ToParent<'_>>(body) {
-                    Ok((ToParent::Ready { version: v, pid }, _)) if v == PROTOCOL_VERSION => Ok(pid),
-                    Ok((ToParent::Ready { version: v, .. }, _)) => Err(HandshakeError::Protocol(format!(
-                        "protocol version mismatch: the worker speaks version {v}, the parent \
+                    Ok((ToParent::Ready { version: v, pid }, _)) if v == PROTOCOL_VERSION => {
+                        Ok(pid)
+                    }
+                    Ok((ToParent::Ready { version: v, .. }, _)) => {
+                        Err(HandshakeError::Protocol(format!(
+                            "protocol version mismatch: the worker speaks version {v}, the parent \
                          speaks version {PROTOCOL_VERSION}"
+                        )))
+                    }
+                    Ok((ToParent::Rejected { reason }, _)) => {
+                        Err(HandshakeError::Protocol(reason.into()))
+                    }
+                    Ok((ToParent::InitFailed { message }, _)) => {
+                        Err(HandshakeError::Init(message.into()))
+                    }
+                    Ok(_) => Err(HandshakeError::Protocol(
+                        "the first frame is not a handshake answer".into(),
+                    )),
+                    Err(e) => Err(HandshakeError::Protocol(format!(
+                        "malformed handshake answer: {e}"
                     ))),
-                    Ok((ToParent::Rejected { reason }, _)) => Err(HandshakeError::Protocol(reason.into())),
-                    Ok((ToParent::InitFailed { message }, _)) => Err(HandshakeError::Init(message.into())),
-                    Ok(_) => Err(HandshakeError::Protocol("the first frame is not a handshake answer".into())),
-                    Err(e) => Err(HandshakeError::Protocol(format!("malformed handshake answer: {e}"))),
                 },
                 Ok(None) => Err(HandshakeError::Protocol(
                     "the worker exited before answering the handshake (does the program's main \
                      call looppool's init() first thing?)"
                         .into(),
                 )),
-                Err(e) => Err(HandshakeError::Protocol(format!("cannot read the handshake answer: {e}"))),
+                Err(e) => Err(HandshakeError::Protocol(format!(
+                    "cannot read the handshake answer: {e}"
+                ))),
             },
             Either::Right(_) => Err(HandshakeError::Protocol(format!(
                 "no handshake answer within {timeout:?} (a slow init hook, or a main that does \
@@ -89,8 +105,20 @@ pub(crate) fn spawn<O: DeserializeOwned + Send + 'static>(
     reaper: Reaper,
 ) {
     let runtime = shared.runtime.clone();
-    runtime.spawn(Box::pin(write_loop(shared.clone(), worker, generation, writer)));
-    runtime.spawn(Box::pin(read_loop(shared.clone(), worker, generation, reader, killer, reaper)));
+    runtime.spawn(Box::pin(write_loop(
+        shared.clone(),
+        worker,
+        generation,
+        writer,
+    )));
+    runtime.spawn(Box::pin(read_loop(
+        shared.clone(),
+        worker,
+        generation,
+        reader,
+        killer,
+        reaper,
+    )));
 }
 
 async fn read_loop<O: DeserializeOwned + Send + 'static>(
@@ -127,7 +155,12 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
     shared.worker_exited(worker, generation, exit, cause);
 }
 
-async fn write_loop<O>(shared: Arc<Shared<O>>, worker: usize, generation: u64, mut writer: LinkWriter) {
+async fn write_loop<O>(
+    shared: Arc<Shared<O>>,
+    worker: usize,
+    generation: u64,
+    mut writer: LinkWriter,
+) {
     let max_frame = shared.settings.max_frame;
     let mut buf = Vec::new();
     loop {
@@ -135,16 +168,27 @@ async fn write_loop<O>(shared: Arc<Shared<O>>, worker: usize, generation: u64, m
         {
             let mut inner = shared.lock();
             let state = &mut inner.state;
-            if state.generation(worker) != generation || state.status(worker) == WorkerStatus::Exited {
+            if state.generation(worker) != generation
+                || state.status(worker) == WorkerStatus::Exited
+            {
                 return;
             }
             while let Some(transmit) = state.poll_transmit(worker) {
                 let encoded = match &transmit {
-                    Transmit::Task { id, payload } => {
-                        encode_with_raw(&mut buf, &crate::protocol::ToWorker::Task { id: *id }, payload, max_frame)
+                    Transmit::Task { id, payload } => encode_with_raw(
+                        &mut buf,
+                        &crate::protocol::ToWorker::Task { id: *id },
+                        payload,
+                        max_frame,
+                    ),
+                    Transmit::Ack(n) => encode_header(
+                        &mut buf,
+                        &crate::protocol::ToWorker::Ack { n: *n },
+                        max_frame,
+                    ),
+                    Transmit::Stop => {
+                        encode_header(&mut buf, &crate::protocol::ToWorker::Stop, max_frame)
                     }
-                    Transmit::Ack(n) => encode_header(&mut buf, &crate::protocol::ToWorker::Ack { n: *n }, max_frame),
-                    Transmit::Stop => encode_header(&mut buf, &crate::protocol::ToWorker::Stop, max_frame),
                 };
                 // Task sizes were checked when they were submitted.
                 encoded.expect("a queued frame fits the frame limit");

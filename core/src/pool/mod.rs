@@ -115,12 +115,23 @@ impl<W: Worker> Pool<W> {
     }
 
     /// Sends `task` to worker `worker`, waiting while it is full.
-    pub async fn submit_to(&self, worker: usize, task: W::Task) -> Result<TaskHandle, SubmitError<W::Task>> {
-        Ok(self.place(Route::Worker(worker), task, false, true).await?.0)
+    pub async fn submit_to(
+        &self,
+        worker: usize,
+        task: W::Task,
+    ) -> Result<TaskHandle, SubmitError<W::Task>> {
+        Ok(self
+            .place(Route::Worker(worker), task, false, true)
+            .await?
+            .0)
     }
 
     /// Sends `task` to worker `worker`, or hands it back at once if it is full.
-    pub fn try_submit_to(&self, worker: usize, task: W::Task) -> Result<TaskHandle, SubmitError<W::Task>> {
+    pub fn try_submit_to(
+        &self,
+        worker: usize,
+        task: W::Task,
+    ) -> Result<TaskHandle, SubmitError<W::Task>> {
         futures_util::FutureExt::now_or_never(self.place(Route::Worker(worker), task, false, false))
             .expect("a non-waiting placement never waits")
             .map(|(h, _)| h)
@@ -171,12 +182,23 @@ impl<W: Worker> Pool<W> {
     }
 
     /// Like [`call`](Self::call), on worker `worker`.
-    pub async fn call_to(&self, worker: usize, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
+    pub async fn call_to(
+        &self,
+        worker: usize,
+        task: W::Task,
+    ) -> Result<W::Output, CallError<W::Task>> {
         self.call_route(Route::Worker(worker), task).await
     }
 
-    async fn call_route(&self, route: Route, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
-        let (handle, reply) = self.place(route, task, true, true).await.map_err(CallError::Submit)?;
+    async fn call_route(
+        &self,
+        route: Route,
+        task: W::Task,
+    ) -> Result<W::Output, CallError<W::Task>> {
+        let (handle, reply) = self
+            .place(route, task, true, true)
+            .await
+            .map_err(CallError::Submit)?;
         let id = handle.id();
         let mut reply = reply.expect("a call has a reply channel");
         handle.await.map_err(CallError::Task)?;
@@ -189,7 +211,8 @@ impl<W: Worker> Pool<W> {
     }
 
     fn encode(&self, task: &W::Task) -> Result<Arc<[u8]>, String> {
-        let bytes = postcard::to_stdvec(task).map_err(|e| format!("cannot encode the task: {e}"))?;
+        let bytes =
+            postcard::to_stdvec(task).map_err(|e| format!("cannot encode the task: {e}"))?;
         // The frame adds a header of at most 11 bytes (variant and a varint id).
         let limit = self.shared.settings.max_frame - 11;
         if bytes.len() > limit {
@@ -207,7 +230,8 @@ impl<W: Worker> Pool<W> {
         task: W::Task,
         reply: bool,
         wait: bool,
-    ) -> Result<(TaskHandle, Option<oneshot::Receiver<Delivery<W::Output>>>), SubmitError<W::Task>> {
+    ) -> Result<(TaskHandle, Option<oneshot::Receiver<Delivery<W::Output>>>), SubmitError<W::Task>>
+    {
         let payload = match self.encode(&task) {
             Ok(p) => p,
             Err(e) => return Err(SubmitError::Encode(task, e)),
@@ -224,7 +248,13 @@ impl<W: Worker> Pool<W> {
                         } else {
                             (None, None)
                         };
-                        inner.pending.insert(id, Pending { done, reply: reply_tx });
+                        inner.pending.insert(
+                            id,
+                            Pending {
+                                done,
+                                reply: reply_tx,
+                            },
+                        );
                         drop(inner);
                         self.shared.writers[worker].notify(1);
                         return Ok((TaskHandle::new(id, worker, rx), reply_rx));
@@ -287,7 +317,11 @@ impl<W: Worker> Pool<W> {
         shared.outputs.close();
         let inner = shared.lock();
         Stopped {
-            exits: inner.exits.iter().map(|e| e.unwrap_or(Exit::Unknown)).collect(),
+            exits: inner
+                .exits
+                .iter()
+                .map(|e| e.unwrap_or(Exit::Unknown))
+                .collect(),
             killed,
         }
     }
@@ -321,7 +355,9 @@ impl<W: Worker> Drop for Pool<W> {
             if inner.state.is_stopped() {
                 return;
             }
-            inner.state.begin_stop(self.shared.runtime.now(), Duration::ZERO);
+            inner
+                .state
+                .begin_stop(self.shared.runtime.now(), Duration::ZERO);
             let killers: Vec<_> = inner.killers.iter_mut().map(Option::take).collect();
             let mut lost = Vec::new();
             for (worker, killer) in killers.iter().enumerate() {

@@ -86,7 +86,13 @@ impl<O> Shared<O> {
     }
 
     /// Worker `worker` (incarnation `generation`) is gone: its tasks are lost.
-    pub(crate) fn worker_exited(&self, worker: usize, generation: u64, exit: Exit, cause: Option<String>) {
+    pub(crate) fn worker_exited(
+        &self,
+        worker: usize,
+        generation: u64,
+        exit: Exit,
+        cause: Option<String>,
+    ) {
         let lost: Vec<oneshot::Sender<_>> = {
             let mut inner = self.lock();
             if inner.state.generation(worker) != generation {
@@ -123,7 +129,12 @@ impl<O> Shared<O> {
 
 impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     /// Handles one frame from worker `worker`. An error ends the link.
-    pub(crate) fn handle_frame(self: &Arc<Self>, worker: usize, generation: u64, body: &[u8]) -> Result<(), String> {
+    pub(crate) fn handle_frame(
+        self: &Arc<Self>,
+        worker: usize,
+        generation: u64,
+        body: &[u8],
+    ) -> Result<(), String> {
         let (header, payload) =
             split_body::<ToParent<'_>>(body).map_err(|e| format!("malformed frame: {e}"))?;
         match header {
@@ -132,7 +143,10 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     .map_err(|e| format!("malformed output payload: {e}"))?;
                 let reply = {
                     let mut inner = self.lock();
-                    inner.state.handle_output(worker).map_err(|v| v.to_string())?;
+                    inner
+                        .state
+                        .handle_output(worker)
+                        .map_err(|v| v.to_string())?;
                     task.and_then(|t| inner.pending.get_mut(&t)?.reply.take())
                 };
                 let acker = Acker {
@@ -155,7 +169,10 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 };
                 let pending = {
                     let mut inner = self.lock();
-                    inner.state.handle_done(worker, task).map_err(|v| v.to_string())?;
+                    inner
+                        .state
+                        .handle_done(worker, task)
+                        .map_err(|v| v.to_string())?;
                     inner.pending.remove(&task)
                 };
                 self.room[worker].notify(usize::MAX);
@@ -164,7 +181,10 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 }
             }
             ToParent::Bye => {
-                self.lock().state.handle_bye(worker).map_err(|v| v.to_string())?;
+                self.lock()
+                    .state
+                    .handle_bye(worker)
+                    .map_err(|v| v.to_string())?;
             }
             ToParent::Ready { .. } => return Err("a second handshake".into()),
             ToParent::Rejected { reason } => return Err(format!("the worker hung up: {reason}")),

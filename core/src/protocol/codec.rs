@@ -94,8 +94,13 @@ mod tests {
     #[test]
     fn header_and_payload_round_trip() {
         let mut buf = Vec::new();
-        encode_with_payload(&mut buf, &ToWorker::Task { id: 42 }, &(7u64, "seven"), 1 << 20)
-            .unwrap();
+        encode_with_payload(
+            &mut buf,
+            &ToWorker::Task { id: 42 },
+            &(7u64, "seven"),
+            1 << 20,
+        )
+        .unwrap();
         let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
         assert_eq!(len, buf.len() - 4);
         let (header, payload): (ToWorker<'_>, _) = split_body(&buf[4..]).unwrap();
@@ -126,22 +131,27 @@ mod tests {
         let before = buf.clone();
         let err = encode_with_payload(&mut buf, &ToWorker::Task { id: 1 }, &vec![0u8; 100], 64)
             .unwrap_err();
-        assert!(matches!(err, EncodeError::TooLarge { limit: 64, .. }), "{err}");
+        assert!(
+            matches!(err, EncodeError::TooLarge { limit: 64, .. }),
+            "{err}"
+        );
         assert_eq!(buf, before);
     }
 
     struct Unencodable;
     impl Serialize for Unencodable {
         fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-            Err(serde::ser::Error::custom("this value refuses to be encoded"))
+            Err(serde::ser::Error::custom(
+                "this value refuses to be encoded",
+            ))
         }
     }
 
     #[test]
     fn a_serde_failure_is_reported_and_leaves_the_buffer_as_it_was() {
         let mut buf = vec![1, 2, 3];
-        let err = encode_with_payload(&mut buf, &ToWorker::Task { id: 1 }, &Unencodable, 64)
-            .unwrap_err();
+        let err =
+            encode_with_payload(&mut buf, &ToWorker::Task { id: 1 }, &Unencodable, 64).unwrap_err();
         assert!(matches!(err, EncodeError::Serde(_)), "{err}");
         assert_eq!(buf, [1, 2, 3]);
     }

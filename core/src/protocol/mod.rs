@@ -1,14 +1,14 @@
 //! The wire protocol between a parent and its workers.
 //!
 //! Every message is a *frame*: a 4-byte little-endian length, then a body of that many bytes.
-//! The body is a postcard-encoded header ([`ToWorker`] or [`ToParent`]) followed, for tasks and
+//! The body is a postcard-encoded header (`ToWorker` or `ToParent`) followed, for tasks and
 //! outputs, by the postcard encoding of the user's value. Keeping the user's payload outside the
 //! header lets the parent encode a task once and lets both sides decode straight out of the read
 //! buffer.
 //!
-//! The first frame each way is the handshake: the parent sends [`ToWorker::Hello`], whose first
-//! field is the protocol version, and the worker answers [`ToParent::Ready`] (or
-//! [`ToParent::Rejected`]). The version is decoded before anything else so that a peer speaking
+//! The first frame each way is the handshake: the parent sends `ToWorker::Hello`, whose first
+//! field is the protocol version, and the worker answers `ToParent::Ready` (or
+//! `ToParent::Rejected`). The version is decoded before anything else so that a peer speaking
 //! a different layout is rejected with a clear message rather than a decoding error.
 
 mod codec;

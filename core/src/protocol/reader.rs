@@ -117,19 +117,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 }
 
 /// Reads one frame from a blocking reader (the worker's handshake, before any runtime exists).
-pub(crate) fn read_frame_blocking(r: &mut impl Read, max_frame: usize) -> Result<Vec<u8>, FrameError> {
+pub(crate) fn read_frame_blocking(
+    r: &mut impl Read,
+    max_frame: usize,
+) -> Result<Vec<u8>, FrameError> {
     let mut prefix = [0u8; LEN_PREFIX];
     read_exact_or_truncated(r, &mut prefix, LEN_PREFIX)?;
     let len = u32::from_le_bytes(prefix) as usize;
     if len > max_frame {
-        return Err(FrameError::TooLarge { len, max: max_frame });
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame,
+        });
     }
     let mut body = vec![0; len];
     read_exact_or_truncated(r, &mut body, LEN_PREFIX + len)?;
     Ok(body)
 }
 
-fn read_exact_or_truncated(r: &mut impl Read, out: &mut [u8], expected: usize) -> Result<(), FrameError> {
+fn read_exact_or_truncated(
+    r: &mut impl Read,
+    out: &mut [u8],
+    expected: usize,
+) -> Result<(), FrameError> {
     let mut got = 0;
     while got < out.len() {
         match r.read(&mut out[got..]) {
@@ -178,7 +188,10 @@ mod tests {
         let bytes = (u32::MAX).to_le_bytes().to_vec();
         let mut r = FrameReader::new(Cursor::new(bytes), 1024);
         let err = block_on(r.next()).unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { max: 1024, .. }), "{err}");
+        assert!(
+            matches!(err, FrameError::TooLarge { max: 1024, .. }),
+            "{err}"
+        );
         assert!(r.buf.len() <= INITIAL_BUFFER);
     }
 
@@ -189,7 +202,13 @@ mod tests {
         let mut r = FrameReader::new(Cursor::new(bytes), 1024);
         let err = block_on(r.next()).unwrap_err();
         assert!(
-            matches!(err, FrameError::Truncated { expected: 14, got: 8 }),
+            matches!(
+                err,
+                FrameError::Truncated {
+                    expected: 14,
+                    got: 8
+                }
+            ),
             "{err}"
         );
         let mut r = FrameReader::new(Cursor::new(vec![1, 0]), 1024);
@@ -204,7 +223,16 @@ mod tests {
         let err = read_frame_blocking(&mut &bytes[..], 4).unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { len: 5, max: 4 }));
         let err = read_frame_blocking(&mut &bytes[..6], 16).unwrap_err();
-        assert!(matches!(err, FrameError::Truncated { expected: 9, got: 6 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FrameError::Truncated {
+                    expected: 9,
+                    got: 6
+                }
+            ),
+            "{err}"
+        );
     }
 
     proptest::proptest! {

@@ -149,7 +149,10 @@ impl<P: Clone> PoolState<P> {
     pub fn new(workers: usize, capacity: usize, result_credit: usize) -> Self {
         assert!(workers > 0, "a pool needs at least one worker");
         assert!(capacity > 0, "a worker's task capacity must be at least 1");
-        assert!(result_credit > 0, "a worker's result credit must be at least 1");
+        assert!(
+            result_credit > 0,
+            "a worker's result credit must be at least 1"
+        );
         Self {
             slots: (0..workers).map(|_| Slot::new()).collect(),
             capacity,
@@ -177,11 +180,16 @@ impl<P: Clone> PoolState<P> {
     /// worker. Returns `(worker, id)` for each copy, in worker order.
     pub fn broadcast(&mut self, payload: P) -> Result<Vec<(usize, TaskId)>, Refusal> {
         self.check_open()?;
-        let live: Vec<usize> = (0..self.slots.len()).filter(|&k| self.slots[k].is_live()).collect();
+        let live: Vec<usize> = (0..self.slots.len())
+            .filter(|&k| self.slots[k].is_live())
+            .collect();
         if live.is_empty() {
             return Err(Refusal::NoLiveWorkers);
         }
-        if let Some(&worker) = live.iter().find(|&&k| self.slots[k].held() >= self.capacity) {
+        if let Some(&worker) = live
+            .iter()
+            .find(|&&k| self.slots[k].held() >= self.capacity)
+        {
             return Err(Refusal::Full { worker });
         }
         Ok(live

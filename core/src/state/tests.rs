@@ -28,13 +28,20 @@ fn a_full_worker_refuses_and_the_cursor_stays() {
     assert_eq!(s.submit(Route::Any, 0).unwrap().0, 0);
     assert_eq!(s.submit(Route::Any, 1).unwrap().0, 1);
     assert_eq!(s.submit(Route::Any, 2), Err(Refusal::Full { worker: 0 }));
-    assert_eq!(s.submit(Route::Worker(1), 3), Err(Refusal::Full { worker: 1 }));
+    assert_eq!(
+        s.submit(Route::Worker(1), 3),
+        Err(Refusal::Full { worker: 1 })
+    );
     let first = match drain(&mut s, 0).as_slice() {
         [Transmit::Task { id, .. }] => *id,
         other => panic!("{other:?}"),
     };
     s.handle_done(0, first).unwrap();
-    assert_eq!(s.submit(Route::Any, 4).unwrap().0, 0, "the cursor did not move past worker 0");
+    assert_eq!(
+        s.submit(Route::Any, 4).unwrap().0,
+        0,
+        "the cursor did not move past worker 0"
+    );
 }
 
 #[test]
@@ -45,7 +52,10 @@ fn targeted_submissions_check_the_worker_number_and_liveness() {
         Err(Refusal::NoSuchWorker { worker: 2, size: 2 })
     );
     let _ = s.handle_exit(1);
-    assert_eq!(s.submit(Route::Worker(1), 0), Err(Refusal::WorkerExited { worker: 1 }));
+    assert_eq!(
+        s.submit(Route::Worker(1), 0),
+        Err(Refusal::WorkerExited { worker: 1 })
+    );
     let _ = s.handle_exit(0);
     assert_eq!(s.submit(Route::Any, 0), Err(Refusal::NoLiveWorkers));
 }
@@ -56,7 +66,11 @@ fn broadcast_is_all_or_nothing_and_queued_behind_earlier_tasks() {
     s.submit(Route::Worker(1), 10).unwrap();
     s.submit(Route::Worker(1), 11).unwrap();
     assert_eq!(s.broadcast(99), Err(Refusal::Full { worker: 1 }));
-    assert_eq!(s.held(0) + s.held(2), 0, "a refused broadcast queued nothing");
+    assert_eq!(
+        s.held(0) + s.held(2),
+        0,
+        "a refused broadcast queued nothing"
+    );
     let t = drain(&mut s, 1);
     for tr in &t {
         if let Transmit::Task { id, .. } = tr {
@@ -83,7 +97,10 @@ fn outputs_beyond_credit_are_a_violation_and_acks_return_credit() {
     s.handle_output(0).unwrap();
     assert_eq!(
         s.handle_output(0),
-        Err(Violation::CreditExceeded { worker: 0, credit: 2 })
+        Err(Violation::CreditExceeded {
+            worker: 0,
+            credit: 2
+        })
     );
     s.handle_ack(0, 0);
     assert_eq!(s.unacked(0), 1);
@@ -108,7 +125,9 @@ fn acks_for_a_previous_incarnation_are_ignored() {
 #[test]
 fn an_exit_loses_exactly_the_held_tasks_in_acceptance_order_once() {
     let mut s = ready(2, 8, 1);
-    let ids: Vec<TaskId> = (0..5).map(|i| s.submit(Route::Worker(0), i).unwrap().1).collect();
+    let ids: Vec<TaskId> = (0..5)
+        .map(|i| s.submit(Route::Worker(0), i).unwrap().1)
+        .collect();
     s.submit(Route::Worker(1), 9).unwrap();
     s.handle_done(0, ids[2]).unwrap();
     assert_eq!(s.handle_exit(0), [ids[0], ids[1], ids[3], ids[4]]);
@@ -116,7 +135,10 @@ fn an_exit_loses_exactly_the_held_tasks_in_acceptance_order_once() {
     assert_eq!(s.held(1), 1);
     assert_eq!(
         s.handle_done(0, ids[0]),
-        Err(Violation::UnknownTask { worker: 0, task: ids[0] })
+        Err(Violation::UnknownTask {
+            worker: 0,
+            task: ids[0]
+        })
     );
 }
 
@@ -134,7 +156,10 @@ fn stop_refuses_new_work_queues_a_pill_after_everything_and_ends_when_all_exit()
     );
     assert_eq!(
         s.handle_bye(0),
-        Err(Violation::EarlyBye { worker: 0, why: "while still holding tasks" })
+        Err(Violation::EarlyBye {
+            worker: 0,
+            why: "while still holding tasks"
+        })
     );
     s.handle_done(0, a).unwrap();
     s.handle_bye(0).unwrap();
@@ -142,7 +167,10 @@ fn stop_refuses_new_work_queues_a_pill_after_everything_and_ends_when_all_exit()
     assert!(!s.is_stopped());
     assert!(s.handle_timeout(t0 + Duration::from_secs(4)).is_empty());
     assert_eq!(s.handle_timeout(t0 + Duration::from_secs(5)), [1]);
-    assert!(s.handle_timeout(t0 + Duration::from_secs(6)).is_empty(), "each kill once");
+    assert!(
+        s.handle_timeout(t0 + Duration::from_secs(6)).is_empty(),
+        "each kill once"
+    );
     let _ = s.handle_exit(1);
     assert!(s.is_stopped());
 }

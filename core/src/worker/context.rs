@@ -146,7 +146,12 @@ impl<O: Serialize> Context<O> {
             return Err(PutError::Full(output));
         }
         let header = ToParent::Output { task: self.task };
-        let encoded = encode_with_payload(&mut link.outgoing.borrow_mut(), &header, &output, link.max_frame);
+        let encoded = encode_with_payload(
+            &mut link.outgoing.borrow_mut(),
+            &header,
+            &output,
+            link.max_frame,
+        );
         if let Err(e) = encoded {
             return Err(PutError::Encode(output, e.to_string()));
         }

@@ -309,7 +309,12 @@ enum Ended {
     Panicked(String),
 }
 
-async fn run_loop<W: Worker>(worker: Rc<W>, link: &Rc<Link>, inbox: &Inbox<W::Task>, concurrency: usize) -> End {
+async fn run_loop<W: Worker>(
+    worker: Rc<W>,
+    link: &Rc<Link>,
+    inbox: &Inbox<W::Task>,
+    concurrency: usize,
+) -> End {
     let mut running: Running = FuturesUnordered::new();
     loop {
         while running.len() < concurrency {
@@ -337,7 +342,12 @@ async fn run_loop<W: Worker>(worker: Rc<W>, link: &Rc<Link>, inbox: &Inbox<W::Ta
         }
     }
     // Drained after the pill: say goodbye, accept no more outputs, let the writer flush.
-    encode_header(&mut link.outgoing.borrow_mut(), &ToParent::Bye, link.max_frame).expect("small frame");
+    encode_header(
+        &mut link.outgoing.borrow_mut(),
+        &ToParent::Bye,
+        link.max_frame,
+    )
+    .expect("small frame");
     link.close();
     std::future::pending().await
 }
@@ -357,13 +367,21 @@ async fn yield_now() {
     .await
 }
 
-async fn run_one<W: Worker>(worker: Rc<W>, link: Rc<Link>, id: TaskId, task: Result<W::Task, String>) -> (TaskId, Ended) {
+async fn run_one<W: Worker>(
+    worker: Rc<W>,
+    link: Rc<Link>,
+    id: TaskId,
+    task: Result<W::Task, String>,
+) -> (TaskId, Ended) {
     let task = match task {
         Ok(task) => task,
         Err(message) => return (id, Ended::Failed(message)),
     };
     let ctx = Context::new(link, Some(id));
-    let ended = match AssertUnwindSafe(worker.process(task, &ctx)).catch_unwind().await {
+    let ended = match AssertUnwindSafe(worker.process(task, &ctx))
+        .catch_unwind()
+        .await
+    {
         Ok(Ok(())) => Ended::Completed,
         Ok(Err(e)) => Ended::Failed(error_chain(&*e)),
         Err(panic) => Ended::Panicked(panic_message(&*panic)),
@@ -378,7 +396,11 @@ fn report(link: &Link, id: TaskId, ended: &Ended) {
         Ended::Panicked(m) => WireOutcome::Panicked(truncate(m)),
     };
     let frame = ToParent::Done { task: id, outcome };
-    encode_header(&mut link.outgoing.borrow_mut(), &frame, link.max_frame.max(HELLO_LIMIT))
-        .expect("a task end with a bounded message fits any frame limit");
+    encode_header(
+        &mut link.outgoing.borrow_mut(),
+        &frame,
+        link.max_frame.max(HELLO_LIMIT),
+    )
+    .expect("a task end with a bounded message fits any frame limit");
     link.wake_writer.notify(1);
 }

@@ -57,7 +57,12 @@ const TRIAL_LIMIT: Duration = Duration::from_secs(120);
 pub type Outcome = Result<(), String>;
 
 /// Runs `future`, failing loudly if it takes longer than `limit`.
-pub async fn within<T>(runtime: &dyn Runtime, limit: Duration, what: &str, future: impl Future<Output = T>) -> Result<T, String> {
+pub async fn within<T>(
+    runtime: &dyn Runtime,
+    limit: Duration,
+    what: &str,
+    future: impl Future<Output = T>,
+) -> Result<T, String> {
     match select(pin!(future), runtime.sleep(limit)).await {
         Either::Left((value, _)) => Ok(value),
         Either::Right(_) => Err(format!("{what}: still waiting after {limit:?}")),
@@ -100,7 +105,11 @@ pub fn main<A: Adapter>() {
     looppool_core::init(&entries::<A>());
     if let Some(method) = std::env::var_os(PARENT_VAR) {
         std::env::remove_var(PARENT_VAR);
-        let method = if method == "fork" { StartMethod::Fork } else { StartMethod::ReExec };
+        let method = if method == "fork" {
+            StartMethod::Fork
+        } else {
+            StartMethod::ReExec
+        };
         A::block_on(trials::parent_until_killed::<A>(method));
         return;
     }

@@ -10,7 +10,9 @@ pub struct Refuse;
 
 impl Serialize for Refuse {
     fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-        Err(serde::ser::Error::custom("this value refuses to be encoded"))
+        Err(serde::ser::Error::custom(
+            "this value refuses to be encoded",
+        ))
     }
 }
 
@@ -134,7 +136,9 @@ impl Worker for Probe {
                 ctx.put(Out::Seq(1)).await?;
             }
             Task::PutUnencodable => match ctx.try_put(Out::Unencodable(Refuse)) {
-                Err(PutError::Encode(Out::Unencodable(Refuse), message)) if message.contains("cannot encode") => {
+                Err(PutError::Encode(Out::Unencodable(Refuse), message))
+                    if message.contains("cannot encode") =>
+                {
                     ctx.put(Out::Doubled(1)).await?;
                 }
                 other => return Err(format!("expected an encode error, got {other:?}").into()),

@@ -62,7 +62,10 @@ fn pool<A: Adapter>(method: StartMethod, workers: usize) -> Builder<Probe> {
 }
 
 async fn start(builder: Builder<Probe>) -> Result<Pool<Probe>, String> {
-    builder.start().await.map_err(|e| format!("the pool did not start: {e}"))
+    builder
+        .start()
+        .await
+        .map_err(|e| format!("the pool did not start: {e}"))
 }
 
 /// An output as the test saw it: worker, task, value.
@@ -95,7 +98,10 @@ async fn all_ok(handles: Vec<TaskHandle>) -> Outcome {
 
 async fn stop_gracefully(pool: &Pool<Probe>) -> Outcome {
     let stopped = pool.stop().await;
-    ensure!(stopped.is_graceful(), "the stop was not graceful: {stopped:?}");
+    ensure!(
+        stopped.is_graceful(),
+        "the stop was not graceful: {stopped:?}"
+    );
     Ok(())
 }
 
@@ -104,7 +110,11 @@ async fn ten_tasks_through_eight_workers_come_back_doubled<A: Adapter>(m: StartM
     let outputs = pool.outputs();
     let mut handles = Vec::new();
     for n in 0..10 {
-        handles.push(pool.submit(Task::Double(n)).await.map_err(|e| e.to_string())?);
+        handles.push(
+            pool.submit(Task::Double(n))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
     }
     let ids: Vec<TaskId> = handles.iter().map(TaskHandle::id).collect();
     let (ended, seen) = draining(&outputs, all_ok(handles)).await;
@@ -117,50 +127,80 @@ async fn ten_tasks_through_eight_workers_come_back_doubled<A: Adapter>(m: StartM
         })
         .collect::<Result<_, _>>()?;
     got.sort_unstable();
-    ensure!(got == (0..10).map(|n| n * 2).collect::<Vec<_>>(), "got {got:?}");
-    ensure!(pool.call(Task::Double(21)).await.ok() == Some(Out::Doubled(42)), "call(21) did not give 42");
+    ensure!(
+        got == (0..10).map(|n| n * 2).collect::<Vec<_>>(),
+        "got {got:?}"
+    );
+    ensure!(
+        pool.call(Task::Double(21)).await.ok() == Some(Out::Doubled(42)),
+        "call(21) did not give 42"
+    );
     stop_gracefully(&pool).await
 }
 
-async fn stop_after_k_tasks_ends_every_task_and_delivers_every_output<A: Adapter>(m: StartMethod) -> Outcome {
+async fn stop_after_k_tasks_ends_every_task_and_delivers_every_output<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
     for k in 0..16u64 {
         let pool = start(pool::<A>(m, 2).capacity(16)).await?;
         let outputs = pool.outputs();
         let mut handles = Vec::new();
         for n in 0..k {
-            handles.push(pool.submit(Task::Double(n)).await.map_err(|e| e.to_string())?);
+            handles.push(
+                pool.submit(Task::Double(n))
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
         }
         stop_gracefully(&pool).await?;
         for h in handles {
             let id = h.id();
             let ended = futures_util::FutureExt::now_or_never(h);
-            ensure!(ended == Some(Ok(())), "k={k}: after stop, task {id} has {ended:?}");
+            ensure!(
+                ended == Some(Ok(())),
+                "k={k}: after stop, task {id} has {ended:?}"
+            );
         }
         let mut delivered = 0;
         while let Some(d) = outputs.recv().await {
-            ensure!(matches!(d.value(), Out::Doubled(_)), "k={k}: unexpected {:?}", d.value());
+            ensure!(
+                matches!(d.value(), Out::Doubled(_)),
+                "k={k}: unexpected {:?}",
+                d.value()
+            );
             delivered += 1;
         }
         ensure!(delivered == k, "k={k}: {delivered} outputs delivered");
         let late = pool.try_submit(Task::Double(1));
-        ensure!(matches!(late, Err(SubmitError::Closed(Task::Double(1)))), "k={k}: after stop: {late:?}");
+        ensure!(
+            matches!(late, Err(SubmitError::Closed(Task::Double(1)))),
+            "k={k}: after stop: {late:?}"
+        );
     }
     Ok(())
 }
 
-async fn a_full_worker_refuses_try_submit_and_submit_waits_for_room<A: Adapter>(m: StartMethod) -> Outcome {
+async fn a_full_worker_refuses_try_submit_and_submit_waits_for_room<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
     let pool = start(pool::<A>(m, 1).capacity(2).concurrency(2).result_credit(1)).await?;
     let outputs = pool.outputs();
     // Two `Hold`s fill the worker; neither can end before the consumer acknowledges an output.
     let held = [pool.try_submit(Task::Hold), pool.try_submit(Task::Hold)];
-    let held: Vec<TaskHandle> = held.into_iter().collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let held: Vec<TaskHandle> = held
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
     match pool.try_submit(Task::Double(7)) {
         Err(SubmitError::Full(task)) => ensure!(task == Task::Double(7), "handed back {task:?}"),
         other => return Err(format!("expected Full, got {other:?}")),
     }
     let mut waiting = pin!(pool.submit(Task::Double(8)));
     let first = futures_util::poll!(waiting.as_mut());
-    ensure!(first.is_pending(), "submit did not wait for room: {first:?}");
+    ensure!(
+        first.is_pending(),
+        "submit did not wait for room: {first:?}"
+    );
     let (submitted, _) = draining(&outputs, async {
         let handle = waiting.await.map_err(|e| e.to_string())?;
         all_ok(held).await?;
@@ -171,7 +211,9 @@ async fn a_full_worker_refuses_try_submit_and_submit_waits_for_room<A: Adapter>(
     stop_gracefully(&pool).await
 }
 
-async fn round_robin_gives_each_of_8_workers_100_of_800_tasks<A: Adapter>(m: StartMethod) -> Outcome {
+async fn round_robin_gives_each_of_8_workers_100_of_800_tasks<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
     let pool = start(pool::<A>(m, 8)).await?;
     let outputs = pool.outputs();
     let (handles, seen) = draining(&outputs, async {
@@ -191,8 +233,14 @@ async fn round_robin_gives_each_of_8_workers_100_of_800_tasks<A: Adapter>(m: Sta
         *by_output.entry(*worker).or_insert(0) += 1;
     }
     let expected: BTreeMap<usize, usize> = (0..8).map(|w| (w, 100)).collect();
-    ensure!(by_handle == expected, "tasks sent per worker: {by_handle:?}");
-    ensure!(by_output == expected, "tasks processed per worker: {by_output:?}");
+    ensure!(
+        by_handle == expected,
+        "tasks sent per worker: {by_handle:?}"
+    );
+    ensure!(
+        by_output == expected,
+        "tasks processed per worker: {by_output:?}"
+    );
     stop_gracefully(&pool).await
 }
 
@@ -205,7 +253,10 @@ fn count(workers: impl Iterator<Item = usize>) -> BTreeMap<usize, usize> {
 }
 
 /// Broadcasts `Get` and returns each worker's answer, checking each answered exactly once.
-async fn broadcast_get(pool: &Pool<Probe>, outputs: &Outputs<Out>) -> Result<BTreeMap<usize, i64>, String> {
+async fn broadcast_get(
+    pool: &Pool<Probe>,
+    outputs: &Outputs<Out>,
+) -> Result<BTreeMap<usize, i64>, String> {
     let (ended, seen) = draining(outputs, async {
         let handles = pool.broadcast(Task::Get).await.map_err(|e| e.to_string())?;
         all_ok(handles).await
@@ -216,16 +267,26 @@ async fn broadcast_get(pool: &Pool<Probe>, outputs: &Outputs<Out>) -> Result<BTr
     for (worker, _, out) in seen {
         match out {
             Out::Value { value, worker: w } if w == worker => {
-                ensure!(values.insert(worker, value).is_none(), "worker {worker} answered twice");
+                ensure!(
+                    values.insert(worker, value).is_none(),
+                    "worker {worker} answered twice"
+                );
             }
             other => return Err(format!("unexpected output {other:?} from worker {worker}")),
         }
     }
-    ensure!(values.len() == pool.size(), "answers from {} of {} workers", values.len(), pool.size());
+    ensure!(
+        values.len() == pool.size(),
+        "answers from {} of {} workers",
+        values.len(),
+        pool.size()
+    );
     Ok(values)
 }
 
-async fn a_broadcast_after_k_tasks_reaches_every_worker_once_in_order<A: Adapter>(m: StartMethod) -> Outcome {
+async fn a_broadcast_after_k_tasks_reaches_every_worker_once_in_order<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
     for k in 0..16u64 {
         let pool = start(pool::<A>(m, 4).capacity(32)).await?;
         let outputs = pool.outputs();
@@ -233,11 +294,22 @@ async fn a_broadcast_after_k_tasks_reaches_every_worker_once_in_order<A: Adapter
         // that value behind instead of 26.
         let mut handles = Vec::new();
         for n in 0..k {
-            handles.push(pool.submit(Task::Set(-(n as i64) - 1)).await.map_err(|e| e.to_string())?);
+            handles.push(
+                pool.submit(Task::Set(-(n as i64) - 1))
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
         }
-        handles.extend(pool.broadcast(Task::Set(26)).await.map_err(|e| e.to_string())?);
+        handles.extend(
+            pool.broadcast(Task::Set(26))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
         let values = broadcast_get(&pool, &outputs).await?;
-        ensure!(values.values().all(|&v| v == 26), "k={k}: values {values:?}");
+        ensure!(
+            values.values().all(|&v| v == 26),
+            "k={k}: values {values:?}"
+        );
         let (ended, _) = draining(&outputs, all_ok(handles)).await;
         ended?;
         stop_gracefully(&pool).await?;
@@ -251,57 +323,107 @@ async fn targeted_tasks_reach_their_worker<A: Adapter>(m: StartMethod) -> Outcom
     let outputs = pool.outputs();
     let mut handles = Vec::new();
     for k in 0..n {
-        handles.push(pool.submit_to(k, Task::Set((n - 1 - k) as i64)).await.map_err(|e| e.to_string())?);
+        handles.push(
+            pool.submit_to(k, Task::Set((n - 1 - k) as i64))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
     }
     all_ok(handles).await?;
     let values = broadcast_get(&pool, &outputs).await?;
     for (worker, value) in &values {
-        ensure!(value + *worker as i64 == n as i64 - 1, "worker {worker} holds {value}");
+        ensure!(
+            value + *worker as i64 == n as i64 - 1,
+            "worker {worker} holds {value}"
+        );
     }
     for k in 0..n {
-        let answer = pool.call_to(k, Task::WhoAmI).await.map_err(|e| e.to_string())?;
+        let answer = pool
+            .call_to(k, Task::WhoAmI)
+            .await
+            .map_err(|e| e.to_string())?;
         ensure!(answer == Out::Worker(k), "call_to({k}) answered {answer:?}");
     }
     let nowhere = pool.try_submit_to(n, Task::Get);
-    ensure!(matches!(nowhere, Err(SubmitError::Unroutable(Task::Get, _))), "worker {n}: {nowhere:?}");
+    ensure!(
+        matches!(nowhere, Err(SubmitError::Unroutable(Task::Get, _))),
+        "worker {n}: {nowhere:?}"
+    );
     stop_gracefully(&pool).await
 }
 
-async fn errors_and_panics_reach_the_parent_and_the_worker_goes_on<A: Adapter>(m: StartMethod) -> Outcome {
+async fn errors_and_panics_reach_the_parent_and_the_worker_goes_on<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
     let pool = start(pool::<A>(m, 2)).await?;
     let pid = pool.pid(0);
-    let failing = pool.submit_to(0, Task::Fail("the disk is full".into())).await.map_err(|e| e.to_string())?;
+    let failing = pool
+        .submit_to(0, Task::Fail("the disk is full".into()))
+        .await
+        .map_err(|e| e.to_string())?;
     let failing_id = failing.id();
     match failing.await {
-        Err(TaskError::Failed { message }) => ensure!(message == "the disk is full", "message {message:?}"),
-        other => return Err(format!("task {failing_id}: expected a failure, got {other:?}")),
+        Err(TaskError::Failed { message }) => {
+            ensure!(message == "the disk is full", "message {message:?}")
+        }
+        other => {
+            return Err(format!(
+                "task {failing_id}: expected a failure, got {other:?}"
+            ))
+        }
     }
     match pool.call_to(0, Task::Panic("kaboom".into())).await {
-        Err(CallError::Task(TaskError::Panicked { message })) => ensure!(message == "kaboom", "message {message:?}"),
+        Err(CallError::Task(TaskError::Panicked { message })) => {
+            ensure!(message == "kaboom", "message {message:?}")
+        }
         other => return Err(format!("expected a panic, got {other:?}")),
     }
-    let after = pool.call_to(0, Task::Double(21)).await.map_err(|e| e.to_string())?;
-    ensure!(after == Out::Doubled(42), "after the failures worker 0 answered {after:?}");
-    ensure!(pool.pid(0) == pid, "worker 0 was replaced: {pid:?} -> {:?}", pool.pid(0));
+    let after = pool
+        .call_to(0, Task::Double(21))
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        after == Out::Doubled(42),
+        "after the failures worker 0 answered {after:?}"
+    );
+    ensure!(
+        pool.pid(0) == pid,
+        "worker 0 was replaced: {pid:?} -> {:?}",
+        pool.pid(0)
+    );
     stop_gracefully(&pool).await
 }
 
-async fn result_credit_bounds_unacknowledged_outputs_and_loses_nothing<A: Adapter>(m: StartMethod) -> Outcome {
+async fn result_credit_bounds_unacknowledged_outputs_and_loses_nothing<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
     let credit = 3;
     let pool = start(pool::<A>(m, 1).result_credit(credit)).await?;
     let outputs = pool.outputs();
     // try_put: the first `credit` go through, the rest are handed back.
-    let tried = pool.submit(Task::TryEmit { n: 5, accepted: credit as u32 }).await.map_err(|e| e.to_string())?;
+    let tried = pool
+        .submit(Task::TryEmit {
+            n: 5,
+            accepted: credit as u32,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
     tried.await.map_err(|e| format!("TryEmit: {e}"))?;
     let mut first = Vec::new();
     for _ in 0..credit {
         first.push(outputs.recv().await.ok_or("the stream ended")?);
     }
-    ensure!(outputs.try_recv().is_none(), "more than {credit} outputs were emitted");
+    ensure!(
+        outputs.try_recv().is_none(),
+        "more than {credit} outputs were emitted"
+    );
     drop(first);
 
     // put with a slow consumer: hold `credit` deliveries, acknowledge the oldest only then.
-    let emitting = pool.submit(Task::Emit(50)).await.map_err(|e| e.to_string())?;
+    let emitting = pool
+        .submit(Task::Emit(50))
+        .await
+        .map_err(|e| e.to_string())?;
     let mut held = std::collections::VecDeque::new();
     let mut received = Vec::new();
     while received.len() < 50 {
@@ -310,30 +432,53 @@ async fn result_credit_bounds_unacknowledged_outputs_and_loses_nothing<A: Adapte
         held.push_back(d);
         if held.len() == credit {
             // No credit is left, so the worker cannot have emitted another output.
-            ensure!(outputs.try_recv().is_none(), "an output beyond the credit arrived");
+            ensure!(
+                outputs.try_recv().is_none(),
+                "an output beyond the credit arrived"
+            );
             held.pop_front();
         }
     }
     drop(held);
     emitting.await.map_err(|e| format!("Emit: {e}"))?;
-    ensure!(received == (0..50).map(Out::Seq).collect::<Vec<_>>(), "received {received:?}");
+    ensure!(
+        received == (0..50).map(Out::Seq).collect::<Vec<_>>(),
+        "received {received:?}"
+    );
     stop_gracefully(&pool).await
 }
 
-async fn outputs_are_flushed_before_the_next_cpu_bound_task_starts<A: Adapter>(m: StartMethod) -> Outcome {
+async fn outputs_are_flushed_before_the_next_cpu_bound_task_starts<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
     let pool = start(pool::<A>(m, 1)).await?;
     let outputs = pool.outputs();
     let marker = std::env::temp_dir().join(format!("looppool-spin-{}-{m:?}", std::process::id()));
     let _ = std::fs::remove_file(&marker);
-    let first = pool.submit(Task::Double(5)).await.map_err(|e| e.to_string())?;
+    let first = pool
+        .submit(Task::Double(5))
+        .await
+        .map_err(|e| e.to_string())?;
     let spinning = pool
         .submit(Task::SpinUntilExists(marker.to_string_lossy().into_owned()))
         .await
         .map_err(|e| e.to_string())?;
     // The spinning task never yields until the marker exists, and the marker is only created
     // once the first task's output and end have arrived.
-    let output = within(&*A::runtime(), Duration::from_secs(20), "the first task's output", outputs.recv()).await;
-    let ended = within(&*A::runtime(), Duration::from_secs(20), "the first task's end", first).await;
+    let output = within(
+        &*A::runtime(),
+        Duration::from_secs(20),
+        "the first task's output",
+        outputs.recv(),
+    )
+    .await;
+    let ended = within(
+        &*A::runtime(),
+        Duration::from_secs(20),
+        "the first task's end",
+        first,
+    )
+    .await;
     std::fs::write(&marker, b"").map_err(|e| e.to_string())?;
     let output = output?.ok_or("the stream ended")?;
     ensure!(*output == Out::Doubled(10), "first output {:?}", *output);
@@ -343,11 +488,16 @@ async fn outputs_are_flushed_before_the_next_cpu_bound_task_starts<A: Adapter>(m
     stop_gracefully(&pool).await
 }
 
-async fn values_that_cannot_be_encoded_are_refused_at_the_call<A: Adapter>(m: StartMethod) -> Outcome {
+async fn values_that_cannot_be_encoded_are_refused_at_the_call<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
     let pool = start(pool::<A>(m, 1).max_frame(64 * 1024)).await?;
     match pool.try_submit(Task::Unencodable(Refuse)) {
         Err(SubmitError::Encode(Task::Unencodable(Refuse), message)) => {
-            ensure!(message.contains("cannot encode the task"), "message {message:?}")
+            ensure!(
+                message.contains("cannot encode the task"),
+                "message {message:?}"
+            )
         }
         other => return Err(format!("expected an encode error, got {other:?}")),
     }
@@ -358,12 +508,20 @@ async fn values_that_cannot_be_encoded_are_refused_at_the_call<A: Adapter>(m: St
         }
         other => return Err(format!("expected a size error, got {other:?}")),
     }
-    let answer = pool.call(Task::PutUnencodable).await.map_err(|e| e.to_string())?;
-    ensure!(answer == Out::Doubled(1), "PutUnencodable answered {answer:?}");
+    let answer = pool
+        .call(Task::PutUnencodable)
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        answer == Out::Doubled(1),
+        "PutUnencodable answered {answer:?}"
+    );
     stop_gracefully(&pool).await
 }
 
-async fn a_bad_frame_from_a_worker_ends_only_its_link_with_a_clear_error<A: Adapter>(m: StartMethod) -> Outcome {
+async fn a_bad_frame_from_a_worker_ends_only_its_link_with_a_clear_error<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
     let cases = [
         (Fault::Oversized, "exceeds the limit"),
         (Fault::Garbage, "malformed"),
@@ -372,31 +530,61 @@ async fn a_bad_frame_from_a_worker_ends_only_its_link_with_a_clear_error<A: Adap
     for (fault, expected) in cases {
         // With a result credit of 1 and no consumer, `Hold` stays in flight until the link ends.
         let pool = start(pool::<A>(m, 2).concurrency(2).result_credit(1)).await?;
-        let before = pool.submit_to(0, Task::Hold).await.map_err(|e| e.to_string())?;
-        let faulty = pool.submit_to(0, Task::Fault(fault)).await.map_err(|e| e.to_string())?;
+        let before = pool
+            .submit_to(0, Task::Hold)
+            .await
+            .map_err(|e| e.to_string())?;
+        let faulty = pool
+            .submit_to(0, Task::Fault(fault))
+            .await
+            .map_err(|e| e.to_string())?;
         for (what, handle) in [("the faulty task", faulty), ("a task beside it", before)] {
             match handle.await {
-                Err(TaskError::Lost { worker: 0, cause: Some(cause), .. }) => {
-                    ensure!(cause.contains(expected), "{fault:?}: {what} lost with {cause:?}")
+                Err(TaskError::Lost {
+                    worker: 0,
+                    cause: Some(cause),
+                    ..
+                }) => {
+                    ensure!(
+                        cause.contains(expected),
+                        "{fault:?}: {what} lost with {cause:?}"
+                    )
                 }
                 other => return Err(format!("{fault:?}: {what} ended with {other:?}")),
             }
         }
-        let answer = pool.call_to(1, Task::Double(2)).await.map_err(|e| format!("{fault:?}: {e}"))?;
-        ensure!(answer == Out::Doubled(4), "{fault:?}: worker 1 answered {answer:?}");
+        let answer = pool
+            .call_to(1, Task::Double(2))
+            .await
+            .map_err(|e| format!("{fault:?}: {e}"))?;
+        ensure!(
+            answer == Out::Doubled(4),
+            "{fault:?}: worker 1 answered {answer:?}"
+        );
         let dead = pool.try_submit_to(0, Task::Get);
-        ensure!(matches!(dead, Err(SubmitError::Unroutable(..))), "{fault:?}: worker 0 took {dead:?}");
+        ensure!(
+            matches!(dead, Err(SubmitError::Unroutable(..))),
+            "{fault:?}: worker 0 took {dead:?}"
+        );
         let stopped = pool.stop().await;
         ensure!(stopped.killed().is_empty(), "{fault:?}: {stopped:?}");
     }
     Ok(())
 }
 
-async fn a_protocol_version_mismatch_fails_the_start_clearly<A: Adapter>(m: StartMethod) -> Outcome {
+async fn a_protocol_version_mismatch_fails_the_start_clearly<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
     match pool::<A>(m, 2).protocol_version(99).start().await {
         Err(Error::Handshake { reason, .. }) => {
-            ensure!(reason.contains("protocol version mismatch"), "reason {reason:?}");
-            ensure!(reason.contains("99"), "the reason does not name the version: {reason:?}");
+            ensure!(
+                reason.contains("protocol version mismatch"),
+                "reason {reason:?}"
+            );
+            ensure!(
+                reason.contains("99"),
+                "the reason does not name the version: {reason:?}"
+            );
             Ok(())
         }
         other => Err(format!("expected a handshake error, got {other:?}")),
@@ -404,10 +592,17 @@ async fn a_protocol_version_mismatch_fails_the_start_clearly<A: Adapter>(m: Star
 }
 
 async fn a_failing_init_hook_fails_the_start_clearly<A: Adapter>(m: StartMethod) -> Outcome {
-    let started = Pool::<FailingInit>::builder(A::runtime()).start_method(m).workers(2).start().await;
+    let started = Pool::<FailingInit>::builder(A::runtime())
+        .start_method(m)
+        .workers(2)
+        .start()
+        .await;
     match started {
         Err(Error::Init { message, .. }) => {
-            ensure!(message.contains("no database at db.invalid"), "message {message:?}");
+            ensure!(
+                message.contains("no database at db.invalid"),
+                "message {message:?}"
+            );
             Ok(())
         }
         other => Err(format!("expected an init error, got {other:?}")),
@@ -433,40 +628,64 @@ async fn stop_racing_submissions_ends_every_accepted_task<A: Adapter>(m: StartMe
             }
             unreachable!()
         };
-        let ((accepted, stopped), _) = draining(&outputs, futures_util::future::join(submitting, pool.stop())).await;
+        let ((accepted, stopped), _) = draining(
+            &outputs,
+            futures_util::future::join(submitting, pool.stop()),
+        )
+        .await;
         let accepted = accepted?;
         ensure!(stopped.is_graceful(), "round {round}: {stopped:?}");
         for h in accepted {
             let id = h.id();
             let ended = futures_util::FutureExt::now_or_never(h);
-            ensure!(ended == Some(Ok(())), "round {round}: task {id} has {ended:?} after stop");
+            ensure!(
+                ended == Some(Ok(())),
+                "round {round}: task {id} has {ended:?} after stop"
+            );
         }
     }
     Ok(())
 }
 
-async fn a_killed_worker_loses_its_tasks_with_the_signal_and_others_go_on<A: Adapter>(m: StartMethod) -> Outcome {
+async fn a_killed_worker_loses_its_tasks_with_the_signal_and_others_go_on<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
     use nix::sys::signal::{kill, Signal};
     let pool = start(pool::<A>(m, 2).concurrency(2).result_credit(1)).await?;
     // Two tasks stuck on credit (nobody reads the outputs) are in flight on worker 0.
     let stuck = [
-        pool.submit_to(0, Task::Hold).await.map_err(|e| e.to_string())?,
-        pool.submit_to(0, Task::Hold).await.map_err(|e| e.to_string())?,
+        pool.submit_to(0, Task::Hold)
+            .await
+            .map_err(|e| e.to_string())?,
+        pool.submit_to(0, Task::Hold)
+            .await
+            .map_err(|e| e.to_string())?,
     ];
     let pid = pool.pid(0).ok_or("worker 0 has no pid")?;
     kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).map_err(|e| e.to_string())?;
     for h in stuck {
         match h.await {
-            Err(TaskError::Lost { worker: 0, exit: Exit::Signal(9), .. }) => {}
+            Err(TaskError::Lost {
+                worker: 0,
+                exit: Exit::Signal(9),
+                ..
+            }) => {}
             other => return Err(format!("a task of the killed worker ended with {other:?}")),
         }
     }
     match pool.call_to(1, Task::Exit(3)).await {
-        Err(CallError::Task(TaskError::Lost { worker: 1, exit: Exit::Code(3), .. })) => {}
+        Err(CallError::Task(TaskError::Lost {
+            worker: 1,
+            exit: Exit::Code(3),
+            ..
+        })) => {}
         other => return Err(format!("a worker that exited with 3: {other:?}")),
     }
     let nobody = pool.try_submit(Task::Get);
-    ensure!(matches!(nobody, Err(SubmitError::Unroutable(..))), "with every worker dead: {nobody:?}");
+    ensure!(
+        matches!(nobody, Err(SubmitError::Unroutable(..))),
+        "with every worker dead: {nobody:?}"
+    );
     let stopped = within(&*A::runtime(), Duration::from_secs(10), "stop", pool.stop()).await?;
     ensure!(
         stopped.exits() == [Exit::Signal(9), Exit::Code(3)],
@@ -478,7 +697,9 @@ async fn a_killed_worker_loses_its_tasks_with_the_signal_and_others_go_on<A: Ada
 
 async fn dropping_a_pool_leaves_no_worker_process<A: Adapter>(m: StartMethod) -> Outcome {
     let pool = start(pool::<A>(m, 3)).await?;
-    let pids: Vec<u32> = (0..3).map(|k| pool.pid(k).ok_or(format!("worker {k} has no pid"))).collect::<Result<_, _>>()?;
+    let pids: Vec<u32> = (0..3)
+        .map(|k| pool.pid(k).ok_or(format!("worker {k} has no pid")))
+        .collect::<Result<_, _>>()?;
     let handle = pool.submit(Task::Hold).await.map_err(|e| e.to_string())?;
     drop(pool);
     for pid in pids {
@@ -486,10 +707,12 @@ async fn dropping_a_pool_leaves_no_worker_process<A: Adapter>(m: StartMethod) ->
         ensure!(!alive, "worker process {pid} outlived its dropped pool");
     }
     let ended = futures_util::FutureExt::now_or_never(handle);
-    ensure!(matches!(ended, Some(Err(TaskError::Lost { .. }))), "its task: {ended:?}");
+    ensure!(
+        matches!(ended, Some(Err(TaskError::Lost { .. }))),
+        "its task: {ended:?}"
+    );
     Ok(())
 }
-
 
 /// Whether process `pid` exists and is not a zombie.
 fn is_alive(pid: u32) -> bool {
@@ -497,32 +720,61 @@ fn is_alive(pid: u32) -> bool {
         return false;
     };
     // The state follows the parenthesised command name, which may itself contain spaces.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
     !matches!(state, None | Some('Z' | 'X'))
 }
 
-async fn worker_processes_are_named_ignore_terminal_signals_and_hold_only_their_link<A: Adapter>(m: StartMethod) -> Outcome {
+async fn worker_processes_are_named_ignore_terminal_signals_and_hold_only_their_link<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
     use nix::sys::signal::{kill, Signal};
     let before = sockets("self")?;
     let pool = start(pool::<A>(m, 2)).await?;
     // The sockets the parent opened for the pool: its ends of the links.
-    let links: Vec<String> = sockets("self")?.into_iter().filter(|s| !before.contains(s)).collect();
-    ensure!(links.len() >= 2, "the parent holds {} new sockets for 2 links", links.len());
+    let links: Vec<String> = sockets("self")?
+        .into_iter()
+        .filter(|s| !before.contains(s))
+        .collect();
+    ensure!(
+        links.len() >= 2,
+        "the parent holds {} new sockets for 2 links",
+        links.len()
+    );
     for k in 0..2 {
         let pid = pool.pid(k).ok_or(format!("worker {k} has no pid"))?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).map_err(|e| e.to_string())?;
-        ensure!(comm.trim_end() == format!("lp{k}-conformance"), "worker {k} comm {comm:?}");
+        let comm =
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).map_err(|e| e.to_string())?;
+        ensure!(
+            comm.trim_end() == format!("lp{k}-conformance"),
+            "worker {k} comm {comm:?}"
+        );
         if m == StartMethod::ReExec {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| e.to_string())?;
+            let cmdline =
+                std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| e.to_string())?;
             let title = format!("looppool: conformance worker {k}\0");
-            ensure!(cmdline.starts_with(title.as_bytes()), "worker {k} cmdline {:?}", String::from_utf8_lossy(&cmdline));
+            ensure!(
+                cmdline.starts_with(title.as_bytes()),
+                "worker {k} cmdline {:?}",
+                String::from_utf8_lossy(&cmdline)
+            );
         }
-        let shared: Vec<String> = sockets(&pid.to_string())?.into_iter().filter(|s| links.contains(s)).collect();
-        ensure!(shared.is_empty(), "worker {k} holds the parent's link ends {shared:?}");
+        let shared: Vec<String> = sockets(&pid.to_string())?
+            .into_iter()
+            .filter(|s| links.contains(s))
+            .collect();
+        ensure!(
+            shared.is_empty(),
+            "worker {k} holds the parent's link ends {shared:?}"
+        );
         for sig in [Signal::SIGINT, Signal::SIGTERM] {
             kill(nix::unistd::Pid::from_raw(pid as i32), sig).map_err(|e| e.to_string())?;
         }
-        let answer = pool.call_to(k, Task::WhoAmI).await.map_err(|e| format!("after SIGINT and SIGTERM: {e}"))?;
+        let answer = pool
+            .call_to(k, Task::WhoAmI)
+            .await
+            .map_err(|e| format!("after SIGINT and SIGTERM: {e}"))?;
         ensure!(answer == Out::Worker(k), "worker {k} answered {answer:?}");
         ensure!(pool.pid(k) == Some(pid), "worker {k} was replaced");
     }
@@ -542,7 +794,9 @@ fn sockets(pid: &str) -> Result<Vec<String>, String> {
 /// The body of the parent process of [`workers_die_with_a_parent_that_is_killed`].
 pub(super) async fn parent_until_killed<A: Adapter>(m: StartMethod) {
     let pool = start(pool::<A>(m, 3)).await.expect("the pool starts");
-    let pids: Vec<String> = (0..3).map(|k| pool.pid(k).expect("a live worker").to_string()).collect();
+    let pids: Vec<String> = (0..3)
+        .map(|k| pool.pid(k).expect("a live worker").to_string())
+        .collect();
     println!("{}", pids.join(" "));
     std::future::pending::<()>().await;
 }
@@ -555,8 +809,17 @@ async fn workers_die_with_a_parent_that_is_killed<A: Adapter>(m: StartMethod) ->
     let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut parent = std::process::Command::new(exe)
-        .env(super::PARENT_VAR, if m == StartMethod::Fork { "fork" } else { "reexec" })
-        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .env(
+            super::PARENT_VAR,
+            if m == StartMethod::Fork {
+                "fork"
+            } else {
+                "reexec"
+            },
+        )
+        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            theirs,
+        )))
         .spawn()
         .map_err(|e| e.to_string())?;
     ours.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -569,12 +832,21 @@ async fn workers_die_with_a_parent_that_is_killed<A: Adapter>(m: StartMethod) ->
         }
         Ok::<_, String>(())
     };
-    within(&*runtime, Duration::from_secs(30), "the parent's worker pids", read_line).await??;
+    within(
+        &*runtime,
+        Duration::from_secs(30),
+        "the parent's worker pids",
+        read_line,
+    )
+    .await??;
     let pids: Vec<u32> = String::from_utf8_lossy(&line)
         .split_whitespace()
         .map(|p| p.parse().map_err(|_| format!("not a pid: {p:?}")))
         .collect::<Result<_, _>>()?;
-    ensure!(pids.len() == 3 && pids.iter().all(|&p| is_alive(p)), "the parent reported {pids:?}");
+    ensure!(
+        pids.len() == 3 && pids.iter().all(|&p| is_alive(p)),
+        "the parent reported {pids:?}"
+    );
     parent.kill().map_err(|e| e.to_string())?;
     parent.wait().map_err(|e| e.to_string())?;
     // Wait for the workers to go: the kernel signals them when their parent dies.
@@ -583,5 +855,11 @@ async fn workers_die_with_a_parent_that_is_killed<A: Adapter>(m: StartMethod) ->
             runtime.sleep(Duration::from_millis(5)).await;
         }
     };
-    within(&*runtime, Duration::from_secs(5), "the orphaned workers to die", gone).await
+    within(
+        &*runtime,
+        Duration::from_secs(5),
+        "the orphaned workers to die",
+        gone,
+    )
+    .await
 }

@@ -1,0 +1,59 @@
+//! Runs each example as a user would, so that none can rot.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The example binary `name`, which `cargo test` builds beside this test.
+fn example(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("the test's own path");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("examples").join(name)
+}
+
+/// Runs an example to completion, failing loudly if it takes longer than `limit`.
+fn run(name: &str, args: &[&str], limit: Duration) -> Output {
+    let child = Command::new(example(name))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start example {name}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.expect("the example's output"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("example {name} still running after {limit:?}");
+        }
+    }
+}
+
+#[test]
+fn quickstart_runs_every_job_in_the_pool_then_inline() {
+    let out = run("quickstart", &["--quick"], Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 2262 primes lie below 20,000.
+    let in_pool = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("worker ") && l.contains("2262 primes below 20000"))
+        .count();
+    let inline = stdout
+        .lines()
+        .filter(|l| l.contains("parent: 2262 primes below 20000"))
+        .count();
+    assert_eq!((in_pool, inline), (4, 4), "{stdout}");
+    assert!(stdout.contains("pool stopped (graceful: true)"), "{stdout}");
+}
