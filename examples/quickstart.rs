@@ -1,16 +1,23 @@
-//! CPU-heavy work in a pool of tokio workers while the parent's event loop stays responsive.
+//! CPU-heavy work in a pool of worker processes while the parent's event loop stays responsive.
 //!
-//! The parent runs a single-threaded tokio runtime: one event loop, like Tornado's. A heartbeat
-//! task on it ticks every 10 ms and records how late each tick fires. First the jobs run in the
-//! pool, each worker a separate process with its own runtime; then the same jobs run inline on
-//! the parent's loop. The heartbeat's worst lateness shows the difference.
+//! The parent runs one event loop on one thread, like Tornado's. A heartbeat on it ticks every
+//! 10 ms and records how late each tick fires. First the jobs run in the pool, each worker a
+//! separate process with its own runtime; then the same jobs run inline on the parent's loop.
+//! The heartbeat's worst lateness shows the difference.
 //!
-//! Run it with `cargo run --release --example quickstart` (`-- --quick` for small jobs). Ctrl-C
-//! stops the pool gracefully: running jobs finish and their results are printed.
+//! ```text
+//! cargo run --release --example quickstart                        # tokio
+//! cargo run --release --example quickstart -- --runtime smol      # or async-std
+//! cargo run --release --example quickstart -- --quick             # small jobs
+//! ```
+//!
+//! On tokio, Ctrl-C ends the run; the pool is dropped, which kills its workers at once.
 
-use looppool_tokio::{async_trait, BoxError, Context, Worker};
+use futures_util::future::{select, Either};
+use looppool_tokio::{async_trait, BoxError, Builder, Context, Runtime, Worker};
 use std::cell::Cell;
-use std::rc::Rc;
+use std::pin::pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Counts the primes below `limit` by trial division: a stand-in for any CPU-heavy job.
@@ -57,46 +64,70 @@ impl Worker for Primes {
     }
 }
 
-/// Ticks every 10 ms on the current loop and remembers the worst lateness seen.
-fn heartbeat() -> Rc<Cell<Duration>> {
-    let worst = Rc::new(Cell::new(Duration::ZERO));
-    let seen = worst.clone();
-    tokio::task::spawn_local(async move {
+/// Runs `work` while a heartbeat ticks every 10 ms on the same loop; returns what `work`
+/// returned and the heartbeat's worst lateness.
+async fn with_heartbeat<T>(
+    rt: &dyn Runtime,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Duration) {
+    let worst = Cell::new(Duration::ZERO);
+    let beat = async {
         let period = Duration::from_millis(10);
         let mut next = Instant::now() + period;
         loop {
-            tokio::time::sleep_until(next.into()).await;
-            let late = Instant::now().saturating_duration_since(next);
-            seen.set(seen.get().max(late));
+            rt.sleep(next.saturating_duration_since(Instant::now()))
+                .await;
+            worst.set(
+                worst
+                    .get()
+                    .max(Instant::now().saturating_duration_since(next)),
+            );
             next += period;
         }
-    });
-    worst
+    };
+    let value = match select(pin!(work), pin!(beat)).await {
+        Either::Left((value, _)) => value,
+        Either::Right(((), _)) => unreachable!("the heartbeat never ends"),
+    };
+    (value, worst.get())
 }
 
-async fn run(jobs: Vec<u64>) -> Result<(), BoxError> {
+/// Yields to the loop once, as a well-behaved handler does between chunks of work.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut yielded, true) {
+            std::task::Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
+
+async fn run(
+    rt: Arc<dyn Runtime>,
+    builder: Builder<Primes>,
+    jobs: Vec<u64>,
+) -> Result<(), BoxError> {
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .max(2);
     let started = Instant::now();
-    let pool = looppool_tokio::builder::<Primes>()
-        .name("quickstart")
-        .workers(workers)
-        .start()
-        .await?;
+    let pool = builder.name("quickstart").workers(workers).start().await?;
     println!(
         "started {workers} worker processes in {:.1?}",
         started.elapsed()
     );
 
     println!("\n{} jobs in the pool:", jobs.len());
-    let worst = heartbeat();
     let started = Instant::now();
     let outputs = pool.outputs();
     let submitted = async {
         for &limit in &jobs {
-            // Waits while the next worker in turn has its queue full: back-pressure.
-            // The results come on the output stream, so the task handle is not needed.
+            // Waits while the next worker in turn has its queue full: back-pressure. The results
+            // come on the output stream, so the task handle is not needed.
             drop(pool.submit(limit).await?);
         }
         Ok::<_, BoxError>(())
@@ -114,64 +145,88 @@ async fn run(jobs: Vec<u64>) -> Result<(), BoxError> {
             );
         }
     };
-    let (submitted, ()) = tokio::join!(submitted, received);
+    let ((submitted, ()), worst) =
+        with_heartbeat(&*rt, futures_util::future::join(submitted, received)).await;
     submitted?;
     let in_pool = started.elapsed();
-    println!(
-        "  all done in {in_pool:.2?}; the parent's loop was at most {:.1?} late",
-        worst.get()
-    );
+    println!("  all done in {in_pool:.2?}; the parent's loop was at most {worst:.1?} late");
 
     let stopped = pool.stop().await;
     println!("\npool stopped (graceful: {})", stopped.is_graceful());
 
     println!("\nthe same jobs inline on the parent's loop:");
-    let worst = heartbeat();
-    tokio::task::yield_now().await;
     let started = Instant::now();
-    for &limit in &jobs {
-        let count = count_primes(limit);
-        println!(
-            "  parent: {count} primes below {limit} (at {:.2?})",
-            started.elapsed()
-        );
-        // Give the heartbeat a chance to run, as a well-behaved handler would.
-        tokio::task::yield_now().await;
-    }
+    let inline_jobs = async {
+        for &limit in &jobs {
+            yield_now().await;
+            let count = count_primes(limit);
+            println!(
+                "  parent: {count} primes below {limit} (at {:.2?})",
+                started.elapsed()
+            );
+        }
+    };
+    let ((), worst) = with_heartbeat(&*rt, inline_jobs).await;
     let inline = started.elapsed();
-    println!(
-        "  all done in {inline:.2?}; the parent's loop was at most {:.1?} late",
-        worst.get()
-    );
-    println!(
-        "\nin the pool: {in_pool:.2?} and a responsive loop; inline: {inline:.2?} and a loop blocked \
-         for each job"
-    );
+    println!("  all done in {inline:.2?}; the parent's loop was at most {worst:.1?} late");
+    println!("\nin the pool: {in_pool:.2?} and a responsive loop; inline: {inline:.2?} and a loop blocked by each job");
     Ok(())
 }
 
-fn main() -> Result<(), BoxError> {
-    // Worker processes are this executable started again; this line makes them workers.
-    looppool_tokio::init(&[looppool_tokio::worker::<Primes>()]);
+/// Tells re-executed workers which runtime the parent chose: they do not see its arguments.
+const RUNTIME_VAR: &str = "LOOPPOOL_QUICKSTART_RUNTIME";
 
-    let quick = std::env::args().any(|a| a == "--quick");
-    let jobs: Vec<u64> = if quick {
+fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().collect();
+    let runtime = args
+        .iter()
+        .position(|a| a == "--runtime")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| std::env::var(RUNTIME_VAR).ok())
+        .unwrap_or_else(|| "tokio".into());
+
+    // Worker processes are this executable started again; this makes them workers. A program
+    // on one runtime needs just the one line, e.g. `looppool_tokio::init(&[worker::<Primes>()])`.
+    match runtime.as_str() {
+        "tokio" => looppool_tokio::init(&[looppool_tokio::worker::<Primes>()]),
+        "smol" => looppool_smol::init(&[looppool_smol::worker::<Primes>()]),
+        "async-std" => looppool_async_std::init(&[looppool_async_std::worker::<Primes>()]),
+        other => {
+            return Err(format!("unknown runtime {other:?}: use tokio, smol or async-std").into())
+        }
+    }
+    std::env::set_var(RUNTIME_VAR, &runtime);
+
+    let jobs: Vec<u64> = if args.iter().any(|a| a == "--quick") {
         vec![20_000; 4]
     } else {
         (0..8).map(|i| 2_000_000 + i * 250_000).collect()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    tokio::task::LocalSet::new().block_on(&runtime, async {
-        tokio::select! {
-            done = run(jobs) => done,
-            _ = tokio::signal::ctrl_c() => {
-                // Dropping `run` drops its pool, which kills the workers at once; a program
-                // that must let running jobs finish calls `pool.stop().await` here instead.
-                println!("\ninterrupted: the pool is dropped and its workers are gone");
-                Ok(())
-            }
+    println!("parent and workers on {runtime}");
+    match runtime.as_str() {
+        "smol" => smol::block_on(run(
+            looppool_smol::runtime(),
+            looppool_smol::builder(),
+            jobs,
+        )),
+        "async-std" => async_std::task::block_on(run(
+            looppool_async_std::runtime(),
+            looppool_async_std::builder(),
+            jobs,
+        )),
+        _ => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                tokio::select! {
+                    done = run(looppool_tokio::runtime(), looppool_tokio::builder(), jobs) => done,
+                    _ = tokio::signal::ctrl_c() => {
+                        println!("\ninterrupted: the pool is dropped and its workers are gone");
+                        Ok(())
+                    }
+                }
+            })
         }
-    })
+    }
 }

@@ -1,1 +1,87 @@
-//! Placeholder.
+//! **looppool** on async-std: a pool of worker processes, each running async-std's executor.
+//!
+//! **async-std is discontinued upstream; its authors point users to smol.** This adapter is
+//! kept working for programs that still run on async-std, and it shares its reactor code with
+//! `looppool-smol` (both sit on async-io). New code should use `looppool-smol`; the two speak
+//! the same protocol, so an async-std parent can drive smol workers and the other way round.
+//!
+//! This crate is the [`Runtime`] binding plus a re-export of [`looppool_core`]. Fork
+//! ([`StartMethod::Fork`]) cannot be used from an async-std parent, whose executor and reactor
+//! run on threads of their own; re-exec, the default, works.
+//!
+//! ```no_run
+//! use looppool_async_std::{async_trait, BoxError, Context, Worker};
+//!
+//! struct Doubler;
+//!
+//! #[async_trait(?Send)]
+//! impl Worker for Doubler {
+//!     type Task = u64;
+//!     type Output = u64;
+//!
+//!     async fn init(_ctx: &Context<u64>) -> Result<Self, BoxError> {
+//!         Ok(Doubler)
+//!     }
+//!
+//!     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), BoxError> {
+//!         ctx.put(n * 2).await?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! fn main() {
+//!     looppool_async_std::init(&[looppool_async_std::worker::<Doubler>()]);
+//!     async_std::task::block_on(async {
+//!         let pool = looppool_async_std::builder::<Doubler>().workers(4).start().await.unwrap();
+//!         assert_eq!(pool.call(21).await.unwrap(), 42);
+//!         pool.stop().await;
+//!     });
+//! }
+//! ```
+#![forbid(unsafe_code)]
+
+pub use looppool_core::*;
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The async-std [`Runtime`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AsyncStd;
+
+impl Runtime for AsyncStd {
+    fn spawn(&self, future: BoxFuture<()>) {
+        async_std::task::spawn(future);
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<()> {
+        looppool_core::async_io::sleep(duration)
+    }
+
+    fn wrap_unix(&self, stream: UnixStream) -> io::Result<BoxIo> {
+        looppool_core::async_io::wrap_unix(stream)
+    }
+
+    fn block_on_local(&self, main: LocalBoxFuture<()>) {
+        // Runs `main` on this thread; async-std's own executor threads serve `task::spawn`.
+        async_std::task::block_on(main);
+    }
+}
+
+/// The async-std runtime binding, shared.
+pub fn runtime() -> Arc<dyn Runtime> {
+    Arc::new(AsyncStd)
+}
+
+/// A pool builder whose parent side runs on async-std.
+pub fn builder<W: Worker>() -> Builder<W> {
+    Pool::builder(runtime())
+}
+
+/// The [`Entry`] that runs worker `W` on async-std in a re-executed process. List it in
+/// [`init`].
+pub fn worker<W: Worker>() -> Entry {
+    Entry::new::<W>(runtime)
+}

@@ -15,6 +15,8 @@
 #![deny(unsafe_code)]
 #![cfg(unix)]
 
+#[cfg(feature = "async-io")]
+pub mod async_io;
 mod error;
 mod launch;
 mod pipe;

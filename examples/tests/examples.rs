@@ -35,15 +35,22 @@ fn run(name: &str, args: &[&str], limit: Duration) -> Output {
     }
 }
 
-#[test]
-fn quickstart_runs_every_job_in_the_pool_then_inline() {
-    let out = run("quickstart", &["--quick"], Duration::from_secs(120));
+fn quickstart_on(runtime: &str) {
+    let out = run(
+        "quickstart",
+        &["--quick", "--runtime", runtime],
+        Duration::from_secs(120),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "exit {:?}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        "exit {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains(&format!("parent and workers on {runtime}")),
+        "{stdout}"
     );
     // 2262 primes lie below 20,000.
     let in_pool = stdout
@@ -56,4 +63,19 @@ fn quickstart_runs_every_job_in_the_pool_then_inline() {
         .count();
     assert_eq!((in_pool, inline), (4, 4), "{stdout}");
     assert!(stdout.contains("pool stopped (graceful: true)"), "{stdout}");
+}
+
+#[test]
+fn quickstart_runs_every_job_in_the_pool_then_inline_on_tokio() {
+    quickstart_on("tokio");
+}
+
+#[test]
+fn quickstart_runs_every_job_in_the_pool_then_inline_on_smol() {
+    quickstart_on("smol");
+}
+
+#[test]
+fn quickstart_runs_every_job_in_the_pool_then_inline_on_async_std() {
+    quickstart_on("async-std");
 }

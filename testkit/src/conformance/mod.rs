@@ -31,21 +31,26 @@ use std::time::Duration;
 
 /// What the suite needs from an adapter under test.
 pub trait Adapter: 'static {
-    /// The adapter's name, for messages.
+    /// The adapter's name, for messages; unique among the suites of one test program.
     const NAME: &'static str;
 
     /// The runtime binding the parent side uses.
     fn runtime() -> Arc<dyn Runtime>;
 
+    /// The runtime fork and thread workers build; `None` for the parent's.
+    fn worker_runtime() -> Option<Arc<dyn Runtime>> {
+        None
+    }
+
     /// The entry that runs worker `W` in a re-executed process.
     fn entry<W: Worker>() -> Entry;
 
-    /// Builds a parent runtime on this thread, without starting other threads, and runs
-    /// `future` on it.
+    /// Builds a parent runtime on this thread and runs `future` on it. For fork trials it must
+    /// not start other threads.
     fn block_on<T>(future: impl Future<Output = T>) -> T;
 }
 
-/// The worker entries the suite's processes need; [`main`] passes them to `init`.
+/// The worker entries the suite's processes need, to pass to `init`.
 pub fn entries<A: Adapter>() -> Vec<Entry> {
     vec![A::entry::<Probe>(), A::entry::<FailingInit>()]
 }
@@ -69,52 +74,82 @@ pub async fn within<T>(
     }
 }
 
-/// Every trial for adapter `A`, one per behaviour and start method.
-pub fn trials<A: Adapter>() -> Vec<Trial> {
+fn method_name(method: StartMethod) -> &'static str {
+    match method {
+        StartMethod::Fork => "fork",
+        StartMethod::ReExec => "reexec",
+        _ => "thread",
+    }
+}
+
+/// Every trial for adapter `A` with each of `methods`, in that order.
+pub fn trials<A: Adapter>(methods: &[StartMethod]) -> Vec<Trial> {
     let mut all = Vec::new();
-    for method in [StartMethod::Fork, StartMethod::ReExec, StartMethod::Thread] {
-        let prefix = match method {
-            StartMethod::Fork => "fork",
-            StartMethod::ReExec => "reexec",
-            _ => "thread",
-        };
-        for (name, processes_only, body) in trials::all::<A>() {
-            if processes_only && method == StartMethod::Thread {
+    for &method in methods {
+        for (name, scope, body) in trials::all::<A>() {
+            if !scope.covers(method) {
                 continue;
             }
-            let name = format!("{}::{prefix}::{name}", A::NAME);
-            let trial = Trial::test(name, move || {
+            let name = format!("{}::{}::{name}", A::NAME, method_name(method));
+            all.push(Trial::test(name, move || {
                 let runtime = A::runtime();
                 let outcome = A::block_on(async move {
                     within(&*runtime, TRIAL_LIMIT, "the trial", body(method)).await?
                 });
                 outcome.map_err(Failed::from)
-            });
-            all.push(trial);
+            }));
         }
     }
     all
 }
 
-/// When set, the test program acts as a pool's parent (for the orphan trial): it starts a pool
-/// with the named start method, prints its workers' pids on one line, and waits to be killed.
+/// When set to `adapter:method`, the test program acts as a pool's parent (for the orphan
+/// trial): it starts a pool, prints its workers' pids on one line, and waits to be killed.
 const PARENT_VAR: &str = "LOOPPOOL_TESTKIT_PARENT";
 
-/// The whole test program of an adapter's conformance target.
-pub fn main<A: Adapter>() {
-    looppool_core::init(&entries::<A>());
-    if let Some(method) = std::env::var_os(PARENT_VAR) {
+/// How a test program acts as the parent process of adapter `A`'s orphan trial.
+#[derive(Debug, Clone, Copy)]
+pub struct Parent {
+    name: &'static str,
+    run: fn(StartMethod),
+}
+
+/// The [`Parent`] of adapter `A`.
+pub fn parent<A: Adapter>() -> Parent {
+    Parent {
+        name: A::NAME,
+        run: |method| A::block_on(trials::parent_until_killed::<A>(method)),
+    }
+}
+
+/// A conformance test program: makes re-executed processes workers (with `entries`) or
+/// orphan-trial parents (with `parents`), or runs `trials` sequentially on the main thread,
+/// in their order (fork needs a single-threaded process, so fork trials go first).
+pub fn run(entries: &[Entry], parents: &[Parent], trials: Vec<Trial>) {
+    looppool_core::init(entries);
+    if let Some(role) = std::env::var_os(PARENT_VAR) {
         std::env::remove_var(PARENT_VAR);
+        let role = role.to_string_lossy();
+        let (name, method) = role.split_once(':').expect("adapter:method");
         let method = if method == "fork" {
             StartMethod::Fork
         } else {
             StartMethod::ReExec
         };
-        A::block_on(trials::parent_until_killed::<A>(method));
+        let parent = parents
+            .iter()
+            .find(|p| p.name == name)
+            .expect("a known adapter");
+        (parent.run)(method);
         return;
     }
     let mut args = Arguments::from_args();
-    // Sequential, on the main thread: fork needs a single-threaded process.
     args.test_threads = Some(1);
-    libtest_mimic::run(&args, trials::<A>()).exit();
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// The test program of an adapter that supports every start method.
+pub fn main<A: Adapter>() {
+    let methods = [StartMethod::Fork, StartMethod::ReExec, StartMethod::Thread];
+    run(&entries::<A>(), &[parent::<A>()], trials::<A>(&methods));
 }

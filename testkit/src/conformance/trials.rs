@@ -12,8 +12,29 @@ use std::pin::pin;
 
 use std::time::Duration;
 
-/// A trial: its name, whether it needs worker processes, and its body.
+/// A trial's body.
 pub(super) type Body = fn(StartMethod) -> LocalBoxFuture<'static, Outcome>;
+
+/// Which start methods a trial runs with.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Scope {
+    /// Every one.
+    All,
+    /// Those that start processes.
+    Processes,
+    /// Once, with re-exec.
+    Once,
+}
+
+impl Scope {
+    pub(super) fn covers(self, method: StartMethod) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Processes => method != StartMethod::Thread,
+            Scope::Once => method == StartMethod::ReExec,
+        }
+    }
+}
 
 macro_rules! ensure {
     ($cond:expr, $($msg:tt)+) => {
@@ -24,36 +45,42 @@ macro_rules! ensure {
 }
 
 macro_rules! table {
-    ($($name:ident: $processes_only:expr),* $(,)?) => {
-        vec![$((stringify!($name), $processes_only, (|m| Box::pin($name::<A>(m))) as Body)),*]
+    ($($name:ident: $scope:ident),* $(,)?) => {
+        vec![$((stringify!($name), Scope::$scope, (|m| Box::pin($name::<A>(m))) as Body)),*]
     };
 }
 
-pub(super) fn all<A: Adapter>() -> Vec<(&'static str, bool, Body)> {
+pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
     table![
-        ten_tasks_through_eight_workers_come_back_doubled: false,
-        stop_after_k_tasks_ends_every_task_and_delivers_every_output: false,
-        a_full_worker_refuses_try_submit_and_submit_waits_for_room: false,
-        round_robin_gives_each_of_8_workers_100_of_800_tasks: false,
-        a_broadcast_after_k_tasks_reaches_every_worker_once_in_order: false,
-        targeted_tasks_reach_their_worker: false,
-        errors_and_panics_reach_the_parent_and_the_worker_goes_on: false,
-        result_credit_bounds_unacknowledged_outputs_and_loses_nothing: false,
-        outputs_are_flushed_before_the_next_cpu_bound_task_starts: false,
-        values_that_cannot_be_encoded_are_refused_at_the_call: false,
-        a_bad_frame_from_a_worker_ends_only_its_link_with_a_clear_error: false,
-        a_protocol_version_mismatch_fails_the_start_clearly: false,
-        a_failing_init_hook_fails_the_start_clearly: false,
-        stop_racing_submissions_ends_every_accepted_task: false,
-        a_killed_worker_loses_its_tasks_with_the_signal_and_others_go_on: true,
-        dropping_a_pool_leaves_no_worker_process: true,
-        worker_processes_are_named_ignore_terminal_signals_and_hold_only_their_link: true,
-        workers_die_with_a_parent_that_is_killed: true,
+        ten_tasks_through_eight_workers_come_back_doubled: All,
+        stop_after_k_tasks_ends_every_task_and_delivers_every_output: All,
+        a_full_worker_refuses_try_submit_and_submit_waits_for_room: All,
+        round_robin_gives_each_of_8_workers_100_of_800_tasks: All,
+        a_broadcast_after_k_tasks_reaches_every_worker_once_in_order: All,
+        targeted_tasks_reach_their_worker: All,
+        errors_and_panics_reach_the_parent_and_the_worker_goes_on: All,
+        result_credit_bounds_unacknowledged_outputs_and_loses_nothing: All,
+        outputs_are_flushed_before_the_next_cpu_bound_task_starts: All,
+        values_that_cannot_be_encoded_are_refused_at_the_call: All,
+        a_bad_frame_from_a_worker_ends_only_its_link_with_a_clear_error: All,
+        a_protocol_version_mismatch_fails_the_start_clearly: All,
+        a_failing_init_hook_fails_the_start_clearly: All,
+        stop_racing_submissions_ends_every_accepted_task: All,
+        a_killed_worker_loses_its_tasks_with_the_signal_and_others_go_on: Processes,
+        dropping_a_pool_leaves_no_worker_process: Processes,
+        worker_processes_are_named_ignore_terminal_signals_and_hold_only_their_link: Processes,
+        workers_die_with_a_parent_that_is_killed: Processes,
+        fork_is_refused_while_the_process_has_threads: Once,
     ]
 }
 
 fn pool<A: Adapter>(method: StartMethod, workers: usize) -> Builder<Probe> {
-    Pool::builder(A::runtime())
+    let builder = Pool::builder(A::runtime());
+    let builder = match A::worker_runtime() {
+        Some(runtime) => builder.worker_runtime(runtime),
+        None => builder,
+    };
+    builder
         .name("conformance")
         .start_method(method)
         .workers(workers)
@@ -811,11 +838,7 @@ async fn workers_die_with_a_parent_that_is_killed<A: Adapter>(m: StartMethod) ->
     let mut parent = std::process::Command::new(exe)
         .env(
             super::PARENT_VAR,
-            if m == StartMethod::Fork {
-                "fork"
-            } else {
-                "reexec"
-            },
+            format!("{}:{}", A::NAME, super::method_name(m)),
         )
         .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
             theirs,
@@ -862,4 +885,19 @@ async fn workers_die_with_a_parent_that_is_killed<A: Adapter>(m: StartMethod) ->
         gone,
     )
     .await
+}
+
+async fn fork_is_refused_while_the_process_has_threads<A: Adapter>(_: StartMethod) -> Outcome {
+    let (stop, parked) = std::sync::mpsc::channel::<()>();
+    let extra = std::thread::spawn(move || parked.recv());
+    let started = pool::<A>(StartMethod::Fork, 1).start().await;
+    drop(stop);
+    let _ = extra.join();
+    match started {
+        Err(Error::ForkUnsafe { threads }) => {
+            ensure!(threads >= 2, "refused with {threads} threads");
+            Ok(())
+        }
+        other => Err(format!("expected fork to be refused, got {other:?}")),
+    }
 }
