@@ -1,0 +1,356 @@
+//! Model checks of the sans-IO pool state against a reference model.
+//!
+//! [`check`] applies a random run of [`Transition`]s to both the [`Reference`] and the real
+//! state (in [`Sut`]), compares every answer, and after every step checks the invariants of the
+//! design:
+//!
+//! 1. every accepted task ends exactly once, and until then its worker holds it;
+//! 2. no worker holds more than its capacity of tasks or has more unacknowledged outputs than
+//!    its credit (and an output beyond the credit is reported as a violation);
+//! 3. round-robin gives each live worker `⌊k/n⌋` or `⌈k/n⌉` of `k` submissions while the set of
+//!    live workers stays the same (and picks the worker the reference picks);
+//! 4. each worker receives exactly what was queued for it, in order, so a broadcast reaches each
+//!    live worker once, behind what was sent to it before;
+//! 5. once a stop begins every submission is refused, and the pool is stopped exactly when every
+//!    worker has exited, at which point every accepted task has ended.
+//!
+//! A [`Mutation`] plants a fault in the state; the testkit's tests prove that each is caught.
+
+mod reference;
+mod sut;
+mod transition;
+
+pub use reference::{End, RefPhase, RefRefusal, RefWorker, Reference, Sent};
+pub use sut::{Mutation, Sut};
+pub use transition::{cases, Case, Ending, Transition};
+
+use looppool_core::state::{Refusal, Transmit, Violation};
+use looppool_core::TaskId;
+use std::collections::BTreeMap;
+
+/// How many cases the model check runs: `LOOPPOOL_MODEL_CASES`, or `default`.
+pub fn case_count(default: u32) -> u32 {
+    std::env::var("LOOPPOOL_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+/// The reference and the state side by side, with what the checks remember between steps.
+struct Harness {
+    model: Reference,
+    sut: Sut,
+    /// How many times the state reported each task's end.
+    reported: BTreeMap<TaskId, usize>,
+    /// Round-robin acceptances per worker since the set of live workers last changed.
+    epoch: BTreeMap<usize, usize>,
+}
+
+fn refusal_matches(real: &Refusal, model: &RefRefusal) -> bool {
+    match (real, model) {
+        (Refusal::Full { worker }, RefRefusal::Full(k)) => worker == k,
+        (Refusal::Closed, RefRefusal::Closed) => true,
+        (Refusal::WorkerExited { .. } | Refusal::NoLiveWorkers, RefRefusal::Unroutable) => true,
+        _ => false,
+    }
+}
+
+/// The invariant a disagreement about a submission breaks, by what the reference expected.
+fn label<T>(expected: &Result<T, RefRefusal>) -> &'static str {
+    match expected {
+        Ok(_) => "round-robin",
+        Err(RefRefusal::Full(_)) => "capacity",
+        Err(RefRefusal::Closed) => "stop",
+        Err(RefRefusal::Unroutable) => "routing",
+    }
+}
+
+impl Harness {
+    fn report(&mut self, id: TaskId) {
+        *self.reported.entry(id).or_insert(0) += 1;
+    }
+
+    fn die(&mut self, k: usize) -> Result<(), String> {
+        let expected = self.model.die(k);
+        let lost = self.sut.exit(k);
+        for &id in &lost {
+            self.report(id);
+        }
+        ensure!(
+            lost == expected,
+            "[exactly-once] worker {k} died: lost {lost:?}, expected {expected:?}"
+        );
+        self.epoch.clear();
+        Ok(())
+    }
+
+    fn apply(&mut self, step: &Transition) -> Result<(), String> {
+        let n = self.model.size();
+        match *step {
+            Transition::Submit | Transition::SubmitTo(_) => {
+                let target = match *step {
+                    Transition::SubmitTo(k) => Some(k % n),
+                    _ => None,
+                };
+                let expected = self.model.submit(target);
+                let real = self.sut.submit(target);
+                let agree = match (&real, &expected) {
+                    (Ok(r), Ok(e)) => r == e,
+                    (Err(r), Err(e)) => refusal_matches(r, e),
+                    _ => false,
+                };
+                ensure!(
+                    agree,
+                    "[{}] submit({target:?}): {real:?}, expected {expected:?}",
+                    label(&expected)
+                );
+                if let (Ok((k, _)), None) = (real, target) {
+                    *self.epoch.entry(k).or_insert(0) += 1;
+                }
+            }
+            Transition::Broadcast => {
+                let expected = self.model.broadcast();
+                let real = self.sut.broadcast();
+                let agree = match (&real, &expected) {
+                    (Ok(r), Ok(e)) => r == e,
+                    (Err(r), Err(e)) => refusal_matches(r, e),
+                    _ => false,
+                };
+                ensure!(
+                    agree,
+                    "[{}] broadcast: {real:?}, expected {expected:?}",
+                    label(&expected)
+                );
+            }
+            Transition::Deliver(k) => {
+                let k = k % n;
+                let w = &mut self.model.workers[k];
+                if w.alive && w.ready {
+                    w.delivered = w.sent.len();
+                    self.sut.deliver(k);
+                }
+            }
+            Transition::Finish(k, pick, how) => {
+                let k = k % n;
+                let w = &self.model.workers[k];
+                let candidates = w.received_holding();
+                if w.alive && !candidates.is_empty() {
+                    let id = candidates[pick % candidates.len()];
+                    self.sut
+                        .done(k, id)
+                        .map_err(|v| format!("[exactly-once] end of task {id}: {v}"))?;
+                    self.report(id);
+                    self.model.finish(k, id, how);
+                }
+            }
+            Transition::FinishUnknown(k) => {
+                let k = k % n;
+                if self.model.workers[k].alive {
+                    let id = self.model.next_id + 1_000_000;
+                    let real = self.sut.done(k, id);
+                    ensure!(
+                        matches!(real, Err(Violation::UnknownTask { .. })),
+                        "[protocol] end of unknown task {id}: {real:?}"
+                    );
+                }
+            }
+            Transition::Emit(k) => {
+                let k = k % n;
+                let w = &self.model.workers[k];
+                if w.alive && w.ready && !w.said_bye {
+                    let real = self.sut.output(k);
+                    if w.unacked < self.model.credit {
+                        real.map_err(|v| format!("[credit] an output within credit: {v}"))?;
+                        self.model.workers[k].unacked += 1;
+                    } else {
+                        ensure!(
+                            matches!(real, Err(Violation::CreditExceeded { .. })),
+                            "[credit] an output beyond credit {}: {real:?}",
+                            self.model.credit
+                        );
+                        // The driver ends the link of a worker that breaks the protocol.
+                        self.die(k)?;
+                    }
+                }
+            }
+            Transition::Ack(k) => {
+                let k = k % n;
+                let w = &mut self.model.workers[k];
+                if w.alive && w.unacked > 0 {
+                    w.unacked -= 1;
+                    self.sut.ack(k);
+                }
+            }
+            Transition::Die(k) => {
+                let k = k % n;
+                if self.model.workers[k].alive {
+                    self.die(k)?;
+                }
+            }
+            Transition::Replace(k) => {
+                let k = k % n;
+                if !self.model.workers[k].alive && self.model.phase == RefPhase::Running {
+                    self.model.replace(k);
+                    let generation = self.sut.replace(k);
+                    ensure!(
+                        generation == self.model.workers[k].generation,
+                        "[protocol] replacement generation {generation}"
+                    );
+                    self.epoch.clear();
+                }
+            }
+            Transition::Ready(k) => {
+                let k = k % n;
+                let w = &mut self.model.workers[k];
+                if w.alive && !w.ready {
+                    w.ready = true;
+                    self.sut
+                        .ready(k)
+                        .map_err(|v| format!("[protocol] handshake: {v}"))?;
+                }
+            }
+            Transition::Bye(k) => {
+                let k = k % n;
+                let w = &self.model.workers[k];
+                if w.alive {
+                    let valid = w.sent.contains(&Sent::Stop) && w.holding.is_empty() && !w.said_bye;
+                    let real = self.sut.bye(k);
+                    if valid {
+                        real.map_err(|v| format!("[stop] a valid goodbye: {v}"))?;
+                        self.model.workers[k].said_bye = true;
+                        self.die(k)?;
+                    } else {
+                        ensure!(
+                            matches!(real, Err(Violation::EarlyBye { .. })),
+                            "[stop] an early goodbye: {real:?}"
+                        );
+                    }
+                }
+            }
+            Transition::BeginStop(grace) => {
+                self.model.begin_stop(grace);
+                self.sut.begin_stop(self.model.now, grace);
+            }
+            Transition::Advance(ticks) => {
+                let expected = self.model.advance(ticks);
+                let kill = self.sut.timeout(self.model.now);
+                ensure!(
+                    kill == expected,
+                    "[stop] at tick {}: kill {kill:?}, expected {expected:?}",
+                    self.model.now
+                );
+                for k in kill {
+                    self.die(k)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_invariants(&self) -> Result<(), String> {
+        let state = self.sut.state();
+        let n = self.model.size();
+        // 1. Exactly once, and held until then.
+        for (&id, &worker) in &self.model.accepted {
+            let times = self.reported.get(&id).copied().unwrap_or(0);
+            if self.model.ended.contains_key(&id) {
+                ensure!(times == 1, "[exactly-once] task {id} ended {times} times");
+                ensure!(
+                    !state.holds(worker, id),
+                    "[exactly-once] worker {worker} still holds ended task {id}"
+                );
+            } else {
+                ensure!(
+                    times == 0,
+                    "[exactly-once] task {id} reported ended but should still run"
+                );
+                ensure!(
+                    state.holds(worker, id),
+                    "[exactly-once] task {id} is neither held nor ended"
+                );
+            }
+        }
+        for k in 0..n {
+            // 2. Capacity and credit.
+            ensure!(
+                state.held(k) <= self.model.capacity,
+                "[capacity] worker {k} holds {} tasks",
+                state.held(k)
+            );
+            ensure!(
+                state.unacked(k) <= self.model.credit,
+                "[credit] worker {k} has {} unacked",
+                state.unacked(k)
+            );
+            // 4. Each worker received exactly what was queued for it, in order.
+            let w = &self.model.workers[k];
+            if w.alive {
+                let received: Vec<Sent> = self.sut.received[k]
+                    .iter()
+                    .map(|t| match t {
+                        Transmit::Task { id, .. } => Sent::Task(*id),
+                        _ => Sent::Stop,
+                    })
+                    .collect();
+                ensure!(
+                    received == w.sent[..w.delivered],
+                    "[order] worker {k} received {received:?}, queued {:?}",
+                    &w.sent[..w.delivered]
+                );
+            }
+        }
+        // 3. Round-robin balance while the live set is unchanged.
+        let live: Vec<usize> = (0..n).filter(|&k| self.model.workers[k].alive).collect();
+        let counts: Vec<usize> = live
+            .iter()
+            .map(|k| self.epoch.get(k).copied().unwrap_or(0))
+            .collect();
+        if let (Some(max), Some(min)) = (counts.iter().max(), counts.iter().min()) {
+            ensure!(
+                max - min <= 1,
+                "[round-robin] round-robin shares {:?} over live workers {live:?}",
+                counts
+            );
+        }
+        // 5. Stop.
+        let stopped = self.model.phase == RefPhase::Stopped;
+        ensure!(
+            state.is_stopped() == stopped,
+            "[stop] stopped: {}, expected {stopped}",
+            state.is_stopped()
+        );
+        if stopped {
+            ensure!(
+                self.model.ended.len() == self.model.accepted.len(),
+                "[stop] stopped with {} of {} tasks ended",
+                self.model.ended.len(),
+                self.model.accepted.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs `case` against the state built with `mutation`; `Err` says which step broke what.
+pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
+    let mut h = Harness {
+        model: Reference::new(case.workers, case.capacity, case.credit),
+        sut: Sut::new(case.workers, case.capacity, case.credit, mutation),
+        reported: BTreeMap::new(),
+        epoch: BTreeMap::new(),
+    };
+    for (i, step) in case.transitions.iter().enumerate() {
+        h.apply(step)
+            .and_then(|()| h.check_invariants())
+            .map_err(|e| format!("step {i} ({step:?}): {e}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! The reference model: what a correct pool does, in plain data, one obvious step at a time.
+
+use looppool_core::TaskId;
+use std::collections::BTreeMap;
+
+/// A message the pool queued for a worker, in the order it was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// A task.
+    Task(TaskId),
+    /// The poison pill.
+    Stop,
+}
+
+/// One worker, as the reference sees it.
+#[derive(Debug, Clone)]
+pub struct RefWorker {
+    /// Alive (starting or running).
+    pub alive: bool,
+    /// Handshake done.
+    pub ready: bool,
+    /// Incarnation.
+    pub generation: u64,
+    /// Everything queued for this incarnation, in order.
+    pub sent: Vec<Sent>,
+    /// How much of `sent` the worker has received.
+    pub delivered: usize,
+    /// Tasks accepted for it and not ended, in acceptance order.
+    pub holding: Vec<TaskId>,
+    /// Outputs not yet acknowledged.
+    pub unacked: usize,
+    /// Said goodbye.
+    pub said_bye: bool,
+    /// Killed at the stop deadline.
+    pub killed: bool,
+}
+
+impl RefWorker {
+    fn new(generation: u64) -> Self {
+        Self {
+            alive: true,
+            ready: false,
+            generation,
+            sent: Vec::new(),
+            delivered: 0,
+            holding: Vec::new(),
+            unacked: 0,
+            said_bye: false,
+            killed: false,
+        }
+    }
+
+    /// Tasks the worker has received and not ended.
+    pub fn received_holding(&self) -> Vec<TaskId> {
+        let received: Vec<TaskId> = self.sent[..self.delivered]
+            .iter()
+            .filter_map(|s| match s {
+                Sent::Task(id) => Some(*id),
+                Sent::Stop => None,
+            })
+            .collect();
+        self.holding
+            .iter()
+            .copied()
+            .filter(|id| received.contains(id))
+            .collect()
+    }
+
+    /// Whether the worker has received the poison pill.
+    pub fn got_stop(&self) -> bool {
+        self.sent[..self.delivered].contains(&Sent::Stop)
+    }
+}
+
+/// Where the reference pool is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefPhase {
+    /// Accepting.
+    Running,
+    /// Draining until the deadline (in ticks).
+    Stopping(u64),
+    /// Every worker exited after a stop.
+    Stopped,
+}
+
+/// How an accepted task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Completed, failed or panicked, as its worker reported.
+    Reported(super::Ending),
+    /// Lost with its worker.
+    Lost,
+}
+
+/// The reference pool.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    /// Task capacity per worker.
+    pub capacity: usize,
+    /// Result credit per worker.
+    pub credit: usize,
+    /// Workers by number.
+    pub workers: Vec<RefWorker>,
+    /// The next worker round-robin would try.
+    pub cursor: usize,
+    /// The next task id.
+    pub next_id: TaskId,
+    /// The phase.
+    pub phase: RefPhase,
+    /// The current tick.
+    pub now: u64,
+    /// Every accepted task and its worker.
+    pub accepted: BTreeMap<TaskId, usize>,
+    /// Every ended task and how.
+    pub ended: BTreeMap<TaskId, End>,
+}
+
+/// Why the reference refuses a submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefRefusal {
+    /// The chosen worker is full.
+    Full(usize),
+    /// Stopping or stopped.
+    Closed,
+    /// No live worker to take it.
+    Unroutable,
+}
+
+impl Reference {
+    /// A pool whose workers have all finished their handshake.
+    pub fn new(workers: usize, capacity: usize, credit: usize) -> Self {
+        let mut workers: Vec<RefWorker> = (0..workers).map(|_| RefWorker::new(0)).collect();
+        for w in &mut workers {
+            w.ready = true;
+        }
+        Self {
+            capacity,
+            credit,
+            workers,
+            cursor: 0,
+            next_id: 1,
+            phase: RefPhase::Running,
+            now: 0,
+            accepted: BTreeMap::new(),
+            ended: BTreeMap::new(),
+        }
+    }
+
+    /// The pool's size.
+    pub fn size(&self) -> usize {
+        self.workers.len()
+    }
+
+    fn open(&self) -> Result<(), RefRefusal> {
+        match self.phase {
+            RefPhase::Running => Ok(()),
+            _ => Err(RefRefusal::Closed),
+        }
+    }
+
+    fn accept(&mut self, worker: usize) -> TaskId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let w = &mut self.workers[worker];
+        w.sent.push(Sent::Task(id));
+        w.holding.push(id);
+        self.accepted.insert(id, worker);
+        id
+    }
+
+    /// A submission, round-robin (`None`) or targeted.
+    pub fn submit(&mut self, target: Option<usize>) -> Result<(usize, TaskId), RefRefusal> {
+        self.open()?;
+        let worker = match target {
+            Some(k) => {
+                if !self.workers[k].alive {
+                    return Err(RefRefusal::Unroutable);
+                }
+                k
+            }
+            None => {
+                let n = self.size();
+                (0..n)
+                    .map(|i| (self.cursor + i) % n)
+                    .find(|&k| self.workers[k].alive)
+                    .ok_or(RefRefusal::Unroutable)?
+            }
+        };
+        if self.workers[worker].holding.len() >= self.capacity {
+            return Err(RefRefusal::Full(worker));
+        }
+        if target.is_none() {
+            self.cursor = (worker + 1) % self.size();
+        }
+        Ok((worker, self.accept(worker)))
+    }
+
+    /// A broadcast: one copy per live worker, or nothing.
+    pub fn broadcast(&mut self) -> Result<Vec<(usize, TaskId)>, RefRefusal> {
+        self.open()?;
+        let live: Vec<usize> = (0..self.size())
+            .filter(|&k| self.workers[k].alive)
+            .collect();
+        if live.is_empty() {
+            return Err(RefRefusal::Unroutable);
+        }
+        if let Some(&k) = live
+            .iter()
+            .find(|&&k| self.workers[k].holding.len() >= self.capacity)
+        {
+            return Err(RefRefusal::Full(k));
+        }
+        Ok(live.into_iter().map(|k| (k, self.accept(k))).collect())
+    }
+
+    /// A worker's task ends as it reported.
+    pub fn finish(&mut self, worker: usize, id: TaskId, how: super::Ending) {
+        self.workers[worker].holding.retain(|&t| t != id);
+        self.ended.insert(id, End::Reported(how));
+    }
+
+    /// A worker dies; returns the tasks it held, in acceptance order.
+    pub fn die(&mut self, worker: usize) -> Vec<TaskId> {
+        let w = &mut self.workers[worker];
+        if !w.alive {
+            return Vec::new();
+        }
+        w.alive = false;
+        let lost = std::mem::take(&mut w.holding);
+        for &id in &lost {
+            self.ended.insert(id, End::Lost);
+        }
+        if matches!(self.phase, RefPhase::Stopping(_)) && self.workers.iter().all(|w| !w.alive) {
+            self.phase = RefPhase::Stopped;
+        }
+        lost
+    }
+
+    /// A replacement takes a dead worker's number.
+    pub fn replace(&mut self, worker: usize) {
+        let generation = self.workers[worker].generation + 1;
+        self.workers[worker] = RefWorker::new(generation);
+    }
+
+    /// A stop begins.
+    pub fn begin_stop(&mut self, grace: u64) {
+        if self.phase != RefPhase::Running {
+            return;
+        }
+        self.phase = RefPhase::Stopping(self.now + grace);
+        for w in self.workers.iter_mut().filter(|w| w.alive) {
+            w.sent.push(Sent::Stop);
+        }
+        if self.workers.iter().all(|w| !w.alive) {
+            self.phase = RefPhase::Stopped;
+        }
+    }
+
+    /// Time passes; returns the workers to kill now.
+    pub fn advance(&mut self, ticks: u64) -> Vec<usize> {
+        self.now += ticks;
+        match self.phase {
+            RefPhase::Stopping(deadline) if self.now >= deadline => {
+                let mut kill = Vec::new();
+                for (k, w) in self.workers.iter_mut().enumerate() {
+                    if w.alive && !w.killed {
+                        w.killed = true;
+                        kill.push(k);
+                    }
+                }
+                kill
+            }
+            _ => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The system under test: the real sans-IO [`PoolState`], optionally with a deliberate fault.
+
+use looppool_core::state::{PoolState, Refusal, Route, Transmit, Violation};
+use looppool_core::TaskId;
+use std::time::{Duration, Instant};
+
+/// A deliberate fault, to prove that the checks catch it. `None` is the real state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// The real state, unchanged.
+    None,
+    /// A dead worker's first lost task is reported twice.
+    LoseTwice,
+    /// A dead worker's last lost task is never reported.
+    ForgetLoss,
+    /// The state is built with one more task slot than the pool promises.
+    ExtraCapacity,
+    /// The state is built with one more result credit than the pool promises.
+    ExtraCredit,
+    /// Round-robin submissions all go to worker 0.
+    RouteToZero,
+    /// A worker receives each batch of queued messages in reverse order.
+    ReorderDelivery,
+    /// A stop is never begun.
+    IgnoreStop,
+}
+
+/// The real state, with what each worker has received on its link.
+#[derive(Debug)]
+pub struct Sut {
+    state: PoolState<()>,
+    mutation: Mutation,
+    epoch: Instant,
+    /// Per worker, the tasks and pills its current incarnation received, in order.
+    pub received: Vec<Vec<Transmit<()>>>,
+}
+
+impl Sut {
+    /// A ready pool of `workers`, built with `mutation`.
+    pub fn new(workers: usize, capacity: usize, credit: usize, mutation: Mutation) -> Self {
+        let capacity = capacity + usize::from(mutation == Mutation::ExtraCapacity);
+        let credit = credit + usize::from(mutation == Mutation::ExtraCredit);
+        let mut state = PoolState::new(workers, capacity, credit);
+        for k in 0..workers {
+            state.handle_ready(k).expect("a first handshake");
+        }
+        Self {
+            state,
+            mutation,
+            epoch: Instant::now(),
+            received: vec![Vec::new(); workers],
+        }
+    }
+
+    /// The real state, to inspect.
+    pub fn state(&self) -> &PoolState<()> {
+        &self.state
+    }
+
+    fn at(&self, tick: u64) -> Instant {
+        self.epoch + Duration::from_millis(tick)
+    }
+
+    /// A submission.
+    pub fn submit(&mut self, target: Option<usize>) -> Result<(usize, TaskId), Refusal> {
+        let route = match (target, self.mutation) {
+            (Some(k), _) => Route::Worker(k),
+            (None, Mutation::RouteToZero) => Route::Worker(0),
+            (None, _) => Route::Any,
+        };
+        self.state.submit(route, ())
+    }
+
+    /// A broadcast.
+    pub fn broadcast(&mut self) -> Result<Vec<(usize, TaskId)>, Refusal> {
+        self.state.broadcast(())
+    }
+
+    /// The link writes everything queued for `worker`.
+    pub fn deliver(&mut self, worker: usize) {
+        let mut batch: Vec<Transmit<()>> = std::iter::from_fn(|| self.state.poll_transmit(worker))
+            .filter(|t| !matches!(t, Transmit::Ack(_)))
+            .collect();
+        if self.mutation == Mutation::ReorderDelivery {
+            batch.reverse();
+        }
+        self.received[worker].extend(batch);
+    }
+
+    /// The worker reports the end of `id`.
+    pub fn done(&mut self, worker: usize, id: TaskId) -> Result<(), Violation> {
+        self.state.handle_done(worker, id)
+    }
+
+    /// The worker emits an output.
+    pub fn output(&mut self, worker: usize) -> Result<(), Violation> {
+        self.state.handle_output(worker)
+    }
+
+    /// The consumer acknowledges one output of `worker`.
+    pub fn ack(&mut self, worker: usize) {
+        let generation = self.state.generation(worker);
+        self.state.handle_ack(worker, generation);
+    }
+
+    /// The worker exits; returns the tasks reported lost.
+    pub fn exit(&mut self, worker: usize) -> Vec<TaskId> {
+        let mut lost = self.state.handle_exit(worker);
+        match self.mutation {
+            Mutation::LoseTwice if !lost.is_empty() => lost.push(lost[0]),
+            Mutation::ForgetLoss => {
+                lost.pop();
+            }
+            _ => {}
+        }
+        lost
+    }
+
+    /// A replacement takes the number; returns its generation.
+    pub fn replace(&mut self, worker: usize) -> u64 {
+        self.received[worker].clear();
+        self.state.handle_replaced(worker)
+    }
+
+    /// A replacement finished its handshake.
+    pub fn ready(&mut self, worker: usize) -> Result<(), Violation> {
+        self.state.handle_ready(worker)
+    }
+
+    /// The worker says goodbye.
+    pub fn bye(&mut self, worker: usize) -> Result<(), Violation> {
+        self.state.handle_bye(worker)
+    }
+
+    /// A stop begins at `tick` with `grace` ticks.
+    pub fn begin_stop(&mut self, tick: u64, grace: u64) {
+        if self.mutation != Mutation::IgnoreStop {
+            self.state
+                .begin_stop(self.at(tick), Duration::from_millis(grace));
+        }
+    }
+
+    /// Time reached `tick`; returns the workers to kill.
+    pub fn timeout(&mut self, tick: u64) -> Vec<usize> {
+        self.state.handle_timeout(self.at(tick))
+    }
+}

@@ -1,0 +1,101 @@
+//! The inputs the model checks apply, and the strategy that generates them.
+
+use proptest::prelude::*;
+
+/// How a worker reports the end of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// `process` returned `Ok`.
+    Completed,
+    /// `process` returned an error.
+    Failed,
+    /// `process` panicked.
+    Panicked,
+}
+
+/// One step of a run. Worker numbers are taken modulo the pool's size; `pick` chooses among
+/// the tasks a worker holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// Round-robin submission.
+    Submit,
+    /// Submission to a worker.
+    SubmitTo(usize),
+    /// A broadcast.
+    Broadcast,
+    /// The link writes everything queued for a worker (the worker takes its tasks).
+    Deliver(usize),
+    /// A worker ends one of the tasks it received.
+    Finish(usize, usize, Ending),
+    /// A worker reports the end of a task it does not hold.
+    FinishUnknown(usize),
+    /// A worker emits an output (accepted within its credit, a violation beyond it).
+    Emit(usize),
+    /// The consumer acknowledges one of a worker's outputs.
+    Ack(usize),
+    /// A worker dies with whatever it holds.
+    Die(usize),
+    /// A dead worker is replaced under the same number.
+    Replace(usize),
+    /// A replacement finishes its handshake.
+    Ready(usize),
+    /// A worker says goodbye (valid only once it drained after the poison pill).
+    Bye(usize),
+    /// A graceful stop begins, with this grace in ticks.
+    BeginStop(u64),
+    /// Time passes by this many ticks.
+    Advance(u64),
+}
+
+/// A pool's shape and a run of transitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Case {
+    /// Workers.
+    pub workers: usize,
+    /// Unfinished tasks one worker may hold.
+    pub capacity: usize,
+    /// Outputs one worker may have unacknowledged.
+    pub credit: usize,
+    /// The run.
+    pub transitions: Vec<Transition>,
+}
+
+fn transition() -> impl Strategy<Value = Transition> {
+    let w = 0usize..8;
+    prop_oneof![
+        6 => Just(Transition::Submit),
+        3 => w.clone().prop_map(Transition::SubmitTo),
+        1 => Just(Transition::Broadcast),
+        5 => w.clone().prop_map(Transition::Deliver),
+        6 => (w.clone(), 0usize..8, prop_oneof![
+                4 => Just(Ending::Completed),
+                1 => Just(Ending::Failed),
+                1 => Just(Ending::Panicked),
+            ]).prop_map(|(k, pick, e)| Transition::Finish(k, pick, e)),
+        1 => w.clone().prop_map(Transition::FinishUnknown),
+        4 => w.clone().prop_map(Transition::Emit),
+        4 => w.clone().prop_map(Transition::Ack),
+        1 => w.clone().prop_map(Transition::Die),
+        1 => w.clone().prop_map(Transition::Replace),
+        2 => w.clone().prop_map(Transition::Ready),
+        2 => w.clone().prop_map(Transition::Bye),
+        1 => (0u64..20).prop_map(Transition::BeginStop),
+        2 => (0u64..10).prop_map(Transition::Advance),
+    ]
+}
+
+/// Pools of 1 to 4 workers with small capacities and credits, and up to `max_len` steps.
+pub fn cases(max_len: usize) -> impl Strategy<Value = Case> {
+    (
+        1usize..=4,
+        1usize..=3,
+        1usize..=3,
+        prop::collection::vec(transition(), 0..max_len),
+    )
+        .prop_map(|(workers, capacity, credit, transitions)| Case {
+            workers,
+            capacity,
+            credit,
+            transitions,
+        })
+}
