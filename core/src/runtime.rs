@@ -49,6 +49,16 @@ pub trait Runtime: Send + Sync + Debug + 'static {
     /// a local executor, or a local task set on a multi-threaded runtime).
     fn block_on_local(&self, main: LocalBoxFuture<()>);
 
+    /// Starts the thread a [`StartMethod::Thread`](crate::StartMethod::Thread) worker runs on;
+    /// `body` builds the worker's runtime with [`block_on_local`](Runtime::block_on_local).
+    ///
+    /// The default starts a named OS thread. A simulation can run `body` on its own thread
+    /// instead, with a `block_on_local` that schedules the worker's future on its executor, so
+    /// that a whole pool runs deterministically on one thread.
+    fn spawn_worker_thread(&self, name: String, body: Box<dyn FnOnce() + Send>) -> io::Result<()> {
+        std::thread::Builder::new().name(name).spawn(body).map(drop)
+    }
+
     /// The current time. Overridable to simulate the flow of time in tests.
     fn now(&self) -> Instant {
         Instant::now()

@@ -2,6 +2,7 @@
 //! that each check catches a deliberate fault.
 
 use looppool_testkit::model::{case_count, cases, check, Mutation};
+use looppool_testkit::sim::{self, scenarios, Consumer, Job, Op, Scenario, STOP_TIMEOUT};
 use proptest::test_runner::{
     Config, FileFailurePersistence, RngAlgorithm, TestCaseError, TestRng, TestRunner,
 };
@@ -18,7 +19,7 @@ fn config(cases: u32) -> Config {
 }
 
 proptest::proptest! {
-    #![proptest_config(config(case_count(2_000)))]
+    #![proptest_config(config(case_count("LOOPPOOL_MODEL_CASES", 2_000)))]
 
     /// The real state answers every transition as the reference does and keeps every invariant.
     #[test]
@@ -88,4 +89,65 @@ fn the_same_seed_generates_the_same_cases() {
         a.windows(2).any(|w| w[0] != w[1]),
         "the generator produced one case fifty times"
     );
+}
+
+proptest::proptest! {
+    #![proptest_config(config(case_count("LOOPPOOL_SIM_CASES", 300)))]
+
+    /// Whole pools in the simulation, under any schedule: no deadlock, every accepted task ends
+    /// by the time stop returns, every completed task's outputs were delivered in order, and
+    /// nothing is lost unless a worker was killed or the stop deadline passed.
+    #[test]
+    fn simulated_pools_keep_their_promises_under_any_schedule(
+        scenario in scenarios(40),
+        seed in proptest::prelude::any::<u64>(),
+    ) {
+        sim::run(&scenario, seed, STOP_TIMEOUT).map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn the_same_seed_replays_the_same_simulation() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
+    let mut differs = false;
+    for seed in 0..20u64 {
+        let scenario = scenarios(40)
+            .new_tree(&mut runner)
+            .expect("a scenario")
+            .current();
+        let first = sim::run(&scenario, seed, STOP_TIMEOUT).expect("a clean run");
+        let again = sim::run(&scenario, seed, STOP_TIMEOUT).expect("a clean run");
+        assert_eq!(
+            first, again,
+            "seed {seed} replayed differently for {scenario:?}"
+        );
+        differs |= sim::run(&scenario, seed + 1_000, STOP_TIMEOUT).expect("a clean run") != first;
+    }
+    assert!(
+        differs,
+        "no seed changed any schedule: the seed does not reach the scheduler"
+    );
+}
+
+#[test]
+fn a_stop_whose_deadline_never_comes_is_reported_as_hung() {
+    // A consumer that never acknowledges keeps the worker waiting for credit; only the stop
+    // deadline can end that, and here it lies beyond the simulation's limit.
+    let scenario = Scenario {
+        workers: 1,
+        capacity: 1,
+        credit: 1,
+        concurrency: 1,
+        consumer: Consumer::Never,
+        ops: vec![Op::Submit(Job::Emit(3))],
+    };
+    let hung = sim::run(&scenario, 7, sim::LIMIT * 2).expect_err("the run cannot finish");
+    assert!(hung.contains("still running after"), "{hung}");
+    // With a deadline inside the limit the same run ends, killing the worker.
+    let trace = sim::run(&scenario, 7, STOP_TIMEOUT).expect("the deadline ends it");
+    assert!(trace.iter().any(|t| t.contains("killed [0]")), "{trace:?}");
 }

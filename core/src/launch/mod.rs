@@ -249,16 +249,17 @@ fn thread<W: Worker>(worker: usize, opts: &LaunchOptions) -> io::Result<Launched
     let (parent_end, child_end, closer) = duplex(256 * 1024);
     let runtime = opts.worker_runtime.clone();
     let (tx, rx) = oneshot::channel();
-    std::thread::Builder::new()
-        .name(format!("looppool-{}-{worker}", opts.pool_name))
-        .spawn(move || {
+    opts.worker_runtime.spawn_worker_thread(
+        format!("looppool-{}-{worker}", opts.pool_name),
+        Box::new(move || {
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 run_worker::<W>(runtime, Transport::Pipe(child_end), None)
             }));
             let _ = tx.send(Exit::Thread {
                 panicked: run.is_err(),
             });
-        })?;
+        }),
+    )?;
     Ok(Launched {
         transport: Transport::Pipe(parent_end),
         killer: Killer::Thread(closer),

@@ -249,6 +249,7 @@ impl<W: Worker> Builder<W> {
             killers: killers.into_iter().map(Some).collect(),
             exits: vec![None; n],
             pids: links.iter().map(|l| Some(l.2)).collect(),
+            killed_at_deadline: Vec::new(),
         };
         let settings = Settings {
             name: self.name,

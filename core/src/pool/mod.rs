@@ -283,15 +283,14 @@ impl<W: Worker> Pool<W> {
             .state
             .begin_stop(runtime.now(), shared.settings.stop_timeout);
         shared.wake_all();
-        let mut killed = Vec::new();
         loop {
             let listener = shared.exited.listen();
             let now = runtime.now();
             let (stopped, deadline, kill) = {
                 let mut inner = shared.lock();
-                let kill: Vec<_> = inner
-                    .state
-                    .handle_timeout(now)
+                let due = inner.state.handle_timeout(now);
+                inner.killed_at_deadline.extend(&due);
+                let kill: Vec<_> = due
                     .into_iter()
                     .map(|k| (k, inner.killers[k].clone()))
                     .collect();
@@ -302,7 +301,6 @@ impl<W: Worker> Pool<W> {
             }
             for (worker, killer) in kill {
                 tracing::warn!(pool = %shared.settings.name, worker, "stop timeout passed; killing worker {worker}");
-                killed.push(worker);
                 if let Some(k) = killer {
                     k.kill();
                 }
@@ -322,7 +320,7 @@ impl<W: Worker> Pool<W> {
                 .iter()
                 .map(|e| e.unwrap_or(Exit::Unknown))
                 .collect(),
-            killed,
+            killed: inner.killed_at_deadline.clone(),
         }
     }
 
@@ -340,6 +338,15 @@ impl<W: Worker> Pool<W> {
             k.kill();
         }
         self.shared.wake_all();
+    }
+
+    /// Kills worker `worker` now (SIGKILL; for a thread worker, its link is closed). Its tasks
+    /// end as lost, and the other workers go on.
+    pub fn kill_worker(&self, worker: usize) {
+        let killer = self.shared.lock().killers.get(worker).cloned().flatten();
+        if let Some(killer) = killer {
+            killer.kill();
+        }
     }
 
     /// Whether a stop has begun.

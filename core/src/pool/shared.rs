@@ -31,6 +31,8 @@ pub(crate) struct Inner<O> {
     pub(crate) killers: Vec<Option<Killer>>,
     pub(crate) exits: Vec<Option<Exit>>,
     pub(crate) pids: Vec<Option<u32>>,
+    /// Workers killed because the stop deadline passed, in the order they were killed.
+    pub(crate) killed_at_deadline: Vec<usize>,
 }
 
 /// Settings the running pool consults.

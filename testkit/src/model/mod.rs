@@ -28,9 +28,10 @@ use looppool_core::state::{Refusal, Transmit, Violation};
 use looppool_core::TaskId;
 use std::collections::BTreeMap;
 
-/// How many cases the model check runs: `LOOPPOOL_MODEL_CASES`, or `default`.
-pub fn case_count(default: u32) -> u32 {
-    std::env::var("LOOPPOOL_MODEL_CASES")
+/// How many cases a property runs: the environment variable `var` (for a long soak), or
+/// `default`.
+pub fn case_count(var: &str, default: u32) -> u32 {
+    std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)

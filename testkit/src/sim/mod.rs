@@ -1,0 +1,12 @@
+//! A deterministic simulation of whole pools: the async driver, the workers and the transport,
+//! on one thread with seeded scheduling and a fake clock. Interleavings the state model cannot
+//! show (a stop racing submissions, a death while draining, credit exhausted during a stop, a
+//! consumer that never acknowledges) are explored by proptest, with no process and no sleep.
+
+mod executor;
+mod scenario;
+
+pub use executor::{Sim, Stall};
+pub use scenario::{
+    run, scenarios, Consumer, Job, Napper, Op, Scenario, Trace, LIMIT, STOP_TIMEOUT,
+};
