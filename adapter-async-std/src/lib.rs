@@ -1,8 +1,8 @@
 //! **looppool** on async-std: a pool of worker processes, each running async-std's executor.
 //!
 //! **async-std is discontinued upstream; its authors point users to smol.** This adapter is
-//! kept working for programs that still run on async-std, and it shares its reactor code with
-//! `looppool-smol` (both sit on async-io). New code should use `looppool-smol`; the two speak
+//! kept working for programs that still run on async-std, and it takes its reactor code from
+//! `looppool-smol` ([`looppool_smol::reactor`]; both runtimes sit on async-io). New code should use `looppool-smol`; the two speak
 //! the same protocol, so an async-std parent can drive smol workers and the other way round.
 //!
 //! This crate is the [`Runtime`] binding plus a re-export of [`looppool_core`]. Fork
@@ -57,11 +57,11 @@ impl Runtime for AsyncStd {
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<()> {
-        looppool_core::async_io::sleep(duration)
+        looppool_smol::reactor::sleep(duration)
     }
 
     fn wrap_unix(&self, stream: UnixStream) -> io::Result<BoxIo> {
-        looppool_core::async_io::wrap_unix(stream)
+        looppool_smol::reactor::wrap_unix(stream)
     }
 
     fn block_on_local(&self, main: LocalBoxFuture<()>) {

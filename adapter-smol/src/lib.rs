@@ -45,6 +45,8 @@
 
 pub use looppool_core::*;
 
+pub mod reactor;
+
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
@@ -109,11 +111,11 @@ impl Runtime for Smol {
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<()> {
-        looppool_core::async_io::sleep(duration)
+        reactor::sleep(duration)
     }
 
     fn wrap_unix(&self, stream: UnixStream) -> io::Result<BoxIo> {
-        looppool_core::async_io::wrap_unix(stream)
+        reactor::wrap_unix(stream)
     }
 
     fn block_on_local(&self, main: LocalBoxFuture<()>) {

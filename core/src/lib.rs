@@ -15,8 +15,6 @@
 #![deny(unsafe_code)]
 #![cfg(unix)]
 
-#[cfg(feature = "async-io")]
-pub mod async_io;
 mod error;
 mod launch;
 mod pipe;

@@ -301,7 +301,10 @@ async fn script(sim: Sim, s: Scenario, stop_timeout: Duration) -> Result<Trace, 
     consumer_finished
         .await
         .map_err(|_| "the consumer vanished")?;
-    trace.push(format!("outputs in arrival order: {:?}", seen.lock().unwrap()));
+    trace.push(format!(
+        "outputs in arrival order: {:?}",
+        seen.lock().unwrap()
+    ));
 
     // Every accepted task has ended by the time stop returned.
     let mut outcomes = Vec::new();

@@ -1,9 +1,10 @@
 //! [`Runtime`](crate::Runtime) pieces built on async-io, the reactor under smol and async-std.
 //!
-//! Both adapters use these, so their bindings differ only in how they spawn tasks and run a
-//! worker's main future.
+//! The smol adapter and `looppool-async-std` both use these, so their bindings differ only in
+//! how they spawn tasks and run a worker's main future. Another runtime on async-io can use
+//! them too.
 
-use crate::runtime::{BoxFuture, BoxIo};
+use looppool_core::{BoxFuture, BoxIo};
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
