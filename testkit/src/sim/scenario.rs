@@ -5,8 +5,8 @@ use super::{Sim, Stall};
 use futures_util::future::{select, Either};
 use futures_util::FutureExt;
 use looppool_core::{
-    async_trait, BoxError, Context, Delivery, Pool, Runtime, StartMethod, SubmitError, TaskError,
-    TaskHandle, Worker,
+    async_trait, BoxError, Context, Delivery, Exit, Pool, Runtime, StartMethod, SubmitError,
+    TaskError, TaskHandle, Worker,
 };
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -316,6 +316,12 @@ async fn script(sim: Sim, s: Scenario, stop_timeout: Duration) -> Result<Trace, 
         trace.push(format!("task {id}: {ended:?}"));
         outcomes.push((id, job, ended));
     }
+    // No worker outlives its pool: each one's exit was collected.
+    ensure!(
+        stopped.exits().iter().all(|e| *e != Exit::Unknown),
+        "stop returned before every worker was reaped: {:?}",
+        stopped.exits()
+    );
     let lost_allowed = killed || !stopped.killed().is_empty();
     ensure!(
         stopped.killed().is_empty() || s.consumer == Consumer::Never,
