@@ -64,6 +64,12 @@ pub enum TaskError {
         /// The panic's text.
         message: String,
     },
+    /// The task ran past the pool's task timeout and was cancelled in its worker, which went on.
+    #[error("task timed out after {after:?}")]
+    TimedOut {
+        /// The timeout.
+        after: std::time::Duration,
+    },
     /// The worker holding the task died or its link broke before the task ended.
     #[error("task lost: worker {worker} ended ({exit}){}", cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
     Lost {
@@ -86,7 +92,8 @@ impl TaskError {
 /// A submission was refused; the task is handed back.
 #[non_exhaustive]
 pub enum SubmitError<T> {
-    /// The chosen worker holds its capacity of unfinished tasks (only from `try_*` calls).
+    /// The chosen worker cannot take it now (only from `try_*` calls): it holds its capacity
+    /// of unfinished tasks, or it is being replaced.
     Full(T),
     /// The pool is stopping or stopped.
     Closed(T),
@@ -119,7 +126,7 @@ impl<T> SubmitError<T> {
 
     pub(crate) fn from_refusal(task: T, refusal: Refusal) -> Self {
         match refusal {
-            Refusal::Full { .. } => SubmitError::Full(task),
+            Refusal::Full { .. } | Refusal::Replacing { .. } => SubmitError::Full(task),
             Refusal::Closed => SubmitError::Closed(task),
             other => SubmitError::Unroutable(task, other),
         }

@@ -64,6 +64,8 @@ caught! {
     unfair_round_robin_is_caught: RouteToZero => "[round-robin]",
     delivery_out_of_order_is_caught: ReorderDelivery => "[order]",
     submissions_accepted_after_stop_are_caught: IgnoreStop => "[stop]",
+    sticky_broadcasts_a_replacement_never_gets_are_caught: ForgetSticky => "[order]",
+    a_retirement_that_never_begins_is_caught: IgnoreRetire => "[order]",
 }
 
 #[test]

@@ -91,7 +91,7 @@ impl Reaper {
     /// Waits for the worker to exit. Called once its link has ended, when the process is
     /// exiting or has exited; the short backoff only covers the moment between a process
     /// closing its descriptors and the kernel reporting its status.
-    pub(crate) async fn reap(self, runtime: &dyn Runtime) -> Exit {
+    pub(crate) async fn reap(&mut self, runtime: &dyn Runtime) -> Exit {
         match self {
             Reaper::Process(p) => {
                 let mut pause = Duration::from_micros(100);

@@ -88,7 +88,12 @@ pub fn init(entries: &[Entry]) {
 }
 
 fn run_entry(entries: &[Entry], mut stream: UnixStream) -> i32 {
-    let handshake = read_frame_blocking(&mut stream, HELLO_LIMIT)
+    let hello = read_frame_blocking(&mut stream, HELLO_LIMIT);
+    if let Err(crate::protocol::FrameError::Truncated { got: 0, .. }) = hello {
+        // The parent hung up before saying anything: it gave up on this launch.
+        return exit_code::OK;
+    }
+    let handshake = hello
         .map_err(|e| format!("cannot read the handshake: {e}"))
         .and_then(|body| Handshake::decode(&body));
     let handshake =

@@ -27,7 +27,7 @@ use futures_channel::oneshot;
 use std::cell::Cell;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -79,6 +79,16 @@ pub(crate) struct Launched {
     pub(crate) transport: Transport,
     pub(crate) killer: Killer,
     pub(crate) reaper: Reaper,
+}
+
+impl Launched {
+    /// The parent's end of the link, as a descriptor (none for thread workers).
+    pub(crate) fn parent_fd(&self) -> Option<RawFd> {
+        match &self.transport {
+            Transport::Unix(s) => Some(s.as_raw_fd()),
+            Transport::Pipe(_) => None,
+        }
+    }
 }
 
 /// What every launch needs to know.
@@ -140,6 +150,28 @@ pub(crate) async fn launch_all<W: Worker>(
             })
             .collect(),
     }
+}
+
+/// Launches one replacement for worker `worker`. A forked replacement closes `link_fds`, the
+/// parent's ends of the other workers' links.
+pub(crate) async fn launch_one<W: Worker>(
+    method: StartMethod,
+    worker: usize,
+    opts: &LaunchOptions,
+    link_fds: &[RawFd],
+) -> Result<Launched, Error> {
+    let launched = match method {
+        StartMethod::Thread => thread::<W>(worker, opts),
+        StartMethod::Fork => {
+            let threads = sys::thread_count().map_err(|source| Error::Launch { worker, source })?;
+            if threads != 1 {
+                return Err(Error::ForkUnsafe { threads });
+            }
+            fork_one::<W>(worker, opts, link_fds)
+        }
+        _ => reexec(worker, opts).await,
+    };
+    launched.map_err(|source| Error::Launch { worker, source })
 }
 
 fn kill_all(launched: &[Launched]) {
@@ -211,31 +243,11 @@ fn fork_all<W: Worker>(n: usize, opts: &LaunchOptions) -> Result<Vec<Launched>, 
     if threads != 1 {
         return Err(Error::ForkUnsafe { threads });
     }
-    // Whatever the parent buffered would otherwise be written again by every child.
-    let _ = io::Write::flush(&mut io::stdout());
     let mut launched: Vec<Launched> = Vec::with_capacity(n);
-    let mut parent_ends = Vec::with_capacity(n);
     for worker in 0..n {
-        let result = UnixStream::pair().and_then(|(parent_end, child_end)| {
-            // The child closes the parent's end of its own link and of every earlier worker's.
-            let mut close = parent_ends.clone();
-            close.push(parent_end.as_raw_fd());
-            let runtime = opts.worker_runtime.clone();
-            let pid = sys::fork_worker(&opts.setup(worker, None), &close, move || {
-                run_worker::<W>(runtime, Transport::Unix(child_end), None)
-            })?;
-            parent_ends.push(parent_end.as_raw_fd());
-            Ok((parent_end, pid))
-        });
-        match result {
-            Ok((parent_end, pid)) => {
-                let process = Process::new(pid);
-                launched.push(Launched {
-                    transport: Transport::Unix(parent_end),
-                    killer: Killer::Process(process.clone()),
-                    reaper: Reaper::Process(process),
-                });
-            }
+        let earlier: Vec<RawFd> = launched.iter().filter_map(Launched::parent_fd).collect();
+        match fork_one::<W>(worker, opts, &earlier) {
+            Ok(l) => launched.push(l),
             Err(source) => {
                 kill_all(&launched);
                 return Err(Error::Launch { worker, source });
@@ -243,6 +255,30 @@ fn fork_all<W: Worker>(n: usize, opts: &LaunchOptions) -> Result<Vec<Launched>, 
         }
     }
     Ok(launched)
+}
+
+/// Forks worker `worker`. The child closes `link_fds` (the parent's ends of other links) and
+/// the parent's end of its own. The caller checked that the process has a single thread.
+fn fork_one<W: Worker>(
+    worker: usize,
+    opts: &LaunchOptions,
+    link_fds: &[RawFd],
+) -> io::Result<Launched> {
+    // Whatever the parent buffered would otherwise be written again by the child.
+    let _ = io::Write::flush(&mut io::stdout());
+    let (parent_end, child_end) = UnixStream::pair()?;
+    let mut close = link_fds.to_vec();
+    close.push(parent_end.as_raw_fd());
+    let runtime = opts.worker_runtime.clone();
+    let pid = sys::fork_worker(&opts.setup(worker, None), &close, move || {
+        run_worker::<W>(runtime, Transport::Unix(child_end), None)
+    })?;
+    let process = Process::new(pid);
+    Ok(Launched {
+        transport: Transport::Unix(parent_end),
+        killer: Killer::Process(process.clone()),
+        reaper: Reaper::Process(process),
+    })
 }
 
 fn thread<W: Worker>(worker: usize, opts: &LaunchOptions) -> io::Result<Launched> {
@@ -278,7 +314,7 @@ pub(crate) fn run_worker<W: Worker>(
     let rt = runtime.clone();
     runtime.block_on_local(Box::pin(async move {
         match transport.into_io(&*rt) {
-            Ok(io) => out.set(serve::<W>(io, handshake).await),
+            Ok(io) => out.set(serve::<W>(io, handshake, rt).await),
             Err(e) => eprintln!("looppool worker: cannot use the link: {e}"),
         }
     }));

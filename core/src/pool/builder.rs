@@ -1,15 +1,15 @@
 //! Configuring and starting a pool.
 
 use super::link::{self, HandshakeError};
+use super::respawn::{Launch, Linked, Respawner, RestartPolicy};
 use super::shared::{Inner, Settings, Shared};
 use super::Pool;
 use crate::error::Error;
-use crate::launch::{launch_all, LaunchOptions, StartMethod, LINK_FD_VAR};
+use crate::launch::{launch_all, launch_one, LaunchOptions, Launched, StartMethod, LINK_FD_VAR};
 use crate::protocol::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use crate::runtime::Runtime;
 use crate::state::PoolState;
 use crate::worker::{Handshake, Worker, HELLO_LIMIT};
-use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -30,6 +30,13 @@ pub struct Builder<W> {
     handshake_timeout: Duration,
     ignore_signals: bool,
     protocol_version: u32,
+    respawn: bool,
+    restart: RestartPolicy,
+    retries: u32,
+    task_timeout: Option<Duration>,
+    stall_grace: Duration,
+    recycle_after: Option<u64>,
+    rss_limit: Option<u64>,
     _worker: PhantomData<fn() -> W>,
 }
 
@@ -44,7 +51,60 @@ impl<W> fmt::Debug for Builder<W> {
             .field("start_method", &self.start_method)
             .field("max_frame", &self.max_frame)
             .field("stop_timeout", &self.stop_timeout)
+            .field("respawn", &self.respawn)
+            .field("retries", &self.retries)
+            .field("task_timeout", &self.task_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+/// Everything a launch needs, shared by the start and every later replacement.
+struct LaunchPlan {
+    method: StartMethod,
+    opts: LaunchOptions,
+    hello: Handshake,
+    protocol_version: u32,
+    handshake_timeout: Duration,
+    runtime: Arc<dyn Runtime>,
+}
+
+impl LaunchPlan {
+    /// Wraps a launched worker's link and runs the handshake.
+    async fn link(&self, worker: usize, launched: Launched) -> Result<Linked, Error> {
+        let fd = launched.parent_fd();
+        let io = launched
+            .transport
+            .into_io(&*self.runtime)
+            .map_err(|source| Error::Launch { worker, source })?;
+        let hello = Handshake {
+            worker,
+            ..self.hello.clone()
+        };
+        let linked = link::handshake(
+            io,
+            &hello,
+            self.protocol_version,
+            self.handshake_timeout,
+            &*self.runtime,
+        )
+        .await;
+        match linked {
+            Ok((reader, writer, pid)) => Ok(Linked {
+                reader,
+                writer,
+                pid,
+                fd,
+                killer: launched.killer,
+                reaper: launched.reaper,
+            }),
+            Err(e) => {
+                launched.killer.kill_and_reap_blocking();
+                Err(match e {
+                    HandshakeError::Protocol(reason) => Error::Handshake { worker, reason },
+                    HandshakeError::Init(message) => Error::Init { worker, message },
+                })
+            }
+        }
     }
 }
 
@@ -64,6 +124,18 @@ impl<W: Worker> Builder<W> {
             handshake_timeout: Duration::from_secs(30),
             ignore_signals: true,
             protocol_version: PROTOCOL_VERSION,
+            respawn: true,
+            restart: RestartPolicy {
+                max_restarts: 5,
+                window: Duration::from_secs(60),
+                initial: Duration::from_millis(100),
+                max_delay: Duration::from_secs(5),
+            },
+            retries: 0,
+            task_timeout: None,
+            stall_grace: Duration::from_secs(1),
+            recycle_after: None,
+            rss_limit: None,
             _worker: PhantomData,
         }
     }
@@ -141,6 +213,68 @@ impl<W: Worker> Builder<W> {
         self
     }
 
+    /// Whether a worker that dies while the pool runs is replaced by a new one with the same
+    /// number. Default `true`. Meanwhile targeted submissions to it wait for the replacement.
+    pub fn respawn(mut self, respawn: bool) -> Self {
+        self.respawn = respawn;
+        self
+    }
+
+    /// Replace one worker number at most `max` times within `window`; past that it stays dead
+    /// (logged), so a worker that crashes at start-up cannot spin. Default 5 within 60 s.
+    pub fn restart_limit(mut self, max: u32, window: Duration) -> Self {
+        self.restart.max_restarts = max;
+        self.restart.window = window;
+        self
+    }
+
+    /// The wait before the second relaunch within the window, doubled for each further one up
+    /// to `max` (the first relaunch is immediate). Default 100 ms up to 5 s.
+    pub fn restart_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.restart.initial = initial;
+        self.restart.max_delay = max;
+        self
+    }
+
+    /// Send a task lost with its worker again, up to `n` more times, to a live worker: at
+    /// least once delivery for tasks that are safe to repeat. Default 0 (a lost task fails
+    /// with [`TaskError::Lost`](crate::TaskError::Lost)).
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// Cancel a task that runs longer than `timeout` inside its worker; it ends with
+    /// [`TaskError::TimedOut`](crate::TaskError::TimedOut) and the worker goes on. A worker
+    /// whose event loop does not turn for `timeout` plus the stall grace while it holds tasks
+    /// (CPU-bound code that never yields) is killed and replaced; only its tasks are lost.
+    /// Default: no timeout.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// How much longer than the task timeout a worker's loop may stay blocked before the worker
+    /// is killed. Default 1 s.
+    pub fn stall_grace(mut self, grace: Duration) -> Self {
+        self.stall_grace = grace;
+        self
+    }
+
+    /// Retire a worker after it has ended `tasks` tasks: it takes no new tasks, finishes those
+    /// it holds, and a replacement takes its number. No task is lost. Default: never.
+    pub fn recycle_after_tasks(mut self, tasks: u64) -> Self {
+        self.recycle_after = Some(tasks);
+        self
+    }
+
+    /// Retire a worker process (as [`recycle_after_tasks`](Self::recycle_after_tasks) does)
+    /// once its resident memory passes `bytes`, checked every second. Default: never.
+    pub fn recycle_above_rss(mut self, bytes: u64) -> Self {
+        self.rss_limit = Some(bytes);
+        self
+    }
+
     /// Announce another protocol version in the handshake, to test the refusal.
     #[cfg(feature = "fault-injection")]
     #[doc(hidden)]
@@ -175,6 +309,10 @@ impl<W: Worker> Builder<W> {
             "the frame limit must be between 64 KiB and 4 GiB",
         )?;
         check(
+            self.task_timeout != Some(Duration::ZERO),
+            "the task timeout must be positive",
+        )?;
+        check(
             std::env::var_os(LINK_FD_VAR).is_none(),
             "this process was started as a looppool worker, but its main did not call looppool's \
              init() before building a pool",
@@ -189,85 +327,94 @@ impl<W: Worker> Builder<W> {
     pub async fn start(self) -> Result<Pool<W>, Error> {
         let n = self.validate()?;
         let capacity = self.capacity.unwrap_or(self.concurrency.saturating_mul(2));
-        let opts = LaunchOptions {
-            pool_name: self.name.clone(),
-            ignore_signals: self.ignore_signals,
-            worker_runtime: self
-                .worker_runtime
-                .clone()
-                .unwrap_or_else(|| self.runtime.clone()),
-        };
-        let launched = launch_all::<W>(self.start_method, n, &opts).await?;
-        let killers: Vec<_> = launched.iter().map(|l| l.killer.clone()).collect();
-        let kill_all = || killers.iter().for_each(|k| k.kill_and_reap_blocking());
-
-        let runtime = &*self.runtime;
-        let handshakes = launched.into_iter().enumerate().map(|(worker, l)| {
-            let hello = Handshake {
-                worker,
+        // Heartbeats only matter to the stall watchdog, which only runs with a task timeout.
+        let stall_limit = self.task_timeout.map(|t| t + self.stall_grace);
+        let heartbeat = stall_limit
+            .map(|l| (l / 4).clamp(Duration::from_millis(10), Duration::from_millis(500)));
+        let plan = Arc::new(LaunchPlan {
+            method: self.start_method,
+            opts: LaunchOptions {
+                pool_name: self.name.clone(),
+                ignore_signals: self.ignore_signals,
+                worker_runtime: self
+                    .worker_runtime
+                    .clone()
+                    .unwrap_or_else(|| self.runtime.clone()),
+            },
+            hello: Handshake {
+                worker: 0,
                 pool_size: n,
                 concurrency: self.concurrency,
                 result_credit: self.result_credit,
                 max_frame: self.max_frame,
+                task_timeout: self.task_timeout,
+                heartbeat,
                 pool_name: self.name.clone(),
                 worker_name: W::name().to_string(),
-            };
-            async move {
-                let io = l
-                    .transport
-                    .into_io(runtime)
-                    .map_err(|source| Error::Launch { worker, source })?;
-                let (reader, writer, pid) = link::handshake(
-                    io,
-                    &hello,
-                    self.protocol_version,
-                    self.handshake_timeout,
-                    runtime,
-                )
-                .await
-                .map_err(|e| match e {
-                    HandshakeError::Protocol(reason) => Error::Handshake { worker, reason },
-                    HandshakeError::Init(message) => Error::Init { worker, message },
-                })?;
-                Ok::<_, Error>((reader, writer, pid, l.killer, l.reaper))
-            }
+            },
+            protocol_version: self.protocol_version,
+            handshake_timeout: self.handshake_timeout,
+            runtime: self.runtime.clone(),
         });
+
+        let launched = launch_all::<W>(plan.method, n, &plan.opts).await?;
+        let killers: Vec<_> = launched.iter().map(|l| l.killer.clone()).collect();
+        let handshakes = launched
+            .into_iter()
+            .enumerate()
+            .map(|(worker, l)| plan.link(worker, l));
         let mut links = Vec::with_capacity(n);
         for result in futures_util::future::join_all(handshakes).await {
             match result {
                 Ok(link) => links.push(link),
                 Err(e) => {
-                    kill_all();
+                    killers.iter().for_each(|k| k.kill_and_reap_blocking());
                     return Err(e);
                 }
             }
         }
 
-        let inner = Inner {
-            state: PoolState::new(n, capacity, self.result_credit),
-            pending: HashMap::new(),
-            killers: killers.into_iter().map(Some).collect(),
-            exits: vec![None; n],
-            pids: links.iter().map(|l| Some(l.2)).collect(),
-            killed_at_deadline: Vec::new(),
-        };
+        let respawner = self.respawn.then(|| {
+            let plan = plan.clone();
+            let launch: Launch = Box::new(move |worker, link_fds| {
+                let plan = plan.clone();
+                Box::pin(async move {
+                    let launched =
+                        launch_one::<W>(plan.method, worker, &plan.opts, &link_fds).await?;
+                    plan.link(worker, launched).await
+                })
+            });
+            Respawner {
+                launch,
+                policy: self.restart,
+            }
+        });
+        let mut inner = Inner::new(
+            PoolState::new(n, capacity, self.result_credit),
+            links.iter().map(|l| Some(l.killer.clone())).collect(),
+            links.iter().map(|l| Some(l.pid)).collect(),
+        );
+        inner.link_fds = links.iter().map(|l| l.fd).collect();
+        for worker in 0..n {
+            inner
+                .state
+                .handle_ready(worker)
+                .expect("a fresh worker's first handshake");
+        }
         let settings = Settings {
             name: self.name,
             max_frame: self.max_frame,
             stop_timeout: self.stop_timeout,
+            retries: self.retries,
+            recycle_after: self.recycle_after,
+            rss_limit: self.rss_limit,
+            stall_limit,
+            monitor_every: heartbeat.unwrap_or(Duration::from_secs(1)),
+            processes: self.start_method != StartMethod::Thread,
         };
-        let shared = Arc::new(Shared::new(inner, self.runtime, settings));
-        {
-            let mut inner = shared.lock();
-            for worker in 0..n {
-                inner
-                    .state
-                    .handle_ready(worker)
-                    .expect("a fresh worker's first handshake");
-            }
-        }
-        for (worker, (reader, writer, _, killer, reaper)) in links.into_iter().enumerate() {
-            link::spawn(&shared, worker, 0, reader, writer, killer, reaper);
+        let shared = Arc::new(Shared::new(inner, self.runtime, settings, respawner));
+        for (worker, l) in links.into_iter().enumerate() {
+            link::spawn(&shared, worker, 0, l.reader, l.writer, l.killer, l.reaper);
         }
         tracing::debug!(pool = %shared.settings.name, workers = n, "looppool started");
         Ok(Pool::from_shared(shared))

@@ -6,6 +6,7 @@ use futures_channel::oneshot;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -17,6 +18,7 @@ pub struct TaskHandle {
     id: TaskId,
     worker: usize,
     rx: oneshot::Receiver<Result<(), TaskError>>,
+    attempts: Arc<AtomicU32>,
 }
 
 impl fmt::Debug for TaskHandle {
@@ -33,11 +35,25 @@ impl TaskHandle {
         id: TaskId,
         worker: usize,
         rx: oneshot::Receiver<Result<(), TaskError>>,
+        attempts: Arc<AtomicU32>,
     ) -> Self {
-        Self { id, worker, rx }
+        Self {
+            id,
+            worker,
+            rx,
+            attempts,
+        }
     }
 
-    /// The task's id, which tags its outputs.
+    /// How many times the task was sent to a worker: 1, plus one per retry after its worker
+    /// died (see [`Builder::retries`](crate::Builder::retries)). Read it after awaiting the
+    /// handle by reference (`(&mut handle).await`) to learn how the task got there.
+    pub fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    /// The task's id, as first submitted; it tags the outputs of its first attempt (each retry
+    /// runs under a new id).
     pub fn id(&self) -> TaskId {
         self.id
     }

@@ -16,6 +16,9 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a worker that said goodbye may take to exit before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
 pub(crate) type LinkReader = FrameReader<ReadHalf<BoxIo>>;
 pub(crate) type LinkWriter = WriteHalf<BoxIo>;
 
@@ -94,7 +97,8 @@ pub(crate) async fn handshake(
     Ok((reader, writer, pid))
 }
 
-/// Spawns the reader and writer tasks of worker `worker`'s incarnation `generation`.
+/// Spawns the reader and writer tasks of worker `worker`'s incarnation `generation`, and its
+/// monitor when the pool watches for stalled loops or memory growth.
 pub(crate) fn spawn<O: DeserializeOwned + Send + 'static>(
     shared: &Arc<Shared<O>>,
     worker: usize,
@@ -105,20 +109,72 @@ pub(crate) fn spawn<O: DeserializeOwned + Send + 'static>(
     reaper: Reaper,
 ) {
     let runtime = shared.runtime.clone();
-    runtime.spawn(Box::pin(write_loop(
-        shared.clone(),
-        worker,
-        generation,
-        writer,
-    )));
-    runtime.spawn(Box::pin(read_loop(
-        shared.clone(),
-        worker,
-        generation,
-        reader,
-        killer,
-        reaper,
-    )));
+    shared.seen(worker);
+    let write = write_loop(shared.clone(), worker, generation, writer);
+    runtime.spawn(Box::pin(write));
+    let read = read_loop(shared.clone(), worker, generation, reader, killer, reaper);
+    runtime.spawn(Box::pin(read));
+    let settings = &shared.settings;
+    if settings.stall_limit.is_some() || (settings.rss_limit.is_some() && settings.processes) {
+        runtime.spawn(Box::pin(monitor(shared.clone(), worker, generation)));
+    }
+}
+
+/// Watches one incarnation: kills it if its loop stops turning while it holds tasks (a task
+/// ran past its timeout without yielding), retires it if its memory passes the limit.
+async fn monitor<O: DeserializeOwned + Send + 'static>(
+    shared: Arc<Shared<O>>,
+    worker: usize,
+    generation: u64,
+) {
+    let settings = &shared.settings;
+    loop {
+        shared.runtime.sleep(settings.monitor_every).await;
+        let (current, held, pid) = {
+            let inner = shared.lock();
+            let state = &inner.state;
+            let gone = matches!(
+                state.status(worker),
+                WorkerStatus::Exited | WorkerStatus::Replacing
+            );
+            (
+                state.generation(worker) == generation && !gone,
+                state.held(worker),
+                inner.pids[worker],
+            )
+        };
+        if !current {
+            return;
+        }
+        if let Some(limit) = settings.stall_limit {
+            let silent = shared.silent_for(worker);
+            if held > 0 && silent > limit {
+                let cause = format!(
+                    "its event loop did not turn for {silent:?} while it held tasks (a task ran \
+                     past its timeout without yielding)"
+                );
+                tracing::warn!(pool = %settings.name, worker, "killing worker {worker}: {cause}");
+                return shared.kill_for(worker, generation, cause);
+            }
+        }
+        if let (Some(limit), true, Some(pid)) = (settings.rss_limit, settings.processes, pid) {
+            if resident_bytes(pid).is_some_and(|rss| rss > limit)
+                && shared.lock().state.handle_retire(worker)
+            {
+                tracing::info!(pool = %settings.name, worker, "recycling worker {worker}: resident memory over {limit} bytes");
+                shared.writers[worker].notify(1);
+                shared.room[worker].notify(usize::MAX);
+            }
+        }
+    }
+}
+
+/// A process's resident memory, from `/proc`.
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 async fn read_loop<O: DeserializeOwned + Send + 'static>(
@@ -151,8 +207,28 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
         killer.kill();
     }
     drop(reader);
-    let exit = reaper.reap(&*shared.runtime).await;
-    shared.worker_exited(worker, generation, exit, cause);
+    let mut reaper = reaper;
+    let exit = if said_goodbye {
+        // It drained and is exiting by itself; one that lingers in its exit is killed.
+        let reaped = {
+            let reap = pin!(reaper.reap(&*shared.runtime));
+            match select(reap, shared.runtime.sleep(EXIT_GRACE)).await {
+                Either::Left((exit, _)) => Some(exit),
+                Either::Right(_) => None,
+            }
+        };
+        match reaped {
+            Some(exit) => exit,
+            None => {
+                tracing::warn!(pool = %shared.settings.name, worker, "worker {worker} said goodbye but did not exit within {EXIT_GRACE:?}; killing it");
+                killer.kill();
+                reaper.reap(&*shared.runtime).await
+            }
+        }
+    } else {
+        reaper.reap(&*shared.runtime).await
+    };
+    shared.worker_exited(worker, generation, exit, cause, said_goodbye);
 }
 
 async fn write_loop<O>(

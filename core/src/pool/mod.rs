@@ -3,6 +3,7 @@
 mod builder;
 mod handle;
 mod link;
+mod respawn;
 mod shared;
 
 pub use builder::Builder;
@@ -17,6 +18,7 @@ use futures_util::future::select;
 use shared::{Pending, Shared};
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,7 +51,8 @@ pub struct Stopped {
 }
 
 impl Stopped {
-    /// How each worker ended, by worker number.
+    /// How each worker number's last incarnation ended. A worker that crashed earlier and
+    /// whose replacement the stop cancelled shows that crash.
     pub fn exits(&self) -> &[Exit] {
         &self.exits
     }
@@ -59,9 +62,9 @@ impl Stopped {
         &self.killed
     }
 
-    /// Whether every worker drained and exited by itself.
+    /// Whether the stop was graceful: no worker had to be killed at the stop deadline.
     pub fn is_graceful(&self) -> bool {
-        self.killed.is_empty() && self.exits.iter().all(Exit::success)
+        self.killed.is_empty()
     }
 }
 
@@ -139,8 +142,29 @@ impl<W: Worker> Pool<W> {
 
     /// Sends one copy of `task` to every live worker, each behind whatever was sent to that
     /// worker before, waiting until every live worker has room. Returns one handle per copy,
-    /// in worker order.
+    /// in worker order. Workers that start later (replacements) do not receive it; see
+    /// [`broadcast_sticky`](Self::broadcast_sticky).
     pub async fn broadcast(&self, task: W::Task) -> Result<Vec<TaskHandle>, SubmitError<W::Task>> {
+        self.broadcast_inner(None, task).await
+    }
+
+    /// Like [`broadcast`](Self::broadcast), and also remembered under `key` (replacing any
+    /// earlier sticky broadcast with that key): every replacement worker receives the
+    /// remembered broadcasts, in the order they were last set, before its first task. Stateful
+    /// workers (a lookup table, a configuration) thus come back in the same state.
+    pub async fn broadcast_sticky(
+        &self,
+        key: &str,
+        task: W::Task,
+    ) -> Result<Vec<TaskHandle>, SubmitError<W::Task>> {
+        self.broadcast_inner(Some(key), task).await
+    }
+
+    async fn broadcast_inner(
+        &self,
+        key: Option<&str>,
+        task: W::Task,
+    ) -> Result<Vec<TaskHandle>, SubmitError<W::Task>> {
         let payload = match self.encode(&task) {
             Ok(p) => p,
             Err(e) => return Err(SubmitError::Encode(task, e)),
@@ -148,14 +172,19 @@ impl<W: Worker> Pool<W> {
         loop {
             let listener = {
                 let mut inner = self.shared.lock();
-                match inner.state.broadcast(payload.clone()) {
+                let placed = match key {
+                    Some(key) => inner.state.broadcast_sticky(key, payload.clone()),
+                    None => inner.state.broadcast(payload.clone()),
+                };
+                match placed {
                     Ok(copies) => {
                         let handles = copies
                             .into_iter()
                             .map(|(worker, id)| {
-                                let (done, rx) = oneshot::channel();
-                                inner.pending.insert(id, Pending { done, reply: None });
-                                TaskHandle::new(id, worker, rx)
+                                let (pending, handle_parts) = self.pending(payload.clone(), false);
+                                pending.attempts.fetch_add(1, Ordering::Relaxed);
+                                inner.pending.insert(id, pending);
+                                TaskHandle::new(id, worker, handle_parts.0, handle_parts.1)
                             })
                             .collect::<Vec<_>>();
                         drop(inner);
@@ -164,12 +193,46 @@ impl<W: Worker> Pool<W> {
                         }
                         return Ok(handles);
                     }
-                    Err(Refusal::Full { worker }) => self.shared.room[worker].listen(),
+                    Err(Refusal::Full { worker } | Refusal::Replacing { worker }) => {
+                        self.shared.room[worker].listen()
+                    }
                     Err(refusal) => return Err(SubmitError::from_refusal(task, refusal)),
                 }
             };
             listener.await;
         }
+    }
+
+    /// A pending entry for `payload` and the parts of its handle.
+    #[allow(clippy::type_complexity)]
+    fn pending(
+        &self,
+        payload: Arc<[u8]>,
+        reply: bool,
+    ) -> (
+        Pending<W::Output>,
+        (
+            oneshot::Receiver<Result<(), TaskError>>,
+            Arc<AtomicU32>,
+            Option<oneshot::Receiver<Delivery<W::Output>>>,
+        ),
+    ) {
+        let (done, rx) = oneshot::channel();
+        let (reply_tx, reply_rx) = match reply {
+            true => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        let attempts = Arc::new(AtomicU32::new(0));
+        let pending = Pending {
+            done,
+            reply: reply_tx,
+            payload,
+            attempts: attempts.clone(),
+        };
+        (pending, (rx, attempts, reply_rx))
     }
 
     /// Sends `task` round-robin and returns its first output: the request-reply case.
@@ -236,34 +299,10 @@ impl<W: Worker> Pool<W> {
             Ok(p) => p,
             Err(e) => return Err(SubmitError::Encode(task, e)),
         };
-        loop {
-            let listener = {
-                let mut inner = self.shared.lock();
-                match inner.state.submit(route, payload.clone()) {
-                    Ok((worker, id)) => {
-                        let (done, rx) = oneshot::channel();
-                        let (reply_tx, reply_rx) = if reply {
-                            let (tx, rx) = oneshot::channel();
-                            (Some(tx), Some(rx))
-                        } else {
-                            (None, None)
-                        };
-                        inner.pending.insert(
-                            id,
-                            Pending {
-                                done,
-                                reply: reply_tx,
-                            },
-                        );
-                        drop(inner);
-                        self.shared.writers[worker].notify(1);
-                        return Ok((TaskHandle::new(id, worker, rx), reply_rx));
-                    }
-                    Err(Refusal::Full { worker }) if wait => self.shared.room[worker].listen(),
-                    Err(refusal) => return Err(SubmitError::from_refusal(task, refusal)),
-                }
-            };
-            listener.await;
+        let (pending, (rx, attempts, reply_rx)) = self.pending(payload, reply);
+        match self.shared.place(route, pending, wait).await {
+            Ok((worker, id)) => Ok((TaskHandle::new(id, worker, rx, attempts), reply_rx)),
+            Err((refusal, _)) => Err(SubmitError::from_refusal(task, refusal)),
         }
     }
 
@@ -294,7 +333,8 @@ impl<W: Worker> Pool<W> {
                     .into_iter()
                     .map(|k| (k, inner.killers[k].clone()))
                     .collect();
-                (inner.state.is_stopped(), inner.state.poll_timeout(), kill)
+                let stopped = inner.state.is_stopped() && inner.respawning == 0;
+                (stopped, inner.state.poll_timeout(), kill)
             };
             if stopped {
                 break;

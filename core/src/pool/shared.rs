@@ -4,25 +4,32 @@
 //! Lock discipline: the lock is never held across an await, and nothing that can take the lock
 //! again (dropping a [`Delivery`], which acknowledges it) happens while it is held. Events are
 //! notified after the state change they announce, and waiters register their listener while
-//! holding the lock (or re-check after registering), so no wake-up is lost.
+//! holding the lock, so no wake-up is lost.
 
 use super::handle::{AckSink, Acker, Delivery};
+use super::respawn::{self, Respawner};
 use crate::error::{Exit, TaskError};
 use crate::launch::Killer;
 use crate::protocol::{split_body, ToParent, WireOutcome};
 use crate::runtime::Runtime;
-use crate::state::{PoolState, TaskId};
+use crate::state::{Phase, PoolState, Refusal, Route, TaskId};
 use event_listener::Event;
 use futures_channel::oneshot;
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// A task handle's sending side, and where its outputs go if it was a request-reply call.
+/// A task handle's sending side, and what a retry needs.
 pub(crate) struct Pending<O> {
     pub(crate) done: oneshot::Sender<Result<(), TaskError>>,
+    /// Where the outputs go if it was a request-reply call.
     pub(crate) reply: Option<oneshot::Sender<Delivery<O>>>,
+    /// The encoded task, kept for retries.
+    pub(crate) payload: Arc<[u8]>,
+    /// How many times it was sent, shared with its handle.
+    pub(crate) attempts: Arc<AtomicU32>,
 }
 
 pub(crate) struct Inner<O> {
@@ -33,6 +40,39 @@ pub(crate) struct Inner<O> {
     pub(crate) pids: Vec<Option<u32>>,
     /// Workers killed because the stop deadline passed, in the order they were killed.
     pub(crate) killed_at_deadline: Vec<usize>,
+    /// Tasks each worker's current incarnation ended, for recycling.
+    pub(crate) completed: Vec<u64>,
+    /// When each worker was last (re)launched after a failure, for the restart limit.
+    pub(crate) restarts: Vec<VecDeque<Instant>>,
+    /// Replacements being launched.
+    pub(crate) respawning: usize,
+    /// Why a worker was killed from the parent's side, for the tasks it loses.
+    pub(crate) kill_cause: Vec<Option<String>>,
+    /// The parent's end of each live link, as a descriptor, for forked replacements to close.
+    pub(crate) link_fds: Vec<Option<std::os::fd::RawFd>>,
+}
+
+impl<O> Inner<O> {
+    pub(crate) fn new(
+        state: PoolState<Arc<[u8]>>,
+        killers: Vec<Option<Killer>>,
+        pids: Vec<Option<u32>>,
+    ) -> Self {
+        let n = state.size();
+        Self {
+            state,
+            pending: HashMap::new(),
+            killers,
+            exits: vec![None; n],
+            pids,
+            killed_at_deadline: Vec::new(),
+            completed: vec![0; n],
+            restarts: vec![VecDeque::new(); n],
+            respawning: 0,
+            kill_cause: vec![None; n],
+            link_fds: vec![None; n],
+        }
+    }
 }
 
 /// Settings the running pool consults.
@@ -41,26 +81,49 @@ pub(crate) struct Settings {
     pub(crate) name: String,
     pub(crate) max_frame: usize,
     pub(crate) stop_timeout: Duration,
+    /// Times a lost task is sent again.
+    pub(crate) retries: u32,
+    /// Replace a worker after it ended this many tasks.
+    pub(crate) recycle_after: Option<u64>,
+    /// Replace a worker whose resident memory passes this many bytes.
+    pub(crate) rss_limit: Option<u64>,
+    /// Kill a worker whose loop has not turned for this long while it holds tasks.
+    pub(crate) stall_limit: Option<Duration>,
+    /// How often a link's monitor looks at its worker.
+    pub(crate) monitor_every: Duration,
+    /// Whether workers are processes (not threads), so they have their own pid and memory.
+    pub(crate) processes: bool,
 }
 
 pub(crate) struct Shared<O> {
     inner: Mutex<Inner<O>>,
-    /// Per worker: room for a task was made, or the worker exited, or the pool began stopping.
+    /// Per worker: room for a task was made, or the worker exited or came back, or the pool
+    /// began stopping.
     pub(crate) room: Vec<Event>,
     /// Per worker: something is waiting to be written.
     pub(crate) writers: Vec<Event>,
-    /// A worker exited.
+    /// A worker exited, or a replacement settled.
     pub(crate) exited: Event,
     pub(crate) outputs: async_channel::Sender<Delivery<O>>,
     pub(crate) outputs_rx: async_channel::Receiver<Delivery<O>>,
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) settings: Settings,
+    pub(crate) respawner: Option<Respawner>,
+    /// Per worker: when a frame last arrived, in microseconds since `base`.
+    pub(crate) last_seen: Vec<AtomicU64>,
+    pub(crate) base: Instant,
 }
 
 impl<O> Shared<O> {
-    pub(crate) fn new(inner: Inner<O>, runtime: Arc<dyn Runtime>, settings: Settings) -> Self {
+    pub(crate) fn new(
+        inner: Inner<O>,
+        runtime: Arc<dyn Runtime>,
+        settings: Settings,
+        respawner: Option<Respawner>,
+    ) -> Self {
         let n = inner.state.size();
         let (outputs, outputs_rx) = async_channel::unbounded();
+        let base = runtime.now();
         Self {
             inner: Mutex::new(inner),
             room: (0..n).map(|_| Event::new()).collect(),
@@ -70,6 +133,9 @@ impl<O> Shared<O> {
             outputs_rx,
             runtime,
             settings,
+            respawner,
+            last_seen: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            base,
         }
     }
 
@@ -87,49 +153,178 @@ impl<O> Shared<O> {
         self.exited.notify(usize::MAX);
     }
 
-    /// Worker `worker` (incarnation `generation`) is gone: its tasks are lost.
-    pub(crate) fn worker_exited(
-        &self,
-        worker: usize,
-        generation: u64,
-        exit: Exit,
-        cause: Option<String>,
-    ) {
-        let lost: Vec<oneshot::Sender<_>> = {
+    /// Records that a frame from `worker` arrived now.
+    pub(crate) fn seen(&self, worker: usize) {
+        let micros = self
+            .runtime
+            .now()
+            .saturating_duration_since(self.base)
+            .as_micros() as u64;
+        self.last_seen[worker].store(micros, Ordering::Relaxed);
+    }
+
+    /// How long ago a frame from `worker` arrived.
+    pub(crate) fn silent_for(&self, worker: usize) -> Duration {
+        let now = self.runtime.now().saturating_duration_since(self.base);
+        now.saturating_sub(Duration::from_micros(
+            self.last_seen[worker].load(Ordering::Relaxed),
+        ))
+    }
+
+    /// Kills worker `worker`'s incarnation `generation` from the parent's side, for `cause`.
+    pub(crate) fn kill_for(&self, worker: usize, generation: u64, cause: String) {
+        let killer = {
             let mut inner = self.lock();
             if inner.state.generation(worker) != generation {
                 return;
             }
-            let lost = inner.state.handle_exit(worker);
-            inner.exits[worker].get_or_insert(exit);
-            inner.killers[worker] = None;
-            lost.iter()
-                .filter_map(|id| inner.pending.remove(id))
-                .map(|p| p.done)
-                .collect()
+            inner.kill_cause[worker] = Some(cause);
+            inner.killers[worker].clone()
         };
-        if !lost.is_empty() || !exit.success() || cause.is_some() {
+        if let Some(killer) = killer {
+            killer.kill();
+        }
+    }
+
+    /// Places a task for `route`, waiting while the chosen worker is full or being replaced if
+    /// `wait`. On refusal the pending entry is handed back.
+    pub(crate) async fn place(
+        &self,
+        route: Route,
+        pending: Pending<O>,
+        wait: bool,
+    ) -> Result<(usize, TaskId), (Refusal, Pending<O>)> {
+        loop {
+            let listener = {
+                let mut inner = self.lock();
+                match inner.state.submit(route, pending.payload.clone()) {
+                    Ok((worker, id)) => {
+                        pending.attempts.fetch_add(1, Ordering::Relaxed);
+                        inner.pending.insert(id, pending);
+                        drop(inner);
+                        self.writers[worker].notify(1);
+                        return Ok((worker, id));
+                    }
+                    Err(Refusal::Full { worker } | Refusal::Replacing { worker }) if wait => {
+                        self.room[worker].listen()
+                    }
+                    Err(refusal) => return Err((refusal, pending)),
+                }
+            };
+            listener.await;
+        }
+    }
+}
+
+impl<O: DeserializeOwned + Send + 'static> Shared<O> {
+    /// Worker `worker` (incarnation `generation`) is gone: its tasks are lost, or sent again if
+    /// retries are on; a replacement is launched if respawn is on. `retired` says it left
+    /// gracefully after draining (recycling), which does not count against the restart limit.
+    pub(crate) fn worker_exited(
+        self: &Arc<Self>,
+        worker: usize,
+        generation: u64,
+        exit: Exit,
+        cause: Option<String>,
+        retired: bool,
+    ) {
+        let (lost, retry, respawn_after) = {
+            let mut inner = self.lock();
+            if inner.state.generation(worker) != generation {
+                return;
+            }
+            let cause = cause.clone().or_else(|| inner.kill_cause[worker].take());
+            let ids = inner.state.handle_exit(worker);
+            inner.exits[worker] = Some(exit);
+            inner.killers[worker] = None;
+            inner.link_fds[worker] = None;
+            let running = inner.state.phase() == Phase::Running;
+            let mut lost = Vec::new();
+            let mut retry = Vec::new();
+            for id in ids {
+                let Some(p) = inner.pending.remove(&id) else {
+                    continue;
+                };
+                if running && p.attempts.load(Ordering::Relaxed) <= self.settings.retries {
+                    retry.push(p);
+                } else {
+                    lost.push(p.done);
+                }
+            }
+            let respawn_after = match &self.respawner {
+                Some(r) if running => {
+                    let now = self.runtime.now();
+                    let delay = if retired {
+                        Some(Duration::ZERO)
+                    } else {
+                        r.policy.next_delay(&mut inner.restarts[worker], now)
+                    };
+                    match delay {
+                        Some(delay) => {
+                            inner.state.handle_replacing(worker);
+                            inner.respawning += 1;
+                            Some(delay)
+                        }
+                        None => {
+                            tracing::error!(
+                                pool = %self.settings.name,
+                                worker,
+                                "worker {worker} failed {} times within {:?}; not replacing it",
+                                r.policy.max_restarts,
+                                r.policy.window
+                            );
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            (
+                lost.into_iter()
+                    .map(|d| (d, cause.clone()))
+                    .collect::<Vec<_>>(),
+                retry,
+                respawn_after,
+            )
+        };
+        if !lost.is_empty() || !retry.is_empty() || !exit.success() {
             tracing::warn!(
                 pool = %self.settings.name,
                 worker,
                 %exit,
                 lost = lost.len(),
-                cause = cause.as_deref().unwrap_or(""),
+                retried = retry.len(),
                 "looppool worker ended"
             );
         }
-        for done in lost {
+        for (done, cause) in lost {
             let _ = done.send(Err(TaskError::Lost {
                 worker,
                 exit,
-                cause: cause.clone(),
+                cause,
             }));
+        }
+        if !retry.is_empty() {
+            let shared = self.clone();
+            self.runtime.spawn(Box::pin(async move {
+                for p in retry {
+                    // At-least-once: the task may have run partly on the dead worker.
+                    if let Err((_, p)) = shared.place(Route::Any, p, true).await {
+                        let _ = p.done.send(Err(TaskError::Lost {
+                            worker,
+                            exit,
+                            cause: Some("no worker could take its retry".into()),
+                        }));
+                    }
+                }
+            }));
+        }
+        if let Some(delay) = respawn_after {
+            respawn::schedule(self.clone(), worker, delay);
         }
         self.wake_all();
     }
-}
 
-impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     /// Handles one frame from worker `worker`. An error ends the link.
     pub(crate) fn handle_frame(
         self: &Arc<Self>,
@@ -137,6 +332,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         generation: u64,
         body: &[u8],
     ) -> Result<(), String> {
+        self.seen(worker);
         let (header, payload) =
             split_body::<ToParent<'_>>(body).map_err(|e| format!("malformed frame: {e}"))?;
         match header {
@@ -168,15 +364,28 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     WireOutcome::Completed => Ok(()),
                     WireOutcome::Failed(m) => Err(TaskError::Failed { message: m.into() }),
                     WireOutcome::Panicked(m) => Err(TaskError::Panicked { message: m.into() }),
+                    WireOutcome::TimedOut(ms) => Err(TaskError::TimedOut {
+                        after: Duration::from_millis(ms),
+                    }),
                 };
-                let pending = {
+                let (pending, retiring) = {
                     let mut inner = self.lock();
                     inner
                         .state
                         .handle_done(worker, task)
                         .map_err(|v| v.to_string())?;
-                    inner.pending.remove(&task)
+                    inner.completed[worker] += 1;
+                    let retiring = self
+                        .settings
+                        .recycle_after
+                        .is_some_and(|m| inner.completed[worker] >= m)
+                        && inner.state.handle_retire(worker);
+                    (inner.pending.remove(&task), retiring)
                 };
+                if retiring {
+                    tracing::debug!(pool = %self.settings.name, worker, "recycling worker {worker} after its task limit");
+                    self.writers[worker].notify(1);
+                }
                 self.room[worker].notify(usize::MAX);
                 if let Some(p) = pending {
                     let _ = p.done.send(result);
@@ -188,6 +397,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     .handle_bye(worker)
                     .map_err(|v| v.to_string())?;
             }
+            ToParent::Alive => {}
             ToParent::Ready { .. } => return Err("a second handshake".into()),
             ToParent::Rejected { reason } => return Err(format!("the worker hung up: {reason}")),
             ToParent::InitFailed { message } => return Err(format!("init failed late: {message}")),

@@ -15,7 +15,7 @@ mod codec;
 mod reader;
 
 pub(crate) use codec::{encode_header, encode_with_payload, encode_with_raw, split_body};
-pub(crate) use reader::{read_frame_blocking, FrameReader};
+pub(crate) use reader::{read_frame_blocking, FrameError, FrameReader};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +39,10 @@ pub(crate) enum ToWorker<'a> {
         concurrency: u32,
         result_credit: u32,
         max_frame: u32,
+        /// Cancel a task after this many milliseconds (0: never).
+        task_timeout_ms: u64,
+        /// Send [`ToParent::Alive`] this often, in milliseconds (0: never).
+        heartbeat_ms: u64,
         #[serde(borrow)]
         pool_name: &'a str,
         #[serde(borrow)]
@@ -77,6 +81,8 @@ pub(crate) enum ToParent<'a> {
     },
     /// The worker drained everything after [`ToWorker::Stop`] and is exiting.
     Bye,
+    /// The worker's event loop is turning (sent every `heartbeat_ms`).
+    Alive,
 }
 
 /// How a task ended, as the worker reports it.
@@ -85,6 +91,8 @@ pub(crate) enum WireOutcome<'a> {
     Completed,
     Failed(#[serde(borrow)] &'a str),
     Panicked(#[serde(borrow)] &'a str),
+    /// Cancelled after the task timeout, in milliseconds.
+    TimedOut(u64),
 }
 
 /// Reads the protocol version out of a `Hello` body without decoding the rest of it.
@@ -110,6 +118,8 @@ mod tests {
             concurrency: 2,
             result_credit: 16,
             max_frame: 1024,
+            task_timeout_ms: 0,
+            heartbeat_ms: 0,
             pool_name: "p",
             worker_name: "w",
         };

@@ -59,6 +59,13 @@ pub enum Refusal {
     /// Every worker has exited.
     #[error("no worker is alive")]
     NoLiveWorkers,
+    /// The worker (or, round-robin, every worker) is being replaced or retired: a waiting
+    /// submission waits for the replacement.
+    #[error("worker {worker} is being replaced")]
+    Replacing {
+        /// The worker to wait for.
+        worker: usize,
+    },
 }
 
 /// A worker broke the protocol; the driver ends its link.
@@ -138,6 +145,8 @@ pub struct PoolState<P> {
     cursor: usize,
     next_id: TaskId,
     phase: Phase,
+    /// Sticky broadcasts by key, in the order they were last set: replayed to replacements.
+    sticky: Vec<(String, P)>,
 }
 
 impl<P: Clone> PoolState<P> {
@@ -160,6 +169,7 @@ impl<P: Clone> PoolState<P> {
             cursor: 0,
             next_id: 1,
             phase: Phase::Running,
+            sticky: Vec::new(),
         }
     }
 
@@ -181,10 +191,10 @@ impl<P: Clone> PoolState<P> {
     pub fn broadcast(&mut self, payload: P) -> Result<Vec<(usize, TaskId)>, Refusal> {
         self.check_open()?;
         let live: Vec<usize> = (0..self.slots.len())
-            .filter(|&k| self.slots[k].is_live())
+            .filter(|&k| self.slots[k].accepts())
             .collect();
         if live.is_empty() {
-            return Err(Refusal::NoLiveWorkers);
+            return Err(self.none_accepting());
         }
         if let Some(&worker) = live
             .iter()
@@ -202,6 +212,28 @@ impl<P: Clone> PoolState<P> {
             .collect())
     }
 
+    /// Like [`broadcast`](Self::broadcast), and also remembered under `key` (replacing what was
+    /// remembered under it) so that every replacement worker receives it before anything else.
+    pub fn broadcast_sticky(
+        &mut self,
+        key: &str,
+        payload: P,
+    ) -> Result<Vec<(usize, TaskId)>, Refusal> {
+        let copies = self.broadcast(payload.clone())?;
+        self.sticky.retain(|(k, _)| k != key);
+        self.sticky.push((key.to_string(), payload));
+        Ok(copies)
+    }
+
+    /// The refusal when no worker accepts tasks: wait for one being replaced, if any.
+    fn none_accepting(&self) -> Refusal {
+        (0..self.slots.len())
+            .find(|&k| self.slots[k].status() == WorkerStatus::Replacing || self.slots[k].is_live())
+            .map_or(Refusal::NoLiveWorkers, |worker| Refusal::Replacing {
+                worker,
+            })
+    }
+
     /// Which worker `route` would pick now, or why the submission would be refused.
     pub fn choose(&self, route: Route) -> Result<usize, Refusal> {
         self.check_open()?;
@@ -211,8 +243,11 @@ impl<P: Clone> PoolState<P> {
                     worker,
                     size: self.slots.len(),
                 })?;
-                if !slot.is_live() {
-                    return Err(Refusal::WorkerExited { worker });
+                if !slot.accepts() {
+                    return Err(match slot.status() {
+                        WorkerStatus::Exited => Refusal::WorkerExited { worker },
+                        _ => Refusal::Replacing { worker },
+                    });
                 }
                 worker
             }
@@ -220,8 +255,8 @@ impl<P: Clone> PoolState<P> {
                 let n = self.slots.len();
                 (0..n)
                     .map(|i| (self.cursor + i) % n)
-                    .find(|&k| self.slots[k].is_live())
-                    .ok_or(Refusal::NoLiveWorkers)?
+                    .find(|&k| self.slots[k].accepts())
+                    .ok_or_else(|| self.none_accepting())?
             }
         };
         if self.slots[worker].held() >= self.capacity {
@@ -283,12 +318,47 @@ impl<P: Clone> PoolState<P> {
         lost
     }
 
-    /// A new incarnation of an exited worker takes its number. Returns its generation.
+    /// A replacement for the exited `worker` is being launched: targeted submissions wait for
+    /// it rather than fail. Ignored once a stop has begun.
+    pub fn handle_replacing(&mut self, worker: usize) {
+        if self.phase == Phase::Running {
+            self.slots[worker].set_replacing(true);
+        }
+    }
+
+    /// The replacement of `worker` will not come (its restart limit is spent).
+    pub fn handle_given_up(&mut self, worker: usize) {
+        self.slots[worker].set_replacing(false);
+    }
+
+    /// Asks `worker` to retire: it takes no new tasks, receives the poison pill behind what it
+    /// holds, and drains; its replacement then takes its number. Returns whether it began
+    /// retiring now (not if it already was, or has exited, or the pool is stopping).
+    pub fn handle_retire(&mut self, worker: usize) -> bool {
+        let slot = &mut self.slots[worker];
+        if self.phase != Phase::Running || !slot.accepts() {
+            return false;
+        }
+        slot.queue_stop();
+        true
+    }
+
+    /// A new incarnation of an exited worker takes its number, with every sticky broadcast
+    /// queued for it first. Returns its generation and the ids of the replayed broadcasts.
     ///
     /// # Panics
     /// If the worker has not exited.
-    pub fn handle_replaced(&mut self, worker: usize) -> u64 {
-        self.slots[worker].replace()
+    pub fn handle_replaced(&mut self, worker: usize) -> (u64, Vec<TaskId>) {
+        let generation = self.slots[worker].replace();
+        let replayed = (0..self.sticky.len())
+            .map(|i| {
+                let id = self.take_id();
+                let payload = self.sticky[i].1.clone();
+                self.slots[worker].accept(id, payload);
+                id
+            })
+            .collect();
+        (generation, replayed)
     }
 
     /// Begins a graceful stop: new submissions are refused, every live worker is sent the poison
@@ -303,6 +373,8 @@ impl<P: Clone> PoolState<P> {
         };
         for slot in &mut self.slots {
             slot.queue_stop();
+            // A stop cancels the replacements on their way.
+            slot.set_replacing(false);
         }
         if self.slots.iter().all(|s| !s.is_live()) {
             self.phase = Phase::Stopped;

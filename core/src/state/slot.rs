@@ -13,7 +13,9 @@ pub enum WorkerStatus {
     Ready,
     /// Sent the poison pill (or said goodbye); finishing what it holds.
     Draining,
-    /// Its process or thread is gone.
+    /// Its process or thread is gone and a replacement is on its way: targeted submissions wait.
+    Replacing,
+    /// Its process or thread is gone for good (or until a replacement is launched).
     Exited,
 }
 
@@ -56,8 +58,24 @@ impl<P> Slot<P> {
         self.generation
     }
 
+    /// Started and not exited: it may hold tasks.
     pub(super) fn is_live(&self) -> bool {
-        self.status != WorkerStatus::Exited
+        !matches!(self.status, WorkerStatus::Exited | WorkerStatus::Replacing)
+    }
+
+    /// Live and not asked to stop: it takes new tasks.
+    pub(super) fn accepts(&self) -> bool {
+        self.is_live() && !self.stop_queued
+    }
+
+    pub(super) fn set_replacing(&mut self, replacing: bool) {
+        if !self.is_live() {
+            self.status = if replacing {
+                WorkerStatus::Replacing
+            } else {
+                WorkerStatus::Exited
+            };
+        }
     }
 
     pub(super) fn said_bye(&self) -> bool {
@@ -77,7 +95,7 @@ impl<P> Slot<P> {
     }
 
     pub(super) fn accept(&mut self, id: TaskId, payload: P) {
-        debug_assert!(self.is_live() && !self.stop_queued);
+        debug_assert!(self.is_live());
         self.seq += 1;
         self.tasks.insert(id, self.seq);
         self.outbox.push_back(Transmit::Task { id, payload });

@@ -113,7 +113,7 @@ fn acks_for_a_previous_incarnation_are_ignored() {
     let mut s = ready(1, 1, 1);
     s.handle_output(0).unwrap();
     let _ = s.handle_exit(0);
-    assert_eq!(s.handle_replaced(0), 1);
+    assert_eq!(s.handle_replaced(0), (1, vec![]));
     s.handle_ack(0, 0);
     assert!(!s.has_transmit(0));
     s.handle_ready(0).unwrap();
@@ -179,4 +179,92 @@ fn stop_refuses_new_work_queues_a_pill_after_everything_and_ends_when_all_exit()
 fn goodbye_before_the_pill_is_a_violation() {
     let mut s = ready(1, 1, 1);
     assert!(matches!(s.handle_bye(0), Err(Violation::EarlyBye { .. })));
+}
+
+#[test]
+fn sticky_broadcasts_are_replayed_to_a_replacement_before_anything_else() {
+    let mut s = ready(2, 4, 1);
+    s.broadcast_sticky("table", 1).unwrap();
+    s.broadcast_sticky("config", 2).unwrap();
+    s.broadcast_sticky("table", 3).unwrap();
+    s.broadcast(4).unwrap();
+    let _ = s.handle_exit(1);
+    s.handle_replacing(1);
+    let (generation, replayed) = s.handle_replaced(1);
+    assert_eq!((generation, replayed.len()), (1, 2));
+    s.handle_ready(1).unwrap();
+    s.submit(Route::Worker(1), 9).unwrap();
+    let payloads: Vec<u32> = drain(&mut s, 1)
+        .into_iter()
+        .filter_map(|t| match t {
+            Transmit::Task { payload, .. } => Some(payload),
+            _ => None,
+        })
+        .collect();
+    // The latest value of each key, in the order the keys were last set; then new work.
+    assert_eq!(payloads, [2, 3, 9]);
+}
+
+#[test]
+fn a_retiring_worker_takes_no_new_tasks_and_drains() {
+    let mut s = ready(2, 4, 1);
+    let (_, held) = s.submit(Route::Worker(0), 1).unwrap();
+    assert!(s.handle_retire(0));
+    assert!(!s.handle_retire(0), "retiring twice");
+    assert_eq!(
+        s.submit(Route::Any, 2).unwrap().0,
+        1,
+        "round-robin skips it"
+    );
+    assert_eq!(s.submit(Route::Any, 3).unwrap().0, 1);
+    assert_eq!(
+        s.submit(Route::Worker(0), 4),
+        Err(Refusal::Replacing { worker: 0 })
+    );
+    assert_eq!(
+        drain(&mut s, 0),
+        [
+            Transmit::Task {
+                id: held,
+                payload: 1
+            },
+            Transmit::Stop
+        ]
+    );
+    s.handle_done(0, held).unwrap();
+    s.handle_bye(0).unwrap();
+    assert!(s.handle_exit(0).is_empty());
+}
+
+#[test]
+fn submissions_wait_for_a_worker_being_replaced_and_fail_once_it_is_given_up() {
+    let mut s = ready(1, 4, 1);
+    let _ = s.handle_exit(0);
+    s.handle_replacing(0);
+    assert_eq!(
+        s.submit(Route::Worker(0), 1),
+        Err(Refusal::Replacing { worker: 0 })
+    );
+    assert_eq!(
+        s.submit(Route::Any, 1),
+        Err(Refusal::Replacing { worker: 0 })
+    );
+    assert_eq!(s.broadcast(1), Err(Refusal::Replacing { worker: 0 }));
+    s.handle_given_up(0);
+    assert_eq!(
+        s.submit(Route::Worker(0), 1),
+        Err(Refusal::WorkerExited { worker: 0 })
+    );
+    assert_eq!(s.submit(Route::Any, 1), Err(Refusal::NoLiveWorkers));
+}
+
+#[test]
+fn a_stop_cancels_replacements_on_their_way() {
+    let mut s = ready(2, 4, 1);
+    let _ = s.handle_exit(0);
+    s.handle_replacing(0);
+    s.begin_stop(Instant::now(), Duration::from_secs(1));
+    assert_eq!(s.status(0), WorkerStatus::Exited);
+    let _ = s.handle_exit(1);
+    assert!(s.is_stopped());
 }

@@ -27,6 +27,8 @@ pub(super) struct Link {
     pub(super) closed: Cell<bool>,
     /// Set by fault injection: close the link once the writer has flushed.
     pub(super) hang_up: Cell<bool>,
+    /// The worker's runtime, for timers.
+    pub(super) runtime: std::sync::Arc<dyn crate::runtime::Runtime>,
 }
 
 impl Link {
@@ -107,6 +109,12 @@ impl<O> Context<O> {
     /// A context for the same worker that tags outputs with no task (unsolicited outputs).
     pub fn unsolicited(&self) -> Self {
         Self::new(self.link.clone(), None)
+    }
+
+    /// A future that completes after `duration`, on this worker's runtime: a timer that works
+    /// the same on every adapter.
+    pub fn sleep(&self, duration: std::time::Duration) -> impl std::future::Future<Output = ()> {
+        self.link.runtime.sleep(duration)
     }
 
     /// Outputs this worker may emit right now without waiting.

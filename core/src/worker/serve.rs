@@ -17,7 +17,7 @@ use crate::protocol::{
     encode_header, hello_version, split_body, FrameReader, ToParent, ToWorker, WireOutcome,
     PROTOCOL_VERSION,
 };
-use crate::runtime::BoxIo;
+use crate::runtime::{BoxIo, Runtime};
 use crate::state::TaskId;
 use event_listener::Event;
 use futures_util::future::{select, Either, FutureExt};
@@ -28,6 +28,8 @@ use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Exit codes of a worker process.
 pub(crate) mod exit_code {
@@ -55,8 +57,18 @@ pub(crate) struct Handshake {
     pub(crate) concurrency: usize,
     pub(crate) result_credit: usize,
     pub(crate) max_frame: usize,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) heartbeat: Option<Duration>,
     pub(crate) pool_name: String,
     pub(crate) worker_name: String,
+}
+
+fn millis(d: Option<Duration>) -> u64 {
+    d.map_or(0, |d| d.as_millis().max(1) as u64)
+}
+
+fn from_millis(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
 }
 
 impl Handshake {
@@ -80,6 +92,8 @@ impl Handshake {
                     concurrency,
                     result_credit,
                     max_frame,
+                    task_timeout_ms,
+                    heartbeat_ms,
                     pool_name,
                     worker_name,
                     ..
@@ -91,6 +105,8 @@ impl Handshake {
                 concurrency: concurrency.max(1) as usize,
                 result_credit: result_credit as usize,
                 max_frame: max_frame as usize,
+                task_timeout: from_millis(task_timeout_ms),
+                heartbeat: from_millis(heartbeat_ms),
                 pool_name: pool_name.to_string(),
                 worker_name: worker_name.to_string(),
             }),
@@ -108,6 +124,8 @@ impl Handshake {
             concurrency: self.concurrency as u32,
             result_credit: self.result_credit as u32,
             max_frame: self.max_frame as u32,
+            task_timeout_ms: millis(self.task_timeout),
+            heartbeat_ms: millis(self.heartbeat),
             pool_name: &self.pool_name,
             worker_name: &self.worker_name,
         };
@@ -151,7 +169,11 @@ struct Inbox<T> {
 ///
 /// `handshake` is given when it was already read (a re-executed process reads it before it
 /// has a runtime, to learn which worker type to run); otherwise it is read here.
-pub(crate) async fn serve<W: Worker>(io: BoxIo, handshake: Option<Handshake>) -> i32 {
+pub(crate) async fn serve<W: Worker>(
+    io: BoxIo,
+    handshake: Option<Handshake>,
+    runtime: Arc<dyn Runtime>,
+) -> i32 {
     let (read_half, mut write_half) = futures_util::AsyncReadExt::split(io);
     let mut reader = FrameReader::new(read_half, HELLO_LIMIT);
     let hs = match handshake {
@@ -185,6 +207,7 @@ pub(crate) async fn serve<W: Worker>(io: BoxIo, handshake: Option<Handshake>) ->
         wake_writer: Event::new(),
         closed: Cell::new(false),
         hang_up: Cell::new(false),
+        runtime: runtime.clone(),
     });
 
     let init_ctx = Context::new(link.clone(), None);
@@ -225,9 +248,17 @@ pub(crate) async fn serve<W: Worker>(io: BoxIo, handshake: Option<Handshake>) ->
 
     let read = pin!(read_loop(&mut reader, &link, &inbox));
     let write = pin!(write_loop(&mut write_half, &link));
-    let run = pin!(run_loop(worker, &link, &inbox, hs.concurrency));
-    let end = match select(read, select(write, run)).await {
-        Either::Left((end, _)) => end,
+    let run = pin!(run_loop(
+        worker,
+        &link,
+        &inbox,
+        hs.concurrency,
+        hs.task_timeout
+    ));
+    let beat = pin!(heartbeat(&link, hs.heartbeat));
+    let end = match select(select(read, beat), select(write, run)).await {
+        Either::Left((Either::Left((end, _)), _)) => end,
+        Either::Left((Either::Right((end, _)), _)) => end,
         Either::Right((Either::Left((end, _)), _)) => end,
         Either::Right((Either::Right((end, _)), _)) => end,
     };
@@ -275,6 +306,25 @@ where
     }
 }
 
+/// Tells the parent, every `every`, that this loop is turning; it never ends.
+async fn heartbeat(link: &Link, every: Option<Duration>) -> End {
+    let Some(every) = every else {
+        return std::future::pending().await;
+    };
+    loop {
+        link.runtime.sleep(every).await;
+        if !link.closed.get() {
+            encode_header(
+                &mut link.outgoing.borrow_mut(),
+                &ToParent::Alive,
+                link.max_frame,
+            )
+            .expect("small frame");
+            link.wake_writer.notify(1);
+        }
+    }
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(w: &mut W, link: &Link) -> End {
     let mut buf = Vec::new();
     loop {
@@ -307,6 +357,7 @@ enum Ended {
     Completed,
     Failed(String),
     Panicked(String),
+    TimedOut(Duration),
 }
 
 async fn run_loop<W: Worker>(
@@ -314,6 +365,7 @@ async fn run_loop<W: Worker>(
     link: &Rc<Link>,
     inbox: &Inbox<W::Task>,
     concurrency: usize,
+    timeout: Option<Duration>,
 ) -> End {
     let mut running: Running = FuturesUnordered::new();
     loop {
@@ -321,7 +373,7 @@ async fn run_loop<W: Worker>(
             let Some((id, task)) = inbox.queue.borrow_mut().pop_front() else {
                 break;
             };
-            running.push(run_one(worker.clone(), link.clone(), id, task).boxed_local());
+            running.push(run_one(worker.clone(), link.clone(), id, task, timeout).boxed_local());
         }
         if running.is_empty() && inbox.stopping.get() && inbox.queue.borrow().is_empty() {
             break;
@@ -372,19 +424,28 @@ async fn run_one<W: Worker>(
     link: Rc<Link>,
     id: TaskId,
     task: Result<W::Task, String>,
+    timeout: Option<Duration>,
 ) -> (TaskId, Ended) {
     let task = match task {
         Ok(task) => task,
         Err(message) => return (id, Ended::Failed(message)),
     };
+    let runtime = link.runtime.clone();
     let ctx = Context::new(link, Some(id));
-    let ended = match AssertUnwindSafe(worker.process(task, &ctx))
-        .catch_unwind()
-        .await
-    {
-        Ok(Ok(())) => Ended::Completed,
-        Ok(Err(e)) => Ended::Failed(error_chain(&*e)),
-        Err(panic) => Ended::Panicked(panic_message(&*panic)),
+    let run = AssertUnwindSafe(worker.process(task, &ctx)).catch_unwind();
+    let outcome = match timeout {
+        None => Some(run.await),
+        // Dropping the task's future cancels it at its current await.
+        Some(limit) => match select(pin!(run), runtime.sleep(limit)).await {
+            Either::Left((outcome, _)) => Some(outcome),
+            Either::Right(_) => None,
+        },
+    };
+    let ended = match outcome {
+        Some(Ok(Ok(()))) => Ended::Completed,
+        Some(Ok(Err(e))) => Ended::Failed(error_chain(&*e)),
+        Some(Err(panic)) => Ended::Panicked(panic_message(&*panic)),
+        None => Ended::TimedOut(timeout.unwrap_or_default()),
     };
     (id, ended)
 }
@@ -394,6 +455,7 @@ fn report(link: &Link, id: TaskId, ended: &Ended) {
         Ended::Completed => WireOutcome::Completed,
         Ended::Failed(m) => WireOutcome::Failed(truncate(m)),
         Ended::Panicked(m) => WireOutcome::Panicked(truncate(m)),
+        Ended::TimedOut(after) => WireOutcome::TimedOut(after.as_millis() as u64),
     };
     let frame = ToParent::Done { task: id, outcome };
     encode_header(

@@ -4,6 +4,9 @@ use looppool_core::{async_trait, BoxError, Context, Fault, PutError, Worker};
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 
+/// When set to a path that exists, a starting [`Probe`] appends a byte to that file and fails.
+pub(super) const FAIL_INIT_VAR: &str = "LOOPPOOL_TESTKIT_FAIL_INIT";
+
 /// A value whose serialisation always fails, to test encode errors on both sides.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Refuse;
@@ -56,6 +59,17 @@ pub enum Task {
     Exit(i32),
     /// Busy-loop, never yielding to the event loop, until this file exists.
     SpinUntilExists(String),
+    /// If this file exists, remove it and end the process with code 7; otherwise emit
+    /// `Doubled(1)`. A task that crashes its worker once.
+    CrashOnce(String),
+    /// Wait this many milliseconds on the worker's timer.
+    Sleep(u64),
+    /// Busy-loop for this many milliseconds, never yielding.
+    Spin(u64),
+    /// Emit the worker process's pid.
+    Pid,
+    /// Allocate and keep this many MiB.
+    Grow(usize),
 }
 
 /// What a [`Probe`] emits.
@@ -76,6 +90,8 @@ pub enum Out {
     Seq(u32),
     /// Never encodable.
     Unencodable(Refuse),
+    /// A process id.
+    Pid(u32),
 }
 
 /// The suite's worker: a remembered value and a task per behaviour.
@@ -94,6 +110,15 @@ impl Worker for Probe {
     }
 
     async fn init(_ctx: &Context<Out>) -> Result<Self, BoxError> {
+        // A worker that cannot start while the file named here exists (counted in the file).
+        if let Some(marker) = std::env::var_os(FAIL_INIT_VAR) {
+            if std::path::Path::new(&marker).exists() {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().append(true).open(&marker)?;
+                f.write_all(b"x")?;
+                return Err("the init marker says no".into());
+            }
+        }
         Ok(Probe {
             value: Cell::new(0),
         })
@@ -146,6 +171,25 @@ impl Worker for Probe {
             Task::Unencodable(_) | Task::Blob(_) => {}
             Task::Fault(fault) => ctx.inject_fault(fault),
             Task::Exit(code) => std::process::exit(code),
+            Task::CrashOnce(path) => {
+                if std::fs::remove_file(&path).is_ok() {
+                    std::process::exit(7);
+                }
+                ctx.put(Out::Doubled(1)).await?;
+            }
+            Task::Sleep(ms) => ctx.sleep(std::time::Duration::from_millis(ms)).await,
+            Task::Spin(ms) => {
+                let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+                while std::time::Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            }
+            Task::Pid => ctx.put(Out::Pid(std::process::id())).await?,
+            Task::Grow(mib) => {
+                let block = vec![1u8; mib << 20];
+                std::hint::black_box(&block);
+                std::mem::forget(block);
+            }
             Task::SpinUntilExists(path) => {
                 while !std::path::Path::new(&path).exists() {
                     std::hint::spin_loop();

@@ -60,6 +60,7 @@ fn refusal_matches(real: &Refusal, model: &RefRefusal) -> bool {
         (Refusal::Full { worker }, RefRefusal::Full(k)) => worker == k,
         (Refusal::Closed, RefRefusal::Closed) => true,
         (Refusal::WorkerExited { .. } | Refusal::NoLiveWorkers, RefRefusal::Unroutable) => true,
+        (Refusal::Replacing { worker }, RefRefusal::Replacing(k)) => worker == k,
         _ => false,
     }
 }
@@ -70,7 +71,7 @@ fn label<T>(expected: &Result<T, RefRefusal>) -> &'static str {
         Ok(_) => "round-robin",
         Err(RefRefusal::Full(_)) => "capacity",
         Err(RefRefusal::Closed) => "stop",
-        Err(RefRefusal::Unroutable) => "routing",
+        Err(RefRefusal::Unroutable | RefRefusal::Replacing(_)) => "routing",
     }
 }
 
@@ -117,9 +118,14 @@ impl Harness {
                     *self.epoch.entry(k).or_insert(0) += 1;
                 }
             }
-            Transition::Broadcast => {
-                let expected = self.model.broadcast();
-                let real = self.sut.broadcast();
+            Transition::Broadcast | Transition::BroadcastSticky(_) => {
+                let (expected, real) = match *step {
+                    Transition::BroadcastSticky(key) => (
+                        self.model.broadcast_sticky(key),
+                        self.sut.broadcast_sticky(key),
+                    ),
+                    _ => (self.model.broadcast(), self.sut.broadcast()),
+                };
                 let agree = match (&real, &expected) {
                     (Ok(r), Ok(e)) => r == e,
                     (Err(r), Err(e)) => refusal_matches(r, e),
@@ -127,9 +133,32 @@ impl Harness {
                 };
                 ensure!(
                     agree,
-                    "[{}] broadcast: {real:?}, expected {expected:?}",
+                    "[{}] {step:?}: {real:?}, expected {expected:?}",
                     label(&expected)
                 );
+            }
+            Transition::Retire(k) => {
+                let k = k % n;
+                let (expected, real) = (self.model.retire(k), self.sut.retire(k));
+                ensure!(
+                    real == expected,
+                    "[stop] retire({k}): {real}, expected {expected}"
+                );
+                if real {
+                    self.epoch.clear();
+                }
+            }
+            Transition::ExpectReplacement(k) => {
+                let k = k % n;
+                self.model.expect_replacement(k);
+                self.sut.expect_replacement(k);
+            }
+            Transition::GiveUp(k) => {
+                let k = k % n;
+                if self.model.workers[k].replacing {
+                    self.model.give_up(k);
+                    self.sut.give_up(k);
+                }
             }
             Transition::Deliver(k) => {
                 let k = k % n;
@@ -199,11 +228,15 @@ impl Harness {
             Transition::Replace(k) => {
                 let k = k % n;
                 if !self.model.workers[k].alive && self.model.phase == RefPhase::Running {
-                    self.model.replace(k);
-                    let generation = self.sut.replace(k);
+                    let expected = self.model.replace(k);
+                    let (generation, replayed) = self.sut.replace(k);
                     ensure!(
                         generation == self.model.workers[k].generation,
                         "[protocol] replacement generation {generation}"
+                    );
+                    ensure!(
+                        replayed == expected,
+                        "[order] replayed {replayed:?}, expected {expected:?}"
                     );
                     self.epoch.clear();
                 }
@@ -309,7 +342,9 @@ impl Harness {
             }
         }
         // 3. Round-robin balance while the live set is unchanged.
-        let live: Vec<usize> = (0..n).filter(|&k| self.model.workers[k].alive).collect();
+        let live: Vec<usize> = (0..n)
+            .filter(|&k| self.model.workers[k].accepts())
+            .collect();
         let counts: Vec<usize> = live
             .iter()
             .map(|k| self.epoch.get(k).copied().unwrap_or(0))

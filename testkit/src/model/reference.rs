@@ -33,6 +33,8 @@ pub struct RefWorker {
     pub said_bye: bool,
     /// Killed at the stop deadline.
     pub killed: bool,
+    /// Dead, with a replacement on its way.
+    pub replacing: bool,
 }
 
 impl RefWorker {
@@ -47,7 +49,13 @@ impl RefWorker {
             unacked: 0,
             said_bye: false,
             killed: false,
+            replacing: false,
         }
+    }
+
+    /// Alive and not asked to stop (retiring or stopping): it takes new tasks.
+    pub fn accepts(&self) -> bool {
+        self.alive && !self.sent.contains(&Sent::Stop)
     }
 
     /// Tasks the worker has received and not ended.
@@ -111,6 +119,8 @@ pub struct Reference {
     pub now: u64,
     /// Every accepted task and its worker.
     pub accepted: BTreeMap<TaskId, usize>,
+    /// Sticky broadcasts by key, in the order they were last set.
+    pub sticky: Vec<u8>,
     /// Every ended task and how.
     pub ended: BTreeMap<TaskId, End>,
 }
@@ -124,6 +134,8 @@ pub enum RefRefusal {
     Closed,
     /// No live worker to take it.
     Unroutable,
+    /// This worker (or, round-robin, every one) is being replaced or retired: wait.
+    Replacing(usize),
 }
 
 impl Reference {
@@ -142,6 +154,7 @@ impl Reference {
             phase: RefPhase::Running,
             now: 0,
             accepted: BTreeMap::new(),
+            sticky: Vec::new(),
             ended: BTreeMap::new(),
         }
     }
@@ -173,8 +186,13 @@ impl Reference {
         self.open()?;
         let worker = match target {
             Some(k) => {
-                if !self.workers[k].alive {
-                    return Err(RefRefusal::Unroutable);
+                let w = &self.workers[k];
+                if !w.accepts() {
+                    return Err(if w.alive || w.replacing {
+                        RefRefusal::Replacing(k)
+                    } else {
+                        RefRefusal::Unroutable
+                    });
                 }
                 k
             }
@@ -182,8 +200,8 @@ impl Reference {
                 let n = self.size();
                 (0..n)
                     .map(|i| (self.cursor + i) % n)
-                    .find(|&k| self.workers[k].alive)
-                    .ok_or(RefRefusal::Unroutable)?
+                    .find(|&k| self.workers[k].accepts())
+                    .ok_or_else(|| self.none_accepting())?
             }
         };
         if self.workers[worker].holding.len() >= self.capacity {
@@ -195,14 +213,54 @@ impl Reference {
         Ok((worker, self.accept(worker)))
     }
 
+    /// When no worker accepts tasks: wait for the first one being replaced or retired.
+    fn none_accepting(&self) -> RefRefusal {
+        (0..self.size())
+            .find(|&k| self.workers[k].alive || self.workers[k].replacing)
+            .map_or(RefRefusal::Unroutable, RefRefusal::Replacing)
+    }
+
+    /// A sticky broadcast under `key`.
+    pub fn broadcast_sticky(&mut self, key: u8) -> Result<Vec<(usize, TaskId)>, RefRefusal> {
+        let copies = self.broadcast()?;
+        self.sticky.retain(|&k| k != key);
+        self.sticky.push(key);
+        Ok(copies)
+    }
+
+    /// A worker is asked to retire; returns whether it began.
+    pub fn retire(&mut self, worker: usize) -> bool {
+        let running = self.phase == RefPhase::Running;
+        let w = &mut self.workers[worker];
+        if !running || !w.accepts() {
+            return false;
+        }
+        w.sent.push(Sent::Stop);
+        true
+    }
+
+    /// A replacement for a dead worker is on its way.
+    pub fn expect_replacement(&mut self, worker: usize) {
+        let running = self.phase == RefPhase::Running;
+        let w = &mut self.workers[worker];
+        if !w.alive && running {
+            w.replacing = true;
+        }
+    }
+
+    /// The replacement will not come.
+    pub fn give_up(&mut self, worker: usize) {
+        self.workers[worker].replacing = false;
+    }
+
     /// A broadcast: one copy per live worker, or nothing.
     pub fn broadcast(&mut self) -> Result<Vec<(usize, TaskId)>, RefRefusal> {
         self.open()?;
         let live: Vec<usize> = (0..self.size())
-            .filter(|&k| self.workers[k].alive)
+            .filter(|&k| self.workers[k].accepts())
             .collect();
         if live.is_empty() {
-            return Err(RefRefusal::Unroutable);
+            return Err(self.none_accepting());
         }
         if let Some(&k) = live
             .iter()
@@ -226,6 +284,7 @@ impl Reference {
             return Vec::new();
         }
         w.alive = false;
+        w.replacing = false;
         let lost = std::mem::take(&mut w.holding);
         for &id in &lost {
             self.ended.insert(id, End::Lost);
@@ -236,10 +295,14 @@ impl Reference {
         lost
     }
 
-    /// A replacement takes a dead worker's number.
-    pub fn replace(&mut self, worker: usize) {
+    /// A replacement takes a dead worker's number; every sticky broadcast is queued for it
+    /// first. Returns the ids of the replayed broadcasts.
+    pub fn replace(&mut self, worker: usize) -> Vec<TaskId> {
         let generation = self.workers[worker].generation + 1;
         self.workers[worker] = RefWorker::new(generation);
+        (0..self.sticky.len())
+            .map(|_| self.accept(worker))
+            .collect()
     }
 
     /// A stop begins.
@@ -248,8 +311,11 @@ impl Reference {
             return;
         }
         self.phase = RefPhase::Stopping(self.now + grace);
-        for w in self.workers.iter_mut().filter(|w| w.alive) {
-            w.sent.push(Sent::Stop);
+        for w in &mut self.workers {
+            if w.alive && !w.sent.contains(&Sent::Stop) {
+                w.sent.push(Sent::Stop);
+            }
+            w.replacing = false;
         }
         if self.workers.iter().all(|w| !w.alive) {
             self.phase = RefPhase::Stopped;

@@ -23,6 +23,10 @@ pub enum Mutation {
     ReorderDelivery,
     /// A stop is never begun.
     IgnoreStop,
+    /// Sticky broadcasts are sent as plain ones: replacements never receive them.
+    ForgetSticky,
+    /// A retirement is acknowledged but never begins.
+    IgnoreRetire,
 }
 
 /// The real state, with what each worker has received on its link.
@@ -76,6 +80,34 @@ impl Sut {
         self.state.broadcast(())
     }
 
+    /// A sticky broadcast under `key`.
+    pub fn broadcast_sticky(&mut self, key: u8) -> Result<Vec<(usize, TaskId)>, Refusal> {
+        match self.mutation {
+            Mutation::ForgetSticky => self.state.broadcast(()),
+            _ => self.state.broadcast_sticky(&key.to_string(), ()),
+        }
+    }
+
+    /// Asks `worker` to retire.
+    pub fn retire(&mut self, worker: usize) -> bool {
+        match self.mutation {
+            Mutation::IgnoreRetire => {
+                self.state.status(worker) == looppool_core::state::WorkerStatus::Ready
+            }
+            _ => self.state.handle_retire(worker),
+        }
+    }
+
+    /// A replacement for `worker` is on its way.
+    pub fn expect_replacement(&mut self, worker: usize) {
+        self.state.handle_replacing(worker);
+    }
+
+    /// The replacement of `worker` will not come.
+    pub fn give_up(&mut self, worker: usize) {
+        self.state.handle_given_up(worker);
+    }
+
     /// The link writes everything queued for `worker`.
     pub fn deliver(&mut self, worker: usize) {
         let mut batch: Vec<Transmit<()>> = std::iter::from_fn(|| self.state.poll_transmit(worker))
@@ -116,8 +148,8 @@ impl Sut {
         lost
     }
 
-    /// A replacement takes the number; returns its generation.
-    pub fn replace(&mut self, worker: usize) -> u64 {
+    /// A replacement takes the number; returns its generation and the replayed broadcasts.
+    pub fn replace(&mut self, worker: usize) -> (u64, Vec<TaskId>) {
         self.received[worker].clear();
         self.state.handle_replaced(worker)
     }

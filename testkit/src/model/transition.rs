@@ -23,6 +23,14 @@ pub enum Transition {
     SubmitTo(usize),
     /// A broadcast.
     Broadcast,
+    /// A sticky broadcast under one of a few keys.
+    BroadcastSticky(u8),
+    /// A worker is asked to retire (recycling).
+    Retire(usize),
+    /// A dead worker's replacement is on its way.
+    ExpectReplacement(usize),
+    /// A replacement on its way will not come.
+    GiveUp(usize),
     /// The link writes everything queued for a worker (the worker takes its tasks).
     Deliver(usize),
     /// A worker ends one of the tasks it received.
@@ -66,6 +74,10 @@ fn transition() -> impl Strategy<Value = Transition> {
         6 => Just(Transition::Submit),
         3 => w.clone().prop_map(Transition::SubmitTo),
         1 => Just(Transition::Broadcast),
+        1 => (0u8..3).prop_map(Transition::BroadcastSticky),
+        1 => w.clone().prop_map(Transition::Retire),
+        1 => w.clone().prop_map(Transition::ExpectReplacement),
+        1 => w.clone().prop_map(Transition::GiveUp),
         5 => w.clone().prop_map(Transition::Deliver),
         6 => (w.clone(), 0usize..8, prop_oneof![
                 4 => Just(Ending::Completed),
