@@ -11,7 +11,8 @@
 //! cargo run --release --example quickstart -- --quick             # small jobs
 //! ```
 //!
-//! On tokio, Ctrl-C ends the run; the pool is dropped, which kills its workers at once.
+//! On tokio, Ctrl-C stops the pool gracefully: the workers (which ignore the terminal's
+//! SIGINT) finish the jobs they hold, their results are printed, and the program ends.
 
 use futures_util::future::{select, Either};
 use looppool_tokio::{async_trait, BoxError, Builder, Context, Runtime, Worker};
@@ -110,6 +111,7 @@ async fn run(
     rt: Arc<dyn Runtime>,
     builder: Builder<Primes>,
     jobs: Vec<u64>,
+    interrupt: impl std::future::Future<Output = ()>,
 ) -> Result<(), BoxError> {
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
@@ -145,8 +147,25 @@ async fn run(
             );
         }
     };
-    let ((submitted, ()), worst) =
-        with_heartbeat(&*rt, futures_util::future::join(submitted, received)).await;
+    let work = with_heartbeat(&*rt, futures_util::future::join(submitted, received));
+    let ((submitted, ()), worst) = match select(pin!(work), pin!(interrupt)).await {
+        Either::Left((done, _)) => done,
+        Either::Right(((), _)) => {
+            println!(
+                "\ninterrupted: stopping the pool gracefully; the jobs the workers hold finish"
+            );
+            let stopped = pool.stop().await;
+            while let Some(out) = outputs.try_recv() {
+                let (limit, count, _) = *out;
+                println!(
+                    "  worker {}: {count} primes below {limit} (finished during the stop)",
+                    out.worker()
+                );
+            }
+            println!("pool stopped (graceful: {})", stopped.is_graceful());
+            return Ok(());
+        }
+    };
     submitted?;
     let in_pool = started.elapsed();
     println!("  all done in {in_pool:.2?}; the parent's loop was at most {worst:.1?} late");
@@ -197,36 +216,43 @@ fn main() -> Result<(), BoxError> {
     }
     std::env::set_var(RUNTIME_VAR, &runtime);
 
-    let jobs: Vec<u64> = if args.iter().any(|a| a == "--quick") {
-        vec![20_000; 4]
-    } else {
-        (0..8).map(|i| 2_000_000 + i * 250_000).collect()
+    let number = |flag: &str| {
+        let i = args.iter().position(|a| a == flag)?;
+        args.get(i + 1)?.parse::<u64>().ok()
+    };
+    let jobs: Vec<u64> = match number("--size") {
+        // `--size N --jobs J`: J jobs of N each.
+        Some(size) => vec![size; number("--jobs").unwrap_or(8) as usize],
+        None if args.iter().any(|a| a == "--quick") => vec![20_000; 4],
+        None => (0..8).map(|i| 2_000_000 + i * 250_000).collect(),
     };
     println!("parent and workers on {runtime}");
     match runtime.as_str() {
+        // Without a signal handler, Ctrl-C ends the parent at once; its workers die with it.
         "smol" => smol::block_on(run(
             looppool_smol::runtime(),
             looppool_smol::builder(),
             jobs,
+            std::future::pending(),
         )),
         "async-std" => async_std::task::block_on(run(
             looppool_async_std::runtime(),
             looppool_async_std::builder(),
             jobs,
+            std::future::pending(),
         )),
         _ => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(async {
-                tokio::select! {
-                    done = run(looppool_tokio::runtime(), looppool_tokio::builder(), jobs) => done,
-                    _ = tokio::signal::ctrl_c() => {
-                        println!("\ninterrupted: the pool is dropped and its workers are gone");
-                        Ok(())
-                    }
-                }
-            })
+            rt.block_on(run(
+                looppool_tokio::runtime(),
+                looppool_tokio::builder(),
+                jobs,
+                async {
+                    let _ = tokio::signal::ctrl_c().await;
+                },
+            ))
         }
     }
 }

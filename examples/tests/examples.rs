@@ -79,3 +79,55 @@ fn quickstart_runs_every_job_in_the_pool_then_inline_on_smol() {
 fn quickstart_runs_every_job_in_the_pool_then_inline_on_async_std() {
     quickstart_on("async-std");
 }
+
+#[test]
+fn quickstart_stops_gracefully_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    // Jobs long enough to be running when the signal comes.
+    let mut child = Command::new(example("quickstart"))
+        .args(["--size", "2000000", "--jobs", "8"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the quickstart starts");
+    let pid = child.id();
+    let stdout = child.stdout.take().expect("its stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let limit = Duration::from_secs(120);
+    let mut lines = Vec::new();
+    let next = |lines: &mut Vec<String>| match rx.recv_timeout(limit) {
+        Ok(line) => {
+            lines.push(line.clone());
+            Some(line)
+        }
+        Err(_) => None,
+    };
+    while let Some(line) = next(&mut lines) {
+        if line.contains("jobs in the pool") {
+            break;
+        }
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("jobs in the pool")),
+        "{lines:?}"
+    );
+    let interrupted = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
+    assert!(interrupted.is_ok_and(|s| s.success()), "cannot send SIGINT");
+    while next(&mut lines).is_some() {}
+    let status = child.wait().expect("the quickstart ends");
+    let all = lines.join("\n");
+    assert!(status.success(), "exit {status:?}\n{all}");
+    assert!(
+        all.contains("interrupted: stopping the pool gracefully"),
+        "{all}"
+    );
+    assert!(all.contains("pool stopped (graceful: true)"), "{all}");
+    // Interrupted in the pool phase, it never reached the inline phase.
+    assert!(!all.contains("inline on the parent's loop"), "{all}");
+}

@@ -368,21 +368,23 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                         after: Duration::from_millis(ms),
                     }),
                 };
-                let (pending, retiring) = {
+                let (pending, retiring, replay) = {
                     let mut inner = self.lock();
                     inner
                         .state
                         .handle_done(worker, task)
                         .map_err(|v| v.to_string())?;
+                    // Ending a task may release a sticky replay to a replacement.
+                    let replay = inner.state.has_transmit(worker);
                     inner.completed[worker] += 1;
                     let retiring = self
                         .settings
                         .recycle_after
                         .is_some_and(|m| inner.completed[worker] >= m)
                         && inner.state.handle_retire(worker);
-                    (inner.pending.remove(&task), retiring)
+                    (inner.pending.remove(&task), retiring, replay)
                 };
-                if retiring {
+                if retiring || replay {
                     tracing::debug!(pool = %self.settings.name, worker, "recycling worker {worker} after its task limit");
                     self.writers[worker].notify(1);
                 }

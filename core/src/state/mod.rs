@@ -190,6 +190,10 @@ impl<P: Clone> PoolState<P> {
     /// worker. Returns `(worker, id)` for each copy, in worker order.
     pub fn broadcast(&mut self, payload: P) -> Result<Vec<(usize, TaskId)>, Refusal> {
         self.check_open()?;
+        // A replacement still replaying must get every broadcast after its replays.
+        if let Some(worker) = (0..self.slots.len()).find(|&k| self.slots[k].replaying()) {
+            return Err(Refusal::Replacing { worker });
+        }
         let live: Vec<usize> = (0..self.slots.len())
             .filter(|&k| self.slots[k].accepts())
             .collect();
@@ -298,7 +302,18 @@ impl<P: Clone> PoolState<P> {
 
     /// The worker reported the end of task `id`.
     pub fn handle_done(&mut self, worker: usize, id: TaskId) -> Result<(), Violation> {
-        self.slots[worker].done(worker, id)
+        self.slots[worker].done(worker, id)?;
+        self.release_replay(worker);
+        Ok(())
+    }
+
+    fn release_replay(&mut self, worker: usize) -> Vec<TaskId> {
+        let (capacity, next_id) = (self.capacity, &mut self.next_id);
+        self.slots[worker].release_replay(capacity, || {
+            let id = *next_id;
+            *next_id += 1;
+            id
+        })
     }
 
     /// The worker said it drained everything after the poison pill.
@@ -343,22 +358,18 @@ impl<P: Clone> PoolState<P> {
         true
     }
 
-    /// A new incarnation of an exited worker takes its number, with every sticky broadcast
-    /// queued for it first. Returns its generation and the ids of the replayed broadcasts.
+    /// A new incarnation of an exited worker takes its number. Every sticky broadcast is
+    /// replayed to it before anything else, as many at a time as its capacity allows; until the
+    /// last is out it takes no other task and broadcasts wait. Returns its generation and the
+    /// ids of the replays sent now (more follow as it ends tasks).
     ///
     /// # Panics
     /// If the worker has not exited.
     pub fn handle_replaced(&mut self, worker: usize) -> (u64, Vec<TaskId>) {
         let generation = self.slots[worker].replace();
-        let replayed = (0..self.sticky.len())
-            .map(|i| {
-                let id = self.take_id();
-                let payload = self.sticky[i].1.clone();
-                self.slots[worker].accept(id, payload);
-                id
-            })
-            .collect();
-        (generation, replayed)
+        let payloads: Vec<P> = self.sticky.iter().map(|(_, p)| p.clone()).collect();
+        self.slots[worker].queue_replay(payloads);
+        (generation, self.release_replay(worker))
     }
 
     /// Begins a graceful stop: new submissions are refused, every live worker is sent the poison

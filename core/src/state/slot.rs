@@ -32,6 +32,9 @@ pub(super) struct Slot<P> {
     stop_queued: bool,
     said_bye: bool,
     kill_taken: bool,
+    /// Sticky broadcasts still to replay to this (replacement) worker, released as its
+    /// capacity allows; it takes no other task until they are all out.
+    replay: VecDeque<P>,
 }
 
 impl<P> Slot<P> {
@@ -47,6 +50,7 @@ impl<P> Slot<P> {
             stop_queued: false,
             said_bye: false,
             kill_taken: false,
+            replay: VecDeque::new(),
         }
     }
 
@@ -63,9 +67,37 @@ impl<P> Slot<P> {
         !matches!(self.status, WorkerStatus::Exited | WorkerStatus::Replacing)
     }
 
-    /// Live and not asked to stop: it takes new tasks.
+    /// Live, not asked to stop and done replaying: it takes new tasks.
     pub(super) fn accepts(&self) -> bool {
-        self.is_live() && !self.stop_queued
+        self.is_live() && !self.stop_queued && self.replay.is_empty()
+    }
+
+    /// Whether sticky broadcasts are still waiting to be replayed to it.
+    pub(super) fn replaying(&self) -> bool {
+        self.is_live() && !self.replay.is_empty()
+    }
+
+    /// Queues the sticky broadcasts a replacement must receive first.
+    pub(super) fn queue_replay(&mut self, payloads: impl IntoIterator<Item = P>) {
+        self.replay.extend(payloads);
+    }
+
+    /// Sends as many waiting replays as its capacity allows, each under an id from `next_id`.
+    pub(super) fn release_replay(
+        &mut self,
+        capacity: usize,
+        mut next_id: impl FnMut() -> TaskId,
+    ) -> Vec<TaskId> {
+        let mut released = Vec::new();
+        while self.tasks.len() < capacity {
+            let Some(payload) = self.replay.pop_front() else {
+                break;
+            };
+            let id = next_id();
+            self.accept(id, payload);
+            released.push(id);
+        }
+        released
     }
 
     pub(super) fn set_replacing(&mut self, replacing: bool) {
@@ -183,6 +215,7 @@ impl<P> Slot<P> {
     }
 
     pub(super) fn queue_stop(&mut self) {
+        self.replay.clear();
         if self.is_live() && !self.stop_queued {
             self.stop_queued = true;
             self.outbox.push_back(Transmit::Stop);

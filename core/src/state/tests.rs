@@ -268,3 +268,40 @@ fn a_stop_cancels_replacements_on_their_way() {
     let _ = s.handle_exit(1);
     assert!(s.is_stopped());
 }
+
+#[test]
+fn replays_respect_capacity_and_come_before_any_other_task() {
+    let mut s = ready(1, 1, 1);
+    s.broadcast_sticky("a", 1).unwrap();
+    let first = match drain(&mut s, 0).as_slice() {
+        [Transmit::Task { id, .. }] => *id,
+        other => panic!("{other:?}"),
+    };
+    s.handle_done(0, first).unwrap();
+    s.broadcast_sticky("b", 2).unwrap();
+    let second = match drain(&mut s, 0).as_slice() {
+        [Transmit::Task { id, .. }] => *id,
+        other => panic!("{other:?}"),
+    };
+    s.handle_done(0, second).unwrap();
+    let _ = s.handle_exit(0);
+    let (_, now) = s.handle_replaced(0);
+    assert_eq!(now.len(), 1, "one replay at a time with a capacity of 1");
+    assert_eq!(s.held(0), 1);
+    assert_eq!(
+        s.submit(Route::Any, 9),
+        Err(Refusal::Replacing { worker: 0 })
+    );
+    assert_eq!(s.broadcast(9), Err(Refusal::Replacing { worker: 0 }));
+    s.handle_ready(0).unwrap();
+    s.handle_done(0, now[0]).unwrap();
+    assert_eq!(s.held(0), 1, "the second replay went out");
+    let rest: Vec<u32> = drain(&mut s, 0)
+        .into_iter()
+        .filter_map(|t| match t {
+            Transmit::Task { payload, .. } => Some(payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rest, [1, 2]);
+}

@@ -76,6 +76,12 @@ fn label<T>(expected: &Result<T, RefRefusal>) -> &'static str {
 }
 
 impl Harness {
+    fn accepting(&self) -> Vec<usize> {
+        (0..self.model.size())
+            .filter(|&k| self.model.workers[k].accepts())
+            .collect()
+    }
+
     fn report(&mut self, id: TaskId) {
         *self.reported.entry(id).or_insert(0) += 1;
     }
@@ -384,8 +390,15 @@ pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
         epoch: BTreeMap::new(),
     };
     for (i, step) in case.transitions.iter().enumerate() {
+        let accepting = h.accepting();
         h.apply(step)
-            .and_then(|()| h.check_invariants())
+            .and_then(|()| {
+                // Round-robin balance holds while the set of accepting workers stays the same.
+                if h.accepting() != accepting {
+                    h.epoch.clear();
+                }
+                h.check_invariants()
+            })
             .map_err(|e| format!("step {i} ({step:?}): {e}"))?;
     }
     Ok(())

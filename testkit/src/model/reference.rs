@@ -35,6 +35,8 @@ pub struct RefWorker {
     pub killed: bool,
     /// Dead, with a replacement on its way.
     pub replacing: bool,
+    /// Sticky broadcasts (by key) still to replay, released as capacity allows.
+    pub replay: std::collections::VecDeque<u8>,
 }
 
 impl RefWorker {
@@ -50,12 +52,13 @@ impl RefWorker {
             said_bye: false,
             killed: false,
             replacing: false,
+            replay: std::collections::VecDeque::new(),
         }
     }
 
     /// Alive and not asked to stop (retiring or stopping): it takes new tasks.
     pub fn accepts(&self) -> bool {
-        self.alive && !self.sent.contains(&Sent::Stop)
+        self.alive && !self.sent.contains(&Sent::Stop) && self.replay.is_empty()
     }
 
     /// Tasks the worker has received and not ended.
@@ -236,6 +239,7 @@ impl Reference {
             return false;
         }
         w.sent.push(Sent::Stop);
+        w.replay.clear();
         true
     }
 
@@ -253,9 +257,24 @@ impl Reference {
         self.workers[worker].replacing = false;
     }
 
+    /// Releases waiting replays to `worker` while it has room.
+    fn release(&mut self, worker: usize) {
+        while self.workers[worker].holding.len() < self.capacity {
+            if self.workers[worker].replay.pop_front().is_none() {
+                break;
+            }
+            self.accept(worker);
+        }
+    }
+
     /// A broadcast: one copy per live worker, or nothing.
     pub fn broadcast(&mut self) -> Result<Vec<(usize, TaskId)>, RefRefusal> {
         self.open()?;
+        if let Some(k) =
+            (0..self.size()).find(|&k| self.workers[k].alive && !self.workers[k].replay.is_empty())
+        {
+            return Err(RefRefusal::Replacing(k));
+        }
         let live: Vec<usize> = (0..self.size())
             .filter(|&k| self.workers[k].accepts())
             .collect();
@@ -275,6 +294,7 @@ impl Reference {
     pub fn finish(&mut self, worker: usize, id: TaskId, how: super::Ending) {
         self.workers[worker].holding.retain(|&t| t != id);
         self.ended.insert(id, End::Reported(how));
+        self.release(worker);
     }
 
     /// A worker dies; returns the tasks it held, in acceptance order.
@@ -295,14 +315,15 @@ impl Reference {
         lost
     }
 
-    /// A replacement takes a dead worker's number; every sticky broadcast is queued for it
-    /// first. Returns the ids of the replayed broadcasts.
+    /// A replacement takes a dead worker's number; every sticky broadcast is replayed to it
+    /// first, as many at a time as its capacity allows. Returns the ids of the replays sent now.
     pub fn replace(&mut self, worker: usize) -> Vec<TaskId> {
         let generation = self.workers[worker].generation + 1;
         self.workers[worker] = RefWorker::new(generation);
-        (0..self.sticky.len())
-            .map(|_| self.accept(worker))
-            .collect()
+        self.workers[worker].replay = self.sticky.iter().copied().collect();
+        let before = self.next_id;
+        self.release(worker);
+        (before..self.next_id).collect()
     }
 
     /// A stop begins.
@@ -315,6 +336,7 @@ impl Reference {
             if w.alive && !w.sent.contains(&Sent::Stop) {
                 w.sent.push(Sent::Stop);
             }
+            w.replay.clear();
             w.replacing = false;
         }
         if self.workers.iter().all(|w| !w.alive) {
