@@ -162,7 +162,7 @@ async fn monitor<O: DeserializeOwned + Send + 'static>(
                 && shared.lock().state.handle_retire(worker)
             {
                 tracing::info!(pool = %settings.name, worker, "recycling worker {worker}: resident memory over {limit} bytes");
-                shared.writers[worker].notify(1);
+                shared.wake_writer(worker);
                 shared.room[worker].notify(usize::MAX);
             }
         }

@@ -35,10 +35,24 @@ pub struct Pool<W: Worker> {
 impl<W: Worker> fmt::Debug for Pool<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = self.shared.lock();
+        let workers: Vec<_> = (0..inner.state.size())
+            .map(|k| {
+                let s = &inner.state;
+                format!(
+                    "{k}: {:?} gen {} holding {} unacked {}",
+                    s.status(k),
+                    s.generation(k),
+                    s.held(k),
+                    s.unacked(k)
+                )
+            })
+            .collect();
         f.debug_struct("Pool")
             .field("name", &self.shared.settings.name)
-            .field("workers", &inner.state.size())
             .field("phase", &inner.state.phase())
+            .field("workers", &workers)
+            .field("replacements_under_way", &inner.respawning)
+            .field("tasks_pending", &inner.pending.len())
             .finish()
     }
 }
@@ -189,7 +203,7 @@ impl<W: Worker> Pool<W> {
                             .collect::<Vec<_>>();
                         drop(inner);
                         for h in &handles {
-                            self.shared.writers[h.worker()].notify(1);
+                            self.shared.wake_writer(h.worker());
                         }
                         return Ok(handles);
                     }

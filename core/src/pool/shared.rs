@@ -145,6 +145,13 @@ impl<O> Shared<O> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Wakes the writer of `worker`'s link. Every listener is woken, not one: a writer of a
+    /// dead incarnation may still hold an already-notified listener on the same event, and
+    /// `notify(1)` would count that one and leave the current writer asleep.
+    pub(crate) fn wake_writer(&self, worker: usize) {
+        self.writers[worker].notify(usize::MAX);
+    }
+
     /// Wakes everything that waits on the pool's phase: submitters and writers of every worker.
     pub(crate) fn wake_all(&self) {
         for e in self.room.iter().chain(&self.writers) {
@@ -202,7 +209,7 @@ impl<O> Shared<O> {
                         pending.attempts.fetch_add(1, Ordering::Relaxed);
                         inner.pending.insert(id, pending);
                         drop(inner);
-                        self.writers[worker].notify(1);
+                        self.wake_writer(worker);
                         return Ok((worker, id));
                     }
                     Err(Refusal::Full { worker } | Refusal::Replacing { worker }) if wait => {
@@ -386,7 +393,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 };
                 if retiring || replay {
                     tracing::debug!(pool = %self.settings.name, worker, "recycling worker {worker} after its task limit");
-                    self.writers[worker].notify(1);
+                    self.wake_writer(worker);
                 }
                 self.room[worker].notify(usize::MAX);
                 if let Some(p) = pending {
@@ -416,7 +423,7 @@ impl<O: Send + 'static> AckSink for Shared<O> {
             inner.state.has_transmit(worker)
         };
         if wake {
-            self.writers[worker].notify(1);
+            self.wake_writer(worker);
         }
     }
 }

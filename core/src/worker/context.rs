@@ -40,7 +40,9 @@ impl Link {
 
     pub(super) fn add_credit(&self, n: usize) {
         self.credit.set(self.credit.get() + n);
-        self.credit_returned.notify(n);
+        // One more waiting `put` per credit: `notify(n)` would count putters already woken
+        // but not yet run, and leave the rest asleep with credit available.
+        self.credit_returned.notify_additional(n);
     }
 }
 

@@ -598,10 +598,16 @@ async fn a_bad_frame_from_a_worker_ends_only_its_link_with_a_clear_error<A: Adap
             "{fault:?}: worker 1 answered {answer:?}"
         );
         // The worker that broke the protocol is treated as dead, and replaced.
-        let again = pool
-            .call_to(0, Task::WhoAmI)
-            .await
-            .map_err(|e| format!("{fault:?}: {e}"))?;
+        let rt = A::runtime();
+        let again = within(
+            &*rt,
+            Duration::from_secs(30),
+            "the replacement",
+            pool.call_to(0, Task::WhoAmI),
+        )
+        .await
+        .map_err(|e| format!("{fault:?}: {e}: {pool:?}"))?
+        .map_err(|e| format!("{fault:?}: {e}"))?;
         ensure!(
             again == Out::Worker(0),
             "{fault:?}: the replacement answered {again:?}"

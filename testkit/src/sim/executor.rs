@@ -1,8 +1,11 @@
 //! A deterministic, single-threaded runtime for whole pools: seeded scheduling and a fake clock.
 //!
 //! Every task (the parent's link tasks, the workers' main futures, the test's own script) runs
-//! on the calling thread. When several tasks are ready, a seeded generator picks which one runs
-//! next, so one seed is one interleaving, replayed exactly. The clock stands still while
+//! on the calling thread. Each task draws a random priority from a seeded generator, and the
+//! ready task with the highest priority runs next; now and then a task draws a new one. So one
+//! seed is one interleaving, replayed exactly, and a ready task can be starved for a long
+//! stretch while others run (the interleavings that hide lost wake-ups, which picking ready
+//! tasks uniformly almost never produces). The clock stands still while
 //! anything can run; when nothing can, it jumps to the next timer. If nothing can run and no
 //! timer is set while the script is unfinished, the run is a deadlock, reported as such.
 
@@ -164,6 +167,8 @@ impl Sim {
         let mut rng = Rng(seed);
         let mut script = std::pin::pin!(script);
         let mut tasks: Vec<Option<LocalBoxFuture<()>>> = Vec::new();
+        let mut priority: Vec<usize> = Vec::new();
+        let mut script_priority = rng.below(1 << 20);
         lock(&self.shared.ready).insert(SCRIPT);
         loop {
             // New tasks join and get their first poll.
@@ -175,6 +180,7 @@ impl Sim {
             for future in spawned {
                 lock(&self.shared.ready).insert(tasks.len());
                 tasks.push(Some(future));
+                priority.push(rng.below(1 << 20));
             }
             let ready: Vec<usize> = lock(&self.shared.ready).iter().copied().collect();
             if ready.is_empty() {
@@ -200,7 +206,25 @@ impl Sim {
                 due.into_iter().for_each(Waker::wake);
                 continue;
             }
-            let id = ready[rng.below(ready.len())];
+            let prio = |id: usize| {
+                if id == SCRIPT {
+                    script_priority
+                } else {
+                    priority[id]
+                }
+            };
+            let id = *ready
+                .iter()
+                .max_by_key(|&&id| (prio(id), id))
+                .expect("a ready task");
+            // Now and then the chosen task falls or rises in the order.
+            if rng.below(8) == 0 {
+                let fresh = rng.below(1 << 20);
+                match id {
+                    SCRIPT => script_priority = fresh,
+                    _ => priority[id] = fresh,
+                }
+            }
             lock(&self.shared.ready).remove(&id);
             let waker = self.waker(id);
             let mut cx = Context::from_waker(&waker);
