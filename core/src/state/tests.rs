@@ -12,6 +12,17 @@ fn drain(s: &mut PoolState<u32>, worker: usize) -> Vec<Transmit<u32>> {
     std::iter::from_fn(|| s.poll_transmit(worker)).collect()
 }
 
+/// The payloads of the tasks queued for `worker`, in order.
+fn task_payloads(s: &mut PoolState<u32>, worker: usize) -> Vec<u32> {
+    drain(s, worker)
+        .into_iter()
+        .filter_map(|t| match t {
+            Transmit::Task { payload, .. } => Some(payload),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn round_robin_rotates_over_live_workers_and_skips_exited_ones() {
     let mut s = ready(3, 10, 1);
@@ -80,13 +91,7 @@ fn broadcast_is_all_or_nothing_and_queued_behind_earlier_tasks() {
     s.submit(Route::Worker(1), 12).unwrap();
     let copies = s.broadcast(99).unwrap();
     assert_eq!(copies.iter().map(|c| c.0).collect::<Vec<_>>(), [0, 1, 2]);
-    let payloads: Vec<u32> = drain(&mut s, 1)
-        .into_iter()
-        .filter_map(|t| match t {
-            Transmit::Task { payload, .. } => Some(payload),
-            _ => None,
-        })
-        .collect();
+    let payloads = task_payloads(&mut s, 1);
     assert_eq!(payloads, [12, 99]);
 }
 
@@ -194,13 +199,7 @@ fn sticky_broadcasts_are_replayed_to_a_replacement_before_anything_else() {
     assert_eq!((generation, replayed.len()), (1, 2));
     s.handle_ready(1).unwrap();
     s.submit(Route::Worker(1), 9).unwrap();
-    let payloads: Vec<u32> = drain(&mut s, 1)
-        .into_iter()
-        .filter_map(|t| match t {
-            Transmit::Task { payload, .. } => Some(payload),
-            _ => None,
-        })
-        .collect();
+    let payloads = task_payloads(&mut s, 1);
     // The latest value of each key, in the order the keys were last set; then new work.
     assert_eq!(payloads, [2, 3, 9]);
 }
@@ -296,12 +295,6 @@ fn replays_respect_capacity_and_come_before_any_other_task() {
     s.handle_ready(0).unwrap();
     s.handle_done(0, now[0]).unwrap();
     assert_eq!(s.held(0), 1, "the second replay went out");
-    let rest: Vec<u32> = drain(&mut s, 0)
-        .into_iter()
-        .filter_map(|t| match t {
-            Transmit::Task { payload, .. } => Some(payload),
-            _ => None,
-        })
-        .collect();
+    let rest = task_payloads(&mut s, 0);
     assert_eq!(rest, [1, 2]);
 }

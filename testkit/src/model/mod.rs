@@ -65,6 +65,15 @@ fn refusal_matches(real: &Refusal, model: &RefRefusal) -> bool {
     }
 }
 
+/// Whether the state's answer to a submission is the reference's.
+fn agrees<T: PartialEq>(real: &Result<T, Refusal>, expected: &Result<T, RefRefusal>) -> bool {
+    match (real, expected) {
+        (Ok(r), Ok(e)) => r == e,
+        (Err(r), Err(e)) => refusal_matches(r, e),
+        _ => false,
+    }
+}
+
 /// The invariant a disagreement about a submission breaks, by what the reference expected.
 fn label<T>(expected: &Result<T, RefRefusal>) -> &'static str {
     match expected {
@@ -110,11 +119,7 @@ impl Harness {
                 };
                 let expected = self.model.submit(target);
                 let real = self.sut.submit(target);
-                let agree = match (&real, &expected) {
-                    (Ok(r), Ok(e)) => r == e,
-                    (Err(r), Err(e)) => refusal_matches(r, e),
-                    _ => false,
-                };
+                let agree = agrees(&real, &expected);
                 ensure!(
                     agree,
                     "[{}] submit({target:?}): {real:?}, expected {expected:?}",
@@ -132,11 +137,7 @@ impl Harness {
                     ),
                     _ => (self.model.broadcast(), self.sut.broadcast()),
                 };
-                let agree = match (&real, &expected) {
-                    (Ok(r), Ok(e)) => r == e,
-                    (Err(r), Err(e)) => refusal_matches(r, e),
-                    _ => false,
-                };
+                let agree = agrees(&real, &expected);
                 ensure!(
                     agree,
                     "[{}] {step:?}: {real:?}, expected {expected:?}",
