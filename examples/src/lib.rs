@@ -1,3 +1,5 @@
-//! The examples live beside this crate (`quickstart.rs`, ...); this library holds nothing but
-//! this note, and `tests/` runs each example so that none can rot.
+//! Helpers the examples share. The examples themselves live beside this crate (`quickstart.rs`,
+//! `fetch.rs`, `web.rs`, `stateful.rs`, `subscribe.rs`), and `tests/` runs each of them.
 #![forbid(unsafe_code)]
+
+pub mod http;

@@ -131,3 +131,113 @@ fn quickstart_stops_gracefully_on_ctrl_c() {
     // Interrupted in the pool phase, it never reached the inline phase.
     assert!(!all.contains("inline on the parent's loop"), "{all}");
 }
+
+fn stdout_of(name: &str, args: &[&str]) -> String {
+    let out = run(name, args, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{name}: exit {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    stdout
+}
+
+#[test]
+fn fetch_reports_each_url_with_the_server_header_its_worker_got() {
+    let stdout = stdout_of("fetch", &[]);
+    let pages = [
+        "python",
+        "tornado",
+        "google",
+        "stackoverflow",
+        "rust",
+        "tokio",
+        "smol",
+        "looppool",
+    ];
+    for page in pages {
+        let wanted = format!("/{page}, Some(\"looppool-demo-{page}\"))");
+        let found = stdout
+            .lines()
+            .filter(|l| l.starts_with("worker ") && l.ends_with(&wanted))
+            .count();
+        assert_eq!(found, 1, "{page}:\n{stdout}");
+    }
+}
+
+/// The finishing times of one of web's timelines: (fast, slow), in milliseconds.
+fn timeline(stdout: &str, title: &str) -> (Vec<u64>, Vec<u64>) {
+    let section = stdout
+        .split(title)
+        .nth(1)
+        .expect("the section")
+        .split("\n\n")
+        .next()
+        .unwrap_or("");
+    let (mut fast, mut slow) = (Vec::new(), Vec::new());
+    for line in section.lines().filter(|l| l.contains("done at")) {
+        let ms: u64 = line
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .expect("a time");
+        assert!(line.contains("(status 200)"), "{line}");
+        if line.contains(": fast") {
+            fast.push(ms);
+        } else {
+            slow.push(ms);
+        }
+    }
+    assert_eq!((fast.len(), slow.len()), (20, 3), "{section}");
+    (fast, slow)
+}
+
+#[test]
+fn web_answers_fast_requests_while_the_pool_does_the_slow_ones() {
+    let stdout = stdout_of("web", &["--n", "10000"]);
+    let (fast, slow) = timeline(&stdout, "with the pool");
+    assert!(
+        fast.iter().max() < slow.iter().min(),
+        "with the pool:\n{stdout}"
+    );
+    let (fast, slow) = timeline(&stdout, "without the pool");
+    let first_slow = *slow.iter().min().expect("slow requests");
+    assert!(
+        fast.iter().any(|&t| t >= first_slow),
+        "without the pool no fast request waited:\n{stdout}"
+    );
+}
+
+#[test]
+fn stateful_workers_answer_from_the_latest_table_and_a_replacement_gets_it() {
+    let stdout = stdout_of("stateful", &["--quick"]);
+    for version in 1..=3 {
+        for worker in 0..3 {
+            let wanted = format!(
+                "refresh {version}: worker {worker} answered from table v{version}: 7 -> {}",
+                49 + version
+            );
+            assert!(stdout.contains(&wanted), "missing {wanted:?}:\n{stdout}");
+        }
+    }
+    assert!(
+        stdout.contains("worker 1 (replaced) answered from table v2: 7 -> 51"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn subscribe_delivers_every_unsolicited_tick_in_order_under_back_pressure() {
+    let stdout = stdout_of("subscribe", &[]);
+    let ticks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("tick ")).collect();
+    assert_eq!(ticks.len(), 20, "{stdout}");
+    for (n, line) in ticks.iter().enumerate() {
+        assert!(line.starts_with(&format!("tick {n} (task None)")), "{line}");
+    }
+    assert!(
+        ticks.iter().any(|l| l.ends_with("credit: true")),
+        "the worker never waited for credit:\n{stdout}"
+    );
+}
