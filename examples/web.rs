@@ -8,7 +8,7 @@
 //! timelines.
 //!
 //! ```text
-//! cargo run --release --example web              # 20000!
+//! cargo run --release --example web              # 50000!: seconds of CPU per request
 //! cargo run --example web -- --n 6000           # smaller, for a debug build
 //! ```
 
@@ -155,7 +155,7 @@ fn main() -> Result<(), BoxError> {
         .iter()
         .position(|a| a == "--n")
         .and_then(|i| args.get(i + 1)?.parse().ok())
-        .unwrap_or(20_000);
+        .unwrap_or(50_000);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
