@@ -144,6 +144,7 @@ fn a_stop_whose_deadline_never_comes_is_reported_as_hung() {
         capacity: 1,
         credit: 1,
         concurrency: 1,
+        retries: 0,
         consumer: Consumer::Never,
         ops: vec![Op::Submit(Job::Emit(3))],
     };

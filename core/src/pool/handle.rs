@@ -52,8 +52,7 @@ impl TaskHandle {
         self.attempts.load(Ordering::Relaxed)
     }
 
-    /// The task's id, as first submitted; it tags the outputs of its first attempt (each retry
-    /// runs under a new id).
+    /// The task's id, which tags its outputs (a retry keeps it).
     pub fn id(&self) -> TaskId {
         self.id
     }

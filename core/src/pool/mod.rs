@@ -314,7 +314,7 @@ impl<W: Worker> Pool<W> {
             Err(e) => return Err(SubmitError::Encode(task, e)),
         };
         let (pending, (rx, attempts, reply_rx)) = self.pending(payload, reply);
-        match self.shared.place(route, pending, wait).await {
+        match self.shared.place(route, None, pending, wait).await {
             Ok((worker, id)) => Ok((TaskHandle::new(id, worker, rx, attempts), reply_rx)),
             Err((refusal, _)) => Err(SubmitError::from_refusal(task, refusal)),
         }
@@ -347,7 +347,9 @@ impl<W: Worker> Pool<W> {
                     .into_iter()
                     .map(|k| (k, inner.killers[k].clone()))
                     .collect();
-                let stopped = inner.state.is_stopped() && inner.respawning == 0;
+                // Replacements being launched and lost tasks being retried settle first.
+                let stopped =
+                    inner.state.is_stopped() && inner.respawning == 0 && inner.retrying == 0;
                 (stopped, inner.state.poll_timeout(), kill)
             };
             if stopped {

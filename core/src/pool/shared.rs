@@ -46,6 +46,8 @@ pub(crate) struct Inner<O> {
     pub(crate) restarts: Vec<VecDeque<Instant>>,
     /// Replacements being launched.
     pub(crate) respawning: usize,
+    /// Lost tasks on their way to another worker: a stop waits for them to settle too.
+    pub(crate) retrying: usize,
     /// Why a worker was killed from the parent's side, for the tasks it loses.
     pub(crate) kill_cause: Vec<Option<String>>,
     /// The parent's end of each live link, as a descriptor, for forked replacements to close.
@@ -69,6 +71,7 @@ impl<O> Inner<O> {
             completed: vec![0; n],
             restarts: vec![VecDeque::new(); n],
             respawning: 0,
+            retrying: 0,
             kill_cause: vec![None; n],
             link_fds: vec![None; n],
         }
@@ -193,18 +196,28 @@ impl<O> Shared<O> {
         }
     }
 
-    /// Places a task for `route`, waiting while the chosen worker is full or being replaced if
-    /// `wait`. On refusal the pending entry is handed back.
+    /// Places a task for `route` (under a new id, or under `retry`'s own id), waiting while the
+    /// chosen worker is full or being replaced if `wait`. On refusal the pending entry is
+    /// handed back.
     pub(crate) async fn place(
         &self,
         route: Route,
+        retry: Option<TaskId>,
         pending: Pending<O>,
         wait: bool,
     ) -> Result<(usize, TaskId), (Refusal, Pending<O>)> {
         loop {
             let listener = {
                 let mut inner = self.lock();
-                match inner.state.submit(route, pending.payload.clone()) {
+                let payload = pending.payload.clone();
+                let placed = match retry {
+                    Some(id) => inner
+                        .state
+                        .resubmit(route, id, payload)
+                        .map(|worker| (worker, id)),
+                    None => inner.state.submit(route, payload),
+                };
+                match placed {
                     Ok((worker, id)) => {
                         pending.attempts.fetch_add(1, Ordering::Relaxed);
                         inner.pending.insert(id, pending);
@@ -253,11 +266,12 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     continue;
                 };
                 if running && p.attempts.load(Ordering::Relaxed) <= self.settings.retries {
-                    retry.push(p);
+                    retry.push((id, p));
                 } else {
                     lost.push(p.done);
                 }
             }
+            inner.retrying += retry.len();
             let respawn_after = match &self.respawner {
                 Some(r) if running => {
                     let now = self.runtime.now();
@@ -314,15 +328,18 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         if !retry.is_empty() {
             let shared = self.clone();
             self.runtime.spawn(Box::pin(async move {
-                for p in retry {
-                    // At-least-once: the task may have run partly on the dead worker.
-                    if let Err((_, p)) = shared.place(Route::Any, p, true).await {
+                for (id, p) in retry {
+                    // At-least-once: the task may have run partly on the dead worker. It keeps
+                    // its id, which goes on tagging its outputs.
+                    if let Err((_, p)) = shared.place(Route::Any, Some(id), p, true).await {
                         let _ = p.done.send(Err(TaskError::Lost {
                             worker,
                             exit,
                             cause: Some("no worker could take its retry".into()),
                         }));
                     }
+                    shared.lock().retrying -= 1;
+                    shared.exited.notify(usize::MAX);
                 }
             }));
         }

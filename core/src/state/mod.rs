@@ -185,6 +185,25 @@ impl<P: Clone> PoolState<P> {
         Ok((worker, id))
     }
 
+    /// Accepts again, under its own id, a task whose worker died holding it (a retry): the
+    /// id keeps tagging its outputs. Routed like [`submit`](Self::submit).
+    pub fn resubmit(&mut self, route: Route, id: TaskId, payload: P) -> Result<usize, Refusal> {
+        debug_assert!(
+            id < self.next_id,
+            "only an id this pool gave out can be resubmitted"
+        );
+        debug_assert!(
+            (0..self.slots.len()).all(|k| !self.slots[k].holds(id)),
+            "task {id} is still held"
+        );
+        let worker = self.choose(route)?;
+        self.slots[worker].accept(id, payload);
+        if route == Route::Any {
+            self.cursor = (worker + 1) % self.slots.len();
+        }
+        Ok(worker)
+    }
+
     /// Accepts one copy of a task for every live worker, all or nothing: if any live worker is
     /// full, nothing is queued. Each copy is queued behind everything already queued for its
     /// worker. Returns `(worker, id)` for each copy, in worker order.

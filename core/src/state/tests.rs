@@ -298,3 +298,15 @@ fn replays_respect_capacity_and_come_before_any_other_task() {
     let rest = task_payloads(&mut s, 0);
     assert_eq!(rest, [1, 2]);
 }
+
+#[test]
+fn a_lost_task_is_resubmitted_under_its_own_id() {
+    let mut s = ready(2, 2, 1);
+    let (_, id) = s.submit(Route::Worker(0), 7).unwrap();
+    assert_eq!(s.handle_exit(0), [id]);
+    assert_eq!(s.resubmit(Route::Any, id, 7), Ok(1));
+    assert!(s.holds(1, id));
+    assert_eq!(task_payloads(&mut s, 1), [7]);
+    s.handle_done(1, id).unwrap();
+    assert_eq!(s.held(1), 0);
+}

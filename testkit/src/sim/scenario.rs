@@ -99,6 +99,8 @@ pub struct Scenario {
     pub credit: usize,
     /// Tasks running at once per worker.
     pub concurrency: usize,
+    /// Times a lost task is sent again.
+    pub retries: u32,
     /// The consumer.
     pub consumer: Consumer,
     /// The script.
@@ -124,24 +126,18 @@ pub fn scenarios(max_ops: usize) -> impl Strategy<Value = Scenario> {
         2 => (1u16..50).prop_map(Consumer::Slow),
         1 => Just(Consumer::Never),
     ];
-    (
-        1usize..=3,
-        1usize..=3,
-        1usize..=3,
-        1usize..=2,
-        consumer,
-        prop::collection::vec(op, 0..max_ops),
+    let shape = (1usize..=3, 1usize..=3, 1usize..=3, 1usize..=2, 0u32..=2);
+    (shape, consumer, prop::collection::vec(op, 0..max_ops)).prop_map(
+        |((workers, capacity, credit, concurrency, retries), consumer, ops)| Scenario {
+            workers,
+            capacity,
+            credit,
+            concurrency,
+            retries,
+            consumer,
+            ops,
+        },
     )
-        .prop_map(
-            |(workers, capacity, credit, concurrency, consumer, ops)| Scenario {
-                workers,
-                capacity,
-                credit,
-                concurrency,
-                consumer,
-                ops,
-            },
-        )
 }
 
 /// What a run did, in order: compared between runs of the same seed.
@@ -186,6 +182,7 @@ async fn script(sim: Sim, s: Scenario, stop_timeout: Duration) -> Result<Trace, 
         .capacity(s.capacity)
         .result_credit(s.credit)
         .concurrency(s.concurrency)
+        .retries(s.retries)
         .stop_timeout(stop_timeout)
         .start()
         .await
@@ -308,13 +305,16 @@ async fn script(sim: Sim, s: Scenario, stop_timeout: Duration) -> Result<Trace, 
 
     // Every accepted task has ended by the time stop returned.
     let mut outcomes = Vec::new();
-    for (h, job) in accepted {
+    for (mut h, job) in accepted {
         let id = h.id();
-        let ended = h
+        let ended = (&mut h)
             .now_or_never()
             .ok_or(format!("task {id} had not ended when stop returned"))?;
-        trace.push(format!("task {id}: {ended:?}"));
-        outcomes.push((id, job, ended));
+        trace.push(format!(
+            "task {id}: {ended:?} after {} attempts",
+            h.attempts()
+        ));
+        outcomes.push((id, job, ended, h.attempts()));
     }
     // No worker outlives its pool: each one's exit was collected.
     ensure!(
@@ -335,15 +335,21 @@ async fn script(sim: Sim, s: Scenario, stop_timeout: Duration) -> Result<Trace, 
             .or_default()
             .push(*value);
     }
-    for (id, job, ended) in outcomes {
+    for (id, job, ended, attempts) in outcomes {
         let outputs = by_task.remove(&id).unwrap_or_default();
+        // A retried task may have emitted part of its outputs before its worker died: the
+        // last attempt's complete outputs come after them, under the same id.
+        let ends_with = |expected: &[u8]| match attempts {
+            1 => outputs == expected,
+            _ => outputs.ends_with(expected),
+        };
         match (&job, &ended) {
             (Job::Emit(n), Ok(())) => ensure!(
-                outputs == (0..*n).collect::<Vec<_>>(),
-                "task {id} ({job:?}) completed with outputs {outputs:?}"
+                ends_with(&(0..*n).collect::<Vec<_>>()),
+                "task {id} ({job:?}) completed after {attempts} attempts with outputs {outputs:?}"
             ),
             (Job::Nap(_), Ok(())) => {
-                ensure!(outputs == [0], "task {id} napped with outputs {outputs:?}")
+                ensure!(ends_with(&[0]), "task {id} napped with outputs {outputs:?}")
             }
             (Job::Fail, Err(TaskError::Failed { message })) => {
                 ensure!(message == "refused", "message {message:?}")
