@@ -21,6 +21,8 @@ mod pipe;
 mod pool;
 pub mod protocol;
 mod runtime;
+#[cfg(test)]
+mod send_sync;
 pub mod state;
 mod worker;
 
