@@ -269,7 +269,7 @@ impl<W: Worker> Builder<W> {
     }
 
     /// Retire a worker process (as [`recycle_after_tasks`](Self::recycle_after_tasks) does)
-    /// once its resident memory passes `bytes`, checked every second. Default: never.
+    /// once its resident memory passes `bytes`, checked at least once a second. Default: never.
     pub fn recycle_above_rss(mut self, bytes: u64) -> Self {
         self.rss_limit = Some(bytes);
         self

@@ -3,7 +3,7 @@
 use super::shared::Shared;
 use crate::launch::{Killer, Reaper};
 use crate::protocol::{
-    encode_header, encode_with_raw, split_body, FrameReader, ToParent, PROTOCOL_VERSION,
+    encode_header, encode_with_raw, split_body, FrameReader, ToParent, ToWorker, PROTOCOL_VERSION,
 };
 use crate::runtime::{BoxIo, Runtime};
 use crate::state::{Transmit, WorkerStatus};
@@ -241,34 +241,29 @@ async fn write_loop<O>(
     let mut buf = Vec::new();
     loop {
         let listener = shared.writers[worker].listen();
-        {
+        let transmits: Vec<Transmit<Arc<[u8]>>> = {
             let mut inner = shared.lock();
             let state = &mut inner.state;
-            if state.generation(worker) != generation
-                || state.status(worker) == WorkerStatus::Exited
-            {
+            let gone = matches!(
+                state.status(worker),
+                WorkerStatus::Exited | WorkerStatus::Replacing
+            );
+            if state.generation(worker) != generation || gone {
                 return;
             }
-            while let Some(transmit) = state.poll_transmit(worker) {
-                let encoded = match &transmit {
-                    Transmit::Task { id, payload } => encode_with_raw(
-                        &mut buf,
-                        &crate::protocol::ToWorker::Task { id: *id },
-                        payload,
-                        max_frame,
-                    ),
-                    Transmit::Ack(n) => encode_header(
-                        &mut buf,
-                        &crate::protocol::ToWorker::Ack { n: *n },
-                        max_frame,
-                    ),
-                    Transmit::Stop => {
-                        encode_header(&mut buf, &crate::protocol::ToWorker::Stop, max_frame)
-                    }
-                };
-                // Task sizes were checked when they were submitted.
-                encoded.expect("a queued frame fits the frame limit");
-            }
+            std::iter::from_fn(|| state.poll_transmit(worker)).collect()
+        };
+        // Encoded outside the lock: payloads may be large, and every submitter takes it.
+        for transmit in &transmits {
+            let encoded = match transmit {
+                Transmit::Task { id, payload } => {
+                    encode_with_raw(&mut buf, &ToWorker::Task { id: *id }, payload, max_frame)
+                }
+                Transmit::Ack(n) => encode_header(&mut buf, &ToWorker::Ack { n: *n }, max_frame),
+                Transmit::Stop => encode_header(&mut buf, &ToWorker::Stop, max_frame),
+            };
+            // Task sizes were checked when they were submitted.
+            encoded.expect("a queued frame fits the frame limit");
         }
         if buf.is_empty() {
             listener.await;

@@ -131,7 +131,8 @@ impl<W: Worker> Pool<W> {
             .map(|(h, _)| h)
     }
 
-    /// Sends `task` to worker `worker`, waiting while it is full.
+    /// Sends `task` to worker `worker`, waiting while it is full or being replaced; refused
+    /// with [`SubmitError::Unroutable`] if it has exited for good.
     pub async fn submit_to(
         &self,
         worker: usize,
@@ -143,7 +144,8 @@ impl<W: Worker> Pool<W> {
             .0)
     }
 
-    /// Sends `task` to worker `worker`, or hands it back at once if it is full.
+    /// Sends `task` to worker `worker`, or hands it back at once in [`SubmitError::Full`] if it
+    /// is full or being replaced.
     pub fn try_submit_to(
         &self,
         worker: usize,

@@ -50,7 +50,7 @@ pub enum Refusal {
         /// The number of workers in the pool.
         size: usize,
     },
-    /// A targeted submission named a worker that has exited.
+    /// A targeted submission named a worker that has exited and will not be replaced.
     #[error("worker {worker} has exited")]
     WorkerExited {
         /// The worker number asked for.
