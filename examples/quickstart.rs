@@ -20,6 +20,7 @@ use std::cell::Cell;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::signal::unix::SignalKind;
 
 /// Counts the primes below `limit` by trial division: a stand-in for any CPU-heavy job.
 fn count_primes(limit: u64) -> u64 {
@@ -245,14 +246,20 @@ fn main() -> Result<(), BoxError> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(run(
-                looppool_tokio::runtime(),
-                looppool_tokio::builder(),
-                jobs,
-                async {
-                    let _ = tokio::signal::ctrl_c().await;
-                },
-            ))
+            rt.block_on(async {
+                // Listen before the first job goes out, so that an early Ctrl-C is not lost
+                // (`ctrl_c()` would only start listening when first polled).
+                let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
+                run(
+                    looppool_tokio::runtime(),
+                    looppool_tokio::builder(),
+                    jobs,
+                    async move {
+                        interrupt.recv().await;
+                    },
+                )
+                .await
+            })
         }
     }
 }
