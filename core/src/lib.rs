@@ -30,7 +30,9 @@ pub use async_trait::async_trait;
 pub use error::{BoxError, CallError, Error, Exit, PutError, SubmitError, TaskError};
 pub use launch::{init, Entry, StartMethod};
 pub use pipe::{duplex, PipeCloser, PipeEnd};
-pub use pool::{Builder, Delivery, Outputs, Pool, Stopped, TaskHandle};
+pub use pool::{
+    metric_names, Builder, Delivery, Outputs, Pool, PoolStats, Stopped, TaskHandle, WorkerStats,
+};
 pub use runtime::{AsyncIo, BoxFuture, BoxIo, LocalBoxFuture, Runtime};
 pub use state::TaskId;
 pub use worker::{Context, Worker};

@@ -59,6 +59,12 @@ pub trait Runtime: Send + Sync + Debug + 'static {
         std::thread::Builder::new().name(name).spawn(body).map(drop)
     }
 
+    /// How many tasks are alive on the calling thread's runtime, where the runtime tells
+    /// (tokio's runtime metrics do); reported in a worker's statistics. The default: `None`.
+    fn alive_tasks(&self) -> Option<u64> {
+        None
+    }
+
     /// The current time. Overridable to simulate the flow of time in tests.
     fn now(&self) -> Instant {
         Instant::now()

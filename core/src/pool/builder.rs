@@ -9,11 +9,12 @@ use crate::launch::{launch_all, launch_one, LaunchOptions, Launched, StartMethod
 use crate::protocol::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use crate::runtime::Runtime;
 use crate::state::PoolState;
-use crate::worker::{Handshake, Worker, HELLO_LIMIT};
+use crate::worker::{filter_code, Handshake, Worker, HELLO_LIMIT};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::level_filters::LevelFilter;
 
 /// Configures a [`Pool`]. Made by [`Pool::builder`] (or an adapter's `builder()`).
 pub struct Builder<W> {
@@ -37,6 +38,9 @@ pub struct Builder<W> {
     stall_grace: Duration,
     recycle_after: Option<u64>,
     rss_limit: Option<u64>,
+    stats_interval: Option<Duration>,
+    blocked_threshold: Option<Duration>,
+    forward_logs: Option<LevelFilter>,
     _worker: PhantomData<fn() -> W>,
 }
 
@@ -136,6 +140,9 @@ impl<W: Worker> Builder<W> {
             stall_grace: Duration::from_secs(1),
             recycle_after: None,
             rss_limit: None,
+            stats_interval: Some(Duration::from_secs(1)),
+            blocked_threshold: None,
+            forward_logs: None,
             _worker: PhantomData,
         }
     }
@@ -275,6 +282,34 @@ impl<W: Worker> Builder<W> {
         self
     }
 
+    /// How often each worker reports its CPU use, memory, loop lag and task counts (see
+    /// [`Pool::stats`] and [`metric_names`](crate::metric_names)); `None` turns the reports
+    /// off. Default 1 s; at least 10 ms.
+    pub fn stats_interval(mut self, every: Option<Duration>) -> Self {
+        self.stats_interval = every;
+        self
+    }
+
+    /// Report a worker whose event loop has not turned for longer than `threshold`: a
+    /// `tracing` warning in the parent naming the worker and the tasks it was running, and the
+    /// `looppool_worker_blocked_total` counter. The worker is left alone (see
+    /// [`task_timeout`](Self::task_timeout) to kill it). Workers then send a heartbeat every
+    /// quarter of the threshold (between 10 ms and 500 ms). Default: off, since CPU-bound tasks
+    /// that block their worker's loop are what many pools are for; at least 40 ms.
+    pub fn blocked_threshold(mut self, threshold: Duration) -> Self {
+        self.blocked_threshold = Some(threshold);
+        self
+    }
+
+    /// The most verbose `tracing` level a worker forwards to the parent, where its events are
+    /// emitted again (target `looppool::worker`) with the pool, worker number and task id
+    /// attached. Default: the parent's own maximum level when the pool starts
+    /// ([`LevelFilter::current`]); [`LevelFilter::OFF`] turns forwarding off.
+    pub fn forward_logs(mut self, level: LevelFilter) -> Self {
+        self.forward_logs = Some(level);
+        self
+    }
+
     /// Announce another protocol version in the handshake, to test the refusal.
     #[cfg(feature = "fault-injection")]
     #[doc(hidden)]
@@ -309,6 +344,16 @@ impl<W: Worker> Builder<W> {
             "the frame limit must be between 64 KiB and 4 GiB",
         )?;
         check(
+            self.stats_interval
+                .is_none_or(|d| d >= Duration::from_millis(10)),
+            "the stats interval must be at least 10 ms",
+        )?;
+        check(
+            self.blocked_threshold
+                .is_none_or(|d| d >= Duration::from_millis(40)),
+            "the blocked threshold must be at least 40 ms",
+        )?;
+        check(
             self.task_timeout != Some(Duration::ZERO),
             "the task timeout must be positive",
         )?;
@@ -327,10 +372,15 @@ impl<W: Worker> Builder<W> {
     pub async fn start(self) -> Result<Pool<W>, Error> {
         let n = self.validate()?;
         let capacity = self.capacity.unwrap_or(self.concurrency.saturating_mul(2));
-        // Heartbeats only matter to the stall watchdog, which only runs with a task timeout.
+        // Heartbeats matter to the stall watchdog (which runs with a task timeout) and to
+        // blocked-loop reports; a quarter of the tighter limit keeps either from firing early.
         let stall_limit = self.task_timeout.map(|t| t + self.stall_grace);
-        let heartbeat = stall_limit
+        let heartbeat = [stall_limit, self.blocked_threshold]
+            .into_iter()
+            .flatten()
+            .min()
             .map(|l| (l / 4).clamp(Duration::from_millis(10), Duration::from_millis(500)));
+        let log_level = filter_code(self.forward_logs.unwrap_or_else(LevelFilter::current));
         let plan = Arc::new(LaunchPlan {
             method: self.start_method,
             opts: LaunchOptions {
@@ -349,6 +399,9 @@ impl<W: Worker> Builder<W> {
                 max_frame: self.max_frame,
                 task_timeout: self.task_timeout,
                 heartbeat,
+                stats: self.stats_interval,
+                log_level,
+                own_process: self.start_method != StartMethod::Thread,
                 pool_name: self.name.clone(),
                 worker_name: W::name().to_string(),
             },
@@ -409,6 +462,8 @@ impl<W: Worker> Builder<W> {
             recycle_after: self.recycle_after,
             rss_limit: self.rss_limit,
             stall_limit,
+            blocked_threshold: self.blocked_threshold,
+            concurrency: self.concurrency,
             monitor_every: heartbeat.unwrap_or(Duration::from_secs(1)),
             processes: self.start_method != StartMethod::Thread,
         };

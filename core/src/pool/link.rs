@@ -115,13 +115,17 @@ pub(crate) fn spawn<O: DeserializeOwned + Send + 'static>(
     let read = read_loop(shared.clone(), worker, generation, reader, killer, reaper);
     runtime.spawn(Box::pin(read));
     let settings = &shared.settings;
-    if settings.stall_limit.is_some() || (settings.rss_limit.is_some() && settings.processes) {
+    if settings.stall_limit.is_some()
+        || settings.blocked_threshold.is_some()
+        || (settings.rss_limit.is_some() && settings.processes)
+    {
         runtime.spawn(Box::pin(monitor(shared.clone(), worker, generation)));
     }
 }
 
-/// Watches one incarnation: kills it if its loop stops turning while it holds tasks (a task
-/// ran past its timeout without yielding), retires it if its memory passes the limit.
+/// Watches one incarnation: reports its loop as blocked when it falls silent past the
+/// threshold, kills it if its loop stops turning while it holds tasks (a task ran past its
+/// timeout without yielding), retires it if its memory passes the limit.
 async fn monitor<O: DeserializeOwned + Send + 'static>(
     shared: Arc<Shared<O>>,
     worker: usize,
@@ -146,6 +150,9 @@ async fn monitor<O: DeserializeOwned + Send + 'static>(
         if !current {
             return;
         }
+        if let Some(threshold) = settings.blocked_threshold {
+            watch_blocked(&shared, worker, threshold);
+        }
         if let Some(limit) = settings.stall_limit {
             let silent = shared.silent_for(worker);
             if held > 0 && silent > limit {
@@ -166,6 +173,47 @@ async fn monitor<O: DeserializeOwned + Send + 'static>(
                 shared.room[worker].notify(usize::MAX);
             }
         }
+    }
+}
+
+/// Reports worker `worker` as blocked when it has been silent past `threshold`, once per
+/// episode, and notes when it turns again.
+fn watch_blocked<O>(shared: &Shared<O>, worker: usize, threshold: Duration) {
+    let silent = shared.silent_for(worker);
+    let now = shared.runtime.now();
+    let mut inner = shared.lock();
+    let concurrency = shared.settings.concurrency;
+    let blocked = silent > threshold;
+    match (blocked, inner.accounts[worker].blocked_since) {
+        (true, None) => {
+            // Tasks start in the order they were sent, so the oldest ones held are running.
+            let mut running = inner.state.held_ids(worker);
+            running.truncate(concurrency);
+            let account = &mut inner.accounts[worker];
+            account.blocked_since = Some(now - silent);
+            account.blocked_total += 1;
+            drop(inner);
+            shared.instruments[worker].blocked.increment(1);
+            tracing::warn!(
+                pool = %shared.settings.name,
+                worker,
+                tasks = ?running,
+                blocked_for = ?silent,
+                "the event loop of worker {worker} has not turned for {silent:?} (threshold \
+                 {threshold:?}); running tasks {running:?}"
+            );
+        }
+        (false, Some(since)) => {
+            inner.accounts[worker].blocked_since = None;
+            drop(inner);
+            let took = now.saturating_duration_since(since).saturating_sub(silent);
+            tracing::info!(
+                pool = %shared.settings.name,
+                worker,
+                "the event loop of worker {worker} turns again after about {took:?}"
+            );
+        }
+        _ => {}
     }
 }
 

@@ -5,9 +5,11 @@ mod handle;
 mod link;
 mod respawn;
 mod shared;
+mod stats;
 
 pub use builder::Builder;
 pub use handle::{Delivery, Outputs, TaskHandle};
+pub use stats::{names as metric_names, PoolStats, WorkerStats};
 
 use crate::error::{CallError, Exit, SubmitError, TaskError};
 use crate::runtime::Runtime;
@@ -111,6 +113,27 @@ impl<W: Worker> Pool<W> {
         let inner = self.shared.lock();
         inner.killers.get(worker)?.as_ref()?;
         inner.pids.get(worker).copied().flatten()
+    }
+
+    /// A snapshot of every worker: resource use and loop lag as each last reported them, and
+    /// the parent's own counts of tasks, losses, latencies and blocked loops.
+    ///
+    /// The same figures go to the `metrics` facade as they arrive (see [`metric_names`]), so
+    /// any installed recorder exports them; this needs none.
+    pub fn stats(&self) -> PoolStats {
+        let now = self.shared.runtime.now();
+        let inner = self.shared.lock();
+        let workers = (0..inner.state.size())
+            .map(|k| {
+                let s = &inner.state;
+                let pid = inner.killers[k].as_ref().and(inner.pids[k]);
+                inner.accounts[k].snapshot(k, pid, s.status(k), s.held(k), s.unacked(k), now)
+            })
+            .collect();
+        PoolStats {
+            name: self.shared.settings.name.clone(),
+            workers,
+        }
     }
 
     /// The stream of outputs that are not replies to [`call`](Self::call).
@@ -247,6 +270,7 @@ impl<W: Worker> Pool<W> {
             reply: reply_tx,
             payload,
             attempts: attempts.clone(),
+            since: self.shared.runtime.now(),
         };
         (pending, (rx, attempts, reply_rx))
     }

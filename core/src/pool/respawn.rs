@@ -140,6 +140,8 @@ async fn register<O: DeserializeOwned + Send + 'static>(
             inner.exits[worker] = None;
             inner.completed[worker] = 0;
             inner.kill_cause[worker] = None;
+            inner.accounts[worker].restarts += 1;
+            shared.instruments[worker].restarts.increment(1);
             Some(generation)
         } else {
             None

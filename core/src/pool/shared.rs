@@ -8,6 +8,7 @@
 
 use super::handle::{AckSink, Acker, Delivery};
 use super::respawn::{self, Respawner};
+use super::stats::{Account, Instruments};
 use crate::error::{Exit, TaskError};
 use crate::launch::Killer;
 use crate::protocol::{split_body, ToParent, WireOutcome};
@@ -30,6 +31,8 @@ pub(crate) struct Pending<O> {
     pub(crate) payload: Arc<[u8]>,
     /// How many times it was sent, shared with its handle.
     pub(crate) attempts: Arc<AtomicU32>,
+    /// When it was submitted, for its latency.
+    pub(crate) since: Instant,
 }
 
 pub(crate) struct Inner<O> {
@@ -52,6 +55,8 @@ pub(crate) struct Inner<O> {
     pub(crate) kill_cause: Vec<Option<String>>,
     /// The parent's end of each live link, as a descriptor, for forked replacements to close.
     pub(crate) link_fds: Vec<Option<std::os::fd::RawFd>>,
+    /// What the parent knows about each worker, for statistics.
+    pub(crate) accounts: Vec<Account>,
 }
 
 impl<O> Inner<O> {
@@ -74,6 +79,7 @@ impl<O> Inner<O> {
             retrying: 0,
             kill_cause: vec![None; n],
             link_fds: vec![None; n],
+            accounts: (0..n).map(|_| Account::default()).collect(),
         }
     }
 }
@@ -92,8 +98,12 @@ pub(crate) struct Settings {
     pub(crate) rss_limit: Option<u64>,
     /// Kill a worker whose loop has not turned for this long while it holds tasks.
     pub(crate) stall_limit: Option<Duration>,
+    /// Report a worker whose loop has not turned for this long.
+    pub(crate) blocked_threshold: Option<Duration>,
     /// How often a link's monitor looks at its worker.
     pub(crate) monitor_every: Duration,
+    /// Tasks one worker runs at once.
+    pub(crate) concurrency: usize,
     /// Whether workers are processes (not threads), so they have their own pid and memory.
     pub(crate) processes: bool,
 }
@@ -115,6 +125,8 @@ pub(crate) struct Shared<O> {
     /// Per worker: when a frame last arrived, in microseconds since `base`.
     pub(crate) last_seen: Vec<AtomicU64>,
     pub(crate) base: Instant,
+    /// Per worker: its metric handles.
+    pub(crate) instruments: Vec<Instruments>,
 }
 
 impl<O> Shared<O> {
@@ -127,6 +139,10 @@ impl<O> Shared<O> {
         let n = inner.state.size();
         let (outputs, outputs_rx) = async_channel::unbounded();
         let base = runtime.now();
+        super::stats::describe();
+        let instruments = (0..n)
+            .map(|w| Instruments::new(&settings.name, w))
+            .collect();
         Self {
             inner: Mutex::new(inner),
             room: (0..n).map(|_| Event::new()).collect(),
@@ -139,6 +155,7 @@ impl<O> Shared<O> {
             respawner,
             last_seen: (0..n).map(|_| AtomicU64::new(0)).collect(),
             base,
+            instruments,
         }
     }
 
@@ -272,6 +289,9 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 }
             }
             inner.retrying += retry.len();
+            let account = &mut inner.accounts[worker];
+            account.lost(lost.len(), &self.instruments[worker]);
+            account.incarnation_ended();
             let respawn_after = match &self.respawner {
                 Some(r) if running => {
                     let now = self.runtime.now();
@@ -384,6 +404,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 }
             }
             ToParent::Done { task, outcome } => {
+                let now = self.runtime.now();
                 let result = match outcome {
                     WireOutcome::Completed => Ok(()),
                     WireOutcome::Failed(m) => Err(TaskError::Failed { message: m.into() }),
@@ -406,7 +427,16 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                         .recycle_after
                         .is_some_and(|m| inner.completed[worker] >= m)
                         && inner.state.handle_retire(worker);
-                    (inner.pending.remove(&task), retiring, replay)
+                    let pending = inner.pending.remove(&task);
+                    if let Some(p) = &pending {
+                        let latency = now.saturating_duration_since(p.since);
+                        inner.accounts[worker].ended(
+                            result.is_ok(),
+                            latency,
+                            &self.instruments[worker],
+                        );
+                    }
+                    (pending, retiring, replay)
                 };
                 if retiring || replay {
                     tracing::debug!(pool = %self.settings.name, worker, "recycling worker {worker} after its task limit");
@@ -424,6 +454,18 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     .map_err(|v| v.to_string())?;
             }
             ToParent::Alive => {}
+            ToParent::Stats(stats) => {
+                let now = self.runtime.now();
+                let mut inner = self.lock();
+                let (held, unacked) = (inner.state.held(worker), inner.state.unacked(worker));
+                inner.accounts[worker].report(stats, now, held, unacked, &self.instruments[worker]);
+            }
+            ToParent::Log {
+                level,
+                task,
+                target,
+                message,
+            } => relay(&self.settings.name, worker, level, task, target, message),
             ToParent::Ready { .. } => return Err("a second handshake".into()),
             ToParent::Rejected { reason } => return Err(format!("the worker hung up: {reason}")),
             ToParent::InitFailed { message } => return Err(format!("init failed late: {message}")),
@@ -441,6 +483,45 @@ impl<O: Send + 'static> AckSink for Shared<O> {
         };
         if wake {
             self.wake_writer(worker);
+        }
+    }
+}
+
+/// Emits a worker's `tracing` event in the parent, with target `looppool::worker`, the pool,
+/// the worker number, the task id (if it was emitted in a task) and the worker-side target.
+fn relay(pool: &str, worker: usize, level: u8, task: Option<u64>, target: &str, message: &str) {
+    use tracing::Level;
+    let task = TaskField(task);
+    macro_rules! relay {
+        ($level:expr) => {
+            tracing::event!(
+                target: "looppool::worker",
+                $level,
+                pool,
+                worker,
+                task = %task,
+                worker_target = target,
+                "{message}"
+            )
+        };
+    }
+    match level {
+        1 => relay!(Level::ERROR),
+        2 => relay!(Level::WARN),
+        3 => relay!(Level::INFO),
+        4 => relay!(Level::DEBUG),
+        _ => relay!(Level::TRACE),
+    }
+}
+
+/// A task id as a log field: the number, or `-` for an event emitted outside any task.
+struct TaskField(Option<u64>);
+
+impl std::fmt::Display for TaskField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => f.write_str("-"),
         }
     }
 }

@@ -20,7 +20,7 @@ pub(crate) use reader::{read_frame_blocking, FrameError, FrameReader};
 use serde::{Deserialize, Serialize};
 
 /// The version of the wire protocol this build speaks. Both ends must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The default limit on a frame's body, in bytes (16 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
@@ -43,6 +43,12 @@ pub(crate) enum ToWorker<'a> {
         task_timeout_ms: u64,
         /// Send [`ToParent::Alive`] this often, in milliseconds (0: never).
         heartbeat_ms: u64,
+        /// Send [`ToParent::Stats`] this often, in milliseconds (0: never).
+        stats_ms: u64,
+        /// The most verbose `tracing` level to forward (0: none, 1: error, ..., 5: trace).
+        log_level: u8,
+        /// Whether the worker has a process of its own (not a thread of the parent's).
+        own_process: bool,
         #[serde(borrow)]
         pool_name: &'a str,
         #[serde(borrow)]
@@ -83,6 +89,40 @@ pub(crate) enum ToParent<'a> {
     Bye,
     /// The worker's event loop is turning (sent every `heartbeat_ms`).
     Alive,
+    /// What the worker measured of itself (sent every `stats_ms`).
+    Stats(WireStats),
+    /// A `tracing` event emitted in the worker.
+    Log {
+        /// 1: error, 2: warn, 3: info, 4: debug, 5: trace.
+        level: u8,
+        /// The task being polled when the event was emitted.
+        task: Option<u64>,
+        #[serde(borrow)]
+        target: &'a str,
+        #[serde(borrow)]
+        message: &'a str,
+    },
+}
+
+/// A worker's measurements of itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct WireStats {
+    /// CPU time used (user + system), in microseconds since the worker started.
+    pub(crate) cpu_us: u64,
+    /// Resident memory, in bytes.
+    pub(crate) rss: u64,
+    /// Peak resident memory, in bytes.
+    pub(crate) peak_rss: u64,
+    /// How late the loop's periodic timer fired at worst since the last report, in microseconds.
+    pub(crate) lag_us: u64,
+    /// Tasks received and not started.
+    pub(crate) queued: u32,
+    /// Tasks running.
+    pub(crate) running: u32,
+    /// Tasks alive on the worker's runtime, where the runtime tells.
+    pub(crate) runtime_tasks: Option<u64>,
+    /// Log events dropped since the worker started because the link was backed up.
+    pub(crate) logs_dropped: u64,
 }
 
 /// How a task ended, as the worker reports it.
@@ -120,6 +160,9 @@ mod tests {
             max_frame: 1024,
             task_timeout_ms: 0,
             heartbeat_ms: 0,
+            stats_ms: 0,
+            log_level: 0,
+            own_process: true,
             pool_name: "p",
             worker_name: "w",
         };

@@ -485,6 +485,11 @@ impl<P: Clone> PoolState<P> {
         self.slots[worker].held()
     }
 
+    /// The tasks `worker` holds, oldest first.
+    pub fn held_ids(&self, worker: usize) -> Vec<TaskId> {
+        self.slots[worker].held_ids()
+    }
+
     /// Whether `worker` holds task `id`.
     pub fn holds(&self, worker: usize, id: TaskId) -> bool {
         self.slots[worker].holds(id)

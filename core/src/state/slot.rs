@@ -118,6 +118,12 @@ impl<P> Slot<P> {
         self.tasks.len()
     }
 
+    pub(super) fn held_ids(&self) -> Vec<TaskId> {
+        let mut ids: Vec<_> = self.tasks.iter().map(|(&id, &seq)| (seq, id)).collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
     pub(super) fn holds(&self, id: TaskId) -> bool {
         self.tasks.contains_key(&id)
     }
@@ -201,9 +207,9 @@ impl<P> Slot<P> {
         self.status = WorkerStatus::Exited;
         self.outbox.clear();
         self.ack_due = 0;
-        let mut lost: Vec<(u64, TaskId)> = self.tasks.drain().map(|(id, seq)| (seq, id)).collect();
-        lost.sort_unstable();
-        lost.into_iter().map(|(_, id)| id).collect()
+        let lost = self.held_ids();
+        self.tasks.clear();
+        lost
     }
 
     pub(super) fn replace(&mut self) -> u64 {

@@ -27,6 +27,12 @@ pub(super) struct Link {
     pub(super) closed: Cell<bool>,
     /// Set by fault injection: close the link once the writer has flushed.
     pub(super) hang_up: Cell<bool>,
+    /// Whether the worker has a process of its own (not a thread of the parent's).
+    pub(super) own_process: bool,
+    /// Tasks running now.
+    pub(super) running: Cell<usize>,
+    /// Log events dropped because the link was backed up.
+    pub(super) logs_dropped: Cell<u64>,
     /// The worker's runtime, for timers.
     pub(super) runtime: std::sync::Arc<dyn crate::runtime::Runtime>,
 }

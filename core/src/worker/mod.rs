@@ -1,9 +1,11 @@
 //! The worker side: the [`Worker`] trait users implement and the [`Context`] it is given.
 
 mod context;
+mod observe;
 mod serve;
 
 pub use context::Context;
+pub(crate) use observe::filter_code;
 pub(crate) use serve::{exit_code, rejection, serve, Handshake, HELLO_LIMIT};
 
 #[cfg(feature = "fault-injection")]

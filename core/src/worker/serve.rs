@@ -11,6 +11,7 @@
 //! when the parent breaks the protocol.
 
 use super::context::{Context, Link};
+use super::observe::{self, Forwarding, InTask};
 use super::Worker;
 use crate::error::{error_chain, panic_message};
 use crate::protocol::{
@@ -59,6 +60,12 @@ pub(crate) struct Handshake {
     pub(crate) max_frame: usize,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) heartbeat: Option<Duration>,
+    /// Report resource use and loop lag this often.
+    pub(crate) stats: Option<Duration>,
+    /// The most verbose `tracing` level forwarded to the parent (wire code, 0: none).
+    pub(crate) log_level: u8,
+    /// Whether the worker has a process of its own.
+    pub(crate) own_process: bool,
     pub(crate) pool_name: String,
     pub(crate) worker_name: String,
 }
@@ -94,6 +101,9 @@ impl Handshake {
                     max_frame,
                     task_timeout_ms,
                     heartbeat_ms,
+                    stats_ms,
+                    log_level,
+                    own_process,
                     pool_name,
                     worker_name,
                     ..
@@ -107,6 +117,9 @@ impl Handshake {
                 max_frame: max_frame as usize,
                 task_timeout: from_millis(task_timeout_ms),
                 heartbeat: from_millis(heartbeat_ms),
+                stats: from_millis(stats_ms),
+                log_level,
+                own_process,
                 pool_name: pool_name.to_string(),
                 worker_name: worker_name.to_string(),
             }),
@@ -126,6 +139,9 @@ impl Handshake {
             max_frame: self.max_frame as u32,
             task_timeout_ms: millis(self.task_timeout),
             heartbeat_ms: millis(self.heartbeat),
+            stats_ms: millis(self.stats),
+            log_level: self.log_level,
+            own_process: self.own_process,
             pool_name: &self.pool_name,
             worker_name: &self.worker_name,
         };
@@ -142,10 +158,15 @@ pub(crate) fn rejection(reason: &str) -> Vec<u8> {
 }
 
 fn truncate(message: &str) -> &str {
-    if message.len() <= MESSAGE_LIMIT {
+    truncate_to(message, MESSAGE_LIMIT)
+}
+
+/// The longest prefix of `message` of at most `limit` bytes that ends on a character boundary.
+pub(super) fn truncate_to(message: &str, limit: usize) -> &str {
+    if message.len() <= limit {
         return message;
     }
-    let mut end = MESSAGE_LIMIT;
+    let mut end = limit;
     while !message.is_char_boundary(end) {
         end -= 1;
     }
@@ -207,8 +228,16 @@ pub(crate) async fn serve<W: Worker>(
         wake_writer: Event::new(),
         closed: Cell::new(false),
         hang_up: Cell::new(false),
+        own_process: hs.own_process,
+        running: Cell::new(0),
+        logs_dropped: Cell::new(0),
         runtime: runtime.clone(),
     });
+    // Events (and, in a process of its own, panic messages) go to the parent from here on.
+    let _forwarding = Forwarding::start(&link, hs.log_level);
+    if hs.own_process && hs.log_level > 0 {
+        observe::install_panic_hook();
+    }
 
     let init_ctx = Context::new(link.clone(), None);
     let worker = match AssertUnwindSafe(W::init(&init_ctx)).catch_unwind().await {
@@ -255,7 +284,7 @@ pub(crate) async fn serve<W: Worker>(
         hs.concurrency,
         hs.task_timeout
     ));
-    let beat = pin!(heartbeat(&link, hs.heartbeat));
+    let beat = pin!(ticker(&link, &inbox, hs.heartbeat, hs.stats));
     let end = match select(select(read, beat), select(write, run)).await {
         Either::Left((Either::Left((end, _)), _)) => end,
         Either::Left((Either::Right((end, _)), _)) => end,
@@ -306,22 +335,49 @@ where
     }
 }
 
-/// Tells the parent, every `every`, that this loop is turning; it never ends.
-async fn heartbeat(link: &Link, every: Option<Duration>) -> End {
-    let Some(every) = every else {
-        return std::future::pending().await;
-    };
+/// Times the loop with a periodic timer: how late it fires is the loop's lag. Every tick tells
+/// the parent the loop is turning (when heartbeats are on); every `stats` it also reports what
+/// the worker measured of itself. It never ends.
+async fn ticker<T>(
+    link: &Link,
+    inbox: &Inbox<T>,
+    heartbeat: Option<Duration>,
+    stats: Option<Duration>,
+) -> End {
+    let period = match (heartbeat, stats) {
+        (None, None) => return std::future::pending().await,
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+    }
+    .max(Duration::from_millis(10));
+    let runtime = &link.runtime;
+    let mut worst = Duration::ZERO;
+    let mut last_report = runtime.now();
     loop {
-        link.runtime.sleep(every).await;
-        if !link.closed.get() {
-            encode_header(
-                &mut link.outgoing.borrow_mut(),
-                &ToParent::Alive,
-                link.max_frame,
-            )
-            .expect("small frame");
-            link.wake_writer.notify(1);
+        let before = runtime.now();
+        runtime.sleep(period).await;
+        let now = runtime.now();
+        worst = worst.max(now.saturating_duration_since(before).saturating_sub(period));
+        if link.closed.get() {
+            continue;
         }
+        let report = stats.filter(|every| {
+            now.saturating_duration_since(last_report) >= every.saturating_sub(period / 2)
+        });
+        let frame = match report {
+            Some(_) => {
+                let queued = inbox.queue.borrow().len();
+                let measured = observe::sample(link, worst, queued);
+                worst = Duration::ZERO;
+                last_report = now;
+                ToParent::Stats(measured)
+            }
+            None if heartbeat.is_some() => ToParent::Alive,
+            None => continue,
+        };
+        encode_header(&mut link.outgoing.borrow_mut(), &frame, link.max_frame)
+            .expect("small frame");
+        link.wake_writer.notify(1);
     }
 }
 
@@ -375,6 +431,7 @@ async fn run_loop<W: Worker>(
             };
             running.push(run_one(worker.clone(), link.clone(), id, task, timeout).boxed_local());
         }
+        link.running.set(running.len());
         if running.is_empty() && inbox.stopping.get() && inbox.queue.borrow().is_empty() {
             break;
         }
@@ -431,8 +488,12 @@ async fn run_one<W: Worker>(
         Err(message) => return (id, Ended::Failed(message)),
     };
     let runtime = link.runtime.clone();
+    let link_own_process = link.own_process;
     let ctx = Context::new(link, Some(id));
-    let run = AssertUnwindSafe(worker.process(task, &ctx)).catch_unwind();
+    let run = InTask {
+        task: id,
+        future: AssertUnwindSafe(worker.process(task, &ctx)).catch_unwind(),
+    };
     let outcome = match timeout {
         None => Some(run.await),
         // Dropping the task's future cancels it at its current await.
@@ -444,7 +505,20 @@ async fn run_one<W: Worker>(
     let ended = match outcome {
         Some(Ok(Ok(()))) => Ended::Completed,
         Some(Ok(Err(e))) => Ended::Failed(error_chain(&*e)),
-        Some(Err(panic)) => Ended::Panicked(panic_message(&*panic)),
+        Some(Err(panic)) => {
+            let message = panic_message(&*panic);
+            // A worker with a process of its own forwards panics from its panic hook; one
+            // that is a thread of the parent leaves the parent's hook alone and says it here.
+            if !link_own_process {
+                observe::forward_for(
+                    id,
+                    1,
+                    "looppool::panic",
+                    &format!("task panicked: {message}"),
+                );
+            }
+            Ended::Panicked(message)
+        }
         None => Ended::TimedOut(timeout.unwrap_or_default()),
     };
     (id, ended)

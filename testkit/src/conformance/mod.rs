@@ -16,6 +16,7 @@
 //! per start method, sequentially on the main thread: fork trials first, while the process
 //! still has a single thread, then re-exec, then threads.
 
+pub mod capture;
 mod probe;
 mod trials;
 
@@ -143,6 +144,8 @@ pub fn run(entries: &[Entry], parents: &[Parent], trials: Vec<Trial>) {
         (parent.run)(method);
         return;
     }
+    // Trials check what the pool (and its workers, through it) logged.
+    capture::install();
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     libtest_mimic::run(&args, trials).exit();

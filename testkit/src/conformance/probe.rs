@@ -70,6 +70,8 @@ pub enum Task {
     Pid,
     /// Allocate and keep this many MiB.
     Grow(usize),
+    /// Emit an `INFO` `tracing` event with this message and a field `answer = 42`.
+    Log(String),
 }
 
 /// What a [`Probe`] emits.
@@ -190,6 +192,7 @@ impl Worker for Probe {
                 std::hint::black_box(&block);
                 std::mem::forget(block);
             }
+            Task::Log(message) => tracing::info!(answer = 42, "{message}"),
             Task::SpinUntilExists(path) => {
                 while !std::path::Path::new(&path).exists() {
                     std::hint::spin_loop();

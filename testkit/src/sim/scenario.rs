@@ -184,6 +184,9 @@ async fn script(sim: Sim, s: Scenario, stop_timeout: Duration) -> Result<Trace, 
         .concurrency(s.concurrency)
         .retries(s.retries)
         .stop_timeout(stop_timeout)
+        // Periodic reports would keep simulated time moving and hide a deadlock from the
+        // executor's detection.
+        .stats_interval(None)
         .start()
         .await
         .map_err(|e| format!("start: {e}"))?;
