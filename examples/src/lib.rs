@@ -1,5 +1,6 @@
 //! Helpers the examples share. The examples themselves live beside this crate (`quickstart.rs`,
-//! `fetch.rs`, `web.rs`, `stateful.rs`, `subscribe.rs`), and `tests/` runs each of them.
+//! `fetch.rs`, `web.rs`, `stateful.rs`, `subscribe.rs`,
+//! `metrics.rs`, `top.rs`), and `tests/` runs each of them.
 #![forbid(unsafe_code)]
 
 pub mod http;

@@ -241,3 +241,59 @@ fn subscribe_delivers_every_unsolicited_tick_in_order_under_back_pressure() {
         "the worker never waited for credit:\n{stdout}"
     );
 }
+
+/// The value of the series `name` for worker `worker` in a Prometheus scrape, if present.
+fn series(scrape: &str, name: &str, worker: usize) -> Option<f64> {
+    let labels = format!("{{pool=\"metrics-demo\",worker=\"{worker}\"}}");
+    scrape.lines().find_map(|line| {
+        let rest = line.trim().strip_prefix(name)?.strip_prefix(&labels)?;
+        rest.trim().parse().ok()
+    })
+}
+
+#[test]
+fn metrics_serves_a_scrape_with_per_worker_series() {
+    let stdout = stdout_of("metrics", &[]);
+    assert!(stdout.contains("HTTP 200"), "{stdout}");
+    let mut ended = 0.0;
+    for worker in 0..2 {
+        let value = |name: &str| {
+            series(&stdout, name, worker)
+                .unwrap_or_else(|| panic!("no {name} for worker {worker} in\n{stdout}"))
+        };
+        assert!(value("looppool_worker_rss_bytes") > 1e6, "{stdout}");
+        assert!(value("looppool_worker_peak_rss_bytes") >= value("looppool_worker_rss_bytes"));
+        assert!(value("looppool_worker_cpu_ratio") >= 0.0);
+        assert!(value("looppool_worker_loop_lag_seconds") >= 0.0);
+        assert_eq!(value("looppool_worker_tasks_held"), 0.0, "{stdout}");
+        assert_eq!(value("looppool_tasks_lost_total"), 0.0, "{stdout}");
+        let count = value("looppool_task_latency_seconds_count");
+        let done = value("looppool_tasks_completed_total") + value("looppool_tasks_failed_total");
+        assert_eq!(count, done, "worker {worker}: {stdout}");
+        ended += done;
+    }
+    // 40 jobs; those whose round count is a multiple of 7 (5 of them) fail.
+    assert_eq!(ended, 40.0, "{stdout}");
+    assert!(stdout.contains("40 jobs ran, 5 refused"), "{stdout}");
+    assert!(stdout.contains("pool stopped (graceful: true)"), "{stdout}");
+}
+
+#[test]
+fn top_draws_a_row_per_worker() {
+    let stdout = stdout_of("top", &["--headless", "--frames", "2", "--workers", "3"]);
+    assert!(
+        stdout.contains("looppool top: pool \"top\", 3 workers"),
+        "{stdout}"
+    );
+    for worker in 0..3 {
+        let row = stdout
+            .lines()
+            .find(|l| l.trim_start_matches('│').starts_with(&format!("{worker} ")));
+        let row = row.unwrap_or_else(|| panic!("no row for worker {worker}:\n{stdout}"));
+        assert!(
+            row.contains("MiB") && row.contains(" ms") && row.contains('%'),
+            "{row}"
+        );
+    }
+    assert!(stdout.contains("pool stopped (graceful: true)"), "{stdout}");
+}
