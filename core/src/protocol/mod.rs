@@ -135,6 +135,41 @@ pub(crate) enum WireOutcome<'a> {
     TimedOut(u64),
 }
 
+/// The codec's hot paths, exposed for the micro-benchmarks in `looppool-bench` (feature
+/// `bench`). Not a stable interface.
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench {
+    use super::*;
+
+    /// Appends a task frame: header, then the postcard encoding of `task`.
+    pub fn encode_task<T: Serialize>(buf: &mut Vec<u8>, id: u64, task: &T) {
+        encode_with_payload(buf, &ToWorker::Task { id }, task, usize::MAX).expect("encodable");
+    }
+
+    /// Appends an output frame of task `id`.
+    pub fn encode_output<T: Serialize>(buf: &mut Vec<u8>, id: u64, output: &T) {
+        let header = ToParent::Output { task: Some(id) };
+        encode_with_payload(buf, &header, output, usize::MAX).expect("encodable");
+    }
+
+    /// Reads every frame in `bytes` as a worker does: decodes each task's header and payload;
+    /// returns how many there were.
+    pub fn decode_tasks<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> usize {
+        let mut reader = FrameReader::new(futures_util::io::Cursor::new(bytes), usize::MAX);
+        let mut n = 0;
+        futures_executor::block_on(async {
+            while let Some(body) = reader.next().await.expect("well-formed frames") {
+                let (header, payload) = split_body::<ToWorker<'_>>(body).expect("a header");
+                assert!(matches!(header, ToWorker::Task { .. }));
+                let _: T = postcard::from_bytes(payload).expect("a task");
+                n += 1;
+            }
+        });
+        n
+    }
+}
+
 /// Reads the protocol version out of a `Hello` body without decoding the rest of it.
 pub(crate) fn hello_version(body: &[u8]) -> Option<u32> {
     let (variant, rest): (u32, &[u8]) = postcard::take_from_bytes(body).ok()?;

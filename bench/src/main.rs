@@ -1,0 +1,174 @@
+//! `looppool-bench`: looppool's benchmarks, each beside the physical floor measured in the same
+//! run (a raw Unix socketpair between two processes, with no framing and no serde).
+//!
+//! ```text
+//! cargo run --release -p looppool-bench -- <scenario> [--runtime tokio|smol|async-std]
+//!                                          [--workers N] [--json] [--seconds S]
+//! ```
+//!
+//! Scenarios: `throughput`, `latency`, `payload`, `startup`, `idle`, `offload` (tokio), `soak`,
+//! and `all` (every one but `soak`).
+
+mod floor;
+mod offload;
+mod report;
+mod scenarios;
+
+use looppool_core::{BoxError, Builder};
+use report::Report;
+use scenarios::{Echo, Setup};
+
+/// Tells re-executed workers which runtime the parent runs: they do not see its arguments.
+const RUNTIME_VAR: &str = "LOOPPOOL_BENCH_RUNTIME";
+
+const USAGE: &str = "usage: looppool-bench <throughput|latency|payload|startup|idle|offload|soak|all> \
+[--runtime tokio|smol|async-std] [--workers N] [--json] [--seconds S]";
+
+struct Args {
+    scenario: String,
+    runtime: &'static str,
+    workers: usize,
+    json: bool,
+    seconds: u64,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let mut parsed = Args {
+        scenario: String::new(),
+        runtime: "tokio",
+        workers: 2,
+        json: false,
+        seconds: 10,
+    };
+    while let Some(arg) = args.next() {
+        let mut value = |what: &str| args.next().ok_or(format!("{arg} needs {what}"));
+        match arg.as_str() {
+            "--runtime" => {
+                parsed.runtime = match value("a runtime")?.as_str() {
+                    "tokio" => "tokio",
+                    "smol" => "smol",
+                    "async-std" => "async-std",
+                    other => return Err(format!("unknown runtime {other:?}")),
+                }
+            }
+            "--workers" => {
+                parsed.workers = value("a number")?
+                    .parse()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or("--workers needs a positive number")?
+            }
+            "--seconds" => {
+                parsed.seconds = value("a number")?
+                    .parse()
+                    .map_err(|_| "--seconds needs a number")?
+            }
+            "--json" => parsed.json = true,
+            "-h" | "--help" => return Err(USAGE.into()),
+            s if parsed.scenario.is_empty() && !s.starts_with('-') => parsed.scenario = s.into(),
+            other => return Err(format!("unexpected argument {other:?}\n{USAGE}")),
+        }
+    }
+    if parsed.scenario.is_empty() {
+        return Err(USAGE.into());
+    }
+    Ok(parsed)
+}
+
+fn main() {
+    // Worker processes are this program started again; they run on the parent's runtime.
+    match std::env::var(RUNTIME_VAR).as_deref() {
+        Ok("smol") => looppool_smol::init(&[looppool_smol::worker::<Echo>()]),
+        Ok("async-std") => looppool_async_std::init(&[looppool_async_std::worker::<Echo>()]),
+        _ => looppool_tokio::init(&[looppool_tokio::worker::<Echo>()]),
+    }
+    match std::env::args().nth(1).as_deref() {
+        Some(floor::PEER_ARG) => return floor::peer_main(),
+        Some(floor::READY_ARG) => {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(b"r");
+            return;
+        }
+        _ => {}
+    }
+    let args = match parse() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    std::env::set_var(RUNTIME_VAR, args.runtime);
+    if let Err(e) = run(&args) {
+        eprintln!("looppool-bench {}: {e}", args.scenario);
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<(), BoxError> {
+    let setup = |builder: fn() -> Builder<Echo>, rt| Setup {
+        rt,
+        builder,
+        runtime: args.runtime,
+        workers: args.workers,
+    };
+    match args.runtime {
+        "smol" => smol::block_on(scenarios_on(
+            &setup(looppool_smol::builder::<Echo>, looppool_smol::runtime()),
+            args,
+        )),
+        "async-std" => async_std::task::block_on(scenarios_on(
+            &setup(
+                looppool_async_std::builder::<Echo>,
+                looppool_async_std::runtime(),
+            ),
+            args,
+        )),
+        _ => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let local = tokio::task::LocalSet::new();
+            local.block_on(
+                &rt,
+                scenarios_on(
+                    &setup(looppool_tokio::builder::<Echo>, looppool_tokio::runtime()),
+                    args,
+                ),
+            )
+        }
+    }
+}
+
+async fn scenarios_on(s: &Setup, args: &Args) -> Result<(), BoxError> {
+    let all = [
+        "throughput",
+        "latency",
+        "payload",
+        "startup",
+        "idle",
+        "offload",
+    ];
+    let chosen: Vec<&str> = match args.scenario.as_str() {
+        "all" if s.runtime == "tokio" => all.to_vec(),
+        "all" => all[..5].to_vec(),
+        one => vec![one],
+    };
+    for scenario in chosen {
+        let reports: Vec<Report> = match scenario {
+            "throughput" => scenarios::throughput(s, 300_000).await?,
+            "latency" => scenarios::latency(s, 20_000).await?,
+            "payload" => scenarios::payload(s, 256).await?,
+            "startup" => scenarios::startup(s, 7).await?,
+            "idle" => scenarios::idle(s).await?,
+            "offload" => offload::offload(s, 2000).await?,
+            "soak" => scenarios::soak(s, args.seconds).await?,
+            other => return Err(format!("unknown scenario {other:?}\n{USAGE}").into()),
+        };
+        for r in reports {
+            println!("{}", if args.json { r.json() } else { r.line() });
+        }
+    }
+    Ok(())
+}

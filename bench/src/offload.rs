@@ -1,0 +1,124 @@
+//! The seeds' scenario: an HTTP server whose slow requests do CPU-heavy work while fast ones
+//! should still be answered at once. Fast-request p99 is measured unloaded, then under a steady
+//! load of slow requests whose work runs in the pool, then with the same work done inline on
+//! the server's loop.
+
+use crate::report::{percentile, Report};
+use crate::scenarios::{spin_task, Setup};
+use looppool_core::BoxError;
+use looppool_examples::http::{response, serve, Client};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// The CPU work of one slow request.
+const SLOW: Duration = Duration::from_millis(20);
+
+/// Slow requests kept in flight per worker.
+const SLOW_PER_WORKER: usize = 2;
+
+fn spin(d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
+/// Runs on the tokio adapter, inside a `LocalSet`.
+pub(crate) async fn offload(s: &Setup, requests: usize) -> Result<Vec<Report>, BoxError> {
+    if s.runtime != "tokio" {
+        return Err("offload runs on tokio only: its HTTP server is hyper on tokio".into());
+    }
+    let pool = Rc::new((s.builder)().workers(s.workers).start().await?);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let handler_pool = pool.clone();
+    let server = tokio::task::spawn_local(serve(listener, move |request| {
+        let pool = handler_pool.clone();
+        async move {
+            match request.uri().path() {
+                "/slow" => match pool.call(spin_task(SLOW)).await {
+                    Ok(_) => response("slow", &[]),
+                    Err(e) => response(e.to_string(), &[]),
+                },
+                "/slow-inline" => {
+                    spin(SLOW);
+                    response("slow", &[])
+                }
+                _ => response("fast", &[]),
+            }
+        }
+    }));
+
+    // The load comes from a thread of its own, so that the server's loop is all it measures.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let slow_load = s.workers * SLOW_PER_WORKER;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a client runtime");
+        let local = tokio::task::LocalSet::new();
+        let phases = local.block_on(&rt, async {
+            let unloaded = fast_p99(&base, requests, None).await?;
+            let pooled = fast_p99(&base, requests, Some(("/slow", slow_load))).await?;
+            let inline = fast_p99(&base, requests / 20, Some(("/slow-inline", slow_load))).await?;
+            Ok::<_, String>((unloaded, pooled, inline))
+        });
+        let _ = tx.send(phases);
+    });
+    let phases = rx.await.map_err(|_| "the client thread died")?;
+    server.abort();
+    pool.stop().await;
+    let (unloaded, pooled, inline) = phases?;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    Ok(vec![
+        s.report("offload", "fast p99")
+            .value(us(pooled), "us")
+            .floor(us(unloaded)),
+        s.report("offload", "inline p99")
+            .value(us(inline), "us")
+            .floor(us(unloaded)),
+    ])
+}
+
+/// The p99 of `n` sequential fast requests, while `load` (a path and a number of clients)
+/// keeps slow requests going.
+async fn fast_p99(
+    base: &str,
+    n: usize,
+    load: Option<(&str, usize)>,
+) -> Result<Duration, String> {
+    let stop = Rc::new(Cell::new(false));
+    let mut loaders = Vec::new();
+    if let Some((path, clients)) = load {
+        for _ in 0..clients {
+            let (stop, url) = (stop.clone(), format!("{base}{path}"));
+            loaders.push(tokio::task::spawn_local(async move {
+                let client = Client::new();
+                while !stop.get() {
+                    client.get(&url).await.map_err(|e| e.to_string())?;
+                }
+                Ok::<_, String>(())
+            }));
+        }
+        // Let the slow requests reach the server before measuring.
+        tokio::time::sleep(SLOW * 2).await;
+    }
+    let client = Client::new();
+    let url = format!("{base}/fast");
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        client.get(&url).await.map_err(|e| e.to_string())?;
+        times.push(t.elapsed());
+        // Fast requests come at intervals, as users' do, not back to back.
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    stop.set(true);
+    for loader in loaders {
+        loader.await.map_err(|e| e.to_string())??;
+    }
+    Ok(percentile(&mut times, 0.99))
+}
