@@ -88,6 +88,11 @@ impl Runtime for Tokio {
         Ok(Box::new(tokio::net::UnixStream::from_std(stream)?.compat()))
     }
 
+    fn alive_tasks(&self) -> Option<u64> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        Some(handle.metrics().num_alive_tasks() as u64)
+    }
+
     fn block_on_local(&self, main: LocalBoxFuture<()>) {
         let mut builder = match self.worker_threads {
             None => tokio::runtime::Builder::new_current_thread(),
