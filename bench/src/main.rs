@@ -21,8 +21,9 @@ use scenarios::{Echo, Setup};
 /// Tells re-executed workers which runtime the parent runs: they do not see its arguments.
 const RUNTIME_VAR: &str = "LOOPPOOL_BENCH_RUNTIME";
 
-const USAGE: &str = "usage: looppool-bench <throughput|latency|payload|startup|idle|offload|soak|all> \
-[--runtime tokio|smol|async-std] [--workers N] [--json] [--seconds S]";
+const USAGE: &str =
+    "usage: looppool-bench <throughput|latency|payload|startup|idle|offload|soak|all> \
+[--runtime tokio|smol|async-std] [--workers N] [--json] [--seconds S] [--scale X]";
 
 struct Args {
     scenario: String,
@@ -30,6 +31,8 @@ struct Args {
     workers: usize,
     json: bool,
     seconds: u64,
+    /// Scales the number of tasks (or round trips) a scenario runs.
+    scale: f64,
 }
 
 fn parse() -> Result<Args, String> {
@@ -40,6 +43,7 @@ fn parse() -> Result<Args, String> {
         workers: 2,
         json: false,
         seconds: 10,
+        scale: 1.0,
     };
     while let Some(arg) = args.next() {
         let mut value = |what: &str| args.next().ok_or(format!("{arg} needs {what}"));
@@ -63,6 +67,13 @@ fn parse() -> Result<Args, String> {
                 parsed.seconds = value("a number")?
                     .parse()
                     .map_err(|_| "--seconds needs a number")?
+            }
+            "--scale" => {
+                parsed.scale = value("a number")?
+                    .parse()
+                    .ok()
+                    .filter(|&x: &f64| x > 0.0)
+                    .ok_or("--scale needs a positive number")?
             }
             "--json" => parsed.json = true,
             "-h" | "--help" => return Err(USAGE.into()),
@@ -155,14 +166,15 @@ async fn scenarios_on(s: &Setup, args: &Args) -> Result<(), BoxError> {
         "all" => all[..5].to_vec(),
         one => vec![one],
     };
+    let n = |base: usize| ((base as f64 * args.scale) as usize).max(10);
     for scenario in chosen {
         let reports: Vec<Report> = match scenario {
-            "throughput" => scenarios::throughput(s, 300_000).await?,
-            "latency" => scenarios::latency(s, 20_000).await?,
-            "payload" => scenarios::payload(s, 256).await?,
+            "throughput" => scenarios::throughput(s, n(300_000)).await?,
+            "latency" => scenarios::latency(s, n(20_000)).await?,
+            "payload" => scenarios::payload(s, n(256)).await?,
             "startup" => scenarios::startup(s, 7).await?,
             "idle" => scenarios::idle(s).await?,
-            "offload" => offload::offload(s, 2000).await?,
+            "offload" => offload::offload(s, n(2000)).await?,
             "soak" => scenarios::soak(s, args.seconds).await?,
             other => return Err(format!("unknown scenario {other:?}\n{USAGE}").into()),
         };

@@ -85,11 +85,7 @@ pub(crate) async fn offload(s: &Setup, requests: usize) -> Result<Vec<Report>, B
 
 /// The p99 of `n` sequential fast requests, while `load` (a path and a number of clients)
 /// keeps slow requests going.
-async fn fast_p99(
-    base: &str,
-    n: usize,
-    load: Option<(&str, usize)>,
-) -> Result<Duration, String> {
+async fn fast_p99(base: &str, n: usize, load: Option<(&str, usize)>) -> Result<Duration, String> {
     let stop = Rc::new(Cell::new(false));
     let mut loaders = Vec::new();
     if let Some((path, clients)) = load {

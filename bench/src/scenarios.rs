@@ -3,10 +3,10 @@
 
 use crate::floor::{self, Peer};
 use crate::report::{percentile, Report};
-use looppool_core::{async_trait, BoxError, Builder, Context, Pool, Runtime, Worker};
-use serde_bytes::ByteBuf;
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
+use looppool_core::{async_trait, BoxError, Builder, Context, Pool, Runtime, Worker};
+use serde_bytes::ByteBuf;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +30,8 @@ impl Worker for Echo {
     async fn process(&self, task: ByteBuf, ctx: &Context<ByteBuf>) -> Result<(), BoxError> {
         // A task that starts with 0xFF carries a number of microseconds to spin first.
         if let [0xFF, a, b, c, d, ..] = task[..] {
-            let until = Instant::now() + Duration::from_micros(u32::from_le_bytes([a, b, c, d]).into());
+            let until =
+                Instant::now() + Duration::from_micros(u32::from_le_bytes([a, b, c, d]).into());
             while Instant::now() < until {
                 std::hint::spin_loop();
             }
@@ -104,7 +105,10 @@ pub(crate) async fn throughput(s: &Setup, tasks: usize) -> Result<Vec<Report>, B
     let mut peer = Peer::start()?;
     peer.pipelined(16, tasks / 10);
     let floor = tasks as f64 / peer.pipelined(16, tasks).as_secs_f64();
-    Ok(vec![s.report("throughput", "rate").value(rate, "tasks/s").floor(floor)])
+    Ok(vec![s
+        .report("throughput", "rate")
+        .value(rate, "tasks/s")
+        .floor(floor)])
 }
 
 /// One task in flight: round-trip p50 and p99.
@@ -244,7 +248,11 @@ pub(crate) async fn soak(s: &Setup, seconds: u64) -> Result<Vec<Report>, BoxErro
         .restart_limit(1000, Duration::from_secs(60))
         .start()
         .await?;
-    println!("soak: parent pid {}, {} workers", std::process::id(), s.workers);
+    println!(
+        "soak: parent pid {}, {} workers",
+        std::process::id(),
+        s.workers
+    );
     let task = spin_task(Duration::from_micros(50));
     let outputs = pool.outputs();
     let ended = std::cell::Cell::new(0u64);
@@ -272,9 +280,7 @@ pub(crate) async fn soak(s: &Setup, seconds: u64) -> Result<Vec<Report>, BoxErro
         }
         Ok::<_, BoxError>(())
     };
-    let take = async {
-        while outputs.recv().await.is_some() {}
-    };
+    let take = async { while outputs.recv().await.is_some() {} };
     let progress = async {
         let started = Instant::now();
         let mut before = 0;

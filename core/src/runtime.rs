@@ -70,3 +70,18 @@ pub trait Runtime: Send + Sync + Debug + 'static {
         Instant::now()
     }
 }
+
+/// Returns `Pending` once, waking itself, so that the loop's other parts run before we go on.
+pub(crate) async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}

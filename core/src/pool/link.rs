@@ -5,7 +5,7 @@ use crate::launch::{Killer, Reaper};
 use crate::protocol::{
     encode_header, encode_with_raw, split_body, FrameReader, ToParent, ToWorker, PROTOCOL_VERSION,
 };
-use crate::runtime::{BoxIo, Runtime};
+use crate::runtime::{yield_now, BoxIo, Runtime};
 use crate::state::{Transmit, WorkerStatus};
 use crate::worker::{Handshake, HELLO_LIMIT};
 use futures_util::future::{select, Either};
@@ -287,9 +287,11 @@ async fn write_loop<O>(
 ) {
     let max_frame = shared.settings.max_frame;
     let mut buf = Vec::new();
+    let mut transmits: Vec<Transmit<Arc<[u8]>>> = Vec::new();
+    let mut deferred = false;
     loop {
         let listener = shared.writers[worker].listen();
-        let transmits: Vec<Transmit<Arc<[u8]>>> = {
+        {
             let mut inner = shared.lock();
             let state = &mut inner.state;
             let gone = matches!(
@@ -299,15 +301,26 @@ async fn write_loop<O>(
             if state.generation(worker) != generation || gone {
                 return;
             }
-            std::iter::from_fn(|| state.poll_transmit(worker)).collect()
-        };
+            transmits.extend(std::iter::from_fn(|| state.poll_transmit(worker)));
+        }
+        // Acknowledgements alone can wait one turn of the loop: a task for this worker may
+        // follow in the same turn and share the write, and a task for another worker goes
+        // out first instead of queueing behind them.
+        let acks_only =
+            !transmits.is_empty() && transmits.iter().all(|t| matches!(t, Transmit::Ack(_)));
+        if acks_only && !deferred {
+            deferred = true;
+            yield_now().await;
+            continue;
+        }
+        deferred = false;
         // Encoded outside the lock: payloads may be large, and every submitter takes it.
-        for transmit in &transmits {
+        for transmit in transmits.drain(..) {
             let encoded = match transmit {
                 Transmit::Task { id, payload } => {
-                    encode_with_raw(&mut buf, &ToWorker::Task { id: *id }, payload, max_frame)
+                    encode_with_raw(&mut buf, &ToWorker::Task { id }, &payload, max_frame)
                 }
-                Transmit::Ack(n) => encode_header(&mut buf, &ToWorker::Ack { n: *n }, max_frame),
+                Transmit::Ack(n) => encode_header(&mut buf, &ToWorker::Ack { n }, max_frame),
                 Transmit::Stop => encode_header(&mut buf, &ToWorker::Stop, max_frame),
             };
             // Task sizes were checked when they were submitted.

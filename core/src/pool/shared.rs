@@ -13,11 +13,11 @@ use crate::error::{Exit, TaskError};
 use crate::launch::Killer;
 use crate::protocol::{split_body, ToParent, WireOutcome};
 use crate::runtime::Runtime;
-use crate::state::{Phase, PoolState, Refusal, Route, TaskId};
+use crate::state::{IdMap, Phase, PoolState, Refusal, Route, TaskId};
 use event_listener::Event;
 use futures_channel::oneshot;
 use serde::de::DeserializeOwned;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ pub(crate) struct Pending<O> {
 
 pub(crate) struct Inner<O> {
     pub(crate) state: PoolState<Arc<[u8]>>,
-    pub(crate) pending: HashMap<TaskId, Pending<O>>,
+    pub(crate) pending: IdMap<Pending<O>>,
     pub(crate) killers: Vec<Option<Killer>>,
     pub(crate) exits: Vec<Option<Exit>>,
     pub(crate) pids: Vec<Option<u32>>,
@@ -68,7 +68,7 @@ impl<O> Inner<O> {
         let n = state.size();
         Self {
             state,
-            pending: HashMap::new(),
+            pending: IdMap::default(),
             killers,
             exits: vec![None; n],
             pids,

@@ -15,10 +15,36 @@ mod slot;
 
 use slot::Slot;
 pub use slot::WorkerStatus;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 /// The identifier the pool gives each accepted task; unique within a pool.
 pub type TaskId = u64;
+
+/// A map keyed by task id. Ids are handed out in sequence and never chosen by a peer, so a
+/// multiplicative hash spreads them well and costs a fraction of SipHash on the per-task path.
+pub(crate) type IdMap<V> = std::collections::HashMap<TaskId, V, BuildHasherDefault<IdHasher>>;
+
+/// Fibonacci hashing of a task id (see [`IdMap`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is expected; anything else is folded in byte by byte.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 /// Where a submission should go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! One worker's share of the pool state.
 
+use super::IdMap;
 use super::{TaskId, Transmit, Violation};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// Where one worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +25,7 @@ pub(super) struct Slot<P> {
     status: WorkerStatus,
     generation: u64,
     /// Unfinished tasks, with the order they were accepted in (for reporting losses in order).
-    tasks: HashMap<TaskId, u64>,
+    tasks: IdMap<u64>,
     seq: u64,
     unacked: usize,
     ack_due: u32,
@@ -42,7 +43,7 @@ impl<P> Slot<P> {
         Self {
             status: WorkerStatus::Starting,
             generation: 0,
-            tasks: HashMap::new(),
+            tasks: IdMap::default(),
             seq: 0,
             unacked: 0,
             ack_due: 0,

@@ -18,7 +18,7 @@ use crate::protocol::{
     encode_header, hello_version, split_body, FrameReader, ToParent, ToWorker, WireOutcome,
     PROTOCOL_VERSION,
 };
-use crate::runtime::{BoxIo, Runtime};
+use crate::runtime::{yield_now, BoxIo, Runtime};
 use crate::state::TaskId;
 use event_listener::Event;
 use futures_util::future::{select, Either, FutureExt};
@@ -459,21 +459,6 @@ async fn run_loop<W: Worker>(
     .expect("small frame");
     link.close();
     std::future::pending().await
-}
-
-/// Returns `Pending` once, waking itself, so that the loop's other parts run before we go on.
-async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await
 }
 
 async fn run_one<W: Worker>(
