@@ -1,9 +1,10 @@
 //! One worker's link in the parent: the handshake, then a reader task and a writer task.
 
-use super::shared::Shared;
+use super::shared::{Payload, Shared};
 use crate::launch::{Killer, Reaper};
 use crate::protocol::{
-    encode_header, encode_with_raw, split_body, FrameReader, ToParent, ToWorker, PROTOCOL_VERSION,
+    encode_header, encode_header_before_raw, encode_with_raw, split_body, FrameReader, ToParent,
+    ToWorker, PROTOCOL_VERSION,
 };
 use crate::runtime::{yield_now, BoxIo, Runtime};
 use crate::state::{Transmit, WorkerStatus};
@@ -15,6 +16,10 @@ use serde::de::DeserializeOwned;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Task payloads at least this large are written from their own buffer rather than copied into
+/// the writer's.
+const DIRECT_WRITE: usize = 64 * 1024;
 
 /// How long a worker that said goodbye may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -287,7 +292,9 @@ async fn write_loop<O>(
 ) {
     let max_frame = shared.settings.max_frame;
     let mut buf = Vec::new();
-    let mut transmits: Vec<Transmit<Arc<[u8]>>> = Vec::new();
+    let mut transmits: Vec<Transmit<Payload>> = Vec::new();
+    // Large payloads, with where in `buf` each goes: written from their own buffer, not copied.
+    let mut direct: Vec<(usize, Payload)> = Vec::new();
     let mut deferred = false;
     loop {
         let listener = shared.writers[worker].listen();
@@ -317,6 +324,13 @@ async fn write_loop<O>(
         // Encoded outside the lock: payloads may be large, and every submitter takes it.
         for transmit in transmits.drain(..) {
             let encoded = match transmit {
+                Transmit::Task { id, payload } if payload.len() >= DIRECT_WRITE => {
+                    let header = ToWorker::Task { id };
+                    let encoded =
+                        encode_header_before_raw(&mut buf, &header, payload.len(), max_frame);
+                    direct.push((buf.len(), payload));
+                    encoded
+                }
                 Transmit::Task { id, payload } => {
                     encode_with_raw(&mut buf, &ToWorker::Task { id }, &payload, max_frame)
                 }
@@ -331,7 +345,13 @@ async fn write_loop<O>(
             continue;
         }
         let written = async {
-            writer.write_all(&buf).await?;
+            let mut at = 0;
+            for (offset, payload) in direct.drain(..) {
+                writer.write_all(&buf[at..offset]).await?;
+                writer.write_all(&payload).await?;
+                at = offset;
+            }
+            writer.write_all(&buf[at..]).await?;
             writer.flush().await
         };
         if written.await.is_err() {

@@ -17,7 +17,7 @@ use crate::state::{Phase, Refusal, Route};
 use crate::worker::Worker;
 use futures_channel::oneshot;
 use futures_util::future::select;
-use shared::{Pending, Shared};
+use shared::{Payload, Pending, Shared};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -246,7 +246,7 @@ impl<W: Worker> Pool<W> {
     #[allow(clippy::type_complexity)]
     fn pending(
         &self,
-        payload: Arc<[u8]>,
+        payload: Payload,
         reply: bool,
     ) -> (
         Pending<W::Output>,
@@ -313,7 +313,7 @@ impl<W: Worker> Pool<W> {
         }
     }
 
-    fn encode(&self, task: &W::Task) -> Result<Arc<[u8]>, String> {
+    fn encode(&self, task: &W::Task) -> Result<Payload, String> {
         let bytes =
             postcard::to_stdvec(task).map_err(|e| format!("cannot encode the task: {e}"))?;
         // The frame adds a header of at most 11 bytes (variant and a varint id).
@@ -324,7 +324,7 @@ impl<W: Worker> Pool<W> {
                 bytes.len()
             ));
         }
-        Ok(bytes.into())
+        Ok(Arc::new(bytes))
     }
 
     async fn place(

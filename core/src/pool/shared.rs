@@ -22,13 +22,16 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// An encoded task, shared by the pending entry, the state and the writer without copying.
+pub(crate) type Payload = Arc<Vec<u8>>;
+
 /// A task handle's sending side, and what a retry needs.
 pub(crate) struct Pending<O> {
     pub(crate) done: oneshot::Sender<Result<(), TaskError>>,
     /// Where the outputs go if it was a request-reply call.
     pub(crate) reply: Option<oneshot::Sender<Delivery<O>>>,
     /// The encoded task, kept for retries.
-    pub(crate) payload: Arc<[u8]>,
+    pub(crate) payload: Payload,
     /// How many times it was sent, shared with its handle.
     pub(crate) attempts: Arc<AtomicU32>,
     /// When it was submitted, for its latency.
@@ -36,7 +39,7 @@ pub(crate) struct Pending<O> {
 }
 
 pub(crate) struct Inner<O> {
-    pub(crate) state: PoolState<Arc<[u8]>>,
+    pub(crate) state: PoolState<Payload>,
     pub(crate) pending: IdMap<Pending<O>>,
     pub(crate) killers: Vec<Option<Killer>>,
     pub(crate) exits: Vec<Option<Exit>>,
@@ -61,7 +64,7 @@ pub(crate) struct Inner<O> {
 
 impl<O> Inner<O> {
     pub(crate) fn new(
-        state: PoolState<Arc<[u8]>>,
+        state: PoolState<Payload>,
         killers: Vec<Option<Killer>>,
         pids: Vec<Option<u32>>,
     ) -> Self {

@@ -51,11 +51,29 @@ pub(crate) fn encode_with_raw<H: Serialize>(
     raw: &[u8],
     max_frame: usize,
 ) -> Result<(), EncodeError> {
-    encode_with(buf, max_frame, |buf| {
-        postcard::to_io(header, &mut *buf)?;
-        buf.extend_from_slice(raw);
-        Ok(())
-    })
+    encode_header_before_raw(buf, header, raw.len(), max_frame)?;
+    buf.extend_from_slice(raw);
+    Ok(())
+}
+
+/// Appends the length prefix and `header` of a frame whose body goes on with `raw_len` bytes
+/// that the caller writes right after, so that a large payload need not be copied into `buf`.
+pub(crate) fn encode_header_before_raw<H: Serialize>(
+    buf: &mut Vec<u8>,
+    header: &H,
+    raw_len: usize,
+    max_frame: usize,
+) -> Result<(), EncodeError> {
+    let start = buf.len();
+    encode_header(buf, header, max_frame)?;
+    let size = buf.len() - start - LEN_PREFIX + raw_len;
+    let limit = max_frame.min(u32::MAX as usize);
+    if size > limit {
+        buf.truncate(start);
+        return Err(EncodeError::TooLarge { size, limit });
+    }
+    buf[start..start + LEN_PREFIX].copy_from_slice(&(size as u32).to_le_bytes());
+    Ok(())
 }
 
 fn encode_with(
@@ -90,6 +108,23 @@ pub(crate) fn split_body<'a, H: serde::Deserialize<'a>>(
 mod tests {
     use super::*;
     use crate::protocol::{ToParent, ToWorker, WireOutcome};
+
+    #[test]
+    fn a_header_written_before_its_raw_payload_makes_the_same_frame() {
+        let raw = postcard::to_stdvec(&vec![9u8; 1000]).unwrap();
+        let mut whole = Vec::new();
+        encode_with_raw(&mut whole, &ToWorker::Task { id: 5 }, &raw, 1 << 20).unwrap();
+        let mut split = Vec::new();
+        encode_header_before_raw(&mut split, &ToWorker::Task { id: 5 }, raw.len(), 1 << 20)
+            .unwrap();
+        split.extend_from_slice(&raw);
+        assert_eq!(whole, split);
+        // Too large with its payload: refused, and the buffer is left as it was.
+        let mut buf = vec![1, 2, 3];
+        let refused = encode_header_before_raw(&mut buf, &ToWorker::Task { id: 5 }, 2000, 1000);
+        assert!(matches!(refused, Err(EncodeError::TooLarge { .. })));
+        assert_eq!(buf, [1, 2, 3]);
+    }
 
     #[test]
     fn header_and_payload_round_trip() {

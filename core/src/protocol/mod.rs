@@ -14,7 +14,9 @@
 mod codec;
 mod reader;
 
-pub(crate) use codec::{encode_header, encode_with_payload, encode_with_raw, split_body};
+pub(crate) use codec::{
+    encode_header, encode_header_before_raw, encode_with_payload, encode_with_raw, split_body,
+};
 pub(crate) use reader::{read_frame_blocking, FrameError, FrameReader};
 
 use serde::{Deserialize, Serialize};

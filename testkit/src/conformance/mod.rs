@@ -20,7 +20,7 @@ pub mod capture;
 mod probe;
 mod trials;
 
-pub use probe::{FailingInit, Out, Probe, Refuse, Task};
+pub use probe::{fnv1a, FailingInit, Out, Probe, Refuse, Task};
 
 use futures_util::future::{select, Either};
 use libtest_mimic::{Arguments, Failed, Trial};

@@ -70,6 +70,8 @@ pub enum Task {
     Pid,
     /// Allocate and keep this many MiB.
     Grow(usize),
+    /// Emit `Digest` of these bytes.
+    Digest(Vec<u8>),
     /// Emit an `INFO` `tracing` event with this message and a field `answer = 42`.
     Log(String),
 }
@@ -94,6 +96,15 @@ pub enum Out {
     Unencodable(Refuse),
     /// A process id.
     Pid(u32),
+    /// The length and FNV-1a hash of the bytes of a `Digest` task.
+    Digest(usize, u64),
+}
+
+/// The FNV-1a hash of `bytes`.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The suite's worker: a remembered value and a task per behaviour.
@@ -192,6 +203,7 @@ impl Worker for Probe {
                 std::hint::black_box(&block);
                 std::mem::forget(block);
             }
+            Task::Digest(bytes) => ctx.put(Out::Digest(bytes.len(), fnv1a(&bytes))).await?,
             Task::Log(message) => tracing::info!(answer = 42, "{message}"),
             Task::SpinUntilExists(path) => {
                 while !std::path::Path::new(&path).exists() {

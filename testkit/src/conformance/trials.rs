@@ -1,7 +1,7 @@
 //! The trials. Each proves one behaviour and fails with a message saying what differed.
 
 use super::capture::{captured, Captured};
-use super::{within, Adapter, FailingInit, Out, Outcome, Probe, Refuse, Task};
+use super::{fnv1a, within, Adapter, FailingInit, Out, Outcome, Probe, Refuse, Task};
 use futures_util::future::{join_all, select, Either, LocalBoxFuture};
 use looppool_core::{
     Builder, CallError, Error, Exit, Fault, Outputs, Pool, PoolStats, StartMethod, SubmitError,
@@ -79,6 +79,7 @@ pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
         a_worker_is_recycled_after_its_task_limit_without_losing_a_task: Processes,
         a_worker_over_its_memory_limit_is_recycled: Processes,
         the_stop_deadline_kills_stragglers_and_their_tasks_are_lost: All,
+        large_and_small_tasks_arrive_intact_in_order: All,
         workers_report_cpu_memory_lag_and_task_counts: All,
         a_blocked_loop_is_reported_with_its_worker_and_tasks: All,
         worker_log_events_and_panics_reach_the_parent_tagged: All,
@@ -1483,5 +1484,35 @@ async fn worker_log_events_and_panics_reach_the_parent_tagged<A: Adapter>(
             && e.field("task") == panic_id.to_string()),
         "the panic's event: {events:#?}"
     );
+    stop_gracefully(&pool).await
+}
+
+async fn large_and_small_tasks_arrive_intact_in_order<A: Adapter>(m: StartMethod) -> Outcome {
+    let pool = start(pool::<A>(m, 1).capacity(8)).await?;
+    // Sizes on both sides of the writer's direct-write threshold, interleaved.
+    let sizes = [16, 70_000, 1 << 20, 3, 65_535, 65_536, 300_001, 0];
+    let blobs: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| (j * 31 + i * 7) as u8).collect())
+        .collect();
+    let outputs = pool.outputs();
+    let submitted = async {
+        let mut handles = Vec::new();
+        for blob in &blobs {
+            handles.push(pool.submit(Task::Digest(blob.clone())).await);
+        }
+        handles
+    };
+    let (handles, mut seen) = draining(&outputs, submitted).await;
+    for (i, handle) in handles.into_iter().enumerate() {
+        let handle = handle.map_err(|e| format!("task {i}: {e}"))?;
+        let (ended, more) = draining(&outputs, handle).await;
+        seen.extend(more);
+        ended.map_err(|e| format!("task {i}: {e}"))?;
+    }
+    let got: Vec<_> = seen.into_iter().map(|(_, _, out)| out).collect();
+    let expected: Vec<_> = blobs.iter().map(|b| Out::Digest(b.len(), fnv1a(b))).collect();
+    ensure!(got == expected, "digests {got:?}, expected {expected:?}");
     stop_gracefully(&pool).await
 }
