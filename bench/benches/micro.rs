@@ -2,6 +2,8 @@
 //! any byte reaches a socket.
 //!
 //! `cargo bench -p looppool-bench --bench micro`
+// The group function criterion's macro defines has no doc comment.
+#![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use looppool_core::protocol::bench::{decode_tasks, encode_output, encode_task};
