@@ -45,8 +45,9 @@ fn codec(c: &mut Criterion) {
 
 fn state(c: &mut Criterion) {
     let mut group = c.benchmark_group("state");
+    // Each iteration runs 1000 tasks through the state.
+    group.throughput(Throughput::Elements(1000));
     for workers in [2usize, 64] {
-        group.throughput(Throughput::Elements(1));
         group.bench_function(format!("submit, transmit, end ({workers} workers)"), |b| {
             b.iter_batched_ref(
                 || {
