@@ -285,7 +285,9 @@ pub(crate) async fn serve<W: Worker>(
         hs.task_timeout
     ));
     let beat = pin!(ticker(&link, &inbox, hs.heartbeat, hs.stats));
-    let end = match select(select(read, beat), select(write, run)).await {
+    // Polled in this order each turn: tasks that arrived start, then whatever they emitted
+    // (and their ends) is written in the same turn, without waiting to be woken again.
+    let end = match select(select(read, beat), select(run, write)).await {
         Either::Left((Either::Left((end, _)), _)) => end,
         Either::Left((Either::Right((end, _)), _)) => end,
         Either::Right((Either::Left((end, _)), _)) => end,
