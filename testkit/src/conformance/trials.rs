@@ -1512,7 +1512,10 @@ async fn large_and_small_tasks_arrive_intact_in_order<A: Adapter>(m: StartMethod
         ended.map_err(|e| format!("task {i}: {e}"))?;
     }
     let got: Vec<_> = seen.into_iter().map(|(_, _, out)| out).collect();
-    let expected: Vec<_> = blobs.iter().map(|b| Out::Digest(b.len(), fnv1a(b))).collect();
+    let expected: Vec<_> = blobs
+        .iter()
+        .map(|b| Out::Digest(b.len(), fnv1a(b)))
+        .collect();
     ensure!(got == expected, "digests {got:?}, expected {expected:?}");
     stop_gracefully(&pool).await
 }
