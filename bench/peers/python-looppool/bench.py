@@ -4,7 +4,7 @@ Run by ../run.sh, which installs Looppool 0.4.0 and tornado 4.5.3 in a virtual e
 Prints one JSON line per result, in looppool-bench's format (no floor: compare with the
 floor that looppool-bench prints on the same machine).
 
-    python bench.py throughput|latency [--workers N] [--tasks N]
+    python bench.py throughput|latency|payload|startup|idle [--workers N] [--tasks N]
 """
 
 import argparse
@@ -108,13 +108,104 @@ def latency(workers, trips):
     report("latency", "p99", workers, pick(0.99), "us")
 
 
+def payload(workers, tasks):
+    """1 MiB echo tasks, two in flight per worker: gigabytes per second each way."""
+    loop = ioloop.IOLoop.instance()
+    per_worker = 2
+    pool = looppool.Pool(loop, workers, EchoWorker, max_tasks=WINDOW, max_results=WINDOW)
+    state = {"sent": 0, "done": 0, "in_flight": [0] * workers}
+    blob = b"x" * (1 << 20)
+
+    def top_up(worker):
+        while state["sent"] < tasks and state["in_flight"][worker] < per_worker:
+            pool.put_nowait(blob, worker_num=worker)
+            state["in_flight"][worker] += 1
+            state["sent"] += 1
+
+    @looppool.task_done
+    def process_message(result, result_done):
+        worker, _ = result
+        state["in_flight"][worker] -= 1
+        state["done"] += 1
+        if state["done"] == tasks:
+            loop.add_callback(loop.stop)
+        else:
+            top_up(worker)
+
+    pool.process_message = process_message
+    pool.start()
+    start = time.perf_counter()
+    for w in range(workers):
+        loop.add_callback(top_up, w)
+    loop.start()
+    took = time.perf_counter() - start
+    pool.stop()
+    report("payload", "bandwidth", workers, tasks * (1 << 20) / took / 1e9, "GB/s")
+
+
+def answer_each(pool, loop, workers):
+    """Sends one task to each worker and runs the loop until all answered."""
+    left = {"n": workers}
+
+    @looppool.task_done
+    def process_message(result, result_done):
+        left["n"] -= 1
+        if left["n"] == 0:
+            loop.add_callback(loop.stop)
+
+    pool.process_message = process_message
+    for w in range(workers):
+        pool.put_nowait(b"x", worker_num=w)
+    loop.start()
+
+
+def startup(rounds):
+    """From building a pool of 8 to each worker having answered a task; median of rounds."""
+    loop = ioloop.IOLoop.instance()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        pool = looppool.Pool(loop, 8, EchoWorker, max_tasks=WINDOW, max_results=WINDOW)
+        pool.start()
+        answer_each(pool, loop, 8)
+        times.append(time.perf_counter() - start)
+        pool.stop()
+    times.sort()
+    report("startup", "8 workers", 8, times[len(times) // 2] * 1e3, "ms")
+
+
+def idle(workers):
+    """Resident memory of an idle worker process (the largest of the pool)."""
+    loop = ioloop.IOLoop.instance()
+    pool = looppool.Pool(loop, workers, EchoWorker, max_tasks=WINDOW, max_results=WINDOW)
+    pool.start()
+    answer_each(pool, loop, workers)
+    time.sleep(0.2)
+    rss = 0
+    for process in pool._pool:
+        with open(f"/proc/{process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    rss = max(rss, int(line.split()[1]) * 1024)
+    pool.stop()
+    report("idle", "rss", workers, rss / (1 << 20), "MiB")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["throughput", "latency"])
+    parser.add_argument(
+        "scenario", choices=["throughput", "latency", "payload", "startup", "idle"]
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=0)
     args = parser.parse_args()
     if args.scenario == "throughput":
         throughput(args.workers, args.tasks or 100_000)
-    else:
+    elif args.scenario == "latency":
         latency(args.workers, args.tasks or 5_000)
+    elif args.scenario == "payload":
+        payload(args.workers, args.tasks or 64)
+    elif args.scenario == "startup":
+        startup(args.tasks or 7)
+    else:
+        idle(args.workers)

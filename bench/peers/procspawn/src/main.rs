@@ -2,7 +2,7 @@
 //! looppool-bench's JSON lines (no floor: compare with the floor looppool-bench prints on the
 //! same machine).
 //!
-//! `cargo run --release -- throughput|latency [--workers N] [--tasks N]`
+//! `cargo run --release -- throughput|latency|payload|startup|idle [--workers N] [--tasks N]`
 
 use serde_bytes::ByteBuf;
 use std::collections::VecDeque;
@@ -20,6 +20,36 @@ fn echo(task: ByteBuf) -> ByteBuf {
     task
 }
 
+fn pid(_: ()) -> u32 {
+    std::process::id()
+}
+
+fn resident(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Runs `tasks` echoes of `task` with at most `window` in flight; the time it took.
+fn pump(pool: &procspawn::Pool, task: &ByteBuf, tasks: usize, window: usize) -> Duration {
+    let started = Instant::now();
+    let mut in_flight = VecDeque::new();
+    for _ in 0..tasks {
+        if in_flight.len() == window {
+            let handle: procspawn::JoinHandle<ByteBuf> = in_flight.pop_front().unwrap();
+            handle.join().expect("an echo");
+        }
+        in_flight.push_back(pool.spawn(task.clone(), echo));
+    }
+    for handle in in_flight {
+        handle.join().expect("an echo");
+    }
+    started.elapsed()
+}
+
 fn main() {
     procspawn::init();
     let args: Vec<String> = std::env::args().collect();
@@ -33,20 +63,56 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("throughput") => {
             let tasks = number("--tasks").unwrap_or(50_000);
-            let started = Instant::now();
-            let mut in_flight = VecDeque::new();
-            for _ in 0..tasks {
-                if in_flight.len() == WINDOW {
-                    let handle: procspawn::JoinHandle<ByteBuf> = in_flight.pop_front().unwrap();
-                    handle.join().expect("an echo");
+            let took = pump(&pool, &task, tasks, WINDOW);
+            report(
+                "throughput",
+                "rate",
+                workers,
+                tasks as f64 / took.as_secs_f64(),
+                "tasks/s",
+            );
+        }
+        Some("payload") => {
+            let tasks = number("--tasks").unwrap_or(64);
+            let size = number("--size").unwrap_or(1 << 20);
+            let blob = ByteBuf::from(vec![7u8; size]);
+            let took = pump(&pool, &blob, tasks, 2 * workers);
+            let gbps = (tasks * size) as f64 / took.as_secs_f64() / 1e9;
+            report("payload", "bandwidth", workers, gbps, "GB/s");
+        }
+        Some("startup") => {
+            // From building a pool of 8 to 8 tasks answered (procspawn cannot target a worker).
+            let mut times: Vec<Duration> = (0..7)
+                .map(|_| {
+                    let t = Instant::now();
+                    let pool = procspawn::Pool::new(8).expect("a procspawn pool");
+                    pump(&pool, &task, 8, 8);
+                    let took = t.elapsed();
+                    pool.shutdown();
+                    took
+                })
+                .collect();
+            times.sort_unstable();
+            report(
+                "startup",
+                "8 workers",
+                8,
+                times[3].as_secs_f64() * 1e3,
+                "ms",
+            );
+        }
+        Some("idle") => {
+            // Ask until every worker has said who it is.
+            let mut pids = std::collections::BTreeSet::new();
+            for _ in 0..1000 {
+                if pids.len() == workers {
+                    break;
                 }
-                in_flight.push_back(pool.spawn(task.clone(), echo));
+                pids.insert(pool.spawn((), pid).join().expect("a pid"));
             }
-            for handle in in_flight {
-                handle.join().expect("an echo");
-            }
-            let rate = tasks as f64 / started.elapsed().as_secs_f64();
-            report("throughput", "rate", workers, rate, "tasks/s");
+            std::thread::sleep(Duration::from_millis(200));
+            let rss = pids.iter().map(|&p| resident(p)).max().unwrap_or(0);
+            report("idle", "rss", workers, rss as f64 / (1 << 20) as f64, "MiB");
         }
         Some("latency") => {
             let trips = number("--tasks").unwrap_or(5_000);
@@ -60,10 +126,25 @@ fn main() {
                 .collect();
             times.sort_unstable();
             let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-            report("latency", "p50", workers, pick(0.5).as_secs_f64() * 1e6, "us");
-            report("latency", "p99", workers, pick(0.99).as_secs_f64() * 1e6, "us");
+            report(
+                "latency",
+                "p50",
+                workers,
+                pick(0.5).as_secs_f64() * 1e6,
+                "us",
+            );
+            report(
+                "latency",
+                "p99",
+                workers,
+                pick(0.99).as_secs_f64() * 1e6,
+                "us",
+            );
         }
-        _ => eprintln!("usage: looppool-peer-procspawn throughput|latency [--workers N] [--tasks N]"),
+        _ => eprintln!(
+            "usage: looppool-peer-procspawn throughput|latency|payload|startup|idle \
+             [--workers N] [--tasks N]"
+        ),
     }
     pool.shutdown();
 }
