@@ -39,17 +39,15 @@ def report(scenario, metric, workers, value, unit):
     }), flush=True)
 
 
-def throughput(workers, tasks):
-    """16-byte echo tasks, at most 256 in flight (128 per worker for 2 workers)."""
+def windowed_echo(workers, tasks, per_worker, message):
+    """Echoes `tasks` copies of `message`, at most `per_worker` in flight per worker; seconds."""
     loop = ioloop.IOLoop.instance()
-    per_worker = WINDOW // workers
     pool = looppool.Pool(loop, workers, EchoWorker, max_tasks=WINDOW, max_results=WINDOW)
-    state = {"sent": 0, "done": 0, "in_flight": [0] * workers, "start": None}
-    payload = b"x" * 16
+    state = {"sent": 0, "done": 0, "in_flight": [0] * workers}
 
     def top_up(worker):
         while state["sent"] < tasks and state["in_flight"][worker] < per_worker:
-            pool.put_nowait(payload, worker_num=worker)
+            pool.put_nowait(message, worker_num=worker)
             state["in_flight"][worker] += 1
             state["sent"] += 1
 
@@ -65,13 +63,25 @@ def throughput(workers, tasks):
 
     pool.process_message = process_message
     pool.start()
-    state["start"] = time.perf_counter()
+    start = time.perf_counter()
     for w in range(workers):
         loop.add_callback(top_up, w)
     loop.start()
-    took = time.perf_counter() - state["start"]
+    took = time.perf_counter() - start
     pool.stop()
+    return took
+
+
+def throughput(workers, tasks):
+    """16-byte echo tasks, at most 256 in flight (128 per worker for 2 workers)."""
+    took = windowed_echo(workers, tasks, WINDOW // workers, b"x" * 16)
     report("throughput", "rate", workers, tasks / took, "tasks/s")
+
+
+def payload(workers, tasks):
+    """1 MiB echo tasks, two in flight per worker: gigabytes per second each way."""
+    took = windowed_echo(workers, tasks, 2, b"x" * (1 << 20))
+    report("payload", "bandwidth", workers, tasks * (1 << 20) / took / 1e9, "GB/s")
 
 
 def latency(workers, trips):
@@ -106,41 +116,6 @@ def latency(workers, trips):
     pick = lambda q: times[round((len(times) - 1) * q)] * 1e6  # noqa: E731
     report("latency", "p50", workers, pick(0.50), "us")
     report("latency", "p99", workers, pick(0.99), "us")
-
-
-def payload(workers, tasks):
-    """1 MiB echo tasks, two in flight per worker: gigabytes per second each way."""
-    loop = ioloop.IOLoop.instance()
-    per_worker = 2
-    pool = looppool.Pool(loop, workers, EchoWorker, max_tasks=WINDOW, max_results=WINDOW)
-    state = {"sent": 0, "done": 0, "in_flight": [0] * workers}
-    blob = b"x" * (1 << 20)
-
-    def top_up(worker):
-        while state["sent"] < tasks and state["in_flight"][worker] < per_worker:
-            pool.put_nowait(blob, worker_num=worker)
-            state["in_flight"][worker] += 1
-            state["sent"] += 1
-
-    @looppool.task_done
-    def process_message(result, result_done):
-        worker, _ = result
-        state["in_flight"][worker] -= 1
-        state["done"] += 1
-        if state["done"] == tasks:
-            loop.add_callback(loop.stop)
-        else:
-            top_up(worker)
-
-    pool.process_message = process_message
-    pool.start()
-    start = time.perf_counter()
-    for w in range(workers):
-        loop.add_callback(top_up, w)
-    loop.start()
-    took = time.perf_counter() - start
-    pool.stop()
-    report("payload", "bandwidth", workers, tasks * (1 << 20) / took / 1e9, "GB/s")
 
 
 def answer_each(pool, loop, workers):

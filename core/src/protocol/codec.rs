@@ -67,13 +67,7 @@ pub(crate) fn encode_header_before_raw<H: Serialize>(
     let start = buf.len();
     encode_header(buf, header, max_frame)?;
     let size = buf.len() - start - LEN_PREFIX + raw_len;
-    let limit = max_frame.min(u32::MAX as usize);
-    if size > limit {
-        buf.truncate(start);
-        return Err(EncodeError::TooLarge { size, limit });
-    }
-    buf[start..start + LEN_PREFIX].copy_from_slice(&(size as u32).to_le_bytes());
-    Ok(())
+    set_length(buf, start, size, max_frame)
 }
 
 fn encode_with(
@@ -88,6 +82,17 @@ fn encode_with(
         return Err(e);
     }
     let size = buf.len() - start - LEN_PREFIX;
+    set_length(buf, start, size, max_frame)
+}
+
+/// Writes `size` into the length prefix of the frame that starts at `start`, or removes that
+/// frame from `buf` if `size` is over the limit.
+fn set_length(
+    buf: &mut Vec<u8>,
+    start: usize,
+    size: usize,
+    max_frame: usize,
+) -> Result<(), EncodeError> {
     let limit = max_frame.min(u32::MAX as usize);
     if size > limit {
         buf.truncate(start);
