@@ -195,7 +195,7 @@ fn watch_blocked<O>(shared: &Shared<O>, worker: usize, threshold: Duration) {
             let mut running = inner.state.held_ids(worker);
             running.truncate(concurrency);
             let account = &mut inner.accounts[worker];
-            account.blocked_since = Some(now - silent);
+            account.blocked_since = Some(now.checked_sub(silent).unwrap_or(now));
             account.blocked_total += 1;
             drop(inner);
             shared.instruments[worker].blocked.increment(1);

@@ -270,6 +270,8 @@ impl Account {
 
     /// The worker's incarnation ended: its own counters start again in the next one.
     pub(crate) fn incarnation_ended(&mut self) {
+        // A replacement starts unblocked; its own monitor reports it if it blocks.
+        self.blocked_since = None;
         self.logs_dropped_before += self.last.logs_dropped;
         self.last = WireStats::default();
         self.previous = None;
