@@ -96,6 +96,7 @@ impl Launched {
 pub(crate) struct LaunchOptions {
     pub(crate) pool_name: String,
     pub(crate) ignore_signals: bool,
+    pub(crate) nice: Option<i32>,
     pub(crate) worker_runtime: Arc<dyn Runtime>,
 }
 
@@ -110,6 +111,7 @@ impl LaunchOptions {
             ignore_signals: self.ignore_signals,
             comm: comm_name(worker, &self.pool_name),
             inherit_fd,
+            nice: self.nice,
         }
     }
 }

@@ -23,10 +23,12 @@ pub(crate) struct ChildSetup {
     pub(crate) comm: CString,
     /// A descriptor that must survive `exec` (the child's end of its link).
     pub(crate) inherit_fd: Option<RawFd>,
+    /// A nice value to lower the process's CPU priority to.
+    pub(crate) nice: Option<i32>,
 }
 
 /// Runs in the child between fork and exec, or right after fork: only async-signal-safe calls
-/// (prctl, getppid, sigaction, fcntl), no allocation.
+/// (prctl, getppid, sigaction, fcntl, setpriority), no allocation.
 fn apply(setup: &ChildSetup) -> io::Result<()> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
@@ -46,6 +48,13 @@ fn apply(setup: &ChildSetup) -> io::Result<()> {
             // SAFETY: installing SIG_IGN runs no handler code, so it cannot break any
             // invariant of the program; sigaction is async-signal-safe.
             unsafe { signal(sig, SigHandler::SigIgn) }?;
+        }
+    }
+    if let Some(nice) = setup.nice {
+        // SAFETY: a plain system call on this process with plain integer arguments; it touches
+        // no memory of ours and takes no lock.
+        if unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, nice) } != 0 {
+            return Err(io::Error::last_os_error());
         }
     }
     if let Some(fd) = setup.inherit_fd {

@@ -30,6 +30,7 @@ pub struct Builder<W> {
     stop_timeout: Duration,
     handshake_timeout: Duration,
     ignore_signals: bool,
+    nice: Option<i32>,
     protocol_version: u32,
     respawn: bool,
     restart: RestartPolicy,
@@ -127,6 +128,7 @@ impl<W: Worker> Builder<W> {
             stop_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(30),
             ignore_signals: true,
+            nice: None,
             protocol_version: PROTOCOL_VERSION,
             respawn: true,
             restart: RestartPolicy {
@@ -210,6 +212,15 @@ impl<W: Worker> Builder<W> {
     /// the whole process group; the parent then stops them through the pool. Default `true`.
     pub fn ignore_signals(mut self, ignore: bool) -> Self {
         self.ignore_signals = ignore;
+        self
+    }
+
+    /// Start worker processes with a lower CPU priority: nice value `nice`, from 1 (slightly
+    /// lower) to 19 (lowest). When CPU-bound workers would otherwise fill every core, the
+    /// parent's event loop then gets the CPU first and stays responsive. Default: the parent's
+    /// priority. Thread workers are left as they are.
+    pub fn worker_nice(mut self, nice: i32) -> Self {
+        self.nice = Some(nice);
         self
     }
 
@@ -354,6 +365,10 @@ impl<W: Worker> Builder<W> {
             "the blocked threshold must be at least 40 ms",
         )?;
         check(
+            self.nice.is_none_or(|n| (0..=19).contains(&n)),
+            "the workers' nice value must be between 0 and 19",
+        )?;
+        check(
             self.task_timeout != Some(Duration::ZERO),
             "the task timeout must be positive",
         )?;
@@ -386,6 +401,7 @@ impl<W: Worker> Builder<W> {
             opts: LaunchOptions {
                 pool_name: self.name.clone(),
                 ignore_signals: self.ignore_signals,
+                nice: self.nice,
                 worker_runtime: self
                     .worker_runtime
                     .clone()

@@ -80,6 +80,7 @@ pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
         a_worker_over_its_memory_limit_is_recycled: Processes,
         the_stop_deadline_kills_stragglers_and_their_tasks_are_lost: All,
         large_and_small_tasks_arrive_intact_in_order: All,
+        workers_started_nice_run_at_that_priority: Processes,
         workers_report_cpu_memory_lag_and_task_counts: All,
         a_blocked_loop_is_reported_with_its_worker_and_tasks: All,
         worker_log_events_and_panics_reach_the_parent_tagged: All,
@@ -1517,5 +1518,44 @@ async fn large_and_small_tasks_arrive_intact_in_order<A: Adapter>(m: StartMethod
         .map(|b| Out::Digest(b.len(), fnv1a(b)))
         .collect();
     ensure!(got == expected, "digests {got:?}, expected {expected:?}");
+    stop_gracefully(&pool).await
+}
+
+/// The nice value of process `pid`, from `/proc/<pid>/stat`.
+fn nice_of(pid: u32) -> Result<i64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    // Fields after the command name (which may hold spaces): state is the 3rd, nice the 19th.
+    let after = stat.rsplit_once(')').ok_or("no command name")?.1;
+    after
+        .split_whitespace()
+        .nth(16)
+        .and_then(|n| n.parse().ok())
+        .ok_or(format!("no nice value in {stat:?}"))
+}
+
+async fn workers_started_nice_run_at_that_priority<A: Adapter>(m: StartMethod) -> Outcome {
+    let refused = pool::<A>(m, 1).worker_nice(25).start().await;
+    ensure!(
+        matches!(&refused, Err(Error::Config(why)) if why.contains("nice")),
+        "a nice value of 25 was not refused: {:?}",
+        refused.map(|_| ())
+    );
+    let own = nice_of(std::process::id())?;
+    let pool = start(pool::<A>(m, 2).worker_nice(7)).await?;
+    for w in 0..2 {
+        let Out::Pid(pid) = pool
+            .call_to(w, Task::Pid)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Err("not a pid".into());
+        };
+        let nice = nice_of(pid)?;
+        ensure!(nice == 7, "worker {w} runs at nice {nice}, not 7");
+    }
+    ensure!(
+        nice_of(std::process::id())? == own,
+        "the parent's priority changed"
+    );
     stop_gracefully(&pool).await
 }
