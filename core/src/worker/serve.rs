@@ -1,10 +1,12 @@
 //! A worker's event loop: handshake, init, then tasks in and outputs out until the poison pill.
 //!
-//! Three parts run on the worker's one thread, sharing state through `Rc`:
+//! Four parts run on the worker's one thread, sharing state through `Rc`:
 //! - the *reader* decodes frames from the parent: tasks go to the inbox, acknowledgements return
 //!   result credit, the poison pill marks the inbox as closing;
 //! - the *runner* starts inbox tasks while fewer than `concurrency` run, and reports each end;
-//! - the *writer* flushes every encoded frame (outputs, task ends) in as few writes as it can.
+//! - the *writer* flushes every encoded frame (outputs, task ends, reports, log events) in as
+//!   few writes as it can;
+//! - the *ticker* times the loop with a periodic timer and sends heartbeats and reports.
 //!
 //! The loop ends when the runner has drained the inbox after the pill (it then says goodbye and
 //! the writer flushes it), when the parent hangs up (end of file: the parent died, so do we), or
