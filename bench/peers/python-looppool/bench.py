@@ -4,13 +4,18 @@ Run by ../run.sh, which installs Looppool 0.4.0 and tornado 4.5.3 in a virtual e
 Prints one JSON line per result, in looppool-bench's format (no floor: compare with the
 floor that looppool-bench prints on the same machine).
 
-    python bench.py throughput|latency|payload|startup|idle [--workers N] [--tasks N]
+    python bench.py throughput|latency|payload|startup|idle|offload [--workers N] [--tasks N]
 """
 
 import argparse
 import collections
 import collections.abc
+import http.client
+import itertools
 import json
+import multiprocessing
+import socket
+import threading
 import time
 
 # tornado 4.5 predates Python 3.10, which removed these aliases from `collections`.
@@ -32,10 +37,31 @@ class EchoWorker(looppool.Worker):
         self._put_nowait((self._number, task))
 
 
-def report(scenario, metric, workers, value, unit):
+SLOW = 0.020
+"""The CPU work of one slow request, in seconds (as looppool-bench's offload)."""
+
+
+def spin(seconds):
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
+
+
+class SpinWorker(looppool.Worker):
+    """Does a slow request's CPU work, then answers with the request's key."""
+
+    @looppool.task_done
+    def _process_message(self, key):
+        spin(SLOW)
+        self._put_nowait(key)
+
+
+def report(scenario, metric, workers, value, unit, floor=None):
     print(json.dumps({
         "scenario": scenario, "metric": metric, "runtime": "python-looppool-0.4.0",
-        "workers": workers, "value": round(value, 3), "unit": unit, "floor": None, "ratio": None,
+        "workers": workers, "value": round(value, 3), "unit": unit,
+        "floor": None if floor is None else round(floor, 3),
+        "ratio": None if floor is None else round(value / floor, 3),
     }), flush=True)
 
 
@@ -166,10 +192,112 @@ def idle(workers):
     report("idle", "rss", workers, rss / (1 << 20), "MiB")
 
 
+def load(port, path, stop):
+    """A client process that keeps slow requests going until `stop` is set."""
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    while not stop.is_set():
+        conn.request("GET", path)
+        conn.getresponse().read()
+
+
+def fast_p99(port, n, path, clients):
+    """The p99 of `n` sequential fast requests while `clients` processes request `path`."""
+    stop = multiprocessing.Event()
+    loaders = [multiprocessing.Process(target=load, args=(port, path, stop))
+               for _ in range(clients if path else 0)]
+    for p in loaders:
+        p.start()
+    time.sleep(SLOW * 2)
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        conn.request("GET", "/fast")
+        conn.getresponse().read()
+        times.append(time.perf_counter() - start)
+        time.sleep(0.0005)
+    stop.set()
+    for p in loaders:
+        p.join()
+    times.sort()
+    return times[round((len(times) - 1) * 0.99)]
+
+
+def offload_client(port, requests, clients, results):
+    unloaded = fast_p99(port, requests, None, 0)
+    pooled = fast_p99(port, requests, "/slow", clients)
+    inline = fast_p99(port, max(requests // 20, 10), "/slow-inline", clients)
+    results.put((unloaded, pooled, inline))
+
+
+def offload(workers, requests):
+    """The seeds' scenario: fast requests answered on the server's loop while slow ones do 20 ms
+    of CPU work in the pool, or inline; fast-request p99 against the unloaded p99."""
+    from tornado import concurrent, httpserver, web
+
+    loop = ioloop.IOLoop.instance()
+    pool = looppool.Pool(loop, workers, SpinWorker, max_tasks=WINDOW, max_results=WINDOW)
+    waiting = {}
+    keys = itertools.count()
+
+    @looppool.task_done
+    def process_message(key, result_done):
+        waiting.pop(key).set_result(None)
+
+    pool.process_message = process_message
+    pool.start()
+
+    class Fast(web.RequestHandler):
+        def get(self):
+            self.write("fast")
+
+    class Slow(web.RequestHandler):
+        @gen.coroutine
+        def get(self):
+            key = next(keys)
+            waiting[key] = done = concurrent.Future()
+            pool.put_nowait(key)
+            yield done
+            self.write("slow")
+
+    class SlowInline(web.RequestHandler):
+        def get(self):
+            spin(SLOW)
+            self.write("slow")
+
+    app = web.Application([("/fast", Fast), ("/slow", Slow), ("/slow-inline", SlowInline)])
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    listener.setblocking(False)
+    server = httpserver.HTTPServer(app)
+    server.add_sockets([listener])
+    port = listener.getsockname()[1]
+
+    results = multiprocessing.Queue()
+    client = multiprocessing.Process(
+        target=offload_client, args=(port, requests, 2 * workers, results))
+    client.start()
+    phases = {}
+
+    def wait_for_client():
+        phases["p99"] = results.get()
+        loop.add_callback(loop.stop)
+
+    threading.Thread(target=wait_for_client, daemon=True).start()
+    loop.start()
+    client.join()
+    server.stop()
+    pool.stop()
+    unloaded, pooled, inline = phases["p99"]
+    report("offload", "fast p99", workers, pooled * 1e6, "us", unloaded * 1e6)
+    report("offload", "inline p99", workers, inline * 1e6, "us", unloaded * 1e6)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "scenario", choices=["throughput", "latency", "payload", "startup", "idle"]
+        "scenario", choices=["throughput", "latency", "payload", "startup", "idle", "offload"]
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=0)
@@ -182,5 +310,7 @@ if __name__ == "__main__":
         payload(args.workers, args.tasks or 64)
     elif args.scenario == "startup":
         startup(args.tasks or 7)
+    elif args.scenario == "offload":
+        offload(args.workers, args.tasks or 2000)
     else:
         idle(args.workers)
