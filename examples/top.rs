@@ -7,6 +7,8 @@
 //! cargo run --release --example top -- --workers 4
 //! cargo run --release --example top -- --headless --frames 3 # print frames, no terminal
 //! ```
+//!
+//! Piped or redirected, it prints frames as with `--headless`.
 
 use looppool_tokio::{async_trait, BoxError, Context, Pool, PoolStats, Worker, WorkerStats};
 use ratatui::backend::{Backend, TestBackend};
@@ -49,7 +51,9 @@ fn main() -> Result<(), BoxError> {
         args.get(i + 1)?.parse::<usize>().ok()
     };
     let workers = number("--workers").unwrap_or(2);
-    let headless = args.iter().any(|a| a == "--headless");
+    // Without a terminal to draw in (output piped or redirected), print frames instead.
+    let headless = args.iter().any(|a| a == "--headless")
+        || !std::io::IsTerminal::is_terminal(&std::io::stdout());
     let frames = number("--frames");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
