@@ -103,6 +103,11 @@ impl<W: Worker> Pool<W> {
         self.shared.room.len()
     }
 
+    /// How many unfinished tasks one worker holds at most (running and queued in it).
+    pub fn capacity(&self) -> usize {
+        self.shared.lock().state.capacity()
+    }
+
     /// The pool's name.
     pub fn name(&self) -> &str {
         &self.shared.settings.name

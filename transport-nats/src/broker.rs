@@ -1,0 +1,173 @@
+//! The connection to the NATS server, shared by the parent and the members: connecting with
+//! state tracking, and publishing to JetStream with retries that survive a broker restart.
+
+use crate::error::Error;
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::{Client, ConnectOptions, Event, HeaderMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Whether the client is connected, and since when it is in that state.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    up: AtomicBool,
+    since: Mutex<Instant>,
+}
+
+impl ConnState {
+    /// Whether the client is connected now.
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// When the connection last came up or went down.
+    pub(crate) fn since(&self) -> Instant {
+        *self.since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, up: bool) {
+        if self.up.swap(up, Ordering::AcqRel) != up {
+            *self.since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            if up {
+                tracing::info!("reconnected to the NATS server");
+            } else {
+                tracing::warn!("lost the connection to the NATS server; reconnecting");
+            }
+        }
+    }
+}
+
+/// A connected client, its JetStream context and its connection state.
+#[derive(Debug, Clone)]
+pub(crate) struct Broker {
+    pub(crate) client: Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) conn: Arc<ConnState>,
+}
+
+impl Broker {
+    /// Connects to `server`, naming the connection `name`. The client reconnects on its own
+    /// for as long as it lives.
+    pub(crate) async fn connect(server: &str, name: &str) -> Result<Self, Error> {
+        let conn = Arc::new(ConnState {
+            up: AtomicBool::new(true),
+            since: Mutex::new(Instant::now()),
+        });
+        let events = conn.clone();
+        let client = ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(move |event| {
+                let events = events.clone();
+                async move {
+                    match event {
+                        Event::Connected => events.set(true),
+                        Event::Disconnected => events.set(false),
+                        other => tracing::debug!("NATS client event: {other}"),
+                    }
+                }
+            })
+            .connect(server)
+            .await
+            .map_err(|e| Error::Connect {
+                server: server.into(),
+                message: e.to_string(),
+            })?;
+        let js = jetstream::new(client.clone());
+        Ok(Self { client, js, conn })
+    }
+
+    /// The largest message the server takes.
+    pub(crate) fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+}
+
+/// Why a publish to JetStream did not go through.
+#[derive(Debug)]
+pub(crate) enum PublishFailure {
+    /// No stream takes the subject: the pool's streams are gone.
+    NoStream,
+    /// The broker refused the message for good (too large, or another refusal).
+    Refused(String),
+    /// The broker did not store the message before the deadline.
+    TimedOut(String),
+}
+
+impl std::fmt::Display for PublishFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishFailure::NoStream => f.write_str("the pool's streams are gone"),
+            PublishFailure::Refused(e) => write!(f, "refused: {e}"),
+            PublishFailure::TimedOut(e) => write!(f, "not stored in time (last error: {e})"),
+        }
+    }
+}
+
+/// Publishes `payload` to `subject` and waits until JetStream stored it.
+///
+/// `msg_id` makes retries idempotent (the stream's duplicate window drops a second copy). A
+/// subject at its per-subject limit (an output stream holding the member's whole result
+/// credit) is waited out for as long as it takes: that is the back-pressure. Other failures
+/// (a broker restarting, a lost connection) are retried until `deadline`.
+pub(crate) async fn publish(
+    js: &jetstream::Context,
+    subject: &str,
+    msg_id: &str,
+    payload: &[u8],
+    deadline: Option<Instant>,
+) -> Result<(), PublishFailure> {
+    let mut backoff = Duration::from_micros(500);
+    let payload = bytes_of(payload);
+    loop {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id);
+        let attempt = async {
+            js.publish_with_headers(subject.to_string(), headers, payload.clone())
+                .await?
+                .await
+        };
+        let error = match attempt.await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let text = error_text(&error);
+        let full = text.contains("maximum messages per subject");
+        match error.kind() {
+            PublishErrorKind::StreamNotFound => return Err(PublishFailure::NoStream),
+            PublishErrorKind::MaxPayloadExceeded => return Err(PublishFailure::Refused(text)),
+            PublishErrorKind::Other if !full && text.contains("stream not found") => {
+                return Err(PublishFailure::NoStream)
+            }
+            _ => {}
+        }
+        if !full {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(PublishFailure::TimedOut(text));
+            }
+            tracing::debug!("publish to {subject} failed, retrying: {text}");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(if full { 20 } else { 250 }));
+    }
+}
+
+fn bytes_of(payload: &[u8]) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(payload)
+}
+
+/// An error's text with its sources.
+pub(crate) fn error_text(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}

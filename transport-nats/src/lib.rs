@@ -1,0 +1,62 @@
+//! Scale-out for **looppool**: the same [`Worker`](looppool_core::Worker) on any number of hosts,
+//! reached through a NATS server with JetStream.
+//!
+//! The parent builds a [`Pool`]; on each host a [`Member`] joins it by naming the server and
+//! the pool, and runs the worker in a local pool of worker processes. The pool keeps the local
+//! pool's policies and guarantees:
+//!
+//! - **Routing**: round-robin over the live members, targeted to one member, broadcast to each,
+//!   and sticky broadcasts that also reach every member joining later, before its first task.
+//! - **Task credit**: each member has its own durable JetStream consumer on the pool's
+//!   work-queue stream, with `max_ack_pending` equal to its capacity; the parent sends a member
+//!   at most its backlog and makes submitters wait for room.
+//! - **Result credit**: a member stores at most `result_credit` outputs that the parent has not
+//!   acknowledged (a per-subject limit on the output stream); the parent acknowledges an output
+//!   when the program drops its [`Delivery`].
+//! - **Membership**: members join with a request the parent answers, beat a heartbeat, and
+//!   leave; one silent past the member timeout is counted gone. [`Pool::events`] tells both.
+//! - **Faults**: a member that dies leaves its unacknowledged tasks in its consumer; after the
+//!   ack wait JetStream redelivers them to the parent, which sends the untargeted ones to
+//!   another member ([`TaskHandle::deliveries`] counts the deliveries). Targeted and broadcast
+//!   tasks are lost with their member, as in a local pool. A task may thus run more than once
+//!   (at-least-once); its handle resolves exactly once, and a second run's end is ignored.
+//! - **Stop**: [`Pool::stop`] refuses new tasks, waits for every accepted task to end, tells the
+//!   members to leave, and deletes the pool's streams.
+//! - **Broker restarts**: clients reconnect; JetStream keeps the streams (file storage);
+//!   publishes retry with message ids (so a retry stores nothing twice) up to the broker
+//!   timeout, after which a submission fails with [`SubmitError::Broker`]. Silence while the
+//!   broker was away does not count against members.
+//!
+//! The transport is tokio-only (the official `async-nats` client). A member's connection runs
+//! on tokio; its workers may run tokio, smol or async-std: pick the local pool's worker runtime.
+//!
+//! # Subjects and streams
+//!
+//! A pool named `P` uses these subjects and streams:
+//!
+//! | subject | carried by | what |
+//! |---|---|---|
+//! | `looppool.P.join` | request and reply | a member asks to join; the parent answers |
+//! | `looppool.P.alive.M` | core NATS | member `M`'s heartbeat |
+//! | `looppool.P.leave.M` | core NATS | member `M` leaves |
+//! | `looppool.P.ctl.M` | core NATS | the parent tells member `M` to stop |
+//! | `looppool.P.beacon` | core NATS | the parent's heartbeat |
+//! | `looppool.P.task.M` | stream `looppool-P-tasks` (work queue) | tasks for member `M`, read by its consumer `M` |
+//! | `looppool.P.out.M` | stream `looppool-P-out` (work queue) | outputs of member `M`, at most the result credit stored per member |
+//! | `looppool.P.end.M` | stream `looppool-P-end` (work queue) | how member `M`'s tasks ended |
+//!
+//! Messages are postcard-encoded; a member announces the message version and its worker's
+//! name when it joins, and is refused if either differs from the parent's.
+#![forbid(unsafe_code)]
+
+mod broker;
+mod error;
+mod member;
+mod pool;
+mod wire;
+
+pub use error::{Error, SubmitError, TaskError};
+pub use member::{Left, Member};
+pub use pool::{
+    Builder, Delivery, MemberEvent, MemberEvents, MemberInfo, Outputs, Pool, Stopped, TaskHandle,
+};

@@ -1,0 +1,642 @@
+//! A member: a host's share of a pool, running the same `Worker` in a local pool of worker
+//! processes and taking its tasks from its own JetStream consumer.
+
+use crate::broker::{self, Broker, PublishFailure};
+use crate::error::Error;
+use crate::wire::{
+    self, Alive, Control, EndMsg, Join, JoinReply, Leave, Names, Outcome, OutputMsg, TaskMsg,
+};
+use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::{AckKind, Message as JsMessage};
+use futures_util::{FutureExt, StreamExt};
+use looppool_core::{Builder as LocalBuilder, Pool as LocalPool, TaskId, Worker};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+
+/// Joins a pool over NATS and serves its tasks with a local pool of workers.
+///
+/// The local pool is a [`looppool_core::Builder`] like any other: its start method, worker
+/// count, capacity, worker runtime (tokio, smol or async-std) and task timeout apply. The
+/// member announces `workers × capacity` as its capacity, which becomes its JetStream
+/// consumer's `max_ack_pending`. The member's own connection to NATS runs on the ambient tokio
+/// runtime; workers on smol or async-std reach it through the local pool's runtime-neutral
+/// handles.
+///
+/// ```no_run
+/// # use looppool_core::{async_trait, BoxError, Context, Worker};
+/// # struct Doubler;
+/// # #[async_trait(?Send)]
+/// # impl Worker for Doubler {
+/// #     type Task = u64;
+/// #     type Output = u64;
+/// #     async fn init(_: &Context<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
+/// #     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), BoxError> { Ok(()) }
+/// # }
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let local = looppool_tokio::builder::<Doubler>().workers(4);
+/// let left = looppool_nats::Member::new("nats://10.0.0.5:4222", "doublers", local)
+///     .run_until(async { tokio::signal::ctrl_c().await.unwrap() })
+///     .await?;
+/// println!("left the pool: {}", left.reason);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Member<W: Worker> {
+    server: String,
+    pool: String,
+    name: Option<String>,
+    local: LocalBuilder<W>,
+}
+
+impl<W: Worker> fmt::Debug for Member<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Member")
+            .field("server", &self.server)
+            .field("pool", &self.pool)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// How a member's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Left {
+    /// The member's name.
+    pub member: String,
+    /// Why it left: the pool stopped, the shutdown future completed, or the parent went silent.
+    pub reason: String,
+    /// Tasks it ran to an end.
+    pub tasks: u64,
+}
+
+impl<W: Worker> Member<W> {
+    /// A member of pool `pool` on the NATS server at `server`, running `local`.
+    pub fn new(server: impl Into<String>, pool: impl Into<String>, local: LocalBuilder<W>) -> Self {
+        Self {
+            server: server.into(),
+            pool: pool.into(),
+            name: None,
+            local,
+        }
+    }
+
+    /// The member's name, unique in the pool (default: the host name and process id). 1 to 64
+    /// ASCII letters, digits, `-` or `_`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Runs until the pool stops or the parent goes silent.
+    pub async fn run(self) -> Result<Left, Error> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Runs until the pool stops, the parent goes silent, or `shutdown` completes (a signal,
+    /// say). On shutdown the member takes no more tasks, finishes those its workers run,
+    /// reports them, and leaves; the tasks waiting in its consumer go to other members.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<Left, Error> {
+        let member = self.name.clone().unwrap_or_else(default_name);
+        if !wire::valid_name(&self.pool) || !wire::valid_name(&member) {
+            return Err(Error::Config(format!(
+                "pool {:?} and member {:?}: names must be 1 to 64 ASCII letters, digits, '-' \
+                 or '_'",
+                self.pool, member
+            )));
+        }
+        let names = Names::new(&self.pool);
+        let broker = Broker::connect(
+            &self.server,
+            &format!("looppool {} member {member}", self.pool),
+        )
+        .await?;
+        let local = self
+            .local
+            .name(format!("{}-{member}", self.pool))
+            .start()
+            .await
+            .map_err(|e| Error::Local(e.to_string()))?;
+        let mut shutdown = pin!(shutdown.fuse());
+        let join = Join {
+            version: wire::VERSION,
+            worker: W::name().into(),
+            member: member.clone(),
+            host: host_name(),
+            pid: std::process::id(),
+            capacity: u32::try_from(local.size() * local.capacity()).unwrap_or(u32::MAX),
+            workers: u32::try_from(local.size()).unwrap_or(u32::MAX),
+        };
+        let welcome = tokio::select! {
+            w = join_pool(&broker, &names, &join) => w,
+            () = &mut shutdown => Err(Error::Timeout("shut down before the pool's parent answered".into())),
+        };
+        let (ack_wait, heartbeat, member_timeout) = match welcome {
+            Ok(w) => w,
+            Err(e) => {
+                local.stop().await;
+                return Err(e);
+            }
+        };
+        tracing::info!(pool = %self.pool, member = %member, capacity = join.capacity, "joined the pool");
+        let serving = Serving {
+            names,
+            member,
+            broker,
+            local: Arc::new(local),
+            running: Mutex::new(HashMap::new()),
+            ids: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            ended: std::sync::atomic::AtomicU64::new(0),
+            run: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| format!("{:x}", d.as_nanos()))
+                .unwrap_or_default(),
+        };
+        let serving = Arc::new(serving);
+        let result = serving
+            .serve(
+                shutdown,
+                ack_wait,
+                heartbeat,
+                member_timeout,
+                join.capacity as usize,
+            )
+            .await;
+        serving.local.stop().await;
+        result
+    }
+}
+
+/// Asks to join until the parent answers; returns the ack wait, heartbeat and member timeout.
+async fn join_pool(
+    broker: &Broker,
+    names: &Names,
+    join: &Join,
+) -> Result<(Duration, Duration, Duration), Error> {
+    let request = wire::encode(join).map_err(Error::Config)?;
+    let started = Instant::now();
+    let mut told = Instant::now();
+    loop {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            broker.client.request(names.join(), request.clone().into()),
+        )
+        .await;
+        match answer {
+            Ok(Ok(reply)) => match wire::decode::<JoinReply>(&reply.payload) {
+                Ok(JoinReply::Welcome {
+                    ack_wait_ms,
+                    heartbeat_ms,
+                    member_timeout_ms,
+                }) => {
+                    return Ok((
+                        Duration::from_millis(ack_wait_ms),
+                        Duration::from_millis(heartbeat_ms),
+                        Duration::from_millis(member_timeout_ms),
+                    ))
+                }
+                Ok(JoinReply::Refused { reason }) => return Err(Error::Refused(reason)),
+                Err(e) => {
+                    return Err(Error::Refused(format!(
+                        "undecodable answer from the pool's parent (another looppool version?): {e}"
+                    )))
+                }
+            },
+            Ok(Err(_)) | Err(_) => {
+                if told.elapsed() >= Duration::from_secs(5) || told == started {
+                    tracing::info!("waiting for pool {}'s parent to answer", join.member);
+                    told = Instant::now() + Duration::from_millis(1);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+fn default_name() -> String {
+    let host: String = host_name()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("{host}-{}", std::process::id())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+/// A task's run ended in the local pool.
+struct Finished {
+    local: Option<TaskId>,
+    id: u64,
+    deliveries: u32,
+    outcome: Outcome,
+}
+
+/// What goes out on the end lane.
+struct EndOut {
+    end: EndMsg,
+}
+
+struct Serving<W: Worker> {
+    names: Names,
+    member: String,
+    broker: Broker,
+    local: Arc<LocalPool<W>>,
+    /// Tasks in the local pool, by parent id, with their JetStream message.
+    running: Mutex<HashMap<u64, JsMessage>>,
+    /// Local task id to parent id.
+    ids: Mutex<HashMap<TaskId, u64>>,
+    /// Notified when `running` or `ids` change.
+    changed: Notify,
+    ended: std::sync::atomic::AtomicU64,
+    run: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<W: Worker> Serving<W> {
+    async fn serve(
+        self: &Arc<Self>,
+        mut shutdown: std::pin::Pin<&mut futures_util::future::Fuse<impl Future<Output = ()>>>,
+        ack_wait: Duration,
+        heartbeat: Duration,
+        member_timeout: Duration,
+        capacity: usize,
+    ) -> Result<Left, Error> {
+        let client = &self.broker.client;
+        let sub = |subject: String| async move {
+            client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|e| Error::Broker(format!("cannot subscribe to {subject}: {e}")))
+        };
+        let mut ctl = sub(self.names.ctl(&self.member)).await?;
+        let mut beacon = sub(self.names.beacon()).await?;
+        let mut messages = self.messages(capacity).await?;
+
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (end_tx, end_rx) = mpsc::unbounded_channel();
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(self.clone().pump(finished_rx, out_tx, end_tx));
+        let lanes = {
+            let me = self.clone();
+            let outputs = tokio::spawn(me.clone().output_lane(out_rx));
+            let ends = tokio::spawn(me.end_lane(end_rx));
+            (outputs, ends)
+        };
+        background.spawn(self.clone().heartbeat(heartbeat));
+        background.spawn(self.clone().progress(ack_wait));
+
+        let mut last_beacon = Instant::now();
+        let mut check = tokio::time::interval(heartbeat);
+        let mut evicted = None;
+        let reason = loop {
+            tokio::select! {
+                () = &mut shutdown => break "shut down".to_string(),
+                Some(m) = ctl.next() => match wire::decode::<Control>(&m.payload) {
+                    Ok(Control::Stop) => break "the pool stopped".to_string(),
+                    Ok(Control::Evicted { reason }) => {
+                        evicted = Some(reason.clone());
+                        break format!("evicted: {reason}");
+                    }
+                    Err(e) => tracing::error!("undecodable control message ignored: {e}"),
+                },
+                Some(_) = beacon.next() => last_beacon = Instant::now(),
+                _ = check.tick() => {
+                    let conn = &self.broker.conn;
+                    let quiet = Instant::now().duration_since(last_beacon.max(conn.since()));
+                    if conn.is_up() && quiet > member_timeout {
+                        break format!("the pool's parent was silent for {quiet:.1?}");
+                    }
+                }
+                next = messages.next() => match next {
+                    Some(Ok(m)) => self.take(m, &finished_tx).await,
+                    Some(Err(e)) => tracing::debug!("reading tasks: {}", broker::error_text(&e)),
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        match self.messages(capacity).await {
+                            Ok(m) => messages = m,
+                            Err(e) => tracing::warn!("{e}; retrying"),
+                        }
+                    }
+                },
+            }
+        };
+        // Take no more; tasks delivered but not yet taken come back after the ack wait.
+        drop(messages);
+        tracing::info!(member = %self.member, "leaving: {reason}");
+        if evicted.is_none() {
+            // Finish and report what the workers hold.
+            loop {
+                let mut notified = pin!(self.changed.notified());
+                notified.as_mut().enable();
+                if lock(&self.running).is_empty() {
+                    break;
+                }
+                notified.await;
+            }
+        }
+        drop(finished_tx);
+        background.abort_all();
+        let (outputs, ends) = lanes;
+        if evicted.is_none() {
+            let _ = ends.await;
+            let _ = outputs.await;
+        } else {
+            ends.abort();
+            outputs.abort();
+        }
+        if let Ok(bytes) = wire::encode(&Leave {
+            reason: reason.clone(),
+        }) {
+            let _ = client
+                .publish(self.names.leave(&self.member), bytes.into())
+                .await;
+            let _ = client.flush().await;
+        }
+        if let Some(reason) = evicted {
+            return Err(Error::Evicted(reason));
+        }
+        Ok(Left {
+            member: self.member.clone(),
+            reason,
+            tasks: self.ended.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+
+    async fn messages(&self, capacity: usize) -> Result<pull::Stream, Error> {
+        let fail = |e: &dyn std::error::Error| {
+            Error::Broker(format!(
+                "cannot read this member's consumer: {}",
+                broker::error_text(e)
+            ))
+        };
+        let consumer = self
+            .broker
+            .js
+            .get_consumer_from_stream::<pull::Config, _, _>(&self.member, self.names.tasks_stream())
+            .await
+            .map_err(|e| fail(&e))?;
+        consumer
+            .stream()
+            .max_messages_per_batch(capacity)
+            .heartbeat(Duration::from_secs(1))
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(|e| fail(&e))
+    }
+
+    /// Starts one delivered task in the local pool.
+    async fn take(
+        self: &Arc<Self>,
+        message: JsMessage,
+        finished: &mpsc::UnboundedSender<Finished>,
+    ) {
+        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+        let task: TaskMsg = match wire::decode(&message.payload) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("undecodable task message dropped: {e}");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let deliveries = task
+            .prior
+            .saturating_add(u32::try_from(delivered).unwrap_or(u32::MAX));
+        {
+            let mut running = lock(&self.running);
+            if running.contains_key(&task.id) {
+                // Redelivered while it runs here: the run under way acknowledges it.
+                return;
+            }
+            running.insert(task.id, message);
+        }
+        let id = task.id;
+        let fail = |outcome: Outcome| {
+            let _ = finished.send(Finished {
+                local: None,
+                id,
+                deliveries,
+                outcome,
+            });
+        };
+        let value: W::Task = match wire::decode(&task.payload) {
+            Ok(v) => v,
+            Err(e) => return fail(Outcome::Failed(format!("cannot decode the task: {e}"))),
+        };
+        let handle = match self.local.submit(value).await {
+            Ok(h) => h,
+            Err(e) => {
+                return fail(Outcome::Lost(format!(
+                    "the member's workers did not take it: {e}"
+                )))
+            }
+        };
+        let local = handle.id();
+        lock(&self.ids).insert(local, id);
+        self.changed.notify_waiters();
+        let finished = finished.clone();
+        tokio::spawn(async move {
+            let outcome = match handle.await {
+                Ok(()) => Outcome::Done,
+                Err(e) => local_outcome(e),
+            };
+            let _ = finished.send(Finished {
+                local: Some(local),
+                id,
+                deliveries,
+                outcome,
+            });
+        });
+    }
+
+    /// Orders outputs and ends: every output of a task goes on the output lane before the
+    /// task's end goes on the end lane, which carries the count of its outputs.
+    async fn pump(
+        self: Arc<Self>,
+        mut finished: mpsc::UnboundedReceiver<Finished>,
+        out_lane: mpsc::UnboundedSender<(Option<u64>, looppool_core::Delivery<W::Output>)>,
+        end_lane: mpsc::UnboundedSender<(EndOut, Option<JsMessage>)>,
+    ) {
+        let outputs = self.local.outputs();
+        let mut counts: HashMap<u64, u32> = HashMap::new();
+        loop {
+            tokio::select! {
+                biased;
+                d = outputs.recv() => match d {
+                    Some(d) => self.forward(d, &mut counts, &out_lane).await,
+                    None => return,
+                },
+                f = finished.recv() => {
+                    let Some(f) = f else { return };
+                    // Outputs of the task reached the local stream before its end.
+                    while let Some(d) = outputs.try_recv() {
+                        self.forward(d, &mut counts, &out_lane).await;
+                    }
+                    if let Some(local) = f.local {
+                        lock(&self.ids).remove(&local);
+                    }
+                    let message = lock(&self.running).get(&f.id).cloned();
+                    let end = EndMsg {
+                        id: f.id,
+                        deliveries: f.deliveries,
+                        outputs: counts.remove(&f.id).unwrap_or(0),
+                        outcome: f.outcome,
+                    };
+                    let _ = end_lane.send((EndOut { end }, message));
+                }
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        delivery: looppool_core::Delivery<W::Output>,
+        counts: &mut HashMap<u64, u32>,
+        out_lane: &mpsc::UnboundedSender<(Option<u64>, looppool_core::Delivery<W::Output>)>,
+    ) {
+        let id = match delivery.task_id() {
+            None => None,
+            Some(local) => loop {
+                // The id is recorded right after the local submission returns.
+                let mut notified = pin!(self.changed.notified());
+                notified.as_mut().enable();
+                if let Some(id) = lock(&self.ids).get(&local) {
+                    break Some(*id);
+                }
+                notified.await;
+            },
+        };
+        if let Some(id) = id {
+            *counts.entry(id).or_default() += 1;
+        }
+        let _ = out_lane.send((id, delivery));
+    }
+
+    /// Publishes outputs in order; an output is acknowledged to the local worker (returning
+    /// its result credit) once the broker stored it.
+    async fn output_lane(
+        self: Arc<Self>,
+        mut lane: mpsc::UnboundedReceiver<(Option<u64>, looppool_core::Delivery<W::Output>)>,
+    ) {
+        let subject = self.names.out(&self.member);
+        let mut seq = 0u64;
+        while let Some((task, delivery)) = lane.recv().await {
+            seq += 1;
+            let payload = match wire::encode(delivery.value()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!("output not sent: cannot encode it: {e}");
+                    continue;
+                }
+            };
+            let Ok(msg) = wire::encode(&OutputMsg { task, payload }) else {
+                continue;
+            };
+            let msg_id = format!("{}-{}-o{seq}", self.member, self.run);
+            match broker::publish(&self.broker.js, &subject, &msg_id, &msg, None).await {
+                Ok(()) => {}
+                Err(PublishFailure::NoStream) => return,
+                Err(e) => tracing::error!("output not sent: {e}"),
+            }
+            drop(delivery);
+        }
+    }
+
+    /// Publishes task ends in order, then acknowledges each task to JetStream.
+    async fn end_lane(
+        self: Arc<Self>,
+        mut lane: mpsc::UnboundedReceiver<(EndOut, Option<JsMessage>)>,
+    ) {
+        let subject = self.names.end(&self.member);
+        while let Some((EndOut { end }, message)) = lane.recv().await {
+            let id = end.id;
+            let msg_id = format!("{}-{}-e{id}-{}", self.member, self.run, end.deliveries);
+            let sent = match wire::encode(&end) {
+                Ok(bytes) => {
+                    broker::publish(&self.broker.js, &subject, &msg_id, &bytes, None).await
+                }
+                Err(e) => Err(PublishFailure::Refused(e)),
+            };
+            if let Err(e) = &sent {
+                tracing::error!(task = id, "task end not sent: {e}");
+            }
+            if let Some(m) = message {
+                // Done: the work queue drops it. Should the ack be lost, the task comes back
+                // after the ack wait, runs again, and the parent ignores the second end.
+                if m.double_ack().await.is_err() {
+                    let _ = m.ack().await;
+                }
+            }
+            lock(&self.running).remove(&id);
+            self.ended
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.changed.notify_waiters();
+            if matches!(sent, Err(PublishFailure::NoStream)) {
+                return;
+            }
+        }
+    }
+
+    async fn heartbeat(self: Arc<Self>, every: Duration) {
+        let subject = self.names.alive(&self.member);
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let running = lock(&self.running).len() as u32;
+            if let Ok(bytes) = wire::encode(&Alive { running }) {
+                let _ = self
+                    .broker
+                    .client
+                    .publish(subject.clone(), bytes.into())
+                    .await;
+            }
+        }
+    }
+
+    /// Tells JetStream the running tasks are in progress, so their ack wait starts over.
+    async fn progress(self: Arc<Self>, ack_wait: Duration) {
+        let mut tick = tokio::time::interval((ack_wait / 3).max(Duration::from_millis(30)));
+        loop {
+            tick.tick().await;
+            let messages: Vec<JsMessage> = lock(&self.running).values().cloned().collect();
+            for m in messages {
+                let _ = m.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
+}
+
+fn local_outcome(error: looppool_core::TaskError) -> Outcome {
+    use looppool_core::TaskError as E;
+    match error {
+        E::Failed { message } => Outcome::Failed(message),
+        E::Panicked { message } => Outcome::Panicked(message),
+        E::TimedOut { after } => Outcome::TimedOut(after.as_millis() as u64),
+        lost @ E::Lost { .. } => Outcome::Lost(lost.to_string()),
+        other => Outcome::Failed(other.to_string()),
+    }
+}

@@ -1,0 +1,191 @@
+//! What goes over NATS: subject and stream names, and the postcard-encoded messages.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// The version of these messages; a member speaking another is refused when it joins.
+pub(crate) const VERSION: u32 = 1;
+
+/// Whether `name` can be a pool or member name: 1 to 64 ASCII letters, digits, `-` or `_`
+/// (it becomes a NATS subject token and part of stream and consumer names).
+pub(crate) fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The subjects and stream names of one pool.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    pool: String,
+}
+
+impl Names {
+    pub(crate) fn new(pool: &str) -> Self {
+        Self { pool: pool.into() }
+    }
+
+    pub(crate) fn join(&self) -> String {
+        format!("looppool.{}.join", self.pool)
+    }
+    pub(crate) fn alive(&self, member: &str) -> String {
+        format!("looppool.{}.alive.{member}", self.pool)
+    }
+    pub(crate) fn leave(&self, member: &str) -> String {
+        format!("looppool.{}.leave.{member}", self.pool)
+    }
+    pub(crate) fn ctl(&self, member: &str) -> String {
+        format!("looppool.{}.ctl.{member}", self.pool)
+    }
+    pub(crate) fn beacon(&self) -> String {
+        format!("looppool.{}.beacon", self.pool)
+    }
+    pub(crate) fn task(&self, member: &str) -> String {
+        format!("looppool.{}.task.{member}", self.pool)
+    }
+    pub(crate) fn out(&self, member: &str) -> String {
+        format!("looppool.{}.out.{member}", self.pool)
+    }
+    pub(crate) fn end(&self, member: &str) -> String {
+        format!("looppool.{}.end.{member}", self.pool)
+    }
+    pub(crate) fn tasks_stream(&self) -> String {
+        format!("looppool-{}-tasks", self.pool)
+    }
+    pub(crate) fn out_stream(&self) -> String {
+        format!("looppool-{}-out", self.pool)
+    }
+    pub(crate) fn end_stream(&self) -> String {
+        format!("looppool-{}-end", self.pool)
+    }
+    /// The member named by the last token of `subject`.
+    pub(crate) fn member_of(subject: &str) -> &str {
+        subject.rsplit('.').next().unwrap_or_default()
+    }
+}
+
+/// A member asks to join.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Join {
+    pub(crate) version: u32,
+    /// `Worker::name()` of the member's worker type: it must be the pool's.
+    pub(crate) worker: String,
+    pub(crate) member: String,
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    /// Unfinished tasks the member holds at most.
+    pub(crate) capacity: u32,
+    /// Worker processes (or threads) in the member.
+    pub(crate) workers: u32,
+}
+
+/// The parent's answer to a [`Join`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum JoinReply {
+    Welcome {
+        ack_wait_ms: u64,
+        heartbeat_ms: u64,
+        member_timeout_ms: u64,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// A task on its way to a member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TaskMsg {
+    pub(crate) id: u64,
+    /// How many times the task was delivered to members before this delivery's consumer.
+    pub(crate) prior: u32,
+    /// The postcard encoding of the `Worker::Task`.
+    pub(crate) payload: Vec<u8>,
+}
+
+/// A member's heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Alive {
+    pub(crate) running: u32,
+}
+
+/// The parent tells a member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Control {
+    /// The pool stopped: leave.
+    Stop,
+    /// The parent no longer counts this member in (it went silent): leave at once.
+    Evicted { reason: String },
+}
+
+/// A member says why it leaves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Leave {
+    pub(crate) reason: String,
+}
+
+/// An output of a member's worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct OutputMsg {
+    /// The task that emitted it, or `None` for an unsolicited output.
+    pub(crate) task: Option<u64>,
+    /// The postcard encoding of the `Worker::Output`.
+    pub(crate) payload: Vec<u8>,
+}
+
+/// How a task ended in a member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct EndMsg {
+    pub(crate) id: u64,
+    /// Deliveries of the task to members, this one included.
+    pub(crate) deliveries: u32,
+    /// Outputs this run emitted, all published before this message.
+    pub(crate) outputs: u32,
+    pub(crate) outcome: Outcome,
+}
+
+/// The end of one run of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    Done,
+    Failed(String),
+    Panicked(String),
+    TimedOut(u64),
+    Lost(String),
+}
+
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
+    postcard::to_stdvec(value).map_err(|e| e.to_string())
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_single_subject_tokens() {
+        assert!(valid_name("pool-1_a"));
+        for bad in ["", "a.b", "a*", "a>", "a b", "ü", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad:?} accepted");
+        }
+        assert_eq!(Names::member_of("looppool.p.alive.m-1"), "m-1");
+        assert_eq!(Names::new("p").task("m"), "looppool.p.task.m");
+    }
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_refused() {
+        let end = EndMsg {
+            id: 7,
+            deliveries: 2,
+            outputs: 3,
+            outcome: Outcome::Failed("no".into()),
+        };
+        let back: EndMsg = decode(&encode(&end).unwrap()).unwrap();
+        assert_eq!((back.id, back.deliveries, back.outputs), (7, 2, 3));
+        assert_eq!(back.outcome, Outcome::Failed("no".into()));
+        assert!(decode::<EndMsg>(&[0xff, 0xff, 0xff]).is_err());
+    }
+}

@@ -1,0 +1,858 @@
+//! The pool's behaviours over NATS JetStream, with members as real processes.
+//!
+//! Needs Debian's `nats-server` on `PATH` (`transport-nats/scripts/nats-server.sh install`).
+//! The trials share the server named by `LOOPPOOL_NATS_URL` (the `start` of that script prints
+//! it), or one this program starts; the broker-restart trials start their own.
+//!
+//! This program is also the member: run with `LOOPPOOL_NATS_TEST_MEMBER` set, it joins the
+//! pool its environment names and serves the testkit's probe worker until told to leave.
+
+use futures_util::future::join_all;
+use libtest_mimic::{Arguments, Failed, Trial};
+use looppool_core::{Entry, Runtime, StartMethod};
+use looppool_nats::{Member, MemberEvent, Pool, SubmitError, TaskError};
+use looppool_testkit::conformance::{Out, Probe, Task};
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+const MEMBER_VAR: &str = "LOOPPOOL_NATS_TEST_MEMBER";
+const RUNTIME_VAR: &str = "LOOPPOOL_NATS_TEST_RUNTIME";
+
+/// The runtime this process's workers run, from the environment (inherited by re-executed
+/// workers).
+fn worker_runtime() -> Arc<dyn Runtime> {
+    match std::env::var(RUNTIME_VAR).as_deref() {
+        Ok("smol") => looppool_smol::runtime(),
+        Ok("async-std") => looppool_async_std::runtime(),
+        _ => looppool_tokio::runtime(),
+    }
+}
+
+fn main() {
+    looppool_core::init(&[Entry::new::<Probe>(worker_runtime)]);
+    if std::env::var_os(MEMBER_VAR).is_some() {
+        member_main();
+    }
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let trials = vec![
+        trial(
+            "members_join_and_round_robin_spreads_tasks_evenly",
+            round_robin,
+        ),
+        trial(
+            "targeted_broadcast_and_sticky_broadcast_reach_the_right_members",
+            routing,
+        ),
+        trial("task_credit_is_the_consumers_max_ack_pending", task_credit),
+        trial(
+            "result_credit_holds_a_member_back_until_outputs_are_read",
+            result_credit,
+        ),
+        trial(
+            "failures_panics_and_dead_worker_processes_resolve_once",
+            failures,
+        ),
+        trial("bad_tasks_are_refused_with_a_clear_error", bad_tasks),
+        trial("graceful_stop_drains_and_refuses_new_tasks", graceful_stop),
+        trial("a_sigkilled_member_loses_nothing", sigkilled_member),
+        trial("members_leave_when_the_parent_goes_silent", silent_parent),
+        trial("a_duplicate_member_name_is_refused", duplicate_name),
+        trial("smol_and_async_std_workers_serve_over_nats", other_runtimes),
+        trial("a_broker_restart_is_survived", broker_restart),
+        trial("a_broker_gone_for_good_is_reported", broker_gone),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
+
+fn trial<F, Fut>(name: &'static str, f: F) -> Trial
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), Failed>>,
+{
+    Trial::test(name, move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        rt.block_on(async {
+            match tokio::time::timeout(Duration::from_secs(120), f()).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("{name} did not finish within 120 s").into()),
+            }
+        })
+    })
+}
+
+// ---- the member process ----
+
+fn member_main() -> ! {
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is set"));
+    let url = var("LOOPPOOL_NATS_TEST_URL");
+    let pool = var("LOOPPOOL_NATS_TEST_POOL");
+    let name = var("LOOPPOOL_NATS_TEST_NAME");
+    let workers: usize = var("LOOPPOOL_NATS_TEST_WORKERS").parse().expect("a number");
+    let capacity: usize = var("LOOPPOOL_NATS_TEST_CAPACITY")
+        .parse()
+        .expect("a number");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let result = rt.block_on(async {
+        let local = looppool_core::Pool::<Probe>::builder(looppool_tokio::runtime())
+            .workers(workers)
+            .capacity(capacity)
+            .concurrency(1)
+            .start_method(StartMethod::ReExec)
+            .worker_runtime(worker_runtime());
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        Member::new(url, pool, local)
+            .name(name)
+            .run_until(async move {
+                term.recv().await;
+            })
+            .await
+    });
+    match result {
+        Ok(left) => {
+            println!("left after {} tasks: {}", left.tasks, left.reason);
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("member error: {e}");
+            std::process::exit(3)
+        }
+    }
+}
+
+// ---- the broker ----
+
+/// A `nats-server` this program started, on a loopback port with JetStream and its own store.
+struct Server {
+    port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start() -> Result<Self, Failed> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let store =
+            std::env::temp_dir().join(format!("looppool-nats-test-{}-{port}", std::process::id()));
+        let mut server = Self {
+            port,
+            store,
+            child: None,
+        };
+        server.launch()?;
+        Ok(server)
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn launch(&mut self) -> Result<(), Failed> {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot run nats-server ({e}); install it with \
+                     `transport-nats/scripts/nats-server.sh install`"
+                )
+            })?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("nats-server did not accept connections within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Stops the server gracefully (SIGTERM) and waits for it to exit; the store stays.
+    fn shut_down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// The server the trials share.
+fn shared_url() -> Result<String, Failed> {
+    static SERVER: OnceLock<Result<(String, Option<Server>), String>> = OnceLock::new();
+    let s = SERVER.get_or_init(|| match std::env::var("LOOPPOOL_NATS_URL") {
+        Ok(url) => Ok((url, None)),
+        Err(_) => Server::start()
+            .map(|s| (s.url(), Some(s)))
+            .map_err(|e| format!("{e:?}")),
+    });
+    // The server lives until the program exits.
+    match s {
+        Ok((url, _)) => Ok(url.clone()),
+        Err(e) => Err(e.clone().into()),
+    }
+}
+
+// ---- members ----
+
+/// A member process; killed if still running when dropped.
+struct MemberProc {
+    name: String,
+    child: Child,
+}
+
+#[derive(Clone)]
+struct Spec<'a> {
+    url: &'a str,
+    pool: &'a str,
+    workers: usize,
+    capacity: usize,
+    runtime: &'a str,
+}
+
+impl<'a> Spec<'a> {
+    fn new(url: &'a str, pool: &'a str) -> Self {
+        Self {
+            url,
+            pool,
+            workers: 1,
+            capacity: 2,
+            runtime: "tokio",
+        }
+    }
+
+    fn spawn(&self, name: &str) -> MemberProc {
+        let child = Command::new(std::env::current_exe().expect("this program"))
+            .env(MEMBER_VAR, "1")
+            .env("LOOPPOOL_NATS_TEST_URL", self.url)
+            .env("LOOPPOOL_NATS_TEST_POOL", self.pool)
+            .env("LOOPPOOL_NATS_TEST_NAME", name)
+            .env("LOOPPOOL_NATS_TEST_WORKERS", self.workers.to_string())
+            .env("LOOPPOOL_NATS_TEST_CAPACITY", self.capacity.to_string())
+            .env(RUNTIME_VAR, self.runtime)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn a member");
+        MemberProc {
+            name: name.into(),
+            child,
+        }
+    }
+}
+
+impl MemberProc {
+    /// Waits for the process to exit; its exit code and what it printed.
+    async fn exit(mut self, within: Duration) -> Result<(i32, String), Failed> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                use std::io::Read;
+                let mut text = String::new();
+                if let Some(mut out) = self.child.stdout.take() {
+                    out.read_to_string(&mut text)?;
+                }
+                if let Some(mut err) = self.child.stderr.take() {
+                    err.read_to_string(&mut text)?;
+                }
+                return Ok((status.code().unwrap_or(-1), text));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("member {} still runs after {within:?}", self.name).into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MemberProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what().into())
+    }
+}
+
+async fn start(url: &str, pool: &str) -> Result<Pool<Probe>, Failed> {
+    Ok(quick(Pool::builder(url, pool)).start().await?)
+}
+
+/// Short heartbeats and timeouts, so faults show within a trial.
+fn quick(b: looppool_nats::Builder<Probe>) -> looppool_nats::Builder<Probe> {
+    b.heartbeat(Duration::from_millis(100))
+        .member_timeout(Duration::from_millis(1500))
+        .ack_wait(Duration::from_secs(2))
+}
+
+/// Stops the pool and checks every member left when told and its process ended cleanly.
+async fn stop_all(pool: &Pool<Probe>, members: Vec<MemberProc>) -> Result<(), Failed> {
+    let stopped = pool.stop().await;
+    check(stopped.unresponsive.is_empty(), || {
+        format!("members did not leave: {:?}", stopped.unresponsive)
+    })?;
+    for m in members {
+        let name = m.name.clone();
+        let (code, text) = m.exit(Duration::from_secs(10)).await?;
+        check(code == 0 && text.contains("the pool stopped"), || {
+            format!("member {name} exited {code}: {text}")
+        })?;
+    }
+    Ok(())
+}
+
+fn doubled(d: &looppool_nats::Delivery<Out>) -> Option<u64> {
+    match d.value() {
+        Out::Doubled(n) => Some(*n),
+        _ => None,
+    }
+}
+
+// ---- the trials ----
+
+async fn round_robin() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = start(&url, "rr").await?;
+    let mut events = pool.events();
+    let spec = Spec::new(&url, "rr");
+    let members: Vec<MemberProc> = ["a", "b", "c"].iter().map(|n| spec.spawn(n)).collect();
+    pool.wait_for_members(3, Duration::from_secs(30)).await?;
+    let mut joined = Vec::new();
+    while joined.len() < 3 {
+        if let Some(MemberEvent::Joined(info)) = events.recv().await {
+            joined.push(info.name);
+        }
+    }
+    joined.sort();
+    check(joined == ["a", "b", "c"], || format!("joined: {joined:?}"))?;
+
+    let outputs = pool.outputs();
+    let mut handles = Vec::new();
+    for n in 0..30u64 {
+        handles.push(pool.submit(Task::Double(n)).await?);
+    }
+    let mut per_member = std::collections::BTreeMap::new();
+    for h in handles.iter_mut() {
+        (&mut *h).await?;
+        check(h.deliveries() == 1, || {
+            format!("deliveries {}", h.deliveries())
+        })?;
+        *per_member.entry(h.member()).or_insert(0) += 1;
+    }
+    check(per_member.values().all(|&k| k == 10), || {
+        format!("round-robin gave {per_member:?}")
+    })?;
+    let mut values = Vec::new();
+    for _ in 0..30 {
+        let d = outputs.recv().await.ok_or("outputs ended")?;
+        let id = d.task_id().ok_or("an output without its task")?;
+        let h = handles
+            .iter()
+            .find(|h| h.id() == id)
+            .ok_or("unknown task")?;
+        check(d.member() == h.member(), || {
+            "output from another member".into()
+        })?;
+        values.push(doubled(&d).ok_or("not Doubled")?);
+    }
+    values.sort_unstable();
+    check(values == (0..30).map(|n| n * 2).collect::<Vec<_>>(), || {
+        format!("outputs: {values:?}")
+    })?;
+    stop_all(&pool, members).await
+}
+
+async fn routing() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = start(&url, "routing").await?;
+    let spec = Spec::new(&url, "routing");
+    let members = vec![spec.spawn("a"), spec.spawn("b")];
+    pool.wait_for_members(2, Duration::from_secs(30)).await?;
+    let outputs = pool.outputs();
+
+    // Targeted tasks stay on their member; a broadcast follows what each was sent before.
+    pool.submit_to("a", Task::Set(11)).await?.await?;
+    let set_b = pool.submit_to("b", Task::Set(22)).await?;
+    let handles = pool.broadcast(Task::Get).await?;
+    set_b.await?;
+    check(handles.len() == 2, || {
+        format!("{} broadcast handles", handles.len())
+    })?;
+    for h in join_all(handles).await {
+        h?;
+    }
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let d = outputs.recv().await.ok_or("outputs ended")?;
+        if let Out::Value { value, .. } = d.value() {
+            seen.push((d.member().to_string(), *value));
+        }
+    }
+    seen.sort();
+    check(seen == [("a".into(), 11), ("b".into(), 22)], || {
+        format!("broadcast Get saw {seen:?}")
+    })?;
+
+    // A sticky broadcast reaches a member that joins later, before its first task.
+    for h in pool.broadcast_sticky("config", Task::Set(7)).await? {
+        h.await?;
+    }
+    let late = spec.spawn("late");
+    pool.wait_for_members(3, Duration::from_secs(30)).await?;
+    pool.submit_to("late", Task::Get).await?.await?;
+    let d = outputs.recv().await.ok_or("outputs ended")?;
+    check(
+        d.member() == "late" && matches!(d.value(), Out::Value { value: 7, .. }),
+        || format!("the late member saw {:?} from {}", d.value(), d.member()),
+    )?;
+    drop(d);
+    match pool.submit_to("nobody", Task::Get).await {
+        Err(SubmitError::UnknownMember(_, m)) if m == "nobody" => {}
+        other => return Err(format!("a task for an unknown member: {other:?}").into()),
+    }
+    let mut members = members;
+    members.push(late);
+    stop_all(&pool, members).await
+}
+
+/// A limit on waiting for something to happen, failing loudly when it passes.
+struct Deadline {
+    what: &'static str,
+    at: Instant,
+    within: Duration,
+}
+
+impl Deadline {
+    fn new(what: &'static str, within: Duration) -> Self {
+        Self {
+            what,
+            at: Instant::now() + within,
+            within,
+        }
+    }
+
+    /// Waits a little before looking again; fails once the deadline passed.
+    async fn tick(&self) -> Result<(), Failed> {
+        if Instant::now() > self.at {
+            return Err(format!("{}: not within {:?}", self.what, self.within).into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(())
+    }
+}
+
+async fn js(url: &str) -> Result<async_nats::jetstream::Context, Failed> {
+    let client = async_nats::connect(url).await?;
+    Ok(async_nats::jetstream::new(client))
+}
+
+async fn task_credit() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = quick(Pool::builder(&url, "credit"))
+        .backlog(6)
+        .start()
+        .await?;
+    let spec = Spec::new(&url, "credit");
+    let members = vec![spec.spawn("m")];
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let gate = std::env::temp_dir().join(format!("looppool-nats-gate-{}", std::process::id()));
+    let _ = std::fs::remove_file(&gate);
+    let gate_s = gate.to_string_lossy().to_string();
+    let mut handles = Vec::new();
+    for _ in 0..6 {
+        handles.push(pool.submit(Task::SpinUntilExists(gate_s.clone())).await?);
+    }
+    match pool.try_submit(Task::Double(1)).await {
+        Err(SubmitError::Full(_)) => {}
+        other => return Err(format!("a 7th task past a backlog of 6: {other:?}").into()),
+    }
+    // The member's consumer holds exactly its capacity (1 worker x capacity 2); the rest wait
+    // in the stream.
+    let js = js(&url).await?;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream("m", "looppool-credit-tasks")
+        .await?;
+    let wait = Deadline::new("2 delivered, 4 waiting", Duration::from_secs(10));
+    let (ack_pending, pending) = loop {
+        let info = consumer.info().await?;
+        let got = (info.num_ack_pending, info.num_pending);
+        if got == (2, 4) {
+            break got;
+        }
+        wait.tick().await?;
+    };
+    let max = consumer.cached_info().config.max_ack_pending;
+    check(max == 2 && ack_pending == 2 && pending == 4, || {
+        format!("max_ack_pending {max}, ack pending {ack_pending}, pending {pending}")
+    })?;
+    check(pool.outstanding("m") == Some(6), || "outstanding".into())?;
+    std::fs::write(&gate, b"go")?;
+    for h in handles {
+        h.await?;
+    }
+    std::fs::remove_file(&gate)?;
+    stop_all(&pool, members).await
+}
+
+async fn result_credit() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = quick(Pool::builder(&url, "results"))
+        .result_credit(2)
+        .start()
+        .await?;
+    let spec = Spec::new(&url, "results");
+    let members = vec![spec.spawn("m")];
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let outputs = pool.outputs();
+    let mut handle = pool.submit(Task::Emit(10)).await?;
+    let js = js(&url).await?;
+    let mut stream = js.get_stream("looppool-results-out").await?;
+    // Unread, the member has stored its whole credit and waits.
+    let wait = Deadline::new("2 outputs stored", Duration::from_secs(10));
+    while stream.info().await?.state.messages != 2 {
+        wait.tick().await?;
+    }
+    let first = outputs.recv().await.ok_or("outputs ended")?;
+    check(pool.outstanding("m") == Some(1), || {
+        "the task ended early".into()
+    })?;
+    let mut values = vec![first.into_value()];
+    while values.len() < 10 {
+        let stored = stream.info().await?.state.messages;
+        check(stored <= 2, || format!("{stored} outputs stored, credit 2"))?;
+        values.push(outputs.recv().await.ok_or("outputs ended")?.into_value());
+    }
+    (&mut handle).await?;
+    let want: Vec<Out> = (0..10).map(Out::Seq).collect();
+    check(values == want, || format!("outputs {values:?}"))?;
+    stop_all(&pool, members).await
+}
+
+async fn failures() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = start(&url, "failures").await?;
+    let spec = Spec::new(&url, "failures");
+    let members = vec![spec.spawn("m")];
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let failed = pool.submit(Task::Fail("no luck".into())).await?.await;
+    check(
+        failed
+            == Err(TaskError::Failed {
+                message: "no luck".into(),
+            }),
+        || format!("{failed:?}"),
+    )?;
+    let panicked = pool.submit(Task::Panic("oops".into())).await?.await;
+    check(
+        matches!(&panicked, Err(TaskError::Panicked { message }) if message.contains("oops")),
+        || format!("{panicked:?}"),
+    )?;
+    // The worker process dies inside its member: the task is lost with a reason naming it.
+    let lost = pool.submit(Task::Exit(9)).await?.await;
+    check(
+        matches!(&lost, Err(TaskError::Lost { member, reason }) if member == "m" && reason.contains("9")),
+        || format!("{lost:?}"),
+    )?;
+    // The member replaces the worker and goes on.
+    let outputs = pool.outputs();
+    pool.submit(Task::Double(4)).await?.await?;
+    let d = outputs.recv().await.ok_or("outputs ended")?;
+    check(doubled(&d) == Some(8), || format!("{:?}", d.value()))?;
+    drop(d);
+    stop_all(&pool, members).await
+}
+
+async fn bad_tasks() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = start(&url, "bad").await?;
+    match pool.submit(Task::Double(1)).await {
+        Err(SubmitError::NoMember(_)) => {}
+        other => return Err(format!("a task with no member: {other:?}").into()),
+    }
+    let spec = Spec::new(&url, "bad");
+    let members = vec![spec.spawn("m")];
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    match pool
+        .submit(Task::Unencodable(looppool_testkit::conformance::Refuse))
+        .await
+    {
+        Err(SubmitError::Encode(_, e)) if !e.is_empty() => {}
+        other => return Err(format!("an unencodable task: {other:?}").into()),
+    }
+    match pool.submit(Task::Blob(vec![7; 2 << 20])).await {
+        Err(SubmitError::Encode(Task::Blob(b), e))
+            if b.len() == 2 << 20 && e.contains("max_payload") => {}
+        other => return Err(format!("a task over the broker's limit: {other:?}").into()),
+    }
+    // A message on the member's task subject that is not a task: dropped with an error, and
+    // the member goes on.
+    let js = js(&url).await?;
+    js.publish("looppool.bad.task.m", "not postcard".into())
+        .await?
+        .await?;
+    let outputs = pool.outputs();
+    pool.submit(Task::Double(21)).await?.await?;
+    let d = outputs.recv().await.ok_or("outputs ended")?;
+    check(doubled(&d) == Some(42), || format!("{:?}", d.value()))?;
+    drop(d);
+    stop_all(&pool, members).await
+}
+
+async fn graceful_stop() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = start(&url, "stop").await?;
+    let spec = Spec::new(&url, "stop");
+    let members = vec![spec.spawn("a"), spec.spawn("b")];
+    pool.wait_for_members(2, Duration::from_secs(30)).await?;
+    let outputs = pool.outputs();
+    let mut handles = Vec::new();
+    for n in 0..8 {
+        handles.push(pool.submit(Task::Sleep(50 + n)).await?);
+    }
+    handles.push(pool.submit(Task::Double(5)).await?);
+    let (stopped, refused) = tokio::join!(stop_all(&pool, members), async {
+        // Once stop began, nothing new is taken.
+        let wait = Deadline::new("the pool to close", Duration::from_secs(10));
+        loop {
+            match pool.try_submit(Task::Double(1)).await {
+                Err(SubmitError::Closed(_)) => return Ok::<(), Failed>(()),
+                Ok(h) => drop(h),
+                Err(_) => {}
+            }
+            wait.tick().await?;
+        }
+    });
+    refused?;
+    stopped?;
+    // Accepted tasks ended before stop returned, outputs included.
+    for h in handles {
+        let r = futures_util::FutureExt::now_or_never(h).ok_or("a task outlived stop")?;
+        r?;
+    }
+    let d = outputs.try_recv().ok_or("the output before stop is gone")?;
+    check(doubled(&d) == Some(10), || format!("{:?}", d.value()))?;
+    Ok(())
+}
+
+async fn sigkilled_member() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = quick(Pool::builder(&url, "kill"))
+        .ack_wait(Duration::from_secs(1))
+        .start()
+        .await?;
+    let mut events = pool.events();
+    let spec = Spec::new(&url, "kill");
+    let mut victim = spec.spawn("victim");
+    let keeper = spec.spawn("keeper");
+    pool.wait_for_members(2, Duration::from_secs(30)).await?;
+    let outputs = pool.outputs();
+    let mut handles = Vec::new();
+    for n in 0..20u64 {
+        handles.push(pool.submit(Task::Sleep(100 + n)).await?);
+    }
+    // Mid-run: a first task ended, and the victim runs one task and holds more.
+    let wait = Deadline::new("the victim to hold tasks mid-run", Duration::from_secs(10));
+    loop {
+        let victim_holds = pool.outstanding("victim").unwrap_or(0);
+        let total = victim_holds + pool.outstanding("keeper").unwrap_or(0);
+        if victim_holds >= 2 && total < 20 {
+            break;
+        }
+        wait.tick().await?;
+    }
+    victim.kill();
+    let mut moved = 0;
+    let mut ended = 0;
+    for h in handles.iter_mut() {
+        (&mut *h).await?;
+        ended += 1;
+        if h.deliveries() >= 2 {
+            check(h.member() == "keeper", || {
+                "redelivered to the victim".into()
+            })?;
+            moved += 1;
+        }
+    }
+    check(ended == 20 && moved >= 1, || {
+        format!("{ended} ended, {moved} redelivered with a delivery count of 2 or more")
+    })?;
+    let wait = Deadline::new("the victim's departure", Duration::from_secs(10));
+    let left = loop {
+        match tokio::time::timeout(Duration::from_millis(100), events.recv()).await {
+            Ok(Some(MemberEvent::Left { member, reason })) if member == "victim" => break reason,
+            _ => wait.tick().await?,
+        }
+    };
+    check(left.contains("silent"), || format!("left because {left}"))?;
+    let mut got = 0;
+    while outputs.try_recv().is_some() {
+        got += 1;
+    }
+    check(got == 0, || "Sleep emits nothing".into())?;
+    stop_all(&pool, vec![keeper]).await
+}
+
+async fn silent_parent() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = start(&url, "orphans").await?;
+    let spec = Spec::new(&url, "orphans");
+    let member = spec.spawn("m");
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    drop(pool);
+    let (code, text) = member.exit(Duration::from_secs(10)).await?;
+    check(code == 0 && text.contains("silent"), || {
+        format!("exited {code}: {text}")
+    })
+}
+
+async fn duplicate_name() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = start(&url, "dup").await?;
+    let spec = Spec::new(&url, "dup");
+    let first = spec.spawn("same");
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let second = spec.spawn("same");
+    let (code, text) = second.exit(Duration::from_secs(20)).await?;
+    check(code == 3 && text.contains("same is in use"), || {
+        format!("the second member exited {code}: {text}")
+    })?;
+    check(pool.members().len() == 1, || "two members".into())?;
+    stop_all(&pool, vec![first]).await
+}
+
+async fn other_runtimes() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = start(&url, "runtimes").await?;
+    let smol = Spec {
+        runtime: "smol",
+        ..Spec::new(&url, "runtimes")
+    }
+    .spawn("smol");
+    let async_std = Spec {
+        runtime: "async-std",
+        ..Spec::new(&url, "runtimes")
+    }
+    .spawn("async-std");
+    pool.wait_for_members(2, Duration::from_secs(30)).await?;
+    let outputs = pool.outputs();
+    for member in ["smol", "async-std"] {
+        pool.submit_to(member, Task::Double(3)).await?.await?;
+        pool.submit_to(member, Task::Sleep(5)).await?.await?;
+        let d = outputs.recv().await.ok_or("outputs ended")?;
+        check(d.member() == member && doubled(&d) == Some(6), || {
+            format!("{member}: {:?}", d.value())
+        })?;
+    }
+    stop_all(&pool, vec![smol, async_std]).await
+}
+
+async fn broker_restart() -> Result<(), Failed> {
+    let mut server = Server::start()?;
+    let url = server.url();
+    let pool = quick(Pool::builder(&url, "restart")).start().await?;
+    let spec = Spec::new(&url, "restart");
+    let members = vec![spec.spawn("a"), spec.spawn("b")];
+    pool.wait_for_members(2, Duration::from_secs(30)).await?;
+    let outputs = pool.outputs();
+    let mut handles = Vec::new();
+    for n in 0..10 {
+        handles.push(pool.submit(Task::Double(n)).await?);
+    }
+    for h in handles.drain(..) {
+        h.await?;
+    }
+    server.shut_down();
+    server.launch()?;
+    for n in 10..20 {
+        handles.push(pool.submit(Task::Double(n)).await?);
+    }
+    for h in handles {
+        h.await?;
+    }
+    let mut values = Vec::new();
+    while values.len() < 20 {
+        let d = outputs.recv().await.ok_or("outputs ended")?;
+        values.push(doubled(&d).ok_or("not Doubled")?);
+    }
+    values.sort_unstable();
+    values.dedup();
+    check(values.len() == 20, || format!("outputs {values:?}"))?;
+    check(pool.members().len() == 2, || {
+        format!("members after the restart: {:?}", pool.members())
+    })?;
+    stop_all(&pool, members).await
+}
+
+async fn broker_gone() -> Result<(), Failed> {
+    let mut server = Server::start()?;
+    let url = server.url();
+    let pool = quick(Pool::builder(&url, "gone"))
+        .broker_timeout(Duration::from_secs(1))
+        .start()
+        .await?;
+    let spec = Spec::new(&url, "gone");
+    let member = spec.spawn("m");
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    server.shut_down();
+    let started = Instant::now();
+    match pool.submit(Task::Double(1)).await {
+        Err(SubmitError::Broker(Task::Double(1), e)) => {
+            check(started.elapsed() < Duration::from_secs(20), || {
+                format!("reported after {:?}", started.elapsed())
+            })?;
+            check(!e.is_empty(), || "an empty reason".into())?;
+        }
+        other => return Err(format!("a task with the broker gone: {other:?}").into()),
+    }
+    drop(member);
+    Ok(())
+}
