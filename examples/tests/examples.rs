@@ -297,3 +297,108 @@ fn top_draws_a_row_per_worker() {
     }
     assert!(stdout.contains("pool stopped (graceful: true)"), "{stdout}");
 }
+
+/// A NATS server with JetStream for the scale-out example: the one `LOOPPOOL_NATS_URL` names,
+/// or one started here on a free loopback port (killed when dropped).
+struct Nats {
+    url: String,
+    server: Option<(std::process::Child, PathBuf)>,
+}
+
+impl Nats {
+    fn get() -> Self {
+        if let Ok(url) = std::env::var("LOOPPOOL_NATS_URL") {
+            return Self { url, server: None };
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let store = std::env::temp_dir().join(format!("looppool-examples-nats-{port}"));
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (install: transport-nats/scripts/nats-server.sh install)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            server: Some((child, store)),
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some((mut child, store)) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(store);
+        }
+    }
+}
+
+#[test]
+fn nats_members_started_by_command_serve_the_parent() {
+    let nats = Nats::get();
+    let url = nats.url.as_str();
+    let members: Vec<_> = [("m1", "tokio"), ("m2", "smol")]
+        .iter()
+        .map(|(name, runtime)| {
+            let args = [
+                "member",
+                url,
+                "example",
+                "--name",
+                name,
+                "--runtime",
+                runtime,
+                "--workers",
+                "1",
+            ];
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            std::thread::spawn(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                run("nats", &args, Duration::from_secs(120))
+            })
+        })
+        .collect();
+    let parent = run(
+        "nats",
+        &["parent", url, "example", "--members", "2", "--jobs", "12"],
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&parent.stdout);
+    assert!(
+        parent.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&parent.stderr)
+    );
+    // 12 jobs, round-robin over two members.
+    assert!(
+        stdout.contains("  m1: 6 jobs") && stdout.contains("  m2: 6 jobs"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("pool stopped; 2 members left, 0 did not answer"),
+        "{stdout}"
+    );
+    for m in members {
+        let out = m.join().expect("the member's thread");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("left after 6 tasks: the pool stopped"),
+            "{text}"
+        );
+    }
+}
