@@ -7,9 +7,11 @@
 //! ```
 //!
 //! Scenarios: `throughput`, `latency`, `payload`, `startup`, `idle`, `offload` (tokio), `soak`,
-//! and `all` (every one but `soak`).
+//! and `all` (every one but `soak`); over NATS JetStream (tokio, with `LOOPPOOL_NATS_URL` naming
+//! the server): `nats-throughput`, `nats-latency`, and `nats` (both).
 
 mod floor;
+mod nats;
 mod offload;
 mod report;
 mod scenarios;
@@ -22,7 +24,8 @@ use scenarios::{Echo, Setup};
 const RUNTIME_VAR: &str = "LOOPPOOL_BENCH_RUNTIME";
 
 const USAGE: &str =
-    "usage: looppool-bench <throughput|latency|payload|startup|idle|offload|soak|all> \
+    "usage: looppool-bench <throughput|latency|payload|startup|idle|offload|soak|all|nats|\
+nats-throughput|nats-latency> \
 [--runtime tokio|smol|async-std] [--workers N] [--json] [--seconds S] [--scale X]";
 
 struct Args {
@@ -96,6 +99,7 @@ fn main() {
     }
     match std::env::args().nth(1).as_deref() {
         Some(floor::PEER_ARG) => return floor::peer_main(),
+        Some(nats::MEMBER_ARG) => return nats::member_main(),
         Some(floor::READY_ARG) => {
             use std::io::Write;
             let _ = std::io::stdout().write_all(b"r");
@@ -176,6 +180,13 @@ async fn scenarios_on(s: &Setup, args: &Args) -> Result<(), BoxError> {
             "idle" => scenarios::idle(s).await?,
             "offload" => offload::offload(s, n(2000)).await?,
             "soak" => scenarios::soak(s, args.seconds).await?,
+            "nats-throughput" => nats::throughput(s, n(100_000)).await?,
+            "nats-latency" => nats::latency(s, n(5_000)).await?,
+            "nats" => {
+                let mut both = nats::throughput(s, n(100_000)).await?;
+                both.extend(nats::latency(s, n(5_000)).await?);
+                both
+            }
             other => return Err(format!("unknown scenario {other:?}\n{USAGE}").into()),
         };
         for r in reports {

@@ -571,34 +571,44 @@ impl<W: Worker> Serving<W> {
         self: Arc<Self>,
         mut lane: mpsc::UnboundedReceiver<(EndOut, Option<JsMessage>)>,
     ) {
-        let subject = self.names.end(&self.member);
-        while let Some((EndOut { end }, message)) = lane.recv().await {
-            let id = end.id;
-            let msg_id = format!("{}-{}-e{id}-{}", self.member, self.run, end.deliveries);
-            let sent = match wire::encode(&end) {
-                Ok(bytes) => {
-                    broker::publish(&self.broker.js, &subject, &msg_id, &bytes, None).await
-                }
-                Err(e) => Err(PublishFailure::Refused(e)),
-            };
-            if let Err(e) = &sent {
-                tracing::error!(task = id, "task end not sent: {e}");
-            }
-            if let Some(m) = message {
-                // Done: the work queue drops it. Should the ack be lost, the task comes back
-                // after the ack wait, runs again, and the parent ignores the second end.
-                if m.double_ack().await.is_err() {
-                    let _ = m.ack().await;
-                }
-            }
-            lock(&self.running).remove(&id);
-            self.ended
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.changed.notify_waiters();
-            if matches!(sent, Err(PublishFailure::NoStream)) {
-                return;
+        // Ends need no order among themselves (the parent matches each to its task and its
+        // output count), so they go out concurrently.
+        let mut sending = futures_util::stream::FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                next = lane.recv() => match next {
+                    Some((EndOut { end }, message)) => sending.push(self.send_end(end, message)),
+                    None => break,
+                },
+                Some(()) = sending.next(), if !sending.is_empty() => {}
             }
         }
+        while sending.next().await.is_some() {}
+    }
+
+    /// Publishes one task end, then acknowledges the task to JetStream.
+    async fn send_end(&self, end: EndMsg, message: Option<JsMessage>) {
+        let id = end.id;
+        let msg_id = format!("{}-{}-e{id}-{}", self.member, self.run, end.deliveries);
+        let subject = self.names.end(&self.member);
+        let sent = match wire::encode(&end) {
+            Ok(bytes) => broker::publish(&self.broker.js, &subject, &msg_id, &bytes, None).await,
+            Err(e) => Err(PublishFailure::Refused(e)),
+        };
+        if let Err(e) = &sent {
+            tracing::error!(task = id, "task end not sent: {e}");
+        }
+        if let Some(m) = message {
+            // Done: the work queue drops it. Should the ack be lost, the task comes back after
+            // the ack wait, runs again, and the parent ignores the second end.
+            if m.double_ack().await.is_err() {
+                let _ = m.ack().await;
+            }
+        }
+        lock(&self.running).remove(&id);
+        self.ended
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 
     async fn heartbeat(self: Arc<Self>, every: Duration) {
