@@ -180,8 +180,7 @@ async fn join_pool(
     join: &Join,
 ) -> Result<(Duration, Duration, Duration), Error> {
     let request = wire::encode(join).map_err(Error::Config)?;
-    let started = Instant::now();
-    let mut told = Instant::now();
+    let mut told: Option<Instant> = None;
     loop {
         let answer = tokio::time::timeout(
             Duration::from_secs(2),
@@ -209,9 +208,9 @@ async fn join_pool(
                 }
             },
             Ok(Err(_)) | Err(_) => {
-                if told.elapsed() >= Duration::from_secs(5) || told == started {
-                    tracing::info!("waiting for pool {}'s parent to answer", join.member);
-                    told = Instant::now() + Duration::from_millis(1);
+                if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                    tracing::info!("waiting for the parent of pool {} to answer", names.pool());
+                    told = Some(Instant::now());
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -343,7 +342,11 @@ impl<W: Worker> Serving<W> {
                 },
             }
         };
-        // Take no more; tasks delivered but not yet taken come back after the ack wait.
+        // Take no more. Tasks already delivered but not yet taken go back at once, for the
+        // parent to hand to other members.
+        while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+            let _ = m.ack_with(AckKind::Nak(None)).await;
+        }
         drop(messages);
         tracing::info!(member = %self.member, "leaving: {reason}");
         if evicted.is_none() {
@@ -546,27 +549,31 @@ impl<W: Worker> Serving<W> {
         let mut seq = 0u64;
         while let Some((task, delivery)) = lane.recv().await {
             seq += 1;
-            let payload = match wire::encode(delivery.value()) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!("output not sent: cannot encode it: {e}");
-                    continue;
-                }
-            };
-            let Ok(msg) = wire::encode(&OutputMsg { task, payload }) else {
-                continue;
-            };
             let msg_id = format!("{}-{}-o{seq}", self.member, self.run);
-            match broker::publish(&self.broker.js, &subject, &msg_id, &msg, None).await {
-                Ok(()) => {}
-                Err(PublishFailure::NoStream) => return,
-                Err(e) => tracing::error!("output not sent: {e}"),
+            let payload =
+                wire::encode(delivery.value()).map_err(|e| format!("cannot encode it: {e}"));
+            let size = payload.as_ref().map_or(0, Vec::len);
+            let mut output = OutputMsg { task, payload };
+            while let Ok(msg) = wire::encode(&output) {
+                match broker::publish(&self.broker.js, &subject, &msg_id, &msg, None).await {
+                    Ok(()) => break,
+                    Err(PublishFailure::NoStream) => return,
+                    // Too large for the broker, most likely: say so in its place, so that the
+                    // task's end does not wait for it and the parent reports it.
+                    Err(e) if output.payload.is_ok() => {
+                        tracing::error!(task, "output of {size} bytes not sent: {e}");
+                        output.payload = Err(format!("the broker refused {size} bytes: {e}"));
+                    }
+                    Err(e) => {
+                        tracing::error!(task, "output not sent: {e}");
+                        break;
+                    }
+                }
             }
             drop(delivery);
         }
     }
 
-    /// Publishes task ends in order, then acknowledges each task to JetStream.
     async fn end_lane(
         self: Arc<Self>,
         mut lane: mpsc::UnboundedReceiver<(EndOut, Option<JsMessage>)>,

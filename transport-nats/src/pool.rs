@@ -681,8 +681,14 @@ impl<W: Worker> Pool<W> {
                 return Err(SubmitError::Closed(task));
             }
             if let Some(key) = key {
-                inner.sticky.retain(|(k, _)| k != key);
-                inner.sticky.push((key.into(), payload.clone()));
+                inner.sticky.retain(|s| s.key != key);
+                inner.sticky_set += 1;
+                let set = inner.sticky_set;
+                inner.sticky.push(Sticky {
+                    key: key.into(),
+                    set,
+                    payload: payload.clone(),
+                });
             } else if inner.members.is_empty() {
                 return Err(SubmitError::NoMember(task));
             }
@@ -783,6 +789,8 @@ struct Pending {
     seen: Vec<(String, u32)>,
     /// An end that arrived before all the outputs it counts.
     parked: Option<(String, EndMsg)>,
+    /// Why an output of the task could not be delivered: the task then fails.
+    dropped: Option<String>,
 }
 
 impl Pending {
@@ -801,6 +809,13 @@ struct Live {
     limit: usize,
 }
 
+struct Sticky {
+    key: String,
+    /// Which setting this is (the value of `Inner::sticky_set` then).
+    set: u64,
+    payload: Vec<u8>,
+}
+
 #[derive(Default)]
 struct Inner {
     closed: bool,
@@ -808,7 +823,10 @@ struct Inner {
     members: Vec<Live>,
     cursor: usize,
     tasks: HashMap<u64, Pending>,
-    sticky: Vec<(String, Vec<u8>)>,
+    /// Sticky broadcasts, in the order they were last set.
+    sticky: Vec<Sticky>,
+    /// How many sticky broadcasts were ever set.
+    sticky_set: u64,
     /// Members gone whose tasks are being taken back from their consumers.
     reclaiming: HashSet<String>,
 }
@@ -818,26 +836,33 @@ impl Inner {
         self.members.iter().position(|m| m.info.name == member)
     }
 
-    /// Records a task for member `k`.
+    /// Records a task for live member `k`.
     fn place(&mut self, k: usize, route: Route, deliveries: u32) -> (u64, TaskHandle) {
-        self.next_id += 1;
-        let id = self.next_id;
         let live = &mut self.members[k];
         live.outstanding += 1;
+        let member = live.info.name.clone();
+        self.record(member, route, deliveries)
+    }
+
+    /// Records a task for `member` (live, or joining: then counted when it goes live).
+    fn record(&mut self, member: String, route: Route, deliveries: u32) -> (u64, TaskHandle) {
+        self.next_id += 1;
+        let id = self.next_id;
         let status = Arc::new(Mutex::new(Status {
-            member: live.info.name.clone(),
+            member: member.clone(),
             deliveries,
         }));
         let (tx, rx) = oneshot::channel();
         self.tasks.insert(
             id,
             Pending {
-                member: live.info.name.clone(),
+                member,
                 route,
                 tx: Some(tx),
                 status: status.clone(),
                 seen: Vec::new(),
                 parked: None,
+                dropped: None,
             },
         );
         (id, TaskHandle { id, status, rx })
@@ -856,6 +881,12 @@ impl Inner {
             status.member = member.into();
             status.deliveries = status.deliveries.max(deliveries);
         }
+        let result = match (result, p.dropped.take()) {
+            (Ok(()), Some(why)) => Err(TaskError::Failed {
+                message: format!("an output of the task could not be delivered: {why}"),
+            }),
+            (result, _) => result,
+        };
         match p.tx.take() {
             Some(tx) => {
                 let _ = tx.send(result);
@@ -1021,35 +1052,51 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             capacity: join.capacity as usize,
             workers: join.workers as usize,
         };
-        // Sticky broadcasts first, then the member takes tasks.
-        let sticky = {
-            let mut inner = self.lock();
-            if inner.closed {
-                return refuse("the pool is stopping".into());
-            }
-            inner.members.push(Live {
-                info: info.clone(),
-                last_seen: Instant::now(),
-                outstanding: 0,
-                limit: self.settings.backlog.unwrap_or(info.capacity),
-            });
-            let k = inner.members.len() - 1;
-            let payloads: Vec<Vec<u8>> = inner.sticky.iter().map(|(_, p)| p.clone()).collect();
-            payloads
-                .into_iter()
-                .map(|p| {
-                    let (id, handle) = inner.place(k, Route::Member, 0);
-                    if let Some(pending) = inner.tasks.get_mut(&id) {
-                        pending.tx = None;
-                    }
-                    drop(handle);
-                    (id, p)
-                })
-                .collect::<Vec<_>>()
-        };
-        for (id, payload) in sticky {
-            if let Err(e) = self.send_task(id, &info.name, 0, payload).await {
-                self.lose(id, &info.name, format!("the broker did not take it: {e}"));
+        // Sticky broadcasts first, stored before any other task for the member: it is routable
+        // only once none is left unsent (one set meanwhile is sent in another round).
+        let mut sent = HashSet::new();
+        loop {
+            let todo = {
+                let mut inner = self.lock();
+                if inner.closed && sent.is_empty() {
+                    return refuse("the pool is stopping".into());
+                }
+                let todo: Vec<(u64, Vec<u8>)> = inner
+                    .sticky
+                    .iter()
+                    .filter(|s| !sent.contains(&s.set))
+                    .map(|s| (s.set, s.payload.clone()))
+                    .collect();
+                if todo.is_empty() {
+                    let outstanding = inner
+                        .tasks
+                        .values()
+                        .filter(|p| p.member == info.name)
+                        .count();
+                    inner.members.push(Live {
+                        info: info.clone(),
+                        last_seen: Instant::now(),
+                        outstanding,
+                        limit: self.settings.backlog.unwrap_or(info.capacity),
+                    });
+                    break;
+                }
+                todo.into_iter()
+                    .map(|(set, payload)| {
+                        let (id, handle) = inner.record(info.name.clone(), Route::Member, 0);
+                        if let Some(pending) = inner.tasks.get_mut(&id) {
+                            pending.tx = None;
+                        }
+                        drop(handle);
+                        (set, id, payload)
+                    })
+                    .collect::<Vec<_>>()
+            };
+            for (set, id, payload) in todo {
+                sent.insert(set);
+                if let Err(e) = self.send_task(id, &info.name, 0, payload).await {
+                    self.lose(id, &info.name, format!("the broker did not take it: {e}"));
+                }
             }
         }
         tracing::info!(member = %info.name, host = %info.host, capacity = info.capacity, "member joined");
@@ -1278,13 +1325,16 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         self.changed.notify_waiters();
     }
 
-    /// Counts an output of task `id` from `member`, ending the task if its end was waiting
-    /// for it.
-    fn on_output(&self, member: &str, id: u64) {
+    /// Counts an output of task `id` from `member` (one that could not be delivered
+    /// included), ending the task if its end was waiting for it.
+    fn on_output(&self, member: &str, id: u64, dropped: Option<&String>) {
         let mut inner = self.lock();
         let Some(p) = inner.tasks.get_mut(&id) else {
             return;
         };
+        if let Some(e) = dropped {
+            p.dropped.get_or_insert_with(|| e.clone());
+        }
         match p.seen.iter_mut().find(|(m, _)| m == member) {
             Some((_, n)) => *n += 1,
             None => p.seen.push((member.into(), 1)),
@@ -1500,13 +1550,23 @@ async fn read_outputs<O: DeserializeOwned + Send + 'static>(
         match messages.next().await {
             Some(Ok(m)) => {
                 let member = Names::member_of(&m.subject).to_string();
-                let decoded = wire::decode::<OutputMsg>(&m.payload)
-                    .and_then(|o| Ok((o.task, wire::decode::<O>(&o.payload)?)));
-                match decoded {
-                    Ok((task, value)) => {
-                        if let Some(id) = task {
-                            shared.on_output(&member, id);
-                        }
+                let output = match wire::decode::<OutputMsg>(&m.payload) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::error!(member, "undecodable output message dropped: {e}");
+                        let _ = m.ack().await;
+                        continue;
+                    }
+                };
+                let task = output.task;
+                let value = output.payload.and_then(|p| {
+                    wire::decode::<O>(&p).map_err(|e| format!("cannot decode it: {e}"))
+                });
+                if let Some(id) = task {
+                    shared.on_output(&member, id, value.as_ref().err());
+                }
+                match value {
+                    Ok(value) => {
                         let delivery = Delivery {
                             member,
                             task,
@@ -1517,7 +1577,7 @@ async fn read_outputs<O: DeserializeOwned + Send + 'static>(
                         let _ = shared.outputs_tx.send(delivery).await;
                     }
                     Err(e) => {
-                        tracing::error!(member, "undecodable output dropped: {e}");
+                        tracing::error!(member, task, "an output was dropped: {e}");
                         let _ = m.ack().await;
                     }
                 }

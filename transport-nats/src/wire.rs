@@ -25,6 +25,10 @@ impl Names {
         Self { pool: pool.into() }
     }
 
+    pub(crate) fn pool(&self) -> &str {
+        &self.pool
+    }
+
     pub(crate) fn join(&self) -> String {
         format!("looppool.{}.join", self.pool)
     }
@@ -128,8 +132,9 @@ pub(crate) struct Leave {
 pub(crate) struct OutputMsg {
     /// The task that emitted it, or `None` for an unsolicited output.
     pub(crate) task: Option<u64>,
-    /// The postcard encoding of the `Worker::Output`.
-    pub(crate) payload: Vec<u8>,
+    /// The postcard encoding of the `Worker::Output`, or why the member could not send it
+    /// (counted all the same, so that the task's end does not wait for it).
+    pub(crate) payload: Result<Vec<u8>, String>,
 }
 
 /// How a task ended in a member.

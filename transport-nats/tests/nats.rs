@@ -60,6 +60,14 @@ fn main() {
         trial("bad_tasks_are_refused_with_a_clear_error", bad_tasks),
         trial("graceful_stop_drains_and_refuses_new_tasks", graceful_stop),
         trial("a_sigkilled_member_loses_nothing", sigkilled_member),
+        trial(
+            "a_member_told_to_shut_down_hands_its_waiting_tasks_on",
+            member_shutdown,
+        ),
+        trial(
+            "an_output_too_large_for_the_broker_fails_its_task_clearly",
+            oversized_output,
+        ),
         trial("members_leave_when_the_parent_goes_silent", silent_parent),
         trial("a_duplicate_member_name_is_refused", duplicate_name),
         trial("smol_and_async_std_workers_serve_over_nats", other_runtimes),
@@ -739,6 +747,86 @@ async fn sigkilled_member() -> Result<(), Failed> {
     }
     check(got == 0, || "Sleep emits nothing".into())?;
     stop_all(&pool, vec![keeper]).await
+}
+
+async fn member_shutdown() -> Result<(), Failed> {
+    let url = shared_url()?;
+    // An ack wait far longer than the trial's limit below: handing tasks on must not wait
+    // for it.
+    let pool = quick(Pool::builder(&url, "shutdown"))
+        .ack_wait(Duration::from_secs(600))
+        .backlog(6)
+        .start()
+        .await?;
+    let mut events = pool.events();
+    let spec = Spec::new(&url, "shutdown");
+    let leaving = spec.spawn("leaving");
+    let staying = spec.spawn("staying");
+    pool.wait_for_members(2, Duration::from_secs(30)).await?;
+    let mut handles = Vec::new();
+    for _ in 0..12 {
+        handles.push(pool.submit(Task::Sleep(100)).await?);
+    }
+    let wait = Deadline::new(
+        "the leaving member to hold 6 tasks",
+        Duration::from_secs(10),
+    );
+    while pool.outstanding("leaving") != Some(6) {
+        wait.tick().await?;
+    }
+    let pid = nix::unistd::Pid::from_raw(leaving.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    let all = async {
+        for h in handles.iter_mut() {
+            (&mut *h).await?;
+        }
+        Ok::<(), TaskError>(())
+    };
+    tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .map_err(|_| "tasks waited for the ack wait")??;
+    let on_staying = handles.iter().filter(|h| h.member() == "staying").count();
+    check(on_staying > 6, || {
+        format!("{on_staying} tasks ran on the staying member")
+    })?;
+    let (code, text) = leaving.exit(Duration::from_secs(10)).await?;
+    check(code == 0 && text.contains("shut down"), || {
+        format!("the leaving member exited {code}: {text}")
+    })?;
+    let wait = Deadline::new("the departure", Duration::from_secs(10));
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), events.recv()).await {
+            Ok(Some(MemberEvent::Left { member, reason })) if member == "leaving" => {
+                check(reason == "shut down", || format!("left because {reason}"))?;
+                break;
+            }
+            _ => wait.tick().await?,
+        }
+    }
+    stop_all(&pool, vec![staying]).await
+}
+
+async fn oversized_output() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = start(&url, "oversized").await?;
+    let spec = Spec::new(&url, "oversized");
+    let members = vec![spec.spawn("m")];
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let outputs = pool.outputs();
+    // The server's default max_payload is 1 MiB.
+    let big = pool.submit(Task::Zeros(2 << 20)).await?.await;
+    check(
+        matches!(&big, Err(TaskError::Failed { message }) if message.contains("could not be delivered")),
+        || format!("{big:?}"),
+    )?;
+    pool.submit(Task::Zeros(1000)).await?.await?;
+    let d = outputs.recv().await.ok_or("outputs ended")?;
+    check(
+        matches!(d.value(), Out::Bytes(b) if b.len() == 1000),
+        || "the next output".into(),
+    )?;
+    drop(d);
+    stop_all(&pool, members).await
 }
 
 async fn silent_parent() -> Result<(), Failed> {

@@ -74,6 +74,8 @@ pub enum Task {
     Digest(Vec<u8>),
     /// Emit an `INFO` `tracing` event with this message and a field `answer = 42`.
     Log(String),
+    /// Emit `Bytes` of this many zeros.
+    Zeros(usize),
 }
 
 /// What a [`Probe`] emits.
@@ -98,6 +100,8 @@ pub enum Out {
     Pid(u32),
     /// The length and FNV-1a hash of the bytes of a `Digest` task.
     Digest(usize, u64),
+    /// The answer to `Zeros`.
+    Bytes(Vec<u8>),
 }
 
 /// The FNV-1a hash of `bytes`.
@@ -205,6 +209,7 @@ impl Worker for Probe {
             }
             Task::Digest(bytes) => ctx.put(Out::Digest(bytes.len(), fnv1a(&bytes))).await?,
             Task::Log(message) => tracing::info!(answer = 42, "{message}"),
+            Task::Zeros(n) => ctx.put(Out::Bytes(vec![0; n])).await?,
             Task::SpinUntilExists(path) => {
                 while !std::path::Path::new(&path).exists() {
                     std::hint::spin_loop();
