@@ -133,7 +133,7 @@ pub(crate) async fn publish(
             Err(e) => e,
         };
         let text = error_text(&error);
-        let full = text.contains("maximum messages per subject");
+        let full = subject_full(&error);
         match error.kind() {
             PublishErrorKind::StreamNotFound => return Err(PublishFailure::NoStream),
             PublishErrorKind::MaxPayloadExceeded => return Err(PublishFailure::Refused(text)),
@@ -151,6 +151,28 @@ pub(crate) async fn publish(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(if full { 20 } else { 250 }));
     }
+}
+
+/// The acknowledgement of a message [`send`] handed to the client.
+pub(crate) type AckFuture = async_nats::jetstream::context::PublishAckFuture;
+
+/// Hands a message to the client for JetStream to store, without waiting for it to be stored:
+/// messages sent one after another on a connection are stored in that order.
+pub(crate) async fn send(
+    js: &jetstream::Context,
+    subject: &str,
+    msg_id: &str,
+    payload: &[u8],
+) -> Result<AckFuture, async_nats::jetstream::context::PublishError> {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id);
+    js.publish_with_headers(subject.to_string(), headers, bytes_of(payload))
+        .await
+}
+
+/// Whether a publish was refused because its subject holds its limit of messages.
+pub(crate) fn subject_full(error: &async_nats::jetstream::context::PublishError) -> bool {
+    error_text(error).contains("maximum messages per subject")
 }
 
 fn bytes_of(payload: &[u8]) -> bytes::Bytes {

@@ -11,8 +11,10 @@
 //!   work-queue stream, with `max_ack_pending` equal to its capacity; the parent sends a member
 //!   at most its backlog and makes submitters wait for room.
 //! - **Result credit**: a member stores at most `result_credit` outputs that the parent has not
-//!   acknowledged (a per-subject limit on the output stream); the parent acknowledges an output
-//!   when the program drops its [`Delivery`].
+//!   acknowledged; the parent acknowledges an output when the program drops its [`Delivery`],
+//!   and tells the member how many it acknowledged so far. Within its credit a member stores
+//!   outputs without waiting for each to be stored before the next, in order; a per-subject
+//!   limit on the output stream backs the count up.
 //! - **Membership**: members join with a request the parent answers, beat a heartbeat, and
 //!   leave; one silent past the member timeout is counted gone. [`Pool::events`] tells both.
 //! - **Faults**: a member that dies leaves its unacknowledged tasks in its consumer; after the
@@ -40,6 +42,7 @@
 //! | `looppool.P.alive.M` | core NATS | member `M`'s heartbeat |
 //! | `looppool.P.leave.M` | core NATS | member `M` leaves |
 //! | `looppool.P.ctl.M` | core NATS | the parent tells member `M` to stop |
+//! | `looppool.P.credit.M` | core NATS | how many of `M`'s outputs the parent acknowledged |
 //! | `looppool.P.beacon` | core NATS | the parent's heartbeat |
 //! | `looppool.P.task.M` | stream `looppool-P-tasks` (work queue) | tasks for member `M`, read by its consumer `M` |
 //! | `looppool.P.out.M` | stream `looppool-P-out` (work queue) | outputs of member `M`, at most the result credit stored per member |

@@ -4,7 +4,8 @@
 use crate::broker::{self, Broker, PublishFailure};
 use crate::error::Error;
 use crate::wire::{
-    self, Alive, Control, EndMsg, Join, JoinReply, Leave, Names, Outcome, OutputMsg, TaskMsg,
+    self, Alive, Control, Credit, EndMsg, Join, JoinReply, Leave, Names, Outcome, OutputMsg,
+    TaskMsg,
 };
 use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::{AckKind, Message as JsMessage};
@@ -16,7 +17,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 /// Joins a pool over NATS and serves its tasks with a local pool of workers.
 ///
@@ -73,6 +74,11 @@ pub struct Left {
     pub reason: String,
     /// Tasks it ran to an end.
     pub tasks: u64,
+    /// Outputs the broker refused at first because this member's stored outputs were at the
+    /// result credit, and were stored later. The member's own count of its credit prevents
+    /// that; more than 0 means the count and the broker disagreed (after a broker restart,
+    /// say). The broker's limit kept the credit all the same.
+    pub outputs_refused: u64,
 }
 
 impl<W: Worker> Member<W> {
@@ -136,7 +142,7 @@ impl<W: Worker> Member<W> {
             w = join_pool(&broker, &names, &join) => w,
             () = &mut shutdown => Err(Error::Timeout("shut down before the pool's parent answered".into())),
         };
-        let (ack_wait, heartbeat, member_timeout) = match welcome {
+        let settings = match welcome {
             Ok(w) => w,
             Err(e) => {
                 local.stop().await;
@@ -153,6 +159,7 @@ impl<W: Worker> Member<W> {
             ids: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             ended: std::sync::atomic::AtomicU64::new(0),
+            refused: std::sync::atomic::AtomicU64::new(0),
             run: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| format!("{:x}", d.as_nanos()))
@@ -160,25 +167,24 @@ impl<W: Worker> Member<W> {
         };
         let serving = Arc::new(serving);
         let result = serving
-            .serve(
-                shutdown,
-                ack_wait,
-                heartbeat,
-                member_timeout,
-                join.capacity as usize,
-            )
+            .serve(shutdown, settings, join.capacity as usize)
             .await;
         serving.local.stop().await;
         result
     }
 }
 
-/// Asks to join until the parent answers; returns the ack wait, heartbeat and member timeout.
-async fn join_pool(
-    broker: &Broker,
-    names: &Names,
-    join: &Join,
-) -> Result<(Duration, Duration, Duration), Error> {
+/// What the parent told a member when it joined.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    ack_wait: Duration,
+    heartbeat: Duration,
+    member_timeout: Duration,
+    result_credit: u64,
+}
+
+/// Asks to join until the parent answers.
+async fn join_pool(broker: &Broker, names: &Names, join: &Join) -> Result<Settings, Error> {
     let request = wire::encode(join).map_err(Error::Config)?;
     let mut told: Option<Instant> = None;
     loop {
@@ -193,12 +199,14 @@ async fn join_pool(
                     ack_wait_ms,
                     heartbeat_ms,
                     member_timeout_ms,
+                    result_credit,
                 }) => {
-                    return Ok((
-                        Duration::from_millis(ack_wait_ms),
-                        Duration::from_millis(heartbeat_ms),
-                        Duration::from_millis(member_timeout_ms),
-                    ))
+                    return Ok(Settings {
+                        ack_wait: Duration::from_millis(ack_wait_ms),
+                        heartbeat: Duration::from_millis(heartbeat_ms),
+                        member_timeout: Duration::from_millis(member_timeout_ms),
+                        result_credit: u64::from(result_credit.max(1)),
+                    })
                 }
                 Ok(JoinReply::Refused { reason }) => return Err(Error::Refused(reason)),
                 Err(e) => {
@@ -266,6 +274,8 @@ struct Serving<W: Worker> {
     /// Notified when `running` or `ids` change.
     changed: Notify,
     ended: std::sync::atomic::AtomicU64,
+    /// Outputs the broker refused for the per-subject limit.
+    refused: std::sync::atomic::AtomicU64,
     run: String,
 }
 
@@ -277,11 +287,15 @@ impl<W: Worker> Serving<W> {
     async fn serve(
         self: &Arc<Self>,
         mut shutdown: std::pin::Pin<&mut futures_util::future::Fuse<impl Future<Output = ()>>>,
-        ack_wait: Duration,
-        heartbeat: Duration,
-        member_timeout: Duration,
+        settings: Settings,
         capacity: usize,
     ) -> Result<Left, Error> {
+        let Settings {
+            ack_wait,
+            heartbeat,
+            member_timeout,
+            result_credit,
+        } = settings;
         let client = &self.broker.client;
         let sub = |subject: String| async move {
             client
@@ -291,21 +305,37 @@ impl<W: Worker> Serving<W> {
         };
         let mut ctl = sub(self.names.ctl(&self.member)).await?;
         let mut beacon = sub(self.names.beacon()).await?;
+        let mut credit = sub(self.names.credit(&self.member)).await?;
+        let (granted_tx, granted) = watch::channel(0u64);
         let mut messages = self.messages(capacity).await?;
 
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (end_tx, end_rx) = mpsc::unbounded_channel();
         let mut background = tokio::task::JoinSet::new();
-        background.spawn(self.clone().pump(finished_rx, out_tx, end_tx));
+        let pump = tokio::spawn(self.clone().pump(finished_rx, out_tx, end_tx));
         let lanes = {
             let me = self.clone();
-            let outputs = tokio::spawn(me.clone().output_lane(out_rx));
+            let outputs = tokio::spawn(me.clone().output_lane(out_rx, result_credit, granted));
             let ends = tokio::spawn(me.end_lane(end_rx));
             (outputs, ends)
         };
         background.spawn(self.clone().heartbeat(heartbeat));
         background.spawn(self.clone().progress(ack_wait));
+        background.spawn(async move {
+            while let Some(m) = credit.next().await {
+                match wire::decode::<Credit>(&m.payload) {
+                    Ok(c) => {
+                        granted_tx.send_if_modified(|g| {
+                            let more = c.acked > *g;
+                            *g = (*g).max(c.acked);
+                            more
+                        });
+                    }
+                    Err(e) => tracing::error!("undecodable credit message ignored: {e}"),
+                }
+            }
+        });
 
         let mut last_beacon = Instant::now();
         let mut check = tokio::time::interval(heartbeat);
@@ -361,7 +391,9 @@ impl<W: Worker> Serving<W> {
             }
         }
         drop(finished_tx);
-        background.abort_all();
+        // Every task ended: the lanes close once they sent what they hold. Heartbeats and
+        // credit go on meanwhile (outputs may wait for the parent's program to read them).
+        pump.abort();
         let (outputs, ends) = lanes;
         if evicted.is_none() {
             let _ = ends.await;
@@ -370,6 +402,7 @@ impl<W: Worker> Serving<W> {
             ends.abort();
             outputs.abort();
         }
+        background.abort_all();
         if let Ok(bytes) = wire::encode(&Leave {
             reason: reason.clone(),
         }) {
@@ -385,6 +418,7 @@ impl<W: Worker> Serving<W> {
             member: self.member.clone(),
             reason,
             tasks: self.ended.load(std::sync::atomic::Ordering::Relaxed),
+            outputs_refused: self.refused.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -539,39 +573,88 @@ impl<W: Worker> Serving<W> {
         let _ = out_lane.send((id, delivery));
     }
 
-    /// Publishes outputs in order; an output is acknowledged to the local worker (returning
-    /// its result credit) once the broker stored it.
+    /// Stores outputs in order, as many at once as the result credit allows; an output is
+    /// acknowledged to the local worker (returning its local credit) once the broker stored it.
     async fn output_lane(
         self: Arc<Self>,
         mut lane: mpsc::UnboundedReceiver<(Option<u64>, looppool_core::Delivery<W::Output>)>,
+        credit: u64,
+        mut granted: watch::Receiver<u64>,
     ) {
         let subject = self.names.out(&self.member);
         let mut seq = 0u64;
-        while let Some((task, delivery)) = lane.recv().await {
-            seq += 1;
-            let msg_id = format!("{}-{}-o{seq}", self.member, self.run);
-            let payload =
-                wire::encode(delivery.value()).map_err(|e| format!("cannot encode it: {e}"));
-            let size = payload.as_ref().map_or(0, Vec::len);
-            let mut output = OutputMsg { task, payload };
-            while let Ok(msg) = wire::encode(&output) {
-                match broker::publish(&self.broker.js, &subject, &msg_id, &msg, None).await {
-                    Ok(()) => break,
-                    Err(PublishFailure::NoStream) => return,
-                    // Too large for the broker, most likely: say so in its place, so that the
-                    // task's end does not wait for it and the parent reports it.
-                    Err(e) if output.payload.is_ok() => {
-                        tracing::error!(task, "output of {size} bytes not sent: {e}");
-                        output.payload = Err(format!("the broker refused {size} bytes: {e}"));
+        let mut storing = futures_util::stream::FuturesOrdered::new();
+        let mut open = true;
+        while open || !storing.is_empty() {
+            let room = seq.saturating_sub(*granted.borrow()) < credit;
+            tokio::select! {
+                biased;
+                Some(()) = storing.next(), if !storing.is_empty() => {}
+                next = lane.recv(), if open && room => match next {
+                    Some((task, delivery)) => {
+                        seq += 1;
+                        let msg_id = format!("{}-{}-o{seq}", self.member, self.run);
+                        let payload = wire::encode(delivery.value())
+                            .map_err(|e| format!("cannot encode it: {e}"));
+                        let output = OutputMsg { task, payload };
+                        // Sent here, in order; confirmed below, several at a time.
+                        let sent = match wire::encode(&output) {
+                            Ok(msg) => broker::send(&self.broker.js, &subject, &msg_id, &msg).await.ok(),
+                            Err(_) => None,
+                        };
+                        storing.push_back(self.clone().confirm_output(msg_id, output, sent, delivery));
                     }
-                    Err(e) => {
-                        tracing::error!(task, "output not sent: {e}");
-                        break;
+                    None => open = false,
+                },
+                changed = granted.changed(), if open && !room => {
+                    if changed.is_err() {
+                        // The serving loop ended: no more credit will come.
+                        open = false;
                     }
                 }
+                else => break,
             }
-            drop(delivery);
         }
+    }
+
+    /// Waits until the broker stored an output sent by the lane; failing that, stores it
+    /// again (the message id drops a second copy), or in its place a note saying why it
+    /// cannot be (too large for the broker, most likely), so that the task's end does not
+    /// wait for it and the parent reports it.
+    async fn confirm_output(
+        self: Arc<Self>,
+        msg_id: String,
+        mut output: OutputMsg,
+        sent: Option<broker::AckFuture>,
+        delivery: looppool_core::Delivery<W::Output>,
+    ) {
+        if let Some(ack) = sent {
+            match ack.await {
+                Ok(_) => return,
+                Err(e) if broker::subject_full(&e) => {
+                    self.refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(_) => {}
+            }
+        }
+        let subject = self.names.out(&self.member);
+        let task = output.task;
+        let size = output.payload.as_ref().map_or(0, Vec::len);
+        while let Ok(msg) = wire::encode(&output) {
+            match broker::publish(&self.broker.js, &subject, &msg_id, &msg, None).await {
+                Ok(()) | Err(PublishFailure::NoStream) => break,
+                Err(e) if output.payload.is_ok() => {
+                    tracing::error!(task, "output of {size} bytes not sent: {e}");
+                    output.payload = Err(format!("the broker refused {size} bytes: {e}"));
+                }
+                Err(e) => {
+                    tracing::error!(task, "output not sent: {e}");
+                    break;
+                }
+            }
+        }
+        drop(delivery);
     }
 
     async fn end_lane(

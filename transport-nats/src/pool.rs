@@ -3,7 +3,9 @@
 
 use crate::broker::{self, Broker, PublishFailure};
 use crate::error::{Error, SubmitError, TaskError};
-use crate::wire::{self, Control, EndMsg, Join, JoinReply, Leave, Names, OutputMsg, TaskMsg};
+use crate::wire::{
+    self, Control, Credit, EndMsg, Join, JoinReply, Leave, Names, OutputMsg, TaskMsg,
+};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{AckKind, Message as JsMessage};
@@ -205,6 +207,7 @@ impl<W: Worker> Builder<W> {
             outputs_tx,
             outputs_rx,
             acks,
+            acked: Mutex::new(HashMap::new()),
             background: Mutex::new(Vec::new()),
         });
         let subs = Subscriptions::open(&shared).await?;
@@ -215,7 +218,7 @@ impl<W: Worker> Builder<W> {
         shared.spawn(tick(shared.clone()));
         shared.spawn(read_ends(shared.clone(), ends));
         shared.spawn(read_outputs(shared.clone(), outs));
-        shared.spawn(send_acks(acks_rx));
+        shared.spawn(send_acks(shared.clone(), acks_rx));
         tracing::info!(pool = %shared.pool, "pool started; members may join");
         Ok(Pool {
             shared,
@@ -386,7 +389,7 @@ pub struct Delivery<O> {
     task: Option<u64>,
     value: Option<O>,
     message: Option<JsMessage>,
-    acks: mpsc::UnboundedSender<JsMessage>,
+    acks: mpsc::UnboundedSender<(String, JsMessage)>,
 }
 
 impl<O: fmt::Debug> fmt::Debug for Delivery<O> {
@@ -429,7 +432,7 @@ impl<O> Delivery<O> {
 impl<O> Drop for Delivery<O> {
     fn drop(&mut self) {
         if let Some(m) = self.message.take() {
-            let _ = self.acks.send(m);
+            let _ = self.acks.send((std::mem::take(&mut self.member), m));
         }
     }
 }
@@ -914,7 +917,9 @@ struct Shared<O> {
     events: broadcast::Sender<MemberEvent>,
     outputs_tx: async_channel::Sender<Delivery<O>>,
     outputs_rx: async_channel::Receiver<Delivery<O>>,
-    acks: mpsc::UnboundedSender<JsMessage>,
+    acks: mpsc::UnboundedSender<(String, JsMessage)>,
+    /// Per member, how many of its outputs the parent acknowledged.
+    acked: Mutex<HashMap<String, u64>>,
     background: Mutex<Vec<AbortHandle>>,
 }
 
@@ -980,6 +985,15 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         };
         self.lock().finish(id, member, 0, Err(error));
         self.changed.notify_waiters();
+    }
+
+    /// Tells `member` how many of its outputs were acknowledged.
+    async fn grant(&self, member: &str) {
+        let acked = lock(&self.acked).get(member).copied().unwrap_or(0);
+        if let Ok(bytes) = wire::encode(&Credit { acked }) {
+            let subject = self.names.credit(member);
+            let _ = self.broker.client.publish(subject, bytes.into()).await;
+        }
     }
 
     async fn control(&self, member: &str, control: &Control) {
@@ -1106,6 +1120,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             ack_wait_ms: Self::ms(self.settings.ack_wait),
             heartbeat_ms: Self::ms(self.settings.heartbeat),
             member_timeout_ms: Self::ms(self.settings.member_timeout()),
+            result_credit: u32::try_from(self.settings.result_credit).unwrap_or(u32::MAX),
         }
     }
 
@@ -1491,6 +1506,14 @@ async fn tick<O: DeserializeOwned + Send + 'static>(shared: Arc<Shared<O>>) {
             .client
             .publish(shared.names.beacon(), bytes::Bytes::new())
             .await;
+        // Repeat each member's credit, in case one was lost.
+        let members: Vec<String> = {
+            let inner = shared.lock();
+            inner.members.iter().map(|m| m.info.name.clone()).collect()
+        };
+        for member in members {
+            shared.grant(&member).await;
+        }
         let conn = &shared.broker.conn;
         if !conn.is_up() {
             continue;
@@ -1550,11 +1573,17 @@ async fn read_outputs<O: DeserializeOwned + Send + 'static>(
         match messages.next().await {
             Some(Ok(m)) => {
                 let member = Names::member_of(&m.subject).to_string();
+                if m.info().is_ok_and(|i| i.delivered > 1) {
+                    // Handed out before and not yet acknowledged (the program still holds it,
+                    // or the acknowledgement was lost): never hand it out twice.
+                    let _ = m.ack().await;
+                    continue;
+                }
                 let output = match wire::decode::<OutputMsg>(&m.payload) {
                     Ok(o) => o,
                     Err(e) => {
                         tracing::error!(member, "undecodable output message dropped: {e}");
-                        let _ = m.ack().await;
+                        let _ = shared.acks.send((member, m));
                         continue;
                     }
                 };
@@ -1578,7 +1607,7 @@ async fn read_outputs<O: DeserializeOwned + Send + 'static>(
                     }
                     Err(e) => {
                         tracing::error!(member, task, "an output was dropped: {e}");
-                        let _ = m.ack().await;
+                        let _ = shared.acks.send((member, m));
                     }
                 }
             }
@@ -1604,10 +1633,28 @@ async fn reopen<O>(shared: &Shared<O>, stream: &str) -> Option<Messages> {
     }
 }
 
-async fn send_acks(mut acks: mpsc::UnboundedReceiver<JsMessage>) {
-    while let Some(m) = acks.recv().await {
-        if let Err(e) = m.ack().await {
-            tracing::debug!("output ack failed: {e}");
+/// Acknowledges outputs to the broker as the program drops them, and tells each member how
+/// many of its outputs were acknowledged. An acknowledgement goes out before the count that
+/// includes it, on the same connection, so the broker has removed the output by the time the
+/// member stores another in its place.
+async fn send_acks<O: DeserializeOwned + Send + 'static>(
+    shared: Arc<Shared<O>>,
+    mut acks: mpsc::UnboundedReceiver<(String, JsMessage)>,
+) {
+    let mut batch = Vec::new();
+    while acks.recv_many(&mut batch, 256).await > 0 {
+        let mut members: Vec<String> = Vec::new();
+        for (member, m) in batch.drain(..) {
+            if let Err(e) = m.ack().await {
+                tracing::debug!("output ack failed: {e}");
+            }
+            *lock(&shared.acked).entry(member.clone()).or_default() += 1;
+            if !members.contains(&member) {
+                members.push(member);
+            }
+        }
+        for member in members {
+            shared.grant(&member).await;
         }
     }
 }

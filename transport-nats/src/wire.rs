@@ -41,6 +41,9 @@ impl Names {
     pub(crate) fn ctl(&self, member: &str) -> String {
         format!("looppool.{}.ctl.{member}", self.pool)
     }
+    pub(crate) fn credit(&self, member: &str) -> String {
+        format!("looppool.{}.credit.{member}", self.pool)
+    }
     pub(crate) fn beacon(&self) -> String {
         format!("looppool.{}.beacon", self.pool)
     }
@@ -90,6 +93,8 @@ pub(crate) enum JoinReply {
         ack_wait_ms: u64,
         heartbeat_ms: u64,
         member_timeout_ms: u64,
+        /// Outputs the member may have stored and not yet acknowledged by the parent.
+        result_credit: u32,
     },
     Refused {
         reason: String,
@@ -119,6 +124,13 @@ pub(crate) enum Control {
     Stop,
     /// The parent no longer counts this member in (it went silent): leave at once.
     Evicted { reason: String },
+}
+
+/// How many of a member's outputs the parent has acknowledged, in all: the member may store
+/// `result_credit` more than that. Repeated every heartbeat, so a lost one does no harm.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct Credit {
+    pub(crate) acked: u64,
 }
 
 /// A member says why it leaves.

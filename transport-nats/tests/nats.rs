@@ -131,7 +131,10 @@ fn member_main() -> ! {
     });
     match result {
         Ok(left) => {
-            println!("left after {} tasks: {}", left.tasks, left.reason);
+            println!(
+                "left after {} tasks ({} outputs refused): {}",
+                left.tasks, left.outputs_refused, left.reason
+            );
             std::process::exit(0)
         }
         Err(e) => {
@@ -582,7 +585,17 @@ async fn result_credit() -> Result<(), Failed> {
     (&mut handle).await?;
     let want: Vec<Out> = (0..10).map(Out::Seq).collect();
     check(values == want, || format!("outputs {values:?}"))?;
-    stop_all(&pool, members).await
+    let stopped = pool.stop().await;
+    check(stopped.left == ["m"], || format!("{stopped:?}"))?;
+    for m in members {
+        // The member kept to its credit by its own count: the broker's limit never had to
+        // refuse an output.
+        let (code, text) = m.exit(Duration::from_secs(10)).await?;
+        check(code == 0 && text.contains("(0 outputs refused)"), || {
+            format!("member exited {code}: {text}")
+        })?;
+    }
+    Ok(())
 }
 
 async fn failures() -> Result<(), Failed> {
