@@ -1,0 +1,635 @@
+//! The pool's bookkeeping, and the parent's side of joining, leaving and taking tasks back.
+
+use super::handle::{Delivery, MemberEvent, MemberInfo, Status, TaskHandle};
+use super::Settings;
+use crate::broker::{self, Broker, PublishFailure};
+use crate::error::TaskError;
+use crate::wire::{self, Control, Credit, EndMsg, Join, JoinReply, Names, TaskMsg};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::{AckKind, Message as JsMessage};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::task::AbortHandle;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Route {
+    /// Untargeted: goes to another member if its member dies.
+    Any,
+    /// Targeted or broadcast: lost with its member.
+    Member,
+}
+
+pub(super) struct Pending {
+    pub(super) member: String,
+    pub(super) route: Route,
+    pub(super) tx: Option<oneshot::Sender<Result<(), TaskError>>>,
+    pub(super) status: Arc<Mutex<Status>>,
+    /// Outputs received per member that ran it.
+    pub(super) seen: Vec<(String, u32)>,
+    /// An end that arrived before all the outputs it counts.
+    pub(super) parked: Option<(String, EndMsg)>,
+    /// Why an output of the task could not be delivered: the task then fails.
+    pub(super) dropped: Option<String>,
+}
+
+impl Pending {
+    pub(super) fn seen_from(&self, member: &str) -> u32 {
+        self.seen
+            .iter()
+            .find(|(m, _)| m == member)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+pub(super) struct Live {
+    pub(super) info: MemberInfo,
+    pub(super) last_seen: Instant,
+    pub(super) outstanding: usize,
+    pub(super) limit: usize,
+}
+
+pub(super) struct Sticky {
+    pub(super) key: String,
+    /// Which setting this is (the value of `Inner::sticky_set` then).
+    pub(super) set: u64,
+    pub(super) payload: Vec<u8>,
+}
+
+#[derive(Default)]
+pub(super) struct Inner {
+    pub(super) closed: bool,
+    pub(super) next_id: u64,
+    pub(super) members: Vec<Live>,
+    pub(super) cursor: usize,
+    pub(super) tasks: HashMap<u64, Pending>,
+    /// Sticky broadcasts, in the order they were last set.
+    pub(super) sticky: Vec<Sticky>,
+    /// How many sticky broadcasts were ever set.
+    pub(super) sticky_set: u64,
+    /// Members gone whose tasks are being taken back from their consumers.
+    pub(super) reclaiming: HashSet<String>,
+}
+
+impl Inner {
+    pub(super) fn live(&self, member: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.info.name == member)
+    }
+
+    /// Records a task for live member `k`.
+    pub(super) fn place(&mut self, k: usize, route: Route, deliveries: u32) -> (u64, TaskHandle) {
+        let live = &mut self.members[k];
+        live.outstanding += 1;
+        let member = live.info.name.clone();
+        self.record(member, route, deliveries)
+    }
+
+    /// Records a task for `member` (live, or joining: then counted when it goes live).
+    pub(super) fn record(
+        &mut self,
+        member: String,
+        route: Route,
+        deliveries: u32,
+    ) -> (u64, TaskHandle) {
+        self.next_id += 1;
+        let id = self.next_id;
+        let status = Arc::new(Mutex::new(Status {
+            member: member.clone(),
+            deliveries,
+        }));
+        let (tx, rx) = oneshot::channel();
+        self.tasks.insert(
+            id,
+            Pending {
+                member,
+                route,
+                tx: Some(tx),
+                status: status.clone(),
+                seen: Vec::new(),
+                parked: None,
+                dropped: None,
+            },
+        );
+        (id, TaskHandle { id, status, rx })
+    }
+
+    /// Ends task `id` with `result`, as reported by (or lost with) `member`.
+    pub(super) fn finish(
+        &mut self,
+        id: u64,
+        member: &str,
+        deliveries: u32,
+        result: Result<(), TaskError>,
+    ) {
+        let Some(mut p) = self.tasks.remove(&id) else {
+            return;
+        };
+        if let Some(k) = self.live(&p.member) {
+            self.members[k].outstanding -= 1;
+        }
+        {
+            let mut status = lock(&p.status);
+            status.member = member.into();
+            status.deliveries = status.deliveries.max(deliveries);
+        }
+        let result = match (result, p.dropped.take()) {
+            (Ok(()), Some(why)) => Err(TaskError::Failed {
+                message: format!("an output of the task could not be delivered: {why}"),
+            }),
+            (result, _) => result,
+        };
+        match p.tx.take() {
+            Some(tx) => {
+                let _ = tx.send(result);
+            }
+            None => {
+                if let Err(e) = result {
+                    tracing::warn!(member, task = id, "sticky broadcast for a new member: {e}");
+                }
+            }
+        }
+    }
+}
+
+pub(super) struct Shared<O> {
+    pub(super) names: Names,
+    pub(super) pool: String,
+    pub(super) broker: Broker,
+    pub(super) settings: Settings,
+    pub(super) worker: &'static str,
+    /// Distinguishes this pool's message ids from an earlier pool's of the same name.
+    pub(super) run: String,
+    pub(super) inner: Mutex<Inner>,
+    /// Notified whenever a task ends, a member joins or leaves, or the pool closes.
+    pub(super) changed: Notify,
+    pub(super) events: broadcast::Sender<MemberEvent>,
+    pub(super) outputs_tx: async_channel::Sender<Delivery<O>>,
+    pub(super) outputs_rx: async_channel::Receiver<Delivery<O>>,
+    pub(super) acks: mpsc::UnboundedSender<(String, JsMessage)>,
+    /// Per member, how many of its outputs the parent acknowledged.
+    pub(super) acked: Mutex<HashMap<String, u64>>,
+    pub(super) background: Mutex<Vec<AbortHandle>>,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<O: DeserializeOwned + Send + 'static> Shared<O> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+
+    pub(super) fn spawn(&self, future: impl Future<Output = ()> + Send + 'static) {
+        lock(&self.background).push(tokio::spawn(future).abort_handle());
+    }
+
+    pub(super) fn abort_background(&self) {
+        for task in lock(&self.background).drain(..) {
+            task.abort();
+        }
+    }
+
+    pub(super) fn ms(d: Duration) -> u64 {
+        d.as_millis() as u64
+    }
+
+    pub(super) async fn send_task(
+        &self,
+        id: u64,
+        member: &str,
+        prior: u32,
+        payload: Vec<u8>,
+    ) -> Result<(), PublishFailure> {
+        let msg = wire::encode(&TaskMsg { id, prior, payload }).map_err(PublishFailure::Refused)?;
+        let msg_id = format!("{}-{id}-{member}-{prior}", self.run);
+        let deadline = Instant::now() + self.settings.broker_timeout;
+        broker::publish(
+            &self.broker.js,
+            &self.names.task(member),
+            &msg_id,
+            &msg,
+            Some(deadline),
+        )
+        .await
+    }
+
+    /// Forgets a task the broker did not take.
+    pub(super) fn withdraw(&self, id: u64) {
+        let mut inner = self.lock();
+        if let Some(p) = inner.tasks.remove(&id) {
+            if let Some(k) = inner.live(&p.member) {
+                inner.members[k].outstanding -= 1;
+            }
+        }
+        drop(inner);
+        self.changed.notify_waiters();
+    }
+
+    pub(super) fn lose(&self, id: u64, member: &str, reason: String) {
+        let error = TaskError::Lost {
+            member: member.into(),
+            reason,
+        };
+        self.lock().finish(id, member, 0, Err(error));
+        self.changed.notify_waiters();
+    }
+
+    /// Tells `member` how many of its outputs were acknowledged.
+    pub(super) async fn grant(&self, member: &str) {
+        let acked = lock(&self.acked).get(member).copied().unwrap_or(0);
+        if let Ok(bytes) = wire::encode(&Credit { acked }) {
+            let subject = self.names.credit(member);
+            let _ = self.broker.client.publish(subject, bytes.into()).await;
+        }
+    }
+
+    pub(super) async fn control(&self, member: &str, control: &Control) {
+        if let Ok(bytes) = wire::encode(control) {
+            let subject = self.names.ctl(member);
+            if let Err(e) = self.broker.client.publish(subject, bytes.into()).await {
+                tracing::warn!(member, "cannot tell the member to stop: {e}");
+            }
+        }
+    }
+
+    pub(super) async fn on_join(self: &Arc<Self>, join: Join) -> JoinReply {
+        let refuse = |reason: String| {
+            tracing::warn!(member = %join.member, host = %join.host, "join refused: {reason}");
+            JoinReply::Refused { reason }
+        };
+        if join.version != wire::VERSION {
+            return refuse(format!(
+                "protocol version {} is not this pool's {}",
+                join.version,
+                wire::VERSION
+            ));
+        }
+        if join.worker != self.worker {
+            return refuse(format!(
+                "the member runs worker {:?}; this pool runs {:?}",
+                join.worker, self.worker
+            ));
+        }
+        if !wire::valid_name(&join.member) {
+            return refuse(format!("member name {:?} is not usable", join.member));
+        }
+        if join.capacity == 0 {
+            return refuse("capacity 0".into());
+        }
+        {
+            let inner = self.lock();
+            if inner.closed {
+                return refuse("the pool is stopping".into());
+            }
+            if inner.live(&join.member).is_some() || inner.reclaiming.contains(&join.member) {
+                return refuse(format!("member name {} is in use", join.member));
+            }
+        }
+        let config = pull::Config {
+            durable_name: Some(join.member.clone()),
+            filter_subject: self.names.task(&join.member),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.settings.ack_wait,
+            max_ack_pending: i64::from(join.capacity),
+            deliver_policy: DeliverPolicy::All,
+            max_deliver: -1,
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .broker
+            .js
+            .create_consumer_on_stream(config, self.names.tasks_stream())
+            .await
+        {
+            return refuse(format!(
+                "cannot create its consumer: {}",
+                broker::error_text(&e)
+            ));
+        }
+        let info = MemberInfo {
+            name: join.member.clone(),
+            host: join.host.clone(),
+            pid: join.pid,
+            capacity: join.capacity as usize,
+            workers: join.workers as usize,
+        };
+        // Sticky broadcasts first, stored before any other task for the member: it is routable
+        // only once none is left unsent (one set meanwhile is sent in another round).
+        let mut sent = HashSet::new();
+        loop {
+            let todo = {
+                let mut inner = self.lock();
+                if inner.closed && sent.is_empty() {
+                    return refuse("the pool is stopping".into());
+                }
+                let todo: Vec<(u64, Vec<u8>)> = inner
+                    .sticky
+                    .iter()
+                    .filter(|s| !sent.contains(&s.set))
+                    .map(|s| (s.set, s.payload.clone()))
+                    .collect();
+                if todo.is_empty() {
+                    let outstanding = inner
+                        .tasks
+                        .values()
+                        .filter(|p| p.member == info.name)
+                        .count();
+                    inner.members.push(Live {
+                        info: info.clone(),
+                        last_seen: Instant::now(),
+                        outstanding,
+                        limit: self.settings.backlog.unwrap_or(info.capacity),
+                    });
+                    break;
+                }
+                todo.into_iter()
+                    .map(|(set, payload)| {
+                        let (id, handle) = inner.record(info.name.clone(), Route::Member, 0);
+                        if let Some(pending) = inner.tasks.get_mut(&id) {
+                            pending.tx = None;
+                        }
+                        drop(handle);
+                        (set, id, payload)
+                    })
+                    .collect::<Vec<_>>()
+            };
+            for (set, id, payload) in todo {
+                sent.insert(set);
+                if let Err(e) = self.send_task(id, &info.name, 0, payload).await {
+                    self.lose(id, &info.name, format!("the broker did not take it: {e}"));
+                }
+            }
+        }
+        tracing::info!(member = %info.name, host = %info.host, capacity = info.capacity, "member joined");
+        let _ = self.events.send(MemberEvent::Joined(info));
+        self.changed.notify_waiters();
+        JoinReply::Welcome {
+            ack_wait_ms: Self::ms(self.settings.ack_wait),
+            heartbeat_ms: Self::ms(self.settings.heartbeat),
+            member_timeout_ms: Self::ms(self.settings.member_timeout()),
+            result_credit: u32::try_from(self.settings.result_credit).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Member `member` is gone: route nothing more to it, take back what it held.
+    pub(super) fn member_gone(self: &Arc<Self>, member: &str, reason: String) {
+        let held = {
+            let mut inner = self.lock();
+            let Some(k) = inner.live(member) else {
+                return;
+            };
+            inner.members.remove(k);
+            if k < inner.cursor {
+                inner.cursor -= 1;
+            }
+            let held = inner.tasks.values().any(|p| p.member == member);
+            if held {
+                inner.reclaiming.insert(member.into());
+            }
+            held
+        };
+        tracing::info!(member, "member left: {reason}");
+        let _ = self.events.send(MemberEvent::Left {
+            member: member.into(),
+            reason: reason.clone(),
+        });
+        self.changed.notify_waiters();
+        let shared = self.clone();
+        let member = member.to_string();
+        self.spawn(async move {
+            if held {
+                shared.reclaim(&member, &reason).await;
+            }
+            let _ = shared
+                .broker
+                .js
+                .delete_consumer_from_stream(&member, shared.names.tasks_stream())
+                .await;
+            shared.lock().reclaiming.remove(&member);
+            shared.changed.notify_waiters();
+        });
+    }
+
+    /// Takes back from gone member `member`'s consumer every task it held: those it had not
+    /// received at once, those it had received once the ack wait ran out. Untargeted tasks go
+    /// to the next live member; targeted and broadcast ones are lost with it.
+    pub(super) async fn reclaim(self: &Arc<Self>, member: &str, reason: &str) {
+        let held = |shared: &Self| {
+            let inner = shared.lock();
+            inner.tasks.values().filter(|p| p.member == member).count()
+        };
+        let s = &self.settings;
+        let deadline = Instant::now() + s.ack_wait * 2 + s.member_timeout() + s.broker_timeout;
+        let mut consumer = None;
+        loop {
+            let remaining = held(self);
+            if remaining == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let ids: Vec<u64> = {
+                    let inner = self.lock();
+                    inner
+                        .tasks
+                        .iter()
+                        .filter(|(_, p)| p.member == member)
+                        .map(|(id, _)| *id)
+                        .collect()
+                };
+                for id in ids {
+                    self.lose(
+                        id,
+                        member,
+                        format!("{reason}; the broker did not give the task back"),
+                    );
+                }
+                return;
+            }
+            if consumer.is_none() {
+                match self
+                    .broker
+                    .js
+                    .get_consumer_from_stream::<pull::Config, _, _>(
+                        member,
+                        self.names.tasks_stream(),
+                    )
+                    .await
+                {
+                    Ok(c) => consumer = Some(c),
+                    Err(e) => {
+                        tracing::debug!(member, "reclaim: consumer not reachable: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = consumer.as_ref() else { continue };
+            let batch = c
+                .fetch()
+                .max_messages(remaining)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(member, "reclaim: fetch failed: {e}");
+                    consumer = None;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            while let Some(message) = batch.next().await {
+                match message {
+                    Ok(m) => self.reclaimed(member, reason, m).await,
+                    Err(e) => tracing::debug!(member, "reclaim: {e}"),
+                }
+            }
+        }
+    }
+
+    pub(super) async fn reclaimed(self: &Arc<Self>, gone: &str, reason: &str, message: JsMessage) {
+        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+        let task: TaskMsg = match wire::decode(&message.payload) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(
+                    member = gone,
+                    "reclaim: undecodable task message dropped: {e}"
+                );
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        // Deliveries to the gone member: all but this one, which came to the parent.
+        let prior = task.prior + u32::try_from(delivered.max(1) - 1).unwrap_or(u32::MAX);
+        let route = {
+            let inner = self.lock();
+            match inner.tasks.get(&task.id) {
+                Some(p) if p.member == gone => Some(p.route),
+                _ => None,
+            }
+        };
+        match route {
+            None => {}
+            Some(Route::Member) => self.lose(task.id, gone, reason.into()),
+            Some(Route::Any) => match self.reroute(task.id, gone, prior).await {
+                Some(next) => {
+                    tracing::info!(
+                        task = task.id,
+                        from = gone,
+                        to = %next,
+                        deliveries = prior,
+                        "task redelivered to another member"
+                    );
+                    if let Err(e) = self.send_task(task.id, &next, prior, task.payload).await {
+                        self.lose(task.id, &next, format!("the broker did not take it: {e}"));
+                    }
+                }
+                None => self.lose(
+                    task.id,
+                    gone,
+                    format!("{reason}; no live member was left to take the task"),
+                ),
+            },
+        }
+        let _ = message.ack_with(AckKind::Term).await;
+    }
+
+    /// Moves task `id` from gone member `gone` to the next live member, waiting up to the
+    /// member timeout for one to be there. Returns the member.
+    pub(super) async fn reroute(&self, id: u64, gone: &str, prior: u32) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + self.settings.member_timeout();
+        loop {
+            let mut notified = pin!(self.changed.notified());
+            notified.as_mut().enable();
+            {
+                let mut inner = self.lock();
+                let inner = &mut *inner;
+                if !matches!(inner.tasks.get(&id), Some(p) if p.member == gone) {
+                    return None;
+                }
+                if !inner.members.is_empty() {
+                    let k = inner.cursor % inner.members.len();
+                    inner.cursor = k + 1;
+                    let live = &mut inner.members[k];
+                    live.outstanding += 1;
+                    let name = live.info.name.clone();
+                    let p = inner.tasks.get_mut(&id).expect("checked above");
+                    p.member = name.clone();
+                    lock(&p.status).deliveries = prior;
+                    return Some(name);
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    pub(super) fn on_end(&self, member: &str, end: EndMsg) {
+        let mut inner = self.lock();
+        let Some(p) = inner.tasks.get_mut(&end.id) else {
+            tracing::debug!(
+                member,
+                task = end.id,
+                "end of a task already ended (a rerun)"
+            );
+            return;
+        };
+        if p.seen_from(member) < end.outputs {
+            p.parked = Some((member.into(), end));
+            return;
+        }
+        let result = outcome(member, end.outcome);
+        inner.finish(end.id, member, end.deliveries, result);
+        drop(inner);
+        self.changed.notify_waiters();
+    }
+
+    /// Counts an output of task `id` from `member` (one that could not be delivered
+    /// included), ending the task if its end was waiting for it.
+    pub(super) fn on_output(&self, member: &str, id: u64, dropped: Option<&String>) {
+        let mut inner = self.lock();
+        let Some(p) = inner.tasks.get_mut(&id) else {
+            return;
+        };
+        if let Some(e) = dropped {
+            p.dropped.get_or_insert_with(|| e.clone());
+        }
+        match p.seen.iter_mut().find(|(m, _)| m == member) {
+            Some((_, n)) => *n += 1,
+            None => p.seen.push((member.into(), 1)),
+        }
+        let ready =
+            matches!(&p.parked, Some((m, end)) if m == member && p.seen_from(m) >= end.outputs);
+        if ready {
+            let (m, end) = p.parked.take().expect("checked above");
+            let result = outcome(&m, end.outcome);
+            inner.finish(id, &m, end.deliveries, result);
+            drop(inner);
+            self.changed.notify_waiters();
+        }
+    }
+}
+
+pub(super) fn outcome(member: &str, outcome: wire::Outcome) -> Result<(), TaskError> {
+    match outcome {
+        wire::Outcome::Done => Ok(()),
+        wire::Outcome::Failed(message) => Err(TaskError::Failed { message }),
+        wire::Outcome::Panicked(message) => Err(TaskError::Panicked { message }),
+        wire::Outcome::TimedOut(ms) => Err(TaskError::TimedOut {
+            after: Duration::from_millis(ms),
+        }),
+        wire::Outcome::Lost(reason) => Err(TaskError::Lost {
+            member: member.into(),
+            reason,
+        }),
+    }
+}
