@@ -3,7 +3,7 @@
 //! names (start one with `transport-nats/scripts/nats-server.sh start`).
 
 use crate::report::{percentile, Report};
-use crate::scenarios::{Echo, Setup};
+use crate::scenarios::{timed, Echo, Setup};
 use futures_util::StreamExt;
 use looppool_core::BoxError;
 use looppool_nats::{Member, Pool};
@@ -99,25 +99,13 @@ impl Drop for Cluster {
 /// Sends `tasks` tasks with `WINDOW` submissions under way while taking every output.
 async fn pump(pool: &Pool<Echo>, task: &ByteBuf, tasks: usize) -> Result<Duration, BoxError> {
     let outputs = pool.outputs();
-    let started = Instant::now();
     let submit = futures_util::stream::iter(0..tasks)
         .map(|_| async move { pool.submit(task.clone()).await.map(drop) })
         .buffer_unordered(WINDOW)
         .fold(Ok(()), |acc, r| async move {
             acc.and(r.map_err(|e| e.to_string()))
         });
-    let take = async {
-        for _ in 0..tasks {
-            if outputs.recv().await.is_none() {
-                return Err::<(), String>("the output stream ended".into());
-            }
-        }
-        Ok(())
-    };
-    let (sent, taken) = futures_util::future::join(submit, take).await;
-    sent?;
-    taken?;
-    Ok(started.elapsed())
+    timed(submit, tasks, || outputs.recv()).await
 }
 
 /// Echo tasks of 16 bytes, 256 in flight, over NATS: tasks per second.

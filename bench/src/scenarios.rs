@@ -66,16 +66,25 @@ impl Setup {
 /// while taking every output; returns the time from the first submission to the last output.
 async fn pump(pool: &Pool<Echo>, task: &ByteBuf, tasks: usize) -> Result<Duration, BoxError> {
     let outputs = pool.outputs();
-    let started = Instant::now();
     let submit = async {
         for _ in 0..tasks {
             drop(pool.submit(task.clone()).await.map_err(|e| e.to_string())?);
         }
-        Ok::<_, BoxError>(())
+        Ok(())
     };
+    timed(submit, tasks, || outputs.recv()).await
+}
+
+/// Runs `submit` while taking `tasks` outputs with `next`; the time both took.
+pub(crate) async fn timed<T, F: std::future::Future<Output = Option<T>>>(
+    submit: impl std::future::Future<Output = Result<(), String>>,
+    tasks: usize,
+    mut next: impl FnMut() -> F,
+) -> Result<Duration, BoxError> {
+    let started = Instant::now();
     let take = async {
         for _ in 0..tasks {
-            if outputs.recv().await.is_none() {
+            if next().await.is_none() {
                 return Err::<(), BoxError>("the output stream ended".into());
             }
         }

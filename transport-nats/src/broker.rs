@@ -78,6 +78,14 @@ impl Broker {
         Ok(Self { client, js, conn })
     }
 
+    /// Subscribes to `subject` (core NATS).
+    pub(crate) async fn subscribe(&self, subject: String) -> Result<async_nats::Subscriber, Error> {
+        self.client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| Error::Broker(format!("cannot subscribe to {subject}: {e}")))
+    }
+
     /// The largest message the server takes.
     pub(crate) fn max_payload(&self) -> usize {
         self.client.server_info().max_payload

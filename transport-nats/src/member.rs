@@ -297,15 +297,12 @@ impl<W: Worker> Serving<W> {
             result_credit,
         } = settings;
         let client = &self.broker.client;
-        let sub = |subject: String| async move {
-            client
-                .subscribe(subject.clone())
-                .await
-                .map_err(|e| Error::Broker(format!("cannot subscribe to {subject}: {e}")))
-        };
-        let mut ctl = sub(self.names.ctl(&self.member)).await?;
-        let mut beacon = sub(self.names.beacon()).await?;
-        let mut credit = sub(self.names.credit(&self.member)).await?;
+        let mut ctl = self.broker.subscribe(self.names.ctl(&self.member)).await?;
+        let mut beacon = self.broker.subscribe(self.names.beacon()).await?;
+        let mut credit = self
+            .broker
+            .subscribe(self.names.credit(&self.member))
+            .await?;
         let (granted_tx, granted) = watch::channel(0u64);
         let mut messages = self.messages(capacity).await?;
 

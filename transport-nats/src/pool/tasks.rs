@@ -21,17 +21,11 @@ pub(super) struct Subscriptions {
 
 impl Subscriptions {
     pub(super) async fn open<O>(shared: &Shared<O>) -> Result<Self, Error> {
-        let client = &shared.broker.client;
-        let sub = |subject: String| async move {
-            client
-                .subscribe(subject.clone())
-                .await
-                .map_err(|e| Error::Broker(format!("cannot subscribe to {subject}: {e}")))
-        };
+        let broker = &shared.broker;
         Ok(Self {
-            join: sub(shared.names.join()).await?,
-            alive: sub(shared.names.alive("*")).await?,
-            leave: sub(shared.names.leave("*")).await?,
+            join: broker.subscribe(shared.names.join()).await?,
+            alive: broker.subscribe(shared.names.alive("*")).await?,
+            leave: broker.subscribe(shared.names.leave("*")).await?,
         })
     }
 }
@@ -179,23 +173,13 @@ pub(super) async fn read_ends<O: DeserializeOwned + Send + 'static>(
 ) {
     let stream = shared.names.end_stream();
     loop {
-        match messages.next().await {
-            Some(Ok(m)) => {
-                let member = Names::member_of(&m.subject).to_string();
-                match wire::decode::<EndMsg>(&m.payload) {
-                    Ok(end) => shared.on_end(&member, end),
-                    Err(e) => tracing::error!(member, "undecodable task end dropped: {e}"),
-                }
-                let _ = m.ack().await;
-            }
-            Some(Err(e)) => {
-                tracing::debug!("reading {stream}: {}", broker::error_text(&e));
-            }
-            None => match reopen(&shared, &stream).await {
-                Some(m) => messages = m,
-                None => return,
-            },
+        let m = next_message(&shared, &stream, &mut messages).await;
+        let member = Names::member_of(&m.subject).to_string();
+        match wire::decode::<EndMsg>(&m.payload) {
+            Ok(end) => shared.on_end(&member, end),
+            Err(e) => tracing::error!(member, "undecodable task end dropped: {e}"),
         }
+        let _ = m.ack().await;
     }
 }
 
@@ -205,65 +189,67 @@ pub(super) async fn read_outputs<O: DeserializeOwned + Send + 'static>(
 ) {
     let stream = shared.names.out_stream();
     loop {
-        match messages.next().await {
-            Some(Ok(m)) => {
-                let member = Names::member_of(&m.subject).to_string();
-                if m.info().is_ok_and(|i| i.delivered > 1) {
-                    // Handed out before and not yet acknowledged (the program still holds it,
-                    // or the acknowledgement was lost): never hand it out twice.
-                    let _ = m.ack().await;
-                    continue;
-                }
-                let output = match wire::decode::<OutputMsg>(&m.payload) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        tracing::error!(member, "undecodable output message dropped: {e}");
-                        let _ = shared.acks.send((member, m));
-                        continue;
-                    }
-                };
-                let task = output.task;
-                let value = output.payload.and_then(|p| {
-                    wire::decode::<O>(&p).map_err(|e| format!("cannot decode it: {e}"))
-                });
-                if let Some(id) = task {
-                    shared.on_output(&member, id, value.as_ref().err());
-                }
-                match value {
-                    Ok(value) => {
-                        let delivery = Delivery {
-                            member,
-                            task,
-                            value: Some(value),
-                            message: Some(m),
-                            acks: shared.acks.clone(),
-                        };
-                        let _ = shared.outputs_tx.send(delivery).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(member, task, "an output was dropped: {e}");
-                        let _ = shared.acks.send((member, m));
-                    }
-                }
+        let m = next_message(&shared, &stream, &mut messages).await;
+        let member = Names::member_of(&m.subject).to_string();
+        if m.info().is_ok_and(|i| i.delivered > 1) {
+            // Handed out before and not yet acknowledged (the program still holds it, or the
+            // acknowledgement was lost): never hand it out twice.
+            let _ = m.ack().await;
+            continue;
+        }
+        let output = match wire::decode::<OutputMsg>(&m.payload) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(member, "undecodable output message dropped: {e}");
+                let _ = shared.acks.send((member, m));
+                continue;
             }
-            Some(Err(e)) => tracing::debug!("reading {stream}: {}", broker::error_text(&e)),
-            None => match reopen(&shared, &stream).await {
-                Some(m) => messages = m,
-                None => return,
-            },
+        };
+        let task = output.task;
+        let value = output
+            .payload
+            .and_then(|p| wire::decode::<O>(&p).map_err(|e| format!("cannot decode it: {e}")));
+        if let Some(id) = task {
+            shared.on_output(&member, id, value.as_ref().err());
+        }
+        match value {
+            Ok(value) => {
+                let delivery = Delivery {
+                    member,
+                    task,
+                    value: Some(value),
+                    message: Some(m),
+                    acks: shared.acks.clone(),
+                };
+                let _ = shared.outputs_tx.send(delivery).await;
+            }
+            Err(e) => {
+                tracing::error!(member, task, "an output was dropped: {e}");
+                let _ = shared.acks.send((member, m));
+            }
         }
     }
 }
 
-/// Opens a consumer's message stream again after it ended, retrying while the broker is away.
-pub(super) async fn reopen<O>(shared: &Shared<O>, stream: &str) -> Option<Messages> {
+/// The next message of the parent's consumer on `stream`; a consumer whose message stream
+/// ended (the broker went away) is opened again, retrying until the broker is back.
+async fn next_message<O>(shared: &Shared<O>, stream: &str, messages: &mut Messages) -> JsMessage {
     loop {
-        match consumer_messages(shared, stream).await {
-            Ok(m) => return Some(m),
-            Err(e) => {
-                tracing::warn!("{e}; retrying");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
+        match messages.next().await {
+            Some(Ok(m)) => return m,
+            Some(Err(e)) => tracing::debug!("reading {stream}: {}", broker::error_text(&e)),
+            None => loop {
+                match consumer_messages(shared, stream).await {
+                    Ok(m) => {
+                        *messages = m;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!("{e}; retrying");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+            },
         }
     }
 }
