@@ -137,16 +137,41 @@ impl<W: Worker> Member<W> {
             pid: std::process::id(),
             capacity: u32::try_from(local.size() * local.capacity()).unwrap_or(u32::MAX),
             workers: u32::try_from(local.size()).unwrap_or(u32::MAX),
+            nonce: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ u64::from(std::process::id()).rotate_left(32),
         };
         let welcome = tokio::select! {
-            w = join_pool(&broker, &names, &join) => w,
-            () = &mut shutdown => Err(Error::Timeout("shut down before the pool's parent answered".into())),
+            w = join_pool(&broker, &names, &join) => Some(w),
+            () = &mut shutdown => None,
         };
         let settings = match welcome {
-            Ok(w) => w,
-            Err(e) => {
+            Some(Ok(w)) => w,
+            Some(Err(e)) => {
                 local.stop().await;
                 return Err(e);
+            }
+            None => {
+                // The parent may have counted this member in already: say it leaves, so that
+                // tasks sent to it go elsewhere at once.
+                let reason = "shut down before the pool's parent answered".to_string();
+                if let Ok(bytes) = wire::encode(&Leave {
+                    reason: reason.clone(),
+                }) {
+                    let _ = broker
+                        .client
+                        .publish(names.leave(&member), bytes.into())
+                        .await;
+                    let _ = broker.client.flush().await;
+                }
+                local.stop().await;
+                return Ok(Left {
+                    member,
+                    reason,
+                    tasks: 0,
+                    outputs_refused: 0,
+                });
             }
         };
         tracing::info!(pool = %self.pool, member = %member, capacity = join.capacity, "joined the pool");
@@ -189,7 +214,7 @@ async fn join_pool(broker: &Broker, names: &Names, join: &Join) -> Result<Settin
     let mut told: Option<Instant> = None;
     loop {
         let answer = tokio::time::timeout(
-            Duration::from_secs(2),
+            Duration::from_secs(5),
             broker.client.request(names.join(), request.clone().into()),
         )
         .await;

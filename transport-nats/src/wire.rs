@@ -84,6 +84,9 @@ pub(crate) struct Join {
     pub(crate) capacity: u32,
     /// Worker processes (or threads) in the member.
     pub(crate) workers: u32,
+    /// Distinguishes this run of the member: a request repeated because its answer was late
+    /// is answered again, while another process with the same name is refused.
+    pub(crate) nonce: u64,
 }
 
 /// The parent's answer to a [`Join`].

@@ -810,7 +810,9 @@ async fn member_shutdown() -> Result<(), Failed> {
     loop {
         match tokio::time::timeout(Duration::from_millis(100), events.recv()).await {
             Ok(Some(MemberEvent::Left { member, reason })) if member == "leaving" => {
-                check(reason == "shut down", || format!("left because {reason}"))?;
+                check(reason.starts_with("shut down"), || {
+                    format!("left because {reason}")
+                })?;
                 break;
             }
             _ => wait.tick().await?,

@@ -49,6 +49,8 @@ impl Pending {
 
 pub(super) struct Live {
     pub(super) info: MemberInfo,
+    /// The member's run, from its join request.
+    pub(super) nonce: u64,
     pub(super) last_seen: Instant,
     pub(super) outstanding: usize,
     pub(super) limit: usize,
@@ -287,6 +289,12 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             if inner.closed {
                 return refuse("the pool is stopping".into());
             }
+            if let Some(k) = inner.live(&join.member) {
+                if inner.members[k].nonce == join.nonce {
+                    // The member asked again: the first answer was late or lost.
+                    return self.welcome();
+                }
+            }
             if inner.live(&join.member).is_some() || inner.reclaiming.contains(&join.member) {
                 return refuse(format!("member name {} is in use", join.member));
             }
@@ -342,6 +350,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                         .count();
                     inner.members.push(Live {
                         info: info.clone(),
+                        nonce: join.nonce,
                         last_seen: Instant::now(),
                         outstanding,
                         limit: self.settings.backlog.unwrap_or(info.capacity),
@@ -369,6 +378,10 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         tracing::info!(member = %info.name, host = %info.host, capacity = info.capacity, "member joined");
         let _ = self.events.send(MemberEvent::Joined(info));
         self.changed.notify_waiters();
+        self.welcome()
+    }
+
+    fn welcome(&self) -> JoinReply {
         JoinReply::Welcome {
             ack_wait_ms: Self::ms(self.settings.ack_wait),
             heartbeat_ms: Self::ms(self.settings.heartbeat),

@@ -80,8 +80,14 @@ pub(super) async fn serve_joins<O: DeserializeOwned + Send + 'static>(
                 reason: format!("undecodable join request (another looppool version?): {e}"),
             },
         };
+        // Sent by a task of its own, started before this loop can be stopped: a member the
+        // pool counts in always hears so, even if the pool is dropped right after.
         if let Ok(bytes) = wire::encode(&answer) {
-            let _ = shared.broker.client.publish(reply, bytes.into()).await;
+            let client = shared.broker.client.clone();
+            tokio::spawn(async move {
+                let _ = client.publish(reply, bytes.into()).await;
+                let _ = client.flush().await;
+            });
         }
     }
 }
@@ -192,9 +198,8 @@ pub(super) async fn read_outputs<O: DeserializeOwned + Send + 'static>(
         let m = next_message(&shared, &stream, &mut messages).await;
         let member = Names::member_of(&m.subject).to_string();
         if m.info().is_ok_and(|i| i.delivered > 1) {
-            // Handed out before and not yet acknowledged (the program still holds it, or the
-            // acknowledgement was lost): never hand it out twice.
-            let _ = m.ack().await;
+            // Handed out before and still held by the program, whose drop acknowledges it:
+            // never hand it out twice.
             continue;
         }
         let output = match wire::decode::<OutputMsg>(&m.payload) {
@@ -255,20 +260,23 @@ async fn next_message<O>(shared: &Shared<O>, stream: &str, messages: &mut Messag
 }
 
 /// Acknowledges outputs to the broker as the program drops them, and tells each member how
-/// many of its outputs were acknowledged. An acknowledgement goes out before the count that
-/// includes it, on the same connection, so the broker has removed the output by the time the
-/// member stores another in its place.
+/// many of its outputs were acknowledged. A count includes only acknowledgements the broker
+/// confirmed, so the output is gone from the stream by the time the member stores another in
+/// its place.
 pub(super) async fn send_acks<O: DeserializeOwned + Send + 'static>(
     shared: Arc<Shared<O>>,
     mut acks: mpsc::UnboundedReceiver<(String, JsMessage)>,
 ) {
     let mut batch = Vec::new();
     while acks.recv_many(&mut batch, 256).await > 0 {
+        let confirmed =
+            futures_util::future::join_all(batch.drain(..).map(|(member, m)| async move {
+                confirm_ack(&m).await;
+                member
+            }))
+            .await;
         let mut members: Vec<String> = Vec::new();
-        for (member, m) in batch.drain(..) {
-            if let Err(e) = m.ack().await {
-                tracing::debug!("output ack failed: {e}");
-            }
+        for member in confirmed {
             *lock(&shared.acked).entry(member.clone()).or_default() += 1;
             if !members.contains(&member) {
                 members.push(member);
@@ -278,4 +286,19 @@ pub(super) async fn send_acks<O: DeserializeOwned + Send + 'static>(
             shared.grant(&member).await;
         }
     }
+}
+
+/// Acknowledges `m` and waits for the broker to confirm, retrying a while (the broker may be
+/// restarting).
+async fn confirm_ack(m: &JsMessage) {
+    let mut backoff = Duration::from_millis(10);
+    for _ in 0..12 {
+        match m.double_ack().await {
+            Ok(()) => return,
+            Err(e) => tracing::debug!("output ack not confirmed, retrying: {e}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+    tracing::warn!("an output's acknowledgement was never confirmed; counting it all the same");
 }
