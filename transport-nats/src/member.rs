@@ -4,8 +4,7 @@
 use crate::broker::{self, Broker, PublishFailure};
 use crate::error::Error;
 use crate::wire::{
-    self, Alive, Control, Credit, EndMsg, Join, JoinReply, Leave, Names, Outcome, OutputMsg,
-    TaskMsg,
+    self, Control, Credit, EndMsg, Join, JoinReply, Leave, Names, Outcome, OutputMsg, TaskMsg,
 };
 use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::{AckKind, Message as JsMessage};
@@ -728,14 +727,12 @@ impl<W: Worker> Serving<W> {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let running = lock(&self.running).len() as u32;
-            if let Ok(bytes) = wire::encode(&Alive { running }) {
-                let _ = self
-                    .broker
-                    .client
-                    .publish(subject.clone(), bytes.into())
-                    .await;
-            }
+            // Its arrival is the message.
+            let _ = self
+                .broker
+                .client
+                .publish(subject.clone(), bytes::Bytes::new())
+                .await;
         }
     }
 

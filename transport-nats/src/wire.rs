@@ -114,12 +114,6 @@ pub(crate) struct TaskMsg {
     pub(crate) payload: Vec<u8>,
 }
 
-/// A member's heartbeat.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Alive {
-    pub(crate) running: u32,
-}
-
 /// The parent tells a member.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Control {
