@@ -47,17 +47,21 @@ pub(crate) struct Broker {
 }
 
 impl Broker {
-    /// Connects to `server`, naming the connection `name`. The client reconnects on its own
-    /// for as long as it lives.
-    pub(crate) async fn connect(server: &str, name: &str) -> Result<Self, Error> {
+    /// Connects to `server` with `options` (credentials, TLS; default ones if `None`), naming
+    /// the connection `name`. The client reconnects on its own for as long as it lives.
+    pub(crate) async fn connect(
+        server: &str,
+        name: &str,
+        options: Option<ConnectOptions>,
+    ) -> Result<Self, Error> {
         let conn = Arc::new(ConnState {
             up: AtomicBool::new(true),
             since: Mutex::new(Instant::now()),
         });
         let events = conn.clone();
-        let client = ConnectOptions::new()
+        let client = options
+            .unwrap_or_else(|| ConnectOptions::new().connection_timeout(Duration::from_secs(5)))
             .name(name)
-            .connection_timeout(Duration::from_secs(5))
             .event_callback(move |event| {
                 let events = events.clone();
                 async move {

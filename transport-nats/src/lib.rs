@@ -58,6 +58,9 @@ mod member;
 mod pool;
 mod wire;
 
+/// The NATS client this crate uses, for [`Builder::connect_options`] and
+/// [`Member::connect_options`].
+pub use async_nats;
 pub use error::{Error, SubmitError, TaskError};
 pub use member::{Left, Member};
 pub use pool::{

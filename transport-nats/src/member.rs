@@ -50,6 +50,7 @@ pub struct Member<W: Worker> {
     server: String,
     pool: String,
     name: Option<String>,
+    options: Option<async_nats::ConnectOptions>,
     local: LocalBuilder<W>,
 }
 
@@ -87,6 +88,7 @@ impl<W: Worker> Member<W> {
             server: server.into(),
             pool: pool.into(),
             name: None,
+            options: None,
             local,
         }
     }
@@ -95,6 +97,13 @@ impl<W: Worker> Member<W> {
     /// ASCII letters, digits, `-` or `_`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// How to connect to the server: credentials, TLS, timeouts (the connection's name and
+    /// event callback are the member's own).
+    pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
+        self.options = Some(options);
         self
     }
 
@@ -119,6 +128,7 @@ impl<W: Worker> Member<W> {
         let broker = Broker::connect(
             &self.server,
             &format!("looppool {} member {member}", self.pool),
+            self.options.clone(),
         )
         .await?;
         let local = self

@@ -71,6 +71,7 @@ fn main() {
         trial("members_leave_when_the_parent_goes_silent", silent_parent),
         trial("a_duplicate_member_name_is_refused", duplicate_name),
         trial("smol_and_async_std_workers_serve_over_nats", other_runtimes),
+        trial("credentials_reach_a_server_that_requires_them", credentials),
         trial("a_broker_restart_is_survived", broker_restart),
         trial("a_broker_gone_for_good_is_reported", broker_gone),
     ];
@@ -108,6 +109,9 @@ fn member_main() -> ! {
     let capacity: usize = var("LOOPPOOL_NATS_TEST_CAPACITY")
         .parse()
         .expect("a number");
+    let credentials = std::env::var("LOOPPOOL_NATS_TEST_USER")
+        .ok()
+        .zip(std::env::var("LOOPPOOL_NATS_TEST_PASSWORD").ok());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -122,8 +126,13 @@ fn member_main() -> ! {
             .worker_runtime(worker_runtime());
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
-        Member::new(url, pool, local)
-            .name(name)
+        let mut member = Member::new(url, pool, local).name(name);
+        if let Some((user, password)) = credentials {
+            member = member.connect_options(
+                looppool_nats::async_nats::ConnectOptions::with_user_and_password(user, password),
+            );
+        }
+        member
             .run_until(async move {
                 term.recv().await;
             })
@@ -150,11 +159,17 @@ fn member_main() -> ! {
 struct Server {
     port: u16,
     store: PathBuf,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Server {
     fn start() -> Result<Self, Failed> {
+        Self::start_with(&[])
+    }
+
+    /// A server started with these extra arguments.
+    fn start_with(args: &[&str]) -> Result<Self, Failed> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("no free port: {e}"))?
@@ -164,6 +179,7 @@ impl Server {
         let mut server = Self {
             port,
             store,
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         server.launch()?;
@@ -185,6 +201,7 @@ impl Server {
                 "-sd",
             ])
             .arg(&self.store)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -256,6 +273,7 @@ struct Spec<'a> {
     workers: usize,
     capacity: usize,
     runtime: &'a str,
+    credentials: Option<(&'a str, &'a str)>,
 }
 
 impl<'a> Spec<'a> {
@@ -266,11 +284,18 @@ impl<'a> Spec<'a> {
             workers: 1,
             capacity: 2,
             runtime: "tokio",
+            credentials: None,
         }
     }
 
     fn spawn(&self, name: &str) -> MemberProc {
-        let child = Command::new(std::env::current_exe().expect("this program"))
+        let mut command = Command::new(std::env::current_exe().expect("this program"));
+        if let Some((user, password)) = self.credentials {
+            command
+                .env("LOOPPOOL_NATS_TEST_USER", user)
+                .env("LOOPPOOL_NATS_TEST_PASSWORD", password);
+        }
+        let child = command
             .env(MEMBER_VAR, "1")
             .env("LOOPPOOL_NATS_TEST_URL", self.url)
             .env("LOOPPOOL_NATS_TEST_POOL", self.pool)
@@ -896,6 +921,37 @@ async fn other_runtimes() -> Result<(), Failed> {
         })?;
     }
     stop_all(&pool, vec![smol, async_std]).await
+}
+
+async fn credentials() -> Result<(), Failed> {
+    let server = Server::start_with(&["--user", "looppool", "--pass", "s3cret"])?;
+    let url = server.url();
+    match Pool::<Probe>::builder(&url, "auth").start().await {
+        Err(looppool_nats::Error::Connect { server, message }) => {
+            check(server == url && !message.is_empty(), || message.clone())?;
+        }
+        other => return Err(format!("no credentials: {other:?}").into()),
+    }
+    let options = looppool_nats::async_nats::ConnectOptions::with_user_and_password(
+        "looppool".into(),
+        "s3cret".into(),
+    );
+    let pool = quick(Pool::builder(&url, "auth"))
+        .connect_options(options)
+        .start()
+        .await?;
+    let spec = Spec {
+        credentials: Some(("looppool", "s3cret")),
+        ..Spec::new(&url, "auth")
+    };
+    let members = vec![spec.spawn("m")];
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let outputs = pool.outputs();
+    pool.submit(Task::Double(2)).await?.await?;
+    let d = outputs.recv().await.ok_or("outputs ended")?;
+    check(doubled(&d) == Some(4), || format!("{:?}", d.value()))?;
+    drop(d);
+    stop_all(&pool, members).await
 }
 
 async fn broker_restart() -> Result<(), Failed> {

@@ -63,6 +63,7 @@ pub struct Builder<W> {
     server: String,
     pool: String,
     settings: Settings,
+    options: Option<async_nats::ConnectOptions>,
     _worker: PhantomData<fn(W)>,
 }
 
@@ -109,6 +110,7 @@ impl<W: Worker> Builder<W> {
                 broker_timeout: Duration::from_secs(30),
                 stop_timeout: Duration::from_secs(10),
             },
+            options: None,
             _worker: PhantomData,
         }
     }
@@ -158,6 +160,13 @@ impl<W: Worker> Builder<W> {
         self
     }
 
+    /// How to connect to the server: credentials, TLS, timeouts (the connection's name and
+    /// event callback are the pool's own).
+    pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
+        self.options = Some(options);
+        self
+    }
+
     /// How long [`Pool::stop`] waits for members to leave once every task ended (default 10 s).
     pub fn stop_timeout(mut self, timeout: Duration) -> Self {
         self.settings.stop_timeout = timeout;
@@ -190,8 +199,12 @@ impl<W: Worker> Builder<W> {
     pub async fn start(self) -> Result<Pool<W>, Error> {
         self.check()?;
         let names = Names::new(&self.pool);
-        let broker =
-            Broker::connect(&self.server, &format!("looppool {} parent", self.pool)).await?;
+        let broker = Broker::connect(
+            &self.server,
+            &format!("looppool {} parent", self.pool),
+            self.options.clone(),
+        )
+        .await?;
         create_streams(&broker, &names, self.settings.result_credit).await?;
         let (events, _) = broadcast::channel(1024);
         let (outputs_tx, outputs_rx) = async_channel::unbounded();
