@@ -368,7 +368,22 @@ impl<W: Worker> Serving<W> {
             }
         });
 
-        let mut last_beacon = Instant::now();
+        let last_beacon = Arc::new(Mutex::new(Instant::now()));
+        {
+            let last_beacon = last_beacon.clone();
+            background.spawn(async move {
+                while beacon.next().await.is_some() {
+                    *lock(&last_beacon) = Instant::now();
+                }
+            });
+        }
+        // How long the parent has been silent, once that is past the member timeout (silence
+        // while this member was cut off from the broker does not count).
+        let conn = self.broker.conn.clone();
+        let parent_silent = move || {
+            let quiet = Instant::now().duration_since((*lock(&last_beacon)).max(conn.since()));
+            (conn.is_up() && quiet > member_timeout).then_some(quiet)
+        };
         let mut check = tokio::time::interval(heartbeat);
         let mut evicted = None;
         let reason = loop {
@@ -382,11 +397,8 @@ impl<W: Worker> Serving<W> {
                     }
                     Err(e) => tracing::error!("undecodable control message ignored: {e}"),
                 },
-                Some(_) = beacon.next() => last_beacon = Instant::now(),
                 _ = check.tick() => {
-                    let conn = &self.broker.conn;
-                    let quiet = Instant::now().duration_since(last_beacon.max(conn.since()));
-                    if conn.is_up() && quiet > member_timeout {
+                    if let Some(quiet) = parent_silent() {
                         break format!("the pool's parent was silent for {quiet:.1?}");
                     }
                 }
@@ -410,8 +422,16 @@ impl<W: Worker> Serving<W> {
         }
         drop(messages);
         tracing::info!(member = %self.member, "leaving: {reason}");
-        if evicted.is_none() {
-            // Finish and report what the workers hold.
+        let (outputs, ends) = lanes;
+        let aborts = [
+            pump.abort_handle(),
+            outputs.abort_handle(),
+            ends.abort_handle(),
+        ];
+        // Finish and report what the workers hold; the lanes close once they sent it.
+        // Heartbeats and credit go on meanwhile (outputs may wait for the parent's program to
+        // read them). Not for a parent that is gone: nobody would take the reports.
+        let drain = async {
             loop {
                 let mut notified = pin!(self.changed.notified());
                 notified.as_mut().enable();
@@ -420,18 +440,27 @@ impl<W: Worker> Serving<W> {
                 }
                 notified.await;
             }
-        }
-        drop(finished_tx);
-        // Every task ended: the lanes close once they sent what they hold. Heartbeats and
-        // credit go on meanwhile (outputs may wait for the parent's program to read them).
-        pump.abort();
-        let (outputs, ends) = lanes;
-        if evicted.is_none() {
+            drop(finished_tx);
+            pump.abort();
             let _ = ends.await;
             let _ = outputs.await;
-        } else {
-            ends.abort();
-            outputs.abort();
+        };
+        let parent_gone = async {
+            while parent_silent().is_none() {
+                check.tick().await;
+            }
+        };
+        if evicted.is_none() {
+            tokio::select! {
+                () = drain => {}
+                () = parent_gone => {
+                    let left = lock(&self.running).len();
+                    tracing::warn!("the pool's parent went silent; {left} tasks left unreported");
+                }
+            }
+        }
+        for task in aborts {
+            task.abort();
         }
         background.abort_all();
         if let Ok(bytes) = wire::encode(&Leave {

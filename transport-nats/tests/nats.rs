@@ -871,10 +871,22 @@ async fn oversized_output() -> Result<(), Failed> {
 
 async fn silent_parent() -> Result<(), Failed> {
     let url = shared_url()?;
-    let pool = start(&url, "orphans").await?;
+    let pool = quick(Pool::builder(&url, "orphans"))
+        .result_credit(1)
+        .start()
+        .await?;
     let spec = Spec::new(&url, "orphans");
     let member = spec.spawn("m");
     pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    // The member holds outputs nobody reads when its parent goes away: it leaves all the same.
+    let handle = pool.submit(Task::Emit(5)).await?;
+    let js = js(&url).await?;
+    let mut stream = js.get_stream("looppool-orphans-out").await?;
+    let wait = Deadline::new("an output stored", Duration::from_secs(10));
+    while stream.info().await?.state.messages != 1 {
+        wait.tick().await?;
+    }
+    drop(handle);
     drop(pool);
     let (code, text) = member.exit(Duration::from_secs(10)).await?;
     check(code == 0 && text.contains("silent"), || {
