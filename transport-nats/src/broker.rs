@@ -96,6 +96,26 @@ impl Broker {
     }
 }
 
+/// The messages of a pull consumer, `batch` at a time, with the heartbeat and expiry every
+/// reader of this crate uses: a lost server shows within seconds and the stream ends, to be
+/// opened again. `what` names the consumer in the error.
+pub(crate) async fn read(
+    consumer: &jetstream::consumer::PullConsumer,
+    batch: Option<usize>,
+    what: &str,
+) -> Result<jetstream::consumer::pull::Stream, Error> {
+    let mut stream = consumer.stream();
+    if let Some(batch) = batch {
+        stream = stream.max_messages_per_batch(batch);
+    }
+    stream
+        .heartbeat(Duration::from_secs(1))
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .map_err(|e| Error::Broker(format!("cannot read {what}: {}", error_text(&e))))
+}
+
 /// Why a publish to JetStream did not go through.
 #[derive(Debug)]
 pub(crate) enum PublishFailure {

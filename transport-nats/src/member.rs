@@ -495,14 +495,7 @@ impl<W: Worker> Serving<W> {
             .get_consumer_from_stream::<pull::Config, _, _>(&self.member, self.names.tasks_stream())
             .await
             .map_err(|e| fail(&e))?;
-        consumer
-            .stream()
-            .max_messages_per_batch(capacity)
-            .heartbeat(Duration::from_secs(1))
-            .expires(Duration::from_secs(5))
-            .messages()
-            .await
-            .map_err(|e| fail(&e))
+        broker::read(&consumer, Some(capacity), "this member's consumer").await
     }
 
     /// Starts one delivered task in the local pool.

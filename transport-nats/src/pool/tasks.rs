@@ -57,13 +57,7 @@ pub(super) async fn consumer_messages<O>(
         )
         .await
         .map_err(|e| fail(&e))?;
-    consumer
-        .stream()
-        .heartbeat(Duration::from_secs(1))
-        .expires(Duration::from_secs(5))
-        .messages()
-        .await
-        .map_err(|e| fail(&e))
+    broker::read(&consumer, None, &format!("stream {stream}")).await
 }
 
 pub(super) async fn serve_joins<O: DeserializeOwned + Send + 'static>(
