@@ -1,5 +1,6 @@
 //! Runs each example as a user would, so that none can rot.
 
+use looppool_testkit::nats_server::{self, NatsServer};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
@@ -298,59 +299,19 @@ fn top_draws_a_row_per_worker() {
     assert!(stdout.contains("pool stopped (graceful: true)"), "{stdout}");
 }
 
-/// A NATS server with JetStream for the scale-out example: the one `LOOPPOOL_NATS_URL` names,
-/// or one started here on a free loopback port (killed when dropped).
-struct Nats {
-    url: String,
-    server: Option<(std::process::Child, PathBuf)>,
-}
-
-impl Nats {
-    fn get() -> Self {
-        if let Ok(url) = std::env::var("LOOPPOOL_NATS_URL") {
-            return Self { url, server: None };
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let store = std::env::temp_dir().join(format!("looppool-examples-nats-{port}"));
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(&store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (install: transport-nats/scripts/nats-server.sh install)");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nats-server did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            url: format!("nats://127.0.0.1:{port}"),
-            server: Some((child, store)),
-        }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        if let Some((mut child, store)) = self.server.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = std::fs::remove_dir_all(store);
-        }
-    }
-}
-
 #[test]
 fn nats_members_started_by_command_serve_the_parent() {
-    let nats = Nats::get();
-    let url = nats.url.as_str();
+    // The server `LOOPPOOL_NATS_URL` names, else one of this test's own (on `PATH`, or
+    // provisioned under `target/`), killed when the test ends.
+    let own;
+    let url = match std::env::var(nats_server::URL_VAR) {
+        Ok(url) => url,
+        Err(_) => {
+            own = NatsServer::start().unwrap_or_else(|e| panic!("{e}"));
+            own.url()
+        }
+    };
+    let url = url.as_str();
     let members: Vec<_> = [("m1", "tokio"), ("m2", "smol")]
         .iter()
         .map(|(name, runtime)| {

@@ -1,8 +1,8 @@
 //! The pool's behaviours over NATS JetStream, with members as real processes.
 //!
-//! Needs Debian's `nats-server` on `PATH` (`transport-nats/scripts/nats-server.sh install`).
-//! The trials share the server named by `LOOPPOOL_NATS_URL` (the `start` of that script prints
-//! it), or one this program starts; the broker-restart trials start their own.
+//! The trials share the server named by `LOOPPOOL_NATS_URL`, or one this program starts; the
+//! broker-restart trials start their own. Servers this program starts are `nats-server` from
+//! `PATH`, or a copy provisioned once under `target/` (see `looppool_testkit::nats_server`).
 //!
 //! This program is also the member: run with `LOOPPOOL_NATS_TEST_MEMBER` set, it joins the
 //! pool its environment names and serves the testkit's probe worker until told to leave.
@@ -12,11 +12,10 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use looppool_core::{Entry, Runtime, StartMethod};
 use looppool_nats::{Member, MemberEvent, Pool, SubmitError, TaskError};
 use looppool_testkit::conformance::{Out, Probe, Task};
+use looppool_testkit::nats_server::{self, NatsServer};
 use std::future::Future;
-use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MEMBER_VAR: &str = "LOOPPOOL_NATS_TEST_MEMBER";
@@ -75,7 +74,9 @@ fn main() {
         trial("a_broker_restart_is_survived", broker_restart),
         trial("a_broker_gone_for_good_is_reported", broker_gone),
     ];
-    libtest_mimic::run(&args, trials).exit();
+    let conclusion = libtest_mimic::run(&args, trials);
+    nats_server::stop_shared();
+    conclusion.exit();
 }
 
 fn trial<F, Fut>(name: &'static str, f: F) -> Trial
@@ -155,107 +156,9 @@ fn member_main() -> ! {
 
 // ---- the broker ----
 
-/// A `nats-server` this program started, on a loopback port with JetStream and its own store.
-struct Server {
-    port: u16,
-    store: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn start() -> Result<Self, Failed> {
-        Self::start_with(&[])
-    }
-
-    /// A server started with these extra arguments.
-    fn start_with(args: &[&str]) -> Result<Self, Failed> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
-        let store =
-            std::env::temp_dir().join(format!("looppool-nats-test-{}-{port}", std::process::id()));
-        let mut server = Self {
-            port,
-            store,
-            args: args.iter().map(|a| a.to_string()).collect(),
-            child: None,
-        };
-        server.launch()?;
-        Ok(server)
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn launch(&mut self) -> Result<(), Failed> {
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store)
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                format!(
-                    "cannot run nats-server ({e}); install it with \
-                     `transport-nats/scripts/nats-server.sh install`"
-                )
-            })?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if Instant::now() > deadline {
-                return Err("nats-server did not accept connections within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    /// Stops the server gracefully (SIGTERM) and waits for it to exit; the store stays.
-    fn shut_down(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.store);
-    }
-}
-
 /// The server the trials share.
 fn shared_url() -> Result<String, Failed> {
-    static SERVER: OnceLock<Result<(String, Option<Server>), String>> = OnceLock::new();
-    let s = SERVER.get_or_init(|| match std::env::var("LOOPPOOL_NATS_URL") {
-        Ok(url) => Ok((url, None)),
-        Err(_) => Server::start()
-            .map(|s| (s.url(), Some(s)))
-            .map_err(|e| format!("{e:?}")),
-    });
-    // The server lives until the program exits.
-    match s {
-        Ok((url, _)) => Ok(url.clone()),
-        Err(e) => Err(e.clone().into()),
-    }
+    Ok(nats_server::shared_url()?)
 }
 
 // ---- members ----
@@ -936,7 +839,7 @@ async fn other_runtimes() -> Result<(), Failed> {
 }
 
 async fn credentials() -> Result<(), Failed> {
-    let server = Server::start_with(&["--user", "looppool", "--pass", "s3cret"])?;
+    let server = NatsServer::start_with(&["--user", "looppool", "--pass", "s3cret"])?;
     let url = server.url();
     match Pool::<Probe>::builder(&url, "auth").start().await {
         Err(looppool_nats::Error::Connect { server, message }) => {
@@ -967,7 +870,7 @@ async fn credentials() -> Result<(), Failed> {
 }
 
 async fn broker_restart() -> Result<(), Failed> {
-    let mut server = Server::start()?;
+    let mut server = NatsServer::start()?;
     let url = server.url();
     let pool = quick(Pool::builder(&url, "restart")).start().await?;
     let spec = Spec::new(&url, "restart");
@@ -1006,7 +909,7 @@ async fn broker_restart() -> Result<(), Failed> {
 }
 
 async fn broker_gone() -> Result<(), Failed> {
-    let mut server = Server::start()?;
+    let mut server = NatsServer::start()?;
     let url = server.url();
     let pool = quick(Pool::builder(&url, "gone"))
         .broker_timeout(Duration::from_secs(1))
