@@ -138,7 +138,17 @@ async fn monitor<O: DeserializeOwned + Send + 'static>(
 ) {
     let settings = &shared.settings;
     loop {
+        let slept_at = shared.runtime.now();
         shared.runtime.sleep(settings.monitor_every).await;
+        // Woken late, the parent's own loop was stalled: the worker's heartbeats may still wait
+        // unread in its link, so the silence measured now is partly the parent's. Judging it
+        // would report (or kill) a worker for the parent's stall; the next round judges.
+        let parent_stalled = shared
+            .runtime
+            .now()
+            .saturating_duration_since(slept_at)
+            .saturating_sub(settings.monitor_every)
+            > settings.monitor_every;
         let (current, held, pid) = {
             let inner = shared.lock();
             let state = &inner.state;
@@ -155,10 +165,10 @@ async fn monitor<O: DeserializeOwned + Send + 'static>(
         if !current {
             return;
         }
-        if let Some(threshold) = settings.blocked_threshold {
+        if let (Some(threshold), false) = (settings.blocked_threshold, parent_stalled) {
             watch_blocked(&shared, worker, threshold);
         }
-        if let Some(limit) = settings.stall_limit {
+        if let (Some(limit), false) = (settings.stall_limit, parent_stalled) {
             let silent = shared.silent_for(worker);
             if held > 0 && silent > limit {
                 let cause = format!(
