@@ -43,6 +43,7 @@
 pub use looppool_core::*;
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +63,10 @@ impl Runtime for AsyncStd {
 
     fn wrap_unix(&self, stream: UnixStream) -> io::Result<BoxIo> {
         looppool_smol::reactor::wrap_unix(stream)
+    }
+
+    fn wait_readable(&self, fd: OwnedFd) -> Option<BoxFuture<io::Result<()>>> {
+        looppool_smol::reactor::wait_readable(fd)
     }
 
     fn block_on_local(&self, main: LocalBoxFuture<()>) {

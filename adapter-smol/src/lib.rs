@@ -50,6 +50,7 @@ pub mod reactor;
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -116,6 +117,10 @@ impl Runtime for Smol {
 
     fn wrap_unix(&self, stream: UnixStream) -> io::Result<BoxIo> {
         reactor::wrap_unix(stream)
+    }
+
+    fn wait_readable(&self, fd: OwnedFd) -> Option<BoxFuture<io::Result<()>>> {
+        reactor::wait_readable(fd)
     }
 
     fn block_on_local(&self, main: LocalBoxFuture<()>) {

@@ -6,6 +6,7 @@
 
 use looppool_core::{BoxFuture, BoxIo};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -19,4 +20,11 @@ pub fn sleep(duration: Duration) -> BoxFuture<()> {
 /// Registers a Unix stream socket with async-io's reactor.
 pub fn wrap_unix(stream: UnixStream) -> io::Result<BoxIo> {
     Ok(Box::new(async_io::Async::new(stream)?))
+}
+
+/// Waits until `fd` is readable, on async-io's reactor.
+pub fn wait_readable(fd: OwnedFd) -> Option<BoxFuture<io::Result<()>>> {
+    Some(Box::pin(async move {
+        async_io::Async::new(fd)?.readable().await
+    }))
 }

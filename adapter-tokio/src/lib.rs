@@ -41,6 +41,7 @@
 pub use looppool_core::*;
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,6 +87,18 @@ impl Runtime for Tokio {
     fn wrap_unix(&self, stream: UnixStream) -> io::Result<BoxIo> {
         stream.set_nonblocking(true)?;
         Ok(Box::new(tokio::net::UnixStream::from_std(stream)?.compat()))
+    }
+
+    fn wait_readable(&self, fd: OwnedFd) -> Option<BoxFuture<io::Result<()>>> {
+        Some(Box::pin(async move {
+            // Deprecated for owners whose descriptor may change or close under the reactor; an
+            // `OwnedFd` moved in here keeps one open descriptor until the `AsyncFd` is dropped,
+            // which is the condition `register_with_interest` (unsafe, forbidden here) states.
+            #[allow(deprecated)]
+            let fd = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)?;
+            fd.readable().await?.retain_ready();
+            Ok(())
+        }))
     }
 
     fn alive_tasks(&self) -> Option<u64> {

@@ -64,8 +64,8 @@ fn state(c: &mut Criterion) {
                             Some(Transmit::Task { .. }) => {}
                             other => panic!("expected the task, got {other:?}"),
                         }
-                        s.handle_output(worker).expect("an output");
-                        s.handle_ack(worker, 0);
+                        s.handle_output(worker, Some(id)).expect("an output");
+                        s.handle_ack(worker);
                         s.handle_done(worker, id).expect("its end");
                         while s.poll_transmit(worker).is_some() {}
                     }

@@ -39,4 +39,7 @@ pub use worker::{Context, Worker};
 
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]
+pub use launch::fork_sleeper;
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
 pub use worker::Fault;

@@ -4,6 +4,7 @@ use futures_io::{AsyncRead, AsyncWrite};
 use std::fmt::Debug;
 use std::future::Future;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -62,6 +63,17 @@ pub trait Runtime: Send + Sync + Debug + 'static {
     /// How many tasks are alive on the calling thread's runtime, where the runtime tells
     /// (tokio's runtime metrics do); reported in a worker's statistics. The default: `None`.
     fn alive_tasks(&self) -> Option<u64> {
+        None
+    }
+
+    /// A future that completes once `fd` is readable, registered with the runtime's reactor;
+    /// `None` if this runtime cannot wait on a plain descriptor.
+    ///
+    /// The pool waits this way on a worker process's pidfd, which turns readable when the
+    /// process exits, so a worker's death is seen even while a program it started still holds
+    /// its link open. Without it the pool polls the process's status instead.
+    fn wait_readable(&self, fd: OwnedFd) -> Option<BoxFuture<io::Result<()>>> {
+        drop(fd);
         None
     }
 

@@ -2,11 +2,12 @@
 
 use crate::error::Exit;
 use crate::pipe::PipeCloser;
-use crate::runtime::Runtime;
+use crate::runtime::{BoxFuture, Runtime};
 use futures_channel::oneshot;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ use std::time::Duration;
 pub(crate) struct Process {
     pid: Pid,
     reaped: Mutex<Option<Exit>>,
+    /// Readable once the process has exited (Linux), to see its death without its link.
+    pidfd: Option<OwnedFd>,
 }
 
 impl Process {
@@ -23,6 +26,7 @@ impl Process {
         Arc::new(Self {
             pid,
             reaped: Mutex::new(None),
+            pidfd: super::sys::pidfd_open(pid),
         })
     }
 
@@ -71,11 +75,13 @@ impl Killer {
         }
     }
 
-    /// Kills and, for a process, waits for it to be gone. Used when the pool is dropped.
-    pub(crate) fn kill_and_reap_blocking(&self) {
+    /// Kills and, for a process, waits for it to be gone; returns its exit status (`None` for
+    /// a thread). Used when the pool is dropped and when a launch fails.
+    pub(crate) fn kill_and_reap_blocking(&self) -> Option<Exit> {
         self.kill();
-        if let Killer::Process(p) = self {
-            let _ = p.try_reap(true);
+        match self {
+            Killer::Process(p) => p.try_reap(true),
+            Killer::Thread(_) => None,
         }
     }
 }
@@ -88,6 +94,34 @@ pub(crate) enum Reaper {
 }
 
 impl Reaper {
+    /// Completes once the worker has exited, without reaping it: through its pidfd where the
+    /// kernel and the runtime allow, else by polling its status (which collects it early; the
+    /// status is kept for [`reap`](Self::reap)). Never completes for a thread worker, whose end
+    /// closes its link.
+    pub(crate) fn exited(&self, runtime: &Arc<dyn Runtime>) -> BoxFuture<()> {
+        let Reaper::Process(p) = self else {
+            return Box::pin(std::future::pending());
+        };
+        let watched = p
+            .pidfd
+            .as_ref()
+            .and_then(|fd| fd.try_clone().ok())
+            .and_then(|fd| runtime.wait_readable(fd));
+        let (p, runtime) = (p.clone(), runtime.clone());
+        Box::pin(async move {
+            if let Some(readable) = watched {
+                if readable.await.is_ok() {
+                    return;
+                }
+            }
+            let mut pause = Duration::from_millis(10);
+            while p.try_reap(false).is_none() {
+                runtime.sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+        })
+    }
+
     /// Waits for the worker to exit. Called once its link has ended, when the process is
     /// exiting or has exited; the short backoff only covers the moment between a process
     /// closing its descriptors and the kernel reporting its status.

@@ -18,6 +18,8 @@ mod sys;
 
 pub(crate) use child::{Killer, Process, Reaper};
 pub use entry::{init, Entry};
+#[cfg(feature = "fault-injection")]
+pub use sys::fork_sleeper;
 
 use crate::error::{Error, Exit};
 use crate::pipe::{duplex, PipeEnd};

@@ -7,7 +7,7 @@ use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::unistd::{getppid, Pid};
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -142,5 +142,53 @@ pub(crate) fn adopt_link_fd(fd: RawFd) -> Option<UnixStream> {
     }
     // SAFETY: the descriptor is open, is a socket, and nothing else in this process owns it:
     // it was inherited from the parent for this purpose and named only in our environment.
-    Some(unsafe { UnixStream::from_raw_fd(fd) })
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    // It survived `exec` for this process only: programs the worker starts must not inherit
+    // it, or they would hold the link open after the worker dies and hide its death.
+    nix::fcntl::fcntl(
+        &stream,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .ok()?;
+    Some(stream)
+}
+
+/// A descriptor that turns readable when process `pid` (a child of ours, not yet reaped)
+/// exits: a pidfd, on Linux 5.3 and later. `None` where the kernel has none.
+pub(crate) fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: a plain system call with integer arguments; it touches no memory of ours.
+        let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.as_raw(), 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the kernel just returned this new descriptor (close-on-exec by default), and
+        // nothing else owns it.
+        Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
+/// Forks a child that only sleeps `seconds` and exits, holding every descriptor of this
+/// process meanwhile (a worker's link included): what a worker that forks a helper leaves
+/// behind when it dies. Returns the child's pid. For the conformance suite only.
+#[cfg(feature = "fault-injection")]
+pub fn fork_sleeper(seconds: u32) -> io::Result<u32> {
+    // SAFETY: the child makes only async-signal-safe calls (sleep, _exit) and touches no state
+    // of the program, so forking a multi-threaded process is sound here.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw() as u32),
+        nix::unistd::ForkResult::Child => {
+            // SAFETY: async-signal-safe calls with plain integer arguments.
+            unsafe {
+                nix::libc::sleep(seconds);
+                nix::libc::_exit(0)
+            }
+        }
+    }
 }

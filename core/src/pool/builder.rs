@@ -29,6 +29,7 @@ pub struct Builder<W> {
     max_frame: usize,
     stop_timeout: Duration,
     handshake_timeout: Duration,
+    frame_timeout: Duration,
     ignore_signals: bool,
     nice: Option<i32>,
     protocol_version: u32,
@@ -74,8 +75,13 @@ struct LaunchPlan {
 }
 
 impl LaunchPlan {
-    /// Wraps a launched worker's link and runs the handshake.
-    async fn link(&self, worker: usize, launched: Launched) -> Result<Linked, Error> {
+    /// Wraps a launched worker's link and runs the handshake, granting `credit` outputs.
+    async fn link(
+        &self,
+        worker: usize,
+        launched: Launched,
+        credit: usize,
+    ) -> Result<Linked, Error> {
         let fd = launched.parent_fd();
         let io = launched
             .transport
@@ -83,6 +89,7 @@ impl LaunchPlan {
             .map_err(|source| Error::Launch { worker, source })?;
         let hello = Handshake {
             worker,
+            result_credit: credit,
             ..self.hello.clone()
         };
         let linked = link::handshake(
@@ -103,10 +110,21 @@ impl LaunchPlan {
                 reaper: launched.reaper,
             }),
             Err(e) => {
-                launched.killer.kill_and_reap_blocking();
+                let exit = launched.killer.kill_and_reap_blocking();
                 Err(match e {
                     HandshakeError::Protocol(reason) => Error::Handshake { worker, reason },
                     HandshakeError::Init(message) => Error::Init { worker, message },
+                    HandshakeError::Closed => Error::Handshake {
+                        worker,
+                        reason: match exit {
+                            Some(exit) => format!(
+                                "the worker process ended ({exit}) before answering the \
+                                 handshake: its init hook ended the process, or the program's \
+                                 main does not call looppool's init() first thing"
+                            ),
+                            None => "the worker thread ended before answering the handshake".into(),
+                        },
+                    },
                 })
             }
         }
@@ -127,6 +145,7 @@ impl<W: Worker> Builder<W> {
             max_frame: DEFAULT_MAX_FRAME,
             stop_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(30),
+            frame_timeout: Duration::from_secs(60),
             ignore_signals: true,
             nice: None,
             protocol_version: PROTOCOL_VERSION,
@@ -205,6 +224,18 @@ impl<W: Worker> Builder<W> {
     /// Default 30 s.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long a frame from a worker may take to arrive once its first bytes have: a worker
+    /// that stops half-way through a frame has broken the protocol, and its link ends with an
+    /// error naming it (it is killed and replaced like any other dead worker). Default 60 s.
+    ///
+    /// A worker writes a frame from its event loop, so a worker whose loop blocks (CPU-bound
+    /// code that never yields) in the middle of writing a large frame is treated the same way
+    /// once this time passes.
+    pub fn frame_timeout(mut self, timeout: Duration) -> Self {
+        self.frame_timeout = timeout;
         self
     }
 
@@ -431,13 +462,15 @@ impl<W: Worker> Builder<W> {
         let handshakes = launched
             .into_iter()
             .enumerate()
-            .map(|(worker, l)| plan.link(worker, l));
+            .map(|(worker, l)| plan.link(worker, l, self.result_credit));
         let mut links = Vec::with_capacity(n);
         for result in futures_util::future::join_all(handshakes).await {
             match result {
                 Ok(link) => links.push(link),
                 Err(e) => {
-                    killers.iter().for_each(|k| k.kill_and_reap_blocking());
+                    for k in &killers {
+                        k.kill_and_reap_blocking();
+                    }
                     return Err(e);
                 }
             }
@@ -445,12 +478,12 @@ impl<W: Worker> Builder<W> {
 
         let respawner = self.respawn.then(|| {
             let plan = plan.clone();
-            let launch: Launch = Box::new(move |worker, link_fds| {
+            let launch: Launch = Box::new(move |worker, link_fds, credit| {
                 let plan = plan.clone();
                 Box::pin(async move {
                     let launched =
                         launch_one::<W>(plan.method, worker, &plan.opts, &link_fds).await?;
-                    plan.link(worker, launched).await
+                    plan.link(worker, launched, credit).await
                 })
             });
             Respawner {
@@ -481,6 +514,7 @@ impl<W: Worker> Builder<W> {
             blocked_threshold: self.blocked_threshold,
             concurrency: self.concurrency,
             monitor_every: heartbeat.unwrap_or(Duration::from_secs(1)),
+            frame_timeout: self.frame_timeout,
             processes: self.start_method != StartMethod::Thread,
         };
         let shared = Arc::new(Shared::new(inner, self.runtime, settings, respawner));

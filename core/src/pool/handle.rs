@@ -7,7 +7,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 /// Resolves, exactly once, to how one submitted task ended.
@@ -80,19 +80,23 @@ impl Future for TaskHandle {
 
 /// Where acknowledgements go: the pool's shared state.
 pub(crate) trait AckSink: Send + Sync {
-    fn ack(&self, worker: usize, generation: u64);
+    fn ack(&self, worker: usize);
 }
 
 /// Returns one result credit to the worker that emitted an output, when dropped.
+///
+/// It holds the pool weakly: deliveries wait in the pool's own queue, and a strong reference
+/// would keep a stopped or dropped pool, and every output queued in it, alive forever.
 pub(crate) struct Acker {
-    pub(crate) sink: Arc<dyn AckSink>,
+    pub(crate) sink: Weak<dyn AckSink>,
     pub(crate) worker: usize,
-    pub(crate) generation: u64,
 }
 
 impl Drop for Acker {
     fn drop(&mut self) {
-        self.sink.ack(self.worker, self.generation);
+        if let Some(sink) = self.sink.upgrade() {
+            sink.ack(self.worker);
+        }
     }
 }
 

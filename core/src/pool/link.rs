@@ -3,8 +3,8 @@
 use super::shared::{Payload, Shared};
 use crate::launch::{Killer, Reaper};
 use crate::protocol::{
-    encode_header, encode_header_before_raw, encode_with_raw, split_body, FrameReader, ToParent,
-    ToWorker, PROTOCOL_VERSION,
+    encode_header, encode_header_before_raw, encode_with_raw, split_body, FrameError, FrameReader,
+    ToParent, ToWorker, PROTOCOL_VERSION,
 };
 use crate::runtime::{yield_now, BoxIo, Runtime};
 use crate::state::{Transmit, WorkerStatus};
@@ -13,8 +13,10 @@ use futures_util::future::{select, Either};
 use futures_util::io::{ReadHalf, WriteHalf};
 use futures_util::{AsyncReadExt, AsyncWriteExt};
 use serde::de::DeserializeOwned;
+use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 /// Task payloads at least this large are written from their own buffer rather than copied into
@@ -23,6 +25,10 @@ const DIRECT_WRITE: usize = 64 * 1024;
 
 /// How long a worker that said goodbye may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the link of a worker whose process exited is still read (for what it wrote before
+/// it exited) when something else holds it open.
+const EXIT_DRAIN: Duration = Duration::from_millis(100);
 
 pub(crate) type LinkReader = FrameReader<ReadHalf<BoxIo>>;
 pub(crate) type LinkWriter = WriteHalf<BoxIo>;
@@ -33,6 +39,8 @@ pub(crate) enum HandshakeError {
     Protocol(String),
     /// The worker's init hook failed.
     Init(String),
+    /// The worker closed its link (exited) before answering.
+    Closed,
 }
 
 /// Sends the `Hello` and waits for the worker's answer, at most `timeout`.
@@ -83,11 +91,7 @@ pub(crate) async fn handshake(
                         "malformed handshake answer: {e}"
                     ))),
                 },
-                Ok(None) => Err(HandshakeError::Protocol(
-                    "the worker exited before answering the handshake (does the program's main \
-                     call looppool's init() first thing?)"
-                        .into(),
-                )),
+                Ok(None) => Err(HandshakeError::Closed),
                 Err(e) => Err(HandshakeError::Protocol(format!(
                     "cannot read the handshake answer: {e}"
                 ))),
@@ -240,6 +244,23 @@ fn resident_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// What ended a link's read loop.
+enum Ending {
+    /// The worker closed its end, or its process exited: an orderly end if it said goodbye.
+    Closed,
+    /// A protocol violation, a broken frame or an i/o error.
+    Broken(String),
+}
+
+/// One step of a link's read loop.
+enum Step<'a> {
+    Frame(Result<Option<&'a [u8]>, FrameError>),
+    /// The frame-deadline timer fired.
+    Tick,
+    /// The worker's process exited.
+    Exited,
+}
+
 async fn read_loop<O: DeserializeOwned + Send + 'static>(
     shared: Arc<Shared<O>>,
     worker: usize,
@@ -249,25 +270,90 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
     reaper: Reaper,
 ) {
     reader.set_max_frame(shared.settings.max_frame);
-    let cause = loop {
-        match reader.next().await {
-            Ok(Some(body)) => {
-                if let Err(e) = shared.handle_frame(worker, generation, body) {
-                    break Some(e);
+    let runtime = shared.runtime.clone();
+    let frame_timeout = shared.settings.frame_timeout;
+    // Death is seen through the process as well as the link: a program or a forked child the
+    // worker started may hold the link open after the worker is gone.
+    let mut exited = reaper.exited(&runtime);
+    let mut process_gone = false;
+    let mut tick = runtime.sleep(frame_timeout);
+    // Bytes of an unfinished frame at the last tick: no progress over a whole period is a stall.
+    let mut stalled_at = 0;
+    let ending = loop {
+        let step = {
+            let mut next = pin!(reader.next());
+            poll_fn(|cx| {
+                if let Poll::Ready(r) = next.as_mut().poll(cx) {
+                    return Poll::Ready(Step::Frame(r));
+                }
+                if tick.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Step::Tick);
+                }
+                if !process_gone && exited.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Step::Exited);
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        match step {
+            Step::Frame(Ok(Some(body))) => {
+                if let Err(e) = handle_frame_safely(&shared, worker, body) {
+                    break Ending::Broken(e);
                 }
             }
-            Ok(None) => break None,
-            Err(e) => break Some(e.to_string()),
+            Step::Frame(Ok(None)) => break Ending::Closed,
+            Step::Frame(Err(FrameError::Io(e)))
+                if e.kind() == std::io::ErrorKind::ConnectionReset
+                    && shared.lock().state.said_goodbye(worker) =>
+            {
+                // It exited with our last acknowledgements unread, after its goodbye: Linux
+                // then reports a reset instead of the end of the stream. Orderly all the same.
+                break Ending::Closed;
+            }
+            Step::Frame(Err(e)) => break Ending::Broken(e.to_string()),
+            Step::Exited => {
+                // What it wrote before it exited is in the socket already; read that, then
+                // end the link whoever else holds it.
+                process_gone = true;
+                tick = runtime.sleep(EXIT_DRAIN);
+            }
+            Step::Tick if process_gone => break Ending::Closed,
+            Step::Tick => {
+                let pending = reader.pending_bytes();
+                if pending > 0 && pending == stalled_at {
+                    break Ending::Broken(format!(
+                        "a frame stopped half-way: {pending} bytes of it arrived, then nothing \
+                         for {frame_timeout:?} (the frame timeout)"
+                    ));
+                }
+                stalled_at = pending;
+                tick = runtime.sleep(frame_timeout);
+            }
         }
     };
-    if let Some(cause) = &cause {
-        tracing::error!(pool = %shared.settings.name, worker, "ending the link to worker {worker}: {cause}");
-    }
+    let cause = match ending {
+        Ending::Closed => None,
+        Ending::Broken(cause) => {
+            if shared.lock().kill_cause[worker].is_some() {
+                // The parent killed it; a broken link is what that looks like.
+                tracing::debug!(pool = %shared.settings.name, worker, "the link to worker {worker} ended after it was killed: {cause}");
+            } else {
+                tracing::error!(pool = %shared.settings.name, worker, "ending the link to worker {worker}: {cause}");
+            }
+            Some(cause)
+        }
+    };
     // A worker that said goodbye is exiting by itself; anything else that ends a link leaves a
     // process that is useless at best, so it is killed before it is reaped.
     let said_goodbye = cause.is_none() && shared.lock().state.said_goodbye(worker);
     if !said_goodbye {
         killer.kill();
+    }
+    // Whoever else holds the link (a program the worker started) must not keep our writer
+    // waiting on it.
+    if let Some(fd) = shared.lock().link_fds[worker] {
+        shut_down(fd);
     }
     drop(reader);
     let mut reaper = reaper;
@@ -292,6 +378,30 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
         reaper.reap(&*shared.runtime).await
     };
     shared.worker_exited(worker, generation, exit, cause, said_goodbye);
+}
+
+/// Handles one frame; a panic while doing so (a user's `Deserialize`, say) ends this link with
+/// an error rather than the task that reads it.
+fn handle_frame_safely<O: DeserializeOwned + Send + 'static>(
+    shared: &Arc<Shared<O>>,
+    worker: usize,
+    body: &[u8],
+) -> Result<(), String> {
+    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        shared.handle_frame(worker, body)
+    }));
+    handled.unwrap_or_else(|panic| {
+        Err(format!(
+            "handling a frame from worker {worker} panicked: {}",
+            super::shared::panic_text(&*panic)
+        ))
+    })
+}
+
+/// Shuts a socket down both ways, so that a write blocked on it fails at once.
+fn shut_down(fd: std::os::fd::RawFd) {
+    // The descriptor stays open (our writer half still owns it) until the writer ends.
+    let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
 }
 
 async fn write_loop<O>(

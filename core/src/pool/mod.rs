@@ -73,12 +73,14 @@ impl Stopped {
         &self.exits
     }
 
-    /// The workers that had to be killed because the stop deadline passed.
+    /// The workers that were killed instead of stopping: at the stop deadline, or by
+    /// [`Pool::kill`].
     pub fn killed(&self) -> &[usize] {
         &self.killed
     }
 
-    /// Whether the stop was graceful: no worker had to be killed at the stop deadline.
+    /// Whether the stop was graceful: no worker was killed at the stop deadline or by
+    /// [`Pool::kill`].
     pub fn is_graceful(&self) -> bool {
         self.killed.is_empty()
     }
@@ -373,7 +375,14 @@ impl<W: Worker> Pool<W> {
             let (stopped, deadline, kill) = {
                 let mut inner = shared.lock();
                 let due = inner.state.handle_timeout(now);
-                inner.killed_at_deadline.extend(&due);
+                inner.killed.extend(&due);
+                for &k in &due {
+                    inner.kill_cause[k] = Some(format!(
+                        "lost at the stop deadline: the worker was still running {:?} after the \
+                         stop began, and was killed",
+                        shared.settings.stop_timeout
+                    ));
+                }
                 let kill: Vec<_> = due
                     .into_iter()
                     .map(|k| (k, inner.killers[k].clone()))
@@ -407,7 +416,7 @@ impl<W: Worker> Pool<W> {
                 .iter()
                 .map(|e| e.unwrap_or(Exit::Unknown))
                 .collect(),
-            killed: inner.killed_at_deadline.clone(),
+            killed: inner.killed.clone(),
         }
     }
 
@@ -418,7 +427,11 @@ impl<W: Worker> Pool<W> {
             let mut inner = self.shared.lock();
             let now = self.shared.runtime.now();
             inner.state.begin_stop(now, Duration::ZERO);
-            let _ = inner.state.handle_timeout(now);
+            let killed = inner.state.handle_timeout(now);
+            for &k in &killed {
+                inner.kill_cause[k] = Some("killed by Pool::kill()".into());
+            }
+            inner.killed.extend(&killed);
             inner.killers.iter().flatten().cloned().collect()
         };
         for k in killers {
@@ -430,7 +443,14 @@ impl<W: Worker> Pool<W> {
     /// Kills worker `worker` now (SIGKILL; for a thread worker, its link is closed). Its tasks
     /// end as lost, and the other workers go on.
     pub fn kill_worker(&self, worker: usize) {
-        let killer = self.shared.lock().killers.get(worker).cloned().flatten();
+        let killer = {
+            let mut inner = self.shared.lock();
+            let killer = inner.killers.get(worker).cloned().flatten();
+            if killer.is_some() {
+                inner.kill_cause[worker] = Some("killed by Pool::kill_worker".into());
+            }
+            killer
+        };
         if let Some(killer) = killer {
             killer.kill();
         }

@@ -21,10 +21,11 @@ pub(crate) struct Linked {
     pub(crate) reaper: Reaper,
 }
 
-/// Launches and handshakes worker number `k`, given the parent's ends of the other links (made
-/// by the builder, which knows the worker type).
-pub(crate) type Launch =
-    Box<dyn Fn(usize, Vec<std::os::fd::RawFd>) -> BoxFuture<Result<Linked, Error>> + Send + Sync>;
+/// Launches and handshakes worker number `k` with a result credit, given the parent's ends of
+/// the other links (made by the builder, which knows the worker type).
+pub(crate) type Launch = Box<
+    dyn Fn(usize, Vec<std::os::fd::RawFd>, usize) -> BoxFuture<Result<Linked, Error>> + Send + Sync,
+>;
 
 /// How a pool replaces workers that die.
 pub(crate) struct Respawner {
@@ -93,9 +94,13 @@ pub(crate) fn schedule<O: DeserializeOwned + Send + 'static>(
             if shared.lock().state.phase() != Phase::Running {
                 return settle(&shared);
             }
-            let fds = shared.lock().link_fds.iter().flatten().copied().collect();
-            let error = match (respawner.launch)(worker, fds).await {
-                Ok(linked) => return register(&shared, worker, linked).await,
+            let (fds, credit) = {
+                let inner = shared.lock();
+                let fds = inner.link_fds.iter().flatten().copied().collect();
+                (fds, inner.state.replacement_credit(worker))
+            };
+            let error = match (respawner.launch)(worker, fds, credit).await {
+                Ok(linked) => return register(&shared, worker, linked, credit).await,
                 Err(e) => e,
             };
             let next = {
@@ -125,11 +130,12 @@ async fn register<O: DeserializeOwned + Send + 'static>(
     shared: &Arc<Shared<O>>,
     worker: usize,
     linked: Linked,
+    credit: usize,
 ) {
     let generation = {
         let mut inner = shared.lock();
         if inner.state.phase() == Phase::Running {
-            let (generation, _replayed) = inner.state.handle_replaced(worker);
+            let (generation, _replayed) = inner.state.handle_replaced(worker, credit);
             inner
                 .state
                 .handle_ready(worker)

@@ -44,8 +44,8 @@ pub(crate) struct Inner<O> {
     pub(crate) killers: Vec<Option<Killer>>,
     pub(crate) exits: Vec<Option<Exit>>,
     pub(crate) pids: Vec<Option<u32>>,
-    /// Workers killed because the stop deadline passed, in the order they were killed.
-    pub(crate) killed_at_deadline: Vec<usize>,
+    /// Workers killed at the stop deadline or by `kill()`, in the order they were killed.
+    pub(crate) killed: Vec<usize>,
     /// Tasks each worker's current incarnation ended, for recycling.
     pub(crate) completed: Vec<u64>,
     /// When each worker was last (re)launched after a failure, for the restart limit.
@@ -75,7 +75,7 @@ impl<O> Inner<O> {
             killers,
             exits: vec![None; n],
             pids,
-            killed_at_deadline: Vec::new(),
+            killed: Vec::new(),
             completed: vec![0; n],
             restarts: vec![VecDeque::new(); n],
             respawning: 0,
@@ -105,6 +105,8 @@ pub(crate) struct Settings {
     pub(crate) blocked_threshold: Option<Duration>,
     /// How often a link's monitor looks at its worker.
     pub(crate) monitor_every: Duration,
+    /// How long a begun frame may take to arrive whole.
+    pub(crate) frame_timeout: Duration,
     /// Tasks one worker runs at once.
     pub(crate) concurrency: usize,
     /// Whether workers are processes (not threads), so they have their own pid and memory.
@@ -273,7 +275,8 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             if inner.state.generation(worker) != generation {
                 return;
             }
-            let cause = cause.clone().or_else(|| inner.kill_cause[worker].take());
+            // Killed on purpose: that is why its link broke, whatever the link said.
+            let cause = inner.kill_cause[worker].take().or_else(|| cause.clone());
             let ids = inner.state.handle_exit(worker);
             inner.exits[worker] = Some(exit);
             inner.killers[worker] = None;
@@ -373,32 +376,42 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     }
 
     /// Handles one frame from worker `worker`. An error ends the link.
-    pub(crate) fn handle_frame(
-        self: &Arc<Self>,
-        worker: usize,
-        generation: u64,
-        body: &[u8],
-    ) -> Result<(), String> {
+    pub(crate) fn handle_frame(self: &Arc<Self>, worker: usize, body: &[u8]) -> Result<(), String> {
         self.seen(worker);
         let (header, payload) =
             split_body::<ToParent<'_>>(body).map_err(|e| format!("malformed frame: {e}"))?;
         match header {
             ToParent::Output { task } => {
-                let value: O = postcard::from_bytes(payload)
-                    .map_err(|e| format!("malformed output payload: {e}"))?;
+                // Checked before its payload is decoded: an output a worker claims for a task
+                // it does not hold ends its link, and nobody sees the payload.
                 let reply = {
                     let mut inner = self.lock();
                     inner
                         .state
-                        .handle_output(worker)
+                        .handle_output(worker, task)
                         .map_err(|v| v.to_string())?;
                     task.and_then(|t| inner.pending.get_mut(&t)?.reply.take())
                 };
-                let acker = Acker {
-                    sink: self.clone(),
-                    worker,
-                    generation,
+                let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    postcard::from_bytes::<O>(payload)
+                }));
+                let value = match decoded {
+                    Ok(Ok(value)) => value,
+                    failed => {
+                        // Nobody will acknowledge it: its credit goes back to the number.
+                        self.ack(worker);
+                        return Err(match failed {
+                            Ok(Err(e)) => format!("malformed output payload: {e}"),
+                            Err(panic) => format!(
+                                "decoding an output of worker {worker} panicked: {}",
+                                panic_text(&*panic)
+                            ),
+                            Ok(Ok(_)) => unreachable!("handled above"),
+                        });
+                    }
                 };
+                let sink: std::sync::Weak<Self> = Arc::downgrade(self);
+                let acker = Acker { sink, worker };
                 let delivery = Delivery::new(value, worker, task, acker);
                 // Outside the lock: a delivery that cannot be handed over acknowledges itself.
                 match reply {
@@ -478,16 +491,25 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
 }
 
 impl<O: Send + 'static> AckSink for Shared<O> {
-    fn ack(&self, worker: usize, generation: u64) {
+    fn ack(&self, worker: usize) {
         let wake = {
             let mut inner = self.lock();
-            inner.state.handle_ack(worker, generation);
+            inner.state.handle_ack(worker);
             inner.state.has_transmit(worker)
         };
         if wake {
             self.wake_writer(worker);
         }
     }
+}
+
+/// The text of a panic's payload.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Emits a worker's `tracing` event in the parent, with target `looppool::worker`, the pool,

@@ -243,7 +243,7 @@ impl Account {
         m.held.set(held as f64);
         m.unacked.set(unacked as f64);
         m.logs_dropped
-            .absolute(self.logs_dropped_before + stats.logs_dropped);
+            .absolute(self.logs_dropped_before.saturating_add(stats.logs_dropped));
         self.last = stats;
     }
 
@@ -272,7 +272,9 @@ impl Account {
     pub(crate) fn incarnation_ended(&mut self) {
         // A replacement starts unblocked; its own monitor reports it if it blocks.
         self.blocked_since = None;
-        self.logs_dropped_before += self.last.logs_dropped;
+        self.logs_dropped_before = self
+            .logs_dropped_before
+            .saturating_add(self.last.logs_dropped);
         self.last = WireStats::default();
         self.previous = None;
         self.cpu = 0.0;
@@ -315,7 +317,7 @@ impl Account {
             latency_max: self.latency_max,
             blocked_for: self.blocked_since.map(|t| now.saturating_duration_since(t)),
             blocked_total: self.blocked_total,
-            logs_dropped: self.logs_dropped_before + s.logs_dropped,
+            logs_dropped: self.logs_dropped_before.saturating_add(s.logs_dropped),
             reported_at: self.reported_at,
         }
     }

@@ -51,6 +51,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.max_frame = max_frame;
     }
 
+    /// Bytes received of a frame that has not arrived whole (0 between frames).
+    pub(crate) fn pending_bytes(&self) -> usize {
+        self.end - self.start
+    }
+
     fn peek_len(&self) -> usize {
         let prefix = &self.buf[self.start..self.start + LEN_PREFIX];
         u32::from_le_bytes(prefix.try_into().expect("four bytes")) as usize

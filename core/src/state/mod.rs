@@ -114,6 +114,15 @@ pub enum Violation {
         /// The task id it named.
         task: TaskId,
     },
+    /// The worker emitted an output for a task it does not hold (another worker's, or one
+    /// that has ended).
+    #[error("worker {worker} emitted an output for task {task}, which it does not hold")]
+    ForeignOutput {
+        /// The offending worker.
+        worker: usize,
+        /// The task id it named.
+        task: TaskId,
+    },
     /// The worker said goodbye while still holding tasks, or before being asked to stop.
     #[error("worker {worker} said goodbye {why}")]
     EarlyBye {
@@ -332,17 +341,28 @@ impl<P: Clone> PoolState<P> {
         self.slots[worker].ready(worker)
     }
 
-    /// The worker emitted an output (tagged with `task`, if any). It now counts against the
-    /// worker's result credit until [`handle_ack`](Self::handle_ack).
-    pub fn handle_output(&mut self, worker: usize) -> Result<(), Violation> {
+    /// The worker emitted an output, tagged with `task` (one it holds) or with none (an
+    /// unsolicited output). It now counts against the worker number's result credit until
+    /// [`handle_ack`](Self::handle_ack).
+    pub fn handle_output(&mut self, worker: usize, task: Option<TaskId>) -> Result<(), Violation> {
         let credit = self.result_credit;
-        self.slots[worker].output(worker, credit)
+        self.slots[worker].output(worker, task, credit)
     }
 
-    /// The consumer acknowledged one output that the worker's incarnation `generation` emitted.
-    /// Acknowledgements for an earlier incarnation are ignored: its credit died with it.
-    pub fn handle_ack(&mut self, worker: usize, generation: u64) {
-        self.slots[worker].ack(generation);
+    /// The consumer acknowledged one output of worker number `worker`, whichever incarnation
+    /// emitted it: the credit belongs to the number. The current incarnation gets it back (an
+    /// [`Ack`](Transmit::Ack)) if it is alive and not leaving; otherwise its replacement starts
+    /// with it (see [`replacement_credit`](Self::replacement_credit)).
+    pub fn handle_ack(&mut self, worker: usize) {
+        self.slots[worker].ack();
+    }
+
+    /// The result credit a replacement of `worker` launched now starts with: the credit less
+    /// the outputs of earlier incarnations still unacknowledged, so that a number never has more
+    /// than its credit outstanding however often it is replaced.
+    pub fn replacement_credit(&self, worker: usize) -> usize {
+        self.result_credit
+            .saturating_sub(self.slots[worker].unacked())
     }
 
     /// The worker reported the end of task `id`.
@@ -403,15 +423,19 @@ impl<P: Clone> PoolState<P> {
         true
     }
 
-    /// A new incarnation of an exited worker takes its number. Every sticky broadcast is
-    /// replayed to it before anything else, as many at a time as its capacity allows; until the
-    /// last is out it takes no other task and broadcasts wait. Returns its generation and the
-    /// ids of the replays sent now (more follow as it ends tasks).
+    /// A new incarnation of an exited worker takes its number; it was launched with
+    /// `credit_given` result credit (its [`replacement_credit`](Self::replacement_credit) then).
+    /// Outputs of earlier incarnations acknowledged since its launch are owed to it and go out
+    /// as an [`Ack`](Transmit::Ack). Every sticky broadcast is replayed to it before anything
+    /// else, as many at a time as its capacity allows; until the last is out it takes no other
+    /// task and broadcasts wait. Returns its generation and the ids of the replays sent now
+    /// (more follow as it ends tasks).
     ///
     /// # Panics
     /// If the worker has not exited.
-    pub fn handle_replaced(&mut self, worker: usize) -> (u64, Vec<TaskId>) {
-        let generation = self.slots[worker].replace();
+    pub fn handle_replaced(&mut self, worker: usize, credit_given: usize) -> (u64, Vec<TaskId>) {
+        let owed = self.replacement_credit(worker).saturating_sub(credit_given);
+        let generation = self.slots[worker].replace(owed);
         let payloads: Vec<P> = self.sticky.iter().map(|(_, p)| p.clone()).collect();
         self.slots[worker].queue_replay(payloads);
         (generation, self.release_replay(worker))

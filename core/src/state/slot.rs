@@ -155,7 +155,15 @@ impl<P> Slot<P> {
         Ok(())
     }
 
-    pub(super) fn output(&mut self, worker: usize, credit: usize) -> Result<(), Violation> {
+    pub(super) fn output(
+        &mut self,
+        worker: usize,
+        task: Option<TaskId>,
+        credit: usize,
+    ) -> Result<(), Violation> {
+        if let Some(task) = task.filter(|t| !self.tasks.contains_key(t)) {
+            return Err(Violation::ForeignOutput { worker, task });
+        }
         if self.said_bye {
             return Err(Violation::Unexpected {
                 worker,
@@ -169,8 +177,8 @@ impl<P> Slot<P> {
         Ok(())
     }
 
-    pub(super) fn ack(&mut self, generation: u64) {
-        if generation != self.generation || self.unacked == 0 {
+    pub(super) fn ack(&mut self) {
+        if self.unacked == 0 {
             return;
         }
         self.unacked -= 1;
@@ -213,11 +221,16 @@ impl<P> Slot<P> {
         lost
     }
 
-    pub(super) fn replace(&mut self) -> u64 {
+    /// A new incarnation takes the slot; outputs of earlier ones stay unacknowledged, and
+    /// `owed` credits go to it at once.
+    pub(super) fn replace(&mut self, owed: usize) -> u64 {
         assert!(!self.is_live(), "only an exited worker can be replaced");
         let generation = self.generation + 1;
+        let unacked = self.unacked;
         *self = Self::new();
         self.generation = generation;
+        self.unacked = unacked;
+        self.ack_due = u32::try_from(owed).unwrap_or(u32::MAX);
         generation
     }
 

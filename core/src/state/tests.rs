@@ -98,92 +98,74 @@ fn broadcast_is_all_or_nothing_and_queued_behind_earlier_tasks() {
 #[test]
 fn outputs_beyond_credit_are_a_violation_and_acks_return_credit() {
     let mut s = ready(1, 1, 2);
-    s.handle_output(0).unwrap();
-    s.handle_output(0).unwrap();
+    s.handle_output(0, None).unwrap();
+    s.handle_output(0, None).unwrap();
     assert_eq!(
-        s.handle_output(0),
+        s.handle_output(0, None),
         Err(Violation::CreditExceeded {
             worker: 0,
             credit: 2
         })
     );
-    s.handle_ack(0, 0);
+    s.handle_ack(0);
     assert_eq!(s.unacked(0), 1);
     assert_eq!(drain(&mut s, 0), [Transmit::Ack(1)]);
-    s.handle_output(0).unwrap();
+    s.handle_output(0, None).unwrap();
 }
 
 #[test]
-fn acks_for_a_previous_incarnation_are_ignored() {
-    let mut s = ready(1, 1, 1);
-    s.handle_output(0).unwrap();
+fn result_credit_belongs_to_the_worker_number_across_incarnations() {
+    let mut s = ready(1, 1, 3);
+    s.handle_output(0, None).unwrap();
+    s.handle_output(0, None).unwrap();
     let _ = s.handle_exit(0);
-    assert_eq!(s.handle_replaced(0), (1, vec![]));
-    s.handle_ack(0, 0);
-    assert!(!s.has_transmit(0));
+    // Two outputs of the dead incarnation are unread: its replacement starts with one credit.
+    assert_eq!(s.replacement_credit(0), 1);
+    // One is read while the replacement launches: it is owed that credit once registered.
+    s.handle_ack(0);
+    assert!(!s.has_transmit(0), "nobody to send a credit to");
+    assert_eq!(s.handle_replaced(0, 1), (1, vec![]));
+    assert_eq!(drain(&mut s, 0), [Transmit::Ack(1)]);
     s.handle_ready(0).unwrap();
-    s.handle_output(0).unwrap();
-    s.handle_ack(0, 1);
+    s.handle_output(0, None).unwrap();
+    s.handle_output(0, None).unwrap();
+    assert_eq!(
+        s.handle_output(0, None),
+        Err(Violation::CreditExceeded {
+            worker: 0,
+            credit: 3
+        }),
+        "one output of the first incarnation is still unread"
+    );
+    // Reading the old one returns its credit to the new incarnation.
+    s.handle_ack(0);
     assert_eq!(drain(&mut s, 0), [Transmit::Ack(1)]);
 }
 
 #[test]
-fn an_exit_loses_exactly_the_held_tasks_in_acceptance_order_once() {
-    let mut s = ready(2, 8, 1);
-    let ids: Vec<TaskId> = (0..5)
-        .map(|i| s.submit(Route::Worker(0), i).unwrap().1)
-        .collect();
-    s.submit(Route::Worker(1), 9).unwrap();
-    s.handle_done(0, ids[2]).unwrap();
-    assert_eq!(s.handle_exit(0), [ids[0], ids[1], ids[3], ids[4]]);
-    assert!(s.handle_exit(0).is_empty());
-    assert_eq!(s.held(1), 1);
+fn an_output_for_a_task_the_worker_does_not_hold_is_a_violation() {
+    let mut s = ready(2, 2, 4);
+    let (w, id) = s.submit(Route::Worker(1), 7).unwrap();
+    assert_eq!(w, 1);
     assert_eq!(
-        s.handle_done(0, ids[0]),
-        Err(Violation::UnknownTask {
+        s.handle_output(0, Some(id)),
+        Err(Violation::ForeignOutput {
             worker: 0,
-            task: ids[0]
+            task: id
         })
     );
-}
-
-#[test]
-fn stop_refuses_new_work_queues_a_pill_after_everything_and_ends_when_all_exit() {
-    let t0 = Instant::now();
-    let mut s = ready(2, 4, 1);
-    let (_, a) = s.submit(Route::Worker(0), 1).unwrap();
-    s.begin_stop(t0, Duration::from_secs(5));
-    assert_eq!(s.submit(Route::Any, 2), Err(Refusal::Closed));
-    assert_eq!(s.broadcast(2), Err(Refusal::Closed));
+    assert_eq!(s.unacked(0), 0, "a refused output counts against nothing");
+    s.handle_output(1, Some(id)).unwrap();
+    s.handle_output(0, None).unwrap();
+    s.handle_done(1, id).unwrap();
     assert_eq!(
-        drain(&mut s, 0),
-        [Transmit::Task { id: a, payload: 1 }, Transmit::Stop]
+        s.handle_output(1, Some(id)),
+        Err(Violation::ForeignOutput {
+            worker: 1,
+            task: id
+        }),
+        "an output after its task ended"
     );
-    assert_eq!(
-        s.handle_bye(0),
-        Err(Violation::EarlyBye {
-            worker: 0,
-            why: "while still holding tasks"
-        })
-    );
-    s.handle_done(0, a).unwrap();
-    s.handle_bye(0).unwrap();
-    let _ = s.handle_exit(0);
-    assert!(!s.is_stopped());
-    assert!(s.handle_timeout(t0 + Duration::from_secs(4)).is_empty());
-    assert_eq!(s.handle_timeout(t0 + Duration::from_secs(5)), [1]);
-    assert!(
-        s.handle_timeout(t0 + Duration::from_secs(6)).is_empty(),
-        "each kill once"
-    );
-    let _ = s.handle_exit(1);
-    assert!(s.is_stopped());
-}
-
-#[test]
-fn goodbye_before_the_pill_is_a_violation() {
-    let mut s = ready(1, 1, 1);
-    assert!(matches!(s.handle_bye(0), Err(Violation::EarlyBye { .. })));
 }
 
 #[test]
@@ -195,7 +177,7 @@ fn sticky_broadcasts_are_replayed_to_a_replacement_before_anything_else() {
     s.broadcast(4).unwrap();
     let _ = s.handle_exit(1);
     s.handle_replacing(1);
-    let (generation, replayed) = s.handle_replaced(1);
+    let (generation, replayed) = s.handle_replaced(1, 1);
     assert_eq!((generation, replayed.len()), (1, 2));
     s.handle_ready(1).unwrap();
     s.submit(Route::Worker(1), 9).unwrap();
@@ -284,7 +266,7 @@ fn replays_respect_capacity_and_come_before_any_other_task() {
     };
     s.handle_done(0, second).unwrap();
     let _ = s.handle_exit(0);
-    let (_, now) = s.handle_replaced(0);
+    let (_, now) = s.handle_replaced(0, 1);
     assert_eq!(now.len(), 1, "one replay at a time with a capacity of 1");
     assert_eq!(s.held(0), 1);
     assert_eq!(

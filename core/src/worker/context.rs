@@ -27,6 +27,8 @@ pub(super) struct Link {
     pub(super) closed: Cell<bool>,
     /// Set by fault injection: close the link once the writer has flushed.
     pub(super) hang_up: Cell<bool>,
+    /// Set by fault injection: write nothing after what is queued now.
+    pub(super) stall_writer: Cell<bool>,
     /// Whether the worker has a process of its own (not a thread of the parent's).
     pub(super) own_process: bool,
     /// Tasks running now.
@@ -188,6 +190,10 @@ pub enum Fault {
     Garbage,
     /// The start of a frame, then the link is closed.
     Truncated,
+    /// The start of a frame, then silence with the link left open.
+    Stalled,
+    /// A statistics report whose every counter is at its maximum.
+    AbsurdStats,
 }
 
 #[cfg(feature = "fault-injection")]
@@ -206,7 +212,37 @@ impl<O> Context<O> {
                 out.extend_from_slice(&[0; 10]);
                 self.link.hang_up.set(true);
             }
+            Fault::Stalled => {
+                out.extend_from_slice(&100u32.to_le_bytes());
+                out.extend_from_slice(&[0; 10]);
+                // Nothing may follow: a later frame would complete this one.
+                self.link.stall_writer.set(true);
+            }
+            Fault::AbsurdStats => {
+                let max = crate::protocol::WireStats {
+                    cpu_us: u64::MAX,
+                    rss: u64::MAX,
+                    peak_rss: u64::MAX,
+                    lag_us: u64::MAX,
+                    queued: u32::MAX,
+                    running: u32::MAX,
+                    runtime_tasks: Some(u64::MAX),
+                    logs_dropped: u64::MAX,
+                };
+                crate::protocol::encode_header(
+                    &mut out,
+                    &ToParent::Stats(max),
+                    self.link.max_frame,
+                )
+                .expect("a small frame");
+            }
         }
         self.link.wake_writer.notify(1);
+    }
+
+    /// A context whose outputs claim to belong to task `task`, whatever this worker holds.
+    #[doc(hidden)]
+    pub fn forged(&self, task: TaskId) -> Self {
+        Self::new(self.link.clone(), Some(task))
     }
 }

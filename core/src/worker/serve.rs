@@ -230,6 +230,7 @@ pub(crate) async fn serve<W: Worker>(
         wake_writer: Event::new(),
         closed: Cell::new(false),
         hang_up: Cell::new(false),
+        stall_writer: Cell::new(false),
         own_process: hs.own_process,
         running: Cell::new(0),
         logs_dropped: Cell::new(0),
@@ -399,6 +400,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(w: &mut W, link: &Link) -> End {
                 };
             }
             buf.clear();
+            if link.stall_writer.get() {
+                // Fault injection: what was written stays the last thing the parent reads.
+                return std::future::pending().await;
+            }
             continue;
         }
         if link.hang_up.get() {

@@ -20,7 +20,10 @@ pub mod capture;
 mod probe;
 mod trials;
 
-pub use probe::{fnv1a, FailingInit, Out, Probe, Refuse, Task};
+pub use probe::{
+    fnv1a, ExitingInit, FailingInit, Out, Probe, Refuse, Task, Touchy, TouchyWorker, TOUCHY_LIVE,
+    TOUCHY_PANIC,
+};
 
 use futures_util::future::{select, Either};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -53,7 +56,12 @@ pub trait Adapter: 'static {
 
 /// The worker entries the suite's processes need, to pass to `init`.
 pub fn entries<A: Adapter>() -> Vec<Entry> {
-    vec![A::entry::<Probe>(), A::entry::<FailingInit>()]
+    vec![
+        A::entry::<Probe>(),
+        A::entry::<FailingInit>(),
+        A::entry::<ExitingInit>(),
+        A::entry::<TouchyWorker>(),
+    ]
 }
 
 /// How long one trial may take before it fails as hung.

@@ -7,6 +7,9 @@ use std::cell::Cell;
 /// When set to a path that exists, a starting [`Probe`] appends a byte to that file and fails.
 pub(super) const FAIL_INIT_VAR: &str = "LOOPPOOL_TESTKIT_FAIL_INIT";
 
+/// When set to a path that exists, a starting [`Probe`] waits a minute in its init hook.
+pub(super) const SLOW_INIT_VAR: &str = "LOOPPOOL_TESTKIT_SLOW_INIT";
+
 /// A value whose serialisation always fails, to test encode errors on both sides.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Refuse;
@@ -76,6 +79,13 @@ pub enum Task {
     Log(String),
     /// Emit `Bytes` of this many zeros.
     Zeros(usize),
+    /// Start `sleep` for this many seconds as a program of its own, and emit its pid.
+    Spawn(u32),
+    /// Fork a child that sleeps this many seconds holding the worker's descriptors, and emit
+    /// its pid.
+    ForkSleeper(u32),
+    /// Emit `Doubled(0)` tagged with this task id, whichever task the worker holds.
+    PutAs(u64),
 }
 
 /// What a [`Probe`] emits.
@@ -126,7 +136,7 @@ impl Worker for Probe {
         "looppool-testkit/probe"
     }
 
-    async fn init(_ctx: &Context<Out>) -> Result<Self, BoxError> {
+    async fn init(ctx: &Context<Out>) -> Result<Self, BoxError> {
         // A worker that cannot start while the file named here exists (counted in the file).
         if let Some(marker) = std::env::var_os(FAIL_INIT_VAR) {
             if std::path::Path::new(&marker).exists() {
@@ -134,6 +144,11 @@ impl Worker for Probe {
                 let mut f = std::fs::OpenOptions::new().append(true).open(&marker)?;
                 f.write_all(b"x")?;
                 return Err("the init marker says no".into());
+            }
+        }
+        if let Some(marker) = std::env::var_os(SLOW_INIT_VAR) {
+            if std::path::Path::new(&marker).exists() {
+                ctx.sleep(std::time::Duration::from_secs(60)).await;
             }
         }
         Ok(Probe {
@@ -210,6 +225,20 @@ impl Worker for Probe {
             Task::Digest(bytes) => ctx.put(Out::Digest(bytes.len(), fnv1a(&bytes))).await?,
             Task::Log(message) => tracing::info!(answer = 42, "{message}"),
             Task::Zeros(n) => ctx.put(Out::Bytes(vec![0; n])).await?,
+            Task::Spawn(seconds) => {
+                let child = std::process::Command::new("sleep")
+                    .arg(seconds.to_string())
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()?;
+                ctx.put(Out::Pid(child.id())).await?;
+            }
+            Task::ForkSleeper(seconds) => {
+                ctx.put(Out::Pid(looppool_core::fork_sleeper(seconds)?))
+                    .await?
+            }
+            Task::PutAs(task) => ctx.forged(task).put(Out::Doubled(0)).await?,
             Task::SpinUntilExists(path) => {
                 while !std::path::Path::new(&path).exists() {
                     std::hint::spin_loop();
@@ -238,6 +267,110 @@ impl Worker for FailingInit {
     }
 
     async fn process(&self, _: (), _: &Context<()>) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// A worker whose init hook ends its process with exit code 9.
+#[derive(Debug)]
+pub struct ExitingInit;
+
+#[async_trait(?Send)]
+impl Worker for ExitingInit {
+    type Task = ();
+    type Output = ();
+
+    fn name() -> &'static str {
+        "looppool-testkit/exiting-init"
+    }
+
+    async fn init(_ctx: &Context<()>) -> Result<Self, BoxError> {
+        std::process::exit(9)
+    }
+
+    async fn process(&self, _: (), _: &Context<()>) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// The value whose decoding panics in the parent.
+pub const TOUCHY_PANIC: u32 = 666;
+
+/// [`Touchy`] values decoded in this process and not yet dropped.
+pub static TOUCHY_LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// An output that counts its decoded copies ([`TOUCHY_LIVE`]) and whose decoding panics on
+/// [`TOUCHY_PANIC`], as a user's `Deserialize` might.
+#[derive(Debug)]
+pub struct Touchy {
+    /// The value.
+    pub value: u32,
+    /// 64 KiB, so that a leak would show.
+    pub ballast: Vec<u8>,
+    decoded: bool,
+}
+
+impl Touchy {
+    /// A value to emit.
+    pub fn new(value: u32) -> Self {
+        Touchy {
+            value,
+            ballast: vec![7; 64 << 10],
+            decoded: false,
+        }
+    }
+}
+
+impl Serialize for Touchy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.value, &self.ballast).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (value, ballast) = <(u32, Vec<u8>)>::deserialize(d)?;
+        if value == TOUCHY_PANIC {
+            panic!("Touchy refuses to decode {value}");
+        }
+        TOUCHY_LIVE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Touchy {
+            value,
+            ballast,
+            decoded: true,
+        })
+    }
+}
+
+impl Drop for Touchy {
+    fn drop(&mut self) {
+        if self.decoded {
+            TOUCHY_LIVE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// A worker that emits [`Touchy`] outputs: a task `(value, n)` emits `n` of `value`.
+#[derive(Debug)]
+pub struct TouchyWorker;
+
+#[async_trait(?Send)]
+impl Worker for TouchyWorker {
+    type Task = (u32, u32);
+    type Output = Touchy;
+
+    fn name() -> &'static str {
+        "looppool-testkit/touchy"
+    }
+
+    async fn init(_ctx: &Context<Touchy>) -> Result<Self, BoxError> {
+        Ok(TouchyWorker)
+    }
+
+    async fn process(&self, (value, n): (u32, u32), ctx: &Context<Touchy>) -> Result<(), BoxError> {
+        for _ in 0..n {
+            ctx.put(Touchy::new(value)).await?;
+        }
         Ok(())
     }
 }

@@ -13,6 +13,8 @@ use std::pin::pin;
 
 use std::time::Duration;
 
+use faults::*;
+
 /// A trial's body.
 pub(super) type Body = fn(StartMethod) -> LocalBoxFuture<'static, Outcome>;
 
@@ -51,6 +53,9 @@ macro_rules! table {
     };
 }
 
+// After the macros, which it uses.
+mod faults;
+
 pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
     table![
         ten_tasks_through_eight_workers_come_back_doubled: All,
@@ -86,6 +91,17 @@ pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
         worker_log_events_and_panics_reach_the_parent_tagged: All,
         thousands_of_tasks_survive_random_worker_kills: Once,
         fork_is_refused_while_the_process_has_threads: Once,
+        a_worker_whose_program_outlives_it_is_seen_dead: Processes,
+        a_worker_whose_forked_child_outlives_it_is_seen_dead: Processes,
+        recycling_under_load_loses_nothing_and_gives_up_nothing: Processes,
+        an_output_whose_decoding_panics_ends_only_its_link: All,
+        a_pool_with_unread_outputs_is_freed_when_stopped_or_dropped: All,
+        an_absurd_report_from_a_worker_is_harmless: All,
+        a_frame_that_stops_half_way_ends_its_link_at_the_read_deadline: All,
+        an_output_claiming_another_workers_task_ends_the_liars_link: All,
+        an_init_that_exits_reports_its_exit_status: Processes,
+        lost_tasks_say_what_killed_their_worker: All,
+        result_credit_spans_a_workers_incarnations: All,
     ]
 }
 
@@ -602,6 +618,13 @@ async fn a_bad_frame_from_a_worker_ends_only_its_link_with_a_clear_error<A: Adap
         ensure!(
             answer == Out::Doubled(4),
             "{fault:?}: worker 1 answered {answer:?}"
+        );
+        // `Hold`'s first output still waits unread and holds the worker number's only credit:
+        // reading it hands that credit to the replacement.
+        let unread = pool.outputs().try_recv().map(|d| d.into_value());
+        ensure!(
+            unread == Some(Out::Seq(0)),
+            "{fault:?}: the unread output was {unread:?}"
         );
         // The worker that broke the protocol is treated as dead, and replaced.
         let rt = A::runtime();

@@ -6,7 +6,10 @@
 //!
 //! 1. every accepted task ends exactly once, and until then its worker holds it;
 //! 2. no worker holds more than its capacity of tasks or has more unacknowledged outputs than
-//!    its credit (and an output beyond the credit is reported as a violation);
+//!    its credit (and an output beyond the credit is reported as a violation); the credit
+//!    belongs to the worker number: a replacement starts with what earlier incarnations left
+//!    unacknowledged subtracted, and is sent what the consumer acknowledged meanwhile;
+//!    an output for a task its worker does not hold is a violation;
 //! 3. round-robin gives each live worker `⌊k/n⌋` or `⌈k/n⌉` of `k` submissions while the set of
 //!    live workers stays the same (and picks the worker the reference picks);
 //! 4. each worker receives exactly what was queued for it, in order, so a broadcast reaches each
@@ -53,6 +56,8 @@ struct Harness {
     reported: BTreeMap<TaskId, usize>,
     /// Round-robin acceptances per worker since the set of live workers last changed.
     epoch: BTreeMap<usize, usize>,
+    /// Per worker number, the credit a replacement launched and not yet registered was given.
+    launched: Vec<Option<usize>>,
 }
 
 fn refusal_matches(real: &Refusal, model: &RefRefusal) -> bool {
@@ -107,6 +112,21 @@ impl Harness {
         );
         self.epoch.clear();
         Ok(())
+    }
+
+    /// A replacement of `k` is launched: the state grants the credit the reference expects.
+    fn launch(&mut self, k: usize) -> Result<usize, String> {
+        let (expected, given) = (
+            self.model.replacement_credit(k),
+            self.sut.replacement_credit(k),
+        );
+        ensure!(
+            given == expected,
+            "[credit] a replacement of worker {k} launched with {given} credit, expected \
+             {expected} ({} outputs of earlier incarnations unread)",
+            self.model.workers[k].unacked
+        );
+        Ok(given)
     }
 
     fn apply(&mut self, step: &Transition) -> Result<(), String> {
@@ -172,7 +192,14 @@ impl Harness {
                 let w = &mut self.model.workers[k];
                 if w.alive && w.ready {
                     w.delivered = w.sent.len();
-                    self.sut.deliver(k);
+                    let returned = self.sut.deliver(k);
+                    let w = &mut self.model.workers[k];
+                    ensure!(
+                        returned == w.owed,
+                        "[credit] worker {k} was sent {returned} credits, {} were owed",
+                        w.owed
+                    );
+                    w.held_credit += std::mem::take(&mut w.owed);
                 }
             }
             Transition::Finish(k, pick, how) => {
@@ -201,10 +228,17 @@ impl Harness {
             }
             Transition::Emit(k) => {
                 let k = k % n;
-                let w = &self.model.workers[k];
+                let w = &mut self.model.workers[k];
                 if w.alive && w.ready && !w.said_bye {
-                    let real = self.sut.output(k);
-                    if w.unacked < self.model.credit {
+                    // Tagged with a task it holds and has received, if any.
+                    let task = w.received_holding().first().copied();
+                    if w.held_credit > 0 {
+                        w.held_credit -= 1;
+                    } else {
+                        w.honest = false;
+                    }
+                    let real = self.sut.output(k, task);
+                    if self.model.workers[k].unacked < self.model.credit {
                         real.map_err(|v| format!("[credit] an output within credit: {v}"))?;
                         self.model.workers[k].unacked += 1;
                     } else {
@@ -218,11 +252,33 @@ impl Harness {
                     }
                 }
             }
+            Transition::EmitForeign(k) => {
+                let k = k % n;
+                let w = &self.model.workers[k];
+                if w.alive && w.ready && !w.said_bye {
+                    // Another worker's task if there is one, else an ended or unknown one.
+                    let task = (0..n)
+                        .filter(|&j| j != k)
+                        .find_map(|j| self.model.workers[j].holding.first().copied())
+                        .or_else(|| self.model.ended.keys().next().copied())
+                        .unwrap_or(self.model.next_id + 1_000_000);
+                    let real = self.sut.output(k, Some(task));
+                    ensure!(
+                        matches!(real, Err(Violation::ForeignOutput { .. })),
+                        "[ownership] worker {k} emitted an output for task {task}: {real:?}"
+                    );
+                    self.die(k)?;
+                }
+            }
             Transition::Ack(k) => {
                 let k = k % n;
                 let w = &mut self.model.workers[k];
-                if w.alive && w.unacked > 0 {
+                // Outputs of a dead incarnation are read too; their credit stays with the number.
+                if w.unacked > 0 {
                     w.unacked -= 1;
+                    if w.alive && !w.said_bye {
+                        w.owed += 1;
+                    }
                     self.sut.ack(k);
                 }
             }
@@ -232,11 +288,24 @@ impl Harness {
                     self.die(k)?;
                 }
             }
+            Transition::Launch(k) => {
+                let k = k % n;
+                if !self.model.workers[k].alive
+                    && self.model.phase == RefPhase::Running
+                    && self.launched[k].is_none()
+                {
+                    self.launched[k] = Some(self.launch(k)?);
+                }
+            }
             Transition::Replace(k) => {
                 let k = k % n;
                 if !self.model.workers[k].alive && self.model.phase == RefPhase::Running {
-                    let expected = self.model.replace(k);
-                    let (generation, replayed) = self.sut.replace(k);
+                    let given = match self.launched[k].take() {
+                        Some(given) => given,
+                        None => self.launch(k)?,
+                    };
+                    let expected = self.model.replace(k, given);
+                    let (generation, replayed) = self.sut.replace(k, given);
                     ensure!(
                         generation == self.model.workers[k].generation,
                         "[protocol] replacement generation {generation}"
@@ -331,6 +400,25 @@ impl Harness {
                 "[credit] worker {k} has {} unacked",
                 state.unacked(k)
             );
+            ensure!(
+                state.unacked(k) == self.model.workers[k].unacked,
+                "[credit] worker {k} has {} unacked, expected {}",
+                state.unacked(k),
+                self.model.workers[k].unacked
+            );
+            // The number's credit is neither granted twice nor lost across its incarnations:
+            // what its outputs hold, what is owed and what the worker holds add up to it.
+            let w = &self.model.workers[k];
+            if w.alive && !w.said_bye && w.honest {
+                ensure!(
+                    w.unacked + w.owed + w.held_credit == self.model.credit,
+                    "[credit] worker {k}: {} unacked + {} owed + {} held is not its credit {}",
+                    w.unacked,
+                    w.owed,
+                    w.held_credit,
+                    self.model.credit
+                );
+            }
             // 4. Each worker received exactly what was queued for it, in order.
             let w = &self.model.workers[k];
             if w.alive {
@@ -389,6 +477,7 @@ pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
         sut: Sut::new(case.workers, case.capacity, case.credit, mutation),
         reported: BTreeMap::new(),
         epoch: BTreeMap::new(),
+        launched: vec![None; case.workers],
     };
     for (i, step) in case.transitions.iter().enumerate() {
         let accepting = h.accepting();

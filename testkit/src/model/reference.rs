@@ -27,8 +27,15 @@ pub struct RefWorker {
     pub delivered: usize,
     /// Tasks accepted for it and not ended, in acceptance order.
     pub holding: Vec<TaskId>,
-    /// Outputs not yet acknowledged.
+    /// Outputs of this number, by any incarnation, not yet acknowledged.
     pub unacked: usize,
+    /// Result credit this incarnation holds: outputs it may emit now.
+    pub held_credit: usize,
+    /// Credit returned by the consumer and not yet sent to this incarnation.
+    pub owed: usize,
+    /// Emitted only within the credit it held (a worker that does not is stopped by the
+    /// state's own check, and the credit balance is not checked for it).
+    pub honest: bool,
     /// Said goodbye.
     pub said_bye: bool,
     /// Killed at the stop deadline.
@@ -49,6 +56,9 @@ impl RefWorker {
             delivered: 0,
             holding: Vec::new(),
             unacked: 0,
+            held_credit: 0,
+            owed: 0,
+            honest: true,
             said_bye: false,
             killed: false,
             replacing: false,
@@ -147,6 +157,7 @@ impl Reference {
         let mut workers: Vec<RefWorker> = (0..workers).map(|_| RefWorker::new(0)).collect();
         for w in &mut workers {
             w.ready = true;
+            w.held_credit = credit;
         }
         Self {
             capacity,
@@ -315,11 +326,23 @@ impl Reference {
         lost
     }
 
-    /// A replacement takes a dead worker's number; every sticky broadcast is replayed to it
-    /// first, as many at a time as its capacity allows. Returns the ids of the replays sent now.
-    pub fn replace(&mut self, worker: usize) -> Vec<TaskId> {
+    /// The result credit a replacement of `worker` launched now starts with: what the
+    /// number's earlier incarnations left unacknowledged is not granted again.
+    pub fn replacement_credit(&self, worker: usize) -> usize {
+        self.credit - self.workers[worker].unacked
+    }
+
+    /// A replacement, launched with `given` credit, takes a dead worker's number: it is owed
+    /// what was acknowledged since; every sticky broadcast is replayed to it first, as many at
+    /// a time as its capacity allows. Returns the ids of the replays sent now.
+    pub fn replace(&mut self, worker: usize, given: usize) -> Vec<TaskId> {
         let generation = self.workers[worker].generation + 1;
+        let unacked = self.workers[worker].unacked;
         self.workers[worker] = RefWorker::new(generation);
+        let w = &mut self.workers[worker];
+        w.unacked = unacked;
+        w.held_credit = given;
+        w.owed = self.credit - unacked - given;
         self.workers[worker].replay = self.sticky.iter().copied().collect();
         let before = self.next_id;
         self.release(worker);

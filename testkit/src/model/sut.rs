@@ -27,6 +27,13 @@ pub enum Mutation {
     ForgetSticky,
     /// A retirement is acknowledged but never begins.
     IgnoreRetire,
+    /// A replacement is launched with the full result credit, whatever earlier incarnations
+    /// left unacknowledged.
+    FreshReplacementCredit,
+    /// Credit acknowledged while a replacement launched is never sent to it.
+    ForgetOwedCredit,
+    /// Outputs are not checked against the tasks their worker holds.
+    AcceptForeignOutputs,
 }
 
 /// The real state, with what each worker has received on its link.
@@ -108,15 +115,23 @@ impl Sut {
         self.state.handle_given_up(worker);
     }
 
-    /// The link writes everything queued for `worker`.
-    pub fn deliver(&mut self, worker: usize) {
+    /// The link writes everything queued for `worker`; returns the result credit it returned.
+    pub fn deliver(&mut self, worker: usize) -> usize {
+        let mut credit = 0;
         let mut batch: Vec<Transmit<()>> = std::iter::from_fn(|| self.state.poll_transmit(worker))
-            .filter(|t| !matches!(t, Transmit::Ack(_)))
+            .filter(|t| match t {
+                Transmit::Ack(n) => {
+                    credit += *n as usize;
+                    false
+                }
+                _ => true,
+            })
             .collect();
         if self.mutation == Mutation::ReorderDelivery {
             batch.reverse();
         }
         self.received[worker].extend(batch);
+        credit
     }
 
     /// The worker reports the end of `id`.
@@ -124,15 +139,23 @@ impl Sut {
         self.state.handle_done(worker, id)
     }
 
-    /// The worker emits an output.
-    pub fn output(&mut self, worker: usize) -> Result<(), Violation> {
-        self.state.handle_output(worker)
+    /// The worker emits an output tagged with `task`.
+    pub fn output(&mut self, worker: usize, task: Option<TaskId>) -> Result<(), Violation> {
+        let task = task.filter(|_| self.mutation != Mutation::AcceptForeignOutputs);
+        self.state.handle_output(worker, task)
     }
 
     /// The consumer acknowledges one output of `worker`.
     pub fn ack(&mut self, worker: usize) {
-        let generation = self.state.generation(worker);
-        self.state.handle_ack(worker, generation);
+        self.state.handle_ack(worker);
+    }
+
+    /// The credit a replacement of `worker` launched now is given.
+    pub fn replacement_credit(&self, worker: usize) -> usize {
+        match self.mutation {
+            Mutation::FreshReplacementCredit => self.state.result_credit(),
+            _ => self.state.replacement_credit(worker),
+        }
     }
 
     /// The worker exits; returns the tasks reported lost.
@@ -148,10 +171,15 @@ impl Sut {
         lost
     }
 
-    /// A replacement takes the number; returns its generation and the replayed broadcasts.
-    pub fn replace(&mut self, worker: usize) -> (u64, Vec<TaskId>) {
+    /// A replacement launched with `given` credit takes the number; returns its generation and
+    /// the replayed broadcasts.
+    pub fn replace(&mut self, worker: usize, given: usize) -> (u64, Vec<TaskId>) {
         self.received[worker].clear();
-        self.state.handle_replaced(worker)
+        let given = match self.mutation {
+            Mutation::ForgetOwedCredit => self.state.replacement_credit(worker),
+            _ => given,
+        };
+        self.state.handle_replaced(worker, given)
     }
 
     /// A replacement finished its handshake.

@@ -29,6 +29,8 @@ pub enum Transition {
     Retire(usize),
     /// A dead worker's replacement is on its way.
     ExpectReplacement(usize),
+    /// A replacement is launched (with the credit the state grants it) but not yet registered.
+    Launch(usize),
     /// A replacement on its way will not come.
     GiveUp(usize),
     /// The link writes everything queued for a worker (the worker takes its tasks).
@@ -39,6 +41,8 @@ pub enum Transition {
     FinishUnknown(usize),
     /// A worker emits an output (accepted within its credit, a violation beyond it).
     Emit(usize),
+    /// A worker emits an output for a task it does not hold.
+    EmitForeign(usize),
     /// The consumer acknowledges one of a worker's outputs.
     Ack(usize),
     /// A worker dies with whatever it holds.
@@ -77,6 +81,7 @@ fn transition() -> impl Strategy<Value = Transition> {
         1 => (0u8..3).prop_map(Transition::BroadcastSticky),
         1 => w.clone().prop_map(Transition::Retire),
         1 => w.clone().prop_map(Transition::ExpectReplacement),
+        1 => w.clone().prop_map(Transition::Launch),
         1 => w.clone().prop_map(Transition::GiveUp),
         5 => w.clone().prop_map(Transition::Deliver),
         6 => (w.clone(), 0usize..8, prop_oneof![
@@ -86,6 +91,7 @@ fn transition() -> impl Strategy<Value = Transition> {
             ]).prop_map(|(k, pick, e)| Transition::Finish(k, pick, e)),
         1 => w.clone().prop_map(Transition::FinishUnknown),
         4 => w.clone().prop_map(Transition::Emit),
+        1 => w.clone().prop_map(Transition::EmitForeign),
         4 => w.clone().prop_map(Transition::Ack),
         1 => w.clone().prop_map(Transition::Die),
         1 => w.clone().prop_map(Transition::Replace),
