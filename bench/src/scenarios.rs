@@ -246,14 +246,28 @@ pub(crate) fn resident(pid: u32) -> Result<u64, BoxError> {
     Ok(kib * 1024)
 }
 
-/// Runs a steady load until `seconds` pass, printing progress each second. Workers (or the
-/// parent) may be killed from outside meanwhile: lost tasks are retried, workers replaced.
+/// Replacements over the pool's life.
+fn stopped_restarts<W: Worker>(pool: &Pool<W>) -> u64 {
+    pool.stats().workers.iter().map(|w| w.restarts).sum()
+}
+
+/// The parent's open descriptors.
+fn open_fds() -> Result<usize, BoxError> {
+    Ok(std::fs::read_dir("/proc/self/fd")?.count())
+}
+
+/// Runs a steady load until `seconds` pass, printing progress each second, while every worker
+/// is recycled after 50 tasks and a random worker is killed every half second (workers, or the
+/// parent, may also be killed from outside). Lost tasks are retried, workers replaced; it fails
+/// if any task is lost, any worker number is given up, or the parent's memory or descriptors
+/// grow between the first and the last quarter of the run.
 pub(crate) async fn soak(s: &Setup, seconds: u64) -> Result<Vec<Report>, BoxError> {
     let pool = (s.builder)()
         .workers(s.workers)
         .capacity(32)
         .result_credit(64)
         .retries(3)
+        .recycle_after_tasks(50)
         .restart_limit(1000, Duration::from_secs(60))
         .start()
         .await?;
@@ -290,40 +304,85 @@ pub(crate) async fn soak(s: &Setup, seconds: u64) -> Result<Vec<Report>, BoxErro
         Ok::<_, BoxError>(())
     };
     let take = async { while outputs.recv().await.is_some() {} };
+    let kills = std::cell::Cell::new(0u64);
+    // (resident bytes, open descriptors) of the parent a quarter into the run.
+    let early = std::cell::Cell::new(None);
     let progress = async {
         let started = Instant::now();
         let mut before = 0;
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
         loop {
-            s.rt.sleep(Duration::from_secs(1)).await;
+            for _ in 0..2 {
+                s.rt.sleep(Duration::from_millis(500)).await;
+                // xorshift: a reproducible choice of victim.
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                pool.kill_worker(seed as usize % s.workers);
+                kills.set(kills.get() + 1);
+            }
+            if early.get().is_none() && started.elapsed().as_secs() * 4 >= seconds {
+                early.set(Some((resident(std::process::id())?, open_fds()?)));
+            }
             let stats = pool.stats();
             let restarts: u64 = stats.workers.iter().map(|w| w.restarts).sum();
             let pids: Vec<_> = stats.workers.iter().map(|w| w.pid).collect();
             let now = ended.get();
             println!(
-                "soak: {:>4.0?} {now} tasks ({}/s), {} lost, {restarts} restarts, pids {pids:?}",
+                "soak: {:>4.0?} {now} tasks ({}/s), {} lost, {restarts} restarts, {} kills, pids \
+                 {pids:?}",
                 started.elapsed(),
                 now - before,
-                lost.get()
+                lost.get(),
+                kills.get()
             );
             before = now;
         }
+        #[allow(unreachable_code)]
+        Ok::<(), BoxError>(())
     };
     // The submitter ends the soak; the taker and the progress printer run until then.
     let (submit, take, progress) = (pin!(submit), pin!(take), pin!(progress));
     let submitted = match select(submit, select(take, progress)).await {
         Either::Left((submitted, _)) => submitted,
+        Either::Right((Either::Right((Err(e), _)), _)) => Err(e),
         Either::Right(_) => Err("the soak ended early".into()),
     };
+    let late = (resident(std::process::id())?, open_fds()?);
+    let given_up = pool
+        .stats()
+        .workers
+        .iter()
+        .filter(|w| w.status == looppool_core::state::WorkerStatus::Exited)
+        .count();
     let stopped = pool.stop().await;
     submitted?;
+    let restarts: u64 = stopped_restarts(&pool);
     println!(
-        "soak: {} tasks ended, {} lost, stop graceful: {}",
+        "soak: {} tasks ended, {} lost, {restarts} replacements ({} kills, the rest recycling), \
+         {given_up} worker numbers given up, stop graceful: {}",
         ended.get(),
         lost.get(),
+        kills.get(),
         stopped.is_graceful()
     );
+    if let Some((rss, fds)) = early.get() {
+        println!(
+            "soak: parent resident memory {:.1} MiB then {:.1} MiB, descriptors {fds} then {}",
+            rss as f64 / (1 << 20) as f64,
+            late.0 as f64 / (1 << 20) as f64,
+            late.1
+        );
+        // A replacement under way holds a link and a pidfd more or less at either moment.
+        if late.1 > fds + 4 * s.workers || late.0 > rss + rss / 4 {
+            return Err("the parent's memory or descriptors grew during the soak".into());
+        }
+    }
     if lost.get() > 0 {
         return Err(format!("{} tasks were lost", lost.get()).into());
+    }
+    if given_up > 0 {
+        return Err(format!("{given_up} worker numbers were given up").into());
     }
     Ok(vec![s
         .report("soak", "rate")
