@@ -162,7 +162,9 @@ impl<T> std::error::Error for SubmitError<T> {}
 pub enum PutError<O> {
     /// No result credit is left (only from `try_put`): the parent has not acknowledged enough.
     Full(O),
-    /// The link to the parent is closing; no more outputs are accepted.
+    /// The link to the parent is closing, or the task this context belongs to has ended (use
+    /// [`Context::unsolicited`](crate::Context::unsolicited) for outputs of background work);
+    /// the output was not sent.
     Closed(O),
     /// The output could not be encoded, or its encoding exceeds the frame limit.
     Encode(O, String),

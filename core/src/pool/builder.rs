@@ -396,6 +396,10 @@ impl<W: Worker> Builder<W> {
             "the blocked threshold must be at least 40 ms",
         )?;
         check(
+            self.frame_timeout >= Duration::from_millis(10),
+            "the frame timeout must be at least 10 ms",
+        )?;
+        check(
             self.nice.is_none_or(|n| (0..=19).contains(&n)),
             "the workers' nice value must be between 0 and 19",
         )?;

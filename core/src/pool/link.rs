@@ -26,9 +26,12 @@ const DIRECT_WRITE: usize = 64 * 1024;
 /// How long a worker that said goodbye may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
-/// How long the link of a worker whose process exited is still read (for what it wrote before
-/// it exited) when something else holds it open.
-const EXIT_DRAIN: Duration = Duration::from_millis(100);
+/// How long the link of a worker whose process exited is still read after its last frame (for
+/// what it wrote before it exited) when something else holds it open...
+const EXIT_DRAIN: Duration = Duration::from_millis(250);
+
+/// ...and how long at most.
+const EXIT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 pub(crate) type LinkReader = FrameReader<ReadHalf<BoxIo>>;
 pub(crate) type LinkWriter = WriteHalf<BoxIo>;
@@ -277,8 +280,10 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
     let mut exited = reaper.exited(&runtime);
     let mut process_gone = false;
     let mut tick = runtime.sleep(frame_timeout);
-    // Bytes of an unfinished frame at the last tick: no progress over a whole period is a stall.
-    let mut stalled_at = 0;
+    // Bytes read by the last tick: a frame begun and no byte read over a whole period is a stall.
+    let mut received_at_tick = 0;
+    // When the process was seen to exit, for the bound on reading what it left.
+    let mut gone_at = None;
     let ending = loop {
         let step = {
             let mut next = pin!(reader.next());
@@ -301,6 +306,14 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
                 if let Err(e) = handle_frame_safely(&shared, worker, body) {
                     break Ending::Broken(e);
                 }
+                if let Some(gone_at) = gone_at {
+                    // Read on while frames keep coming, within a bound: something else may
+                    // hold the link and write to it forever.
+                    if runtime.now().saturating_duration_since(gone_at) > EXIT_DRAIN_LIMIT {
+                        break Ending::Closed;
+                    }
+                    tick = runtime.sleep(EXIT_DRAIN);
+                }
             }
             Step::Frame(Ok(None)) => break Ending::Closed,
             Step::Frame(Err(FrameError::Io(e)))
@@ -316,18 +329,19 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
                 // What it wrote before it exited is in the socket already; read that, then
                 // end the link whoever else holds it.
                 process_gone = true;
+                gone_at = Some(runtime.now());
                 tick = runtime.sleep(EXIT_DRAIN);
             }
             Step::Tick if process_gone => break Ending::Closed,
             Step::Tick => {
-                let pending = reader.pending_bytes();
-                if pending > 0 && pending == stalled_at {
+                let (pending, received) = (reader.pending_bytes(), reader.received());
+                if pending > 0 && received == received_at_tick {
                     break Ending::Broken(format!(
                         "a frame stopped half-way: {pending} bytes of it arrived, then nothing \
                          for {frame_timeout:?} (the frame timeout)"
                     ));
                 }
-                stalled_at = pending;
+                received_at_tick = received;
                 tick = runtime.sleep(frame_timeout);
             }
         }

@@ -275,6 +275,7 @@ impl<W: Worker> Pool<W> {
         let pending = Pending {
             done,
             reply: reply_tx,
+            call: reply,
             payload,
             attempts: attempts.clone(),
             since: self.shared.runtime.now(),

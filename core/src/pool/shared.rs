@@ -30,6 +30,8 @@ pub(crate) struct Pending<O> {
     pub(crate) done: oneshot::Sender<Result<(), TaskError>>,
     /// Where the outputs go if it was a request-reply call.
     pub(crate) reply: Option<oneshot::Sender<Delivery<O>>>,
+    /// A request-reply call: outputs after its reply are acknowledged and discarded.
+    pub(crate) call: bool,
     /// The encoded task, kept for retries.
     pub(crate) payload: Payload,
     /// How many times it was sent, shared with its handle.
@@ -390,8 +392,12 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                         .state
                         .handle_output(worker, task)
                         .map_err(|v| v.to_string())?;
-                    task.and_then(|t| inner.pending.get_mut(&t)?.reply.take())
+                    match task.and_then(|t| inner.pending.get_mut(&t)) {
+                        Some(p) => (p.reply.take(), p.call),
+                        None => (None, false),
+                    }
                 };
+                let (reply, call) = reply;
                 let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     postcard::from_bytes::<O>(payload)
                 }));
@@ -416,6 +422,8 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 // Outside the lock: a delivery that cannot be handed over acknowledges itself.
                 match reply {
                     Some(reply) => drop(reply.send(delivery)),
+                    // A call's later outputs: dropping acknowledges them.
+                    None if call => drop(delivery),
                     None => drop(self.outputs.try_send(delivery)),
                 }
             }

@@ -33,6 +33,8 @@ pub(crate) struct FrameReader<R> {
     start: usize,
     end: usize,
     max_frame: usize,
+    /// Bytes read from the link so far.
+    received: u64,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -43,6 +45,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             start: 0,
             end: 0,
             max_frame,
+            received: 0,
         }
     }
 
@@ -54,6 +57,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Bytes received of a frame that has not arrived whole (0 between frames).
     pub(crate) fn pending_bytes(&self) -> usize {
         self.end - self.start
+    }
+
+    /// Bytes read from the link so far: progress, however the frames fall.
+    pub(crate) fn received(&self) -> u64 {
+        self.received
     }
 
     fn peek_len(&self) -> usize {
@@ -95,6 +103,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 };
             }
             self.end += n;
+            self.received += n as u64;
         };
         if self.start == self.end {
             // Everything buffered was consumed, so the next read can start at the front; `body`

@@ -443,10 +443,18 @@ impl<P: Clone> PoolState<P> {
 
     /// Begins a graceful stop: new submissions are refused, every live worker is sent the poison
     /// pill behind what it already has, and workers still alive at `now + grace` are to be killed
-    /// (see [`handle_timeout`](Self::handle_timeout)). Idempotent.
+    /// (see [`handle_timeout`](Self::handle_timeout)). Calling it again only brings the deadline
+    /// forward (a kill after a graceful stop began).
     pub fn begin_stop(&mut self, now: Instant, grace: Duration) {
-        if self.phase != Phase::Running {
-            return;
+        match self.phase {
+            Phase::Running => {}
+            Phase::Stopping { deadline } => {
+                self.phase = Phase::Stopping {
+                    deadline: deadline.min(now + grace),
+                };
+                return;
+            }
+            Phase::Stopped => return,
         }
         self.phase = Phase::Stopping {
             deadline: now + grace,

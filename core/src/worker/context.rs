@@ -62,6 +62,9 @@ impl Link {
 pub struct Context<O> {
     link: Rc<Link>,
     task: Option<TaskId>,
+    /// Set once the task this context belongs to has ended: its outputs are refused after that
+    /// (the parent would take one for a task this worker no longer holds as a protocol error).
+    ended: Option<Rc<Cell<bool>>>,
     _output: PhantomData<fn(O)>,
 }
 
@@ -70,6 +73,7 @@ impl<O> Clone for Context<O> {
         Self {
             link: self.link.clone(),
             task: self.task,
+            ended: self.ended.clone(),
             _output: PhantomData,
         }
     }
@@ -91,7 +95,15 @@ impl<O> Context<O> {
         Self {
             link,
             task,
+            ended: task.map(|_| Rc::new(Cell::new(false))),
             _output: PhantomData,
+        }
+    }
+
+    /// Marks this context's task as ended, for every clone of it.
+    pub(super) fn end_task(&self) {
+        if let Some(ended) = &self.ended {
+            ended.set(true);
         }
     }
 
@@ -156,7 +168,7 @@ impl<O: Serialize> Context<O> {
     /// [`PutError::Full`].
     pub fn try_put(&self, output: O) -> Result<(), PutError<O>> {
         let link = &*self.link;
-        if link.closed.get() {
+        if link.closed.get() || self.ended.as_ref().is_some_and(|e| e.get()) {
             return Err(PutError::Closed(output));
         }
         let credit = link.credit.get();

@@ -496,6 +496,8 @@ async fn run_one<W: Worker>(
             Either::Right(_) => None,
         },
     };
+    // Outputs a clone of its context emits from now on would reach the parent after its end.
+    ctx.end_task();
     let ended = match outcome {
         Some(Ok(Ok(()))) => Ended::Completed,
         Some(Ok(Err(e))) => Ended::Failed(error_chain(&*e)),

@@ -106,6 +106,14 @@ pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
 }
 
 fn pool<A: Adapter>(method: StartMethod, workers: usize) -> Builder<Probe> {
+    builder_of::<A, Probe>(method, workers)
+}
+
+/// A builder of worker type `W` with the suite's settings.
+fn builder_of<A: Adapter, W: looppool_core::Worker>(
+    method: StartMethod,
+    workers: usize,
+) -> Builder<W> {
     let builder = Pool::builder(A::runtime());
     let builder = match A::worker_runtime() {
         Some(runtime) => builder.worker_runtime(runtime),

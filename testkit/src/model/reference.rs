@@ -351,8 +351,14 @@ impl Reference {
 
     /// A stop begins.
     pub fn begin_stop(&mut self, grace: u64) {
-        if self.phase != RefPhase::Running {
-            return;
+        match self.phase {
+            RefPhase::Running => {}
+            // Again: only brings the deadline forward.
+            RefPhase::Stopping(deadline) => {
+                self.phase = RefPhase::Stopping(deadline.min(self.now + grace));
+                return;
+            }
+            RefPhase::Stopped => return,
         }
         self.phase = RefPhase::Stopping(self.now + grace);
         for w in &mut self.workers {

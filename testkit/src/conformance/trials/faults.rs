@@ -4,23 +4,7 @@
 
 use super::*;
 use crate::conformance::{ExitingInit, TouchyWorker, TOUCHY_LIVE, TOUCHY_PANIC};
-use looppool_core::Worker;
 use std::sync::atomic::Ordering;
-
-/// A builder of worker type `W` with the suite's settings.
-fn builder_of<A: Adapter, W: Worker>(method: StartMethod, workers: usize) -> Builder<W> {
-    let builder = Pool::builder(A::runtime());
-    let builder = match A::worker_runtime() {
-        Some(runtime) => builder.worker_runtime(runtime),
-        None => builder,
-    };
-    builder
-        .name("conformance")
-        .start_method(method)
-        .workers(workers)
-        .stop_timeout(Duration::from_secs(30))
-        .handshake_timeout(Duration::from_secs(30))
-}
 
 /// Kills a process this trial caused to exist, when dropped.
 struct KillOnDrop(u32);
@@ -422,16 +406,35 @@ pub(super) async fn lost_tasks_say_what_killed_their_worker<A: Adapter>(m: Start
         "at the stop deadline: {cause:?}"
     );
     // kill().
-    let pool = start(pool::<A>(m, 1)).await?;
-    let held = pool
+    let second = start(pool::<A>(m, 1)).await?;
+    let held = second
         .submit_to(0, Task::Sleep(600_000))
         .await
         .map_err(|e| e.to_string())?;
-    pool.kill();
+    second.kill();
     let cause = cause_of(within(&*runtime, Duration::from_secs(10), "kill", held).await?);
     ensure!(cause.contains("kill()"), "after kill(): {cause:?}");
-    let stopped = within(&*runtime, Duration::from_secs(10), "stop", pool.stop()).await?;
+    let stopped = within(&*runtime, Duration::from_secs(10), "stop", second.stop()).await?;
     ensure!(!stopped.is_graceful(), "kill() then stop(): {stopped:?}");
+    // kill() while a graceful stop waits for a task that will not end.
+    let third = start(pool::<A>(m, 1)).await?;
+    let held = third
+        .submit_to(0, Task::Sleep(600_000))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (stopped, ()) = within(
+        &*runtime,
+        Duration::from_secs(10),
+        "a stop cut short by kill()",
+        futures_util::future::join(third.stop(), async { third.kill() }),
+    )
+    .await?;
+    ensure!(!stopped.is_graceful(), "stop() then kill(): {stopped:?}");
+    let cause = cause_of(within(&*runtime, Duration::from_secs(1), "kill", held).await?);
+    ensure!(
+        cause.contains("kill()"),
+        "after stop() then kill(): {cause:?}"
+    );
     Ok(())
 }
 
