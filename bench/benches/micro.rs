@@ -53,7 +53,7 @@ fn state(c: &mut Criterion) {
                 || {
                     let mut s = PoolState::<u32>::new(workers, 128, 256);
                     for k in 0..workers {
-                        s.handle_ready(k).expect("ready");
+                        s.handle_ready(k, std::time::Instant::now()).expect("ready");
                     }
                     s
                 },

@@ -69,12 +69,15 @@ caught! {
     an_output_beyond_credit_is_caught: ExtraCredit => "[credit]",
     unfair_round_robin_is_caught: RouteToZero => "[round-robin]",
     delivery_out_of_order_is_caught: ReorderDelivery => "[order]",
-    submissions_accepted_after_stop_are_caught: IgnoreStop => "[stop]" | "[order]",
+    submissions_accepted_after_stop_are_caught: IgnoreStop => "[stop]" | "[order]" | "[restart]" | "[credit]",
     sticky_broadcasts_a_replacement_never_gets_are_caught: ForgetSticky => "[order]",
     a_retirement_that_never_begins_is_caught: IgnoreRetire => "[order]" | "[round-robin]",
     fresh_credit_for_a_replacement_is_caught: FreshReplacementCredit => "[credit]",
     credit_lost_while_a_replacement_launched_is_caught: ForgetOwedCredit => "[credit]",
     outputs_for_other_workers_tasks_are_caught: AcceptForeignOutputs => "[ownership]",
+    every_death_counted_as_a_quick_failure_is_caught: EveryDeathCounts => "[restart]",
+    retirements_counted_as_failures_are_caught: RetirementsCount => "[restart]",
+    a_stop_that_grants_no_backlog_is_caught: NoStopBacklog => "[credit]",
 }
 
 #[test]
@@ -146,14 +149,16 @@ fn the_same_seed_replays_the_same_simulation() {
 
 #[test]
 fn a_stop_whose_deadline_never_comes_is_reported_as_hung() {
-    // A consumer that never acknowledges keeps the worker waiting for credit; only the stop
-    // deadline can end that, and here it lies beyond the simulation's limit.
+    // A consumer that never acknowledges keeps the worker waiting for credit (with no stop
+    // backlog to spend); only the stop deadline can end that, and here it lies beyond the
+    // simulation's limit.
     let scenario = Scenario {
         workers: 1,
         capacity: 1,
         credit: 1,
         concurrency: 1,
         retries: 0,
+        stop_backlog: 0,
         consumer: Consumer::Never,
         ops: vec![Op::Submit(Job::Emit(3))],
     };

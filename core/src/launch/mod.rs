@@ -127,18 +127,23 @@ pub(crate) fn comm_name(worker: usize, pool_name: &str) -> CString {
     CString::new(comm).expect("NUL bytes were removed")
 }
 
-/// Launches workers `0..n` of type `W`.
+/// Launches workers `0..n` of type `W`. Each one's killer goes to `spawned` as soon as it
+/// exists, so that a caller dropped half-way can still kill what was launched.
 pub(crate) async fn launch_all<W: Worker>(
     method: StartMethod,
     n: usize,
     opts: &LaunchOptions,
+    spawned: &mut Vec<Killer>,
 ) -> Result<Vec<Launched>, Error> {
-    match method {
+    let launched = match method {
         StartMethod::ReExec => {
             let mut launched = Vec::with_capacity(n);
             for worker in 0..n {
                 match reexec(worker, opts).await {
-                    Ok(l) => launched.push(l),
+                    Ok(l) => {
+                        spawned.push(l.killer.clone());
+                        launched.push(l)
+                    }
                     Err(source) => {
                         kill_all(&launched);
                         return Err(Error::Launch { worker, source });
@@ -153,7 +158,11 @@ pub(crate) async fn launch_all<W: Worker>(
                 thread::<W>(worker, opts).map_err(|source| Error::Launch { worker, source })
             })
             .collect(),
+    }?;
+    if method != StartMethod::ReExec {
+        spawned.extend(launched.iter().map(|l| l.killer.clone()));
     }
+    Ok(launched)
 }
 
 /// Launches one replacement for worker `worker`. A forked replacement closes `link_fds`, the
@@ -227,7 +236,11 @@ async fn reexec(worker: usize, opts: &LaunchOptions) -> io::Result<Launched> {
         let spawned = command.spawn();
         // The child has its copy; ours must close so that the parent sees the child's death.
         drop(child_end);
-        let _ = tx.send(spawned);
+        // Nobody waits for it any more (the start or the pool was dropped): it must not live on.
+        if let Err(Ok(mut child)) = tx.send(spawned) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }))?;
     let child = rx
         .await

@@ -1,14 +1,17 @@
 //! Configuring and starting a pool.
 
 use super::link::{self, HandshakeError};
-use super::respawn::{Launch, Linked, Respawner, RestartPolicy};
+use super::respawn::{Launch, Linked, Respawner};
 use super::shared::{Inner, Settings, Shared};
 use super::Pool;
 use crate::error::Error;
-use crate::launch::{launch_all, launch_one, LaunchOptions, Launched, StartMethod, LINK_FD_VAR};
+use crate::launch::{
+    launch_all, launch_one, Killer, LaunchOptions, Launched, StartMethod, LINK_FD_VAR,
+};
 use crate::protocol::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use crate::runtime::Runtime;
 use crate::state::PoolState;
+use crate::state::RestartPolicy;
 use crate::worker::{filter_code, Handshake, Worker, HELLO_LIMIT};
 use std::fmt;
 use std::marker::PhantomData;
@@ -30,6 +33,7 @@ pub struct Builder<W> {
     stop_timeout: Duration,
     handshake_timeout: Duration,
     frame_timeout: Duration,
+    stop_backlog: usize,
     ignore_signals: bool,
     nice: Option<i32>,
     protocol_version: u32,
@@ -61,6 +65,17 @@ impl<W> fmt::Debug for Builder<W> {
             .field("retries", &self.retries)
             .field("task_timeout", &self.task_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+/// Workers to kill and reap when dropped (unless emptied first).
+struct KillOnDrop(Vec<Killer>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for killer in &self.0 {
+            killer.kill_and_reap_blocking();
+        }
     }
 }
 
@@ -146,16 +161,12 @@ impl<W: Worker> Builder<W> {
             stop_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(30),
             frame_timeout: Duration::from_secs(60),
+            stop_backlog: 256,
             ignore_signals: true,
             nice: None,
             protocol_version: PROTOCOL_VERSION,
             respawn: true,
-            restart: RestartPolicy {
-                max_restarts: 5,
-                window: Duration::from_secs(60),
-                initial: Duration::from_millis(100),
-                max_delay: Duration::from_secs(5),
-            },
+            restart: RestartPolicy::default(),
             retries: 0,
             task_timeout: None,
             stall_grace: Duration::from_secs(1),
@@ -227,6 +238,19 @@ impl<W: Worker> Builder<W> {
         self
     }
 
+    /// How many outputs per worker a graceful [`stop`](Pool::stop) queues past the result
+    /// credit, whether or not anyone reads them. Default 256.
+    ///
+    /// Once a stop begins each worker is granted this many more outputs at once, so that it can
+    /// finish its tasks while nobody reads [`outputs`](Pool::outputs) (a program that calls
+    /// `stop()` and only then reads). The parent then holds at most `result_credit + backlog`
+    /// unread outputs per worker; a worker that needs more waits for the consumer, and is killed
+    /// at the stop timeout if none comes. `0` keeps the result credit as the only bound.
+    pub fn stop_backlog(mut self, backlog: usize) -> Self {
+        self.stop_backlog = backlog;
+        self
+    }
+
     /// How long a frame from a worker may take to arrive once its first bytes have: a worker
     /// that stops half-way through a frame has broken the protocol, and its link ends with an
     /// error naming it (it is killed and replaced like any other dead worker). Default 60 s.
@@ -269,8 +293,11 @@ impl<W: Worker> Builder<W> {
         self
     }
 
-    /// Replace one worker number at most `max` times within `window`; past that it stays dead
-    /// (logged), so a worker that crashes at start-up cannot spin. Default 5 within 60 s.
+    /// Replace one worker number at most `max` times within `window` after quick failures
+    /// (deaths before it ended a task or served [`restart_healthy_after`](Self::restart_healthy_after));
+    /// past that it is given up (logged) for [`restart_retry_after`](Self::restart_retry_after),
+    /// so a worker that crashes at start-up cannot spin. A worker that served before it died
+    /// is replaced at once and clears the count. Default 5 within 60 s.
     pub fn restart_limit(mut self, max: u32, window: Duration) -> Self {
         self.restart.max_restarts = max;
         self.restart.window = window;
@@ -282,6 +309,20 @@ impl<W: Worker> Builder<W> {
     pub fn restart_backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.restart.initial = initial;
         self.restart.max_delay = max;
+        self
+    }
+
+    /// A worker that dies after serving this long (or after ending a task) did not fail
+    /// quickly: it is replaced at once and its count of quick failures starts again. Default 1 s.
+    pub fn restart_healthy_after(mut self, served: Duration) -> Self {
+        self.restart.healthy_after = served;
+        self
+    }
+
+    /// How long a given-up worker number stays dead before it is tried again (with a clean
+    /// count); [`Pool::revive`] brings it back sooner. Default 60 s.
+    pub fn restart_retry_after(mut self, wait: Duration) -> Self {
+        self.restart.retry_after = wait;
         self
     }
 
@@ -461,39 +502,33 @@ impl<W: Worker> Builder<W> {
             runtime: self.runtime.clone(),
         });
 
-        let launched = launch_all::<W>(plan.method, n, &plan.opts).await?;
-        let killers: Vec<_> = launched.iter().map(|l| l.killer.clone()).collect();
+        // Kills and reaps every worker launched so far if the start fails, or if its future is
+        // dropped before it completes: no process outlives a start that did not give a pool.
+        let mut launching = KillOnDrop(Vec::with_capacity(n));
+        let launched = launch_all::<W>(plan.method, n, &plan.opts, &mut launching.0).await?;
         let handshakes = launched
             .into_iter()
             .enumerate()
             .map(|(worker, l)| plan.link(worker, l, self.result_credit));
         let mut links = Vec::with_capacity(n);
         for result in futures_util::future::join_all(handshakes).await {
-            match result {
-                Ok(link) => links.push(link),
-                Err(e) => {
-                    for k in &killers {
-                        k.kill_and_reap_blocking();
-                    }
-                    return Err(e);
-                }
-            }
+            links.push(result?);
         }
+        // The pool owns them now.
+        launching.0.clear();
 
         let respawner = self.respawn.then(|| {
             let plan = plan.clone();
-            let launch: Launch = Box::new(move |worker, link_fds, credit| {
+            let launch: Launch = Box::new(move |worker, link_fds, credit, spawned| {
                 let plan = plan.clone();
                 Box::pin(async move {
                     let launched =
                         launch_one::<W>(plan.method, worker, &plan.opts, &link_fds).await?;
+                    spawned(launched.killer.clone());
                     plan.link(worker, launched, credit).await
                 })
             });
-            Respawner {
-                launch,
-                policy: self.restart,
-            }
+            Respawner { launch }
         });
         let mut inner = Inner::new(
             PoolState::new(n, capacity, self.result_credit),
@@ -501,10 +536,15 @@ impl<W: Worker> Builder<W> {
             links.iter().map(|l| Some(l.pid)).collect(),
         );
         inner.link_fds = links.iter().map(|l| l.fd).collect();
+        inner
+            .state
+            .set_restart_policy(self.respawn.then_some(self.restart));
+        inner.state.set_stop_backlog(self.stop_backlog);
+        let now = self.runtime.now();
         for worker in 0..n {
             inner
                 .state
-                .handle_ready(worker)
+                .handle_ready(worker, now)
                 .expect("a fresh worker's first handshake");
         }
         let settings = Settings {

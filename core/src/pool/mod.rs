@@ -134,7 +134,10 @@ impl<W: Worker> Pool<W> {
             .map(|k| {
                 let s = &inner.state;
                 let pid = inner.killers[k].as_ref().and(inner.pids[k]);
-                inner.accounts[k].snapshot(k, pid, s.status(k), s.held(k), s.unacked(k), now)
+                let mut stats =
+                    inner.accounts[k].snapshot(k, pid, s.status(k), s.held(k), s.unacked(k), now);
+                stats.given_up_until = s.given_up_until(k);
+                stats
             })
             .collect();
         PoolStats {
@@ -365,10 +368,21 @@ impl<W: Worker> Pool<W> {
     pub async fn stop(&self) -> Stopped {
         let shared = &self.shared;
         let runtime = shared.runtime.clone();
-        shared
-            .lock()
-            .state
-            .begin_stop(runtime.now(), shared.settings.stop_timeout);
+        let launching: Vec<_> = {
+            let mut inner = shared.lock();
+            inner
+                .state
+                .begin_stop(runtime.now(), shared.settings.stop_timeout);
+            // A replacement still launching (a slow init) will never be used.
+            inner
+                .launching
+                .iter_mut()
+                .filter_map(Option::take)
+                .collect()
+        };
+        for killer in launching {
+            killer.kill();
+        }
         shared.wake_all();
         loop {
             let listener = shared.exited.listen();
@@ -433,7 +447,18 @@ impl<W: Worker> Pool<W> {
                 inner.kill_cause[k] = Some("killed by Pool::kill()".into());
             }
             inner.killed.extend(&killed);
-            inner.killers.iter().flatten().cloned().collect()
+            let launching: Vec<_> = inner
+                .launching
+                .iter_mut()
+                .filter_map(Option::take)
+                .collect();
+            inner
+                .killers
+                .iter()
+                .flatten()
+                .cloned()
+                .chain(launching)
+                .collect()
         };
         for k in killers {
             k.kill();
@@ -457,6 +482,14 @@ impl<W: Worker> Pool<W> {
         }
     }
 
+    /// Brings worker number `worker` back now if it was given up after too many quick
+    /// failures (see [`Builder::restart_limit`]); returns whether a replacement is on its way.
+    /// A given-up number is otherwise tried again after
+    /// [`Builder::restart_retry_after`]; [`WorkerStats::given_up_until`] says when.
+    pub fn revive(&self, worker: usize) -> bool {
+        worker < self.size() && respawn::revive(&self.shared, worker, None)
+    }
+
     /// Whether a stop has begun.
     pub fn is_closed(&self) -> bool {
         self.shared.lock().state.phase() != Phase::Running
@@ -473,7 +506,7 @@ impl<W: Worker> Drop for Pool<W> {
             inner
                 .state
                 .begin_stop(self.shared.runtime.now(), Duration::ZERO);
-            let killers: Vec<_> = inner.killers.iter_mut().map(Option::take).collect();
+            let mut killers: Vec<_> = inner.killers.iter_mut().map(Option::take).collect();
             let mut lost = Vec::new();
             for (worker, killer) in killers.iter().enumerate() {
                 if killer.is_some() {
@@ -484,6 +517,8 @@ impl<W: Worker> Drop for Pool<W> {
                     }
                 }
             }
+            // Replacements still launching: no task of theirs to lose, but no process may stay.
+            killers.extend(inner.launching.iter_mut().map(Option::take));
             (killers, lost)
         };
         for killer in killers.iter().flatten() {

@@ -1,13 +1,13 @@
-//! Replacing dead workers: the restart policy, and the task that launches a replacement.
+//! Replacing dead workers: the task that launches a replacement when the state says so.
 
 use super::link::{self, LinkReader, LinkWriter};
 use super::shared::Shared;
 use crate::error::Error;
 use crate::launch::{Killer, Reaper};
 use crate::runtime::BoxFuture;
-use crate::state::Phase;
+use crate::state::{Departure, Phase, Restart};
+use futures_util::future::select;
 use serde::de::DeserializeOwned;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,61 +22,25 @@ pub(crate) struct Linked {
 }
 
 /// Launches and handshakes worker number `k` with a result credit, given the parent's ends of
-/// the other links (made by the builder, which knows the worker type).
+/// the other links (made by the builder, which knows the worker type). The process's killer is
+/// handed to the last argument as soon as it exists, before its handshake.
 pub(crate) type Launch = Box<
-    dyn Fn(usize, Vec<std::os::fd::RawFd>, usize) -> BoxFuture<Result<Linked, Error>> + Send + Sync,
+    dyn Fn(usize, Vec<std::os::fd::RawFd>, usize, OnSpawn) -> BoxFuture<Result<Linked, Error>>
+        + Send
+        + Sync,
 >;
 
-/// How a pool replaces workers that die.
+/// Receives a launching worker's killer.
+pub(crate) type OnSpawn = Box<dyn FnOnce(Killer) + Send>;
+
+/// How a pool replaces workers that die: the launch. When to launch is the state's decision
+/// ([`PoolState::decide_restart`](crate::state::PoolState::decide_restart)).
 pub(crate) struct Respawner {
     pub(crate) launch: Launch,
-    pub(crate) policy: RestartPolicy,
 }
 
-/// How often a worker may be replaced after failures, and how long to wait between tries.
-///
-/// A worker number may be relaunched at most `max_restarts` times within `window`; the first
-/// relaunch is immediate, each further one waits twice as long as the one before, from
-/// `initial` up to `max_delay`. Past the limit the worker stays dead (and is logged), so one
-/// that crashes at start-up cannot spin. Graceful retirements (recycling) do not count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RestartPolicy {
-    pub(crate) max_restarts: u32,
-    pub(crate) window: Duration,
-    pub(crate) initial: Duration,
-    pub(crate) max_delay: Duration,
-}
-
-impl RestartPolicy {
-    /// Records a relaunch at `now` and returns the wait before it, or `None` when the limit
-    /// within the window is spent.
-    pub(crate) fn next_delay(
-        &self,
-        recent: &mut VecDeque<Instant>,
-        now: Instant,
-    ) -> Option<Duration> {
-        while recent
-            .front()
-            .is_some_and(|&t| now.saturating_duration_since(t) > self.window)
-        {
-            recent.pop_front();
-        }
-        if recent.len() >= self.max_restarts as usize {
-            return None;
-        }
-        let earlier = recent.len() as u32;
-        recent.push_back(now);
-        Some(match earlier {
-            0 => Duration::ZERO,
-            n => self
-                .initial
-                .saturating_mul(1 << (n - 1).min(20))
-                .min(self.max_delay),
-        })
-    }
-}
-
-/// Launches a replacement for `worker` after `delay`, retrying by the policy if it fails.
+/// Launches a replacement for `worker` after `delay`; if the launch fails, the state decides
+/// whether and when to try again.
 pub(crate) fn schedule<O: DeserializeOwned + Send + 'static>(
     shared: Arc<Shared<O>>,
     worker: usize,
@@ -88,8 +52,15 @@ pub(crate) fn schedule<O: DeserializeOwned + Send + 'static>(
         let respawner = shared.respawner.as_ref().expect("respawn is on");
         let mut delay = delay;
         loop {
-            if !delay.is_zero() {
-                runtime.sleep(delay).await;
+            // The wait ends early when a stop begins: a stop must not wait out a backoff.
+            let until = runtime.now() + delay;
+            loop {
+                let listener = shared.exited.listen();
+                let now = runtime.now();
+                if now >= until || shared.lock().state.phase() != Phase::Running {
+                    break;
+                }
+                let _ = select(runtime.sleep(until - now), listener).await;
             }
             if shared.lock().state.phase() != Phase::Running {
                 return settle(&shared);
@@ -99,25 +70,89 @@ pub(crate) fn schedule<O: DeserializeOwned + Send + 'static>(
                 let fds = inner.link_fds.iter().flatten().copied().collect();
                 (fds, inner.state.replacement_credit(worker))
             };
-            let error = match (respawner.launch)(worker, fds, credit).await {
+            // A stop, a kill or a drop of the pool kills it while it launches (a slow init).
+            let hold = shared.clone();
+            let spawned: OnSpawn = Box::new(move |killer| {
+                let mut inner = hold.lock();
+                if inner.state.phase() == Phase::Running {
+                    inner.launching[worker] = Some(killer);
+                } else {
+                    drop(inner);
+                    killer.kill();
+                }
+            });
+            let launched = (respawner.launch)(worker, fds, credit, spawned).await;
+            shared.lock().launching[worker] = None;
+            let error = match launched {
                 Ok(linked) => return register(&shared, worker, linked, credit).await,
                 Err(e) => e,
             };
-            let next = {
-                let mut inner = shared.lock();
-                respawner.policy.next_delay(&mut inner.restarts[worker], runtime.now())
-            };
             tracing::error!(pool = %shared.settings.name, worker, "cannot replace worker {worker}: {error}");
-            match next {
-                Some(d) => delay = d,
-                None => {
-                    tracing::error!(pool = %shared.settings.name, worker, "giving up on worker {worker}");
-                    shared.lock().state.handle_given_up(worker);
+            let decision =
+                shared
+                    .lock()
+                    .state
+                    .decide_restart(worker, runtime.now(), Departure::LaunchFailed);
+            match decision {
+                Restart::After(d) => delay = d,
+                Restart::GiveUp { failures, retry_at } => {
+                    given_up(&shared, worker, failures, retry_at);
                     return settle(&shared);
                 }
+                Restart::Never => return settle(&shared),
             }
         }
     }));
+}
+
+/// Worker number `worker` was given up after `failures` quick failures: logs it, and tries it
+/// again at `retry_at` if the state then agrees. The wait holds the pool weakly, so it does
+/// not keep a dropped pool alive.
+pub(crate) fn given_up<O: DeserializeOwned + Send + 'static>(
+    shared: &Arc<Shared<O>>,
+    worker: usize,
+    failures: u32,
+    retry_at: Instant,
+) {
+    let runtime = shared.runtime.clone();
+    let wait = retry_at.saturating_duration_since(runtime.now());
+    tracing::error!(
+        pool = %shared.settings.name,
+        worker,
+        "worker {worker} failed quickly {failures} times; not replacing it for {wait:?} \
+         (Pool::revive brings it back sooner)"
+    );
+    shared.wake_all();
+    let weak = Arc::downgrade(shared);
+    shared.runtime.spawn(Box::pin(async move {
+        runtime.sleep(wait).await;
+        if let Some(shared) = weak.upgrade() {
+            revive(&shared, worker, Some(runtime.now()));
+        }
+    }));
+}
+
+/// Brings the given-up `worker` back if the state agrees (its retry time came, or `now` is
+/// `None`: on request). Returns whether a replacement is on its way.
+pub(crate) fn revive<O: DeserializeOwned + Send + 'static>(
+    shared: &Arc<Shared<O>>,
+    worker: usize,
+    now: Option<Instant>,
+) -> bool {
+    let revived = {
+        let mut inner = shared.lock();
+        let revived = shared.respawner.is_some() && inner.state.revive(worker, now);
+        if revived {
+            inner.respawning += 1;
+        }
+        revived
+    };
+    if revived {
+        tracing::info!(pool = %shared.settings.name, worker, "trying worker {worker} again");
+        schedule(shared.clone(), worker, Duration::ZERO);
+        shared.wake_all();
+    }
+    revived
 }
 
 /// A replacement settled (registered, abandoned or given up): `stop` may be waiting for it.
@@ -138,7 +173,7 @@ async fn register<O: DeserializeOwned + Send + 'static>(
             let (generation, _replayed) = inner.state.handle_replaced(worker, credit);
             inner
                 .state
-                .handle_ready(worker)
+                .handle_ready(worker, shared.runtime.now())
                 .expect("a fresh worker's first handshake");
             inner.killers[worker] = Some(linked.killer.clone());
             inner.pids[worker] = Some(linked.pid);
@@ -173,29 +208,4 @@ async fn register<O: DeserializeOwned + Send + 'static>(
         }
     }
     settle(shared);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restarts_back_off_and_stop_at_the_limit_within_the_window() {
-        let policy = RestartPolicy {
-            max_restarts: 4,
-            window: Duration::from_secs(60),
-            initial: Duration::from_millis(10),
-            max_delay: Duration::from_millis(25),
-        };
-        let t0 = Instant::now();
-        let mut recent = VecDeque::new();
-        let delays: Vec<_> = (0..5).map(|_| policy.next_delay(&mut recent, t0)).collect();
-        let ms = |m| Some(Duration::from_millis(m));
-        assert_eq!(delays, [ms(0), ms(10), ms(20), ms(25), None]);
-        // Once the window has passed, the worker may be relaunched again.
-        assert_eq!(
-            policy.next_delay(&mut recent, t0 + Duration::from_secs(61)),
-            ms(0)
-        );
-    }
 }

@@ -13,11 +13,10 @@ use crate::error::{Exit, TaskError};
 use crate::launch::Killer;
 use crate::protocol::{split_body, ToParent, WireOutcome};
 use crate::runtime::Runtime;
-use crate::state::{IdMap, Phase, PoolState, Refusal, Route, TaskId};
+use crate::state::{Departure, IdMap, Phase, PoolState, Refusal, Restart, Route, TaskId};
 use event_listener::Event;
 use futures_channel::oneshot;
 use serde::de::DeserializeOwned;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -44,14 +43,14 @@ pub(crate) struct Inner<O> {
     pub(crate) state: PoolState<Payload>,
     pub(crate) pending: IdMap<Pending<O>>,
     pub(crate) killers: Vec<Option<Killer>>,
+    /// Replacements being launched (before their handshake), to kill if the pool stops.
+    pub(crate) launching: Vec<Option<Killer>>,
     pub(crate) exits: Vec<Option<Exit>>,
     pub(crate) pids: Vec<Option<u32>>,
     /// Workers killed at the stop deadline or by `kill()`, in the order they were killed.
     pub(crate) killed: Vec<usize>,
     /// Tasks each worker's current incarnation ended, for recycling.
     pub(crate) completed: Vec<u64>,
-    /// When each worker was last (re)launched after a failure, for the restart limit.
-    pub(crate) restarts: Vec<VecDeque<Instant>>,
     /// Replacements being launched.
     pub(crate) respawning: usize,
     /// Lost tasks on their way to another worker: a stop waits for them to settle too.
@@ -75,11 +74,11 @@ impl<O> Inner<O> {
             state,
             pending: IdMap::default(),
             killers,
+            launching: vec![None; n],
             exits: vec![None; n],
             pids,
             killed: Vec::new(),
             completed: vec![0; n],
-            restarts: vec![VecDeque::new(); n],
             respawning: 0,
             retrying: 0,
             kill_cause: vec![None; n],
@@ -272,7 +271,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         cause: Option<String>,
         retired: bool,
     ) {
-        let (lost, retry, respawn_after) = {
+        let (lost, retry, restart) = {
             let mut inner = self.lock();
             if inner.state.generation(worker) != generation {
                 return;
@@ -300,40 +299,21 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             let account = &mut inner.accounts[worker];
             account.lost(lost.len(), &self.instruments[worker]);
             account.incarnation_ended();
-            let respawn_after = match &self.respawner {
-                Some(r) if running => {
-                    let now = self.runtime.now();
-                    let delay = if retired {
-                        Some(Duration::ZERO)
-                    } else {
-                        r.policy.next_delay(&mut inner.restarts[worker], now)
-                    };
-                    match delay {
-                        Some(delay) => {
-                            inner.state.handle_replacing(worker);
-                            inner.respawning += 1;
-                            Some(delay)
-                        }
-                        None => {
-                            tracing::error!(
-                                pool = %self.settings.name,
-                                worker,
-                                "worker {worker} failed {} times within {:?}; not replacing it",
-                                r.policy.max_restarts,
-                                r.policy.window
-                            );
-                            None
-                        }
-                    }
-                }
-                _ => None,
+            let how = if retired {
+                Departure::Retired
+            } else {
+                Departure::Died
             };
+            let restart = inner.state.decide_restart(worker, self.runtime.now(), how);
+            if let Restart::After(_) = restart {
+                inner.respawning += 1;
+            }
             (
                 lost.into_iter()
                     .map(|d| (d, cause.clone()))
                     .collect::<Vec<_>>(),
                 retry,
-                respawn_after,
+                restart,
             )
         };
         if !lost.is_empty() || !retry.is_empty() || !exit.success() {
@@ -371,8 +351,12 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 }
             }));
         }
-        if let Some(delay) = respawn_after {
-            respawn::schedule(self.clone(), worker, delay);
+        match restart {
+            Restart::After(delay) => respawn::schedule(self.clone(), worker, delay),
+            Restart::GiveUp { failures, retry_at } => {
+                respawn::given_up(self, worker, failures, retry_at)
+            }
+            Restart::Never => {}
         }
         self.wake_all();
     }

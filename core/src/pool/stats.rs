@@ -82,6 +82,9 @@ pub struct WorkerStats {
     pub status: WorkerStatus,
     /// Times it was replaced.
     pub restarts: u64,
+    /// Given up after too many quick failures: tried again at this time (or by
+    /// [`Pool::revive`](crate::Pool::revive)).
+    pub given_up_until: Option<Instant>,
     /// CPU use (user + system) over the last report interval, as a fraction of one core.
     pub cpu: f64,
     /// Resident memory, in bytes.
@@ -296,6 +299,7 @@ impl Account {
             pid,
             status,
             restarts: self.restarts,
+            given_up_until: None,
             cpu: self.cpu,
             rss: s.rss,
             peak_rss: s.peak_rss,

@@ -11,8 +11,11 @@
 //! The payload type `P` is opaque: the driver uses shared encoded bytes, the model checks use
 //! small markers.
 
+mod restart;
 mod slot;
 
+use restart::History;
+pub use restart::{Departure, Restart, RestartPolicy};
 use slot::Slot;
 pub use slot::WorkerStatus;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -182,6 +185,12 @@ pub struct PoolState<P> {
     phase: Phase,
     /// Sticky broadcasts by key, in the order they were last set: replayed to replacements.
     sticky: Vec<(String, P)>,
+    /// How dead workers are relaunched; `None`: they are not.
+    restart: Option<RestartPolicy>,
+    /// Outputs per worker granted past the consumer once a stop begins.
+    stop_backlog: usize,
+    /// Per worker number, across its incarnations.
+    histories: Vec<History>,
 }
 
 impl<P: Clone> PoolState<P> {
@@ -205,7 +214,24 @@ impl<P: Clone> PoolState<P> {
             next_id: 1,
             phase: Phase::Running,
             sticky: Vec::new(),
+            restart: None,
+            stop_backlog: 0,
+            histories: vec![History::default(); workers],
         }
+    }
+
+    /// Sets how many outputs each worker may emit past its result credit once a stop begins
+    /// (default 0): the stop grants them at once, so that workers finish their tasks whether
+    /// or not the consumer reads, with at most `result_credit + backlog` unacknowledged outputs
+    /// per worker.
+    pub fn set_stop_backlog(&mut self, backlog: usize) {
+        self.stop_backlog = backlog;
+    }
+
+    /// Sets how dead workers are relaunched ([`decide_restart`](Self::decide_restart)); `None`,
+    /// the default, relaunches none.
+    pub fn set_restart_policy(&mut self, policy: Option<RestartPolicy>) {
+        self.restart = policy;
     }
 
     /// Accepts a task for the worker `route` picks and queues it for that worker's link.
@@ -336,16 +362,21 @@ impl<P: Clone> PoolState<P> {
         id
     }
 
-    /// The worker finished its handshake.
-    pub fn handle_ready(&mut self, worker: usize) -> Result<(), Violation> {
-        self.slots[worker].ready(worker)
+    /// The worker finished its handshake at `now`.
+    pub fn handle_ready(&mut self, worker: usize, now: Instant) -> Result<(), Violation> {
+        self.slots[worker].ready(worker)?;
+        self.histories[worker].ready(now);
+        Ok(())
     }
 
     /// The worker emitted an output, tagged with `task` (one it holds) or with none (an
     /// unsolicited output). It now counts against the worker number's result credit until
     /// [`handle_ack`](Self::handle_ack).
     pub fn handle_output(&mut self, worker: usize, task: Option<TaskId>) -> Result<(), Violation> {
-        let credit = self.result_credit;
+        let credit = match self.phase {
+            Phase::Running => self.result_credit,
+            _ => self.result_credit + self.stop_backlog,
+        };
         self.slots[worker].output(worker, task, credit)
     }
 
@@ -368,6 +399,7 @@ impl<P: Clone> PoolState<P> {
     /// The worker reported the end of task `id`.
     pub fn handle_done(&mut self, worker: usize, id: TaskId) -> Result<(), Violation> {
         self.slots[worker].done(worker, id)?;
+        self.histories[worker].ended_task();
         self.release_replay(worker);
         Ok(())
     }
@@ -396,6 +428,44 @@ impl<P: Clone> PoolState<P> {
             }
         }
         lost
+    }
+
+    /// Decides whether and when the exited `worker` (whose incarnation ended `how` at `now`,
+    /// or whose replacement failed to launch) is relaunched, by the [`RestartPolicy`]. While a
+    /// replacement is due, targeted submissions wait for it; a given-up number refuses them.
+    pub fn decide_restart(&mut self, worker: usize, now: Instant, how: Departure) -> Restart {
+        let Some(policy) = self.restart.filter(|_| self.phase == Phase::Running) else {
+            return Restart::Never;
+        };
+        if self.slots[worker].is_live() {
+            return Restart::Never;
+        }
+        let decision = self.histories[worker].decide(&policy, now, how);
+        self.slots[worker].set_replacing(matches!(decision, Restart::After(_)));
+        decision
+    }
+
+    /// Takes the given-up `worker` back: a replacement is due now (returns `true`) if its
+    /// retry time has come by `now`, or at once when `now` is `None` (a revival on request).
+    /// Nothing happens while the pool is stopping or the number is not given up.
+    pub fn revive(&mut self, worker: usize, now: Option<Instant>) -> bool {
+        let Some(policy) = self.restart.filter(|_| self.phase == Phase::Running) else {
+            return false;
+        };
+        if self.slots[worker].is_live() || !self.histories[worker].revive(&policy, now) {
+            return false;
+        }
+        self.slots[worker].set_replacing(true);
+        true
+    }
+
+    /// When the given-up `worker` is tried again, if it is given up.
+    pub fn given_up_until(&self, worker: usize) -> Option<Instant> {
+        let policy = self.restart?;
+        if self.slots[worker].status() != WorkerStatus::Exited {
+            return None;
+        }
+        Some(self.histories[worker].given_up_at()? + policy.retry_after)
     }
 
     /// A replacement for the exited `worker` is being launched: targeted submissions wait for
@@ -442,7 +512,8 @@ impl<P: Clone> PoolState<P> {
     }
 
     /// Begins a graceful stop: new submissions are refused, every live worker is sent the poison
-    /// pill behind what it already has, and workers still alive at `now + grace` are to be killed
+    /// pill behind what it already has and granted the stop backlog
+    /// ([`set_stop_backlog`](Self::set_stop_backlog)), and workers still alive at `now + grace` are to be killed
     /// (see [`handle_timeout`](Self::handle_timeout)). Calling it again only brings the deadline
     /// forward (a kill after a graceful stop began).
     pub fn begin_stop(&mut self, now: Instant, grace: Duration) {
@@ -461,6 +532,7 @@ impl<P: Clone> PoolState<P> {
         };
         for slot in &mut self.slots {
             slot.queue_stop();
+            slot.grant(self.stop_backlog);
             // A stop cancels the replacements on their way.
             slot.set_replacing(false);
         }

@@ -177,6 +177,15 @@ impl<P> Slot<P> {
         Ok(())
     }
 
+    /// Grants `n` result credits past the consumer (a stop's backlog).
+    pub(super) fn grant(&mut self, n: usize) {
+        if self.is_live() && !self.said_bye {
+            self.ack_due = self
+                .ack_due
+                .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        }
+    }
+
     pub(super) fn ack(&mut self) {
         if self.unacked == 0 {
             return;

@@ -1,9 +1,10 @@
 use super::*;
+use std::time::{Duration, Instant};
 
 fn ready(workers: usize, capacity: usize, credit: usize) -> PoolState<u32> {
     let mut s = PoolState::new(workers, capacity, credit);
     for k in 0..workers {
-        s.handle_ready(k).unwrap();
+        s.handle_ready(k, Instant::now()).unwrap();
     }
     s
 }
@@ -126,7 +127,7 @@ fn result_credit_belongs_to_the_worker_number_across_incarnations() {
     assert!(!s.has_transmit(0), "nobody to send a credit to");
     assert_eq!(s.handle_replaced(0, 1), (1, vec![]));
     assert_eq!(drain(&mut s, 0), [Transmit::Ack(1)]);
-    s.handle_ready(0).unwrap();
+    s.handle_ready(0, Instant::now()).unwrap();
     s.handle_output(0, None).unwrap();
     s.handle_output(0, None).unwrap();
     assert_eq!(
@@ -179,7 +180,7 @@ fn sticky_broadcasts_are_replayed_to_a_replacement_before_anything_else() {
     s.handle_replacing(1);
     let (generation, replayed) = s.handle_replaced(1, 1);
     assert_eq!((generation, replayed.len()), (1, 2));
-    s.handle_ready(1).unwrap();
+    s.handle_ready(1, Instant::now()).unwrap();
     s.submit(Route::Worker(1), 9).unwrap();
     let payloads = task_payloads(&mut s, 1);
     // The latest value of each key, in the order the keys were last set; then new work.
@@ -274,7 +275,7 @@ fn replays_respect_capacity_and_come_before_any_other_task() {
         Err(Refusal::Replacing { worker: 0 })
     );
     assert_eq!(s.broadcast(9), Err(Refusal::Replacing { worker: 0 }));
-    s.handle_ready(0).unwrap();
+    s.handle_ready(0, Instant::now()).unwrap();
     s.handle_done(0, now[0]).unwrap();
     assert_eq!(s.held(0), 1, "the second replay went out");
     let rest = task_payloads(&mut s, 0);
@@ -291,4 +292,93 @@ fn a_lost_task_is_resubmitted_under_its_own_id() {
     assert_eq!(task_payloads(&mut s, 1), [7]);
     s.handle_done(1, id).unwrap();
     assert_eq!(s.held(1), 0);
+}
+
+fn policy() -> RestartPolicy {
+    RestartPolicy {
+        max_restarts: 3,
+        window: Duration::from_secs(60),
+        initial: Duration::from_millis(10),
+        max_delay: Duration::from_millis(25),
+        healthy_after: Duration::from_secs(1),
+        retry_after: Duration::from_secs(30),
+    }
+}
+
+#[test]
+fn quick_failures_back_off_then_give_up_and_the_number_is_tried_again_later() {
+    let t0 = Instant::now();
+    let mut s = ready(1, 1, 1);
+    s.set_restart_policy(Some(policy()));
+    let ms = |m| Restart::After(Duration::from_millis(m));
+    let mut decisions = Vec::new();
+    for _ in 0..4 {
+        let _ = s.handle_exit(0);
+        decisions.push(s.decide_restart(0, t0, Departure::Died));
+        if let Restart::After(_) = decisions.last().unwrap() {
+            assert_eq!(s.status(0), WorkerStatus::Replacing);
+            s.handle_replaced(0, 1);
+            s.handle_ready(0, t0).unwrap();
+        }
+    }
+    let retry_at = t0 + Duration::from_secs(30);
+    assert_eq!(
+        decisions,
+        [
+            ms(0),
+            ms(10),
+            ms(20),
+            Restart::GiveUp {
+                failures: 3,
+                retry_at
+            }
+        ]
+    );
+    assert_eq!(s.status(0), WorkerStatus::Exited);
+    assert_eq!(s.given_up_until(0), Some(retry_at));
+    assert!(!s.revive(0, Some(retry_at - Duration::from_millis(1))));
+    assert!(s.revive(0, Some(retry_at)));
+    assert_eq!(s.status(0), WorkerStatus::Replacing);
+    assert_eq!(s.given_up_until(0), None);
+}
+
+#[test]
+fn a_worker_that_served_is_replaced_at_once_and_retirements_count_for_nothing() {
+    let t0 = Instant::now();
+    let mut s = ready(2, 1, 1);
+    s.set_restart_policy(Some(policy()));
+    for round in 0..10u64 {
+        // Worker 0 serves a second each time before it is killed; worker 1 ends a task.
+        let at = t0 + Duration::from_secs(round + 1);
+        let _ = s.handle_exit(0);
+        assert_eq!(
+            s.decide_restart(0, at, Departure::Died),
+            Restart::After(Duration::ZERO)
+        );
+        s.handle_replaced(0, 1);
+        s.handle_ready(0, at).unwrap();
+        let (_, id) = s.submit(Route::Worker(1), 0).unwrap();
+        s.handle_done(1, id).unwrap();
+        let _ = s.handle_exit(1);
+        assert_eq!(
+            s.decide_restart(1, t0, Departure::Died),
+            Restart::After(Duration::ZERO)
+        );
+        s.handle_replaced(1, 1);
+        s.handle_ready(1, t0).unwrap();
+    }
+    // Retiring (recycling) never counts, however often.
+    for _ in 0..10 {
+        let _ = s.handle_exit(1);
+        assert_eq!(
+            s.decide_restart(1, t0, Departure::Retired),
+            Restart::After(Duration::ZERO)
+        );
+        s.handle_replaced(1, 1);
+        s.handle_ready(1, t0).unwrap();
+    }
+    // No policy, or a stop: nothing is relaunched.
+    s.begin_stop(t0, Duration::from_secs(1));
+    let _ = s.handle_exit(1);
+    assert_eq!(s.decide_restart(1, t0, Departure::Died), Restart::Never);
 }

@@ -7,8 +7,9 @@ use std::cell::Cell;
 /// When set to a path that exists, a starting [`Probe`] appends a byte to that file and fails.
 pub(super) const FAIL_INIT_VAR: &str = "LOOPPOOL_TESTKIT_FAIL_INIT";
 
-/// When set to a path that exists, a starting [`Probe`] waits a minute in its init hook.
-pub(super) const SLOW_INIT_VAR: &str = "LOOPPOOL_TESTKIT_SLOW_INIT";
+/// When set to a path that exists, a starting [`Probe`] appends a byte to that file and waits a
+/// minute in its init hook.
+pub(crate) const SLOW_INIT_VAR: &str = "LOOPPOOL_TESTKIT_SLOW_INIT";
 
 /// A value whose serialisation always fails, to test encode errors on both sides.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -148,6 +149,9 @@ impl Worker for Probe {
         }
         if let Some(marker) = std::env::var_os(SLOW_INIT_VAR) {
             if std::path::Path::new(&marker).exists() {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().append(true).open(&marker)?;
+                f.write_all(b"s")?;
                 ctx.sleep(std::time::Duration::from_secs(60)).await;
             }
         }

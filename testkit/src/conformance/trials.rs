@@ -78,6 +78,10 @@ pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
         workers_die_with_a_parent_that_is_killed: Processes,
         a_dead_worker_is_replaced_under_its_number_with_its_sticky_state: All,
         a_worker_that_cannot_start_is_given_up_after_the_restart_limit: All,
+        a_worker_that_served_is_replaced_however_often_it_is_killed: All,
+        stop_kill_and_drop_keep_their_deadlines_while_a_replacement_launches: All,
+        a_start_dropped_half_way_leaves_no_process: Processes,
+        a_stop_with_nobody_reading_finishes_within_the_stop_backlog: All,
         a_lost_task_is_retried_on_a_live_worker: Processes,
         a_task_past_its_timeout_is_cancelled_and_its_worker_goes_on: All,
         a_worker_stuck_in_cpu_bound_code_is_killed_and_only_its_tasks_are_lost: Processes,
@@ -1030,7 +1034,9 @@ async fn a_worker_that_cannot_start_is_given_up_after_the_restart_limit<A: Adapt
     std::env::set_var(super::probe::FAIL_INIT_VAR, &marker);
     let builder = pool::<A>(m, 2)
         .restart_limit(3, Duration::from_secs(600))
-        .restart_backoff(Duration::from_millis(1), Duration::from_millis(20));
+        .restart_backoff(Duration::from_millis(1), Duration::from_millis(20))
+        // However slow the machine, the first worker's death counts as a quick failure.
+        .restart_healthy_after(Duration::from_secs(600));
     let started = start(builder).await;
     let outcome = async {
         let pool = started?;
@@ -1048,6 +1054,29 @@ async fn a_worker_that_cannot_start_is_given_up_after_the_restart_limit<A: Adapt
             .await
             .map_err(|e| e.to_string())?;
         ensure!(answer == Out::Worker(1), "worker 1 answered {answer:?}");
+        // The stats say until when it is given up; a revival brings it back sooner.
+        let until = pool.stats().workers[0].given_up_until;
+        ensure!(
+            until.is_some(),
+            "worker 0's stats: given up until {until:?}"
+        );
+        std::fs::remove_file(&marker).map_err(|e| e.to_string())?;
+        ensure!(pool.revive(0), "the revival of worker 0 was refused");
+        let back = within(
+            &*A::runtime(),
+            Duration::from_secs(30),
+            "the revived worker",
+            pool.call_to(0, Task::WhoAmI),
+        )
+        .await?;
+        ensure!(
+            matches!(back, Ok(Out::Worker(0))),
+            "the revived worker answered {back:?}"
+        );
+        ensure!(
+            pool.stats().workers[0].given_up_until.is_none(),
+            "still given up"
+        );
         stop_gracefully(&pool).await
     }
     .await;
@@ -1205,10 +1234,12 @@ async fn the_stop_deadline_kills_stragglers_and_their_tasks_are_lost<A: Adapter>
     let pool = start(
         pool::<A>(m, 2)
             .result_credit(1)
+            .stop_backlog(0)
             .stop_timeout(Duration::from_millis(200)),
     )
     .await?;
-    // Nobody reads the outputs, so `Hold` never ends: only the deadline ends the stop.
+    // Nobody reads the outputs and the stop grants no backlog, so `Hold` never ends: only the
+    // deadline ends the stop.
     let stuck = pool
         .submit_to(0, Task::Hold)
         .await

@@ -23,7 +23,10 @@ mod reference;
 mod sut;
 mod transition;
 
-pub use reference::{End, RefPhase, RefRefusal, RefWorker, Reference, Sent};
+pub use reference::{
+    End, RefHistory, RefPhase, RefRefusal, RefRestart, RefWorker, Reference, Sent, POLICY,
+    STOP_BACKLOG,
+};
 pub use sut::{Mutation, Sut};
 pub use transition::{cases, Case, Ending, Transition};
 
@@ -101,6 +104,7 @@ impl Harness {
     }
 
     fn die(&mut self, k: usize) -> Result<(), String> {
+        let retired = self.model.workers[k].said_bye;
         let expected = self.model.die(k);
         let lost = self.sut.exit(k);
         for &id in &lost {
@@ -110,7 +114,23 @@ impl Harness {
             lost == expected,
             "[exactly-once] worker {k} died: lost {lost:?}, expected {expected:?}"
         );
+        self.decide(k, retired, false)?;
         self.epoch.clear();
+        Ok(())
+    }
+
+    /// The restart policy decides about the dead `k`: the state as the reference does.
+    fn decide(&mut self, k: usize, retired: bool, launch_failed: bool) -> Result<(), String> {
+        let expected = self.model.decide_restart(k, retired, launch_failed);
+        let real = self
+            .sut
+            .decide_restart(k, self.model.now, retired, launch_failed);
+        ensure!(
+            real == expected,
+            "[restart] worker {k} at tick {} (retired {retired}, launch failed \
+             {launch_failed}): {real:?}, expected {expected:?}",
+            self.model.now
+        );
         Ok(())
     }
 
@@ -238,14 +258,18 @@ impl Harness {
                         w.honest = false;
                     }
                     let real = self.sut.output(k, task);
-                    if self.model.workers[k].unacked < self.model.credit {
+                    let limit = self.model.credit
+                        + match self.model.phase {
+                            RefPhase::Running => 0,
+                            _ => STOP_BACKLOG,
+                        };
+                    if self.model.workers[k].unacked < limit {
                         real.map_err(|v| format!("[credit] an output within credit: {v}"))?;
                         self.model.workers[k].unacked += 1;
                     } else {
                         ensure!(
                             matches!(real, Err(Violation::CreditExceeded { .. })),
-                            "[credit] an output beyond credit {}: {real:?}",
-                            self.model.credit
+                            "[credit] an output beyond credit {limit}: {real:?}"
                         );
                         // The driver ends the link of a worker that breaks the protocol.
                         self.die(k)?;
@@ -317,13 +341,33 @@ impl Harness {
                     self.epoch.clear();
                 }
             }
+            Transition::LaunchFails(k) => {
+                let k = k % n;
+                if !self.model.workers[k].alive && self.model.workers[k].replacing {
+                    self.decide(k, false, true)?;
+                }
+            }
+            Transition::Revive(k, on_request) => {
+                let k = k % n;
+                let expected = self.model.revive(k, on_request);
+                let real = self.sut.revive(k, self.model.now, on_request);
+                ensure!(
+                    real == expected,
+                    "[restart] revive worker {k} at tick {} (on request {on_request}): {real}, \
+                     expected {expected}",
+                    self.model.now
+                );
+            }
             Transition::Ready(k) => {
                 let k = k % n;
+                let now = self.model.now;
                 let w = &mut self.model.workers[k];
                 if w.alive && !w.ready {
                     w.ready = true;
+                    self.model.histories[k].ready_at = Some(now);
+                    self.model.histories[k].served = false;
                     self.sut
-                        .ready(k)
+                        .ready(k, now)
                         .map_err(|v| format!("[protocol] handshake: {v}"))?;
                 }
             }
@@ -395,8 +439,12 @@ impl Harness {
                 "[capacity] worker {k} holds {} tasks",
                 state.held(k)
             );
+            let extra = match self.model.phase {
+                RefPhase::Running => 0,
+                _ => STOP_BACKLOG,
+            };
             ensure!(
-                state.unacked(k) <= self.model.credit,
+                state.unacked(k) <= self.model.credit + extra,
                 "[credit] worker {k} has {} unacked",
                 state.unacked(k)
             );
@@ -411,12 +459,14 @@ impl Harness {
             let w = &self.model.workers[k];
             if w.alive && !w.said_bye && w.honest {
                 ensure!(
-                    w.unacked + w.owed + w.held_credit == self.model.credit,
-                    "[credit] worker {k}: {} unacked + {} owed + {} held is not its credit {}",
+                    w.unacked + w.owed + w.held_credit == self.model.credit + w.extra_credit,
+                    "[credit] worker {k}: {} unacked + {} owed + {} held is not its credit {} + \
+                     {} granted by the stop",
                     w.unacked,
                     w.owed,
                     w.held_credit,
-                    self.model.credit
+                    self.model.credit,
+                    w.extra_credit
                 );
             }
             // 4. Each worker received exactly what was queued for it, in order.

@@ -33,6 +33,8 @@ pub struct RefWorker {
     pub held_credit: usize,
     /// Credit returned by the consumer and not yet sent to this incarnation.
     pub owed: usize,
+    /// Credit granted past the result credit when the stop began.
+    pub extra_credit: usize,
     /// Emitted only within the credit it held (a worker that does not is stopped by the
     /// state's own check, and the credit balance is not checked for it).
     pub honest: bool,
@@ -58,6 +60,7 @@ impl RefWorker {
             unacked: 0,
             held_credit: 0,
             owed: 0,
+            extra_credit: 0,
             honest: true,
             said_bye: false,
             killed: false,
@@ -113,6 +116,38 @@ pub enum End {
     Lost,
 }
 
+/// The restart policy the model checks, in ticks: 3 quick failures within 100 ticks, waits of
+/// 10 ticks doubling up to 40, healthy after 50 ticks served (or a task ended), a given-up
+/// number tried again after 200 ticks.
+pub const POLICY: [u64; 6] = [3, 100, 10, 40, 50, 200];
+
+/// Outputs per worker a stop grants past the result credit.
+pub const STOP_BACKLOG: usize = 2;
+
+/// What the reference decides about a dead worker number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefRestart {
+    /// Relaunch after this many ticks.
+    After(u64),
+    /// Given up after this many quick failures, until this tick.
+    GiveUp(u32, u64),
+    /// No relaunch.
+    Never,
+}
+
+/// One worker number's restart history, as the reference keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct RefHistory {
+    /// Ticks of quick failures within the window.
+    pub failures: Vec<u64>,
+    /// When the current incarnation became ready.
+    pub ready_at: Option<u64>,
+    /// Whether it ended a task.
+    pub served: bool,
+    /// When the number was given up.
+    pub given_up_at: Option<u64>,
+}
+
 /// The reference pool.
 #[derive(Debug, Clone)]
 pub struct Reference {
@@ -136,6 +171,8 @@ pub struct Reference {
     pub sticky: Vec<u8>,
     /// Every ended task and how.
     pub ended: BTreeMap<TaskId, End>,
+    /// Restart histories by worker number.
+    pub histories: Vec<RefHistory>,
 }
 
 /// Why the reference refuses a submission.
@@ -154,6 +191,7 @@ pub enum RefRefusal {
 impl Reference {
     /// A pool whose workers have all finished their handshake.
     pub fn new(workers: usize, capacity: usize, credit: usize) -> Self {
+        let workers_len = workers;
         let mut workers: Vec<RefWorker> = (0..workers).map(|_| RefWorker::new(0)).collect();
         for w in &mut workers {
             w.ready = true;
@@ -170,6 +208,13 @@ impl Reference {
             accepted: BTreeMap::new(),
             sticky: Vec::new(),
             ended: BTreeMap::new(),
+            histories: vec![
+                RefHistory {
+                    ready_at: Some(0),
+                    ..RefHistory::default()
+                };
+                workers_len
+            ],
         }
     }
 
@@ -301,8 +346,69 @@ impl Reference {
         Ok(live.into_iter().map(|k| (k, self.accept(k))).collect())
     }
 
+    /// Whether and when the dead `worker` is relaunched, its incarnation having ended as
+    /// `retired`, `launch_failed` or plain died.
+    pub fn decide_restart(
+        &mut self,
+        worker: usize,
+        retired: bool,
+        launch_failed: bool,
+    ) -> RefRestart {
+        let [max, window, initial, max_delay, healthy_after, retry_after] = POLICY;
+        if self.phase != RefPhase::Running || self.workers[worker].alive {
+            return RefRestart::Never;
+        }
+        let now = self.now;
+        let h = &mut self.histories[worker];
+        let healthy = h.served || h.ready_at.is_some_and(|t| now - t >= healthy_after);
+        h.ready_at = None;
+        h.served = false;
+        let decision = if retired {
+            RefRestart::After(0)
+        } else if healthy && !launch_failed {
+            h.failures.clear();
+            RefRestart::After(0)
+        } else {
+            h.failures.retain(|&t| now - t <= window);
+            let n = h.failures.len() as u64;
+            if n >= max {
+                h.given_up_at = Some(now);
+                RefRestart::GiveUp(n as u32, now + retry_after)
+            } else {
+                h.failures.push(now);
+                RefRestart::After(if n == 0 {
+                    0
+                } else {
+                    (initial << (n - 1)).min(max_delay)
+                })
+            }
+        };
+        self.workers[worker].replacing = matches!(decision, RefRestart::After(_));
+        decision
+    }
+
+    /// Takes a given-up number back when its time came (or at once, `on_request`).
+    pub fn revive(&mut self, worker: usize, on_request: bool) -> bool {
+        let retry_after = POLICY[5];
+        if self.phase != RefPhase::Running || self.workers[worker].alive {
+            return false;
+        }
+        let h = &mut self.histories[worker];
+        let due = match h.given_up_at {
+            Some(at) => on_request || self.now >= at + retry_after,
+            None => false,
+        };
+        if due {
+            h.given_up_at = None;
+            h.failures.clear();
+            self.workers[worker].replacing = true;
+        }
+        due
+    }
+
     /// A worker's task ends as it reported.
     pub fn finish(&mut self, worker: usize, id: TaskId, how: super::Ending) {
+        self.histories[worker].served = true;
         self.workers[worker].holding.retain(|&t| t != id);
         self.ended.insert(id, End::Reported(how));
         self.release(worker);
@@ -362,6 +468,10 @@ impl Reference {
         }
         self.phase = RefPhase::Stopping(self.now + grace);
         for w in &mut self.workers {
+            if w.alive && !w.said_bye {
+                w.owed += STOP_BACKLOG;
+                w.extra_credit = STOP_BACKLOG;
+            }
             if w.alive && !w.sent.contains(&Sent::Stop) {
                 w.sent.push(Sent::Stop);
             }

@@ -1,6 +1,9 @@
 //! The system under test: the real sans-IO [`PoolState`], optionally with a deliberate fault.
 
-use looppool_core::state::{PoolState, Refusal, Route, Transmit, Violation};
+use super::reference::RefRestart;
+use looppool_core::state::{
+    Departure, PoolState, Refusal, Restart, RestartPolicy, Route, Transmit, Violation,
+};
 use looppool_core::TaskId;
 use std::time::{Duration, Instant};
 
@@ -34,6 +37,12 @@ pub enum Mutation {
     ForgetOwedCredit,
     /// Outputs are not checked against the tasks their worker holds.
     AcceptForeignOutputs,
+    /// Every death counts as a quick failure, however long the worker served.
+    EveryDeathCounts,
+    /// Retirements (recycling) count as deaths.
+    RetirementsCount,
+    /// A stop grants no backlog: workers nobody reads stay blocked.
+    NoStopBacklog,
 }
 
 /// The real state, with what each worker has received on its link.
@@ -52,13 +61,29 @@ impl Sut {
         let capacity = capacity + usize::from(mutation == Mutation::ExtraCapacity);
         let credit = credit + usize::from(mutation == Mutation::ExtraCredit);
         let mut state = PoolState::new(workers, capacity, credit);
+        let [max, window, initial, max_delay, healthy_after, retry_after] =
+            super::reference::POLICY;
+        let ms = Duration::from_millis;
+        state.set_restart_policy(Some(RestartPolicy {
+            max_restarts: max as u32,
+            window: ms(window),
+            initial: ms(initial),
+            max_delay: ms(max_delay),
+            healthy_after: ms(healthy_after),
+            retry_after: ms(retry_after),
+        }));
+        state.set_stop_backlog(match mutation {
+            Mutation::NoStopBacklog => 0,
+            _ => super::reference::STOP_BACKLOG,
+        });
+        let epoch = Instant::now();
         for k in 0..workers {
-            state.handle_ready(k).expect("a first handshake");
+            state.handle_ready(k, epoch).expect("a first handshake");
         }
         Self {
             state,
             mutation,
-            epoch: Instant::now(),
+            epoch,
             received: vec![Vec::new(); workers],
         }
     }
@@ -182,9 +207,39 @@ impl Sut {
         self.state.handle_replaced(worker, given)
     }
 
-    /// A replacement finished its handshake.
-    pub fn ready(&mut self, worker: usize) -> Result<(), Violation> {
-        self.state.handle_ready(worker)
+    /// A replacement finished its handshake at `tick`.
+    pub fn ready(&mut self, worker: usize, tick: u64) -> Result<(), Violation> {
+        self.state.handle_ready(worker, self.at(tick))
+    }
+
+    /// The state's decision about the dead `worker` at `tick`, in ticks.
+    pub fn decide_restart(
+        &mut self,
+        worker: usize,
+        tick: u64,
+        retired: bool,
+        launch_failed: bool,
+    ) -> RefRestart {
+        let how = match (retired, launch_failed, self.mutation) {
+            (_, true, _) | (false, false, Mutation::EveryDeathCounts) => Departure::LaunchFailed,
+            (true, false, Mutation::RetirementsCount) => Departure::Died,
+            (true, false, _) => Departure::Retired,
+            (false, false, _) => Departure::Died,
+        };
+        match self.state.decide_restart(worker, self.at(tick), how) {
+            Restart::After(d) => RefRestart::After(d.as_millis() as u64),
+            Restart::GiveUp { failures, retry_at } => RefRestart::GiveUp(
+                failures,
+                retry_at.saturating_duration_since(self.epoch).as_millis() as u64,
+            ),
+            _ => RefRestart::Never,
+        }
+    }
+
+    /// The state takes a given-up `worker` back, at `tick` or on request.
+    pub fn revive(&mut self, worker: usize, tick: u64, on_request: bool) -> bool {
+        let now = (!on_request).then(|| self.at(tick));
+        self.state.revive(worker, now)
     }
 
     /// The worker says goodbye.

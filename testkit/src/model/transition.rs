@@ -31,6 +31,10 @@ pub enum Transition {
     ExpectReplacement(usize),
     /// A replacement is launched (with the credit the state grants it) but not yet registered.
     Launch(usize),
+    /// A replacement's launch fails: the restart policy decides again.
+    LaunchFails(usize),
+    /// A given-up worker number is tried again: on request, or when its time came.
+    Revive(usize, bool),
     /// A replacement on its way will not come.
     GiveUp(usize),
     /// The link writes everything queued for a worker (the worker takes its tasks).
@@ -82,6 +86,8 @@ fn transition() -> impl Strategy<Value = Transition> {
         1 => w.clone().prop_map(Transition::Retire),
         1 => w.clone().prop_map(Transition::ExpectReplacement),
         1 => w.clone().prop_map(Transition::Launch),
+        2 => w.clone().prop_map(Transition::LaunchFails),
+        1 => (w.clone(), any::<bool>()).prop_map(|(k, r)| Transition::Revive(k, r)),
         1 => w.clone().prop_map(Transition::GiveUp),
         5 => w.clone().prop_map(Transition::Deliver),
         6 => (w.clone(), 0usize..8, prop_oneof![

@@ -101,6 +101,8 @@ pub struct Scenario {
     pub concurrency: usize,
     /// Times a lost task is sent again.
     pub retries: u32,
+    /// Outputs per worker a stop queues past the credit.
+    pub stop_backlog: usize,
     /// The consumer.
     pub consumer: Consumer,
     /// The script.
@@ -126,16 +128,26 @@ pub fn scenarios(max_ops: usize) -> impl Strategy<Value = Scenario> {
         2 => (1u16..50).prop_map(Consumer::Slow),
         1 => Just(Consumer::Never),
     ];
-    let shape = (1usize..=3, 1usize..=3, 1usize..=3, 1usize..=2, 0u32..=2);
+    let shape = (
+        1usize..=3,
+        1usize..=3,
+        1usize..=3,
+        1usize..=2,
+        0u32..=2,
+        0usize..=3,
+    );
     (shape, consumer, prop::collection::vec(op, 0..max_ops)).prop_map(
-        |((workers, capacity, credit, concurrency, retries), consumer, ops)| Scenario {
-            workers,
-            capacity,
-            credit,
-            concurrency,
-            retries,
-            consumer,
-            ops,
+        |((workers, capacity, credit, concurrency, retries, stop_backlog), consumer, ops)| {
+            Scenario {
+                workers,
+                capacity,
+                credit,
+                concurrency,
+                retries,
+                stop_backlog,
+                consumer,
+                ops,
+            }
         },
     )
 }
@@ -183,6 +195,7 @@ async fn script(sim: Sim, s: Scenario, stop_timeout: Duration) -> Result<Trace, 
         .result_credit(s.credit)
         .concurrency(s.concurrency)
         .retries(s.retries)
+        .stop_backlog(s.stop_backlog)
         .stop_timeout(stop_timeout)
         // Periodic reports would keep simulated time moving and hide a deadlock from the
         // executor's detection.

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::conformance::{ExitingInit, TouchyWorker, TOUCHY_LIVE, TOUCHY_PANIC};
+use std::future::Future;
 use std::sync::atomic::Ordering;
 
 /// Kills a process this trial caused to exist, when dropped.
@@ -504,4 +505,227 @@ pub(super) async fn result_credit_spans_a_workers_incarnations<A: Adapter>(
         "after the reads: {emitted:?} (stream {seen:?})"
     );
     stop_gracefully(&pool).await
+}
+
+pub(super) async fn a_worker_that_served_is_replaced_however_often_it_is_killed<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
+    // The default restart policy: 5 quick failures within 60 s give a number up.
+    let pool = start(pool::<A>(m, 2)).await?;
+    for round in 0..8 {
+        let answer = within(
+            &*A::runtime(),
+            Duration::from_secs(30),
+            "a task before the kill",
+            pool.call_to(0, Task::WhoAmI),
+        )
+        .await?;
+        ensure!(
+            matches!(answer, Ok(Out::Worker(0))),
+            "round {round}: worker 0 answered {answer:?}"
+        );
+        kill(&pool, 0).await?;
+    }
+    let answer = within(
+        &*A::runtime(),
+        Duration::from_secs(30),
+        "the last replacement",
+        pool.call_to(0, Task::WhoAmI),
+    )
+    .await?;
+    ensure!(
+        matches!(answer, Ok(Out::Worker(0))),
+        "after 8 kills worker 0 answered {answer:?}: {:?}",
+        pool.stats().workers[0].given_up_until
+    );
+    stop_gracefully(&pool).await
+}
+
+/// This process's children whose short name says they are workers of pool `pool`, zombies
+/// included.
+fn workers_of(pool: &str) -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let comm = head.split_once('(').map_or("", |(_, c)| c);
+            let ppid = rest.split_whitespace().nth(1).unwrap_or("");
+            ppid == me && comm.starts_with("lp") && comm.ends_with(&format!("-{pool}"))
+        })
+        .collect()
+}
+
+/// Runs `body` with every newly launched probe waiting a minute in its init hook; `body` gets
+/// the file each one appends a byte to when its wait begins.
+async fn with_slow_inits<F: Future<Output = Outcome>>(
+    m: StartMethod,
+    body: impl FnOnce(std::path::PathBuf) -> F,
+) -> Outcome {
+    let marker = temp_path("slow-init", m);
+    std::fs::write(&marker, b"").map_err(|e| e.to_string())?;
+    std::env::set_var(super::super::probe::SLOW_INIT_VAR, &marker);
+    let outcome = body(marker.clone()).await;
+    std::env::remove_var(super::super::probe::SLOW_INIT_VAR);
+    let _ = std::fs::remove_file(&marker);
+    outcome
+}
+
+pub(super) async fn stop_kill_and_drop_keep_their_deadlines_while_a_replacement_launches<
+    A: Adapter,
+>(
+    m: StartMethod,
+) -> Outcome {
+    let runtime = A::runtime();
+    let name = "slowinit";
+    for how in ["stop", "kill", "drop"] {
+        let runtime: &dyn looppool_core::Runtime = &*runtime;
+        let pool = start(
+            pool::<A>(m, 2)
+                .name(name)
+                .stop_timeout(Duration::from_secs(1)),
+        )
+        .await?;
+        let outcome = with_slow_inits(m, |marker| async move {
+            // Its replacement waits a minute in its init hook.
+            kill(&pool, 0).await?;
+            let waiting = async {
+                while std::fs::metadata(&marker).map_or(0, |m| m.len()) == 0 {
+                    runtime.sleep(Duration::from_millis(10)).await;
+                }
+            };
+            within(
+                runtime,
+                Duration::from_secs(10),
+                "the slow replacement",
+                waiting,
+            )
+            .await?;
+            let started = std::time::Instant::now();
+            match how {
+                "stop" => {
+                    within(runtime, Duration::from_secs(5), "stop", pool.stop()).await?;
+                }
+                "kill" => {
+                    pool.kill();
+                    within(
+                        runtime,
+                        Duration::from_secs(5),
+                        "kill, then stop",
+                        pool.stop(),
+                    )
+                    .await?;
+                }
+                _ => drop(pool),
+            }
+            let took = started.elapsed();
+            ensure!(
+                took < Duration::from_secs(5),
+                "{how} took {took:?} while a replacement launched"
+            );
+            Ok(())
+        })
+        .await;
+        outcome?;
+        if m != StartMethod::Thread {
+            // The replacement was killed and reaped, not left to finish its init.
+            let left = async {
+                while !workers_of(name).is_empty() {
+                    runtime.sleep(Duration::from_millis(10)).await;
+                }
+            };
+            within(
+                runtime,
+                Duration::from_secs(5),
+                "the replacement's end",
+                left,
+            )
+            .await
+            .map_err(|e| format!("after {how}: {e}: {:?}", workers_of(name)))?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn a_start_dropped_half_way_leaves_no_process<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
+    let runtime = A::runtime();
+    let name = "dropstart";
+    with_slow_inits(m, |_| async move {
+        let starting = start(pool::<A>(m, 3).name(name));
+        match select(pin!(starting), runtime.sleep(Duration::from_millis(500))).await {
+            Either::Left((started, _)) => {
+                return Err(format!(
+                    "a pool whose inits wait a minute started: {started:?}"
+                ))
+            }
+            Either::Right(_) => {}
+        }
+        // Dropping the start kills and reaps whatever it launched, before it returns.
+        let left = workers_of(name);
+        ensure!(
+            left.is_empty(),
+            "processes left by the dropped start: {left:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+pub(super) async fn a_stop_with_nobody_reading_finishes_within_the_stop_backlog<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
+    let runtime = A::runtime();
+    for (backlog, graceful) in [(None, true), (Some(4), false)] {
+        // Room for all 20 tasks at once: nobody reads, so none ends before the stop.
+        let mut builder = pool::<A>(m, 2)
+            .capacity(10)
+            .result_credit(2)
+            .stop_timeout(Duration::from_secs(3));
+        if let Some(backlog) = backlog {
+            builder = builder.stop_backlog(backlog);
+        }
+        let pool = start(builder).await?;
+        // 20 tasks of 3 outputs each, and nobody reads until the stop is over.
+        let mut handles = Vec::new();
+        for _ in 0..20 {
+            handles.push(
+                pool.submit(Task::Emit(3))
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let stopped = within(&*runtime, Duration::from_secs(10), "stop", pool.stop()).await?;
+        let ended = join_all(handles).await;
+        let ok = ended.iter().filter(|r| r.is_ok()).count();
+        let outputs = pool.outputs();
+        let mut per_worker = [0usize; 2];
+        while let Some(d) = outputs.try_recv() {
+            per_worker[d.worker()] += 1;
+        }
+        if graceful {
+            // The default backlog covers them all: every task finishes, every output waits.
+            ensure!(
+                stopped.is_graceful() && ok == 20 && per_worker[0] + per_worker[1] == 60,
+                "default backlog: {stopped:?}, {ok} of 20 tasks ended well, outputs {per_worker:?}"
+            );
+        } else {
+            // A backlog of 4: at most 2 + 4 unread outputs per worker; the rest waits for a
+            // consumer that never comes, until the stop timeout.
+            ensure!(
+                per_worker.iter().all(|&n| n <= 6) && !stopped.is_graceful() && ok < 20,
+                "a backlog of 4: {stopped:?}, {ok} of 20 ended well, outputs {per_worker:?}"
+            );
+        }
+    }
+    Ok(())
 }
