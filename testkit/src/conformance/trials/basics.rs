@@ -1,0 +1,390 @@
+//! Trials of the ordinary path: tasks through workers, submission and room, routing,
+//! broadcasts, errors and panics, result credit, flushing, and a stop racing submissions.
+
+use super::*;
+use looppool_core::{CallError, SubmitError};
+
+pub(super) async fn ten_tasks_through_eight_workers_come_back_doubled<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
+    let pool = start(pool::<A>(m, 8)).await?;
+    let outputs = pool.outputs();
+    let mut handles = Vec::new();
+    for n in 0..10 {
+        handles.push(
+            pool.submit(Task::Double(n))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let ids: Vec<TaskId> = handles.iter().map(TaskHandle::id).collect();
+    let (ended, seen) = draining(&outputs, all_ok(handles)).await;
+    ended?;
+    let mut got: Vec<u64> = seen
+        .iter()
+        .map(|(_, task, out)| match out {
+            Out::Doubled(v) if task.is_some_and(|t| ids.contains(&t)) => Ok(*v),
+            other => Err(format!("unexpected output {other:?} for task {task:?}")),
+        })
+        .collect::<Result<_, _>>()?;
+    got.sort_unstable();
+    ensure!(
+        got == (0..10).map(|n| n * 2).collect::<Vec<_>>(),
+        "got {got:?}"
+    );
+    ensure!(
+        pool.call(Task::Double(21)).await.ok() == Some(Out::Doubled(42)),
+        "call(21) did not give 42"
+    );
+    stop_gracefully(&pool).await
+}
+
+pub(super) async fn stop_after_k_tasks_ends_every_task_and_delivers_every_output<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
+    for k in 0..16u64 {
+        let pool = start(pool::<A>(m, 2).capacity(16)).await?;
+        let outputs = pool.outputs();
+        let mut handles = Vec::new();
+        for n in 0..k {
+            handles.push(
+                pool.submit(Task::Double(n))
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        stop_gracefully(&pool).await?;
+        for h in handles {
+            let id = h.id();
+            let ended = futures_util::FutureExt::now_or_never(h);
+            ensure!(
+                ended == Some(Ok(())),
+                "k={k}: after stop, task {id} has {ended:?}"
+            );
+        }
+        let mut delivered = 0;
+        while let Some(d) = outputs.recv().await {
+            ensure!(
+                matches!(d.value(), Out::Doubled(_)),
+                "k={k}: unexpected {:?}",
+                d.value()
+            );
+            delivered += 1;
+        }
+        ensure!(delivered == k, "k={k}: {delivered} outputs delivered");
+        let late = pool.try_submit(Task::Double(1));
+        ensure!(
+            matches!(late, Err(SubmitError::Closed(Task::Double(1)))),
+            "k={k}: after stop: {late:?}"
+        );
+    }
+    Ok(())
+}
+
+pub(super) async fn a_full_worker_refuses_try_submit_and_submit_waits_for_room<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
+    let pool = start(pool::<A>(m, 1).capacity(2).concurrency(2).result_credit(1)).await?;
+    let outputs = pool.outputs();
+    // Two `Hold`s fill the worker; neither can end before the consumer acknowledges an output.
+    let held = [pool.try_submit(Task::Hold), pool.try_submit(Task::Hold)];
+    let held: Vec<TaskHandle> = held
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    match pool.try_submit(Task::Double(7)) {
+        Err(SubmitError::Full(task)) => ensure!(task == Task::Double(7), "handed back {task:?}"),
+        other => return Err(format!("expected Full, got {other:?}")),
+    }
+    let mut waiting = pin!(pool.submit(Task::Double(8)));
+    let first = futures_util::poll!(waiting.as_mut());
+    ensure!(
+        first.is_pending(),
+        "submit did not wait for room: {first:?}"
+    );
+    let (submitted, _) = draining(&outputs, async {
+        let handle = waiting.await.map_err(|e| e.to_string())?;
+        all_ok(held).await?;
+        handle.await.map_err(|e| e.to_string())
+    })
+    .await;
+    submitted?;
+    stop_gracefully(&pool).await
+}
+
+pub(super) async fn round_robin_gives_each_of_8_workers_100_of_800_tasks<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
+    let pool = start(pool::<A>(m, 8)).await?;
+    let outputs = pool.outputs();
+    let (handles, seen) = draining(&outputs, async {
+        let mut handles = Vec::new();
+        for _ in 0..800 {
+            handles.push(pool.submit(Task::WhoAmI).await.map_err(|e| e.to_string())?);
+        }
+        let by_handle = count(handles.iter().map(TaskHandle::worker));
+        all_ok(handles).await?;
+        Ok::<_, String>(by_handle)
+    })
+    .await;
+    let by_handle = handles?;
+    let mut by_output = BTreeMap::new();
+    for (worker, _, out) in &seen {
+        ensure!(*out == Out::Worker(*worker), "worker {worker} said {out:?}");
+        *by_output.entry(*worker).or_insert(0) += 1;
+    }
+    let expected: BTreeMap<usize, usize> = (0..8).map(|w| (w, 100)).collect();
+    ensure!(
+        by_handle == expected,
+        "tasks sent per worker: {by_handle:?}"
+    );
+    ensure!(
+        by_output == expected,
+        "tasks processed per worker: {by_output:?}"
+    );
+    stop_gracefully(&pool).await
+}
+
+pub(super) async fn a_broadcast_after_k_tasks_reaches_every_worker_once_in_order<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
+    for k in 0..16u64 {
+        let pool = start(pool::<A>(m, 4).capacity(32)).await?;
+        let outputs = pool.outputs();
+        // The earlier tasks set other values: a broadcast that overtook any of them would leave
+        // that value behind instead of 26.
+        let mut handles = Vec::new();
+        for n in 0..k {
+            handles.push(
+                pool.submit(Task::Set(-(n as i64) - 1))
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        handles.extend(
+            pool.broadcast(Task::Set(26))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        let values = broadcast_get(&pool, &outputs).await?;
+        ensure!(
+            values.values().all(|&v| v == 26),
+            "k={k}: values {values:?}"
+        );
+        let (ended, _) = draining(&outputs, all_ok(handles)).await;
+        ended?;
+        stop_gracefully(&pool).await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn targeted_tasks_reach_their_worker<A: Adapter>(m: StartMethod) -> Outcome {
+    let n = 4;
+    let pool = start(pool::<A>(m, n)).await?;
+    let outputs = pool.outputs();
+    let mut handles = Vec::new();
+    for k in 0..n {
+        handles.push(
+            pool.submit_to(k, Task::Set((n - 1 - k) as i64))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    all_ok(handles).await?;
+    let values = broadcast_get(&pool, &outputs).await?;
+    for (worker, value) in &values {
+        ensure!(
+            value + *worker as i64 == n as i64 - 1,
+            "worker {worker} holds {value}"
+        );
+    }
+    for k in 0..n {
+        let answer = pool
+            .call_to(k, Task::WhoAmI)
+            .await
+            .map_err(|e| e.to_string())?;
+        ensure!(answer == Out::Worker(k), "call_to({k}) answered {answer:?}");
+    }
+    let nowhere = pool.try_submit_to(n, Task::Get);
+    ensure!(
+        matches!(nowhere, Err(SubmitError::Unroutable(Task::Get, _))),
+        "worker {n}: {nowhere:?}"
+    );
+    stop_gracefully(&pool).await
+}
+
+pub(super) async fn errors_and_panics_reach_the_parent_and_the_worker_goes_on<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
+    let pool = start(pool::<A>(m, 2)).await?;
+    let pid = pool.pid(0);
+    let failing = pool
+        .submit_to(0, Task::Fail("the disk is full".into()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let failing_id = failing.id();
+    match failing.await {
+        Err(TaskError::Failed { message }) => {
+            ensure!(message == "the disk is full", "message {message:?}")
+        }
+        other => {
+            return Err(format!(
+                "task {failing_id}: expected a failure, got {other:?}"
+            ))
+        }
+    }
+    match pool.call_to(0, Task::Panic("kaboom".into())).await {
+        Err(CallError::Task(TaskError::Panicked { message })) => {
+            ensure!(message == "kaboom", "message {message:?}")
+        }
+        other => return Err(format!("expected a panic, got {other:?}")),
+    }
+    let after = pool
+        .call_to(0, Task::Double(21))
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        after == Out::Doubled(42),
+        "after the failures worker 0 answered {after:?}"
+    );
+    ensure!(
+        pool.pid(0) == pid,
+        "worker 0 was replaced: {pid:?} -> {:?}",
+        pool.pid(0)
+    );
+    stop_gracefully(&pool).await
+}
+
+pub(super) async fn result_credit_bounds_unacknowledged_outputs_and_loses_nothing<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
+    let credit = 3;
+    let pool = start(pool::<A>(m, 1).result_credit(credit)).await?;
+    let outputs = pool.outputs();
+    // try_put: the first `credit` go through, the rest are handed back.
+    let tried = pool
+        .submit(Task::TryEmit {
+            n: 5,
+            accepted: credit as u32,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    tried.await.map_err(|e| format!("TryEmit: {e}"))?;
+    let mut first = Vec::new();
+    for _ in 0..credit {
+        first.push(outputs.recv().await.ok_or("the stream ended")?);
+    }
+    ensure!(
+        outputs.try_recv().is_none(),
+        "more than {credit} outputs were emitted"
+    );
+    drop(first);
+
+    // put with a slow consumer: hold `credit` deliveries, acknowledge the oldest only then.
+    let emitting = pool
+        .submit(Task::Emit(50))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut held = std::collections::VecDeque::new();
+    let mut received = Vec::new();
+    while received.len() < 50 {
+        let d = outputs.recv().await.ok_or("the stream ended early")?;
+        received.push(d.value().clone());
+        held.push_back(d);
+        if held.len() == credit {
+            // No credit is left, so the worker cannot have emitted another output.
+            ensure!(
+                outputs.try_recv().is_none(),
+                "an output beyond the credit arrived"
+            );
+            held.pop_front();
+        }
+    }
+    drop(held);
+    emitting.await.map_err(|e| format!("Emit: {e}"))?;
+    ensure!(
+        received == (0..50).map(Out::Seq).collect::<Vec<_>>(),
+        "received {received:?}"
+    );
+    stop_gracefully(&pool).await
+}
+
+pub(super) async fn outputs_are_flushed_before_the_next_cpu_bound_task_starts<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
+    let pool = start(pool::<A>(m, 1)).await?;
+    let outputs = pool.outputs();
+    let marker = std::env::temp_dir().join(format!("looppool-spin-{}-{m:?}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let first = pool
+        .submit(Task::Double(5))
+        .await
+        .map_err(|e| e.to_string())?;
+    let spinning = pool
+        .submit(Task::SpinUntilExists(marker.to_string_lossy().into_owned()))
+        .await
+        .map_err(|e| e.to_string())?;
+    // The spinning task never yields until the marker exists, and the marker is only created
+    // once the first task's output and end have arrived.
+    let output = within(
+        &*A::runtime(),
+        Duration::from_secs(20),
+        "the first task's output",
+        outputs.recv(),
+    )
+    .await;
+    let ended = within(
+        &*A::runtime(),
+        Duration::from_secs(20),
+        "the first task's end",
+        first,
+    )
+    .await;
+    std::fs::write(&marker, b"").map_err(|e| e.to_string())?;
+    let output = output?.ok_or("the stream ended")?;
+    ensure!(*output == Out::Doubled(10), "first output {:?}", *output);
+    ensure!(ended == Ok(Ok(())), "first task {ended:?}");
+    spinning.await.map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&marker);
+    stop_gracefully(&pool).await
+}
+
+pub(super) async fn stop_racing_submissions_ends_every_accepted_task<A: Adapter>(
+    m: StartMethod,
+) -> Outcome {
+    for round in 0..4 {
+        let pool = start(pool::<A>(m, 2)).await?;
+        let outputs = pool.outputs();
+        let submitting = async {
+            let mut accepted = Vec::new();
+            for n in 0.. {
+                match pool.submit(Task::Double(n)).await {
+                    Ok(h) => accepted.push(h),
+                    Err(SubmitError::Closed(Task::Double(k))) if k == n => return Ok(accepted),
+                    Err(e) => return Err(format!("round {round}: unexpected refusal {e}")),
+                }
+                if n == 20 * round {
+                    // Let the stop begin while submissions are still coming.
+                    futures_util::pending!();
+                }
+            }
+            unreachable!()
+        };
+        let ((accepted, stopped), _) = draining(
+            &outputs,
+            futures_util::future::join(submitting, pool.stop()),
+        )
+        .await;
+        let accepted = accepted?;
+        ensure!(stopped.is_graceful(), "round {round}: {stopped:?}");
+        for h in accepted {
+            let id = h.id();
+            let ended = futures_util::FutureExt::now_or_never(h);
+            ensure!(
+                ended == Some(Ok(())),
+                "round {round}: task {id} has {ended:?} after stop"
+            );
+        }
+    }
+    Ok(())
+}
