@@ -75,9 +75,10 @@ caught! {
     fresh_credit_for_a_replacement_is_caught: FreshReplacementCredit => "[credit]",
     credit_lost_while_a_replacement_launched_is_caught: ForgetOwedCredit => "[credit]",
     outputs_for_other_workers_tasks_are_caught: AcceptForeignOutputs => "[ownership]",
-    every_death_counted_as_a_quick_failure_is_caught: EveryDeathCounts => "[restart]",
+    every_death_counted_as_a_quick_failure_is_caught: EveryDeathCounts => "[restart]" | "[stop]",
     retirements_counted_as_failures_are_caught: RetirementsCount => "[restart]",
     a_stop_that_grants_no_backlog_is_caught: NoStopBacklog => "[credit]",
+    a_worker_never_recycled_is_caught: NeverRecycle => "[order]" | "[round-robin]" | "[routing]" | "[capacity]",
 }
 
 #[test]

@@ -540,6 +540,7 @@ impl<W: Worker> Builder<W> {
             .state
             .set_restart_policy(self.respawn.then_some(self.restart));
         inner.state.set_stop_backlog(self.stop_backlog);
+        inner.state.set_recycle_after(self.recycle_after);
         let now = self.runtime.now();
         for worker in 0..n {
             inner
@@ -552,7 +553,6 @@ impl<W: Worker> Builder<W> {
             max_frame: self.max_frame,
             stop_timeout: self.stop_timeout,
             retries: self.retries,
-            recycle_after: self.recycle_after,
             rss_limit: self.rss_limit,
             stall_limit,
             blocked_threshold: self.blocked_threshold,

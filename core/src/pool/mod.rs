@@ -53,7 +53,7 @@ impl<W: Worker> fmt::Debug for Pool<W> {
             .field("name", &self.shared.settings.name)
             .field("phase", &inner.state.phase())
             .field("workers", &workers)
-            .field("replacements_under_way", &inner.respawning)
+            .field("replacements_under_way", &inner.state.launches_under_way())
             .field("tasks_pending", &inner.pending.len())
             .finish()
     }
@@ -403,8 +403,7 @@ impl<W: Worker> Pool<W> {
                     .map(|k| (k, inner.killers[k].clone()))
                     .collect();
                 // Replacements being launched and lost tasks being retried settle first.
-                let stopped =
-                    inner.state.is_stopped() && inner.respawning == 0 && inner.retrying == 0;
+                let stopped = inner.state.is_stopped() && inner.retrying == 0;
                 (stopped, inner.state.poll_timeout(), kill)
             };
             if stopped {

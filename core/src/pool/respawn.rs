@@ -63,7 +63,7 @@ pub(crate) fn schedule<O: DeserializeOwned + Send + 'static>(
                 let _ = select(runtime.sleep(until - now), listener).await;
             }
             if shared.lock().state.phase() != Phase::Running {
-                return settle(&shared);
+                return abandon(&shared);
             }
             let (fds, credit) = {
                 let inner = shared.lock();
@@ -87,7 +87,12 @@ pub(crate) fn schedule<O: DeserializeOwned + Send + 'static>(
                 Ok(linked) => return register(&shared, worker, linked, credit).await,
                 Err(e) => e,
             };
-            tracing::error!(pool = %shared.settings.name, worker, "cannot replace worker {worker}: {error}");
+            if shared.lock().state.phase() == Phase::Running {
+                tracing::error!(pool = %shared.settings.name, worker, "cannot replace worker {worker}: {error}");
+            } else {
+                // The stop killed it while it launched.
+                tracing::debug!(pool = %shared.settings.name, worker, "replacement of worker {worker} abandoned by the stop: {error}");
+            }
             let decision =
                 shared
                     .lock()
@@ -97,9 +102,9 @@ pub(crate) fn schedule<O: DeserializeOwned + Send + 'static>(
                 Restart::After(d) => delay = d,
                 Restart::GiveUp { failures, retry_at } => {
                     given_up(&shared, worker, failures, retry_at);
-                    return settle(&shared);
+                    return shared.wake_all();
                 }
-                Restart::Never => return settle(&shared),
+                Restart::Never => return shared.wake_all(),
             }
         }
     }));
@@ -139,14 +144,7 @@ pub(crate) fn revive<O: DeserializeOwned + Send + 'static>(
     worker: usize,
     now: Option<Instant>,
 ) -> bool {
-    let revived = {
-        let mut inner = shared.lock();
-        let revived = shared.respawner.is_some() && inner.state.revive(worker, now);
-        if revived {
-            inner.respawning += 1;
-        }
-        revived
-    };
+    let revived = shared.respawner.is_some() && shared.lock().state.revive(worker, now);
     if revived {
         tracing::info!(pool = %shared.settings.name, worker, "trying worker {worker} again");
         schedule(shared.clone(), worker, Duration::ZERO);
@@ -155,9 +153,9 @@ pub(crate) fn revive<O: DeserializeOwned + Send + 'static>(
     revived
 }
 
-/// A replacement settled (registered, abandoned or given up): `stop` may be waiting for it.
-fn settle<O>(shared: &Shared<O>) {
-    shared.lock().respawning -= 1;
+/// A replacement under way was abandoned because a stop began: `stop` may be waiting for it.
+fn abandon<O>(shared: &Shared<O>) {
+    shared.lock().state.handle_launch_abandoned();
     shared.wake_all();
 }
 
@@ -179,7 +177,6 @@ async fn register<O: DeserializeOwned + Send + 'static>(
             inner.pids[worker] = Some(linked.pid);
             inner.link_fds[worker] = linked.fd;
             inner.exits[worker] = None;
-            inner.completed[worker] = 0;
             inner.kill_cause[worker] = None;
             inner.accounts[worker].restarts += 1;
             shared.instruments[worker].restarts.increment(1);
@@ -190,6 +187,7 @@ async fn register<O: DeserializeOwned + Send + 'static>(
     };
     match generation {
         Some(generation) => {
+            shared.wake_all();
             tracing::info!(pool = %shared.settings.name, worker, pid = linked.pid, "replaced worker {worker}");
             let Linked {
                 reader,
@@ -205,7 +203,7 @@ async fn register<O: DeserializeOwned + Send + 'static>(
             linked.killer.kill();
             let mut reaper = linked.reaper;
             let _ = reaper.reap(&*shared.runtime).await;
+            abandon(shared);
         }
     }
-    settle(shared);
 }

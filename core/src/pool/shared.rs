@@ -49,10 +49,6 @@ pub(crate) struct Inner<O> {
     pub(crate) pids: Vec<Option<u32>>,
     /// Workers killed at the stop deadline or by `kill()`, in the order they were killed.
     pub(crate) killed: Vec<usize>,
-    /// Tasks each worker's current incarnation ended, for recycling.
-    pub(crate) completed: Vec<u64>,
-    /// Replacements being launched.
-    pub(crate) respawning: usize,
     /// Lost tasks on their way to another worker: a stop waits for them to settle too.
     pub(crate) retrying: usize,
     /// Why a worker was killed from the parent's side, for the tasks it loses.
@@ -78,8 +74,6 @@ impl<O> Inner<O> {
             exits: vec![None; n],
             pids,
             killed: Vec::new(),
-            completed: vec![0; n],
-            respawning: 0,
             retrying: 0,
             kill_cause: vec![None; n],
             link_fds: vec![None; n],
@@ -96,8 +90,6 @@ pub(crate) struct Settings {
     pub(crate) stop_timeout: Duration,
     /// Times a lost task is sent again.
     pub(crate) retries: u32,
-    /// Replace a worker after it ended this many tasks.
-    pub(crate) recycle_after: Option<u64>,
     /// Replace a worker whose resident memory passes this many bytes.
     pub(crate) rss_limit: Option<u64>,
     /// Kill a worker whose loop has not turned for this long while it holds tasks.
@@ -305,9 +297,6 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 Departure::Died
             };
             let restart = inner.state.decide_restart(worker, self.runtime.now(), how);
-            if let Restart::After(_) = restart {
-                inner.respawning += 1;
-            }
             (
                 lost.into_iter()
                     .map(|d| (d, cause.clone()))
@@ -421,20 +410,14 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                         after: Duration::from_millis(ms),
                     }),
                 };
-                let (pending, retiring, replay) = {
+                let (pending, wake) = {
                     let mut inner = self.lock();
                     inner
                         .state
                         .handle_done(worker, task)
                         .map_err(|v| v.to_string())?;
-                    // Ending a task may release a sticky replay to a replacement.
-                    let replay = inner.state.has_transmit(worker);
-                    inner.completed[worker] += 1;
-                    let retiring = self
-                        .settings
-                        .recycle_after
-                        .is_some_and(|m| inner.completed[worker] >= m)
-                        && inner.state.handle_retire(worker);
+                    // A sticky replay released, or the poison pill of a recycling.
+                    let wake = inner.state.has_transmit(worker);
                     let pending = inner.pending.remove(&task);
                     if let Some(p) = &pending {
                         let latency = now.saturating_duration_since(p.since);
@@ -444,10 +427,9 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                             &self.instruments[worker],
                         );
                     }
-                    (pending, retiring, replay)
+                    (pending, wake)
                 };
-                if retiring || replay {
-                    tracing::debug!(pool = %self.settings.name, worker, "recycling worker {worker} after its task limit");
+                if wake {
                     self.wake_writer(worker);
                 }
                 self.room[worker].notify(usize::MAX);

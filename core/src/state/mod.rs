@@ -189,6 +189,10 @@ pub struct PoolState<P> {
     restart: Option<RestartPolicy>,
     /// Outputs per worker granted past the consumer once a stop begins.
     stop_backlog: usize,
+    /// Retire a worker once its incarnation ended this many tasks.
+    recycle_after: Option<u64>,
+    /// Replacements decided and not yet registered or abandoned: a stop waits for them.
+    launches: usize,
     /// Per worker number, across its incarnations.
     histories: Vec<History>,
 }
@@ -216,6 +220,8 @@ impl<P: Clone> PoolState<P> {
             sticky: Vec::new(),
             restart: None,
             stop_backlog: 0,
+            recycle_after: None,
+            launches: 0,
             histories: vec![History::default(); workers],
         }
     }
@@ -226,6 +232,12 @@ impl<P: Clone> PoolState<P> {
     /// per worker.
     pub fn set_stop_backlog(&mut self, backlog: usize) {
         self.stop_backlog = backlog;
+    }
+
+    /// Retires each worker (see [`handle_retire`](Self::handle_retire)) once its incarnation
+    /// ended `tasks` tasks; `None`, the default, never.
+    pub fn set_recycle_after(&mut self, tasks: Option<u64>) {
+        self.recycle_after = tasks;
     }
 
     /// Sets how dead workers are relaunched ([`decide_restart`](Self::decide_restart)); `None`,
@@ -397,10 +409,15 @@ impl<P: Clone> PoolState<P> {
     }
 
     /// The worker reported the end of task `id`.
+    /// Ending a task may release a sticky replay to a replacement, and retires a worker that
+    /// reached its recycling limit: see [`has_transmit`](Self::has_transmit).
     pub fn handle_done(&mut self, worker: usize, id: TaskId) -> Result<(), Violation> {
-        self.slots[worker].done(worker, id)?;
+        let ended = self.slots[worker].done(worker, id)?;
         self.histories[worker].ended_task();
         self.release_replay(worker);
+        if self.recycle_after.is_some_and(|limit| ended >= limit) {
+            self.handle_retire(worker);
+        }
         Ok(())
     }
 
@@ -433,7 +450,23 @@ impl<P: Clone> PoolState<P> {
     /// Decides whether and when the exited `worker` (whose incarnation ended `how` at `now`,
     /// or whose replacement failed to launch) is relaunched, by the [`RestartPolicy`]. While a
     /// replacement is due, targeted submissions wait for it; a given-up number refuses them.
+    ///
+    /// A replacement decided here is *under way* (and a stop waits for it) until it is
+    /// registered ([`handle_replaced`](Self::handle_replaced)) or abandoned
+    /// ([`handle_launch_abandoned`](Self::handle_launch_abandoned)); a failed launch
+    /// (`Departure::LaunchFailed`) that is not tried again ends it too.
     pub fn decide_restart(&mut self, worker: usize, now: Instant, how: Departure) -> Restart {
+        let decision = self.restart_decision(worker, now, how);
+        match (how, decision) {
+            (Departure::LaunchFailed, Restart::After(_)) => {}
+            (Departure::LaunchFailed, _) => self.launches = self.launches.saturating_sub(1),
+            (_, Restart::After(_)) => self.launches += 1,
+            _ => {}
+        }
+        decision
+    }
+
+    fn restart_decision(&mut self, worker: usize, now: Instant, how: Departure) -> Restart {
         let Some(policy) = self.restart.filter(|_| self.phase == Phase::Running) else {
             return Restart::Never;
         };
@@ -443,6 +476,17 @@ impl<P: Clone> PoolState<P> {
         let decision = self.histories[worker].decide(&policy, now, how);
         self.slots[worker].set_replacing(matches!(decision, Restart::After(_)));
         decision
+    }
+
+    /// A replacement under way was given up by the driver (a stop began before or while it
+    /// launched; it was killed).
+    pub fn handle_launch_abandoned(&mut self) {
+        self.launches = self.launches.saturating_sub(1);
+    }
+
+    /// Replacements decided and not yet registered or abandoned.
+    pub fn launches_under_way(&self) -> usize {
+        self.launches
     }
 
     /// Takes the given-up `worker` back: a replacement is due now (returns `true`) if its
@@ -456,6 +500,7 @@ impl<P: Clone> PoolState<P> {
             return false;
         }
         self.slots[worker].set_replacing(true);
+        self.launches += 1;
         true
     }
 
@@ -504,6 +549,7 @@ impl<P: Clone> PoolState<P> {
     /// # Panics
     /// If the worker has not exited.
     pub fn handle_replaced(&mut self, worker: usize, credit_given: usize) -> (u64, Vec<TaskId>) {
+        self.launches = self.launches.saturating_sub(1);
         let owed = self.replacement_credit(worker).saturating_sub(credit_given);
         let generation = self.slots[worker].replace(owed);
         let payloads: Vec<P> = self.sticky.iter().map(|(_, p)| p.clone()).collect();
@@ -575,9 +621,9 @@ impl<P: Clone> PoolState<P> {
         self.phase
     }
 
-    /// Whether a stop has begun and every worker has exited.
+    /// Whether a stop has begun, every worker has exited and no replacement is under way.
     pub fn is_stopped(&self) -> bool {
-        self.phase == Phase::Stopped
+        self.phase == Phase::Stopped && self.launches == 0
     }
 
     /// The number of workers (live or not).

@@ -27,6 +27,8 @@ pub(super) struct Slot<P> {
     /// Unfinished tasks, with the order they were accepted in (for reporting losses in order).
     tasks: IdMap<u64>,
     seq: u64,
+    /// Tasks this incarnation ended.
+    ended: u64,
     unacked: usize,
     ack_due: u32,
     outbox: VecDeque<Transmit<P>>,
@@ -45,6 +47,7 @@ impl<P> Slot<P> {
             generation: 0,
             tasks: IdMap::default(),
             seq: 0,
+            ended: 0,
             unacked: 0,
             ack_due: 0,
             outbox: VecDeque::new(),
@@ -196,9 +199,13 @@ impl<P> Slot<P> {
         }
     }
 
-    pub(super) fn done(&mut self, worker: usize, id: TaskId) -> Result<(), Violation> {
+    /// Ends task `id`; returns how many tasks this incarnation has ended.
+    pub(super) fn done(&mut self, worker: usize, id: TaskId) -> Result<u64, Violation> {
         match self.tasks.remove(&id) {
-            Some(_) => Ok(()),
+            Some(_) => {
+                self.ended += 1;
+                Ok(self.ended)
+            }
             None => Err(Violation::UnknownTask { worker, task: id }),
         }
     }

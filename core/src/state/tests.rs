@@ -382,3 +382,42 @@ fn a_worker_that_served_is_replaced_at_once_and_retirements_count_for_nothing() 
     let _ = s.handle_exit(1);
     assert_eq!(s.decide_restart(1, t0, Departure::Died), Restart::Never);
 }
+
+#[test]
+fn a_worker_is_retired_once_it_ended_its_recycling_limit() {
+    let mut s = ready(1, 4, 1);
+    s.set_recycle_after(Some(2));
+    let ids: Vec<TaskId> = (0..3).map(|i| s.submit(Route::Any, i).unwrap().1).collect();
+    let _ = drain(&mut s, 0);
+    s.handle_done(0, ids[0]).unwrap();
+    assert!(!s.has_transmit(0));
+    s.handle_done(0, ids[1]).unwrap();
+    // The poison pill follows; it takes no new task and finishes the one it holds.
+    assert_eq!(drain(&mut s, 0), [Transmit::Stop]);
+    assert!(matches!(
+        s.submit(Route::Any, 9),
+        Err(Refusal::Replacing { .. })
+    ));
+    assert!(s.holds(0, ids[2]));
+}
+
+#[test]
+fn a_stop_waits_for_replacements_under_way() {
+    let t0 = Instant::now();
+    let mut s = ready(1, 1, 1);
+    s.set_restart_policy(Some(policy()));
+    let _ = s.handle_exit(0);
+    assert_eq!(
+        s.decide_restart(0, t0, Departure::Died),
+        Restart::After(Duration::ZERO)
+    );
+    assert_eq!(s.launches_under_way(), 1);
+    s.begin_stop(t0, Duration::from_secs(1));
+    assert!(!s.is_stopped(), "a replacement is still launching");
+    // Its launch fails once the stop began: it is not tried again, and the stop is done.
+    assert_eq!(
+        s.decide_restart(0, t0, Departure::LaunchFailed),
+        Restart::Never
+    );
+    assert!(s.is_stopped());
+}

@@ -25,7 +25,7 @@ mod transition;
 
 pub use reference::{
     End, RefHistory, RefPhase, RefRefusal, RefRestart, RefWorker, Reference, Sent, POLICY,
-    STOP_BACKLOG,
+    RECYCLE_AFTER, STOP_BACKLOG,
 };
 pub use sut::{Mutation, Sut};
 pub use transition::{cases, Case, Ending, Transition};
@@ -121,7 +121,7 @@ impl Harness {
 
     /// The restart policy decides about the dead `k`: the state as the reference does.
     fn decide(&mut self, k: usize, retired: bool, launch_failed: bool) -> Result<(), String> {
-        let expected = self.model.decide_restart(k, retired, launch_failed);
+        let expected = self.model.decide_and_count(k, retired, launch_failed);
         let real = self
             .sut
             .decide_restart(k, self.model.now, retired, launch_failed);
@@ -232,7 +232,12 @@ impl Harness {
                         .done(k, id)
                         .map_err(|v| format!("[exactly-once] end of task {id}: {v}"))?;
                     self.report(id);
+                    let accepted = self.model.workers[k].accepts();
                     self.model.finish(k, id, how);
+                    if accepted && !self.model.workers[k].accepts() {
+                        // Recycled: the set of workers taking tasks changed.
+                        self.epoch.clear();
+                    }
                 }
             }
             Transition::FinishUnknown(k) => {
@@ -345,6 +350,13 @@ impl Harness {
                 let k = k % n;
                 if !self.model.workers[k].alive && self.model.workers[k].replacing {
                     self.decide(k, false, true)?;
+                }
+            }
+            Transition::Abandon => {
+                // The driver abandons a launch only once a stop began.
+                if self.model.phase != RefPhase::Running && self.model.launches > 0 {
+                    self.model.launches -= 1;
+                    self.sut.abandon_launch();
                 }
             }
             Transition::Revive(k, on_request) => {
@@ -502,7 +514,7 @@ impl Harness {
             );
         }
         // 5. Stop.
-        let stopped = self.model.phase == RefPhase::Stopped;
+        let stopped = self.model.stopped();
         ensure!(
             state.is_stopped() == stopped,
             "[stop] stopped: {}, expected {stopped}",

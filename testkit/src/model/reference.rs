@@ -35,6 +35,8 @@ pub struct RefWorker {
     pub owed: usize,
     /// Credit granted past the result credit when the stop began.
     pub extra_credit: usize,
+    /// Tasks this incarnation ended.
+    pub ended: usize,
     /// Emitted only within the credit it held (a worker that does not is stopped by the
     /// state's own check, and the credit balance is not checked for it).
     pub honest: bool,
@@ -61,6 +63,7 @@ impl RefWorker {
             held_credit: 0,
             owed: 0,
             extra_credit: 0,
+            ended: 0,
             honest: true,
             said_bye: false,
             killed: false,
@@ -124,6 +127,9 @@ pub const POLICY: [u64; 6] = [3, 100, 10, 40, 50, 200];
 /// Outputs per worker a stop grants past the result credit.
 pub const STOP_BACKLOG: usize = 2;
 
+/// Tasks an incarnation ends before it is retired (recycling).
+pub const RECYCLE_AFTER: usize = 3;
+
 /// What the reference decides about a dead worker number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefRestart {
@@ -173,6 +179,8 @@ pub struct Reference {
     pub ended: BTreeMap<TaskId, End>,
     /// Restart histories by worker number.
     pub histories: Vec<RefHistory>,
+    /// Replacements decided and not yet registered or abandoned.
+    pub launches: usize,
 }
 
 /// Why the reference refuses a submission.
@@ -208,6 +216,7 @@ impl Reference {
             accepted: BTreeMap::new(),
             sticky: Vec::new(),
             ended: BTreeMap::new(),
+            launches: 0,
             histories: vec![
                 RefHistory {
                     ready_at: Some(0),
@@ -387,6 +396,29 @@ impl Reference {
         decision
     }
 
+    /// [`decide_restart`](Self::decide_restart), counting the replacements under way: a
+    /// decision to relaunch starts one, a failed launch not tried again ends it.
+    pub fn decide_and_count(
+        &mut self,
+        worker: usize,
+        retired: bool,
+        launch_failed: bool,
+    ) -> RefRestart {
+        let decision = self.decide_restart(worker, retired, launch_failed);
+        match (launch_failed, decision) {
+            (true, RefRestart::After(_)) => {}
+            (true, _) => self.launches = self.launches.saturating_sub(1),
+            (false, RefRestart::After(_)) => self.launches += 1,
+            _ => {}
+        }
+        decision
+    }
+
+    /// Whether the pool has stopped: every worker exited, no replacement under way.
+    pub fn stopped(&self) -> bool {
+        self.phase == RefPhase::Stopped && self.launches == 0
+    }
+
     /// Takes a given-up number back when its time came (or at once, `on_request`).
     pub fn revive(&mut self, worker: usize, on_request: bool) -> bool {
         let retry_after = POLICY[5];
@@ -402,6 +434,7 @@ impl Reference {
             h.given_up_at = None;
             h.failures.clear();
             self.workers[worker].replacing = true;
+            self.launches += 1;
         }
         due
     }
@@ -410,8 +443,12 @@ impl Reference {
     pub fn finish(&mut self, worker: usize, id: TaskId, how: super::Ending) {
         self.histories[worker].served = true;
         self.workers[worker].holding.retain(|&t| t != id);
+        self.workers[worker].ended += 1;
         self.ended.insert(id, End::Reported(how));
         self.release(worker);
+        if self.workers[worker].ended >= RECYCLE_AFTER {
+            self.retire(worker);
+        }
     }
 
     /// A worker dies; returns the tasks it held, in acceptance order.
@@ -442,6 +479,7 @@ impl Reference {
     /// what was acknowledged since; every sticky broadcast is replayed to it first, as many at
     /// a time as its capacity allows. Returns the ids of the replays sent now.
     pub fn replace(&mut self, worker: usize, given: usize) -> Vec<TaskId> {
+        self.launches = self.launches.saturating_sub(1);
         let generation = self.workers[worker].generation + 1;
         let unacked = self.workers[worker].unacked;
         self.workers[worker] = RefWorker::new(generation);

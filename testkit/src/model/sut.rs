@@ -43,6 +43,8 @@ pub enum Mutation {
     RetirementsCount,
     /// A stop grants no backlog: workers nobody reads stay blocked.
     NoStopBacklog,
+    /// Workers are never retired for the tasks they ended.
+    NeverRecycle,
 }
 
 /// The real state, with what each worker has received on its link.
@@ -75,6 +77,10 @@ impl Sut {
         state.set_stop_backlog(match mutation {
             Mutation::NoStopBacklog => 0,
             _ => super::reference::STOP_BACKLOG,
+        });
+        state.set_recycle_after(match mutation {
+            Mutation::NeverRecycle => None,
+            _ => Some(super::reference::RECYCLE_AFTER as u64),
         });
         let epoch = Instant::now();
         for k in 0..workers {
@@ -234,6 +240,11 @@ impl Sut {
             ),
             _ => RefRestart::Never,
         }
+    }
+
+    /// A replacement under way is abandoned (a stop began).
+    pub fn abandon_launch(&mut self) {
+        self.state.handle_launch_abandoned();
     }
 
     /// The state takes a given-up `worker` back, at `tick` or on request.

@@ -35,6 +35,8 @@ pub enum Transition {
     LaunchFails(usize),
     /// A given-up worker number is tried again: on request, or when its time came.
     Revive(usize, bool),
+    /// A replacement under way is abandoned because a stop began.
+    Abandon,
     /// A replacement on its way will not come.
     GiveUp(usize),
     /// The link writes everything queued for a worker (the worker takes its tasks).
@@ -88,6 +90,7 @@ fn transition() -> impl Strategy<Value = Transition> {
         1 => w.clone().prop_map(Transition::Launch),
         2 => w.clone().prop_map(Transition::LaunchFails),
         1 => (w.clone(), any::<bool>()).prop_map(|(k, r)| Transition::Revive(k, r)),
+        1 => Just(Transition::Abandon),
         1 => w.clone().prop_map(Transition::GiveUp),
         5 => w.clone().prop_map(Transition::Deliver),
         6 => (w.clone(), 0usize..8, prop_oneof![
