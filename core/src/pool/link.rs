@@ -131,120 +131,12 @@ pub(crate) fn spawn<O: DeserializeOwned + Send + 'static>(
         || settings.blocked_threshold.is_some()
         || (settings.rss_limit.is_some() && settings.processes)
     {
-        runtime.spawn(Box::pin(monitor(shared.clone(), worker, generation)));
+        runtime.spawn(Box::pin(super::monitor::monitor(
+            shared.clone(),
+            worker,
+            generation,
+        )));
     }
-}
-
-/// Watches one incarnation: reports its loop as blocked when it falls silent past the
-/// threshold, kills it if its loop stops turning while it holds tasks (a task ran past its
-/// timeout without yielding), retires it if its memory passes the limit.
-async fn monitor<O: DeserializeOwned + Send + 'static>(
-    shared: Arc<Shared<O>>,
-    worker: usize,
-    generation: u64,
-) {
-    let settings = &shared.settings;
-    loop {
-        let slept_at = shared.runtime.now();
-        shared.runtime.sleep(settings.monitor_every).await;
-        // Woken late, the parent's own loop was stalled: the worker's heartbeats may still wait
-        // unread in its link, so the silence measured now is partly the parent's. Judging it
-        // would report (or kill) a worker for the parent's stall; the next round judges.
-        let parent_stalled = shared
-            .runtime
-            .now()
-            .saturating_duration_since(slept_at)
-            .saturating_sub(settings.monitor_every)
-            > settings.monitor_every;
-        let (current, held, pid) = {
-            let inner = shared.lock();
-            let state = &inner.state;
-            let gone = matches!(
-                state.status(worker),
-                WorkerStatus::Exited | WorkerStatus::Replacing
-            );
-            (
-                state.generation(worker) == generation && !gone,
-                state.held(worker),
-                inner.pids[worker],
-            )
-        };
-        if !current {
-            return;
-        }
-        if let (Some(threshold), false) = (settings.blocked_threshold, parent_stalled) {
-            watch_blocked(&shared, worker, threshold);
-        }
-        if let (Some(limit), false) = (settings.stall_limit, parent_stalled) {
-            let silent = shared.silent_for(worker);
-            if held > 0 && silent > limit {
-                let cause = format!(
-                    "its event loop did not turn for {silent:?} while it held tasks (a task ran \
-                     past its timeout without yielding)"
-                );
-                tracing::warn!(pool = %settings.name, worker, "killing worker {worker}: {cause}");
-                return shared.kill_for(worker, generation, cause);
-            }
-        }
-        if let (Some(limit), true, Some(pid)) = (settings.rss_limit, settings.processes, pid) {
-            if resident_bytes(pid).is_some_and(|rss| rss > limit)
-                && shared.lock().state.handle_retire(worker)
-            {
-                tracing::info!(pool = %settings.name, worker, "recycling worker {worker}: resident memory over {limit} bytes");
-                shared.wake_writer(worker);
-                shared.room[worker].notify(usize::MAX);
-            }
-        }
-    }
-}
-
-/// Reports worker `worker` as blocked when it has been silent past `threshold`, once per
-/// episode, and notes when it turns again.
-fn watch_blocked<O>(shared: &Shared<O>, worker: usize, threshold: Duration) {
-    let silent = shared.silent_for(worker);
-    let now = shared.runtime.now();
-    let mut inner = shared.lock();
-    let concurrency = shared.settings.concurrency;
-    let blocked = silent > threshold;
-    match (blocked, inner.accounts[worker].blocked_since) {
-        (true, None) => {
-            // Tasks start in the order they were sent, so the oldest ones held are running.
-            let mut running = inner.state.held_ids(worker);
-            running.truncate(concurrency);
-            let account = &mut inner.accounts[worker];
-            account.blocked_since = Some(now.checked_sub(silent).unwrap_or(now));
-            account.blocked_total += 1;
-            drop(inner);
-            shared.instruments[worker].blocked.increment(1);
-            tracing::warn!(
-                pool = %shared.settings.name,
-                worker,
-                tasks = ?running,
-                blocked_for = ?silent,
-                "the event loop of worker {worker} has not turned for {silent:?} (threshold \
-                 {threshold:?}); running tasks {running:?}"
-            );
-        }
-        (false, Some(since)) => {
-            inner.accounts[worker].blocked_since = None;
-            drop(inner);
-            let took = now.saturating_duration_since(since).saturating_sub(silent);
-            tracing::info!(
-                pool = %shared.settings.name,
-                worker,
-                "the event loop of worker {worker} turns again after about {took:?}"
-            );
-        }
-        _ => {}
-    }
-}
-
-/// A process's resident memory, from `/proc`.
-fn resident_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// What ended a link's read loop.
@@ -407,7 +299,7 @@ fn handle_frame_safely<O: DeserializeOwned + Send + 'static>(
     handled.unwrap_or_else(|panic| {
         Err(format!(
             "handling a frame from worker {worker} panicked: {}",
-            super::shared::panic_text(&*panic)
+            super::frames::panic_text(&*panic)
         ))
     })
 }

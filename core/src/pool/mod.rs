@@ -1,8 +1,10 @@
 //! The parent's handle on a running pool.
 
 mod builder;
+mod frames;
 mod handle;
 mod link;
+mod monitor;
 mod respawn;
 mod shared;
 mod stats;

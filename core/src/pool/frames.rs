@@ -1,0 +1,186 @@
+//! What the parent does with each frame a worker sends: outputs, task ends, goodbyes,
+//! statistics and log events; and the acknowledgements that return result credit.
+
+use super::handle::{AckSink, Acker, Delivery};
+use super::shared::Shared;
+use crate::error::TaskError;
+use crate::protocol::{split_body, ToParent, WireOutcome};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl<O: DeserializeOwned + Send + 'static> Shared<O> {
+    /// Handles one frame from worker `worker`. An error ends the link.
+    pub(crate) fn handle_frame(self: &Arc<Self>, worker: usize, body: &[u8]) -> Result<(), String> {
+        self.seen(worker);
+        let (header, payload) =
+            split_body::<ToParent<'_>>(body).map_err(|e| format!("malformed frame: {e}"))?;
+        match header {
+            ToParent::Output { task } => {
+                // Checked before its payload is decoded: an output a worker claims for a task
+                // it does not hold ends its link, and nobody sees the payload.
+                let reply = {
+                    let mut inner = self.lock();
+                    inner
+                        .state
+                        .handle_output(worker, task)
+                        .map_err(|v| v.to_string())?;
+                    match task.and_then(|t| inner.pending.get_mut(&t)) {
+                        Some(p) => (p.reply.take(), p.call),
+                        None => (None, false),
+                    }
+                };
+                let (reply, call) = reply;
+                let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    postcard::from_bytes::<O>(payload)
+                }));
+                let value = match decoded {
+                    Ok(Ok(value)) => value,
+                    failed => {
+                        // Nobody will acknowledge it: its credit goes back to the number.
+                        self.ack(worker);
+                        return Err(match failed {
+                            Ok(Err(e)) => format!("malformed output payload: {e}"),
+                            Err(panic) => format!(
+                                "decoding an output of worker {worker} panicked: {}",
+                                panic_text(&*panic)
+                            ),
+                            Ok(Ok(_)) => unreachable!("handled above"),
+                        });
+                    }
+                };
+                let sink: std::sync::Weak<Self> = Arc::downgrade(self);
+                let acker = Acker { sink, worker };
+                let delivery = Delivery::new(value, worker, task, acker);
+                // Outside the lock: a delivery that cannot be handed over acknowledges itself.
+                match reply {
+                    Some(reply) => drop(reply.send(delivery)),
+                    // A call's later outputs: dropping acknowledges them.
+                    None if call => drop(delivery),
+                    None => drop(self.outputs.try_send(delivery)),
+                }
+            }
+            ToParent::Done { task, outcome } => {
+                let now = self.runtime.now();
+                let result = match outcome {
+                    WireOutcome::Completed => Ok(()),
+                    WireOutcome::Failed(m) => Err(TaskError::Failed { message: m.into() }),
+                    WireOutcome::Panicked(m) => Err(TaskError::Panicked { message: m.into() }),
+                    WireOutcome::TimedOut(ms) => Err(TaskError::TimedOut {
+                        after: Duration::from_millis(ms),
+                    }),
+                };
+                let (pending, wake) = {
+                    let mut inner = self.lock();
+                    inner
+                        .state
+                        .handle_done(worker, task)
+                        .map_err(|v| v.to_string())?;
+                    // A sticky replay released, or the poison pill of a recycling.
+                    let wake = inner.state.has_transmit(worker);
+                    let pending = inner.pending.remove(&task);
+                    if let Some(p) = &pending {
+                        let latency = now.saturating_duration_since(p.since);
+                        inner.accounts[worker].ended(
+                            result.is_ok(),
+                            latency,
+                            &self.instruments[worker],
+                        );
+                    }
+                    (pending, wake)
+                };
+                if wake {
+                    self.wake_writer(worker);
+                }
+                self.room[worker].notify(usize::MAX);
+                if let Some(p) = pending {
+                    let _ = p.done.send(result);
+                }
+            }
+            ToParent::Bye => {
+                self.lock()
+                    .state
+                    .handle_bye(worker)
+                    .map_err(|v| v.to_string())?;
+            }
+            ToParent::Alive => {}
+            ToParent::Stats(stats) => {
+                let now = self.runtime.now();
+                let mut inner = self.lock();
+                let (held, unacked) = (inner.state.held(worker), inner.state.unacked(worker));
+                inner.accounts[worker].report(stats, now, held, unacked, &self.instruments[worker]);
+            }
+            ToParent::Log {
+                level,
+                task,
+                target,
+                message,
+            } => relay(&self.settings.name, worker, level, task, target, message),
+            ToParent::Ready { .. } => return Err("a second handshake".into()),
+            ToParent::Rejected { reason } => return Err(format!("the worker hung up: {reason}")),
+            ToParent::InitFailed { message } => return Err(format!("init failed late: {message}")),
+        }
+        Ok(())
+    }
+}
+
+impl<O: Send + 'static> AckSink for Shared<O> {
+    fn ack(&self, worker: usize) {
+        let wake = {
+            let mut inner = self.lock();
+            inner.state.handle_ack(worker);
+            inner.state.has_transmit(worker)
+        };
+        if wake {
+            self.wake_writer(worker);
+        }
+    }
+}
+
+/// The text of a panic's payload.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Emits a worker's `tracing` event in the parent, with target `looppool::worker`, the pool,
+/// the worker number, the task id (if it was emitted in a task) and the worker-side target.
+fn relay(pool: &str, worker: usize, level: u8, task: Option<u64>, target: &str, message: &str) {
+    use tracing::Level;
+    let task = TaskField(task);
+    macro_rules! relay {
+        ($level:expr) => {
+            tracing::event!(
+                target: "looppool::worker",
+                $level,
+                pool,
+                worker,
+                task = %task,
+                worker_target = target,
+                "{message}"
+            )
+        };
+    }
+    match level {
+        1 => relay!(Level::ERROR),
+        2 => relay!(Level::WARN),
+        3 => relay!(Level::INFO),
+        4 => relay!(Level::DEBUG),
+        _ => relay!(Level::TRACE),
+    }
+}
+
+/// A task id as a log field: the number, or `-` for an event emitted outside any task.
+struct TaskField(Option<u64>);
+
+impl std::fmt::Display for TaskField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => f.write_str("-"),
+        }
+    }
+}
