@@ -2,7 +2,7 @@
 
 use super::link::{self, HandshakeError};
 use super::respawn::{Launch, Linked, Respawner};
-use super::shared::{Inner, Settings, Shared};
+use super::shared::{Inner, Settings, Shared, WorkerEntry};
 use super::Pool;
 use crate::error::Error;
 use crate::launch::{
@@ -530,12 +530,16 @@ impl<W: Worker> Builder<W> {
             });
             Respawner { launch }
         });
-        let mut inner = Inner::new(
-            PoolState::new(n, capacity, self.result_credit),
-            links.iter().map(|l| Some(l.killer.clone())).collect(),
-            links.iter().map(|l| Some(l.pid)).collect(),
-        );
-        inner.link_fds = links.iter().map(|l| l.fd).collect();
+        let entries = links
+            .iter()
+            .map(|l| WorkerEntry {
+                killer: Some(l.killer.clone()),
+                pid: Some(l.pid),
+                link_fd: l.fd,
+                ..WorkerEntry::default()
+            })
+            .collect();
+        let mut inner = Inner::new(PoolState::new(n, capacity, self.result_credit), entries);
         inner
             .state
             .set_restart_policy(self.respawn.then_some(self.restart));

@@ -81,7 +81,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     let pending = inner.pending.remove(&task);
                     if let Some(p) = &pending {
                         let latency = now.saturating_duration_since(p.since);
-                        inner.accounts[worker].ended(
+                        inner.workers[worker].account.ended(
                             result.is_ok(),
                             latency,
                             &self.instruments[worker],
@@ -108,7 +108,13 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 let now = self.runtime.now();
                 let mut inner = self.lock();
                 let (held, unacked) = (inner.state.held(worker), inner.state.unacked(worker));
-                inner.accounts[worker].report(stats, now, held, unacked, &self.instruments[worker]);
+                inner.workers[worker].account.report(
+                    stats,
+                    now,
+                    held,
+                    unacked,
+                    &self.instruments[worker],
+                );
             }
             ToParent::Log {
                 level,

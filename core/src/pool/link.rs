@@ -241,7 +241,7 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
     let cause = match ending {
         Ending::Closed => None,
         Ending::Broken(cause) => {
-            if shared.lock().kill_cause[worker].is_some() {
+            if shared.lock().workers[worker].kill_cause.is_some() {
                 // The parent killed it; a broken link is what that looks like.
                 tracing::debug!(pool = %shared.settings.name, worker, "the link to worker {worker} ended after it was killed: {cause}");
             } else {
@@ -258,7 +258,7 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
     }
     // Whoever else holds the link (a program the worker started) must not keep our writer
     // waiting on it.
-    if let Some(fd) = shared.lock().link_fds[worker] {
+    if let Some(fd) = shared.lock().workers[worker].link_fd {
         shut_down(fd);
     }
     drop(reader);

@@ -120,8 +120,9 @@ impl<W: Worker> Pool<W> {
     /// Worker `worker`'s process id (the parent's own for thread workers), while it is alive.
     pub fn pid(&self, worker: usize) -> Option<u32> {
         let inner = self.shared.lock();
-        inner.killers.get(worker)?.as_ref()?;
-        inner.pids.get(worker).copied().flatten()
+        let entry = inner.workers.get(worker)?;
+        entry.killer.as_ref()?;
+        entry.pid
     }
 
     /// A snapshot of every worker: resource use and loop lag as each last reported them, and
@@ -135,9 +136,15 @@ impl<W: Worker> Pool<W> {
         let workers = (0..inner.state.size())
             .map(|k| {
                 let s = &inner.state;
-                let pid = inner.killers[k].as_ref().and(inner.pids[k]);
-                let mut stats =
-                    inner.accounts[k].snapshot(k, pid, s.status(k), s.held(k), s.unacked(k), now);
+                let pid = inner.workers[k].killer.as_ref().and(inner.workers[k].pid);
+                let mut stats = inner.workers[k].account.snapshot(
+                    k,
+                    pid,
+                    s.status(k),
+                    s.held(k),
+                    s.unacked(k),
+                    now,
+                );
                 stats.given_up_until = s.given_up_until(k);
                 stats
             })
@@ -377,9 +384,9 @@ impl<W: Worker> Pool<W> {
                 .begin_stop(runtime.now(), shared.settings.stop_timeout);
             // A replacement still launching (a slow init) will never be used.
             inner
-                .launching
+                .workers
                 .iter_mut()
-                .filter_map(Option::take)
+                .filter_map(|w| w.launching.take())
                 .collect()
         };
         for killer in launching {
@@ -394,7 +401,7 @@ impl<W: Worker> Pool<W> {
                 let due = inner.state.handle_timeout(now);
                 inner.killed.extend(&due);
                 for &k in &due {
-                    inner.kill_cause[k] = Some(format!(
+                    inner.workers[k].kill_cause = Some(format!(
                         "lost at the stop deadline: the worker was still running {:?} after the \
                          stop began, and was killed",
                         shared.settings.stop_timeout
@@ -402,7 +409,7 @@ impl<W: Worker> Pool<W> {
                 }
                 let kill: Vec<_> = due
                     .into_iter()
-                    .map(|k| (k, inner.killers[k].clone()))
+                    .map(|k| (k, inner.workers[k].killer.clone()))
                     .collect();
                 // Replacements being launched and lost tasks being retried settle first.
                 let stopped = inner.state.is_stopped() && inner.retrying == 0;
@@ -428,9 +435,9 @@ impl<W: Worker> Pool<W> {
         let inner = shared.lock();
         Stopped {
             exits: inner
-                .exits
+                .workers
                 .iter()
-                .map(|e| e.unwrap_or(Exit::Unknown))
+                .map(|w| w.exit.unwrap_or(Exit::Unknown))
                 .collect(),
             killed: inner.killed.clone(),
         }
@@ -445,19 +452,18 @@ impl<W: Worker> Pool<W> {
             inner.state.begin_stop(now, Duration::ZERO);
             let killed = inner.state.handle_timeout(now);
             for &k in &killed {
-                inner.kill_cause[k] = Some("killed by Pool::kill()".into());
+                inner.workers[k].kill_cause = Some("killed by Pool::kill()".into());
             }
             inner.killed.extend(&killed);
             let launching: Vec<_> = inner
-                .launching
+                .workers
                 .iter_mut()
-                .filter_map(Option::take)
+                .filter_map(|w| w.launching.take())
                 .collect();
             inner
-                .killers
+                .workers
                 .iter()
-                .flatten()
-                .cloned()
+                .filter_map(|w| w.killer.clone())
                 .chain(launching)
                 .collect()
         };
@@ -472,9 +478,9 @@ impl<W: Worker> Pool<W> {
     pub fn kill_worker(&self, worker: usize) {
         let killer = {
             let mut inner = self.shared.lock();
-            let killer = inner.killers.get(worker).cloned().flatten();
+            let killer = inner.workers.get(worker).and_then(|w| w.killer.clone());
             if killer.is_some() {
-                inner.kill_cause[worker] = Some("killed by Pool::kill_worker".into());
+                inner.workers[worker].kill_cause = Some("killed by Pool::kill_worker".into());
             }
             killer
         };
@@ -507,7 +513,7 @@ impl<W: Worker> Drop for Pool<W> {
             inner
                 .state
                 .begin_stop(self.shared.runtime.now(), Duration::ZERO);
-            let mut killers: Vec<_> = inner.killers.iter_mut().map(Option::take).collect();
+            let mut killers: Vec<_> = inner.workers.iter_mut().map(|w| w.killer.take()).collect();
             let mut lost = Vec::new();
             for (worker, killer) in killers.iter().enumerate() {
                 if killer.is_some() {
@@ -519,7 +525,7 @@ impl<W: Worker> Drop for Pool<W> {
                 }
             }
             // Replacements still launching: no task of theirs to lose, but no process may stay.
-            killers.extend(inner.launching.iter_mut().map(Option::take));
+            killers.extend(inner.workers.iter_mut().map(|w| w.launching.take()));
             (killers, lost)
         };
         for killer in killers.iter().flatten() {

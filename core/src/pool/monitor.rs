@@ -38,7 +38,7 @@ pub(super) async fn monitor<O: DeserializeOwned + Send + 'static>(
             (
                 state.generation(worker) == generation && !gone,
                 state.held(worker),
-                inner.pids[worker],
+                inner.workers[worker].pid,
             )
         };
         if !current {
@@ -78,12 +78,12 @@ fn watch_blocked<O>(shared: &Shared<O>, worker: usize, threshold: Duration) {
     let mut inner = shared.lock();
     let concurrency = shared.settings.concurrency;
     let blocked = silent > threshold;
-    match (blocked, inner.accounts[worker].blocked_since) {
+    match (blocked, inner.workers[worker].account.blocked_since) {
         (true, None) => {
             // Tasks start in the order they were sent, so the oldest ones held are running.
             let mut running = inner.state.held_ids(worker);
             running.truncate(concurrency);
-            let account = &mut inner.accounts[worker];
+            let account = &mut inner.workers[worker].account;
             account.blocked_since = Some(now.checked_sub(silent).unwrap_or(now));
             account.blocked_total += 1;
             drop(inner);
@@ -98,7 +98,7 @@ fn watch_blocked<O>(shared: &Shared<O>, worker: usize, threshold: Duration) {
             );
         }
         (false, Some(since)) => {
-            inner.accounts[worker].blocked_since = None;
+            inner.workers[worker].account.blocked_since = None;
             drop(inner);
             let took = now.saturating_duration_since(since).saturating_sub(silent);
             tracing::info!(

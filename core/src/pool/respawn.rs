@@ -67,7 +67,7 @@ pub(crate) fn schedule<O: DeserializeOwned + Send + 'static>(
             }
             let (fds, credit) = {
                 let inner = shared.lock();
-                let fds = inner.link_fds.iter().flatten().copied().collect();
+                let fds = inner.workers.iter().filter_map(|w| w.link_fd).collect();
                 (fds, inner.state.replacement_credit(worker))
             };
             // A stop, a kill or a drop of the pool kills it while it launches (a slow init).
@@ -75,14 +75,14 @@ pub(crate) fn schedule<O: DeserializeOwned + Send + 'static>(
             let spawned: OnSpawn = Box::new(move |killer| {
                 let mut inner = hold.lock();
                 if inner.state.phase() == Phase::Running {
-                    inner.launching[worker] = Some(killer);
+                    inner.workers[worker].launching = Some(killer);
                 } else {
                     drop(inner);
                     killer.kill();
                 }
             });
             let launched = (respawner.launch)(worker, fds, credit, spawned).await;
-            shared.lock().launching[worker] = None;
+            shared.lock().workers[worker].launching = None;
             let error = match launched {
                 Ok(linked) => return register(&shared, worker, linked, credit).await,
                 Err(e) => e,
@@ -173,12 +173,12 @@ async fn register<O: DeserializeOwned + Send + 'static>(
                 .state
                 .handle_ready(worker, shared.runtime.now())
                 .expect("a fresh worker's first handshake");
-            inner.killers[worker] = Some(linked.killer.clone());
-            inner.pids[worker] = Some(linked.pid);
-            inner.link_fds[worker] = linked.fd;
-            inner.exits[worker] = None;
-            inner.kill_cause[worker] = None;
-            inner.accounts[worker].restarts += 1;
+            inner.workers[worker].killer = Some(linked.killer.clone());
+            inner.workers[worker].pid = Some(linked.pid);
+            inner.workers[worker].link_fd = linked.fd;
+            inner.workers[worker].exit = None;
+            inner.workers[worker].kill_cause = None;
+            inner.workers[worker].account.restarts += 1;
             shared.instruments[worker].restarts.increment(1);
             Some(generation)
         } else {

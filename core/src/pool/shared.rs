@@ -38,45 +38,44 @@ pub(crate) struct Pending<O> {
     pub(crate) since: Instant,
 }
 
+/// What the driver holds for one worker number: its current process and link, and what it
+/// knows of it. Its share of the pool's bookkeeping is in the state.
+#[derive(Default)]
+pub(crate) struct WorkerEntry {
+    /// Kills the current incarnation; `None` once it exited.
+    pub(crate) killer: Option<Killer>,
+    /// A replacement being launched (before its handshake), to kill if the pool stops.
+    pub(crate) launching: Option<Killer>,
+    /// How its last incarnation ended.
+    pub(crate) exit: Option<Exit>,
+    pub(crate) pid: Option<u32>,
+    /// Why the parent killed it, for the tasks it loses.
+    pub(crate) kill_cause: Option<String>,
+    /// The parent's end of its live link, as a descriptor, for forked replacements to close.
+    pub(crate) link_fd: Option<std::os::fd::RawFd>,
+    /// What the parent knows about it, for statistics.
+    pub(crate) account: Account,
+}
+
 pub(crate) struct Inner<O> {
     pub(crate) state: PoolState<Payload>,
     pub(crate) pending: IdMap<Pending<O>>,
-    pub(crate) killers: Vec<Option<Killer>>,
-    /// Replacements being launched (before their handshake), to kill if the pool stops.
-    pub(crate) launching: Vec<Option<Killer>>,
-    pub(crate) exits: Vec<Option<Exit>>,
-    pub(crate) pids: Vec<Option<u32>>,
+    /// One entry per worker number.
+    pub(crate) workers: Vec<WorkerEntry>,
     /// Workers killed at the stop deadline or by `kill()`, in the order they were killed.
     pub(crate) killed: Vec<usize>,
     /// Lost tasks on their way to another worker: a stop waits for them to settle too.
     pub(crate) retrying: usize,
-    /// Why a worker was killed from the parent's side, for the tasks it loses.
-    pub(crate) kill_cause: Vec<Option<String>>,
-    /// The parent's end of each live link, as a descriptor, for forked replacements to close.
-    pub(crate) link_fds: Vec<Option<std::os::fd::RawFd>>,
-    /// What the parent knows about each worker, for statistics.
-    pub(crate) accounts: Vec<Account>,
 }
 
 impl<O> Inner<O> {
-    pub(crate) fn new(
-        state: PoolState<Payload>,
-        killers: Vec<Option<Killer>>,
-        pids: Vec<Option<u32>>,
-    ) -> Self {
-        let n = state.size();
+    pub(crate) fn new(state: PoolState<Payload>, workers: Vec<WorkerEntry>) -> Self {
         Self {
             state,
             pending: IdMap::default(),
-            killers,
-            launching: vec![None; n],
-            exits: vec![None; n],
-            pids,
+            workers,
             killed: Vec::new(),
             retrying: 0,
-            kill_cause: vec![None; n],
-            link_fds: vec![None; n],
-            accounts: (0..n).map(|_| Account::default()).collect(),
         }
     }
 }
@@ -202,8 +201,8 @@ impl<O> Shared<O> {
             if inner.state.generation(worker) != generation {
                 return;
             }
-            inner.kill_cause[worker] = Some(cause);
-            inner.killers[worker].clone()
+            inner.workers[worker].kill_cause = Some(cause);
+            inner.workers[worker].killer.clone()
         };
         if let Some(killer) = killer {
             killer.kill();
@@ -268,11 +267,14 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 return;
             }
             // Killed on purpose: that is why its link broke, whatever the link said.
-            let cause = inner.kill_cause[worker].take().or_else(|| cause.clone());
+            let cause = inner.workers[worker]
+                .kill_cause
+                .take()
+                .or_else(|| cause.clone());
             let ids = inner.state.handle_exit(worker);
-            inner.exits[worker] = Some(exit);
-            inner.killers[worker] = None;
-            inner.link_fds[worker] = None;
+            inner.workers[worker].exit = Some(exit);
+            inner.workers[worker].killer = None;
+            inner.workers[worker].link_fd = None;
             let running = inner.state.phase() == Phase::Running;
             let mut lost = Vec::new();
             let mut retry = Vec::new();
@@ -287,7 +289,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 }
             }
             inner.retrying += retry.len();
-            let account = &mut inner.accounts[worker];
+            let account = &mut inner.workers[worker].account;
             account.lost(lost.len(), &self.instruments[worker]);
             account.incarnation_ended();
             let how = if retired {
