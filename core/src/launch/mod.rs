@@ -236,15 +236,14 @@ async fn reexec(worker: usize, opts: &LaunchOptions) -> io::Result<Launched> {
         let spawned = command.spawn();
         // The child has its copy; ours must close so that the parent sees the child's death.
         drop(child_end);
-        // Nobody waits for it any more (the start or the pool was dropped): it must not live on.
-        if let Err(Ok(mut child)) = tx.send(spawned) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // Nobody may wait for it any more (the start or the pool was dropped, before or after
+        // this send): the guard kills and reaps it unless the launch takes it.
+        let _ = tx.send(spawned.map(|child| Unclaimed(Some(child))));
     }))?;
     let child = rx
         .await
-        .map_err(|_| io::Error::other("the launcher dropped the request"))??;
+        .map_err(|_| io::Error::other("the launcher dropped the request"))??
+        .take();
     let process = Process::new(nix::unistd::Pid::from_raw(child.id() as i32));
     // `std::process::Child` does not kill or wait on drop; the pool reaps the pid itself.
     drop(child);
@@ -253,6 +252,24 @@ async fn reexec(worker: usize, opts: &LaunchOptions) -> io::Result<Launched> {
         killer: Killer::Process(process.clone()),
         reaper: Reaper::Process(process),
     })
+}
+
+/// A child the launcher spawned, killed and reaped when dropped unless the launch took it.
+struct Unclaimed(Option<std::process::Child>);
+
+impl Unclaimed {
+    fn take(mut self) -> std::process::Child {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 fn fork_all<W: Worker>(n: usize, opts: &LaunchOptions) -> Result<Vec<Launched>, Error> {

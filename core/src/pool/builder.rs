@@ -98,10 +98,13 @@ impl LaunchPlan {
         credit: usize,
     ) -> Result<Linked, Error> {
         let fd = launched.parent_fd();
-        let io = launched
-            .transport
-            .into_io(&*self.runtime)
-            .map_err(|source| Error::Launch { worker, source })?;
+        let io = match launched.transport.into_io(&*self.runtime) {
+            Ok(io) => io,
+            Err(source) => {
+                launched.killer.kill_and_reap_blocking();
+                return Err(Error::Launch { worker, source });
+            }
+        };
         let hello = Handshake {
             worker,
             result_credit: credit,

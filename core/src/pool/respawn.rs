@@ -130,9 +130,25 @@ pub(crate) fn given_up<O: DeserializeOwned + Send + 'static>(
     shared.wake_all();
     let weak = Arc::downgrade(shared);
     shared.runtime.spawn(Box::pin(async move {
-        runtime.sleep(wait).await;
-        if let Some(shared) = weak.upgrade() {
-            revive(&shared, worker, Some(runtime.now()));
+        let mut wait = wait;
+        loop {
+            runtime.sleep(wait).await;
+            let Some(shared) = weak.upgrade() else { return };
+            let now = runtime.now();
+            if revive(&shared, worker, Some(now)) {
+                return;
+            }
+            // A timer that fired early waits again; a number revived meanwhile (or a stop)
+            // ends the wait.
+            let until = shared.lock().state.given_up_until(worker);
+            match until {
+                Some(at) if shared.lock().state.phase() == Phase::Running => {
+                    wait = at
+                        .saturating_duration_since(now)
+                        .max(Duration::from_millis(10));
+                }
+                _ => return,
+            }
         }
     }));
 }

@@ -413,10 +413,13 @@ impl<P: Clone> PoolState<P> {
     /// reached its recycling limit: see [`has_transmit`](Self::has_transmit).
     pub fn handle_done(&mut self, worker: usize, id: TaskId) -> Result<(), Violation> {
         let ended = self.slots[worker].done(worker, id)?;
-        self.histories[worker].ended_task();
         self.release_replay(worker);
-        if self.recycle_after.is_some_and(|limit| ended >= limit) {
-            self.handle_retire(worker);
+        // Sticky replays are neither service (for the restart policy) nor work (for recycling).
+        if let Some(ended) = ended {
+            self.histories[worker].ended_task();
+            if self.recycle_after.is_some_and(|limit| ended >= limit) {
+                self.handle_retire(worker);
+            }
         }
         Ok(())
     }

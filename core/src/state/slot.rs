@@ -27,8 +27,10 @@ pub(super) struct Slot<P> {
     /// Unfinished tasks, with the order they were accepted in (for reporting losses in order).
     tasks: IdMap<u64>,
     seq: u64,
-    /// Tasks this incarnation ended.
+    /// Tasks this incarnation ended, sticky replays aside.
     ended: u64,
+    /// Sticky replays sent to this incarnation and not yet ended.
+    replays_held: Vec<TaskId>,
     unacked: usize,
     ack_due: u32,
     outbox: VecDeque<Transmit<P>>,
@@ -48,6 +50,7 @@ impl<P> Slot<P> {
             tasks: IdMap::default(),
             seq: 0,
             ended: 0,
+            replays_held: Vec::new(),
             unacked: 0,
             ack_due: 0,
             outbox: VecDeque::new(),
@@ -99,6 +102,7 @@ impl<P> Slot<P> {
             };
             let id = next_id();
             self.accept(id, payload);
+            self.replays_held.push(id);
             released.push(id);
         }
         released
@@ -199,15 +203,18 @@ impl<P> Slot<P> {
         }
     }
 
-    /// Ends task `id`; returns how many tasks this incarnation has ended.
-    pub(super) fn done(&mut self, worker: usize, id: TaskId) -> Result<u64, Violation> {
-        match self.tasks.remove(&id) {
-            Some(_) => {
-                self.ended += 1;
-                Ok(self.ended)
-            }
-            None => Err(Violation::UnknownTask { worker, task: id }),
+    /// Ends task `id`; returns how many tasks (sticky replays aside) this incarnation has
+    /// ended, or `None` if `id` was a replay: replaying its state is not work it served.
+    pub(super) fn done(&mut self, worker: usize, id: TaskId) -> Result<Option<u64>, Violation> {
+        if self.tasks.remove(&id).is_none() {
+            return Err(Violation::UnknownTask { worker, task: id });
         }
+        if let Some(at) = self.replays_held.iter().position(|&r| r == id) {
+            self.replays_held.swap_remove(at);
+            return Ok(None);
+        }
+        self.ended += 1;
+        Ok(Some(self.ended))
     }
 
     pub(super) fn bye(&mut self, worker: usize) -> Result<(), Violation> {
@@ -234,6 +241,7 @@ impl<P> Slot<P> {
         self.ack_due = 0;
         let lost = self.held_ids();
         self.tasks.clear();
+        self.replays_held.clear();
         lost
     }
 

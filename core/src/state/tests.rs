@@ -421,3 +421,36 @@ fn a_stop_waits_for_replacements_under_way() {
     );
     assert!(s.is_stopped());
 }
+
+#[test]
+fn sticky_replays_are_neither_service_nor_work() {
+    let t0 = Instant::now();
+    let mut s = ready(1, 1, 1);
+    s.set_restart_policy(Some(policy()));
+    s.set_recycle_after(Some(1));
+    s.broadcast_sticky("table", 1).unwrap();
+    let sticky = match drain(&mut s, 0).as_slice() {
+        [Transmit::Task { id, .. }] => *id,
+        other => panic!("{other:?}"),
+    };
+    s.handle_done(0, sticky).unwrap();
+    // That was real work for the first incarnation: it retires after one task.
+    assert_eq!(drain(&mut s, 0), [Transmit::Stop]);
+    s.handle_bye(0).unwrap();
+    let _ = s.handle_exit(0);
+    assert_eq!(
+        s.decide_restart(0, t0, Departure::Retired),
+        Restart::After(Duration::ZERO)
+    );
+    let (_, replayed) = s.handle_replaced(0, 1);
+    s.handle_ready(0, t0).unwrap();
+    s.handle_done(0, replayed[0]).unwrap();
+    // The replay neither retired the replacement nor made it healthy: a crash now is quick.
+    assert_eq!(s.status(0), WorkerStatus::Ready);
+    let _ = s.handle_exit(0);
+    let decisions: Vec<_> = (0..2)
+        .map(|_| s.decide_restart(0, t0, Departure::Died))
+        .collect();
+    assert_eq!(decisions[0], Restart::After(Duration::ZERO));
+    assert_eq!(decisions[1], Restart::After(Duration::from_millis(10)));
+}

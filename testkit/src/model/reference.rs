@@ -35,8 +35,10 @@ pub struct RefWorker {
     pub owed: usize,
     /// Credit granted past the result credit when the stop began.
     pub extra_credit: usize,
-    /// Tasks this incarnation ended.
+    /// Tasks this incarnation ended, sticky replays aside.
     pub ended: usize,
+    /// Sticky replays sent to this incarnation and not ended.
+    pub replays_held: Vec<TaskId>,
     /// Emitted only within the credit it held (a worker that does not is stopped by the
     /// state's own check, and the credit balance is not checked for it).
     pub honest: bool,
@@ -64,6 +66,7 @@ impl RefWorker {
             owed: 0,
             extra_credit: 0,
             ended: 0,
+            replays_held: Vec::new(),
             honest: true,
             said_bye: false,
             killed: false,
@@ -328,7 +331,8 @@ impl Reference {
             if self.workers[worker].replay.pop_front().is_none() {
                 break;
             }
-            self.accept(worker);
+            let id = self.accept(worker);
+            self.workers[worker].replays_held.push(id);
         }
     }
 
@@ -441,13 +445,19 @@ impl Reference {
 
     /// A worker's task ends as it reported.
     pub fn finish(&mut self, worker: usize, id: TaskId, how: super::Ending) {
-        self.histories[worker].served = true;
-        self.workers[worker].holding.retain(|&t| t != id);
-        self.workers[worker].ended += 1;
+        let w = &mut self.workers[worker];
+        w.holding.retain(|&t| t != id);
+        let replay = w.replays_held.contains(&id);
+        w.replays_held.retain(|&t| t != id);
         self.ended.insert(id, End::Reported(how));
         self.release(worker);
-        if self.workers[worker].ended >= RECYCLE_AFTER {
-            self.retire(worker);
+        // A sticky replay is neither service nor work.
+        if !replay {
+            self.histories[worker].served = true;
+            self.workers[worker].ended += 1;
+            if self.workers[worker].ended >= RECYCLE_AFTER {
+                self.retire(worker);
+            }
         }
     }
 
