@@ -257,8 +257,11 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
         killer.kill();
     }
     // Whoever else holds the link (a program the worker started) must not keep our writer
-    // waiting on it.
-    if let Some(fd) = shared.lock().workers[worker].link_fd {
+    // waiting on it. The descriptor leaves the list forked replacements close now, while our
+    // reader still holds it open: once both halves are dropped its number may be reused by a
+    // new link, which a stale entry would make a forked child close.
+    let fd = shared.lock().workers[worker].link_fd.take();
+    if let Some(fd) = fd {
         shut_down(fd);
     }
     drop(reader);
