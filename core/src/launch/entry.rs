@@ -2,8 +2,9 @@
 
 use super::{run_worker, sys, Transport, LINK_FD_VAR};
 use crate::protocol::read_frame_blocking;
+use crate::protocol::{rejection, Handshake, HELLO_LIMIT};
 use crate::runtime::Runtime;
-use crate::worker::{exit_code, rejection, Handshake, Worker, HELLO_LIMIT};
+use crate::worker::{exit_code, Worker};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;

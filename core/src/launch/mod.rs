@@ -23,8 +23,9 @@ pub use sys::fork_sleeper;
 
 use crate::error::{Error, Exit};
 use crate::pipe::{duplex, PipeEnd};
+use crate::protocol::Handshake;
 use crate::runtime::{BoxIo, Runtime};
-use crate::worker::{serve, Handshake, Worker};
+use crate::worker::{serve, Worker};
 use futures_channel::oneshot;
 use std::cell::Cell;
 use std::ffi::CString;

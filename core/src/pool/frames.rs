@@ -70,7 +70,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                         after: Duration::from_millis(ms),
                     }),
                 };
-                let (pending, wake) = {
+                let (pending, wake, actions) = {
                     let mut inner = self.lock();
                     inner
                         .state
@@ -84,15 +84,17 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                         inner.workers[worker].account.ended(
                             result.is_ok(),
                             latency,
-                            &self.instruments[worker],
+                            &self.lanes[worker].instruments,
                         );
                     }
-                    (pending, wake)
+                    // A retirement, or a retry placed in the room this made.
+                    (pending, wake, self.decisions(&mut inner))
                 };
                 if wake {
                     self.wake_writer(worker);
                 }
-                self.room[worker].notify(usize::MAX);
+                self.lanes[worker].room.notify(usize::MAX);
+                actions.run(self);
                 if let Some(p) = pending {
                     let _ = p.done.send(result);
                 }
@@ -113,7 +115,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     now,
                     held,
                     unacked,
-                    &self.instruments[worker],
+                    &self.lanes[worker].instruments,
                 );
             }
             ToParent::Log {

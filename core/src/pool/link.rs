@@ -1,17 +1,17 @@
-//! One worker's link in the parent: the handshake, then a reader task and a writer task.
+//! One worker's link in the parent, once its handshake is done: a reader (run by the worker's
+//! supervisor) and a writer task.
 
+use super::incarnation::Linked;
 use super::shared::{Payload, Shared};
 use crate::launch::{Killer, Reaper};
 use crate::protocol::{
-    encode_header, encode_header_before_raw, encode_with_raw, split_body, FrameError, FrameReader,
-    ToParent, ToWorker, PROTOCOL_VERSION,
+    encode_header, encode_header_before_raw, encode_with_raw, FrameError, LinkReader, LinkWriter,
+    ToWorker,
 };
-use crate::runtime::{yield_now, BoxIo, Runtime};
+use crate::runtime::yield_now;
 use crate::state::{Transmit, WorkerStatus};
-use crate::worker::{Handshake, HELLO_LIMIT};
 use futures_util::future::{select, Either};
-use futures_util::io::{ReadHalf, WriteHalf};
-use futures_util::{AsyncReadExt, AsyncWriteExt};
+use futures_util::AsyncWriteExt;
 use serde::de::DeserializeOwned;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
@@ -33,103 +33,30 @@ const EXIT_DRAIN: Duration = Duration::from_millis(250);
 /// ...and how long at most.
 const EXIT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
-pub(crate) type LinkReader = FrameReader<ReadHalf<BoxIo>>;
-pub(crate) type LinkWriter = WriteHalf<BoxIo>;
-
-/// Why a handshake failed.
-pub(crate) enum HandshakeError {
-    /// The worker refused it, broke it, or did not answer.
-    Protocol(String),
-    /// The worker's init hook failed.
-    Init(String),
-    /// The worker closed its link (exited) before answering.
-    Closed,
-}
-
-/// Sends the `Hello` and waits for the worker's answer, at most `timeout`.
-pub(crate) async fn handshake(
-    io: BoxIo,
-    hello: &Handshake,
-    version: u32,
-    timeout: Duration,
-    runtime: &dyn Runtime,
-) -> Result<(LinkReader, LinkWriter, u32), HandshakeError> {
-    let (read_half, mut writer) = io.split();
-    let mut buf = Vec::new();
-    hello.encode(version, &mut buf);
-    let sent = async {
-        writer.write_all(&buf).await?;
-        writer.flush().await
-    };
-    if let Err(e) = sent.await {
-        return Err(HandshakeError::Protocol(format!(
-            "cannot send the handshake: {e}"
-        )));
-    }
-    let mut reader = FrameReader::new(read_half, HELLO_LIMIT);
-    let answer = {
-        let read = pin!(reader.next());
-        match select(read, runtime.sleep(timeout)).await {
-            Either::Left((read, _)) => match read {
-                Ok(Some(body)) => match split_body::<ToParent<'_>>(body) {
-                    Ok((ToParent::Ready { version: v, pid }, _)) if v == PROTOCOL_VERSION => {
-                        Ok(pid)
-                    }
-                    Ok((ToParent::Ready { version: v, .. }, _)) => {
-                        Err(HandshakeError::Protocol(format!(
-                            "protocol version mismatch: the worker speaks version {v}, the parent \
-                         speaks version {PROTOCOL_VERSION}"
-                        )))
-                    }
-                    Ok((ToParent::Rejected { reason }, _)) => {
-                        Err(HandshakeError::Protocol(reason.into()))
-                    }
-                    Ok((ToParent::InitFailed { message }, _)) => {
-                        Err(HandshakeError::Init(message.into()))
-                    }
-                    Ok(_) => Err(HandshakeError::Protocol(
-                        "the first frame is not a handshake answer".into(),
-                    )),
-                    Err(e) => Err(HandshakeError::Protocol(format!(
-                        "malformed handshake answer: {e}"
-                    ))),
-                },
-                Ok(None) => Err(HandshakeError::Closed),
-                Err(e) => Err(HandshakeError::Protocol(format!(
-                    "cannot read the handshake answer: {e}"
-                ))),
-            },
-            Either::Right(_) => Err(HandshakeError::Protocol(format!(
-                "no handshake answer within {timeout:?} (a slow init hook, or a main that does \
-                 not call looppool's init() first thing)"
-            ))),
-        }
-    };
-    let pid = answer?;
-    Ok((reader, writer, pid))
-}
-
-/// Spawns the reader and writer tasks of worker `worker`'s incarnation `generation`, and its
-/// monitor when the pool watches for stalled loops or memory growth.
-pub(crate) fn spawn<O: DeserializeOwned + Send + 'static>(
+/// Runs worker `worker`'s incarnation `generation` until it is gone: its writer and (when the
+/// pool watches for stalled loops, blocked loops or memory growth) its monitor run as tasks of
+/// their own; the reader runs here and ends by reporting the exit.
+pub(crate) async fn run<O: DeserializeOwned + Send + 'static>(
     shared: &Arc<Shared<O>>,
     worker: usize,
     generation: u64,
-    reader: LinkReader,
-    writer: LinkWriter,
-    killer: Killer,
-    reaper: Reaper,
+    linked: Linked,
 ) {
     let runtime = shared.runtime.clone();
     shared.seen(worker);
+    let Linked {
+        reader,
+        writer,
+        killer,
+        reaper,
+        ..
+    } = linked;
     let write = write_loop(shared.clone(), worker, generation, writer);
     runtime.spawn(Box::pin(write));
-    let read = read_loop(shared.clone(), worker, generation, reader, killer, reaper);
-    runtime.spawn(Box::pin(read));
     let settings = &shared.settings;
-    if settings.stall_limit.is_some()
+    if settings.watch_stalls
         || settings.blocked_threshold.is_some()
-        || (settings.rss_limit.is_some() && settings.processes)
+        || (settings.watch_memory && settings.processes)
     {
         runtime.spawn(Box::pin(super::monitor::monitor(
             shared.clone(),
@@ -137,6 +64,7 @@ pub(crate) fn spawn<O: DeserializeOwned + Send + 'static>(
             generation,
         )));
     }
+    read_loop(shared.clone(), worker, generation, reader, killer, reaper).await;
 }
 
 /// What ended a link's read loop.
@@ -326,7 +254,7 @@ async fn write_loop<O>(
     let mut direct: Vec<(usize, Payload)> = Vec::new();
     let mut deferred = false;
     loop {
-        let listener = shared.writers[worker].listen();
+        let listener = shared.lanes[worker].writer.listen();
         {
             let mut inner = shared.lock();
             let state = &mut inner.state;

@@ -1,30 +1,32 @@
 //! The parent's handle on a running pool.
 
 mod builder;
+mod decisions;
 mod frames;
 mod handle;
+mod incarnation;
 mod link;
 mod monitor;
-mod respawn;
 mod shared;
 mod stats;
+mod stop;
+mod supervisor;
 
 pub use builder::Builder;
 pub use handle::{Delivery, Outputs, TaskHandle};
 pub use stats::{names as metric_names, PoolStats, WorkerStats};
+pub use stop::Stopped;
 
-use crate::error::{CallError, Exit, SubmitError, TaskError};
+use crate::error::{CallError, SubmitError, TaskError};
 use crate::runtime::Runtime;
 use crate::state::{Phase, Refusal, Route};
 use crate::worker::Worker;
 use futures_channel::oneshot;
-use futures_util::future::select;
 use shared::{Payload, Pending, Shared};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A pool of worker processes, each running a `W` on its own event loop.
 ///
@@ -61,33 +63,6 @@ impl<W: Worker> fmt::Debug for Pool<W> {
     }
 }
 
-/// How a stopped pool's workers ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stopped {
-    exits: Vec<Exit>,
-    killed: Vec<usize>,
-}
-
-impl Stopped {
-    /// How each worker number's last incarnation ended. A worker that crashed earlier and
-    /// whose replacement the stop cancelled shows that crash.
-    pub fn exits(&self) -> &[Exit] {
-        &self.exits
-    }
-
-    /// The workers that were killed instead of stopping: at the stop deadline, or by
-    /// [`Pool::kill`].
-    pub fn killed(&self) -> &[usize] {
-        &self.killed
-    }
-
-    /// Whether the stop was graceful: no worker was killed at the stop deadline or by
-    /// [`Pool::kill`].
-    pub fn is_graceful(&self) -> bool {
-        self.killed.is_empty()
-    }
-}
-
 impl<W: Worker> Pool<W> {
     /// Configures a pool whose parent side runs on `runtime`. Adapters offer a shorter form
     /// (`looppool_tokio::builder::<W>()`).
@@ -104,7 +79,7 @@ impl<W: Worker> Pool<W> {
 
     /// The number of workers (live or not).
     pub fn size(&self) -> usize {
-        self.shared.room.len()
+        self.shared.lanes.len()
     }
 
     /// How many unfinished tasks one worker holds at most (running and queued in it).
@@ -239,7 +214,7 @@ impl<W: Worker> Pool<W> {
                         let handles = copies
                             .into_iter()
                             .map(|(worker, id)| {
-                                let (pending, handle_parts) = self.pending(payload.clone(), false);
+                                let (pending, handle_parts) = self.pending(false);
                                 pending.attempts.fetch_add(1, Ordering::Relaxed);
                                 inner.pending.insert(id, pending);
                                 TaskHandle::new(id, worker, handle_parts.0, handle_parts.1)
@@ -252,7 +227,7 @@ impl<W: Worker> Pool<W> {
                         return Ok(handles);
                     }
                     Err(Refusal::Full { worker } | Refusal::Replacing { worker }) => {
-                        self.shared.room[worker].listen()
+                        self.shared.lanes[worker].room.listen()
                     }
                     Err(refusal) => return Err(SubmitError::from_refusal(task, refusal)),
                 }
@@ -261,11 +236,10 @@ impl<W: Worker> Pool<W> {
         }
     }
 
-    /// A pending entry for `payload` and the parts of its handle.
+    /// A pending entry and the parts of its handle.
     #[allow(clippy::type_complexity)]
     fn pending(
         &self,
-        payload: Payload,
         reply: bool,
     ) -> (
         Pending<W::Output>,
@@ -288,7 +262,6 @@ impl<W: Worker> Pool<W> {
             done,
             reply: reply_tx,
             call: reply,
-            payload,
             attempts: attempts.clone(),
             since: self.shared.runtime.now(),
         };
@@ -359,118 +332,11 @@ impl<W: Worker> Pool<W> {
             Ok(p) => p,
             Err(e) => return Err(SubmitError::Encode(task, e)),
         };
-        let (pending, (rx, attempts, reply_rx)) = self.pending(payload, reply);
-        match self.shared.place(route, None, pending, wait).await {
+        let (pending, (rx, attempts, reply_rx)) = self.pending(reply);
+        match self.shared.place(route, &payload, pending, wait).await {
             Ok((worker, id)) => Ok((TaskHandle::new(id, worker, rx, attempts), reply_rx)),
             Err((refusal, _)) => Err(SubmitError::from_refusal(task, refusal)),
         }
-    }
-
-    /// Stops the pool gracefully and waits until it has stopped.
-    ///
-    /// New submissions are refused from now on ([`SubmitError::Closed`]). Each worker receives
-    /// the poison pill behind the tasks it already has, finishes them (delivering their
-    /// outputs, which needs a consumer reading [`outputs`](Self::outputs)), says goodbye and
-    /// exits. Workers still running when the stop timeout passes are killed and their tasks
-    /// end as lost. When this returns, every task ever accepted has ended and the output stream
-    /// ends after its last output. Calling it again, or concurrently, waits for the same stop.
-    pub async fn stop(&self) -> Stopped {
-        let shared = &self.shared;
-        let runtime = shared.runtime.clone();
-        let launching: Vec<_> = {
-            let mut inner = shared.lock();
-            inner
-                .state
-                .begin_stop(runtime.now(), shared.settings.stop_timeout);
-            // A replacement still launching (a slow init) will never be used.
-            inner
-                .workers
-                .iter_mut()
-                .filter_map(|w| w.launching.take())
-                .collect()
-        };
-        for killer in launching {
-            killer.kill();
-        }
-        shared.wake_all();
-        loop {
-            let listener = shared.exited.listen();
-            let now = runtime.now();
-            let (stopped, deadline, kill) = {
-                let mut inner = shared.lock();
-                let due = inner.state.handle_timeout(now);
-                inner.killed.extend(&due);
-                for &k in &due {
-                    inner.workers[k].kill_cause = Some(format!(
-                        "lost at the stop deadline: the worker was still running {:?} after the \
-                         stop began, and was killed",
-                        shared.settings.stop_timeout
-                    ));
-                }
-                let kill: Vec<_> = due
-                    .into_iter()
-                    .map(|k| (k, inner.workers[k].killer.clone()))
-                    .collect();
-                // Replacements being launched and lost tasks being retried settle first.
-                let stopped = inner.state.is_stopped() && inner.retrying == 0;
-                (stopped, inner.state.poll_timeout(), kill)
-            };
-            if stopped {
-                break;
-            }
-            for (worker, killer) in kill {
-                tracing::warn!(pool = %shared.settings.name, worker, "stop timeout passed; killing worker {worker}");
-                if let Some(k) = killer {
-                    k.kill();
-                }
-            }
-            match deadline {
-                Some(d) if d > now => {
-                    let _ = select(listener, runtime.sleep(d - now)).await;
-                }
-                _ => listener.await,
-            }
-        }
-        shared.outputs.close();
-        let inner = shared.lock();
-        Stopped {
-            exits: inner
-                .workers
-                .iter()
-                .map(|w| w.exit.unwrap_or(Exit::Unknown))
-                .collect(),
-            killed: inner.killed.clone(),
-        }
-    }
-
-    /// Begins a stop with no grace: every worker is killed now and its tasks end as lost.
-    /// Await [`stop`](Self::stop) afterwards to wait until all are reaped.
-    pub fn kill(&self) {
-        let killers: Vec<_> = {
-            let mut inner = self.shared.lock();
-            let now = self.shared.runtime.now();
-            inner.state.begin_stop(now, Duration::ZERO);
-            let killed = inner.state.handle_timeout(now);
-            for &k in &killed {
-                inner.workers[k].kill_cause = Some("killed by Pool::kill()".into());
-            }
-            inner.killed.extend(&killed);
-            let launching: Vec<_> = inner
-                .workers
-                .iter_mut()
-                .filter_map(|w| w.launching.take())
-                .collect();
-            inner
-                .workers
-                .iter()
-                .filter_map(|w| w.killer.clone())
-                .chain(launching)
-                .collect()
-        };
-        for k in killers {
-            k.kill();
-        }
-        self.shared.wake_all();
     }
 
     /// Kills worker `worker` now (SIGKILL; for a thread worker, its link is closed). Its tasks
@@ -494,51 +360,11 @@ impl<W: Worker> Pool<W> {
     /// A given-up number is otherwise tried again after
     /// [`Builder::restart_retry_after`]; [`WorkerStats::given_up_until`] says when.
     pub fn revive(&self, worker: usize) -> bool {
-        worker < self.size() && respawn::revive(&self.shared, worker, None)
+        worker < self.size() && supervisor::revive(&self.shared, worker)
     }
 
     /// Whether a stop has begun.
     pub fn is_closed(&self) -> bool {
         self.shared.lock().state.phase() != Phase::Running
-    }
-}
-
-impl<W: Worker> Drop for Pool<W> {
-    fn drop(&mut self) {
-        let (killers, lost) = {
-            let mut inner = self.shared.lock();
-            if inner.state.is_stopped() {
-                return;
-            }
-            inner
-                .state
-                .begin_stop(self.shared.runtime.now(), Duration::ZERO);
-            let mut killers: Vec<_> = inner.workers.iter_mut().map(|w| w.killer.take()).collect();
-            let mut lost = Vec::new();
-            for (worker, killer) in killers.iter().enumerate() {
-                if killer.is_some() {
-                    for id in inner.state.handle_exit(worker) {
-                        if let Some(p) = inner.pending.remove(&id) {
-                            lost.push((worker, p.done));
-                        }
-                    }
-                }
-            }
-            // Replacements still launching: no task of theirs to lose, but no process may stay.
-            killers.extend(inner.workers.iter_mut().map(|w| w.launching.take()));
-            (killers, lost)
-        };
-        for killer in killers.iter().flatten() {
-            killer.kill_and_reap_blocking();
-        }
-        for (worker, done) in lost {
-            let _ = done.send(Err(TaskError::Lost {
-                worker,
-                exit: Exit::Signal(nix::sys::signal::Signal::SIGKILL as i32),
-                cause: Some("the pool was dropped without being stopped".into()),
-            }));
-        }
-        self.shared.outputs.close();
-        self.shared.wake_all();
     }
 }

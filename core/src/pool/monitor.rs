@@ -1,5 +1,5 @@
-//! A worker's monitor in the parent: blocked-loop reports, the stall watchdog and the memory
-//! limit for recycling.
+//! A worker's monitor in the parent: blocked-loop reports, and the measurements the state's
+//! stall limit and memory limit judge (its loop's silence, its resident memory).
 
 use super::shared::Shared;
 use crate::state::WorkerStatus;
@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Watches one incarnation: reports its loop as blocked when it falls silent past the
-/// threshold, kills it if its loop stops turning while it holds tasks (a task ran past its
-/// timeout without yielding), retires it if its memory passes the limit.
+/// threshold, and tells the state how long its loop has been silent (the state has it killed
+/// past the stall limit while it holds tasks) and how much memory it uses (the state retires
+/// it past the memory limit).
 pub(super) async fn monitor<O: DeserializeOwned + Send + 'static>(
     shared: Arc<Shared<O>>,
     worker: usize,
@@ -28,7 +29,7 @@ pub(super) async fn monitor<O: DeserializeOwned + Send + 'static>(
             .saturating_duration_since(slept_at)
             .saturating_sub(settings.monitor_every)
             > settings.monitor_every;
-        let (current, held, pid) = {
+        let (current, pid) = {
             let inner = shared.lock();
             let state = &inner.state;
             let gone = matches!(
@@ -37,7 +38,6 @@ pub(super) async fn monitor<O: DeserializeOwned + Send + 'static>(
             );
             (
                 state.generation(worker) == generation && !gone,
-                state.held(worker),
                 inner.workers[worker].pid,
             )
         };
@@ -47,24 +47,27 @@ pub(super) async fn monitor<O: DeserializeOwned + Send + 'static>(
         if let (Some(threshold), false) = (settings.blocked_threshold, parent_stalled) {
             watch_blocked(&shared, worker, threshold);
         }
-        if let (Some(limit), false) = (settings.stall_limit, parent_stalled) {
+        if settings.watch_stalls && !parent_stalled {
             let silent = shared.silent_for(worker);
-            if held > 0 && silent > limit {
-                let cause = format!(
-                    "its event loop did not turn for {silent:?} while it held tasks (a task ran \
-                     past its timeout without yielding)"
-                );
-                tracing::warn!(pool = %settings.name, worker, "killing worker {worker}: {cause}");
-                return shared.kill_for(worker, generation, cause);
-            }
+            let actions = {
+                let mut inner = shared.lock();
+                if inner.state.generation(worker) == generation {
+                    inner.state.handle_silence(worker, silent);
+                }
+                shared.decisions(&mut inner)
+            };
+            actions.run(&shared);
         }
-        if let (Some(limit), true, Some(pid)) = (settings.rss_limit, settings.processes, pid) {
-            if resident_bytes(pid).is_some_and(|rss| rss > limit)
-                && shared.lock().state.handle_retire(worker)
-            {
-                tracing::info!(pool = %settings.name, worker, "recycling worker {worker}: resident memory over {limit} bytes");
-                shared.wake_writer(worker);
-                shared.room[worker].notify(usize::MAX);
+        if let (true, true, Some(pid)) = (settings.watch_memory, settings.processes, pid) {
+            if let Some(rss) = resident_bytes(pid) {
+                let actions = {
+                    let mut inner = shared.lock();
+                    if inner.state.generation(worker) == generation {
+                        inner.state.handle_memory(worker, rss);
+                    }
+                    shared.decisions(&mut inner)
+                };
+                actions.run(&shared);
             }
         }
     }
@@ -87,7 +90,7 @@ fn watch_blocked<O>(shared: &Shared<O>, worker: usize, threshold: Duration) {
             account.blocked_since = Some(now.checked_sub(silent).unwrap_or(now));
             account.blocked_total += 1;
             drop(inner);
-            shared.instruments[worker].blocked.increment(1);
+            shared.lanes[worker].instruments.blocked.increment(1);
             tracing::warn!(
                 pool = %shared.settings.name,
                 worker,

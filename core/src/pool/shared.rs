@@ -7,39 +7,46 @@
 //! holding the lock, so no wake-up is lost.
 
 use super::handle::Delivery;
-use super::respawn::{self, Respawner};
+use super::incarnation::Respawner;
 use super::stats::{Account, Instruments};
 use crate::error::{Exit, TaskError};
 use crate::launch::Killer;
 use crate::runtime::Runtime;
-use crate::state::{Departure, IdMap, Phase, PoolState, Refusal, Restart, Route, TaskId};
+use crate::state::{IdMap, PoolState, Refusal, Route, TaskId};
 use event_listener::Event;
 use futures_channel::oneshot;
-use serde::de::DeserializeOwned;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// An encoded task, shared by the pending entry, the state and the writer without copying.
+/// An encoded task, shared by the state (which keeps it for retries) and the writer without
+/// copying.
 pub(crate) type Payload = Arc<Vec<u8>>;
 
-/// A task handle's sending side, and what a retry needs.
+/// A task handle's sending side.
 pub(crate) struct Pending<O> {
     pub(crate) done: oneshot::Sender<Result<(), TaskError>>,
     /// Where the outputs go if it was a request-reply call.
     pub(crate) reply: Option<oneshot::Sender<Delivery<O>>>,
     /// A request-reply call: outputs after its reply are acknowledged and discarded.
     pub(crate) call: bool,
-    /// The encoded task, kept for retries.
-    pub(crate) payload: Payload,
     /// How many times it was sent, shared with its handle.
     pub(crate) attempts: Arc<AtomicU32>,
     /// When it was submitted, for its latency.
     pub(crate) since: Instant,
 }
 
-/// What the driver holds for one worker number: its current process and link, and what it
-/// knows of it. Its share of the pool's bookkeeping is in the state.
+/// What the state said comes next for a dead worker number; its supervisor carries it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Launch a replacement after this wait.
+    Launch(Duration),
+    /// Given up: ask the state again at this time.
+    Retry(Instant),
+}
+
+/// What the driver holds for one worker number under the lock: its current process and link,
+/// and what it knows of it. Its share of the pool's bookkeeping is in the state.
 #[derive(Default)]
 pub(crate) struct WorkerEntry {
     /// Kills the current incarnation; `None` once it exited.
@@ -48,13 +55,30 @@ pub(crate) struct WorkerEntry {
     pub(crate) launching: Option<Killer>,
     /// How its last incarnation ended.
     pub(crate) exit: Option<Exit>,
+    /// Why its last incarnation ended, when it was not an orderly exit.
+    pub(crate) cause: Option<String>,
     pub(crate) pid: Option<u32>,
     /// Why the parent killed it, for the tasks it loses.
     pub(crate) kill_cause: Option<String>,
     /// The parent's end of its live link, as a descriptor, for forked replacements to close.
     pub(crate) link_fd: Option<std::os::fd::RawFd>,
+    /// What its supervisor is to do next, as the state decided.
+    pub(crate) next: Option<Next>,
     /// What the parent knows about it, for statistics.
     pub(crate) account: Account,
+}
+
+/// What the driver holds for one worker number outside the lock: its wake-ups and metrics.
+pub(crate) struct Lane {
+    /// Room for a task was made, or the worker exited or came back, or the pool began stopping.
+    pub(crate) room: Event,
+    /// Something is waiting to be written to its link.
+    pub(crate) writer: Event,
+    /// The state decided what its supervisor does next.
+    pub(crate) supervisor: Event,
+    /// When a frame last arrived, in microseconds since the pool's base instant.
+    last_seen: AtomicU64,
+    pub(crate) instruments: Instruments,
 }
 
 pub(crate) struct Inner<O> {
@@ -62,10 +86,6 @@ pub(crate) struct Inner<O> {
     pub(crate) pending: IdMap<Pending<O>>,
     /// One entry per worker number.
     pub(crate) workers: Vec<WorkerEntry>,
-    /// Workers killed at the stop deadline or by `kill()`, in the order they were killed.
-    pub(crate) killed: Vec<usize>,
-    /// Lost tasks on their way to another worker: a stop waits for them to settle too.
-    pub(crate) retrying: usize,
 }
 
 impl<O> Inner<O> {
@@ -74,8 +94,6 @@ impl<O> Inner<O> {
             state,
             pending: IdMap::default(),
             workers,
-            killed: Vec::new(),
-            retrying: 0,
         }
     }
 }
@@ -86,12 +104,10 @@ pub(crate) struct Settings {
     pub(crate) name: String,
     pub(crate) max_frame: usize,
     pub(crate) stop_timeout: Duration,
-    /// Times a lost task is sent again.
-    pub(crate) retries: u32,
-    /// Replace a worker whose resident memory passes this many bytes.
-    pub(crate) rss_limit: Option<u64>,
-    /// Kill a worker whose loop has not turned for this long while it holds tasks.
-    pub(crate) stall_limit: Option<Duration>,
+    /// Whether the monitor measures workers' memory (the state holds the limit).
+    pub(crate) watch_memory: bool,
+    /// Whether the monitor measures workers' silence for the stall limit (the state holds it).
+    pub(crate) watch_stalls: bool,
     /// Report a worker whose loop has not turned for this long.
     pub(crate) blocked_threshold: Option<Duration>,
     /// How often a link's monitor looks at its worker.
@@ -106,11 +122,8 @@ pub(crate) struct Settings {
 
 pub(crate) struct Shared<O> {
     inner: Mutex<Inner<O>>,
-    /// Per worker: room for a task was made, or the worker exited or came back, or the pool
-    /// began stopping.
-    pub(crate) room: Vec<Event>,
-    /// Per worker: something is waiting to be written.
-    pub(crate) writers: Vec<Event>,
+    /// One lane per worker number.
+    pub(crate) lanes: Vec<Lane>,
     /// A worker exited, or a replacement settled.
     pub(crate) exited: Event,
     pub(crate) outputs: async_channel::Sender<Delivery<O>>,
@@ -118,11 +131,7 @@ pub(crate) struct Shared<O> {
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) settings: Settings,
     pub(crate) respawner: Option<Respawner>,
-    /// Per worker: when a frame last arrived, in microseconds since `base`.
-    pub(crate) last_seen: Vec<AtomicU64>,
     pub(crate) base: Instant,
-    /// Per worker: its metric handles.
-    pub(crate) instruments: Vec<Instruments>,
 }
 
 impl<O> Shared<O> {
@@ -136,22 +145,25 @@ impl<O> Shared<O> {
         let (outputs, outputs_rx) = async_channel::unbounded();
         let base = runtime.now();
         super::stats::describe();
-        let instruments = (0..n)
-            .map(|w| Instruments::new(&settings.name, w))
+        let lanes = (0..n)
+            .map(|w| Lane {
+                room: Event::new(),
+                writer: Event::new(),
+                supervisor: Event::new(),
+                last_seen: AtomicU64::new(0),
+                instruments: Instruments::new(&settings.name, w),
+            })
             .collect();
         Self {
             inner: Mutex::new(inner),
-            room: (0..n).map(|_| Event::new()).collect(),
-            writers: (0..n).map(|_| Event::new()).collect(),
+            lanes,
             exited: Event::new(),
             outputs,
             outputs_rx,
             runtime,
             settings,
             respawner,
-            last_seen: (0..n).map(|_| AtomicU64::new(0)).collect(),
             base,
-            instruments,
         }
     }
 
@@ -165,13 +177,16 @@ impl<O> Shared<O> {
     /// dead incarnation may still hold an already-notified listener on the same event, and
     /// `notify(1)` would count that one and leave the current writer asleep.
     pub(crate) fn wake_writer(&self, worker: usize) {
-        self.writers[worker].notify(usize::MAX);
+        self.lanes[worker].writer.notify(usize::MAX);
     }
 
-    /// Wakes everything that waits on the pool's phase: submitters and writers of every worker.
+    /// Wakes everything that waits on the pool's phase: submitters, writers and supervisors of
+    /// every worker, and `stop`.
     pub(crate) fn wake_all(&self) {
-        for e in self.room.iter().chain(&self.writers) {
-            e.notify(usize::MAX);
+        for lane in &self.lanes {
+            lane.room.notify(usize::MAX);
+            lane.writer.notify(usize::MAX);
+            lane.supervisor.notify(usize::MAX);
         }
         self.exited.notify(usize::MAX);
     }
@@ -183,54 +198,32 @@ impl<O> Shared<O> {
             .now()
             .saturating_duration_since(self.base)
             .as_micros() as u64;
-        self.last_seen[worker].store(micros, Ordering::Relaxed);
+        self.lanes[worker]
+            .last_seen
+            .store(micros, Ordering::Relaxed);
     }
 
     /// How long ago a frame from `worker` arrived.
     pub(crate) fn silent_for(&self, worker: usize) -> Duration {
         let now = self.runtime.now().saturating_duration_since(self.base);
         now.saturating_sub(Duration::from_micros(
-            self.last_seen[worker].load(Ordering::Relaxed),
+            self.lanes[worker].last_seen.load(Ordering::Relaxed),
         ))
     }
 
-    /// Kills worker `worker`'s incarnation `generation` from the parent's side, for `cause`.
-    pub(crate) fn kill_for(&self, worker: usize, generation: u64, cause: String) {
-        let killer = {
-            let mut inner = self.lock();
-            if inner.state.generation(worker) != generation {
-                return;
-            }
-            inner.workers[worker].kill_cause = Some(cause);
-            inner.workers[worker].killer.clone()
-        };
-        if let Some(killer) = killer {
-            killer.kill();
-        }
-    }
-
-    /// Places a task for `route` (under a new id, or under `retry`'s own id), waiting while the
-    /// chosen worker is full or being replaced if `wait`. On refusal the pending entry is
-    /// handed back.
+    /// Places a new task for `route`, waiting while the chosen worker is full or being replaced
+    /// if `wait`. On refusal the pending entry is handed back.
     pub(crate) async fn place(
         &self,
         route: Route,
-        retry: Option<TaskId>,
+        payload: &Payload,
         pending: Pending<O>,
         wait: bool,
     ) -> Result<(usize, TaskId), (Refusal, Pending<O>)> {
         loop {
             let listener = {
                 let mut inner = self.lock();
-                let payload = pending.payload.clone();
-                let placed = match retry {
-                    Some(id) => inner
-                        .state
-                        .resubmit(route, id, payload)
-                        .map(|worker| (worker, id)),
-                    None => inner.state.submit(route, payload),
-                };
-                match placed {
+                match inner.state.submit(route, payload.clone()) {
                     Ok((worker, id)) => {
                         pending.attempts.fetch_add(1, Ordering::Relaxed);
                         inner.pending.insert(id, pending);
@@ -239,115 +232,12 @@ impl<O> Shared<O> {
                         return Ok((worker, id));
                     }
                     Err(Refusal::Full { worker } | Refusal::Replacing { worker }) if wait => {
-                        self.room[worker].listen()
+                        self.lanes[worker].room.listen()
                     }
                     Err(refusal) => return Err((refusal, pending)),
                 }
             };
             listener.await;
         }
-    }
-}
-
-impl<O: DeserializeOwned + Send + 'static> Shared<O> {
-    /// Worker `worker` (incarnation `generation`) is gone: its tasks are lost, or sent again if
-    /// retries are on; a replacement is launched if respawn is on. `retired` says it left
-    /// gracefully after draining (recycling), which does not count against the restart limit.
-    pub(crate) fn worker_exited(
-        self: &Arc<Self>,
-        worker: usize,
-        generation: u64,
-        exit: Exit,
-        cause: Option<String>,
-        retired: bool,
-    ) {
-        let (lost, retry, restart) = {
-            let mut inner = self.lock();
-            if inner.state.generation(worker) != generation {
-                return;
-            }
-            // Killed on purpose: that is why its link broke, whatever the link said.
-            let cause = inner.workers[worker]
-                .kill_cause
-                .take()
-                .or_else(|| cause.clone());
-            let ids = inner.state.handle_exit(worker);
-            inner.workers[worker].exit = Some(exit);
-            inner.workers[worker].killer = None;
-            inner.workers[worker].link_fd = None;
-            let running = inner.state.phase() == Phase::Running;
-            let mut lost = Vec::new();
-            let mut retry = Vec::new();
-            for id in ids {
-                let Some(p) = inner.pending.remove(&id) else {
-                    continue;
-                };
-                if running && p.attempts.load(Ordering::Relaxed) <= self.settings.retries {
-                    retry.push((id, p));
-                } else {
-                    lost.push(p.done);
-                }
-            }
-            inner.retrying += retry.len();
-            let account = &mut inner.workers[worker].account;
-            account.lost(lost.len(), &self.instruments[worker]);
-            account.incarnation_ended();
-            let how = if retired {
-                Departure::Retired
-            } else {
-                Departure::Died
-            };
-            let restart = inner.state.decide_restart(worker, self.runtime.now(), how);
-            (
-                lost.into_iter()
-                    .map(|d| (d, cause.clone()))
-                    .collect::<Vec<_>>(),
-                retry,
-                restart,
-            )
-        };
-        if !lost.is_empty() || !retry.is_empty() || !exit.success() {
-            tracing::warn!(
-                pool = %self.settings.name,
-                worker,
-                %exit,
-                lost = lost.len(),
-                retried = retry.len(),
-                "looppool worker ended"
-            );
-        }
-        for (done, cause) in lost {
-            let _ = done.send(Err(TaskError::Lost {
-                worker,
-                exit,
-                cause,
-            }));
-        }
-        if !retry.is_empty() {
-            let shared = self.clone();
-            self.runtime.spawn(Box::pin(async move {
-                for (id, p) in retry {
-                    // At-least-once: the task may have run partly on the dead worker. It keeps
-                    // its id, which goes on tagging its outputs.
-                    if let Err((_, p)) = shared.place(Route::Any, Some(id), p, true).await {
-                        let _ = p.done.send(Err(TaskError::Lost {
-                            worker,
-                            exit,
-                            cause: Some("no worker could take its retry".into()),
-                        }));
-                    }
-                    shared.lock().retrying -= 1;
-                    shared.exited.notify(usize::MAX);
-                }
-            }));
-        }
-        match restart {
-            Restart::After(delay) => respawn::schedule(self.clone(), worker, delay),
-            Restart::GiveUp { failures, retry_at } => {
-                respawn::given_up(self, worker, failures, retry_at)
-            }
-            Restart::Never => {}
-        }
-        self.wake_all();
     }
 }

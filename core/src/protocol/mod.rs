@@ -12,10 +12,15 @@
 //! a different layout is rejected with a clear message rather than a decoding error.
 
 mod codec;
+mod handshake;
 mod reader;
 
 pub(crate) use codec::{
     encode_header, encode_header_before_raw, encode_with_payload, encode_with_raw, split_body,
+};
+pub(crate) use handshake::{
+    handshake, rejection, truncate_to, Handshake, HandshakeError, LinkReader, LinkWriter,
+    HELLO_LIMIT, MESSAGE_LIMIT,
 };
 pub(crate) use reader::{read_frame_blocking, FrameError, FrameReader};
 

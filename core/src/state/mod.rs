@@ -4,24 +4,40 @@
 //! to, whether that worker has room, which tasks each worker holds, how many outputs each worker
 //! has outstanding, what must be written to each link next, and how far a stop has come. Inputs
 //! are `handle_*` methods (and [`submit`](PoolState::submit) / [`broadcast`](PoolState::broadcast)),
-//! outputs are return values and [`poll_transmit`](PoolState::poll_transmit). Time is passed in.
+//! outputs are [`poll_event`](PoolState::poll_event) (the decisions the driver carries out:
+//! kills, relaunches, give-ups, lost and retried tasks, retirements),
+//! [`poll_transmit`](PoolState::poll_transmit) (what to write to each link) and
+//! [`poll_timeout`](PoolState::poll_timeout). Time is passed in.
 //! Because nothing here waits or performs I/O, every invariant of the pool can be checked by
 //! driving this type with random inputs (see the `looppool-testkit` crate).
 //!
 //! The payload type `P` is opaque: the driver uses shared encoded bytes, the model checks use
 //! small markers.
 
+mod lifecycle;
 mod restart;
 mod slot;
 mod types;
 
 use restart::History;
 pub use restart::{Departure, Restart, RestartPolicy};
-use slot::Slot;
 pub use slot::WorkerStatus;
+use slot::{Held, Slot};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 pub(crate) use types::IdMap;
-pub use types::{Phase, Refusal, Route, TaskId, Transmit, Violation};
+pub use types::{
+    Event, KillCause, Loss, Phase, Refusal, Retirement, Route, TaskId, Transmit, Violation,
+};
+
+/// A task whose worker died holding it, waiting for a worker to retry it on.
+#[derive(Debug)]
+struct Deferred<P> {
+    id: TaskId,
+    /// The worker that died holding it.
+    from: usize,
+    held: Held<P>,
+}
 
 /// The sans-IO state of one pool. See the [module docs](self).
 #[derive(Debug)]
@@ -44,6 +60,18 @@ pub struct PoolState<P> {
     launches: usize,
     /// Per worker number, across its incarnations.
     histories: Vec<History>,
+    /// Times a task lost with its worker is sent again (while the pool runs).
+    retries: u32,
+    /// Lost tasks waiting for a worker with room, oldest first.
+    deferred: VecDeque<Deferred<P>>,
+    /// Kill a worker whose loop has not turned for this long while it holds tasks.
+    stall_limit: Option<Duration>,
+    /// Retire a worker whose resident memory passes this many bytes.
+    memory_limit: Option<u64>,
+    /// Decisions for the driver, oldest first.
+    events: VecDeque<Event>,
+    /// Workers killed at the stop deadline or by [`kill_all`](Self::kill_all), in order.
+    killed: Vec<usize>,
 }
 
 impl<P: Clone> PoolState<P> {
@@ -72,7 +100,32 @@ impl<P: Clone> PoolState<P> {
             recycle_after: None,
             launches: 0,
             histories: vec![History::default(); workers],
+            retries: 0,
+            deferred: VecDeque::new(),
+            stall_limit: None,
+            memory_limit: None,
+            events: VecDeque::new(),
+            killed: Vec::new(),
         }
+    }
+
+    /// Sends a task whose worker died holding it to another worker (or to its own number's
+    /// replacement, if it was targeted) up to `retries` more times while the pool runs
+    /// (default 0): at least once, since it may have run partly. It keeps its id.
+    pub fn set_retries(&mut self, retries: u32) {
+        self.retries = retries;
+    }
+
+    /// Kills a worker whose event loop has not turned for longer than `limit` while it holds
+    /// tasks (see [`handle_silence`](Self::handle_silence)); `None`, the default, never.
+    pub fn set_stall_limit(&mut self, limit: Option<Duration>) {
+        self.stall_limit = limit;
+    }
+
+    /// Retires a worker whose resident memory passes `bytes` (see
+    /// [`handle_memory`](Self::handle_memory)); `None`, the default, never.
+    pub fn set_memory_limit(&mut self, bytes: Option<u64>) {
+        self.memory_limit = bytes;
     }
 
     /// Sets how many outputs each worker may emit past its result credit once a stop begins
@@ -89,7 +142,7 @@ impl<P: Clone> PoolState<P> {
         self.recycle_after = tasks;
     }
 
-    /// Sets how dead workers are relaunched ([`decide_restart`](Self::decide_restart)); `None`,
+    /// Sets how dead workers are relaunched ([`handle_exit`](Self::handle_exit)); `None`,
     /// the default, relaunches none.
     pub fn set_restart_policy(&mut self, policy: Option<RestartPolicy>) {
         self.restart = policy;
@@ -100,30 +153,11 @@ impl<P: Clone> PoolState<P> {
     pub fn submit(&mut self, route: Route, payload: P) -> Result<(usize, TaskId), Refusal> {
         let worker = self.choose(route)?;
         let id = self.take_id();
-        self.slots[worker].accept(id, payload);
+        self.slots[worker].accept(id, payload, route, 1);
         if route == Route::Any {
             self.cursor = (worker + 1) % self.slots.len();
         }
         Ok((worker, id))
-    }
-
-    /// Accepts again, under its own id, a task whose worker died holding it (a retry): the
-    /// id keeps tagging its outputs. Routed like [`submit`](Self::submit).
-    pub fn resubmit(&mut self, route: Route, id: TaskId, payload: P) -> Result<usize, Refusal> {
-        debug_assert!(
-            id < self.next_id,
-            "only an id this pool gave out can be resubmitted"
-        );
-        debug_assert!(
-            (0..self.slots.len()).all(|k| !self.slots[k].holds(id)),
-            "task {id} is still held"
-        );
-        let worker = self.choose(route)?;
-        self.slots[worker].accept(id, payload);
-        if route == Route::Any {
-            self.cursor = (worker + 1) % self.slots.len();
-        }
-        Ok(worker)
     }
 
     /// Accepts one copy of a task for every live worker, all or nothing: if any live worker is
@@ -151,7 +185,7 @@ impl<P: Clone> PoolState<P> {
             .into_iter()
             .map(|k| {
                 let id = self.take_id();
-                self.slots[k].accept(id, payload.clone());
+                self.slots[k].accept(id, payload.clone(), Route::Worker(k), 1);
                 (k, id)
             })
             .collect())
@@ -258,8 +292,9 @@ impl<P: Clone> PoolState<P> {
     }
 
     /// The worker reported the end of task `id`.
-    /// Ending a task may release a sticky replay to a replacement, and retires a worker that
-    /// reached its recycling limit: see [`has_transmit`](Self::has_transmit).
+    /// Ending a task may release a sticky replay to a replacement, retires a worker that
+    /// reached its recycling limit (see [`has_transmit`](Self::has_transmit)), and makes room
+    /// for a retry waiting for one.
     pub fn handle_done(&mut self, worker: usize, id: TaskId) -> Result<(), Violation> {
         let ended = self.slots[worker].done(worker, id)?;
         self.release_replay(worker);
@@ -267,9 +302,10 @@ impl<P: Clone> PoolState<P> {
         if let Some(ended) = ended {
             self.histories[worker].ended_task();
             if self.recycle_after.is_some_and(|limit| ended >= limit) {
-                self.handle_retire(worker);
+                self.retire(worker, Retirement::Tasks(ended));
             }
         }
+        self.place_deferred();
         Ok(())
     }
 
@@ -285,176 +321,6 @@ impl<P: Clone> PoolState<P> {
     /// The worker said it drained everything after the poison pill.
     pub fn handle_bye(&mut self, worker: usize) -> Result<(), Violation> {
         self.slots[worker].bye(worker)
-    }
-
-    /// The worker's process (or thread) is gone. Returns the tasks it held, which are lost, in
-    /// the order they were accepted. Calling it again for the same incarnation returns nothing.
-    pub fn handle_exit(&mut self, worker: usize) -> Vec<TaskId> {
-        let lost = self.slots[worker].exit();
-        if let Phase::Stopping { .. } = self.phase {
-            if self.slots.iter().all(|s| !s.is_live()) {
-                self.phase = Phase::Stopped;
-            }
-        }
-        lost
-    }
-
-    /// Decides whether and when the exited `worker` (whose incarnation ended `how` at `now`,
-    /// or whose replacement failed to launch) is relaunched, by the [`RestartPolicy`]. While a
-    /// replacement is due, targeted submissions wait for it; a given-up number refuses them.
-    ///
-    /// A replacement decided here is *under way* (and a stop waits for it) until it is
-    /// registered ([`handle_replaced`](Self::handle_replaced)) or abandoned
-    /// ([`handle_launch_abandoned`](Self::handle_launch_abandoned)); a failed launch
-    /// (`Departure::LaunchFailed`) that is not tried again ends it too.
-    pub fn decide_restart(&mut self, worker: usize, now: Instant, how: Departure) -> Restart {
-        let decision = self.restart_decision(worker, now, how);
-        match (how, decision) {
-            (Departure::LaunchFailed, Restart::After(_)) => {}
-            (Departure::LaunchFailed, _) => self.launches = self.launches.saturating_sub(1),
-            (_, Restart::After(_)) => self.launches += 1,
-            _ => {}
-        }
-        decision
-    }
-
-    fn restart_decision(&mut self, worker: usize, now: Instant, how: Departure) -> Restart {
-        let Some(policy) = self.restart.filter(|_| self.phase == Phase::Running) else {
-            return Restart::Never;
-        };
-        if self.slots[worker].is_live() {
-            return Restart::Never;
-        }
-        let decision = self.histories[worker].decide(&policy, now, how);
-        self.slots[worker].set_replacing(matches!(decision, Restart::After(_)));
-        decision
-    }
-
-    /// A replacement under way was given up by the driver (a stop began before or while it
-    /// launched; it was killed).
-    pub fn handle_launch_abandoned(&mut self) {
-        self.launches = self.launches.saturating_sub(1);
-    }
-
-    /// Replacements decided and not yet registered or abandoned.
-    pub fn launches_under_way(&self) -> usize {
-        self.launches
-    }
-
-    /// Takes the given-up `worker` back: a replacement is due now (returns `true`) if its
-    /// retry time has come by `now`, or at once when `now` is `None` (a revival on request).
-    /// Nothing happens while the pool is stopping or the number is not given up.
-    pub fn revive(&mut self, worker: usize, now: Option<Instant>) -> bool {
-        let Some(policy) = self.restart.filter(|_| self.phase == Phase::Running) else {
-            return false;
-        };
-        if self.slots[worker].is_live() || !self.histories[worker].revive(&policy, now) {
-            return false;
-        }
-        self.slots[worker].set_replacing(true);
-        self.launches += 1;
-        true
-    }
-
-    /// When the given-up `worker` is tried again, if it is given up.
-    pub fn given_up_until(&self, worker: usize) -> Option<Instant> {
-        let policy = self.restart?;
-        if self.slots[worker].status() != WorkerStatus::Exited {
-            return None;
-        }
-        Some(self.histories[worker].given_up_at()? + policy.retry_after)
-    }
-
-    /// A replacement for the exited `worker` is being launched: targeted submissions wait for
-    /// it rather than fail. Ignored once a stop has begun.
-    pub fn handle_replacing(&mut self, worker: usize) {
-        if self.phase == Phase::Running {
-            self.slots[worker].set_replacing(true);
-        }
-    }
-
-    /// The replacement of `worker` will not come (its restart limit is spent).
-    pub fn handle_given_up(&mut self, worker: usize) {
-        self.slots[worker].set_replacing(false);
-    }
-
-    /// Asks `worker` to retire: it takes no new tasks, receives the poison pill behind what it
-    /// holds, and drains; its replacement then takes its number. Returns whether it began
-    /// retiring now (not if it already was, or has exited, or the pool is stopping).
-    pub fn handle_retire(&mut self, worker: usize) -> bool {
-        let slot = &mut self.slots[worker];
-        if self.phase != Phase::Running || !slot.accepts() {
-            return false;
-        }
-        slot.queue_stop();
-        true
-    }
-
-    /// A new incarnation of an exited worker takes its number; it was launched with
-    /// `credit_given` result credit (its [`replacement_credit`](Self::replacement_credit) then).
-    /// Outputs of earlier incarnations acknowledged since its launch are owed to it and go out
-    /// as an [`Ack`](Transmit::Ack). Every sticky broadcast is replayed to it before anything
-    /// else, as many at a time as its capacity allows; until the last is out it takes no other
-    /// task and broadcasts wait. Returns its generation and the ids of the replays sent now
-    /// (more follow as it ends tasks).
-    ///
-    /// # Panics
-    /// If the worker has not exited.
-    pub fn handle_replaced(&mut self, worker: usize, credit_given: usize) -> (u64, Vec<TaskId>) {
-        self.launches = self.launches.saturating_sub(1);
-        let owed = self.replacement_credit(worker).saturating_sub(credit_given);
-        let generation = self.slots[worker].replace(owed);
-        let payloads: Vec<P> = self.sticky.iter().map(|(_, p)| p.clone()).collect();
-        self.slots[worker].queue_replay(payloads);
-        (generation, self.release_replay(worker))
-    }
-
-    /// Begins a graceful stop: new submissions are refused, every live worker is sent the poison
-    /// pill behind what it already has and granted the stop backlog
-    /// ([`set_stop_backlog`](Self::set_stop_backlog)), and workers still alive at `now + grace` are to be killed
-    /// (see [`handle_timeout`](Self::handle_timeout)). Calling it again only brings the deadline
-    /// forward (a kill after a graceful stop began).
-    pub fn begin_stop(&mut self, now: Instant, grace: Duration) {
-        match self.phase {
-            Phase::Running => {}
-            Phase::Stopping { deadline } => {
-                self.phase = Phase::Stopping {
-                    deadline: deadline.min(now + grace),
-                };
-                return;
-            }
-            Phase::Stopped => return,
-        }
-        self.phase = Phase::Stopping {
-            deadline: now + grace,
-        };
-        for slot in &mut self.slots {
-            slot.queue_stop();
-            slot.grant(self.stop_backlog);
-            // A stop cancels the replacements on their way.
-            slot.set_replacing(false);
-        }
-        if self.slots.iter().all(|s| !s.is_live()) {
-            self.phase = Phase::Stopped;
-        }
-    }
-
-    /// When [`handle_timeout`](Self::handle_timeout) should next be called, if ever.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.phase {
-            Phase::Stopping { deadline } => Some(deadline),
-            _ => None,
-        }
-    }
-
-    /// Time has reached `now`. Returns the workers the driver must kill now (each once).
-    pub fn handle_timeout(&mut self, now: Instant) -> Vec<usize> {
-        match self.phase {
-            Phase::Stopping { deadline } if now >= deadline => (0..self.slots.len())
-                .filter(|&k| self.slots[k].take_kill())
-                .collect(),
-            _ => Vec::new(),
-        }
     }
 
     /// The next thing to write to worker `worker`'s link, in order.
@@ -475,7 +341,17 @@ impl<P: Clone> PoolState<P> {
 
     /// Whether a stop has begun, every worker has exited and no replacement is under way.
     pub fn is_stopped(&self) -> bool {
-        self.phase == Phase::Stopped && self.launches == 0
+        self.phase == Phase::Stopped && self.launches == 0 && self.deferred.is_empty()
+    }
+
+    /// The workers killed at the stop deadline or by [`kill_all`](Self::kill_all), in order.
+    pub fn killed(&self) -> &[usize] {
+        &self.killed
+    }
+
+    /// Lost tasks waiting for a worker with room to be retried on.
+    pub fn retries_waiting(&self) -> usize {
+        self.deferred.len()
     }
 
     /// The number of workers (live or not).

@@ -1,7 +1,7 @@
 //! One worker's share of the pool state.
 
 use super::IdMap;
-use super::{TaskId, Transmit, Violation};
+use super::{Route, TaskId, Transmit, Violation};
 use std::collections::VecDeque;
 
 /// Where one worker is in its life.
@@ -20,17 +20,28 @@ pub enum WorkerStatus {
     Exited,
 }
 
+/// A task a worker holds: what a retry needs.
+#[derive(Debug)]
+pub(super) struct Held<P> {
+    /// The order it was accepted in, for reporting losses in order.
+    seq: u64,
+    pub(super) payload: P,
+    pub(super) route: Route,
+    /// How many times it was sent, this time included.
+    pub(super) attempts: u32,
+    /// A sticky replay: not work the worker served, and never retried.
+    pub(super) replay: bool,
+}
+
 #[derive(Debug)]
 pub(super) struct Slot<P> {
     status: WorkerStatus,
     generation: u64,
-    /// Unfinished tasks, with the order they were accepted in (for reporting losses in order).
-    tasks: IdMap<u64>,
+    /// Unfinished tasks.
+    tasks: IdMap<Held<P>>,
     seq: u64,
     /// Tasks this incarnation ended, sticky replays aside.
     ended: u64,
-    /// Sticky replays sent to this incarnation and not yet ended.
-    replays_held: Vec<TaskId>,
     unacked: usize,
     ack_due: u32,
     outbox: VecDeque<Transmit<P>>,
@@ -42,7 +53,7 @@ pub(super) struct Slot<P> {
     replay: VecDeque<P>,
 }
 
-impl<P> Slot<P> {
+impl<P: Clone> Slot<P> {
     pub(super) fn new() -> Self {
         Self {
             status: WorkerStatus::Starting,
@@ -50,7 +61,6 @@ impl<P> Slot<P> {
             tasks: IdMap::default(),
             seq: 0,
             ended: 0,
-            replays_held: Vec::new(),
             unacked: 0,
             ack_due: 0,
             outbox: VecDeque::new(),
@@ -101,8 +111,7 @@ impl<P> Slot<P> {
                 break;
             };
             let id = next_id();
-            self.accept(id, payload);
-            self.replays_held.push(id);
+            self.take(id, payload, Route::Any, 1, true);
             released.push(id);
         }
         released
@@ -127,7 +136,7 @@ impl<P> Slot<P> {
     }
 
     pub(super) fn held_ids(&self) -> Vec<TaskId> {
-        let mut ids: Vec<_> = self.tasks.iter().map(|(&id, &seq)| (seq, id)).collect();
+        let mut ids: Vec<_> = self.tasks.iter().map(|(&id, h)| (h.seq, id)).collect();
         ids.sort_unstable();
         ids.into_iter().map(|(_, id)| id).collect()
     }
@@ -140,10 +149,22 @@ impl<P> Slot<P> {
         self.unacked
     }
 
-    pub(super) fn accept(&mut self, id: TaskId, payload: P) {
+    /// Takes task `id` (sent `attempts` times, this one included), to go out in order.
+    pub(super) fn accept(&mut self, id: TaskId, payload: P, route: Route, attempts: u32) {
+        self.take(id, payload, route, attempts, false);
+    }
+
+    fn take(&mut self, id: TaskId, payload: P, route: Route, attempts: u32, replay: bool) {
         debug_assert!(self.is_live());
         self.seq += 1;
-        self.tasks.insert(id, self.seq);
+        let held = Held {
+            seq: self.seq,
+            payload: payload.clone(),
+            route,
+            attempts,
+            replay,
+        };
+        self.tasks.insert(id, held);
         self.outbox.push_back(Transmit::Task { id, payload });
     }
 
@@ -206,12 +227,10 @@ impl<P> Slot<P> {
     /// Ends task `id`; returns how many tasks (sticky replays aside) this incarnation has
     /// ended, or `None` if `id` was a replay: replaying its state is not work it served.
     pub(super) fn done(&mut self, worker: usize, id: TaskId) -> Result<Option<u64>, Violation> {
-        if self.tasks.remove(&id).is_none() {
-            return Err(Violation::UnknownTask { worker, task: id });
-        }
-        if let Some(at) = self.replays_held.iter().position(|&r| r == id) {
-            self.replays_held.swap_remove(at);
-            return Ok(None);
+        match self.tasks.remove(&id) {
+            None => return Err(Violation::UnknownTask { worker, task: id }),
+            Some(held) if held.replay => return Ok(None),
+            Some(_) => {}
         }
         self.ended += 1;
         Ok(Some(self.ended))
@@ -232,17 +251,17 @@ impl<P> Slot<P> {
         Err(Violation::EarlyBye { worker, why })
     }
 
-    pub(super) fn exit(&mut self) -> Vec<TaskId> {
+    /// The incarnation is gone: returns the tasks it held, in the order they were accepted.
+    pub(super) fn exit(&mut self) -> Vec<(TaskId, Held<P>)> {
         if !self.is_live() {
             return Vec::new();
         }
         self.status = WorkerStatus::Exited;
         self.outbox.clear();
         self.ack_due = 0;
-        let lost = self.held_ids();
-        self.tasks.clear();
-        self.replays_held.clear();
-        lost
+        let mut held: Vec<_> = self.tasks.drain().collect();
+        held.sort_unstable_by_key(|(_, h)| h.seq);
+        held
     }
 
     /// A new incarnation takes the slot; outputs of earlier ones stay unacknowledged, and

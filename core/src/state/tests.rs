@@ -29,7 +29,7 @@ fn round_robin_rotates_over_live_workers_and_skips_exited_ones() {
     let mut s = ready(3, 10, 1);
     let picks: Vec<usize> = (0..6).map(|i| s.submit(Route::Any, i).unwrap().0).collect();
     assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
-    let _ = s.handle_exit(1);
+    let _ = s.handle_exit(1, Instant::now(), Departure::Died);
     let picks: Vec<usize> = (0..4).map(|i| s.submit(Route::Any, i).unwrap().0).collect();
     assert_eq!(picks, [0, 2, 0, 2]);
 }
@@ -63,12 +63,12 @@ fn targeted_submissions_check_the_worker_number_and_liveness() {
         s.submit(Route::Worker(2), 0),
         Err(Refusal::NoSuchWorker { worker: 2, size: 2 })
     );
-    let _ = s.handle_exit(1);
+    let _ = s.handle_exit(1, Instant::now(), Departure::Died);
     assert_eq!(
         s.submit(Route::Worker(1), 0),
         Err(Refusal::WorkerExited { worker: 1 })
     );
-    let _ = s.handle_exit(0);
+    let _ = s.handle_exit(0, Instant::now(), Departure::Died);
     assert_eq!(s.submit(Route::Any, 0), Err(Refusal::NoLiveWorkers));
 }
 
@@ -119,7 +119,7 @@ fn result_credit_belongs_to_the_worker_number_across_incarnations() {
     let mut s = ready(1, 1, 3);
     s.handle_output(0, None).unwrap();
     s.handle_output(0, None).unwrap();
-    let _ = s.handle_exit(0);
+    let _ = s.handle_exit(0, Instant::now(), Departure::Died);
     // Two outputs of the dead incarnation are unread: its replacement starts with one credit.
     assert_eq!(s.replacement_credit(0), 1);
     // One is read while the replacement launches: it is owed that credit once registered.
@@ -176,8 +176,8 @@ fn sticky_broadcasts_are_replayed_to_a_replacement_before_anything_else() {
     s.broadcast_sticky("config", 2).unwrap();
     s.broadcast_sticky("table", 3).unwrap();
     s.broadcast(4).unwrap();
-    let _ = s.handle_exit(1);
-    s.handle_replacing(1);
+    s.set_restart_policy(Some(policy()));
+    let _ = s.handle_exit(1, Instant::now(), Departure::Died);
     let (generation, replayed) = s.handle_replaced(1, 1);
     assert_eq!((generation, replayed.len()), (1, 2));
     s.handle_ready(1, Instant::now()).unwrap();
@@ -215,14 +215,20 @@ fn a_retiring_worker_takes_no_new_tasks_and_drains() {
     );
     s.handle_done(0, held).unwrap();
     s.handle_bye(0).unwrap();
-    assert!(s.handle_exit(0).is_empty());
+    let _ = events(&mut s);
+    assert_eq!(
+        s.handle_exit(0, Instant::now(), Departure::Retired),
+        Restart::Never
+    );
+    assert_eq!(events(&mut s), [], "nothing was lost");
 }
 
 #[test]
 fn submissions_wait_for_a_worker_being_replaced_and_fail_once_it_is_given_up() {
+    let t0 = Instant::now();
     let mut s = ready(1, 4, 1);
-    let _ = s.handle_exit(0);
-    s.handle_replacing(0);
+    s.set_restart_policy(Some(policy()));
+    let _ = s.handle_exit(0, t0, Departure::Died);
     assert_eq!(
         s.submit(Route::Worker(0), 1),
         Err(Refusal::Replacing { worker: 0 })
@@ -232,7 +238,7 @@ fn submissions_wait_for_a_worker_being_replaced_and_fail_once_it_is_given_up() {
         Err(Refusal::Replacing { worker: 0 })
     );
     assert_eq!(s.broadcast(1), Err(Refusal::Replacing { worker: 0 }));
-    s.handle_given_up(0);
+    while let Restart::After(_) = s.handle_launch_failed(0, t0) {}
     assert_eq!(
         s.submit(Route::Worker(0), 1),
         Err(Refusal::WorkerExited { worker: 0 })
@@ -243,11 +249,13 @@ fn submissions_wait_for_a_worker_being_replaced_and_fail_once_it_is_given_up() {
 #[test]
 fn a_stop_cancels_replacements_on_their_way() {
     let mut s = ready(2, 4, 1);
-    let _ = s.handle_exit(0);
-    s.handle_replacing(0);
+    s.set_restart_policy(Some(policy()));
+    let _ = s.handle_exit(0, Instant::now(), Departure::Died);
+    assert_eq!(s.status(0), WorkerStatus::Replacing);
     s.begin_stop(Instant::now(), Duration::from_secs(1));
     assert_eq!(s.status(0), WorkerStatus::Exited);
-    let _ = s.handle_exit(1);
+    let _ = s.handle_exit(1, Instant::now(), Departure::Died);
+    s.handle_launch_abandoned();
     assert!(s.is_stopped());
 }
 
@@ -266,7 +274,7 @@ fn replays_respect_capacity_and_come_before_any_other_task() {
         other => panic!("{other:?}"),
     };
     s.handle_done(0, second).unwrap();
-    let _ = s.handle_exit(0);
+    let _ = s.handle_exit(0, Instant::now(), Departure::Died);
     let (_, now) = s.handle_replaced(0, 1);
     assert_eq!(now.len(), 1, "one replay at a time with a capacity of 1");
     assert_eq!(s.held(0), 1);
@@ -282,16 +290,145 @@ fn replays_respect_capacity_and_come_before_any_other_task() {
     assert_eq!(rest, [1, 2]);
 }
 
+fn events(s: &mut PoolState<u32>) -> Vec<Event> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
 #[test]
-fn a_lost_task_is_resubmitted_under_its_own_id() {
-    let mut s = ready(2, 2, 1);
-    let (_, id) = s.submit(Route::Worker(0), 7).unwrap();
-    assert_eq!(s.handle_exit(0), [id]);
-    assert_eq!(s.resubmit(Route::Any, id, 7), Ok(1));
+fn a_lost_task_is_retried_under_its_own_id_until_its_retries_are_spent() {
+    let t0 = Instant::now();
+    let mut s = ready(3, 2, 1);
+    s.set_retries(1);
+    let (_, id) = s.submit(Route::Any, 7).unwrap();
+    let _ = s.handle_exit(0, t0, Departure::Died);
+    assert_eq!(events(&mut s), [Event::Retried { id, from: 0, to: 1 }]);
     assert!(s.holds(1, id));
     assert_eq!(task_payloads(&mut s, 1), [7]);
-    s.handle_done(1, id).unwrap();
-    assert_eq!(s.held(1), 0);
+    let _ = s.handle_exit(1, t0, Departure::Died);
+    assert_eq!(
+        events(&mut s),
+        [Event::Lost {
+            worker: 1,
+            id,
+            why: Loss::Died
+        }],
+        "its one retry was spent"
+    );
+}
+
+#[test]
+fn a_retry_waits_for_room_and_a_stop_loses_it() {
+    let t0 = Instant::now();
+    let mut s = ready(2, 1, 1);
+    s.set_retries(1);
+    let (_, a) = s.submit(Route::Any, 1).unwrap();
+    let (_, b) = s.submit(Route::Any, 2).unwrap();
+    let _ = s.handle_exit(0, t0, Departure::Died);
+    assert_eq!(events(&mut s), [], "worker 1 is full");
+    assert_eq!(s.retries_waiting(), 1);
+    s.handle_done(1, b).unwrap();
+    assert_eq!(
+        events(&mut s),
+        [Event::Retried {
+            id: a,
+            from: 0,
+            to: 1
+        }]
+    );
+    // Its one retry is spent now.
+    let _ = s.handle_exit(1, t0, Departure::Died);
+    assert_eq!(
+        events(&mut s),
+        [Event::Lost {
+            worker: 1,
+            id: a,
+            why: Loss::Died
+        }]
+    );
+    // A retry still waiting for room when the pool stops is lost.
+    let mut s = ready(2, 1, 1);
+    s.set_retries(1);
+    let (_, a) = s.submit(Route::Any, 1).unwrap();
+    s.submit(Route::Any, 2).unwrap();
+    let _ = s.handle_exit(0, t0, Departure::Died);
+    s.begin_stop(t0, Duration::from_secs(1));
+    assert_eq!(
+        events(&mut s),
+        [Event::Lost {
+            worker: 0,
+            id: a,
+            why: Loss::Stopped
+        }]
+    );
+}
+
+#[test]
+fn a_targeted_retry_waits_for_its_own_numbers_replacement() {
+    let t0 = Instant::now();
+    let mut s = ready(2, 2, 1);
+    s.set_retries(1);
+    s.set_restart_policy(Some(policy()));
+    let (_, id) = s.submit(Route::Worker(0), 5).unwrap();
+    let _ = s.handle_exit(0, t0, Departure::Died);
+    assert_eq!(
+        events(&mut s),
+        [Event::Relaunch {
+            worker: 0,
+            after: Duration::ZERO
+        }]
+    );
+    assert!(!s.holds(1, id), "not sent to another worker");
+    s.handle_replaced(0, 1);
+    assert_eq!(events(&mut s), [Event::Retried { id, from: 0, to: 0 }]);
+}
+
+#[test]
+fn a_silent_worker_is_killed_only_while_it_holds_tasks_and_only_once() {
+    let mut s = ready(2, 2, 1);
+    s.set_stall_limit(Some(Duration::from_secs(1)));
+    s.handle_silence(0, Duration::from_secs(5));
+    assert_eq!(events(&mut s), [], "an idle worker may be silent");
+    s.submit(Route::Worker(0), 1).unwrap();
+    s.handle_silence(0, Duration::from_millis(900));
+    assert_eq!(events(&mut s), [], "within the limit");
+    let silent = Duration::from_secs(2);
+    s.handle_silence(0, silent);
+    s.handle_silence(0, silent);
+    assert_eq!(
+        events(&mut s),
+        [Event::Kill {
+            worker: 0,
+            cause: KillCause::Stalled { silent }
+        }]
+    );
+}
+
+#[test]
+fn a_worker_over_the_memory_limit_retires_and_kill_all_kills_every_live_one() {
+    let mut s = ready(2, 2, 1);
+    s.set_memory_limit(Some(1000));
+    assert!(!s.handle_memory(0, 1000));
+    assert!(s.handle_memory(0, 1001));
+    assert_eq!(
+        events(&mut s),
+        [Event::Retiring {
+            worker: 0,
+            why: Retirement::Memory {
+                bytes: 1001,
+                limit: 1000
+            }
+        }]
+    );
+    s.kill_all(Instant::now());
+    let kills: Vec<_> = events(&mut s);
+    assert_eq!(
+        kills,
+        [0, 1].map(|worker| Event::Kill {
+            worker,
+            cause: KillCause::PoolKilled
+        })
+    );
+    assert_eq!(s.killed(), [0, 1]);
 }
 
 fn policy() -> RestartPolicy {
@@ -313,8 +450,7 @@ fn quick_failures_back_off_then_give_up_and_the_number_is_tried_again_later() {
     let ms = |m| Restart::After(Duration::from_millis(m));
     let mut decisions = Vec::new();
     for _ in 0..4 {
-        let _ = s.handle_exit(0);
-        decisions.push(s.decide_restart(0, t0, Departure::Died));
+        decisions.push(s.handle_exit(0, t0, Departure::Died));
         if let Restart::After(_) = decisions.last().unwrap() {
             assert_eq!(s.status(0), WorkerStatus::Replacing);
             s.handle_replaced(0, 1);
@@ -350,18 +486,16 @@ fn a_worker_that_served_is_replaced_at_once_and_retirements_count_for_nothing() 
     for round in 0..10u64 {
         // Worker 0 serves a second each time before it is killed; worker 1 ends a task.
         let at = t0 + Duration::from_secs(round + 1);
-        let _ = s.handle_exit(0);
         assert_eq!(
-            s.decide_restart(0, at, Departure::Died),
+            s.handle_exit(0, at, Departure::Died),
             Restart::After(Duration::ZERO)
         );
         s.handle_replaced(0, 1);
         s.handle_ready(0, at).unwrap();
         let (_, id) = s.submit(Route::Worker(1), 0).unwrap();
         s.handle_done(1, id).unwrap();
-        let _ = s.handle_exit(1);
         assert_eq!(
-            s.decide_restart(1, t0, Departure::Died),
+            s.handle_exit(1, t0, Departure::Died),
             Restart::After(Duration::ZERO)
         );
         s.handle_replaced(1, 1);
@@ -369,9 +503,8 @@ fn a_worker_that_served_is_replaced_at_once_and_retirements_count_for_nothing() 
     }
     // Retiring (recycling) never counts, however often.
     for _ in 0..10 {
-        let _ = s.handle_exit(1);
         assert_eq!(
-            s.decide_restart(1, t0, Departure::Retired),
+            s.handle_exit(1, t0, Departure::Retired),
             Restart::After(Duration::ZERO)
         );
         s.handle_replaced(1, 1);
@@ -379,8 +512,7 @@ fn a_worker_that_served_is_replaced_at_once_and_retirements_count_for_nothing() 
     }
     // No policy, or a stop: nothing is relaunched.
     s.begin_stop(t0, Duration::from_secs(1));
-    let _ = s.handle_exit(1);
-    assert_eq!(s.decide_restart(1, t0, Departure::Died), Restart::Never);
+    assert_eq!(s.handle_exit(1, t0, Departure::Died), Restart::Never);
 }
 
 #[test]
@@ -406,19 +538,15 @@ fn a_stop_waits_for_replacements_under_way() {
     let t0 = Instant::now();
     let mut s = ready(1, 1, 1);
     s.set_restart_policy(Some(policy()));
-    let _ = s.handle_exit(0);
     assert_eq!(
-        s.decide_restart(0, t0, Departure::Died),
+        s.handle_exit(0, t0, Departure::Died),
         Restart::After(Duration::ZERO)
     );
     assert_eq!(s.launches_under_way(), 1);
     s.begin_stop(t0, Duration::from_secs(1));
     assert!(!s.is_stopped(), "a replacement is still launching");
     // Its launch fails once the stop began: it is not tried again, and the stop is done.
-    assert_eq!(
-        s.decide_restart(0, t0, Departure::LaunchFailed),
-        Restart::Never
-    );
+    assert_eq!(s.handle_launch_failed(0, t0), Restart::Never);
     assert!(s.is_stopped());
 }
 
@@ -437,9 +565,8 @@ fn sticky_replays_are_neither_service_nor_work() {
     // That was real work for the first incarnation: it retires after one task.
     assert_eq!(drain(&mut s, 0), [Transmit::Stop]);
     s.handle_bye(0).unwrap();
-    let _ = s.handle_exit(0);
     assert_eq!(
-        s.decide_restart(0, t0, Departure::Retired),
+        s.handle_exit(0, t0, Departure::Retired),
         Restart::After(Duration::ZERO)
     );
     let (_, replayed) = s.handle_replaced(0, 1);
@@ -447,10 +574,10 @@ fn sticky_replays_are_neither_service_nor_work() {
     s.handle_done(0, replayed[0]).unwrap();
     // The replay neither retired the replacement nor made it healthy: a crash now is quick.
     assert_eq!(s.status(0), WorkerStatus::Ready);
-    let _ = s.handle_exit(0);
-    let decisions: Vec<_> = (0..2)
-        .map(|_| s.decide_restart(0, t0, Departure::Died))
-        .collect();
+    let decisions = [
+        s.handle_exit(0, t0, Departure::Died),
+        s.handle_launch_failed(0, t0),
+    ];
     assert_eq!(decisions[0], Restart::After(Duration::ZERO));
     assert_eq!(decisions[1], Restart::After(Duration::from_millis(10)));
 }

@@ -2,7 +2,7 @@
 //! transmit, and the pool's phase.
 
 use std::hash::{BuildHasherDefault, Hasher};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The identifier the pool gives each accepted task; unique within a pool.
 pub type TaskId = u64;
@@ -155,4 +155,107 @@ pub enum Phase {
     },
     /// Every worker has exited after a stop.
     Stopped,
+}
+
+/// A decision of the state that the driver carries out, drained with
+/// [`poll_event`](super::PoolState::poll_event) after each input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// Kill the current incarnation of `worker`.
+    Kill {
+        /// The worker to kill.
+        worker: usize,
+        /// Why.
+        cause: KillCause,
+    },
+    /// Launch a replacement for the dead `worker` after `after` (a backoff, or none).
+    Relaunch {
+        /// The worker number to relaunch.
+        worker: usize,
+        /// How long to wait first; a stop ends the wait.
+        after: Duration,
+    },
+    /// `worker` failed quickly `failures` times: it is not relaunched before `retry_at`.
+    GaveUp {
+        /// The worker number given up.
+        worker: usize,
+        /// Quick failures within the window.
+        failures: u32,
+        /// When to ask [`revive`](super::PoolState::revive) again.
+        retry_at: Instant,
+    },
+    /// Task `id`, last held by `worker`, ended as lost.
+    Lost {
+        /// The worker that held it (or, for a retry that could not be placed, the one whose
+        /// death it was retried for).
+        worker: usize,
+        /// The task.
+        id: TaskId,
+        /// Why it was not retried.
+        why: Loss,
+    },
+    /// Task `id`, held by `from` when it died, was accepted again by `to` (a retry): the
+    /// driver writes it out under the same id.
+    Retried {
+        /// The task.
+        id: TaskId,
+        /// The worker that died holding it.
+        from: usize,
+        /// The worker that holds it now.
+        to: usize,
+    },
+    /// `worker` began retiring: it takes no new tasks, and gets the poison pill behind what it
+    /// holds; its replacement takes its number.
+    Retiring {
+        /// The worker.
+        worker: usize,
+        /// Why.
+        why: Retirement,
+    },
+}
+
+/// Why the state asks for a worker to be killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KillCause {
+    /// It was still alive when the stop deadline passed.
+    StopDeadline,
+    /// The pool was killed ([`kill_all`](super::PoolState::kill_all)).
+    PoolKilled,
+    /// Its event loop did not turn for `silent` while it held tasks.
+    Stalled {
+        /// How long it had been silent.
+        silent: Duration,
+    },
+}
+
+/// Why a task held by a dead worker was not run again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Loss {
+    /// It was held by the worker when it died, and is not retried (its retries are spent, the
+    /// pool is stopping, or it was a sticky replay).
+    Died,
+    /// It was waiting for a worker to retry it on when a stop began.
+    Stopped,
+    /// No worker can take its retry.
+    Unroutable(Refusal),
+}
+
+/// Why a worker retires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Retirement {
+    /// It was asked to ([`handle_retire`](super::PoolState::handle_retire)).
+    Requested,
+    /// It ended this many tasks (the recycling limit).
+    Tasks(u64),
+    /// Its resident memory passed the limit.
+    Memory {
+        /// What it used.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
 }

@@ -6,7 +6,7 @@ mod serve;
 
 pub use context::Context;
 pub(crate) use observe::filter_code;
-pub(crate) use serve::{exit_code, rejection, serve, Handshake, HELLO_LIMIT};
+pub(crate) use serve::{exit_code, serve};
 
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]

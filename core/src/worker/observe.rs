@@ -108,8 +108,8 @@ pub(super) fn forward(level: u8, target: &str, message: &str) -> bool {
         let frame = ToParent::Log {
             level,
             task: CURRENT_TASK.with(Cell::get),
-            target: super::serve::truncate_to(target, 256),
-            message: super::serve::truncate_to(message, LOG_MESSAGE_LIMIT),
+            target: crate::protocol::truncate_to(target, 256),
+            message: crate::protocol::truncate_to(message, LOG_MESSAGE_LIMIT),
         };
         if encode_header(&mut out, &frame, link.max_frame).is_err() {
             link.logs_dropped.set(link.logs_dropped.get() + 1);

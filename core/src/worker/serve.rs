@@ -17,8 +17,8 @@ use super::observe::{self, Forwarding, InTask};
 use super::Worker;
 use crate::error::{error_chain, panic_message};
 use crate::protocol::{
-    encode_header, hello_version, split_body, FrameReader, ToParent, ToWorker, WireOutcome,
-    PROTOCOL_VERSION,
+    encode_header, rejection, split_body, truncate_to, FrameReader, Handshake, ToParent, ToWorker,
+    WireOutcome, HELLO_LIMIT, MESSAGE_LIMIT, PROTOCOL_VERSION,
 };
 use crate::runtime::{yield_now, BoxIo, Runtime};
 use crate::state::TaskId;
@@ -46,133 +46,8 @@ pub(crate) mod exit_code {
     pub(crate) const LINK: i32 = 4;
 }
 
-/// The largest handshake accepted before the negotiated frame limit is known.
-pub(crate) const HELLO_LIMIT: usize = 64 * 1024;
-
-/// The longest error or panic message sent to the parent, in bytes.
-const MESSAGE_LIMIT: usize = 16 * 1024;
-
-/// What the parent told this worker in the handshake.
-#[derive(Debug, Clone)]
-pub(crate) struct Handshake {
-    pub(crate) worker: usize,
-    pub(crate) pool_size: usize,
-    pub(crate) concurrency: usize,
-    pub(crate) result_credit: usize,
-    pub(crate) max_frame: usize,
-    pub(crate) task_timeout: Option<Duration>,
-    pub(crate) heartbeat: Option<Duration>,
-    /// Report resource use and loop lag this often.
-    pub(crate) stats: Option<Duration>,
-    /// The most verbose `tracing` level forwarded to the parent (wire code, 0: none).
-    pub(crate) log_level: u8,
-    /// Whether the worker has a process of its own.
-    pub(crate) own_process: bool,
-    pub(crate) pool_name: String,
-    pub(crate) worker_name: String,
-}
-
-fn millis(d: Option<Duration>) -> u64 {
-    d.map_or(0, |d| d.as_millis().max(1) as u64)
-}
-
-fn from_millis(ms: u64) -> Option<Duration> {
-    (ms > 0).then(|| Duration::from_millis(ms))
-}
-
-impl Handshake {
-    /// Decodes a `Hello` body, checking the protocol version before anything else.
-    pub(crate) fn decode(body: &[u8]) -> Result<Self, String> {
-        match hello_version(body) {
-            Some(PROTOCOL_VERSION) => {}
-            Some(v) => {
-                return Err(format!(
-                    "protocol version mismatch: the parent speaks version {v}, this worker speaks \
-                     version {PROTOCOL_VERSION}"
-                ))
-            }
-            None => return Err("the first frame is not a handshake".to_string()),
-        }
-        match split_body::<ToWorker<'_>>(body) {
-            Ok((
-                ToWorker::Hello {
-                    worker,
-                    pool_size,
-                    concurrency,
-                    result_credit,
-                    max_frame,
-                    task_timeout_ms,
-                    heartbeat_ms,
-                    stats_ms,
-                    log_level,
-                    own_process,
-                    pool_name,
-                    worker_name,
-                    ..
-                },
-                _,
-            )) => Ok(Handshake {
-                worker: worker as usize,
-                pool_size: pool_size as usize,
-                concurrency: concurrency.max(1) as usize,
-                result_credit: result_credit as usize,
-                max_frame: max_frame as usize,
-                task_timeout: from_millis(task_timeout_ms),
-                heartbeat: from_millis(heartbeat_ms),
-                stats: from_millis(stats_ms),
-                log_level,
-                own_process,
-                pool_name: pool_name.to_string(),
-                worker_name: worker_name.to_string(),
-            }),
-            Ok(_) => Err("the first frame is not a handshake".to_string()),
-            Err(e) => Err(format!("malformed handshake: {e}")),
-        }
-    }
-
-    /// Appends the `Hello` frame for this handshake, announcing `version`.
-    pub(crate) fn encode(&self, version: u32, buf: &mut Vec<u8>) {
-        let hello = ToWorker::Hello {
-            version,
-            worker: self.worker as u32,
-            pool_size: self.pool_size as u32,
-            concurrency: self.concurrency as u32,
-            result_credit: self.result_credit as u32,
-            max_frame: self.max_frame as u32,
-            task_timeout_ms: millis(self.task_timeout),
-            heartbeat_ms: millis(self.heartbeat),
-            stats_ms: millis(self.stats),
-            log_level: self.log_level,
-            own_process: self.own_process,
-            pool_name: &self.pool_name,
-            worker_name: &self.worker_name,
-        };
-        encode_header(buf, &hello, HELLO_LIMIT).expect("a handshake fits its limit");
-    }
-}
-
-/// Encodes a refusal of the handshake, to be written before exiting.
-pub(crate) fn rejection(reason: &str) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let reason = truncate(reason);
-    encode_header(&mut buf, &ToParent::Rejected { reason }, HELLO_LIMIT).expect("bounded message");
-    buf
-}
-
 fn truncate(message: &str) -> &str {
     truncate_to(message, MESSAGE_LIMIT)
-}
-
-/// The longest prefix of `message` of at most `limit` bytes that ends on a character boundary.
-pub(super) fn truncate_to(message: &str, limit: usize) -> &str {
-    if message.len() <= limit {
-        return message;
-    }
-    let mut end = limit;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    &message[..end]
 }
 
 /// How the loop ended.

@@ -19,18 +19,21 @@
 //!
 //! A [`Mutation`] plants a fault in the state; the testkit's tests prove that each is caught.
 
+mod invariants;
 mod reference;
+mod retry;
 mod sut;
 mod transition;
 
 pub use reference::{
-    End, RefHistory, RefPhase, RefRefusal, RefRestart, RefWorker, Reference, Sent, POLICY,
-    RECYCLE_AFTER, STOP_BACKLOG,
+    End, RefHistory, RefPhase, RefRefusal, RefRestart, RefWorker, Reference, Sent, MEMORY_LIMIT,
+    POLICY, RECYCLE_AFTER, RETRIES, STALL_LIMIT, STOP_BACKLOG,
 };
+pub use retry::{RefEvent, RefKill, RefLoss};
 pub use sut::{Mutation, Sut};
 pub use transition::{cases, Case, Ending, Transition};
 
-use looppool_core::state::{Refusal, Transmit, Violation};
+use looppool_core::state::{Refusal, Violation};
 use looppool_core::TaskId;
 use std::collections::BTreeMap;
 
@@ -61,6 +64,8 @@ struct Harness {
     epoch: BTreeMap<usize, usize>,
     /// Per worker number, the credit a replacement launched and not yet registered was given.
     launched: Vec<Option<usize>>,
+    /// Per worker number, the tick from which a relaunch the state decided may start.
+    due: Vec<Option<u64>>,
 }
 
 fn refusal_matches(real: &Refusal, model: &RefRefusal) -> bool {
@@ -103,34 +108,61 @@ impl Harness {
         *self.reported.entry(id).or_insert(0) += 1;
     }
 
+    /// The driver saw worker `k` exit: the state decides about its tasks and its number as the
+    /// reference does.
     fn die(&mut self, k: usize) -> Result<(), String> {
         let retired = self.model.workers[k].said_bye;
-        let expected = self.model.die(k);
-        let lost = self.sut.exit(k);
-        for &id in &lost {
-            self.report(id);
+        if !self.model.die(k) {
+            return Ok(());
         }
-        ensure!(
-            lost == expected,
-            "[exactly-once] worker {k} died: lost {lost:?}, expected {expected:?}"
-        );
-        self.decide(k, retired, false)?;
+        self.sut.exit(k, self.model.now, retired);
+        self.model.decide_and_count(k, retired, false);
         self.epoch.clear();
-        Ok(())
+        self.sync()
     }
 
-    /// The restart policy decides about the dead `k`: the state as the reference does.
-    fn decide(&mut self, k: usize, retired: bool, launch_failed: bool) -> Result<(), String> {
-        let expected = self.model.decide_and_count(k, retired, launch_failed);
-        let real = self
-            .sut
-            .decide_restart(k, self.model.now, retired, launch_failed);
-        ensure!(
-            real == expected,
-            "[restart] worker {k} at tick {} (retired {retired}, launch failed \
-             {launch_failed}): {real:?}, expected {expected:?}",
-            self.model.now
-        );
+    /// The state's decisions since the last step must be the reference's, in the same order;
+    /// then the driver's share of them is carried out (kills end in exits).
+    fn sync(&mut self) -> Result<(), String> {
+        let real = self.sut.events();
+        let expected = std::mem::take(&mut self.model.events);
+        if real != expected {
+            let at = real
+                .iter()
+                .zip(&expected)
+                .take_while(|(r, e)| r == e)
+                .count();
+            let label = [expected.get(at), real.get(at)]
+                .into_iter()
+                .flatten()
+                .map(RefEvent::label)
+                .min_by_key(|l| {
+                    ["exactly-once", "retry"]
+                        .iter()
+                        .position(|p| p == l)
+                        .unwrap_or(9)
+                })
+                .unwrap_or("protocol");
+            return Err(format!(
+                "[{label}] at tick {}: the state decided {real:?}, expected {expected:?}",
+                self.model.now
+            ));
+        }
+        let mut kills = Vec::new();
+        for event in real {
+            match event {
+                RefEvent::Lost(_, id, _) => self.report(id),
+                RefEvent::Retried(id, _, to) if self.model.routes[&id].is_none() => {
+                    *self.epoch.entry(to).or_insert(0) += 1;
+                }
+                RefEvent::Relaunch(k, after) => self.due[k] = Some(self.model.now + after),
+                RefEvent::Kill(k, _) => kills.push(k),
+                _ => {}
+            }
+        }
+        for k in kills {
+            self.die(k)?;
+        }
         Ok(())
     }
 
@@ -194,18 +226,7 @@ impl Harness {
                 if real {
                     self.epoch.clear();
                 }
-            }
-            Transition::ExpectReplacement(k) => {
-                let k = k % n;
-                self.model.expect_replacement(k);
-                self.sut.expect_replacement(k);
-            }
-            Transition::GiveUp(k) => {
-                let k = k % n;
-                if self.model.workers[k].replacing {
-                    self.model.give_up(k);
-                    self.sut.give_up(k);
-                }
+                self.sync()?;
             }
             Transition::Deliver(k) => {
                 let k = k % n;
@@ -238,6 +259,7 @@ impl Harness {
                         // Recycled: the set of workers taking tasks changed.
                         self.epoch.clear();
                     }
+                    self.sync()?;
                 }
             }
             Transition::FinishUnknown(k) => {
@@ -319,20 +341,16 @@ impl Harness {
             }
             Transition::Launch(k) => {
                 let k = k % n;
-                if !self.model.workers[k].alive
-                    && self.model.phase == RefPhase::Running
-                    && self.launched[k].is_none()
-                {
+                let due = self.due[k].is_some_and(|t| self.model.now >= t);
+                if due && self.model.phase == RefPhase::Running {
+                    self.due[k] = None;
                     self.launched[k] = Some(self.launch(k)?);
                 }
             }
             Transition::Replace(k) => {
                 let k = k % n;
-                if !self.model.workers[k].alive && self.model.phase == RefPhase::Running {
-                    let given = match self.launched[k].take() {
-                        Some(given) => given,
-                        None => self.launch(k)?,
-                    };
+                if self.launched[k].is_some() && self.model.phase == RefPhase::Running {
+                    let given = self.launched[k].take().expect("launched");
                     let expected = self.model.replace(k, given);
                     let (generation, replayed) = self.sut.replace(k, given);
                     ensure!(
@@ -344,17 +362,25 @@ impl Harness {
                         "[order] replayed {replayed:?}, expected {expected:?}"
                     );
                     self.epoch.clear();
+                    self.sync()?;
                 }
             }
             Transition::LaunchFails(k) => {
                 let k = k % n;
-                if !self.model.workers[k].alive && self.model.workers[k].replacing {
-                    self.decide(k, false, true)?;
+                if self.launched[k].take().is_some() {
+                    self.sut.launch_failed(k, self.model.now);
+                    self.model.decide_and_count(k, false, true);
+                    self.sync()?;
                 }
             }
             Transition::Abandon => {
-                // The driver abandons a launch only once a stop began.
-                if self.model.phase != RefPhase::Running && self.model.launches > 0 {
+                // The driver abandons a relaunch only once a stop began: before or while it
+                // launches.
+                let under_way =
+                    (0..n).find(|&k| self.due[k].is_some() || self.launched[k].is_some());
+                if let (false, Some(k)) = (self.model.phase == RefPhase::Running, under_way) {
+                    self.due[k] = None;
+                    self.launched[k] = None;
                     self.model.launches -= 1;
                     self.sut.abandon_launch();
                 }
@@ -369,6 +395,7 @@ impl Harness {
                      expected {expected}",
                     self.model.now
                 );
+                self.sync()?;
             }
             Transition::Ready(k) => {
                 let k = k % n;
@@ -404,129 +431,38 @@ impl Harness {
             Transition::BeginStop(grace) => {
                 self.model.begin_stop(grace);
                 self.sut.begin_stop(self.model.now, grace);
+                self.sync()?;
             }
             Transition::Advance(ticks) => {
-                let expected = self.model.advance(ticks);
-                let kill = self.sut.timeout(self.model.now);
+                self.model.advance(ticks);
+                self.sut.timeout(self.model.now);
+                self.sync()?;
+            }
+            Transition::Silence(k, ticks) => {
+                let k = k % n;
+                self.model.silence(k, ticks);
+                self.sut.silence(k, ticks);
+                self.sync()?;
+            }
+            Transition::Memory(k, over) => {
+                let k = k % n;
+                let bytes = MEMORY_LIMIT + u64::from(over);
+                let (expected, real) = (self.model.memory(k, bytes), self.sut.memory(k, bytes));
                 ensure!(
-                    kill == expected,
-                    "[stop] at tick {}: kill {kill:?}, expected {expected:?}",
-                    self.model.now
+                    real == expected,
+                    "[recycle] worker {k} at {bytes} bytes: retiring {real}, expected {expected}"
                 );
-                for k in kill {
-                    self.die(k)?;
+                if real {
+                    self.epoch.clear();
                 }
+                self.sync()?;
             }
-        }
-        Ok(())
-    }
-
-    fn check_invariants(&self) -> Result<(), String> {
-        let state = self.sut.state();
-        let n = self.model.size();
-        // 1. Exactly once, and held until then.
-        for (&id, &worker) in &self.model.accepted {
-            let times = self.reported.get(&id).copied().unwrap_or(0);
-            if self.model.ended.contains_key(&id) {
-                ensure!(times == 1, "[exactly-once] task {id} ended {times} times");
-                ensure!(
-                    !state.holds(worker, id),
-                    "[exactly-once] worker {worker} still holds ended task {id}"
-                );
-            } else {
-                ensure!(
-                    times == 0,
-                    "[exactly-once] task {id} reported ended but should still run"
-                );
-                ensure!(
-                    state.holds(worker, id),
-                    "[exactly-once] task {id} is neither held nor ended"
-                );
+            Transition::KillAll => {
+                self.model.begin_stop(0);
+                self.model.kill_all(RefKill::Pool);
+                self.sut.kill_all(self.model.now);
+                self.sync()?;
             }
-        }
-        for k in 0..n {
-            // 2. Capacity and credit.
-            ensure!(
-                state.held(k) <= self.model.capacity,
-                "[capacity] worker {k} holds {} tasks",
-                state.held(k)
-            );
-            let extra = match self.model.phase {
-                RefPhase::Running => 0,
-                _ => STOP_BACKLOG,
-            };
-            ensure!(
-                state.unacked(k) <= self.model.credit + extra,
-                "[credit] worker {k} has {} unacked",
-                state.unacked(k)
-            );
-            ensure!(
-                state.unacked(k) == self.model.workers[k].unacked,
-                "[credit] worker {k} has {} unacked, expected {}",
-                state.unacked(k),
-                self.model.workers[k].unacked
-            );
-            // The number's credit is neither granted twice nor lost across its incarnations:
-            // what its outputs hold, what is owed and what the worker holds add up to it.
-            let w = &self.model.workers[k];
-            if w.alive && !w.said_bye && w.honest {
-                ensure!(
-                    w.unacked + w.owed + w.held_credit == self.model.credit + w.extra_credit,
-                    "[credit] worker {k}: {} unacked + {} owed + {} held is not its credit {} + \
-                     {} granted by the stop",
-                    w.unacked,
-                    w.owed,
-                    w.held_credit,
-                    self.model.credit,
-                    w.extra_credit
-                );
-            }
-            // 4. Each worker received exactly what was queued for it, in order.
-            let w = &self.model.workers[k];
-            if w.alive {
-                let received: Vec<Sent> = self.sut.received[k]
-                    .iter()
-                    .map(|t| match t {
-                        Transmit::Task { id, .. } => Sent::Task(*id),
-                        _ => Sent::Stop,
-                    })
-                    .collect();
-                ensure!(
-                    received == w.sent[..w.delivered],
-                    "[order] worker {k} received {received:?}, queued {:?}",
-                    &w.sent[..w.delivered]
-                );
-            }
-        }
-        // 3. Round-robin balance while the live set is unchanged.
-        let live: Vec<usize> = (0..n)
-            .filter(|&k| self.model.workers[k].accepts())
-            .collect();
-        let counts: Vec<usize> = live
-            .iter()
-            .map(|k| self.epoch.get(k).copied().unwrap_or(0))
-            .collect();
-        if let (Some(max), Some(min)) = (counts.iter().max(), counts.iter().min()) {
-            ensure!(
-                max - min <= 1,
-                "[round-robin] round-robin shares {:?} over live workers {live:?}",
-                counts
-            );
-        }
-        // 5. Stop.
-        let stopped = self.model.stopped();
-        ensure!(
-            state.is_stopped() == stopped,
-            "[stop] stopped: {}, expected {stopped}",
-            state.is_stopped()
-        );
-        if stopped {
-            ensure!(
-                self.model.ended.len() == self.model.accepted.len(),
-                "[stop] stopped with {} of {} tasks ended",
-                self.model.ended.len(),
-                self.model.accepted.len()
-            );
         }
         Ok(())
     }
@@ -540,6 +476,7 @@ pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
         reported: BTreeMap::new(),
         epoch: BTreeMap::new(),
         launched: vec![None; case.workers],
+        due: vec![None; case.workers],
     };
     for (i, step) in case.transitions.iter().enumerate() {
         let accepting = h.accepting();

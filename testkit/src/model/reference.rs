@@ -1,5 +1,6 @@
 //! The reference model: what a correct pool does, in plain data, one obvious step at a time.
 
+use super::retry::{RefEvent, RefKill, RefLoss};
 use looppool_core::TaskId;
 use std::collections::BTreeMap;
 
@@ -133,6 +134,15 @@ pub const STOP_BACKLOG: usize = 2;
 /// Tasks an incarnation ends before it is retired (recycling).
 pub const RECYCLE_AFTER: usize = 3;
 
+/// Times a task lost with its worker is sent again.
+pub const RETRIES: u32 = 1;
+
+/// Ticks of silence past which a worker holding tasks is killed.
+pub const STALL_LIMIT: u64 = 5;
+
+/// Bytes of memory past which a worker retires.
+pub const MEMORY_LIMIT: u64 = 100;
+
 /// What the reference decides about a dead worker number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefRestart {
@@ -184,6 +194,14 @@ pub struct Reference {
     pub histories: Vec<RefHistory>,
     /// Replacements decided and not yet registered or abandoned.
     pub launches: usize,
+    /// Times each task was sent.
+    pub attempts: BTreeMap<TaskId, u32>,
+    /// Where each task was routed: a worker number, or round-robin (`None`).
+    pub routes: BTreeMap<TaskId, Option<usize>>,
+    /// Lost tasks waiting for room to be retried, oldest first, with the worker they died on.
+    pub deferred: std::collections::VecDeque<(TaskId, usize)>,
+    /// Decisions made and not yet compared with the state's.
+    pub events: Vec<RefEvent>,
 }
 
 /// Why the reference refuses a submission.
@@ -220,6 +238,10 @@ impl Reference {
             sticky: Vec::new(),
             ended: BTreeMap::new(),
             launches: 0,
+            attempts: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            deferred: std::collections::VecDeque::new(),
+            events: Vec::new(),
             histories: vec![
                 RefHistory {
                     ready_at: Some(0),
@@ -242,18 +264,34 @@ impl Reference {
         }
     }
 
-    fn accept(&mut self, worker: usize) -> TaskId {
+    fn accept(&mut self, worker: usize, route: Option<usize>) -> TaskId {
         let id = self.next_id;
         self.next_id += 1;
+        self.take(worker, id, route);
+        self.attempts.insert(id, 1);
+        id
+    }
+
+    /// Worker `worker` takes task `id`, new or retried.
+    pub(super) fn take(&mut self, worker: usize, id: TaskId, route: Option<usize>) {
         let w = &mut self.workers[worker];
         w.sent.push(Sent::Task(id));
         w.holding.push(id);
         self.accepted.insert(id, worker);
-        id
+        self.routes.insert(id, route);
     }
 
     /// A submission, round-robin (`None`) or targeted.
     pub fn submit(&mut self, target: Option<usize>) -> Result<(usize, TaskId), RefRefusal> {
+        let worker = self.choose(target)?;
+        if target.is_none() {
+            self.cursor = (worker + 1) % self.size();
+        }
+        Ok((worker, self.accept(worker, target)))
+    }
+
+    /// The worker a submission for `target` goes to, or why it is refused.
+    pub(super) fn choose(&self, target: Option<usize>) -> Result<usize, RefRefusal> {
         self.open()?;
         let worker = match target {
             Some(k) => {
@@ -278,10 +316,7 @@ impl Reference {
         if self.workers[worker].holding.len() >= self.capacity {
             return Err(RefRefusal::Full(worker));
         }
-        if target.is_none() {
-            self.cursor = (worker + 1) % self.size();
-        }
-        Ok((worker, self.accept(worker)))
+        Ok(worker)
     }
 
     /// When no worker accepts tasks: wait for the first one being replaced or retired.
@@ -308,21 +343,8 @@ impl Reference {
         }
         w.sent.push(Sent::Stop);
         w.replay.clear();
+        self.events.push(RefEvent::Retiring(worker));
         true
-    }
-
-    /// A replacement for a dead worker is on its way.
-    pub fn expect_replacement(&mut self, worker: usize) {
-        let running = self.phase == RefPhase::Running;
-        let w = &mut self.workers[worker];
-        if !w.alive && running {
-            w.replacing = true;
-        }
-    }
-
-    /// The replacement will not come.
-    pub fn give_up(&mut self, worker: usize) {
-        self.workers[worker].replacing = false;
     }
 
     /// Releases waiting replays to `worker` while it has room.
@@ -331,7 +353,7 @@ impl Reference {
             if self.workers[worker].replay.pop_front().is_none() {
                 break;
             }
-            let id = self.accept(worker);
+            let id = self.accept(worker, Some(worker));
             self.workers[worker].replays_held.push(id);
         }
     }
@@ -356,7 +378,10 @@ impl Reference {
         {
             return Err(RefRefusal::Full(k));
         }
-        Ok(live.into_iter().map(|k| (k, self.accept(k))).collect())
+        Ok(live
+            .into_iter()
+            .map(|k| (k, self.accept(k, Some(k))))
+            .collect())
     }
 
     /// Whether and when the dead `worker` is relaunched, its incarnation having ended as
@@ -397,6 +422,13 @@ impl Reference {
             }
         };
         self.workers[worker].replacing = matches!(decision, RefRestart::After(_));
+        match decision {
+            RefRestart::After(after) => self.events.push(RefEvent::Relaunch(worker, after)),
+            RefRestart::GiveUp(failures, at) => {
+                self.events.push(RefEvent::GaveUp(worker, failures, at))
+            }
+            RefRestart::Never => {}
+        }
         decision
     }
 
@@ -415,12 +447,14 @@ impl Reference {
             (false, RefRestart::After(_)) => self.launches += 1,
             _ => {}
         }
+        self.place_deferred();
         decision
     }
 
-    /// Whether the pool has stopped: every worker exited, no replacement under way.
+    /// Whether the pool has stopped: every worker exited, no replacement under way, no retry
+    /// waiting.
     pub fn stopped(&self) -> bool {
-        self.phase == RefPhase::Stopped && self.launches == 0
+        self.phase == RefPhase::Stopped && self.launches == 0 && self.deferred.is_empty()
     }
 
     /// Takes a given-up number back when its time came (or at once, `on_request`).
@@ -439,6 +473,7 @@ impl Reference {
             h.failures.clear();
             self.workers[worker].replacing = true;
             self.launches += 1;
+            self.events.push(RefEvent::Relaunch(worker, 0));
         }
         due
     }
@@ -459,24 +494,32 @@ impl Reference {
                 self.retire(worker);
             }
         }
+        self.place_deferred();
     }
 
-    /// A worker dies; returns the tasks it held, in acceptance order.
-    pub fn die(&mut self, worker: usize) -> Vec<TaskId> {
+    /// A worker dies: each task it held is retried (or waits for room to be) while its
+    /// retries last and the pool runs, and is lost otherwise. Returns whether it was alive.
+    pub fn die(&mut self, worker: usize) -> bool {
         let w = &mut self.workers[worker];
         if !w.alive {
-            return Vec::new();
+            return false;
         }
         w.alive = false;
         w.replacing = false;
-        let lost = std::mem::take(&mut w.holding);
-        for &id in &lost {
-            self.ended.insert(id, End::Lost);
+        let held = std::mem::take(&mut w.holding);
+        let replays = std::mem::take(&mut w.replays_held);
+        let running = self.phase == RefPhase::Running;
+        for id in held {
+            if running && !replays.contains(&id) && self.attempts[&id] <= RETRIES {
+                self.deferred.push_back((id, worker));
+            } else {
+                self.lose(id, worker, RefLoss::Died);
+            }
         }
         if matches!(self.phase, RefPhase::Stopping(_)) && self.workers.iter().all(|w| !w.alive) {
             self.phase = RefPhase::Stopped;
         }
-        lost
+        true
     }
 
     /// The result credit a replacement of `worker` launched now starts with: what the
@@ -500,7 +543,9 @@ impl Reference {
         self.workers[worker].replay = self.sticky.iter().copied().collect();
         let before = self.next_id;
         self.release(worker);
-        (before..self.next_id).collect()
+        let replayed = (before..self.next_id).collect();
+        self.place_deferred();
+        replayed
     }
 
     /// A stop begins.
@@ -526,26 +571,30 @@ impl Reference {
             w.replay.clear();
             w.replacing = false;
         }
+        self.place_deferred();
         if self.workers.iter().all(|w| !w.alive) {
             self.phase = RefPhase::Stopped;
         }
     }
 
-    /// Time passes; returns the workers to kill now.
-    pub fn advance(&mut self, ticks: u64) -> Vec<usize> {
+    /// Time passes; past the stop deadline every live worker is to be killed, once.
+    pub fn advance(&mut self, ticks: u64) {
         self.now += ticks;
-        match self.phase {
-            RefPhase::Stopping(deadline) if self.now >= deadline => {
-                let mut kill = Vec::new();
-                for (k, w) in self.workers.iter_mut().enumerate() {
-                    if w.alive && !w.killed {
-                        w.killed = true;
-                        kill.push(k);
-                    }
-                }
-                kill
+        if let RefPhase::Stopping(deadline) = self.phase {
+            if self.now >= deadline {
+                self.kill_all(RefKill::Stop);
             }
-            _ => Vec::new(),
+        }
+    }
+
+    /// Every live worker not yet killed is to be killed now.
+    pub fn kill_all(&mut self, why: RefKill) {
+        for k in 0..self.size() {
+            let w = &mut self.workers[k];
+            if w.alive && !w.killed {
+                w.killed = true;
+                self.events.push(RefEvent::Kill(k, why));
+            }
         }
     }
 }

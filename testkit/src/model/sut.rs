@@ -1,8 +1,10 @@
 //! The system under test: the real sans-IO [`PoolState`], optionally with a deliberate fault.
 
-use super::reference::RefRestart;
+use super::reference::{MEMORY_LIMIT, RETRIES, STALL_LIMIT};
+use super::retry::{RefEvent, RefKill, RefLoss};
 use looppool_core::state::{
-    Departure, PoolState, Refusal, Restart, RestartPolicy, Route, Transmit, Violation,
+    Departure, Event, KillCause, Loss, PoolState, Refusal, RestartPolicy, Route, Transmit,
+    Violation,
 };
 use looppool_core::TaskId;
 use std::time::{Duration, Instant};
@@ -45,6 +47,16 @@ pub enum Mutation {
     NoStopBacklog,
     /// Workers are never retired for the tasks they ended.
     NeverRecycle,
+    /// Lost tasks are retried once more than the pool promises.
+    ExtraRetry,
+    /// Lost tasks are never retried.
+    NoRetry,
+    /// Retries still waiting for room when a stop begins are never reported.
+    ForgetWaitingRetries,
+    /// A worker is judged stalled before its silence passes the limit.
+    StallEarly,
+    /// Workers are never retired for their memory.
+    IgnoreMemory,
 }
 
 /// The real state, with what each worker has received on its link.
@@ -81,6 +93,16 @@ impl Sut {
         state.set_recycle_after(match mutation {
             Mutation::NeverRecycle => None,
             _ => Some(super::reference::RECYCLE_AFTER as u64),
+        });
+        state.set_retries(match mutation {
+            Mutation::ExtraRetry => RETRIES + 1,
+            Mutation::NoRetry => 0,
+            _ => RETRIES,
+        });
+        state.set_stall_limit(Some(ms(STALL_LIMIT)));
+        state.set_memory_limit(match mutation {
+            Mutation::IgnoreMemory => None,
+            _ => Some(MEMORY_LIMIT),
         });
         let epoch = Instant::now();
         for k in 0..workers {
@@ -136,16 +158,6 @@ impl Sut {
         }
     }
 
-    /// A replacement for `worker` is on its way.
-    pub fn expect_replacement(&mut self, worker: usize) {
-        self.state.handle_replacing(worker);
-    }
-
-    /// The replacement of `worker` will not come.
-    pub fn give_up(&mut self, worker: usize) {
-        self.state.handle_given_up(worker);
-    }
-
     /// The link writes everything queued for `worker`; returns the result credit it returned.
     pub fn deliver(&mut self, worker: usize) -> usize {
         let mut credit = 0;
@@ -189,17 +201,103 @@ impl Sut {
         }
     }
 
-    /// The worker exits; returns the tasks reported lost.
-    pub fn exit(&mut self, worker: usize) -> Vec<TaskId> {
-        let mut lost = self.state.handle_exit(worker);
+    /// The decisions the state made since the last call, in order, as the reference writes
+    /// them.
+    pub fn events(&mut self) -> Vec<RefEvent> {
+        let raw: Vec<Event> = std::iter::from_fn(|| self.state.poll_event()).collect();
+        let mut events: Vec<RefEvent> = raw.into_iter().filter_map(|e| self.translate(e)).collect();
+        let died = |e: &RefEvent| matches!(e, RefEvent::Lost(_, _, RefLoss::Died));
         match self.mutation {
-            Mutation::LoseTwice if !lost.is_empty() => lost.push(lost[0]),
+            Mutation::LoseTwice => {
+                if let Some(at) = events.iter().position(died) {
+                    events.insert(at, events[at]);
+                }
+            }
             Mutation::ForgetLoss => {
-                lost.pop();
+                if let Some(at) = events.iter().rposition(died) {
+                    events.remove(at);
+                }
+            }
+            Mutation::ForgetWaitingRetries => {
+                events.retain(|e| !matches!(e, RefEvent::Lost(_, _, RefLoss::Stopped)))
             }
             _ => {}
         }
-        lost
+        events
+    }
+
+    fn translate(&self, event: Event) -> Option<RefEvent> {
+        let ticks = |d: Duration| d.as_millis() as u64;
+        Some(match event {
+            Event::Kill { worker, cause } => RefEvent::Kill(
+                worker,
+                match cause {
+                    KillCause::StopDeadline => RefKill::Stop,
+                    KillCause::PoolKilled => RefKill::Pool,
+                    _ => RefKill::Stall,
+                },
+            ),
+            Event::Relaunch { worker, after } => RefEvent::Relaunch(worker, ticks(after)),
+            Event::GaveUp {
+                worker,
+                failures,
+                retry_at,
+            } => RefEvent::GaveUp(
+                worker,
+                failures,
+                ticks(retry_at.saturating_duration_since(self.epoch)),
+            ),
+            Event::Lost { worker, id, why } => RefEvent::Lost(
+                worker,
+                id,
+                match why {
+                    Loss::Died => RefLoss::Died,
+                    Loss::Stopped => RefLoss::Stopped,
+                    _ => RefLoss::Unroutable,
+                },
+            ),
+            Event::Retried { id, from, to } => RefEvent::Retried(id, from, to),
+            Event::Retiring { worker, .. } => RefEvent::Retiring(worker),
+            _ => return None,
+        })
+    }
+
+    /// The worker's incarnation is gone at `tick`, after its goodbye (`retired`) or not.
+    pub fn exit(&mut self, worker: usize, tick: u64, retired: bool) {
+        let how = match (retired, self.mutation) {
+            (false, Mutation::EveryDeathCounts) => Departure::LaunchFailed,
+            (true, Mutation::RetirementsCount) => Departure::Died,
+            (true, _) => Departure::Retired,
+            (false, _) => Departure::Died,
+        };
+        let _ = self.state.handle_exit(worker, self.at(tick), how);
+    }
+
+    /// A replacement of `worker` failed to launch at `tick`.
+    pub fn launch_failed(&mut self, worker: usize, tick: u64) {
+        let _ = self.state.handle_launch_failed(worker, self.at(tick));
+    }
+
+    /// The worker's loop has been silent for `ticks`.
+    pub fn silence(&mut self, worker: usize, ticks: u64) {
+        let ticks = match self.mutation {
+            Mutation::StallEarly => ticks * 2,
+            _ => ticks,
+        };
+        self.state
+            .handle_silence(worker, Duration::from_millis(ticks));
+    }
+
+    /// The worker's memory was measured at `bytes`; returns whether it began retiring.
+    pub fn memory(&mut self, worker: usize, bytes: u64) -> bool {
+        self.state.handle_memory(worker, bytes)
+    }
+
+    /// The pool is killed at `tick`.
+    pub fn kill_all(&mut self, tick: u64) {
+        if self.mutation != Mutation::IgnoreStop {
+            self.state.kill_all(self.at(tick));
+        }
     }
 
     /// A replacement launched with `given` credit takes the number; returns its generation and
@@ -216,30 +314,6 @@ impl Sut {
     /// A replacement finished its handshake at `tick`.
     pub fn ready(&mut self, worker: usize, tick: u64) -> Result<(), Violation> {
         self.state.handle_ready(worker, self.at(tick))
-    }
-
-    /// The state's decision about the dead `worker` at `tick`, in ticks.
-    pub fn decide_restart(
-        &mut self,
-        worker: usize,
-        tick: u64,
-        retired: bool,
-        launch_failed: bool,
-    ) -> RefRestart {
-        let how = match (retired, launch_failed, self.mutation) {
-            (_, true, _) | (false, false, Mutation::EveryDeathCounts) => Departure::LaunchFailed,
-            (true, false, Mutation::RetirementsCount) => Departure::Died,
-            (true, false, _) => Departure::Retired,
-            (false, false, _) => Departure::Died,
-        };
-        match self.state.decide_restart(worker, self.at(tick), how) {
-            Restart::After(d) => RefRestart::After(d.as_millis() as u64),
-            Restart::GiveUp { failures, retry_at } => RefRestart::GiveUp(
-                failures,
-                retry_at.saturating_duration_since(self.epoch).as_millis() as u64,
-            ),
-            _ => RefRestart::Never,
-        }
     }
 
     /// A replacement under way is abandoned (a stop began).
@@ -266,8 +340,8 @@ impl Sut {
         }
     }
 
-    /// Time reached `tick`; returns the workers to kill.
-    pub fn timeout(&mut self, tick: u64) -> Vec<usize> {
-        self.state.handle_timeout(self.at(tick))
+    /// Time reached `tick`.
+    pub fn timeout(&mut self, tick: u64) {
+        self.state.handle_timeout(self.at(tick));
     }
 }

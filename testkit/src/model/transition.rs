@@ -27,9 +27,8 @@ pub enum Transition {
     BroadcastSticky(u8),
     /// A worker is asked to retire (recycling).
     Retire(usize),
-    /// A dead worker's replacement is on its way.
-    ExpectReplacement(usize),
-    /// A replacement is launched (with the credit the state grants it) but not yet registered.
+    /// A relaunch the state decided is started, once its backoff passed (with the credit the
+    /// state grants it), but not yet registered.
     Launch(usize),
     /// A replacement's launch fails: the restart policy decides again.
     LaunchFails(usize),
@@ -37,8 +36,6 @@ pub enum Transition {
     Revive(usize, bool),
     /// A replacement under way is abandoned because a stop began.
     Abandon,
-    /// A replacement on its way will not come.
-    GiveUp(usize),
     /// The link writes everything queued for a worker (the worker takes its tasks).
     Deliver(usize),
     /// A worker ends one of the tasks it received.
@@ -63,6 +60,12 @@ pub enum Transition {
     BeginStop(u64),
     /// Time passes by this many ticks.
     Advance(u64),
+    /// A worker's loop is measured silent for this many ticks.
+    Silence(usize, u64),
+    /// A worker's memory is measured over the limit (`true`) or at it.
+    Memory(usize, bool),
+    /// The pool is killed.
+    KillAll,
 }
 
 /// A pool's shape and a run of transitions.
@@ -86,12 +89,10 @@ fn transition() -> impl Strategy<Value = Transition> {
         1 => Just(Transition::Broadcast),
         1 => (0u8..3).prop_map(Transition::BroadcastSticky),
         1 => w.clone().prop_map(Transition::Retire),
-        1 => w.clone().prop_map(Transition::ExpectReplacement),
         1 => w.clone().prop_map(Transition::Launch),
         2 => w.clone().prop_map(Transition::LaunchFails),
         1 => (w.clone(), any::<bool>()).prop_map(|(k, r)| Transition::Revive(k, r)),
         1 => Just(Transition::Abandon),
-        1 => w.clone().prop_map(Transition::GiveUp),
         5 => w.clone().prop_map(Transition::Deliver),
         6 => (w.clone(), 0usize..8, prop_oneof![
                 4 => Just(Ending::Completed),
@@ -108,6 +109,9 @@ fn transition() -> impl Strategy<Value = Transition> {
         2 => w.clone().prop_map(Transition::Bye),
         1 => (0u64..20).prop_map(Transition::BeginStop),
         2 => (0u64..10).prop_map(Transition::Advance),
+        1 => (w.clone(), 0u64..10).prop_map(|(k, t)| Transition::Silence(k, t)),
+        1 => (w.clone(), any::<bool>()).prop_map(|(k, b)| Transition::Memory(k, b)),
+        1 => Just(Transition::KillAll),
     ]
 }
 
