@@ -103,6 +103,11 @@ pub struct Scenario {
     pub retries: u32,
     /// Outputs per worker a stop queues past the credit.
     pub stop_backlog: usize,
+    /// Whether dead workers are relaunched (by the default restart policy).
+    pub respawn: bool,
+    /// Retire each worker after it ended this many tasks (recycling; only with respawn, which
+    /// brings the replacement).
+    pub recycle_after: Option<u64>,
     /// The consumer.
     pub consumer: Consumer,
     /// The script.
@@ -136,20 +141,32 @@ pub fn scenarios(max_ops: usize) -> impl Strategy<Value = Scenario> {
         0u32..=2,
         0usize..=3,
     );
-    (shape, consumer, prop::collection::vec(op, 0..max_ops)).prop_map(
-        |((workers, capacity, credit, concurrency, retries, stop_backlog), consumer, ops)| {
-            Scenario {
+    let lifecycle = (any::<bool>(), prop::option::weighted(0.3, 1u64..=4));
+    (
+        shape,
+        lifecycle,
+        consumer,
+        prop::collection::vec(op, 0..max_ops),
+    )
+        .prop_map(
+            |(
+                (workers, capacity, credit, concurrency, retries, stop_backlog),
+                (respawn, recycle_after),
+                consumer,
+                ops,
+            )| Scenario {
                 workers,
                 capacity,
                 credit,
                 concurrency,
                 retries,
                 stop_backlog,
+                respawn,
+                recycle_after: recycle_after.filter(|_| respawn),
                 consumer,
                 ops,
-            }
-        },
-    )
+            },
+        )
 }
 
 /// What a run did, in order: compared between runs of the same seed.
@@ -187,7 +204,12 @@ pub fn run(scenario: &Scenario, seed: u64, stop_timeout: Duration) -> Result<Tra
 
 async fn script(sim: Sim, s: Scenario, stop_timeout: Duration) -> Result<Trace, String> {
     let rt: Arc<dyn Runtime> = Arc::new(sim.clone());
-    let pool = Pool::<Napper>::builder(rt.clone())
+    let mut builder = Pool::<Napper>::builder(rt.clone());
+    if let Some(tasks) = s.recycle_after {
+        builder = builder.recycle_after_tasks(tasks);
+    }
+    let pool = builder
+        .respawn(s.respawn)
         .start_method(StartMethod::Thread)
         .worker_runtime(rt.clone())
         .workers(s.workers)
