@@ -363,3 +363,59 @@ fn nats_members_started_by_command_serve_the_parent() {
         );
     }
 }
+
+/// Runs an example whose `main` calls `init` inside a running runtime and checks that every
+/// call was answered by a worker process, not the parent.
+fn init_inside_a_running_runtime(name: &str, runtime: &str) {
+    let out = run(name, &[], Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    let answers: Vec<(u64, u64, u32, u32)> = stdout
+        .lines()
+        .filter_map(|l| {
+            // "3 squared is 9 (worker process 123, parent 45)"
+            let words: Vec<&str> = l
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|w| !w.is_empty())
+                .collect();
+            match words.as_slice() {
+                [n, sq, worker, parent] if l.contains("squared") => Some((
+                    n.parse().ok()?,
+                    sq.parse().ok()?,
+                    worker.parse().ok()?,
+                    parent.parse().ok()?,
+                )),
+                _ => None,
+            }
+        })
+        .collect();
+    assert_eq!(answers.len(), 4, "{stdout}\n{stderr}");
+    for (n, square, worker, parent) in answers {
+        assert_eq!(square, n * n, "{stdout}");
+        assert_ne!(worker, parent, "answered in the parent: {stdout}");
+    }
+    assert!(
+        stdout.contains(&format!("{runtime}: pool stopped (graceful: true)")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn init_works_as_the_first_line_of_main_under_tokio_main() {
+    init_inside_a_running_runtime("tokio_main", "tokio");
+}
+
+#[test]
+fn init_works_as_the_first_line_of_main_under_async_std_main() {
+    init_inside_a_running_runtime("async_std_main", "async-std");
+}
+
+#[test]
+fn init_works_as_the_first_line_of_a_future_smol_blocks_on() {
+    init_inside_a_running_runtime("smol_main", "smol");
+}

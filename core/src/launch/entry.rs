@@ -68,6 +68,12 @@ impl Entry {
 ///
 /// In a worker process this reads the handshake, runs the matching worker on a fresh runtime
 /// until its pool stops it or its parent dies, and exits the process. It never returns there.
+///
+/// It may also be the first line of an `async fn main` under a runtime's attribute
+/// (`#[tokio::main]`, `#[async_std::main]`) or inside a `block_on`: the worker's own runtime
+/// runs on a thread of its own, never inside the one `main` already started. That runtime then
+/// stays idle in worker processes; calling `init` in a plain `main` before any runtime exists
+/// spares it.
 pub fn init(entries: &[Entry]) {
     let Some(fd) = std::env::var_os(LINK_FD_VAR) else {
         return;
@@ -113,13 +119,31 @@ fn run_entry(entries: &[Entry], mut stream: UnixStream) -> i32 {
         );
     match handshake {
         Ok((hs, entry)) => {
-            // `exec` reset the short name to the executable's; set it again.
-            sys::set_name(&super::comm_name(hs.worker, &hs.pool_name));
-            (entry.run)((entry.runtime)(), stream, hs)
+            // `exec` reset the short name to the executable's; set it again (the process's name
+            // is its main thread's).
+            let name = super::comm_name(hs.worker, &hs.pool_name);
+            sys::set_name(&name);
+            run_on_own_thread(*entry, name.to_string_lossy().into_owned(), stream, hs)
         }
         Err(reason) => {
             let _ = stream.write_all(&rejection(&reason));
             eprintln!("looppool worker: {reason}");
+            exit_code::HANDSHAKE
+        }
+    }
+}
+
+/// Runs the worker on a thread of its own: the calling thread may already be inside a runtime
+/// (an `async fn main` under `#[tokio::main]`), where building another one panics.
+fn run_on_own_thread(entry: Entry, name: String, stream: UnixStream, hs: Handshake) -> i32 {
+    let worker = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || (entry.run)((entry.runtime)(), stream, hs));
+    match worker.map(|thread| thread.join()) {
+        Ok(Ok(code)) => code,
+        Ok(Err(_)) => exit_code::LINK,
+        Err(e) => {
+            eprintln!("looppool worker: cannot start its thread: {e}");
             exit_code::HANDSHAKE
         }
     }
