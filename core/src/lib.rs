@@ -34,7 +34,7 @@ pub use pool::{
     metric_names, Builder, Delivery, Outputs, Pool, PoolStats, Stopped, TaskHandle, WorkerStats,
 };
 pub use runtime::{AsyncIo, BoxFuture, BoxIo, LocalBoxFuture, Runtime};
-pub use state::TaskId;
+pub use state::{Routing, TaskId};
 pub use worker::{Context, Worker};
 
 #[cfg(feature = "fault-injection")]

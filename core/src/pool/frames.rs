@@ -94,6 +94,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     self.wake_writer(worker);
                 }
                 self.lanes[worker].room.notify(usize::MAX);
+                self.room_any.notify(usize::MAX);
                 actions.run(self);
                 if let Some(p) = pending {
                     let _ = p.done.send(result);

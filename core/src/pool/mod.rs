@@ -135,13 +135,16 @@ impl<W: Worker> Pool<W> {
         Outputs::new(self.shared.outputs_rx.clone())
     }
 
-    /// Sends `task` to the next worker in round-robin order, waiting while that worker is full.
+    /// Sends `task` to the worker the pool's [`Routing`](crate::state::Routing) picks
+    /// ([`Builder::routing`]): by default the live worker holding the fewest unfinished tasks,
+    /// waiting only while every worker is full.
     pub async fn submit(&self, task: W::Task) -> Result<TaskHandle, SubmitError<W::Task>> {
         Ok(self.place(Route::Any, task, false, true).await?.0)
     }
 
-    /// Sends `task` to the next worker in round-robin order, or hands it back at once in
-    /// [`SubmitError::Full`] if that worker holds its capacity of unfinished tasks.
+    /// Like [`submit`](Self::submit), or hands `task` back at once in [`SubmitError::Full`]
+    /// if it would have to wait: by default only when every worker holds its capacity of
+    /// unfinished tasks.
     pub fn try_submit(&self, task: W::Task) -> Result<TaskHandle, SubmitError<W::Task>> {
         futures_util::FutureExt::now_or_never(self.place(Route::Any, task, false, false))
             .expect("a non-waiting placement never waits")
@@ -169,6 +172,30 @@ impl<W: Worker> Pool<W> {
         task: W::Task,
     ) -> Result<TaskHandle, SubmitError<W::Task>> {
         futures_util::FutureExt::now_or_never(self.place(Route::Worker(worker), task, false, false))
+            .expect("a non-waiting placement never waits")
+            .map(|(h, _)| h)
+    }
+
+    /// Sends `task` to the worker number `key` hashes to, waiting while that worker is full or
+    /// being replaced: tasks with equal keys always reach the same worker number (sharded,
+    /// stateful workers), whichever incarnation serves it. Keys are hashed with a hasher fixed
+    /// for the program's build, so a key maps to the same number in every pool of this size.
+    pub async fn submit_keyed<K: std::hash::Hash + ?Sized>(
+        &self,
+        key: &K,
+        task: W::Task,
+    ) -> Result<TaskHandle, SubmitError<W::Task>> {
+        Ok(self.place(key_route(key), task, false, true).await?.0)
+    }
+
+    /// Like [`submit_keyed`](Self::submit_keyed), or hands `task` back at once in
+    /// [`SubmitError::Full`] if that worker is full or being replaced.
+    pub fn try_submit_keyed<K: std::hash::Hash + ?Sized>(
+        &self,
+        key: &K,
+        task: W::Task,
+    ) -> Result<TaskHandle, SubmitError<W::Task>> {
+        futures_util::FutureExt::now_or_never(self.place(key_route(key), task, false, false))
             .expect("a non-waiting placement never waits")
             .map(|(h, _)| h)
     }
@@ -367,4 +394,13 @@ impl<W: Worker> Pool<W> {
     pub fn is_closed(&self) -> bool {
         self.shared.lock().state.phase() != Phase::Running
     }
+}
+
+/// The route of a keyed submission: the key's hash, with a hasher that does not change between
+/// runs of one build (std's `DefaultHasher::new`, SipHash with fixed keys).
+fn key_route<K: std::hash::Hash + ?Sized>(key: &K) -> Route {
+    use std::hash::Hasher;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    Route::Key(hasher.finish())
 }

@@ -12,7 +12,7 @@ use super::stats::{Account, Instruments};
 use crate::error::{Exit, TaskError};
 use crate::launch::Killer;
 use crate::runtime::Runtime;
-use crate::state::{IdMap, PoolState, Refusal, Route, TaskId};
+use crate::state::{IdMap, PoolState, Refusal, Route, Routing, TaskId};
 use event_listener::Event;
 use futures_channel::oneshot;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -126,6 +126,9 @@ pub(crate) struct Shared<O> {
     pub(crate) lanes: Vec<Lane>,
     /// A worker exited, or a replacement settled.
     pub(crate) exited: Event,
+    /// Room was made in some worker: untargeted submissions under least-loaded routing wait
+    /// for any worker, not one.
+    pub(crate) room_any: Event,
     pub(crate) outputs: async_channel::Sender<Delivery<O>>,
     pub(crate) outputs_rx: async_channel::Receiver<Delivery<O>>,
     pub(crate) runtime: Arc<dyn Runtime>,
@@ -158,6 +161,7 @@ impl<O> Shared<O> {
             inner: Mutex::new(inner),
             lanes,
             exited: Event::new(),
+            room_any: Event::new(),
             outputs,
             outputs_rx,
             runtime,
@@ -189,6 +193,7 @@ impl<O> Shared<O> {
             lane.supervisor.notify(usize::MAX);
         }
         self.exited.notify(usize::MAX);
+        self.room_any.notify(usize::MAX);
     }
 
     /// Records that a frame from `worker` arrived now.
@@ -231,6 +236,9 @@ impl<O> Shared<O> {
                         self.wake_writer(worker);
                         return Ok((worker, id));
                     }
+                    Err(Refusal::Full { .. }) if wait && waits_for_any(route, &inner.state) => {
+                        self.room_any.listen()
+                    }
                     Err(Refusal::Full { worker } | Refusal::Replacing { worker }) if wait => {
                         self.lanes[worker].room.listen()
                     }
@@ -240,4 +248,10 @@ impl<O> Shared<O> {
             listener.await;
         }
     }
+}
+
+/// Whether a full refusal of `route` means every live worker is full, so that room in any of
+/// them will do.
+fn waits_for_any(route: Route, state: &PoolState<Payload>) -> bool {
+    route == Route::Any && state.routing() == Routing::LeastLoaded
 }

@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 pub(crate) use types::IdMap;
 pub use types::{
-    Event, KillCause, Loss, Phase, Refusal, Retirement, Route, TaskId, Transmit, Violation,
+    Event, KillCause, Loss, Phase, Refusal, Retirement, Route, Routing, TaskId, Transmit, Violation,
 };
 
 /// A task whose worker died holding it, waiting for a worker to retry it on.
@@ -70,6 +70,8 @@ pub struct PoolState<P> {
     memory_limit: Option<u64>,
     /// Decisions for the driver, oldest first.
     events: VecDeque<Event>,
+    /// How untargeted submissions pick their worker.
+    routing: Routing,
     /// Workers killed at the stop deadline or by [`kill_all`](Self::kill_all), in order.
     killed: Vec<usize>,
 }
@@ -106,7 +108,19 @@ impl<P: Clone> PoolState<P> {
             memory_limit: None,
             events: VecDeque::new(),
             killed: Vec::new(),
+            routing: Routing::default(),
         }
+    }
+
+    /// Sets how untargeted submissions pick their worker (default
+    /// [`Routing::LeastLoaded`]).
+    pub fn set_routing(&mut self, routing: Routing) {
+        self.routing = routing;
+    }
+
+    /// How untargeted submissions pick their worker.
+    pub fn routing(&self) -> Routing {
+        self.routing
     }
 
     /// Sends a task whose worker died holding it to another worker (or to its own number's
@@ -217,29 +231,41 @@ impl<P: Clone> PoolState<P> {
     pub fn choose(&self, route: Route) -> Result<usize, Refusal> {
         self.check_open()?;
         let worker = match route {
-            Route::Worker(worker) => {
-                let slot = self.slots.get(worker).ok_or(Refusal::NoSuchWorker {
-                    worker,
-                    size: self.slots.len(),
-                })?;
-                if !slot.accepts() {
-                    return Err(match slot.status() {
-                        WorkerStatus::Exited => Refusal::WorkerExited { worker },
-                        _ => Refusal::Replacing { worker },
-                    });
-                }
-                worker
-            }
+            Route::Worker(worker) => self.targeted(worker)?,
+            Route::Key(key) => self.targeted((key % self.slots.len() as u64) as usize)?,
             Route::Any => {
                 let n = self.slots.len();
-                (0..n)
+                let mut accepting = (0..n)
                     .map(|i| (self.cursor + i) % n)
-                    .find(|&k| self.slots[k].accepts())
-                    .ok_or_else(|| self.none_accepting())?
+                    .filter(|&k| self.slots[k].accepts());
+                let first = accepting.next().ok_or_else(|| self.none_accepting())?;
+                match self.routing {
+                    Routing::RoundRobin => first,
+                    // The first in rotation among the least loaded; if all are full, the first
+                    // is the one reported full.
+                    _ => std::iter::once(first)
+                        .chain(accepting)
+                        .min_by_key(|&k| self.slots[k].held())
+                        .unwrap_or(first),
+                }
             }
         };
         if self.slots[worker].held() >= self.capacity {
             return Err(Refusal::Full { worker });
+        }
+        Ok(worker)
+    }
+
+    fn targeted(&self, worker: usize) -> Result<usize, Refusal> {
+        let slot = self.slots.get(worker).ok_or(Refusal::NoSuchWorker {
+            worker,
+            size: self.slots.len(),
+        })?;
+        if !slot.accepts() {
+            return Err(match slot.status() {
+                WorkerStatus::Exited => Refusal::WorkerExited { worker },
+                _ => Refusal::Replacing { worker },
+            });
         }
         Ok(worker)
     }

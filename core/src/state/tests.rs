@@ -27,6 +27,7 @@ fn task_payloads(s: &mut PoolState<u32>, worker: usize) -> Vec<u32> {
 #[test]
 fn round_robin_rotates_over_live_workers_and_skips_exited_ones() {
     let mut s = ready(3, 10, 1);
+    s.set_routing(Routing::RoundRobin);
     let picks: Vec<usize> = (0..6).map(|i| s.submit(Route::Any, i).unwrap().0).collect();
     assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
     let _ = s.handle_exit(1, Instant::now(), Departure::Died);
@@ -37,6 +38,7 @@ fn round_robin_rotates_over_live_workers_and_skips_exited_ones() {
 #[test]
 fn a_full_worker_refuses_and_the_cursor_stays() {
     let mut s = ready(2, 1, 1);
+    s.set_routing(Routing::RoundRobin);
     assert_eq!(s.submit(Route::Any, 0).unwrap().0, 0);
     assert_eq!(s.submit(Route::Any, 1).unwrap().0, 1);
     assert_eq!(s.submit(Route::Any, 2), Err(Refusal::Full { worker: 0 }));
@@ -54,6 +56,45 @@ fn a_full_worker_refuses_and_the_cursor_stays() {
         0,
         "the cursor did not move past worker 0"
     );
+}
+
+#[test]
+fn least_loaded_skips_a_busy_worker_and_rotates_among_equals() {
+    let mut s = ready(3, 2, 1);
+    // Worker 0 takes a long task and keeps it; the others end theirs at once.
+    assert_eq!(s.submit(Route::Any, 0).unwrap().0, 0);
+    let mut picks = Vec::new();
+    for i in 1..=6 {
+        let (k, id) = s.submit(Route::Any, i).unwrap();
+        picks.push(k);
+        if k != 0 {
+            s.handle_done(k, id).unwrap();
+        }
+    }
+    assert_eq!(picks, [1, 2, 1, 2, 1, 2], "never behind the busy worker");
+    // Equal loads spread in rotation; a full pool refuses only when every worker is full.
+    let mut s = ready(2, 1, 1);
+    s.set_routing(Routing::LeastLoaded);
+    assert_eq!(s.submit(Route::Any, 0).unwrap().0, 0);
+    assert_eq!(s.submit(Route::Any, 1).unwrap().0, 1);
+    assert!(matches!(s.submit(Route::Any, 2), Err(Refusal::Full { .. })));
+}
+
+#[test]
+fn a_key_always_reaches_the_same_worker_number() {
+    let t0 = Instant::now();
+    let mut s = ready(3, 4, 1);
+    s.set_restart_policy(Some(policy()));
+    assert_eq!(s.submit(Route::Key(7), 0).unwrap().0, 1);
+    assert_eq!(s.submit(Route::Key(7), 0).unwrap().0, 1);
+    let _ = s.handle_exit(1, t0, Departure::Died);
+    assert_eq!(
+        s.submit(Route::Key(7), 0),
+        Err(Refusal::Replacing { worker: 1 }),
+        "it waits for its own number's replacement"
+    );
+    s.handle_replaced(1, 1);
+    assert_eq!(s.submit(Route::Key(7), 0).unwrap().0, 1);
 }
 
 #[test]

@@ -35,10 +35,29 @@ impl Hasher for IdHasher {
 /// Where a submission should go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    /// The next live worker in round-robin order.
+    /// Whichever worker the pool's [`Routing`] picks.
     Any,
     /// Worker number `k`.
     Worker(usize),
+    /// The worker number a key hashes to (`hash % workers`): the same number for the same key,
+    /// through respawns; like [`Worker`](Route::Worker) otherwise.
+    Key(u64),
+}
+
+/// How the pool picks a worker for an untargeted submission ([`Route::Any`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Routing {
+    /// The live worker with room that holds the fewest unfinished tasks, ties broken in
+    /// rotation (so equal loads still spread evenly). A submission waits, or is refused as
+    /// full, only when every live worker is full: a task never queues behind a busy worker
+    /// while another has room.
+    #[default]
+    LeastLoaded,
+    /// Strict rotation over the live workers, Looppool's policy: of `k` submissions each of
+    /// `n` workers gets `⌊k/n⌋` or `⌈k/n⌉`, and a submission waits for the next worker in turn
+    /// when it is full, whoever else has room.
+    RoundRobin,
 }
 
 /// Why the state refused a submission. Nothing was recorded.

@@ -20,6 +20,7 @@ use launches::*;
 use observe::*;
 use processes::*;
 use recovery::*;
+use routing::*;
 
 pub(super) use processes::parent_until_killed;
 
@@ -69,6 +70,7 @@ mod launches;
 mod observe;
 mod processes;
 mod recovery;
+mod routing;
 
 pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
     table![
@@ -76,6 +78,8 @@ pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
         stop_after_k_tasks_ends_every_task_and_delivers_every_output: All,
         a_full_worker_refuses_try_submit_and_submit_waits_for_room: All,
         round_robin_gives_each_of_8_workers_100_of_800_tasks: All,
+        least_loaded_never_queues_a_short_task_behind_a_busy_worker: All,
+        a_key_stays_on_its_worker_number_through_a_respawn: All,
         a_broadcast_after_k_tasks_reaches_every_worker_once_in_order: All,
         targeted_tasks_reach_their_worker: All,
         errors_and_panics_reach_the_parent_and_the_worker_goes_on: All,

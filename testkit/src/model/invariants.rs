@@ -104,7 +104,11 @@ impl Harness {
             .iter()
             .map(|k| self.epoch.get(k).copied().unwrap_or(0))
             .collect();
-        if let (Some(max), Some(min)) = (counts.iter().max(), counts.iter().min()) {
+        if let (Some(max), Some(min), false) = (
+            counts.iter().max(),
+            counts.iter().min(),
+            self.model.least_loaded,
+        ) {
             ensure!(
                 max - min <= 1,
                 "[round-robin] round-robin shares {:?} over live workers {live:?}",

@@ -88,8 +88,9 @@ fn agrees<T: PartialEq>(real: &Result<T, Refusal>, expected: &Result<T, RefRefus
 }
 
 /// The invariant a disagreement about a submission breaks, by what the reference expected.
-fn label<T>(expected: &Result<T, RefRefusal>) -> &'static str {
+fn label<T>(expected: &Result<T, RefRefusal>, least_loaded: bool) -> &'static str {
     match expected {
+        Ok(_) if least_loaded => "least-loaded",
         Ok(_) => "round-robin",
         Err(RefRefusal::Full(_)) => "capacity",
         Err(RefRefusal::Closed) => "stop",
@@ -184,18 +185,22 @@ impl Harness {
     fn apply(&mut self, step: &Transition) -> Result<(), String> {
         let n = self.model.size();
         match *step {
-            Transition::Submit | Transition::SubmitTo(_) => {
+            Transition::Submit | Transition::SubmitTo(_) | Transition::SubmitKeyed(_) => {
                 let target = match *step {
                     Transition::SubmitTo(k) => Some(k % n),
+                    Transition::SubmitKeyed(key) => Some(usize::from(key) % n),
                     _ => None,
                 };
                 let expected = self.model.submit(target);
-                let real = self.sut.submit(target);
+                let real = match *step {
+                    Transition::SubmitKeyed(key) => self.sut.submit_keyed(key),
+                    _ => self.sut.submit(target),
+                };
                 let agree = agrees(&real, &expected);
                 ensure!(
                     agree,
-                    "[{}] submit({target:?}): {real:?}, expected {expected:?}",
-                    label(&expected)
+                    "[{}] {step:?}: {real:?}, expected {expected:?}",
+                    label(&expected, self.model.least_loaded)
                 );
                 if let (Ok((k, _)), None) = (real, target) {
                     *self.epoch.entry(k).or_insert(0) += 1;
@@ -213,7 +218,7 @@ impl Harness {
                 ensure!(
                     agree,
                     "[{}] {step:?}: {real:?}, expected {expected:?}",
-                    label(&expected)
+                    label(&expected, self.model.least_loaded)
                 );
             }
             Transition::Retire(k) => {
@@ -471,8 +476,17 @@ impl Harness {
 /// Runs `case` against the state built with `mutation`; `Err` says which step broke what.
 pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
     let mut h = Harness {
-        model: Reference::new(case.workers, case.capacity, case.credit),
-        sut: Sut::new(case.workers, case.capacity, case.credit, mutation),
+        model: Reference {
+            least_loaded: case.least_loaded,
+            ..Reference::new(case.workers, case.capacity, case.credit)
+        },
+        sut: Sut::new(
+            case.workers,
+            case.capacity,
+            case.credit,
+            case.least_loaded,
+            mutation,
+        ),
         reported: BTreeMap::new(),
         epoch: BTreeMap::new(),
         launched: vec![None; case.workers],

@@ -176,8 +176,10 @@ pub struct Reference {
     pub credit: usize,
     /// Workers by number.
     pub workers: Vec<RefWorker>,
-    /// The next worker round-robin would try.
+    /// The next worker round-robin would try (and, least-loaded, the first among equals).
     pub cursor: usize,
+    /// Untargeted submissions go to the least-loaded worker with room (else round-robin).
+    pub least_loaded: bool,
     /// The next task id.
     pub next_id: TaskId,
     /// The phase.
@@ -231,6 +233,7 @@ impl Reference {
             credit,
             workers,
             cursor: 0,
+            least_loaded: false,
             next_id: 1,
             phase: RefPhase::Running,
             now: 0,
@@ -307,10 +310,28 @@ impl Reference {
             }
             None => {
                 let n = self.size();
-                (0..n)
+                // Accepting workers in rotation from the cursor.
+                let order: Vec<usize> = (0..n)
                     .map(|i| (self.cursor + i) % n)
-                    .find(|&k| self.workers[k].accepts())
-                    .ok_or_else(|| self.none_accepting())?
+                    .filter(|&k| self.workers[k].accepts())
+                    .collect();
+                let Some(&first) = order.first() else {
+                    return Err(self.none_accepting());
+                };
+                if self.least_loaded {
+                    // The fewest held; among equals, the first in rotation.
+                    let fewest = order
+                        .iter()
+                        .map(|&k| self.workers[k].holding.len())
+                        .min()
+                        .unwrap_or(0);
+                    order
+                        .into_iter()
+                        .find(|&k| self.workers[k].holding.len() == fewest)
+                        .unwrap_or(first)
+                } else {
+                    first
+                }
             }
         };
         if self.workers[worker].holding.len() >= self.capacity {

@@ -3,7 +3,7 @@
 use super::reference::{MEMORY_LIMIT, RETRIES, STALL_LIMIT};
 use super::retry::{RefEvent, RefKill, RefLoss};
 use looppool_core::state::{
-    Departure, Event, KillCause, Loss, PoolState, Refusal, RestartPolicy, Route, Transmit,
+    Departure, Event, KillCause, Loss, PoolState, Refusal, RestartPolicy, Route, Routing, Transmit,
     Violation,
 };
 use looppool_core::TaskId;
@@ -57,6 +57,8 @@ pub enum Mutation {
     StallEarly,
     /// Workers are never retired for their memory.
     IgnoreMemory,
+    /// Untargeted submissions rotate even when the pool is to pick the least-loaded worker.
+    IgnoreLoad,
 }
 
 /// The real state, with what each worker has received on its link.
@@ -71,7 +73,13 @@ pub struct Sut {
 
 impl Sut {
     /// A ready pool of `workers`, built with `mutation`.
-    pub fn new(workers: usize, capacity: usize, credit: usize, mutation: Mutation) -> Self {
+    pub fn new(
+        workers: usize,
+        capacity: usize,
+        credit: usize,
+        least_loaded: bool,
+        mutation: Mutation,
+    ) -> Self {
         let capacity = capacity + usize::from(mutation == Mutation::ExtraCapacity);
         let credit = credit + usize::from(mutation == Mutation::ExtraCredit);
         let mut state = PoolState::new(workers, capacity, credit);
@@ -100,6 +108,10 @@ impl Sut {
             _ => RETRIES,
         });
         state.set_stall_limit(Some(ms(STALL_LIMIT)));
+        state.set_routing(match (least_loaded, mutation) {
+            (true, Mutation::IgnoreLoad) | (false, _) => Routing::RoundRobin,
+            (true, _) => Routing::LeastLoaded,
+        });
         state.set_memory_limit(match mutation {
             Mutation::IgnoreMemory => None,
             _ => Some(MEMORY_LIMIT),
@@ -133,6 +145,11 @@ impl Sut {
             (None, _) => Route::Any,
         };
         self.state.submit(route, ())
+    }
+
+    /// A submission by `key`.
+    pub fn submit_keyed(&mut self, key: u8) -> Result<(usize, TaskId), Refusal> {
+        self.state.submit(Route::Key(key.into()), ())
     }
 
     /// A broadcast.

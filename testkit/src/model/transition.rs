@@ -21,6 +21,8 @@ pub enum Transition {
     Submit,
     /// Submission to a worker.
     SubmitTo(usize),
+    /// Submission by key (the worker number is the key modulo the pool's size).
+    SubmitKeyed(u8),
     /// A broadcast.
     Broadcast,
     /// A sticky broadcast under one of a few keys.
@@ -77,6 +79,8 @@ pub struct Case {
     pub capacity: usize,
     /// Outputs one worker may have unacknowledged.
     pub credit: usize,
+    /// Untargeted submissions go to the least-loaded worker (else round-robin).
+    pub least_loaded: bool,
     /// The run.
     pub transitions: Vec<Transition>,
 }
@@ -86,6 +90,7 @@ fn transition() -> impl Strategy<Value = Transition> {
     prop_oneof![
         6 => Just(Transition::Submit),
         3 => w.clone().prop_map(Transition::SubmitTo),
+        2 => any::<u8>().prop_map(Transition::SubmitKeyed),
         1 => Just(Transition::Broadcast),
         1 => (0u8..3).prop_map(Transition::BroadcastSticky),
         1 => w.clone().prop_map(Transition::Retire),
@@ -121,12 +126,16 @@ pub fn cases(max_len: usize) -> impl Strategy<Value = Case> {
         1usize..=4,
         1usize..=3,
         1usize..=3,
+        any::<bool>(),
         prop::collection::vec(transition(), 0..max_len),
     )
-        .prop_map(|(workers, capacity, credit, transitions)| Case {
-            workers,
-            capacity,
-            credit,
-            transitions,
-        })
+        .prop_map(
+            |(workers, capacity, credit, least_loaded, transitions)| Case {
+                workers,
+                capacity,
+                credit,
+                least_loaded,
+                transitions,
+            },
+        )
 }

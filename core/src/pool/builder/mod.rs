@@ -5,7 +5,7 @@ mod start;
 use crate::launch::StartMethod;
 use crate::protocol::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use crate::runtime::Runtime;
-use crate::state::RestartPolicy;
+use crate::state::{RestartPolicy, Routing};
 use crate::worker::Worker;
 use std::fmt;
 use std::marker::PhantomData;
@@ -37,6 +37,7 @@ pub struct Builder<W> {
     task_timeout: Option<Duration>,
     stall_grace: Duration,
     recycle_after: Option<u64>,
+    routing: Routing,
     rss_limit: Option<u64>,
     stats_interval: Option<Duration>,
     blocked_threshold: Option<Duration>,
@@ -87,6 +88,7 @@ impl<W: Worker> Builder<W> {
             task_timeout: None,
             stall_grace: Duration::from_secs(1),
             recycle_after: None,
+            routing: Routing::default(),
             rss_limit: None,
             stats_interval: Some(Duration::from_secs(1)),
             blocked_threshold: None,
@@ -271,6 +273,16 @@ impl<W: Worker> Builder<W> {
     /// it holds, and a replacement takes its number. No task is lost. Default: never.
     pub fn recycle_after_tasks(mut self, tasks: u64) -> Self {
         self.recycle_after = Some(tasks);
+        self
+    }
+
+    /// How untargeted submissions ([`submit`](super::Pool::submit), [`call`](super::Pool::call))
+    /// pick their worker. Default [`Routing::LeastLoaded`]: the live worker holding the fewest
+    /// unfinished tasks, so a short task never waits behind a long one while another worker has
+    /// room. [`Routing::RoundRobin`] is Looppool's strict rotation (equal shares, but a task may
+    /// queue behind a busy worker).
+    pub fn routing(mut self, routing: Routing) -> Self {
+        self.routing = routing;
         self
     }
 

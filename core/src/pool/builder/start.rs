@@ -243,6 +243,7 @@ impl<W: Worker> Builder<W> {
             .set_restart_policy(self.respawn.then_some(self.restart));
         inner.state.set_stop_backlog(self.stop_backlog);
         inner.state.set_recycle_after(self.recycle_after);
+        inner.state.set_routing(self.routing);
         inner.state.set_retries(self.retries);
         inner.state.set_stall_limit(stall_limit);
         inner.state.set_memory_limit(

@@ -112,39 +112,6 @@ pub(super) async fn a_full_worker_refuses_try_submit_and_submit_waits_for_room<A
     stop_gracefully(&pool).await
 }
 
-pub(super) async fn round_robin_gives_each_of_8_workers_100_of_800_tasks<A: Adapter>(
-    m: StartMethod,
-) -> Outcome {
-    let pool = start(pool::<A>(m, 8)).await?;
-    let outputs = pool.outputs();
-    let (handles, seen) = draining(&outputs, async {
-        let mut handles = Vec::new();
-        for _ in 0..800 {
-            handles.push(pool.submit(Task::WhoAmI).await.map_err(|e| e.to_string())?);
-        }
-        let by_handle = count(handles.iter().map(TaskHandle::worker));
-        all_ok(handles).await?;
-        Ok::<_, String>(by_handle)
-    })
-    .await;
-    let by_handle = handles?;
-    let mut by_output = BTreeMap::new();
-    for (worker, _, out) in &seen {
-        ensure!(*out == Out::Worker(*worker), "worker {worker} said {out:?}");
-        *by_output.entry(*worker).or_insert(0) += 1;
-    }
-    let expected: BTreeMap<usize, usize> = (0..8).map(|w| (w, 100)).collect();
-    ensure!(
-        by_handle == expected,
-        "tasks sent per worker: {by_handle:?}"
-    );
-    ensure!(
-        by_output == expected,
-        "tasks processed per worker: {by_output:?}"
-    );
-    stop_gracefully(&pool).await
-}
-
 pub(super) async fn a_broadcast_after_k_tasks_reaches_every_worker_once_in_order<A: Adapter>(
     m: StartMethod,
 ) -> Outcome {
