@@ -86,11 +86,9 @@ fn watch_blocked<O>(shared: &Shared<O>, worker: usize, threshold: Duration) {
             // Tasks start in the order they were sent, so the oldest ones held are running.
             let mut running = inner.state.held_ids(worker);
             running.truncate(concurrency);
-            let account = &mut inner.workers[worker].account;
-            account.blocked_since = Some(now.checked_sub(silent).unwrap_or(now));
-            account.blocked_total += 1;
             drop(inner);
-            shared.lanes[worker].instruments.blocked.increment(1);
+            // Logged before it is counted: whoever sees the count can find the warning. Only
+            // this worker's monitor changes its episode, so nothing moves in between.
             tracing::warn!(
                 pool = %shared.settings.name,
                 worker,
@@ -99,6 +97,12 @@ fn watch_blocked<O>(shared: &Shared<O>, worker: usize, threshold: Duration) {
                 "the event loop of worker {worker} has not turned for {silent:?} (threshold \
                  {threshold:?}); running tasks {running:?}"
             );
+            let mut inner = shared.lock();
+            let account = &mut inner.workers[worker].account;
+            account.blocked_since = Some(now.checked_sub(silent).unwrap_or(now));
+            account.blocked_total += 1;
+            drop(inner);
+            shared.lanes[worker].instruments.blocked.increment(1);
         }
         (false, Some(since)) => {
             inner.workers[worker].account.blocked_since = None;
