@@ -70,6 +70,11 @@ pub enum TaskError {
         /// The timeout.
         after: std::time::Duration,
     },
+    /// The task was cancelled ([`TaskHandle::abort`](crate::TaskHandle::abort), a dropped
+    /// [`call`](crate::Pool::call) future) before it ended. Its worker drops it; outputs it emits
+    /// from then on are discarded.
+    #[error("task cancelled")]
+    Cancelled,
     /// The worker holding the task died or its link broke before the task ended.
     #[error("task lost: worker {worker} ended ({exit}){}", cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
     Lost {

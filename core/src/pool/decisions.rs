@@ -52,6 +52,10 @@ impl<O> Shared<O> {
                         self.settings.stop_timeout
                     ),
                     KillCause::PoolKilled => "killed by Pool::kill()".into(),
+                    KillCause::CancelIgnored { task } => format!(
+                        "it did not drop cancelled task {task} within the cancel grace (code that \
+                         never yields), and was killed; its other tasks were sent again"
+                    ),
                     KillCause::Stalled { silent } => format!(
                         "its event loop did not turn for {silent:?} while it held tasks (a task \
                          ran past its timeout without yielding), and it was killed"
@@ -127,6 +131,14 @@ impl<O> Shared<O> {
                     ));
                 }
                 actions.writers.push(to);
+            }
+            Decision::Expired { worker, id } => {
+                if let Some(p) = inner.pending.remove(&id) {
+                    let after = p.timeout.unwrap_or_default();
+                    actions.ended.push((p.done, TaskError::TimedOut { after }));
+                }
+                // Its worker is sent the cancellation, and has room again.
+                actions.writers.push(worker);
             }
             Decision::Retiring { worker, why } => {
                 actions.writers.push(worker);

@@ -25,6 +25,12 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                         .state
                         .handle_output(worker, task)
                         .map_err(|v| v.to_string())?;
+                    if task.is_some_and(|t| inner.state.is_cancelling(worker, t)) {
+                        // Its task was cancelled: nobody wants it. Its credit goes back at once.
+                        drop(inner);
+                        self.ack(worker);
+                        return Ok(());
+                    }
                     match task.and_then(|t| inner.pending.get_mut(&t)) {
                         Some(p) => (p.reply.take(), p.call),
                         None => (None, false),
@@ -69,6 +75,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     WireOutcome::TimedOut(ms) => Err(TaskError::TimedOut {
                         after: Duration::from_millis(ms),
                     }),
+                    WireOutcome::Cancelled => Err(TaskError::Cancelled),
                 };
                 let (pending, wake, actions) = {
                     let mut inner = self.lock();

@@ -12,13 +12,21 @@ use std::task::{Context, Poll};
 
 /// Resolves, exactly once, to how one submitted task ended.
 ///
-/// Dropping the handle does not cancel the task; it only forgoes learning how it ended.
+/// Dropping the handle does not cancel the task, as with tokio's `JoinHandle`: it only forgoes
+/// learning how it ended ([`abort`](Self::abort) cancels it).
 #[must_use = "a task handle tells how the task ended; drop it explicitly to ignore that"]
 pub struct TaskHandle {
     id: TaskId,
     worker: usize,
     rx: oneshot::Receiver<Result<(), TaskError>>,
     attempts: Arc<AtomicU32>,
+    canceller: Weak<dyn CancelSink>,
+}
+
+/// Where cancellations go: the pool's shared state.
+pub(crate) trait CancelSink: Send + Sync {
+    /// Cancels task `id`; returns whether it had not ended.
+    fn cancel(&self, id: TaskId) -> bool;
 }
 
 impl fmt::Debug for TaskHandle {
@@ -36,13 +44,28 @@ impl TaskHandle {
         worker: usize,
         rx: oneshot::Receiver<Result<(), TaskError>>,
         attempts: Arc<AtomicU32>,
+        canceller: Weak<dyn CancelSink>,
     ) -> Self {
         Self {
             id,
             worker,
             rx,
             attempts,
+            canceller,
         }
+    }
+
+    /// Cancels the task, unless it already ended: it ends now as [`TaskError::Cancelled`]
+    /// (awaiting this handle says so), frees its place in its worker at once, and its worker
+    /// drops it at its next await; outputs it emits from then on are discarded, those already
+    /// delivered stay. A worker that does not drop it within the cancel grace (code that never
+    /// yields) is killed and replaced, and the other tasks it held are sent again (see
+    /// [`Builder::cancel_grace`](crate::Builder::cancel_grace)). Returns whether the task was
+    /// still running or queued.
+    pub fn abort(&self) -> bool {
+        self.canceller
+            .upgrade()
+            .is_some_and(|sink| sink.cancel(self.id))
     }
 
     /// How many times the task was sent to a worker: 1, plus one per retry after its worker

@@ -293,6 +293,9 @@ async fn write_loop<O>(
                 }
                 Transmit::Ack(n) => encode_header(&mut buf, &ToWorker::Ack { n }, max_frame),
                 Transmit::Stop => encode_header(&mut buf, &ToWorker::Stop, max_frame),
+                Transmit::Cancel { id } => {
+                    encode_header(&mut buf, &ToWorker::Cancel { id }, max_frame)
+                }
             };
             // Task sizes were checked when they were submitted.
             encoded.expect("a queued frame fits the frame limit");

@@ -1,6 +1,8 @@
 //! The parent's handle on a running pool.
 
 mod builder;
+mod call;
+mod clock;
 mod decisions;
 mod frames;
 mod handle;
@@ -17,25 +19,37 @@ pub use handle::{Delivery, Outputs, TaskHandle};
 pub use stats::{names as metric_names, PoolStats, WorkerStats};
 pub use stop::Stopped;
 
-use crate::error::{CallError, SubmitError, TaskError};
+use crate::error::SubmitError;
 use crate::runtime::Runtime;
 use crate::state::{Phase, Refusal, Route};
 use crate::worker::Worker;
-use futures_channel::oneshot;
-use shared::{Payload, Pending, Shared};
+use shared::Shared;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// A pool of worker processes, each running a `W` on its own event loop.
 ///
-/// All methods take `&self`; share the pool between tasks with an `Arc`. Dropping the pool
-/// without [`stop`](Self::stop) kills its workers at once and fails their tasks as lost: no
-/// worker process outlives its pool.
+/// The handle is cheap to clone (two reference counts) and `Send + Sync`: give each task,
+/// request handler or service a clone (an axum `State`, say). All clones drive the same pool;
+/// all methods take `&self`. Dropping the last clone without [`stop`](Self::stop) kills the
+/// workers at once and fails their tasks as lost: no worker process outlives its pool.
 pub struct Pool<W: Worker> {
     shared: Arc<Shared<W::Output>>,
+    /// Kills the workers when the last clone goes.
+    _owner: Arc<stop::Owner<W::Output>>,
     _worker: PhantomData<fn() -> W>,
+}
+
+impl<W: Worker> Clone for Pool<W> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            _owner: self._owner.clone(),
+            _worker: PhantomData,
+        }
+    }
 }
 
 impl<W: Worker> fmt::Debug for Pool<W> {
@@ -72,6 +86,9 @@ impl<W: Worker> Pool<W> {
 
     fn from_shared(shared: Arc<Shared<W::Output>>) -> Self {
         Self {
+            _owner: Arc::new(stop::Owner {
+                shared: shared.clone(),
+            }),
             shared,
             _worker: PhantomData,
         }
@@ -139,14 +156,14 @@ impl<W: Worker> Pool<W> {
     /// ([`Builder::routing`]): by default the live worker holding the fewest unfinished tasks,
     /// waiting only while every worker is full.
     pub async fn submit(&self, task: W::Task) -> Result<TaskHandle, SubmitError<W::Task>> {
-        Ok(self.place(Route::Any, task, false, true).await?.0)
+        Ok(self.place(Route::Any, task, false, true, None).await?.0)
     }
 
     /// Like [`submit`](Self::submit), or hands `task` back at once in [`SubmitError::Full`]
     /// if it would have to wait: by default only when every worker holds its capacity of
     /// unfinished tasks.
     pub fn try_submit(&self, task: W::Task) -> Result<TaskHandle, SubmitError<W::Task>> {
-        futures_util::FutureExt::now_or_never(self.place(Route::Any, task, false, false))
+        futures_util::FutureExt::now_or_never(self.place(Route::Any, task, false, false, None))
             .expect("a non-waiting placement never waits")
             .map(|(h, _)| h)
     }
@@ -159,7 +176,7 @@ impl<W: Worker> Pool<W> {
         task: W::Task,
     ) -> Result<TaskHandle, SubmitError<W::Task>> {
         Ok(self
-            .place(Route::Worker(worker), task, false, true)
+            .place(Route::Worker(worker), task, false, true, None)
             .await?
             .0)
     }
@@ -171,9 +188,15 @@ impl<W: Worker> Pool<W> {
         worker: usize,
         task: W::Task,
     ) -> Result<TaskHandle, SubmitError<W::Task>> {
-        futures_util::FutureExt::now_or_never(self.place(Route::Worker(worker), task, false, false))
-            .expect("a non-waiting placement never waits")
-            .map(|(h, _)| h)
+        futures_util::FutureExt::now_or_never(self.place(
+            Route::Worker(worker),
+            task,
+            false,
+            false,
+            None,
+        ))
+        .expect("a non-waiting placement never waits")
+        .map(|(h, _)| h)
     }
 
     /// Sends `task` to the worker number `key` hashes to, waiting while that worker is full or
@@ -185,7 +208,7 @@ impl<W: Worker> Pool<W> {
         key: &K,
         task: W::Task,
     ) -> Result<TaskHandle, SubmitError<W::Task>> {
-        Ok(self.place(key_route(key), task, false, true).await?.0)
+        Ok(self.place(key_route(key), task, false, true, None).await?.0)
     }
 
     /// Like [`submit_keyed`](Self::submit_keyed), or hands `task` back at once in
@@ -195,7 +218,7 @@ impl<W: Worker> Pool<W> {
         key: &K,
         task: W::Task,
     ) -> Result<TaskHandle, SubmitError<W::Task>> {
-        futures_util::FutureExt::now_or_never(self.place(key_route(key), task, false, false))
+        futures_util::FutureExt::now_or_never(self.place(key_route(key), task, false, false, None))
             .expect("a non-waiting placement never waits")
             .map(|(h, _)| h)
     }
@@ -241,10 +264,10 @@ impl<W: Worker> Pool<W> {
                         let handles = copies
                             .into_iter()
                             .map(|(worker, id)| {
-                                let (pending, handle_parts) = self.pending(false);
+                                let (pending, (rx, attempts, _)) = self.pending(false, None);
                                 pending.attempts.fetch_add(1, Ordering::Relaxed);
                                 inner.pending.insert(id, pending);
-                                TaskHandle::new(id, worker, handle_parts.0, handle_parts.1)
+                                TaskHandle::new(id, worker, rx, attempts, self.canceller())
                             })
                             .collect::<Vec<_>>();
                         drop(inner);
@@ -260,109 +283,6 @@ impl<W: Worker> Pool<W> {
                 }
             };
             listener.await;
-        }
-    }
-
-    /// A pending entry and the parts of its handle.
-    #[allow(clippy::type_complexity)]
-    fn pending(
-        &self,
-        reply: bool,
-    ) -> (
-        Pending<W::Output>,
-        (
-            oneshot::Receiver<Result<(), TaskError>>,
-            Arc<AtomicU32>,
-            Option<oneshot::Receiver<Delivery<W::Output>>>,
-        ),
-    ) {
-        let (done, rx) = oneshot::channel();
-        let (reply_tx, reply_rx) = match reply {
-            true => {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
-            }
-            false => (None, None),
-        };
-        let attempts = Arc::new(AtomicU32::new(0));
-        let pending = Pending {
-            done,
-            reply: reply_tx,
-            call: reply,
-            attempts: attempts.clone(),
-            since: self.shared.runtime.now(),
-        };
-        (pending, (rx, attempts, reply_rx))
-    }
-
-    /// Sends `task` round-robin and returns its first output: the request-reply case.
-    ///
-    /// The task's outputs go to this call, not to [`outputs`](Self::outputs); the first is
-    /// returned (and acknowledged), any later ones are acknowledged and discarded. A task that
-    /// completes without an output gives [`CallError::NoOutput`].
-    pub async fn call(&self, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
-        self.call_route(Route::Any, task).await
-    }
-
-    /// Like [`call`](Self::call), on worker `worker`.
-    pub async fn call_to(
-        &self,
-        worker: usize,
-        task: W::Task,
-    ) -> Result<W::Output, CallError<W::Task>> {
-        self.call_route(Route::Worker(worker), task).await
-    }
-
-    async fn call_route(
-        &self,
-        route: Route,
-        task: W::Task,
-    ) -> Result<W::Output, CallError<W::Task>> {
-        let (handle, reply) = self
-            .place(route, task, true, true)
-            .await
-            .map_err(CallError::Submit)?;
-        let id = handle.id();
-        let mut reply = reply.expect("a call has a reply channel");
-        handle.await.map_err(CallError::Task)?;
-        // The worker writes a task's outputs before its end, and the parent reads them in order,
-        // so a reply, if any, has arrived by now.
-        match reply.try_recv() {
-            Ok(Some(delivery)) => Ok(delivery.into_value()),
-            _ => Err(CallError::NoOutput(id)),
-        }
-    }
-
-    fn encode(&self, task: &W::Task) -> Result<Payload, String> {
-        let bytes =
-            postcard::to_stdvec(task).map_err(|e| format!("cannot encode the task: {e}"))?;
-        // The frame adds a header of at most 11 bytes (variant and a varint id).
-        let limit = self.shared.settings.max_frame - 11;
-        if bytes.len() > limit {
-            return Err(format!(
-                "the encoded task is {} bytes, over the frame limit of {limit} bytes",
-                bytes.len()
-            ));
-        }
-        Ok(Arc::new(bytes))
-    }
-
-    async fn place(
-        &self,
-        route: Route,
-        task: W::Task,
-        reply: bool,
-        wait: bool,
-    ) -> Result<(TaskHandle, Option<oneshot::Receiver<Delivery<W::Output>>>), SubmitError<W::Task>>
-    {
-        let payload = match self.encode(&task) {
-            Ok(p) => p,
-            Err(e) => return Err(SubmitError::Encode(task, e)),
-        };
-        let (pending, (rx, attempts, reply_rx)) = self.pending(reply);
-        match self.shared.place(route, &payload, pending, wait).await {
-            Ok((worker, id)) => Ok((TaskHandle::new(id, worker, rx, attempts), reply_rx)),
-            Err((refusal, _)) => Err(SubmitError::from_refusal(task, refusal)),
         }
     }
 

@@ -34,6 +34,8 @@ pub(crate) struct Pending<O> {
     pub(crate) attempts: Arc<AtomicU32>,
     /// When it was submitted, for its latency.
     pub(crate) since: Instant,
+    /// Its deadline after submission, if it has one.
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// What the state said comes next for a dead worker number; its supervisor carries it out.
@@ -129,6 +131,8 @@ pub(crate) struct Shared<O> {
     /// Room was made in some worker: untargeted submissions under least-loaded routing wait
     /// for any worker, not one.
     pub(crate) room_any: Event,
+    /// The state's next deadline may have moved: the pool's clock looks again.
+    pub(crate) clock: Event,
     pub(crate) outputs: async_channel::Sender<Delivery<O>>,
     pub(crate) outputs_rx: async_channel::Receiver<Delivery<O>>,
     pub(crate) runtime: Arc<dyn Runtime>,
@@ -162,6 +166,7 @@ impl<O> Shared<O> {
             lanes,
             exited: Event::new(),
             room_any: Event::new(),
+            clock: Event::new(),
             outputs,
             outputs_rx,
             runtime,
@@ -194,6 +199,7 @@ impl<O> Shared<O> {
         }
         self.exited.notify(usize::MAX);
         self.room_any.notify(usize::MAX);
+        self.clock.notify(usize::MAX);
     }
 
     /// Records that a frame from `worker` arrived now.
@@ -224,16 +230,22 @@ impl<O> Shared<O> {
         payload: &Payload,
         pending: Pending<O>,
         wait: bool,
+        timeout: Option<Duration>,
     ) -> Result<(usize, TaskId), (Refusal, Pending<O>)> {
         loop {
             let listener = {
                 let mut inner = self.lock();
-                match inner.state.submit(route, payload.clone()) {
+                let deadline = timeout.and_then(|t| self.runtime.now().checked_add(t));
+                match inner.state.submit_until(route, payload.clone(), deadline) {
                     Ok((worker, id)) => {
                         pending.attempts.fetch_add(1, Ordering::Relaxed);
                         inner.pending.insert(id, pending);
                         drop(inner);
                         self.wake_writer(worker);
+                        if deadline.is_some() {
+                            // A new deadline for the pool's clock.
+                            self.clock.notify(usize::MAX);
+                        }
                         return Ok((worker, id));
                     }
                     Err(Refusal::Full { .. }) if wait && waits_for_any(route, &inner.state) => {
@@ -254,4 +266,36 @@ impl<O> Shared<O> {
 /// them will do.
 fn waits_for_any(route: Route, state: &PoolState<Payload>) -> bool {
     route == Route::Any && state.routing() == Routing::LeastLoaded
+}
+
+impl<O> Shared<O> {
+    /// Cancels task `id`: if it has not ended, it ends now with `why` and its worker is told to
+    /// drop it (and killed if it does not within the cancel grace). Returns whether it had not
+    /// ended.
+    pub(crate) fn cancel(&self, id: TaskId, why: TaskError) -> bool {
+        let now = self.runtime.now();
+        let (done, worker, actions) = {
+            let mut inner = self.lock();
+            let Some(worker) = inner.state.handle_cancel(id, now) else {
+                return false;
+            };
+            let done = inner.pending.remove(&id).map(|p| p.done);
+            (done, worker, self.decisions(&mut inner))
+        };
+        if let Some(done) = done {
+            let _ = done.send(Err(why));
+        }
+        actions.run(self);
+        self.wake_writer(worker);
+        self.lanes[worker].room.notify(usize::MAX);
+        self.room_any.notify(usize::MAX);
+        self.clock.notify(usize::MAX);
+        true
+    }
+}
+
+impl<O: Send> super::handle::CancelSink for Shared<O> {
+    fn cancel(&self, id: TaskId) -> bool {
+        Shared::cancel(self, id, TaskError::Cancelled)
+    }
 }

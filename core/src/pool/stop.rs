@@ -1,10 +1,11 @@
 //! Ending a pool: a graceful stop, a kill, and what dropping it does.
 
+use super::shared::Shared;
 use super::Pool;
 use crate::error::Exit;
 use crate::state::Departure;
 use crate::worker::Worker;
-use futures_util::future::select;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How a stopped pool's workers ended.
@@ -62,27 +63,18 @@ impl<W: Worker> Pool<W> {
             killer.kill();
         }
         shared.wake_all();
+        // The pool's clock kills what the stop deadline finds alive; this waits for the end.
         loop {
             let listener = shared.exited.listen();
-            let now = runtime.now();
-            let (stopped, deadline, actions) = {
+            let (stopped, actions) = {
                 let mut inner = shared.lock();
-                inner.state.handle_timeout(now);
-                // Replacements being launched and lost tasks being retried settle first.
-                let stopped = inner.state.is_stopped();
-                let deadline = inner.state.poll_timeout();
-                (stopped, deadline, shared.decisions(&mut inner))
+                (inner.state.is_stopped(), shared.decisions(&mut inner))
             };
             actions.run(shared);
             if stopped {
                 break;
             }
-            match deadline {
-                Some(d) if d > now => {
-                    let _ = select(listener, runtime.sleep(d - now)).await;
-                }
-                _ => listener.await,
-            }
+            listener.await;
         }
         shared.outputs.close();
         let inner = shared.lock();
@@ -117,7 +109,12 @@ impl<W: Worker> Pool<W> {
     }
 }
 
-impl<W: Worker> Drop for Pool<W> {
+/// What kills a pool's workers when the last handle to it is dropped.
+pub(super) struct Owner<O> {
+    pub(super) shared: Arc<Shared<O>>,
+}
+
+impl<O> Drop for Owner<O> {
     fn drop(&mut self) {
         let (killers, actions) = {
             let mut inner = self.shared.lock();

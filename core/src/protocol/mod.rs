@@ -27,7 +27,7 @@ pub(crate) use reader::{read_frame_blocking, FrameError, FrameReader};
 use serde::{Deserialize, Serialize};
 
 /// The version of the wire protocol this build speaks. Both ends must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The default limit on a frame's body, in bytes (16 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
@@ -67,6 +67,9 @@ pub(crate) enum ToWorker<'a> {
     Ack { n: u32 },
     /// The poison pill: finish what you hold, say [`ToParent::Bye`], exit.
     Stop,
+    /// Drop task `id` (queued or running) and report it ended as [`WireOutcome::Cancelled`];
+    /// nothing if it already ended.
+    Cancel { id: u64 },
 }
 
 /// A header sent by a worker to its parent.
@@ -140,6 +143,8 @@ pub(crate) enum WireOutcome<'a> {
     Panicked(#[serde(borrow)] &'a str),
     /// Cancelled after the task timeout, in milliseconds.
     TimedOut(u64),
+    /// Cancelled at the parent's request ([`ToWorker::Cancel`]).
+    Cancelled,
 }
 
 /// The codec's hot paths, exposed for the micro-benchmarks in `looppool-bench` (feature

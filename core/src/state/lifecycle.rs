@@ -33,8 +33,10 @@ impl<P: Clone> PoolState<P> {
             return Restart::Never;
         }
         let running = self.phase == Phase::Running;
+        // Killed for a cancelled task it did not drop: the others it held are not at fault.
+        let blameless = self.slots[worker].killed_for_cancel();
         for (id, held) in self.slots[worker].exit() {
-            if running && !held.replay && held.attempts <= self.retries {
+            if running && !held.replay && (blameless || held.attempts <= self.retries) {
                 self.deferred.push_back(Deferred {
                     id,
                     from: worker,
@@ -120,7 +122,8 @@ impl<P: Clone> PoolState<P> {
                 Ok(to) => {
                     d.held.attempts += 1;
                     let (id, route) = (d.id, d.held.route);
-                    self.slots[to].accept(id, d.held.payload, route, d.held.attempts);
+                    let deadline = d.held.deadline;
+                    self.slots[to].accept(id, d.held.payload, route, d.held.attempts, deadline);
                     if route == Route::Any {
                         self.cursor = (to + 1) % self.slots.len();
                     }
@@ -293,20 +296,47 @@ impl<P: Clone> PoolState<P> {
         }
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) should next be called, if ever.
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called, if ever: the stop
+    /// deadline, or when a worker must have dropped a cancelled task.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.phase {
-            Phase::Stopping { deadline } => Some(deadline),
+        // Only deadlines that still decide something: a worker already being killed needs
+        // neither the stop deadline nor its cancel grace again.
+        let killable = || self.slots.iter().filter(|s| s.killable());
+        let stop = match self.phase {
+            Phase::Stopping { deadline } if killable().next().is_some() => Some(deadline),
             _ => None,
-        }
+        };
+        let cancels = self
+            .cancel_grace
+            .and_then(|_| killable().filter_map(|s| s.cancel_deadline()).min());
+        let deadlines = self.slots.iter().filter_map(|s| s.next_deadline());
+        let waiting = self.deferred.iter().filter_map(|d| d.held.deadline);
+        stop.into_iter()
+            .chain(cancels)
+            .chain(deadlines)
+            .chain(waiting)
+            .min()
     }
 
     /// Time has reached `now`: past the stop deadline, every worker still alive is to be
-    /// killed ([`Event::Kill`] with [`KillCause::StopDeadline`], each once).
+    /// killed ([`Event::Kill`] with [`KillCause::StopDeadline`], each once); so is a worker
+    /// that did not drop a cancelled task within the cancel grace
+    /// ([`KillCause::CancelIgnored`]).
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Phase::Stopping { deadline } = self.phase {
             if now >= deadline {
                 self.take_kills(KillCause::StopDeadline);
+            }
+        }
+        self.expire(now);
+        if self.cancel_grace.is_some() {
+            for worker in 0..self.slots.len() {
+                if let Some(task) = self.slots[worker].take_cancel_kill(now) {
+                    self.events.push_back(Event::Kill {
+                        worker,
+                        cause: KillCause::CancelIgnored { task },
+                    });
+                }
             }
         }
     }

@@ -14,6 +14,7 @@
 //! The payload type `P` is opaque: the driver uses shared encoded bytes, the model checks use
 //! small markers.
 
+mod cancel;
 mod lifecycle;
 mod restart;
 mod slot;
@@ -72,6 +73,8 @@ pub struct PoolState<P> {
     events: VecDeque<Event>,
     /// How untargeted submissions pick their worker.
     routing: Routing,
+    /// How long a worker has to drop a cancelled task before it is killed; `None`: never.
+    cancel_grace: Option<Duration>,
     /// Workers killed at the stop deadline or by [`kill_all`](Self::kill_all), in order.
     killed: Vec<usize>,
 }
@@ -109,6 +112,7 @@ impl<P: Clone> PoolState<P> {
             events: VecDeque::new(),
             killed: Vec::new(),
             routing: Routing::default(),
+            cancel_grace: None,
         }
     }
 
@@ -165,9 +169,21 @@ impl<P: Clone> PoolState<P> {
     /// Accepts a task for the worker `route` picks and queues it for that worker's link.
     /// Returns the worker number and the task's new id.
     pub fn submit(&mut self, route: Route, payload: P) -> Result<(usize, TaskId), Refusal> {
+        self.submit_until(route, payload, None)
+    }
+
+    /// Like [`submit`](Self::submit), and the task is cancelled at `deadline` if it has not
+    /// ended by then ([`Event::Expired`], from [`handle_timeout`](Self::handle_timeout)); the
+    /// deadline holds through retries.
+    pub fn submit_until(
+        &mut self,
+        route: Route,
+        payload: P,
+        deadline: Option<Instant>,
+    ) -> Result<(usize, TaskId), Refusal> {
         let worker = self.choose(route)?;
         let id = self.take_id();
-        self.slots[worker].accept(id, payload, route, 1);
+        self.slots[worker].accept(id, payload, route, 1, deadline);
         if route == Route::Any {
             self.cursor = (worker + 1) % self.slots.len();
         }
@@ -199,7 +215,7 @@ impl<P: Clone> PoolState<P> {
             .into_iter()
             .map(|k| {
                 let id = self.take_id();
-                self.slots[k].accept(id, payload.clone(), Route::Worker(k), 1);
+                self.slots[k].accept(id, payload.clone(), Route::Worker(k), 1, None);
                 (k, id)
             })
             .collect())

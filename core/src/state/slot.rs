@@ -3,6 +3,7 @@
 use super::IdMap;
 use super::{Route, TaskId, Transmit, Violation};
 use std::collections::VecDeque;
+use std::time::Instant;
 
 /// Where one worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,8 @@ pub(super) struct Held<P> {
     pub(super) attempts: u32,
     /// A sticky replay: not work the worker served, and never retried.
     pub(super) replay: bool,
+    /// When it is cancelled if it has not ended.
+    pub(super) deadline: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -51,6 +54,11 @@ pub(super) struct Slot<P> {
     /// Sticky broadcasts still to replay to this (replacement) worker, released as its
     /// capacity allows; it takes no other task until they are all out.
     replay: VecDeque<P>,
+    /// Tasks cancelled after they were sent, with when the worker must have dropped them; they
+    /// no longer count against its capacity.
+    cancelling: Vec<(TaskId, Option<Instant>)>,
+    /// It was killed for not dropping a cancelled task: its other tasks are not at fault.
+    killed_for_cancel: bool,
 }
 
 impl<P: Clone> Slot<P> {
@@ -68,6 +76,8 @@ impl<P: Clone> Slot<P> {
             said_bye: false,
             kill_taken: false,
             replay: VecDeque::new(),
+            cancelling: Vec::new(),
+            killed_for_cancel: false,
         }
     }
 
@@ -149,9 +159,20 @@ impl<P: Clone> Slot<P> {
         self.unacked
     }
 
-    /// Takes task `id` (sent `attempts` times, this one included), to go out in order.
-    pub(super) fn accept(&mut self, id: TaskId, payload: P, route: Route, attempts: u32) {
+    /// Takes task `id` (sent `attempts` times, this one included, and cancelled at `deadline`
+    /// if it has not ended), to go out in order.
+    pub(super) fn accept(
+        &mut self,
+        id: TaskId,
+        payload: P,
+        route: Route,
+        attempts: u32,
+        deadline: Option<Instant>,
+    ) {
         self.take(id, payload, route, attempts, false);
+        if let Some(held) = self.tasks.get_mut(&id) {
+            held.deadline = deadline;
+        }
     }
 
     fn take(&mut self, id: TaskId, payload: P, route: Route, attempts: u32, replay: bool) {
@@ -163,6 +184,7 @@ impl<P: Clone> Slot<P> {
             route,
             attempts,
             replay,
+            deadline: None,
         };
         self.tasks.insert(id, held);
         self.outbox.push_back(Transmit::Task { id, payload });
@@ -189,7 +211,8 @@ impl<P: Clone> Slot<P> {
         task: Option<TaskId>,
         credit: usize,
     ) -> Result<(), Violation> {
-        if let Some(task) = task.filter(|t| !self.tasks.contains_key(t)) {
+        if let Some(task) = task.filter(|t| !self.tasks.contains_key(t) && !self.is_cancelling(*t))
+        {
             return Err(Violation::ForeignOutput { worker, task });
         }
         if self.said_bye {
@@ -227,6 +250,11 @@ impl<P: Clone> Slot<P> {
     /// Ends task `id`; returns how many tasks (sticky replays aside) this incarnation has
     /// ended, or `None` if `id` was a replay: replaying its state is not work it served.
     pub(super) fn done(&mut self, worker: usize, id: TaskId) -> Result<Option<u64>, Violation> {
+        if let Some(at) = self.cancelling.iter().position(|&(c, _)| c == id) {
+            // The worker dropped a cancelled task: it ended for the parent when it was cancelled.
+            self.cancelling.swap_remove(at);
+            return Ok(None);
+        }
         match self.tasks.remove(&id) {
             None => return Err(Violation::UnknownTask { worker, task: id }),
             Some(held) if held.replay => return Ok(None),
@@ -239,7 +267,7 @@ impl<P: Clone> Slot<P> {
     pub(super) fn bye(&mut self, worker: usize) -> Result<(), Violation> {
         let why = if !self.stop_queued {
             "before it was asked to stop"
-        } else if !self.tasks.is_empty() {
+        } else if !self.tasks.is_empty() || !self.cancelling.is_empty() {
             "while still holding tasks"
         } else if self.said_bye {
             "twice"
@@ -258,6 +286,7 @@ impl<P: Clone> Slot<P> {
         }
         self.status = WorkerStatus::Exited;
         self.outbox.clear();
+        self.cancelling.clear();
         self.ack_due = 0;
         let mut held: Vec<_> = self.tasks.drain().collect();
         held.sort_unstable_by_key(|(_, h)| h.seq);
@@ -288,8 +317,76 @@ impl<P: Clone> Slot<P> {
         }
     }
 
+    /// Cancels task `id`, to be dropped by `deadline`: a task not yet written to the link is
+    /// simply withdrawn, a sent one gets a [`Transmit::Cancel`]. Returns whether it held it.
+    pub(super) fn cancel(&mut self, id: TaskId, deadline: Option<Instant>) -> bool {
+        if self.tasks.remove(&id).is_none() {
+            return false;
+        }
+        let unsent = self
+            .outbox
+            .iter()
+            .position(|t| matches!(t, Transmit::Task { id: queued, .. } if *queued == id));
+        match unsent {
+            Some(at) => drop(self.outbox.remove(at)),
+            None => {
+                self.cancelling.push((id, deadline));
+                self.outbox.push_back(Transmit::Cancel { id });
+            }
+        }
+        true
+    }
+
+    /// The earliest deadline of the tasks it holds.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.tasks.values().filter_map(|h| h.deadline).min()
+    }
+
+    /// The tasks it holds whose deadline has come by `now`, oldest first.
+    pub(super) fn expired(&self, now: Instant) -> Vec<TaskId> {
+        let mut ids: Vec<_> = self
+            .tasks
+            .iter()
+            .filter(|(_, h)| h.deadline.is_some_and(|d| d <= now))
+            .map(|(&id, h)| (h.seq, id))
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
+    pub(super) fn is_cancelling(&self, id: TaskId) -> bool {
+        self.cancelling.iter().any(|&(c, _)| c == id)
+    }
+
+    /// When the oldest cancelled task must have been dropped, if any is outstanding.
+    pub(super) fn cancel_deadline(&self) -> Option<Instant> {
+        self.cancelling.iter().filter_map(|&(_, at)| at).min()
+    }
+
+    /// Takes the kill of this incarnation for a cancelled task it did not drop by `now`.
+    pub(super) fn take_cancel_kill(&mut self, now: Instant) -> Option<TaskId> {
+        let &(task, _) = self
+            .cancelling
+            .iter()
+            .find(|&&(_, at)| at.is_some_and(|at| at <= now))?;
+        if !self.take_kill() {
+            return None;
+        }
+        self.killed_for_cancel = true;
+        Some(task)
+    }
+
+    /// Alive and not yet to be killed: a kill taken now would do something.
+    pub(super) fn killable(&self) -> bool {
+        self.is_live() && !self.kill_taken
+    }
+
+    pub(super) fn killed_for_cancel(&self) -> bool {
+        self.killed_for_cancel
+    }
+
     pub(super) fn take_kill(&mut self) -> bool {
-        if self.is_live() && !self.kill_taken {
+        if self.killable() {
             self.kill_taken = true;
             true
         } else {

@@ -158,6 +158,11 @@ pub enum Transmit<P> {
     },
     /// Return `n` result credits to the worker.
     Ack(u32),
+    /// Cancel task `id`: the worker drops it and reports it ended.
+    Cancel {
+        /// The task.
+        id: TaskId,
+    },
     /// The poison pill.
     Stop,
 }
@@ -224,6 +229,15 @@ pub enum Event {
         /// The worker that holds it now.
         to: usize,
     },
+    /// Task `id`, held by `worker` (or waiting for a retry after `worker` died), reached its
+    /// deadline: it is cancelled, as by [`handle_cancel`](super::PoolState::handle_cancel),
+    /// and ends as timed out.
+    Expired {
+        /// The worker that held it.
+        worker: usize,
+        /// The task.
+        id: TaskId,
+    },
     /// `worker` began retiring: it takes no new tasks, and gets the poison pill behind what it
     /// holds; its replacement takes its number.
     Retiring {
@@ -246,6 +260,12 @@ pub enum KillCause {
     Stalled {
         /// How long it had been silent.
         silent: Duration,
+    },
+    /// It did not drop cancelled task `task` within the cancel grace (CPU-bound code that
+    /// never yields). The other tasks it held are retried, whatever their retries.
+    CancelIgnored {
+        /// The cancelled task.
+        task: TaskId,
     },
 }
 

@@ -23,11 +23,11 @@ use crate::protocol::{
 use crate::runtime::{yield_now, BoxIo, Runtime};
 use crate::state::TaskId;
 use event_listener::Event;
-use futures_util::future::{select, Either, FutureExt};
+use futures_util::future::{select, AbortHandle, AbortRegistration, Abortable, Either, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::{AsyncWrite, AsyncWriteExt};
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::rc::Rc;
@@ -59,6 +59,8 @@ enum End {
 
 struct Inbox<T> {
     queue: RefCell<VecDeque<(TaskId, Result<T, String>)>>,
+    /// How to cancel each running task.
+    running: RefCell<HashMap<TaskId, AbortHandle>>,
     stopping: Cell<bool>,
     changed: Event,
 }
@@ -149,6 +151,7 @@ pub(crate) async fn serve<W: Worker>(
 
     let inbox = Rc::new(Inbox::<W::Task> {
         queue: RefCell::new(VecDeque::new()),
+        running: RefCell::new(HashMap::new()),
         stopping: Cell::new(false),
         changed: Event::new(),
     });
@@ -208,6 +211,19 @@ where
             Ok((ToWorker::Stop, _)) => {
                 inbox.stopping.set(true);
                 inbox.changed.notify(1);
+            }
+            Ok((ToWorker::Cancel { id }, _)) => {
+                let mut queue = inbox.queue.borrow_mut();
+                if let Some(at) = queue.iter().position(|(queued, _)| *queued == id) {
+                    // Not started: it ends here.
+                    queue.remove(at);
+                    drop(queue);
+                    report(link, id, &Ended::Cancelled);
+                    inbox.changed.notify(1);
+                } else if let Some(running) = inbox.running.borrow().get(&id) {
+                    // Dropped at its current await; the run loop reports it.
+                    running.abort();
+                }
             }
             Ok((ToWorker::Hello { .. }, _)) => return End::Link("a second handshake".into()),
             Err(e) => return End::Link(format!("malformed frame from the parent: {e}")),
@@ -298,6 +314,7 @@ enum Ended {
     Failed(String),
     Panicked(String),
     TimedOut(Duration),
+    Cancelled,
 }
 
 async fn run_loop<W: Worker>(
@@ -313,7 +330,19 @@ async fn run_loop<W: Worker>(
             let Some((id, task)) = inbox.queue.borrow_mut().pop_front() else {
                 break;
             };
-            running.push(run_one(worker.clone(), link.clone(), id, task, timeout).boxed_local());
+            let (abort, registration) = AbortHandle::new_pair();
+            inbox.running.borrow_mut().insert(id, abort);
+            running.push(
+                run_one(
+                    worker.clone(),
+                    link.clone(),
+                    id,
+                    task,
+                    timeout,
+                    registration,
+                )
+                .boxed_local(),
+            );
         }
         link.running.set(running.len());
         if running.is_empty() && inbox.stopping.get() && inbox.queue.borrow().is_empty() {
@@ -328,6 +357,7 @@ async fn run_loop<W: Worker>(
             continue;
         }
         if let Either::Left((Some((id, ended)), _)) = select(running.next(), listener).await {
+            inbox.running.borrow_mut().remove(&id);
             report(link, id, &ended);
             // Let the writer flush this task's outputs and end before the next task starts: a
             // CPU-bound task would otherwise hold them back until it, too, yields.
@@ -351,6 +381,7 @@ async fn run_one<W: Worker>(
     id: TaskId,
     task: Result<W::Task, String>,
     timeout: Option<Duration>,
+    cancel: AbortRegistration,
 ) -> (TaskId, Ended) {
     let task = match task {
         Ok(task) => task,
@@ -363,16 +394,22 @@ async fn run_one<W: Worker>(
         task: id,
         future: AssertUnwindSafe(worker.process(task, &ctx)).catch_unwind(),
     };
-    let outcome = match timeout {
-        None => Some(run.await),
-        // Dropping the task's future cancels it at its current await.
-        Some(limit) => match select(pin!(run), runtime.sleep(limit)).await {
-            Either::Left((outcome, _)) => Some(outcome),
-            Either::Right(_) => None,
-        },
+    let limited = async {
+        match timeout {
+            None => Some(run.await),
+            // Dropping the task's future cancels it at its current await.
+            Some(limit) => match select(pin!(run), runtime.sleep(limit)).await {
+                Either::Left((outcome, _)) => Some(outcome),
+                Either::Right(_) => None,
+            },
+        }
     };
+    let outcome = Abortable::new(limited, cancel).await;
     // Outputs a clone of its context emits from now on would reach the parent after its end.
     ctx.end_task();
+    let Ok(outcome) = outcome else {
+        return (id, Ended::Cancelled);
+    };
     let ended = match outcome {
         Some(Ok(Ok(()))) => Ended::Completed,
         Some(Ok(Err(e))) => Ended::Failed(error_chain(&*e)),
@@ -401,6 +438,7 @@ fn report(link: &Link, id: TaskId, ended: &Ended) {
         Ended::Failed(m) => WireOutcome::Failed(truncate(m)),
         Ended::Panicked(m) => WireOutcome::Panicked(truncate(m)),
         Ended::TimedOut(after) => WireOutcome::TimedOut(after.as_millis() as u64),
+        Ended::Cancelled => WireOutcome::Cancelled,
     };
     let frame = ToParent::Done { task: id, outcome };
     encode_header(

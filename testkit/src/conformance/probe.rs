@@ -61,7 +61,8 @@ pub enum Task {
     Fault(Fault),
     /// End the worker process with this exit code.
     Exit(i32),
-    /// Busy-loop, never yielding to the event loop, until this file exists.
+    /// Create `<file>.spinning`, then busy-loop, never yielding to the event loop, until the
+    /// file exists.
     SpinUntilExists(String),
     /// If this file exists, remove it and end the process with code 7; otherwise emit
     /// `Doubled(1)`. A task that crashes its worker once.
@@ -87,6 +88,9 @@ pub enum Task {
     ForkSleeper(u32),
     /// Emit `Doubled(0)` tagged with this task id, whichever task the worker holds.
     PutAs(u64),
+    /// Append a byte to this file every 10 ms, forever: a side effect that shows whether the
+    /// task still runs.
+    Tick(String),
 }
 
 /// What a [`Probe`] emits.
@@ -243,7 +247,17 @@ impl Worker for Probe {
                     .await?
             }
             Task::PutAs(task) => ctx.forged(task).put(Out::Doubled(0)).await?,
+            Task::Tick(path) => loop {
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?;
+                file.write_all(b".")?;
+                ctx.sleep(std::time::Duration::from_millis(10)).await;
+            },
             Task::SpinUntilExists(path) => {
+                std::fs::write(format!("{path}.spinning"), b"")?;
                 while !std::path::Path::new(&path).exists() {
                     std::hint::spin_loop();
                 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use super::{method_name, probe, PARENT_VAR};
 
 use basics::*;
+use cancel::*;
 use faults::*;
 use frames::*;
 use launches::*;
@@ -64,6 +65,7 @@ macro_rules! table {
 
 // After the macros, which they use.
 mod basics;
+mod cancel;
 mod faults;
 mod frames;
 mod launches;
@@ -80,6 +82,11 @@ pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
         round_robin_gives_each_of_8_workers_100_of_800_tasks: All,
         least_loaded_never_queues_a_short_task_behind_a_busy_worker: All,
         a_key_stays_on_its_worker_number_through_a_respawn: All,
+        an_aborted_task_stops_in_its_worker_and_frees_its_place_at_once: All,
+        a_dropped_call_cancels_its_task_in_the_worker: All,
+        a_call_deadline_cancels_its_task_and_submit_deadlines_time_out: All,
+        try_call_fails_at_once_when_no_worker_has_room: All,
+        a_worker_that_never_yields_to_a_cancel_is_replaced_and_its_other_tasks_run_elsewhere: Processes,
         a_broadcast_after_k_tasks_reaches_every_worker_once_in_order: All,
         targeted_tasks_reach_their_worker: All,
         errors_and_panics_reach_the_parent_and_the_worker_goes_on: All,
@@ -92,6 +99,7 @@ pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
         stop_racing_submissions_ends_every_accepted_task: All,
         a_killed_worker_loses_its_tasks_with_the_signal_and_others_go_on: Processes,
         dropping_a_pool_leaves_no_worker_process: Processes,
+        clones_of_a_pool_share_its_workers_and_only_the_last_drop_kills_them: Processes,
         worker_processes_are_named_ignore_terminal_signals_and_hold_only_their_link: Processes,
         workers_die_with_a_parent_that_is_killed: Processes,
         a_dead_worker_is_replaced_under_its_number_with_its_sticky_state: All,

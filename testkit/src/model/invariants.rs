@@ -86,6 +86,7 @@ impl Harness {
                     .iter()
                     .map(|t| match t {
                         Transmit::Task { id, .. } => Sent::Task(*id),
+                        Transmit::Cancel { id } => Sent::Cancel(*id),
                         _ => Sent::Stop,
                     })
                     .collect();

@@ -19,12 +19,14 @@
 //!
 //! A [`Mutation`] plants a fault in the state; the testkit's tests prove that each is caught.
 
+mod cancel;
 mod invariants;
 mod reference;
 mod retry;
 mod sut;
 mod transition;
 
+pub use cancel::CANCEL_GRACE;
 pub use reference::{
     End, RefHistory, RefPhase, RefRefusal, RefRestart, RefWorker, Reference, Sent, MEMORY_LIMIT,
     POLICY, RECYCLE_AFTER, RETRIES, STALL_LIMIT, STOP_BACKLOG,
@@ -152,7 +154,7 @@ impl Harness {
         let mut kills = Vec::new();
         for event in real {
             match event {
-                RefEvent::Lost(_, id, _) => self.report(id),
+                RefEvent::Lost(_, id, _) | RefEvent::Expired(_, id) => self.report(id),
                 RefEvent::Retried(id, _, to) if self.model.routes[&id].is_none() => {
                     *self.epoch.entry(to).or_insert(0) += 1;
                 }
@@ -204,6 +206,58 @@ impl Harness {
                 );
                 if let (Ok((k, _)), None) = (real, target) {
                     *self.epoch.entry(k).or_insert(0) += 1;
+                }
+            }
+            Transition::SubmitWithin(ticks) => {
+                let expected = self.model.submit_within(None, ticks);
+                let real = self.sut.submit_within(self.model.now, ticks);
+                let agree = agrees(&real, &expected);
+                ensure!(
+                    agree,
+                    "[{}] {step:?}: {real:?}, expected {expected:?}",
+                    label(&expected, self.model.least_loaded)
+                );
+                if let Ok((k, _)) = real {
+                    *self.epoch.entry(k).or_insert(0) += 1;
+                }
+            }
+            Transition::Cancel(k, pick) => {
+                let k = k % n;
+                let holding = &self.model.workers[k].holding;
+                let id = match holding.is_empty() {
+                    false => holding[pick % holding.len()],
+                    true => match self.model.deferred.get(pick) {
+                        Some(&(id, _)) => id,
+                        None => return Ok(()),
+                    },
+                };
+                let expected = self.model.cancel(id);
+                let real = self.sut.cancel(id, self.model.now);
+                ensure!(
+                    real == expected,
+                    "[cancel] cancel task {id}: held by {real:?}, expected {expected:?}"
+                );
+                if real.is_some() {
+                    self.report(id);
+                }
+                self.sync()?;
+            }
+            Transition::FinishCancelled(k, pick) => {
+                let k = k % n;
+                let w = &self.model.workers[k];
+                let received: Vec<TaskId> = w
+                    .cancelling
+                    .iter()
+                    .map(|&(id, _)| id)
+                    .filter(|id| w.sent[..w.delivered].contains(&Sent::Task(*id)))
+                    .collect();
+                if w.alive && !received.is_empty() {
+                    let id = received[pick % received.len()];
+                    self.sut
+                        .done(k, id)
+                        .map_err(|v| format!("[cancel] end of cancelled task {id}: {v}"))?;
+                    self.model.finish_cancelled(k, id);
+                    self.sync()?;
                 }
             }
             Transition::Broadcast | Transition::BroadcastSticky(_) => {
@@ -312,11 +366,13 @@ impl Harness {
                 let k = k % n;
                 let w = &self.model.workers[k];
                 if w.alive && w.ready && !w.said_bye {
-                    // Another worker's task if there is one, else an ended or unknown one.
+                    // Another worker's task if there is one, else an ended or unknown one (not one
+                    // it was sent and that was cancelled since: it may still emit for that).
+                    let mine = |id: &TaskId| w.cancelling.iter().any(|&(c, _)| c == *id);
                     let task = (0..n)
                         .filter(|&j| j != k)
                         .find_map(|j| self.model.workers[j].holding.first().copied())
-                        .or_else(|| self.model.ended.keys().next().copied())
+                        .or_else(|| self.model.ended.keys().copied().find(|id| !mine(id)))
                         .unwrap_or(self.model.next_id + 1_000_000);
                     let real = self.sut.output(k, Some(task));
                     ensure!(
@@ -419,7 +475,10 @@ impl Harness {
                 let k = k % n;
                 let w = &self.model.workers[k];
                 if w.alive {
-                    let valid = w.sent.contains(&Sent::Stop) && w.holding.is_empty() && !w.said_bye;
+                    let valid = w.sent.contains(&Sent::Stop)
+                        && w.holding.is_empty()
+                        && w.cancelling.is_empty()
+                        && !w.said_bye;
                     let real = self.sut.bye(k);
                     if valid {
                         real.map_err(|v| format!("[stop] a valid goodbye: {v}"))?;
@@ -441,6 +500,11 @@ impl Harness {
             Transition::Advance(ticks) => {
                 self.model.advance(ticks);
                 self.sut.timeout(self.model.now);
+                ensure!(
+                    self.sut.timeout_settled(self.model.now),
+                    "[clock] after handling tick {}, the next deadline is not later",
+                    self.model.now
+                );
                 self.sync()?;
             }
             Transition::Silence(k, ticks) => {

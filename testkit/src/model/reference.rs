@@ -11,6 +11,8 @@ pub enum Sent {
     Task(TaskId),
     /// The poison pill.
     Stop,
+    /// A cancellation of a task sent before.
+    Cancel(TaskId),
 }
 
 /// One worker, as the reference sees it.
@@ -45,8 +47,12 @@ pub struct RefWorker {
     pub honest: bool,
     /// Said goodbye.
     pub said_bye: bool,
-    /// Killed at the stop deadline.
+    /// Killed (at the stop deadline, for a stall, or for a cancelled task it kept).
     pub killed: bool,
+    /// Killed for a cancelled task it did not drop in time: its other tasks are retried.
+    pub killed_for_cancel: bool,
+    /// Tasks cancelled after they were sent, with the tick by which they must be dropped.
+    pub cancelling: Vec<(TaskId, u64)>,
     /// Dead, with a replacement on its way.
     pub replacing: bool,
     /// Sticky broadcasts (by key) still to replay, released as capacity allows.
@@ -71,6 +77,8 @@ impl RefWorker {
             honest: true,
             said_bye: false,
             killed: false,
+            killed_for_cancel: false,
+            cancelling: Vec::new(),
             replacing: false,
             replay: std::collections::VecDeque::new(),
         }
@@ -87,7 +95,7 @@ impl RefWorker {
             .iter()
             .filter_map(|s| match s {
                 Sent::Task(id) => Some(*id),
-                Sent::Stop => None,
+                Sent::Stop | Sent::Cancel(_) => None,
             })
             .collect();
         self.holding
@@ -121,6 +129,10 @@ pub enum End {
     Reported(super::Ending),
     /// Lost with its worker.
     Lost,
+    /// Cancelled.
+    Cancelled,
+    /// Cancelled at its deadline.
+    TimedOut,
 }
 
 /// The restart policy the model checks, in ticks: 3 quick failures within 100 ticks, waits of
@@ -188,6 +200,8 @@ pub struct Reference {
     pub now: u64,
     /// Every accepted task and its worker.
     pub accepted: BTreeMap<TaskId, usize>,
+    /// Each task's deadline, in ticks, if it has one.
+    pub deadlines: BTreeMap<TaskId, u64>,
     /// Sticky broadcasts by key, in the order they were last set.
     pub sticky: Vec<u8>,
     /// Every ended task and how.
@@ -238,6 +252,7 @@ impl Reference {
             phase: RefPhase::Running,
             now: 0,
             accepted: BTreeMap::new(),
+            deadlines: BTreeMap::new(),
             sticky: Vec::new(),
             ended: BTreeMap::new(),
             launches: 0,
@@ -529,9 +544,10 @@ impl Reference {
         w.replacing = false;
         let held = std::mem::take(&mut w.holding);
         let replays = std::mem::take(&mut w.replays_held);
+        let blameless = w.killed_for_cancel;
         let running = self.phase == RefPhase::Running;
         for id in held {
-            if running && !replays.contains(&id) && self.attempts[&id] <= RETRIES {
+            if running && !replays.contains(&id) && (blameless || self.attempts[&id] <= RETRIES) {
                 self.deferred.push_back((id, worker));
             } else {
                 self.lose(id, worker, RefLoss::Died);
@@ -606,6 +622,8 @@ impl Reference {
                 self.kill_all(RefKill::Stop);
             }
         }
+        self.expire();
+        self.kill_cancel_keepers();
     }
 
     /// Every live worker not yet killed is to be killed now.

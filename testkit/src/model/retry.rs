@@ -12,6 +12,8 @@ pub enum RefKill {
     Pool,
     /// Its loop was silent past the stall limit while it held tasks.
     Stall,
+    /// It kept a cancelled task past the grace.
+    Cancel,
 }
 
 /// Why the reference loses a task.
@@ -40,6 +42,8 @@ pub enum RefEvent {
     Retried(TaskId, usize, usize),
     /// This worker retires.
     Retiring(usize),
+    /// This task, held by this worker (or waiting for its retry), reached its deadline.
+    Expired(usize, TaskId),
 }
 
 impl RefEvent {
@@ -50,6 +54,8 @@ impl RefEvent {
             RefEvent::Lost(..) | RefEvent::Retried(..) => "retry",
             RefEvent::Relaunch(..) | RefEvent::GaveUp(..) => "restart",
             RefEvent::Kill(_, RefKill::Stall) => "stall",
+            RefEvent::Kill(_, RefKill::Cancel) => "cancel",
+            RefEvent::Expired(..) => "deadline",
             RefEvent::Kill(..) => "stop",
             RefEvent::Retiring(..) => "recycle",
         }

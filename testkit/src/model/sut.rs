@@ -59,6 +59,12 @@ pub enum Mutation {
     IgnoreMemory,
     /// Untargeted submissions rotate even when the pool is to pick the least-loaded worker.
     IgnoreLoad,
+    /// Cancellations are ignored: the task stays with its worker.
+    IgnoreCancel,
+    /// A worker that keeps a cancelled task is never killed.
+    NoCancelGrace,
+    /// Deadlines are not given to the state.
+    IgnoreDeadline,
 }
 
 /// The real state, with what each worker has received on its link.
@@ -108,6 +114,10 @@ impl Sut {
             _ => RETRIES,
         });
         state.set_stall_limit(Some(ms(STALL_LIMIT)));
+        state.set_cancel_grace(match mutation {
+            Mutation::NoCancelGrace => None,
+            _ => Some(ms(super::cancel::CANCEL_GRACE)),
+        });
         state.set_routing(match (least_loaded, mutation) {
             (true, Mutation::IgnoreLoad) | (false, _) => Routing::RoundRobin,
             (true, _) => Routing::LeastLoaded,
@@ -145,6 +155,23 @@ impl Sut {
             (None, _) => Route::Any,
         };
         self.state.submit(route, ())
+    }
+
+    /// A round-robin submission cancelled if it has not ended `ticks` after `tick`.
+    pub fn submit_within(&mut self, tick: u64, ticks: u64) -> Result<(usize, TaskId), Refusal> {
+        let deadline = match self.mutation {
+            Mutation::IgnoreDeadline => None,
+            _ => Some(self.at(tick + ticks)),
+        };
+        self.state.submit_until(Route::Any, (), deadline)
+    }
+
+    /// Cancels `id` at `tick`; returns the worker that held it, if it had not ended.
+    pub fn cancel(&mut self, id: TaskId, tick: u64) -> Option<usize> {
+        match self.mutation {
+            Mutation::IgnoreCancel => None,
+            _ => self.state.handle_cancel(id, self.at(tick)),
+        }
     }
 
     /// A submission by `key`.
@@ -251,6 +278,7 @@ impl Sut {
                 match cause {
                     KillCause::StopDeadline => RefKill::Stop,
                     KillCause::PoolKilled => RefKill::Pool,
+                    KillCause::CancelIgnored { .. } => RefKill::Cancel,
                     _ => RefKill::Stall,
                 },
             ),
@@ -275,6 +303,7 @@ impl Sut {
             ),
             Event::Retried { id, from, to } => RefEvent::Retried(id, from, to),
             Event::Retiring { worker, .. } => RefEvent::Retiring(worker),
+            Event::Expired { worker, id } => RefEvent::Expired(worker, id),
             _ => return None,
         })
     }
@@ -360,5 +389,13 @@ impl Sut {
     /// Time reached `tick`.
     pub fn timeout(&mut self, tick: u64) {
         self.state.handle_timeout(self.at(tick));
+    }
+
+    /// Whether the state's next deadline is after `tick`: a clock that has just handled `tick`
+    /// must not be asked to again, or it would spin.
+    pub fn timeout_settled(&self, tick: u64) -> bool {
+        self.state
+            .poll_timeout()
+            .is_none_or(|at| at > self.at(tick))
     }
 }

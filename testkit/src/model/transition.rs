@@ -23,6 +23,12 @@ pub enum Transition {
     SubmitTo(usize),
     /// Submission by key (the worker number is the key modulo the pool's size).
     SubmitKeyed(u8),
+    /// Round-robin submission with a deadline this many ticks away.
+    SubmitWithin(u64),
+    /// A task a worker holds (or a retry waiting) is cancelled.
+    Cancel(usize, usize),
+    /// A worker reports the end of a task cancelled after it received it.
+    FinishCancelled(usize, usize),
     /// A broadcast.
     Broadcast,
     /// A sticky broadcast under one of a few keys.
@@ -91,6 +97,9 @@ fn transition() -> impl Strategy<Value = Transition> {
         6 => Just(Transition::Submit),
         3 => w.clone().prop_map(Transition::SubmitTo),
         2 => any::<u8>().prop_map(Transition::SubmitKeyed),
+        2 => (1u64..20).prop_map(Transition::SubmitWithin),
+        2 => (w.clone(), 0usize..8).prop_map(|(k, p)| Transition::Cancel(k, p)),
+        2 => (w.clone(), 0usize..8).prop_map(|(k, p)| Transition::FinishCancelled(k, p)),
         1 => Just(Transition::Broadcast),
         1 => (0u8..3).prop_map(Transition::BroadcastSticky),
         1 => w.clone().prop_map(Transition::Retire),

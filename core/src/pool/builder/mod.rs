@@ -38,6 +38,7 @@ pub struct Builder<W> {
     stall_grace: Duration,
     recycle_after: Option<u64>,
     routing: Routing,
+    cancel_grace: Option<Duration>,
     rss_limit: Option<u64>,
     stats_interval: Option<Duration>,
     blocked_threshold: Option<Duration>,
@@ -89,6 +90,7 @@ impl<W: Worker> Builder<W> {
             stall_grace: Duration::from_secs(1),
             recycle_after: None,
             routing: Routing::default(),
+            cancel_grace: Some(Duration::from_secs(2)),
             rss_limit: None,
             stats_interval: Some(Duration::from_secs(1)),
             blocked_threshold: None,
@@ -283,6 +285,20 @@ impl<W: Worker> Builder<W> {
     /// queue behind a busy worker).
     pub fn routing(mut self, routing: Routing) -> Self {
         self.routing = routing;
+        self
+    }
+
+    /// How long a worker has to drop a cancelled task ([`TaskHandle::abort`](super::TaskHandle::abort),
+    /// a dropped [`call`](super::Pool::call), an expired deadline) before it is killed and
+    /// replaced; the other tasks it held are then sent to other workers, whatever their
+    /// [`retries`](Self::retries), since they are not at fault. Default 2 s.
+    ///
+    /// A worker drops a cancelled task at its next await, at once for async code; the kill is
+    /// for CPU-bound code that never yields, which is the work a pool like this exists for.
+    /// `None` never kills: a cancelled task that never yields then keeps its worker busy (and a
+    /// stop waiting) until it ends by itself, and its outputs are discarded.
+    pub fn cancel_grace(mut self, grace: Option<Duration>) -> Self {
+        self.cancel_grace = grace;
         self
     }
 

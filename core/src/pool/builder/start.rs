@@ -8,7 +8,7 @@ use crate::launch::{
 };
 use crate::pool::incarnation::{Launch, Linked, Respawner};
 use crate::pool::shared::{Inner, Settings, Shared, WorkerEntry};
-use crate::pool::{supervisor, Pool};
+use crate::pool::{clock, supervisor, Pool};
 use crate::protocol::{handshake, Handshake, HandshakeError, HELLO_LIMIT};
 use crate::runtime::Runtime;
 use crate::state::PoolState;
@@ -244,6 +244,7 @@ impl<W: Worker> Builder<W> {
         inner.state.set_stop_backlog(self.stop_backlog);
         inner.state.set_recycle_after(self.recycle_after);
         inner.state.set_routing(self.routing);
+        inner.state.set_cancel_grace(self.cancel_grace);
         inner.state.set_retries(self.retries);
         inner.state.set_stall_limit(stall_limit);
         inner.state.set_memory_limit(
@@ -273,6 +274,7 @@ impl<W: Worker> Builder<W> {
         for (worker, l) in links.into_iter().enumerate() {
             supervisor::spawn(&shared, worker, l);
         }
+        clock::spawn(&shared);
         tracing::debug!(pool = %shared.settings.name, workers = n, "looppool started");
         Ok(Pool::from_shared(shared))
     }

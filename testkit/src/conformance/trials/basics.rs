@@ -313,6 +313,7 @@ pub(super) async fn outputs_are_flushed_before_the_next_cpu_bound_task_starts<A:
     ensure!(ended == Ok(Ok(())), "first task {ended:?}");
     spinning.await.map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(&marker);
+    let _ = std::fs::remove_file(format!("{}.spinning", marker.display()));
     stop_gracefully(&pool).await
 }
 

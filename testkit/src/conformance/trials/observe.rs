@@ -132,6 +132,7 @@ pub(super) async fn a_blocked_loop_is_reported_with_its_worker_and_tasks<A: Adap
     })
     .await?;
     let _ = std::fs::remove_file(&release);
+    let _ = std::fs::remove_file(format!("{}.spinning", release.display()));
     ensure!(
         after.workers[1].blocked_total == 1 && after.workers[0].blocked_total == 0,
         "blocked counts {:?}",

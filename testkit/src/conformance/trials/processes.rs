@@ -79,6 +79,50 @@ pub(super) async fn dropping_a_pool_leaves_no_worker_process<A: Adapter>(
     Ok(())
 }
 
+pub(super) async fn clones_of_a_pool_share_its_workers_and_only_the_last_drop_kills_them<
+    A: Adapter,
+>(
+    m: StartMethod,
+) -> Outcome {
+    fn shareable<T: Clone + Send + Sync + 'static>(_: &T) {}
+    let pool = start(pool::<A>(m, 2)).await?;
+    shareable(&pool);
+    let pids: Vec<u32> = (0..2)
+        .map(|k| pool.pid(k).ok_or(format!("worker {k} has no pid")))
+        .collect::<Result<_, _>>()?;
+    let clone = pool.clone();
+    drop(pool);
+    for &pid in &pids {
+        ensure!(is_alive(pid), "worker {pid} died with a clone of its pool");
+    }
+    // The clone drives the same workers.
+    for (k, &pid) in pids.iter().enumerate() {
+        let out = clone
+            .call_to(k, Task::Pid)
+            .await
+            .map_err(|e| e.to_string())?;
+        ensure!(
+            out == Out::Pid(pid),
+            "worker {k} answered {out:?}, its pid was {pid}"
+        );
+    }
+    let handle = clone.submit(Task::Hold).await.map_err(|e| e.to_string())?;
+    drop(clone);
+    for pid in pids {
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
+        ensure!(
+            !alive,
+            "worker process {pid} outlived the last clone of its pool"
+        );
+    }
+    let ended = futures_util::FutureExt::now_or_never(handle);
+    ensure!(
+        matches!(ended, Some(Err(TaskError::Lost { .. }))),
+        "its task: {ended:?}"
+    );
+    Ok(())
+}
+
 pub(super) async fn worker_processes_are_named_ignore_terminal_signals_and_hold_only_their_link<
     A: Adapter,
 >(

@@ -1,0 +1,194 @@
+//! Placing tasks: encoding, pending entries and handles, deadlines, request-reply calls, and
+//! cancellation when a call's future is dropped.
+
+use super::handle::{CancelSink, Delivery, TaskHandle};
+use super::shared::{Payload, Pending};
+use super::Pool;
+use crate::error::{CallError, SubmitError, TaskError};
+use crate::state::{Route, TaskId};
+use crate::worker::Worker;
+use futures_channel::oneshot;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// The receiving sides of a pending entry: its end, its attempts, and its reply if a call.
+type Parts<O> = (
+    oneshot::Receiver<Result<(), TaskError>>,
+    Arc<AtomicU32>,
+    Option<oneshot::Receiver<Delivery<O>>>,
+);
+
+impl<W: Worker> Pool<W> {
+    /// Sends `task` like [`submit`](Self::submit) and returns its first output: the
+    /// request-reply case.
+    ///
+    /// The task's outputs go to this call, not to [`outputs`](Self::outputs); the first is
+    /// returned (and acknowledged), any later ones are acknowledged and discarded. A task that
+    /// completes without an output gives [`CallError::NoOutput`]. Dropping the future before it
+    /// resolves (a client that went away, a `timeout` around it) cancels the task in its worker,
+    /// as [`TaskHandle::abort`] does.
+    pub async fn call(&self, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
+        self.call_route(Route::Any, task, true, None).await
+    }
+
+    /// Like [`call`](Self::call), on worker `worker`.
+    pub async fn call_to(
+        &self,
+        worker: usize,
+        task: W::Task,
+    ) -> Result<W::Output, CallError<W::Task>> {
+        self.call_route(Route::Worker(worker), task, true, None)
+            .await
+    }
+
+    /// Sends `task` like [`call`](Self::call) and returns its first output, but cancels it in
+    /// its worker and fails with [`TaskError::TimedOut`] if it has not ended `timeout` after it
+    /// was accepted (the wait for room, if any, comes first and is not counted).
+    pub async fn call_timeout(
+        &self,
+        task: W::Task,
+        timeout: Duration,
+    ) -> Result<W::Output, CallError<W::Task>> {
+        self.call_route(Route::Any, task, true, Some(timeout)).await
+    }
+
+    /// Like [`call`](Self::call), but fails at once with [`SubmitError::Full`] (in
+    /// [`CallError::Submit`]) instead of waiting when no worker has room.
+    pub async fn try_call(&self, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
+        self.call_route(Route::Any, task, false, None).await
+    }
+
+    /// Like [`submit`](Self::submit), and the task is cancelled in its worker, its handle
+    /// resolving to [`TaskError::TimedOut`], if it has not ended `timeout` after it was
+    /// accepted (through retries too). The pool-wide [`Builder::task_timeout`](crate::Builder)
+    /// applies as well.
+    pub async fn submit_timeout(
+        &self,
+        task: W::Task,
+        timeout: Duration,
+    ) -> Result<TaskHandle, SubmitError<W::Task>> {
+        Ok(self
+            .place(Route::Any, task, false, true, Some(timeout))
+            .await?
+            .0)
+    }
+
+    pub(super) async fn call_route(
+        &self,
+        route: Route,
+        task: W::Task,
+        wait: bool,
+        timeout: Option<Duration>,
+    ) -> Result<W::Output, CallError<W::Task>> {
+        let (handle, reply) = self
+            .place(route, task, true, wait, timeout)
+            .await
+            .map_err(CallError::Submit)?;
+        let id = handle.id();
+        let mut reply = reply.expect("a call has a reply channel");
+        // Dropping this future before the task ends cancels the task.
+        let mut guard = CancelOnDrop {
+            sink: self.canceller(),
+            id: Some(id),
+        };
+        let ended = handle.await;
+        guard.id = None;
+        ended.map_err(CallError::Task)?;
+        // The worker writes a task's outputs before its end, and the parent reads them in order,
+        // so a reply, if any, has arrived by now.
+        match reply.try_recv() {
+            Ok(Some(delivery)) => Ok(delivery.into_value()),
+            _ => Err(CallError::NoOutput(id)),
+        }
+    }
+
+    /// A pending entry and the receiving parts of its handle.
+    pub(super) fn pending(
+        &self,
+        reply: bool,
+        timeout: Option<Duration>,
+    ) -> (Pending<W::Output>, Parts<W::Output>) {
+        let (done, rx) = oneshot::channel();
+        let (reply_tx, reply_rx) = match reply {
+            true => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        let attempts = Arc::new(AtomicU32::new(0));
+        let pending = Pending {
+            done,
+            reply: reply_tx,
+            call: reply,
+            attempts: attempts.clone(),
+            since: self.shared.runtime.now(),
+            timeout,
+        };
+        (pending, (rx, attempts, reply_rx))
+    }
+
+    /// What a handle cancels its task through.
+    pub(super) fn canceller(&self) -> Weak<dyn CancelSink> {
+        let sink: Weak<super::shared::Shared<W::Output>> = Arc::downgrade(&self.shared);
+        sink
+    }
+
+    pub(super) fn encode(&self, task: &W::Task) -> Result<Payload, String> {
+        let bytes =
+            postcard::to_stdvec(task).map_err(|e| format!("cannot encode the task: {e}"))?;
+        // The frame adds a header of at most 11 bytes (variant and a varint id).
+        let limit = self.shared.settings.max_frame - 11;
+        if bytes.len() > limit {
+            return Err(format!(
+                "the encoded task is {} bytes, over the frame limit of {limit} bytes",
+                bytes.len()
+            ));
+        }
+        Ok(Arc::new(bytes))
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub(super) async fn place(
+        &self,
+        route: Route,
+        task: W::Task,
+        reply: bool,
+        wait: bool,
+        timeout: Option<Duration>,
+    ) -> Result<(TaskHandle, Option<oneshot::Receiver<Delivery<W::Output>>>), SubmitError<W::Task>>
+    {
+        let payload = match self.encode(&task) {
+            Ok(p) => p,
+            Err(e) => return Err(SubmitError::Encode(task, e)),
+        };
+        let (pending, (rx, attempts, reply_rx)) = self.pending(reply, timeout);
+        match self
+            .shared
+            .place(route, &payload, pending, wait, timeout)
+            .await
+        {
+            Ok((worker, id)) => Ok((
+                TaskHandle::new(id, worker, rx, attempts, self.canceller()),
+                reply_rx,
+            )),
+            Err((refusal, _)) => Err(SubmitError::from_refusal(task, refusal)),
+        }
+    }
+}
+
+/// Cancels a call's task if the call's future is dropped before the task ended.
+struct CancelOnDrop {
+    sink: Weak<dyn CancelSink>,
+    /// The task, until it ended.
+    id: Option<TaskId>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let (Some(id), Some(sink)) = (self.id, self.sink.upgrade()) {
+            sink.cancel(id);
+        }
+    }
+}
