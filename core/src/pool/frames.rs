@@ -131,7 +131,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 task,
                 target,
                 message,
-            } => relay(&self.settings.name, worker, level, task, target, message),
+            } => super::relay::relay(&self.settings.name, worker, level, task, target, message),
             ToParent::Ready { .. } => return Err("a second handshake".into()),
             ToParent::Rejected { reason } => return Err(format!("the worker hung up: {reason}")),
             ToParent::InitFailed { message } => return Err(format!("init failed late: {message}")),
@@ -160,43 +160,4 @@ pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".into())
-}
-
-/// Emits a worker's `tracing` event in the parent, with target `looppool::worker`, the pool,
-/// the worker number, the task id (if it was emitted in a task) and the worker-side target.
-fn relay(pool: &str, worker: usize, level: u8, task: Option<u64>, target: &str, message: &str) {
-    use tracing::Level;
-    let task = TaskField(task);
-    macro_rules! relay {
-        ($level:expr) => {
-            tracing::event!(
-                target: "looppool::worker",
-                $level,
-                pool,
-                worker,
-                task = %task,
-                worker_target = target,
-                "{message}"
-            )
-        };
-    }
-    match level {
-        1 => relay!(Level::ERROR),
-        2 => relay!(Level::WARN),
-        3 => relay!(Level::INFO),
-        4 => relay!(Level::DEBUG),
-        _ => relay!(Level::TRACE),
-    }
-}
-
-/// A task id as a log field: the number, or `-` for an event emitted outside any task.
-struct TaskField(Option<u64>);
-
-impl std::fmt::Display for TaskField {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(id) => write!(f, "{id}"),
-            None => f.write_str("-"),
-        }
-    }
 }

@@ -9,6 +9,7 @@ mod handle;
 mod incarnation;
 mod link;
 mod monitor;
+mod relay;
 mod shared;
 mod stats;
 mod stop;

@@ -7,6 +7,7 @@ use std::sync::{Mutex, OnceLock};
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 /// One event as the parent's subscriber saw it.
@@ -33,9 +34,17 @@ fn events() -> &'static Mutex<Vec<Captured>> {
     EVENTS.get_or_init(|| Mutex::new(Vec::new()))
 }
 
-/// Installs the capturing subscriber (at `INFO`) as the process's global default, once.
+/// The target of the probe's own `debug!` events: the suite's parent keeps them as a program
+/// with `RUST_LOG=info,looppool_probe_user=debug` would.
+pub const USER_TARGET: &str = "looppool_probe_user";
+
+/// Installs the capturing subscriber (`INFO`, and `DEBUG` for [`USER_TARGET`]) as the process's
+/// global default, once.
 pub fn install() {
-    let subscriber = tracing_subscriber::registry().with(Keep.with_filter(LevelFilter::INFO));
+    let filter = Targets::new()
+        .with_default(LevelFilter::INFO)
+        .with_target(USER_TARGET, LevelFilter::DEBUG);
+    let subscriber = tracing_subscriber::registry().with(Keep.with_filter(filter));
     let _ = tracing::subscriber::set_global_default(subscriber);
 }
 

@@ -231,7 +231,10 @@ impl Worker for Probe {
                 std::mem::forget(block);
             }
             Task::Digest(bytes) => ctx.put(Out::Digest(bytes.len(), fnv1a(&bytes))).await?,
-            Task::Log(message) => tracing::info!(answer = 42, "{message}"),
+            Task::Log(message) => {
+                tracing::info!(answer = 42, "{message}");
+                tracing::debug!(target: super::capture::USER_TARGET, "debug: {message}");
+            }
             Task::Zeros(n) => ctx.put(Out::Bytes(vec![0; n])).await?,
             Task::Spawn(seconds) => {
                 let child = std::process::Command::new("sleep")

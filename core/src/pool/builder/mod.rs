@@ -329,8 +329,9 @@ impl<W: Worker> Builder<W> {
     }
 
     /// The most verbose `tracing` level a worker forwards to the parent, where its events are
-    /// emitted again (target `looppool::worker`) with the pool, worker number and task id
-    /// attached. Default: the parent's own maximum level when the pool starts
+    /// emitted again under their worker-side target, so the parent's filters apply to them as
+    /// to its own events, with fields `pool`, `worker` and `task` (the task id, or `-` outside any
+    /// task). A worker's panic message arrives under the target `looppool::panic`. Default: the parent's own maximum level when the pool starts
     /// ([`LevelFilter::current`]); [`LevelFilter::OFF`] turns forwarding off.
     pub fn forward_logs(mut self, level: LevelFilter) -> Self {
         self.forward_logs = Some(level);

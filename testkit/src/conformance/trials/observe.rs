@@ -1,7 +1,7 @@
 //! Trials of what the parent sees of its workers: statistics, blocked loops, and logs.
 
 use super::*;
-use crate::conformance::capture::{captured, Captured};
+use crate::conformance::capture::{captured, Captured, USER_TARGET};
 
 pub(super) async fn workers_report_cpu_memory_lag_and_task_counts<A: Adapter>(
     m: StartMethod,
@@ -162,12 +162,13 @@ pub(super) async fn worker_log_events_and_panics_reach_the_parent_tagged<A: Adap
         .map_err(|e| e.to_string())?;
     let panic_id = panicked.id();
     ensure!(panicked.await.is_err(), "the panicking task succeeded");
-    let from_pool = |e: &Captured| e.target == "looppool::worker" && e.field("pool") == name;
+    let from_pool = |e: &Captured| e.field("pool") == name && e.field("task") != "";
     // A relayed event is emitted when its frame arrives, which may be after the task's end.
     let wait = async {
         loop {
             let events = captured(from_pool);
-            if events.len() >= 2 {
+            let has = |text: &str| events.iter().any(|e| e.field("message").contains(text));
+            if has("answer=42") && has("debug: hello") && has("a forwarded panic") {
                 return events;
             }
             A::runtime().sleep(Duration::from_millis(20)).await;
@@ -182,20 +183,33 @@ pub(super) async fn worker_log_events_and_panics_reach_the_parent_tagged<A: Adap
     .await?;
     let info = events
         .iter()
-        .find(|e| e.field("message").contains("hello from a task"));
+        .find(|e| e.field("message").contains("answer=42"));
     ensure!(
         info.is_some_and(|e| e.level == tracing::Level::INFO
             && e.field("worker") == "1"
             && e.field("task") == log_id.to_string()
             && e.field("message").contains("answer=42")
-            && e.field("worker_target").contains("looppool_testkit")),
-        "the task's event: {events:#?}"
+            && e.target.starts_with("looppool_testkit::")),
+        "the task's event keeps its worker-side target: {events:#?}"
+    );
+    // The parent keeps DEBUG only for the probe's user target, as `RUST_LOG` would: the
+    // worker's event passes that filter because it is relayed under its own target.
+    let user = events
+        .iter()
+        .find(|e| e.field("message").contains("debug: hello from a task"));
+    ensure!(
+        user.is_some_and(|e| e.level == tracing::Level::DEBUG
+            && e.target == USER_TARGET
+            && e.field("worker") == "1"
+            && e.field("task") == log_id.to_string()),
+        "the event under the user's target: {events:#?}"
     );
     let panic = events
         .iter()
         .find(|e| e.field("message").contains("a forwarded panic"));
     ensure!(
         panic.is_some_and(|e| e.level == tracing::Level::ERROR
+            && e.target == "looppool::panic"
             && e.field("worker") == "0"
             && e.field("task") == panic_id.to_string()),
         "the panic's event: {events:#?}"
