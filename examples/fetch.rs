@@ -9,7 +9,7 @@
 //! ```
 
 use looppool_examples::http::{self, Client};
-use looppool_tokio::{async_trait, BoxError, Context, Worker};
+use looppool_tokio::{async_trait, BoxError, Context, Failure, Worker};
 
 /// A worker with an HTTP client of its own. The client lives on the worker's loop and is not
 /// `Send`: it could not be shared with the parent or other workers, and need not be.
@@ -23,6 +23,7 @@ impl Worker for FetchWorker {
     type Task = String;
     /// The URL and the `Server` header of its response.
     type Output = (String, Option<String>);
+    type Error = Failure;
 
     async fn init(_ctx: &Context<Self::Output>) -> Result<Self, BoxError> {
         // Runs once in each worker process, on that worker's runtime.
@@ -31,8 +32,8 @@ impl Worker for FetchWorker {
         })
     }
 
-    async fn process(&self, url: String, ctx: &Context<Self::Output>) -> Result<(), BoxError> {
-        let (_, headers, _) = self.client.get(&url).await?;
+    async fn process(&self, url: String, ctx: &Context<Self::Output>) -> Result<(), Failure> {
+        let (_, headers, _) = self.client.get(&url).await.map_err(Failure::from_boxed)?;
         let server = headers
             .get(hyper::header::SERVER)
             .and_then(|v| v.to_str().ok())

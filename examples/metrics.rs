@@ -11,7 +11,7 @@
 //! ```
 
 use looppool_examples::http::{response, serve, Client};
-use looppool_tokio::{async_trait, BoxError, Context, Worker};
+use looppool_tokio::{async_trait, BoxError, Context, Failure, Worker};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -23,18 +23,21 @@ struct Hasher;
 impl Worker for Hasher {
     type Task = u32;
     type Output = u64;
+    type Error = Failure;
 
     async fn init(_ctx: &Context<u64>) -> Result<Self, BoxError> {
         Ok(Hasher)
     }
 
-    async fn process(&self, rounds: u32, ctx: &Context<u64>) -> Result<(), BoxError> {
+    async fn process(&self, rounds: u32, ctx: &Context<u64>) -> Result<(), Failure> {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for i in 0..u64::from(rounds) * 1000 {
             h = (h ^ i).wrapping_mul(0x0100_0000_01b3);
         }
         if rounds % 7 == 0 {
-            return Err(format!("{rounds} rounds: multiples of seven are refused").into());
+            return Err(Failure::msg(format!(
+                "{rounds} rounds: multiples of seven are refused"
+            )));
         }
         ctx.put(h).await?;
         Ok(())

@@ -18,7 +18,7 @@
 //! wait, on another member. When the parent stops the pool, every member leaves and exits.
 
 use looppool_nats::{Member, MemberEvent, Pool};
-use looppool_tokio::{async_trait, BoxError, Context, Entry, Runtime, Worker};
+use looppool_tokio::{async_trait, BoxError, Context, Entry, Failure, Runtime, Worker};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +48,7 @@ fn longest_chain(limit: u64) -> (u64, u32) {
 impl Worker for Collatz {
     type Task = u64;
     type Output = Answer;
+    type Error = Failure;
 
     // The parent and the members must agree on the worker's name.
     fn name() -> &'static str {
@@ -58,7 +59,7 @@ impl Worker for Collatz {
         Ok(Collatz)
     }
 
-    async fn process(&self, limit: u64, ctx: &Context<Answer>) -> Result<(), BoxError> {
+    async fn process(&self, limit: u64, ctx: &Context<Answer>) -> Result<(), Failure> {
         let (start, steps) = longest_chain(limit);
         ctx.put((limit, start, steps)).await?;
         Ok(())

@@ -15,7 +15,7 @@
 //! SIGINT) finish the jobs they hold, their results are printed, and the program ends.
 
 use futures_util::future::{select, Either};
-use looppool_tokio::{async_trait, BoxError, Builder, Context, Runtime, Worker};
+use looppool_tokio::{async_trait, BoxError, Builder, Context, Failure, Runtime, Worker};
 use std::cell::Cell;
 use std::pin::pin;
 use std::sync::Arc;
@@ -52,12 +52,13 @@ impl Worker for Primes {
     type Task = u64;
     /// The result: the limit, the count, and how long the worker took, in milliseconds.
     type Output = (u64, u64, u64);
+    type Error = Failure;
 
     async fn init(_ctx: &Context<Self::Output>) -> Result<Self, BoxError> {
         Ok(Primes)
     }
 
-    async fn process(&self, limit: u64, ctx: &Context<Self::Output>) -> Result<(), BoxError> {
+    async fn process(&self, limit: u64, ctx: &Context<Self::Output>) -> Result<(), Failure> {
         let started = Instant::now();
         let count = count_primes(limit);
         ctx.put((limit, count, started.elapsed().as_millis() as u64))

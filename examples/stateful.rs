@@ -9,7 +9,7 @@
 //! cargo run --example stateful -- --quick   # every 100 ms
 //! ```
 
-use looppool_tokio::{async_trait, BoxError, CallError, Context, Worker};
+use looppool_tokio::{async_trait, BoxError, CallError, Context, Failure, Worker};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::time::Duration;
@@ -54,6 +54,7 @@ struct TableWorker {
 impl Worker for TableWorker {
     type Task = Task;
     type Output = Answer;
+    type Error = Failure;
 
     async fn init(_ctx: &Context<Answer>) -> Result<Self, BoxError> {
         Ok(TableWorker {
@@ -61,14 +62,19 @@ impl Worker for TableWorker {
         })
     }
 
-    async fn process(&self, task: Task, ctx: &Context<Answer>) -> Result<(), BoxError> {
+    async fn process(&self, task: Task, ctx: &Context<Answer>) -> Result<(), Failure> {
         match task {
             Task::Load(table) => *self.table.borrow_mut() = Some(table),
             Task::Lookup(key) => {
                 let answer = {
                     let table = self.table.borrow();
-                    let table = table.as_ref().ok_or("no table loaded yet")?;
-                    let value = *table.values.get(key).ok_or("no such key")?;
+                    let table = table
+                        .as_ref()
+                        .ok_or_else(|| Failure::msg("no table loaded yet"))?;
+                    let value = *table
+                        .values
+                        .get(key)
+                        .ok_or_else(|| Failure::msg("no such key"))?;
                     Answer {
                         worker: ctx.worker(),
                         version: table.version,
@@ -110,7 +116,7 @@ async fn run(refresh: Duration) -> Result<(), BoxError> {
             // Until the pool has noticed the death, a task may still reach the dying worker.
             let a = loop {
                 match pool.call_to(1, Task::Lookup(7)).await {
-                    Err(CallError::Task(e)) if e.is_lost() => continue,
+                    Err(CallError::Lost { .. }) => continue,
                     other => break other?,
                 }
             };

@@ -8,7 +8,7 @@
 //! cargo run --example subscribe
 //! ```
 
-use looppool_tokio::{async_trait, BoxError, Context, Worker};
+use looppool_tokio::{async_trait, BoxError, Context, Failure, Worker};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -27,12 +27,13 @@ impl Worker for Ticker {
     /// Subscribe to this many ticks.
     type Task = u32;
     type Output = Out;
+    type Error = Failure;
 
     async fn init(_ctx: &Context<Out>) -> Result<Self, BoxError> {
         Ok(Ticker)
     }
 
-    async fn process(&self, ticks: u32, ctx: &Context<Out>) -> Result<(), BoxError> {
+    async fn process(&self, ticks: u32, ctx: &Context<Out>) -> Result<(), Failure> {
         // Outputs from this context carry no task: the subscription outlives the task.
         let source = ctx.unsolicited();
         tokio::task::spawn_local(async move {

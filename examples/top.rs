@@ -10,7 +10,9 @@
 //!
 //! Piped or redirected, it prints frames as with `--headless`.
 
-use looppool_tokio::{async_trait, BoxError, Context, Pool, PoolStats, Worker, WorkerStats};
+use looppool_tokio::{
+    async_trait, BoxError, Context, Failure, Pool, PoolStats, Worker, WorkerStats,
+};
 use ratatui::backend::{Backend, TestBackend};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
@@ -27,12 +29,13 @@ struct Primes;
 impl Worker for Primes {
     type Task = u64;
     type Output = u64;
+    type Error = Failure;
 
     async fn init(_ctx: &Context<u64>) -> Result<Self, BoxError> {
         Ok(Primes)
     }
 
-    async fn process(&self, limit: u64, ctx: &Context<u64>) -> Result<(), BoxError> {
+    async fn process(&self, limit: u64, ctx: &Context<u64>) -> Result<(), Failure> {
         let is_prime = |n: u64| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
         ctx.put((2..limit).filter(|&n| is_prime(n)).count() as u64)
             .await?;

@@ -13,7 +13,7 @@
 //! ```
 
 use looppool_examples::http::{self, Client};
-use looppool_tokio::{async_trait, BoxError, Context, Pool, Worker};
+use looppool_tokio::{async_trait, BoxError, Context, Failure, Pool, Worker};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -45,12 +45,13 @@ struct Factorials;
 impl Worker for Factorials {
     type Task = u64;
     type Output = usize;
+    type Error = Failure;
 
     async fn init(_ctx: &Context<usize>) -> Result<Self, BoxError> {
         Ok(Factorials)
     }
 
-    async fn process(&self, n: u64, ctx: &Context<usize>) -> Result<(), BoxError> {
+    async fn process(&self, n: u64, ctx: &Context<usize>) -> Result<(), Failure> {
         ctx.put(factorial_digits(n)).await?;
         Ok(())
     }

@@ -10,7 +10,7 @@
 //! run on threads of their own; re-exec, the default, works.
 //!
 //! ```no_run
-//! use looppool_async_std::{async_trait, BoxError, Context, Worker};
+//! use looppool_async_std::{async_trait, BoxError, Failure, Context, Worker};
 //!
 //! struct Doubler;
 //!
@@ -18,12 +18,13 @@
 //! impl Worker for Doubler {
 //!     type Task = u64;
 //!     type Output = u64;
+//!     type Error = Failure;
 //!
 //!     async fn init(_ctx: &Context<u64>) -> Result<Self, BoxError> {
 //!         Ok(Doubler)
 //!     }
 //!
-//!     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), BoxError> {
+//!     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), Failure> {
 //!         ctx.put(n * 2).await?;
 //!         Ok(())
 //!     }

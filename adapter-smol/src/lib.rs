@@ -13,7 +13,7 @@
 //! in a process with more than one thread. Use re-exec, the default.
 //!
 //! ```no_run
-//! use looppool_smol::{async_trait, BoxError, Context, Worker};
+//! use looppool_smol::{async_trait, BoxError, Failure, Context, Worker};
 //!
 //! struct Doubler;
 //!
@@ -21,12 +21,13 @@
 //! impl Worker for Doubler {
 //!     type Task = u64;
 //!     type Output = u64;
+//!     type Error = Failure;
 //!
 //!     async fn init(_ctx: &Context<u64>) -> Result<Self, BoxError> {
 //!         Ok(Doubler)
 //!     }
 //!
-//!     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), BoxError> {
+//!     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), Failure> {
 //!         ctx.put(n * 2).await?;
 //!         Ok(())
 //!     }

@@ -5,7 +5,7 @@ use crate::floor::{self, Peer};
 use crate::report::{percentile, Report};
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
-use looppool_core::{async_trait, BoxError, Builder, Context, Pool, Runtime, Worker};
+use looppool_core::{async_trait, BoxError, Builder, Context, Failure, Pool, Runtime, Worker};
 use serde_bytes::ByteBuf;
 use std::pin::pin;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ pub(crate) struct Echo;
 impl Worker for Echo {
     type Task = ByteBuf;
     type Output = ByteBuf;
+    type Error = Failure;
 
     fn name() -> &'static str {
         "looppool-bench/echo"
@@ -27,7 +28,7 @@ impl Worker for Echo {
         Ok(Echo)
     }
 
-    async fn process(&self, task: ByteBuf, ctx: &Context<ByteBuf>) -> Result<(), BoxError> {
+    async fn process(&self, task: ByteBuf, ctx: &Context<ByteBuf>) -> Result<(), Failure> {
         // A task that starts with 0xFF carries a number of microseconds to spin first.
         if let [0xFF, a, b, c, d, ..] = task[..] {
             let until =

@@ -27,7 +27,7 @@ pub mod state;
 mod worker;
 
 pub use async_trait::async_trait;
-pub use error::{BoxError, CallError, Error, Exit, PutError, SubmitError, TaskError};
+pub use error::{BoxError, CallError, Error, Exit, Failure, PutError, SubmitError, TaskError};
 pub use launch::{init, Entry, StartMethod};
 pub use pipe::{duplex, PipeCloser, PipeEnd};
 pub use pool::{

@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use crate::{
-    async_trait, BoxError, Builder, Context, Delivery, Outputs, Pool, Stopped, TaskHandle, Worker,
+    async_trait, BoxError, Builder, Context, Delivery, Failure, Outputs, Pool, Stopped, TaskHandle,
+    Worker,
 };
 
 struct Probe;
@@ -13,12 +14,13 @@ struct Probe;
 impl Worker for Probe {
     type Task = u64;
     type Output = u64;
+    type Error = Failure;
 
     async fn init(_: &Context<u64>) -> Result<Self, BoxError> {
         Ok(Probe)
     }
 
-    async fn process(&self, _: u64, _: &Context<u64>) -> Result<(), BoxError> {
+    async fn process(&self, _: u64, _: &Context<u64>) -> Result<(), Failure> {
         Ok(())
     }
 }

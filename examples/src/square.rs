@@ -2,7 +2,7 @@
 //! (`tokio_main.rs`, `async_std_main.rs`, `smol_main.rs`): it squares numbers and says which
 //! process it ran in.
 
-use looppool_tokio::{async_trait, BoxError, Context, Pool, Worker};
+use looppool_tokio::{async_trait, BoxError, Context, Failure, Pool, Worker};
 
 /// Squares a number.
 #[derive(Debug)]
@@ -13,12 +13,13 @@ impl Worker for Squarer {
     type Task = u64;
     /// The square, and the process id of the worker that computed it.
     type Output = (u64, u32);
+    type Error = Failure;
 
     async fn init(_: &Context<Self::Output>) -> Result<Self, BoxError> {
         Ok(Squarer)
     }
 
-    async fn process(&self, n: u64, ctx: &Context<Self::Output>) -> Result<(), BoxError> {
+    async fn process(&self, n: u64, ctx: &Context<Self::Output>) -> Result<(), Failure> {
         ctx.put((n * n, std::process::id())).await?;
         Ok(())
     }

@@ -34,8 +34,9 @@ use tokio::sync::{mpsc, watch, Notify};
 /// # impl Worker for Doubler {
 /// #     type Task = u64;
 /// #     type Output = u64;
+/// #     type Error = looppool_core::Failure;
 /// #     async fn init(_: &Context<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
-/// #     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), BoxError> { Ok(()) }
+/// #     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), Failure> { Ok(()) }
 /// # }
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let local = looppool_tokio::builder::<Doubler>().workers(4);
@@ -781,10 +782,11 @@ impl<W: Worker> Serving<W> {
     }
 }
 
-fn local_outcome(error: looppool_core::TaskError) -> Outcome {
+/// A local task's end as the broker carries it: a worker's error as its text.
+fn local_outcome<F: std::fmt::Display>(error: looppool_core::TaskError<F>) -> Outcome {
     use looppool_core::TaskError as E;
     match error {
-        E::Failed { message } => Outcome::Failed(message),
+        E::Failed(failure) => Outcome::Failed(failure.to_string()),
         E::Panicked { message } => Outcome::Panicked(message),
         E::TimedOut { after } => Outcome::TimedOut(after.as_millis() as u64),
         lost @ E::Lost { .. } => Outcome::Lost(lost.to_string()),

@@ -56,8 +56,9 @@ impl Entry {
 /// # impl Worker for Doubler {
 /// #     type Task = u64;
 /// #     type Output = u64;
+/// #     type Error = looppool_core::Failure;
 /// #     async fn init(_: &Context<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
-/// #     async fn process(&self, _: u64, _: &Context<u64>) -> Result<(), BoxError> { Ok(()) }
+/// #     async fn process(&self, _: u64, _: &Context<u64>) -> Result<(), Failure> { Ok(()) }
 /// # }
 /// # fn tokio_runtime() -> std::sync::Arc<dyn looppool_core::Runtime> { unimplemented!() }
 /// fn main() {

@@ -4,7 +4,7 @@
 use super::handle::{CancelSink, Delivery, TaskHandle};
 use super::shared::{Payload, Pending};
 use super::Pool;
-use crate::error::{CallError, SubmitError, TaskError};
+use crate::error::{CallError, RawTaskError, SubmitError};
 use crate::state::{Route, TaskId};
 use crate::worker::Worker;
 use futures_channel::oneshot;
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// The receiving sides of a pending entry: its end, its attempts, and its reply if a call.
 type Parts<O> = (
-    oneshot::Receiver<Result<(), TaskError>>,
+    oneshot::Receiver<Result<(), RawTaskError>>,
     Arc<AtomicU32>,
     Option<oneshot::Receiver<Delivery<O>>>,
 );
@@ -25,10 +25,11 @@ impl<W: Worker> Pool<W> {
     ///
     /// The task's outputs go to this call, not to [`outputs`](Self::outputs); the first is
     /// returned (and acknowledged), any later ones are acknowledged and discarded. A task that
-    /// completes without an output gives [`CallError::NoOutput`]. Dropping the future before it
+    /// completes without an output gives [`CallError::NoOutput`]. Every failure is one variant of
+    /// the flat [`CallError`], the worker's own error in [`CallError::Failed`]. Dropping the future before it
     /// resolves (a client that went away, a `timeout` around it) cancels the task in its worker,
     /// as [`TaskHandle::abort`] does.
-    pub async fn call(&self, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
+    pub async fn call(&self, task: W::Task) -> Result<W::Output, CallError<W::Error>> {
         self.call_route(Route::Any, task, true, None).await
     }
 
@@ -37,37 +38,37 @@ impl<W: Worker> Pool<W> {
         &self,
         worker: usize,
         task: W::Task,
-    ) -> Result<W::Output, CallError<W::Task>> {
+    ) -> Result<W::Output, CallError<W::Error>> {
         self.call_route(Route::Worker(worker), task, true, None)
             .await
     }
 
     /// Sends `task` like [`call`](Self::call) and returns its first output, but cancels it in
-    /// its worker and fails with [`TaskError::TimedOut`] if it has not ended `timeout` after it
+    /// its worker and fails with [`CallError::TimedOut`] if it has not ended `timeout` after it
     /// was accepted (the wait for room, if any, comes first and is not counted).
     pub async fn call_timeout(
         &self,
         task: W::Task,
         timeout: Duration,
-    ) -> Result<W::Output, CallError<W::Task>> {
+    ) -> Result<W::Output, CallError<W::Error>> {
         self.call_route(Route::Any, task, true, Some(timeout)).await
     }
 
-    /// Like [`call`](Self::call), but fails at once with [`SubmitError::Full`] (in
-    /// [`CallError::Submit`]) instead of waiting when no worker has room.
-    pub async fn try_call(&self, task: W::Task) -> Result<W::Output, CallError<W::Task>> {
+    /// Like [`call`](Self::call), but fails at once with [`CallError::Full`] instead of waiting
+    /// when no worker has room.
+    pub async fn try_call(&self, task: W::Task) -> Result<W::Output, CallError<W::Error>> {
         self.call_route(Route::Any, task, false, None).await
     }
 
     /// Like [`submit`](Self::submit), and the task is cancelled in its worker, its handle
-    /// resolving to [`TaskError::TimedOut`], if it has not ended `timeout` after it was
+    /// resolving to [`TaskError::TimedOut`](crate::TaskError::TimedOut), if it has not ended `timeout` after it was
     /// accepted (through retries too). The pool-wide [`Builder::task_timeout`](crate::Builder)
     /// applies as well.
     pub async fn submit_timeout(
         &self,
         task: W::Task,
         timeout: Duration,
-    ) -> Result<TaskHandle, SubmitError<W::Task>> {
+    ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
         Ok(self
             .place(Route::Any, task, false, true, Some(timeout))
             .await?
@@ -80,11 +81,11 @@ impl<W: Worker> Pool<W> {
         task: W::Task,
         wait: bool,
         timeout: Option<Duration>,
-    ) -> Result<W::Output, CallError<W::Task>> {
+    ) -> Result<W::Output, CallError<W::Error>> {
         let (handle, reply) = self
             .place(route, task, true, wait, timeout)
             .await
-            .map_err(CallError::Submit)?;
+            .map_err(CallError::refused)?;
         let id = handle.id();
         let mut reply = reply.expect("a call has a reply channel");
         // Dropping this future before the task ends cancels the task.
@@ -94,12 +95,12 @@ impl<W: Worker> Pool<W> {
         };
         let ended = handle.await;
         guard.id = None;
-        ended.map_err(CallError::Task)?;
+        ended.map_err(|e| CallError::ended(id, e))?;
         // The worker writes a task's outputs before its end, and the parent reads them in order,
         // so a reply, if any, has arrived by now.
         match reply.try_recv() {
             Ok(Some(delivery)) => Ok(delivery.into_value()),
-            _ => Err(CallError::NoOutput(id)),
+            _ => Err(CallError::NoOutput { task: id }),
         }
     }
 
@@ -157,8 +158,13 @@ impl<W: Worker> Pool<W> {
         reply: bool,
         wait: bool,
         timeout: Option<Duration>,
-    ) -> Result<(TaskHandle, Option<oneshot::Receiver<Delivery<W::Output>>>), SubmitError<W::Task>>
-    {
+    ) -> Result<
+        (
+            TaskHandle<W::Error>,
+            Option<oneshot::Receiver<Delivery<W::Output>>>,
+        ),
+        SubmitError<W::Task>,
+    > {
         let payload = match self.encode(&task) {
             Ok(p) => p,
             Err(e) => return Err(SubmitError::Encode(task, e)),

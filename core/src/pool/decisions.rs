@@ -3,7 +3,7 @@
 //! supervisors told what comes next) and carried out once the lock is released.
 
 use super::shared::{Inner, Next, Shared};
-use crate::error::{Exit, TaskError};
+use crate::error::{Exit, RawTaskError, TaskError};
 use crate::launch::Killer;
 use crate::state::{Event as Decision, KillCause, Loss};
 use futures_channel::oneshot;
@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 /// The state's decisions, taken under the lock and carried out after it is released.
 #[must_use]
 pub(crate) struct Actions {
-    ended: Vec<(oneshot::Sender<Result<(), TaskError>>, TaskError)>,
+    ended: Vec<(oneshot::Sender<Result<(), RawTaskError>>, RawTaskError)>,
     kills: Vec<Killer>,
     writers: Vec<usize>,
     supervisors: Vec<usize>,

@@ -3,7 +3,7 @@
 
 use super::handle::{AckSink, Acker, Delivery};
 use super::shared::Shared;
-use crate::error::TaskError;
+use crate::error::{RawTaskError, TaskError};
 use crate::protocol::{split_body, ToParent, WireOutcome};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -68,9 +68,10 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             }
             ToParent::Done { task, outcome } => {
                 let now = self.runtime.now();
-                let result = match outcome {
+                let result: Result<(), RawTaskError> = match outcome {
                     WireOutcome::Completed => Ok(()),
-                    WireOutcome::Failed(m) => Err(TaskError::Failed { message: m.into() }),
+                    WireOutcome::Failed(bytes) => Err(TaskError::Failed(bytes.to_vec())),
+                    WireOutcome::Codec(m) => Err(TaskError::Codec { message: m.into() }),
                     WireOutcome::Panicked(m) => Err(TaskError::Panicked { message: m.into() }),
                     WireOutcome::TimedOut(ms) => Err(TaskError::TimedOut {
                         after: Duration::from_millis(ms),

@@ -1,10 +1,12 @@
 //! What the parent holds: task handles, output deliveries and the output stream.
 
-use crate::error::{Exit, TaskError};
+use crate::error::{Exit, Failure, RawTaskError, TaskError};
 use crate::state::TaskId;
 use futures_channel::oneshot;
+use serde::de::DeserializeOwned;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
@@ -15,12 +17,15 @@ use std::task::{Context, Poll};
 /// Dropping the handle does not cancel the task, as with tokio's `JoinHandle`: it only forgoes
 /// learning how it ended ([`abort`](Self::abort) cancels it).
 #[must_use = "a task handle tells how the task ended; drop it explicitly to ignore that"]
-pub struct TaskHandle {
+///
+/// `E` is the worker's [`Error`](crate::Worker::Error) type.
+pub struct TaskHandle<E = Failure> {
     id: TaskId,
     worker: usize,
-    rx: oneshot::Receiver<Result<(), TaskError>>,
+    rx: oneshot::Receiver<Result<(), RawTaskError>>,
     attempts: Arc<AtomicU32>,
     canceller: Weak<dyn CancelSink>,
+    error: PhantomData<fn() -> E>,
 }
 
 /// Where cancellations go: the pool's shared state.
@@ -29,7 +34,7 @@ pub(crate) trait CancelSink: Send + Sync {
     fn cancel(&self, id: TaskId) -> bool;
 }
 
-impl fmt::Debug for TaskHandle {
+impl<E> fmt::Debug for TaskHandle<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskHandle")
             .field("id", &self.id)
@@ -38,11 +43,11 @@ impl fmt::Debug for TaskHandle {
     }
 }
 
-impl TaskHandle {
+impl<E> TaskHandle<E> {
     pub(crate) fn new(
         id: TaskId,
         worker: usize,
-        rx: oneshot::Receiver<Result<(), TaskError>>,
+        rx: oneshot::Receiver<Result<(), RawTaskError>>,
         attempts: Arc<AtomicU32>,
         canceller: Weak<dyn CancelSink>,
     ) -> Self {
@@ -52,6 +57,7 @@ impl TaskHandle {
             rx,
             attempts,
             canceller,
+            error: PhantomData,
         }
     }
 
@@ -86,8 +92,8 @@ impl TaskHandle {
     }
 }
 
-impl Future for TaskHandle {
-    type Output = Result<(), TaskError>;
+impl<E: DeserializeOwned> Future for TaskHandle<E> {
+    type Output = Result<(), TaskError<E>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let worker = self.worker;
@@ -97,6 +103,8 @@ impl Future for TaskHandle {
                 exit: Exit::Unknown,
                 cause: Some("the pool was dropped".into()),
             }))
+            // The worker's error is decoded here, by its receiver, not on the pool's reader.
+            .map_err(RawTaskError::decode)
         })
     }
 }

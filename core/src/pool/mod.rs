@@ -156,14 +156,17 @@ impl<W: Worker> Pool<W> {
     /// Sends `task` to the worker the pool's [`Routing`](crate::state::Routing) picks
     /// ([`Builder::routing`]): by default the live worker holding the fewest unfinished tasks,
     /// waiting only while every worker is full.
-    pub async fn submit(&self, task: W::Task) -> Result<TaskHandle, SubmitError<W::Task>> {
+    pub async fn submit(
+        &self,
+        task: W::Task,
+    ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
         Ok(self.place(Route::Any, task, false, true, None).await?.0)
     }
 
     /// Like [`submit`](Self::submit), or hands `task` back at once in [`SubmitError::Full`]
     /// if it would have to wait: by default only when every worker holds its capacity of
     /// unfinished tasks.
-    pub fn try_submit(&self, task: W::Task) -> Result<TaskHandle, SubmitError<W::Task>> {
+    pub fn try_submit(&self, task: W::Task) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
         futures_util::FutureExt::now_or_never(self.place(Route::Any, task, false, false, None))
             .expect("a non-waiting placement never waits")
             .map(|(h, _)| h)
@@ -175,7 +178,7 @@ impl<W: Worker> Pool<W> {
         &self,
         worker: usize,
         task: W::Task,
-    ) -> Result<TaskHandle, SubmitError<W::Task>> {
+    ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
         Ok(self
             .place(Route::Worker(worker), task, false, true, None)
             .await?
@@ -188,7 +191,7 @@ impl<W: Worker> Pool<W> {
         &self,
         worker: usize,
         task: W::Task,
-    ) -> Result<TaskHandle, SubmitError<W::Task>> {
+    ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
         futures_util::FutureExt::now_or_never(self.place(
             Route::Worker(worker),
             task,
@@ -208,7 +211,7 @@ impl<W: Worker> Pool<W> {
         &self,
         key: &K,
         task: W::Task,
-    ) -> Result<TaskHandle, SubmitError<W::Task>> {
+    ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
         Ok(self.place(key_route(key), task, false, true, None).await?.0)
     }
 
@@ -218,7 +221,7 @@ impl<W: Worker> Pool<W> {
         &self,
         key: &K,
         task: W::Task,
-    ) -> Result<TaskHandle, SubmitError<W::Task>> {
+    ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
         futures_util::FutureExt::now_or_never(self.place(key_route(key), task, false, false, None))
             .expect("a non-waiting placement never waits")
             .map(|(h, _)| h)
@@ -228,7 +231,10 @@ impl<W: Worker> Pool<W> {
     /// worker before, waiting until every live worker has room. Returns one handle per copy,
     /// in worker order. Workers that start later (replacements) do not receive it; see
     /// [`broadcast_sticky`](Self::broadcast_sticky).
-    pub async fn broadcast(&self, task: W::Task) -> Result<Vec<TaskHandle>, SubmitError<W::Task>> {
+    pub async fn broadcast(
+        &self,
+        task: W::Task,
+    ) -> Result<Vec<TaskHandle<W::Error>>, SubmitError<W::Task>> {
         self.broadcast_inner(None, task).await
     }
 
@@ -240,7 +246,7 @@ impl<W: Worker> Pool<W> {
         &self,
         key: &str,
         task: W::Task,
-    ) -> Result<Vec<TaskHandle>, SubmitError<W::Task>> {
+    ) -> Result<Vec<TaskHandle<W::Error>>, SubmitError<W::Task>> {
         self.broadcast_inner(Some(key), task).await
     }
 
@@ -248,7 +254,7 @@ impl<W: Worker> Pool<W> {
         &self,
         key: Option<&str>,
         task: W::Task,
-    ) -> Result<Vec<TaskHandle>, SubmitError<W::Task>> {
+    ) -> Result<Vec<TaskHandle<W::Error>>, SubmitError<W::Task>> {
         let payload = match self.encode(&task) {
             Ok(p) => p,
             Err(e) => return Err(SubmitError::Encode(task, e)),

@@ -155,7 +155,9 @@ impl Callsite for Site {
     }
 
     fn metadata(&self) -> &Metadata<'_> {
-        self.meta.get().expect("set before the callsite is registered")
+        self.meta
+            .get()
+            .expect("set before the callsite is registered")
     }
 }
 
@@ -219,6 +221,9 @@ mod tests {
             let _ = site(&format!("relay_test::fill{i}"), Level::INFO);
         }
         assert!(site("relay_test::one_too_many", Level::INFO).is_none());
-        assert!(site("relay_test::a", Level::WARN).is_some(), "known targets keep working");
+        assert!(
+            site("relay_test::a", Level::WARN).is_some(),
+            "known targets keep working"
+        );
     }
 }

@@ -9,7 +9,7 @@
 use super::handle::Delivery;
 use super::incarnation::Respawner;
 use super::stats::{Account, Instruments};
-use crate::error::{Exit, TaskError};
+use crate::error::{Exit, RawTaskError, TaskError};
 use crate::launch::Killer;
 use crate::runtime::Runtime;
 use crate::state::{IdMap, PoolState, Refusal, Route, Routing, TaskId};
@@ -25,7 +25,7 @@ pub(crate) type Payload = Arc<Vec<u8>>;
 
 /// A task handle's sending side.
 pub(crate) struct Pending<O> {
-    pub(crate) done: oneshot::Sender<Result<(), TaskError>>,
+    pub(crate) done: oneshot::Sender<Result<(), RawTaskError>>,
     /// Where the outputs go if it was a request-reply call.
     pub(crate) reply: Option<oneshot::Sender<Delivery<O>>>,
     /// A request-reply call: outputs after its reply are acknowledged and discarded.
@@ -272,7 +272,7 @@ impl<O> Shared<O> {
     /// Cancels task `id`: if it has not ended, it ends now with `why` and its worker is told to
     /// drop it (and killed if it does not within the cancel grace). Returns whether it had not
     /// ended.
-    pub(crate) fn cancel(&self, id: TaskId, why: TaskError) -> bool {
+    pub(crate) fn cancel(&self, id: TaskId, why: RawTaskError) -> bool {
         let now = self.runtime.now();
         let (done, worker, actions) = {
             let mut inner = self.lock();

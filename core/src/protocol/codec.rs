@@ -156,7 +156,7 @@ mod tests {
         let first = buf.len();
         let done = ToParent::Done {
             task: 9,
-            outcome: WireOutcome::Failed("no"),
+            outcome: WireOutcome::Failed(b"no"),
         };
         encode_header(&mut buf, &done, 64).unwrap();
         let (header, rest): (ToParent<'_>, _) = split_body(&buf[first + 4..]).unwrap();

@@ -27,7 +27,7 @@ pub(crate) use reader::{read_frame_blocking, FrameError, FrameReader};
 use serde::{Deserialize, Serialize};
 
 /// The version of the wire protocol this build speaks. Both ends must agree exactly.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The default limit on a frame's body, in bytes (16 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
@@ -139,7 +139,10 @@ pub(crate) struct WireStats {
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) enum WireOutcome<'a> {
     Completed,
-    Failed(#[serde(borrow)] &'a str),
+    /// The worker's error, encoded with postcard.
+    Failed(#[serde(borrow)] &'a [u8]),
+    /// The task could not be decoded, or its error encoded: why.
+    Codec(#[serde(borrow)] &'a str),
     Panicked(#[serde(borrow)] &'a str),
     /// Cancelled after the task timeout, in milliseconds.
     TimedOut(u64),

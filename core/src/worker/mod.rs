@@ -28,7 +28,7 @@ use serde::{de::DeserializeOwned, Serialize};
 /// parent automatically when `process` returns or panics; there is nothing to forget to call.
 ///
 /// ```
-/// use looppool_core::{async_trait, BoxError, Context, Worker};
+/// use looppool_core::{async_trait, BoxError, Context, Failure, Worker};
 ///
 /// struct Doubler;
 ///
@@ -36,14 +36,52 @@ use serde::{de::DeserializeOwned, Serialize};
 /// impl Worker for Doubler {
 ///     type Task = u64;
 ///     type Output = u64;
+///     type Error = Failure;
 ///
 ///     async fn init(_ctx: &Context<u64>) -> Result<Self, BoxError> {
 ///         Ok(Doubler)
 ///     }
 ///
-///     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), BoxError> {
+///     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), Failure> {
+///         if n > u64::MAX / 2 {
+///             return Err(Failure::msg(format!("{n} is too large to double")));
+///         }
 ///         ctx.put(n * 2).await?;
 ///         Ok(())
+///     }
+/// }
+/// ```
+///
+/// A worker whose callers tell failures apart declares its own error type; the parent receives
+/// the value in [`TaskError::Failed`](crate::TaskError::Failed) and
+/// [`CallError::Failed`](crate::CallError::Failed):
+///
+/// ```
+/// use looppool_core::{async_trait, BoxError, Context, Worker};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+/// enum LookupError {
+///     #[error("no entry for {0}")]
+///     Missing(String),
+///     #[error("the store is read-only")]
+///     ReadOnly,
+/// }
+///
+/// struct Store;
+///
+/// #[async_trait(?Send)]
+/// impl Worker for Store {
+///     type Task = String;
+///     type Output = u64;
+///     type Error = LookupError;
+///
+///     async fn init(_ctx: &Context<u64>) -> Result<Self, BoxError> {
+///         Ok(Store)
+///     }
+///
+///     async fn process(&self, key: String, _ctx: &Context<u64>) -> Result<(), LookupError> {
+///         Err(LookupError::Missing(key))
 ///     }
 /// }
 /// ```
@@ -53,6 +91,16 @@ pub trait Worker: Sized + 'static {
     type Task: Serialize + DeserializeOwned + Send + 'static;
     /// What the worker emits.
     type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// What `process` fails with. It is encoded in the worker and reaches the parent as a value
+    /// in [`TaskError::Failed`](crate::TaskError::Failed); [`Failure`](crate::Failure) serves
+    /// workers whose failures are text.
+    type Error: Serialize
+        + DeserializeOwned
+        + std::fmt::Debug
+        + std::fmt::Display
+        + Send
+        + Sync
+        + 'static;
 
     /// The name that selects this worker type in a re-executed process.
     ///
@@ -69,5 +117,9 @@ pub trait Worker: Sized + 'static {
 
     /// Processes one task. An error or panic is reported to the parent for this task only; the
     /// worker goes on with the next one.
-    async fn process(&self, task: Self::Task, ctx: &Context<Self::Output>) -> Result<(), BoxError>;
+    async fn process(
+        &self,
+        task: Self::Task,
+        ctx: &Context<Self::Output>,
+    ) -> Result<(), Self::Error>;
 }

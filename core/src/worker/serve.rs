@@ -311,7 +311,10 @@ type Running = FuturesUnordered<futures_util::future::LocalBoxFuture<'static, (T
 
 enum Ended {
     Completed,
-    Failed(String),
+    /// The worker's error, encoded.
+    Failed(Vec<u8>),
+    /// The task could not be decoded, or its error encoded.
+    Codec(String),
     Panicked(String),
     TimedOut(Duration),
     Cancelled,
@@ -385,7 +388,7 @@ async fn run_one<W: Worker>(
 ) -> (TaskId, Ended) {
     let task = match task {
         Ok(task) => task,
-        Err(message) => return (id, Ended::Failed(message)),
+        Err(message) => return (id, Ended::Codec(message)),
     };
     let runtime = link.runtime.clone();
     let link_own_process = link.own_process;
@@ -412,7 +415,7 @@ async fn run_one<W: Worker>(
     };
     let ended = match outcome {
         Some(Ok(Ok(()))) => Ended::Completed,
-        Some(Ok(Err(e))) => Ended::Failed(error_chain(&*e)),
+        Some(Ok(Err(e))) => encode_error(&e),
         Some(Err(panic)) => {
             let message = panic_message(&*panic);
             // A worker with a process of its own forwards panics from its panic hook; one
@@ -432,10 +435,28 @@ async fn run_one<W: Worker>(
     (id, ended)
 }
 
+/// A task's error as the parent will decode it; its text if it cannot be sent.
+fn encode_error<E: serde::Serialize + std::fmt::Display>(e: &E) -> Ended {
+    let encoded = std::panic::catch_unwind(AssertUnwindSafe(|| postcard::to_stdvec(e)));
+    match encoded {
+        Ok(Ok(bytes)) if bytes.len() <= MESSAGE_LIMIT => Ended::Failed(bytes),
+        Ok(Ok(bytes)) => Ended::Codec(format!(
+            "the task's error encodes to {} bytes, over the limit of {MESSAGE_LIMIT}: {e}",
+            bytes.len()
+        )),
+        Ok(Err(why)) => Ended::Codec(format!("cannot encode the task's error ({why}): {e}")),
+        Err(panic) => Ended::Codec(format!(
+            "encoding the task's error panicked ({}): {e}",
+            panic_message(&*panic)
+        )),
+    }
+}
+
 fn report(link: &Link, id: TaskId, ended: &Ended) {
     let outcome = match ended {
         Ended::Completed => WireOutcome::Completed,
-        Ended::Failed(m) => WireOutcome::Failed(truncate(m)),
+        Ended::Failed(bytes) => WireOutcome::Failed(bytes),
+        Ended::Codec(m) => WireOutcome::Codec(truncate(m)),
         Ended::Panicked(m) => WireOutcome::Panicked(truncate(m)),
         Ended::TimedOut(after) => WireOutcome::TimedOut(after.as_millis() as u64),
         Ended::Cancelled => WireOutcome::Cancelled,

@@ -21,8 +21,8 @@ mod probe;
 mod trials;
 
 pub use probe::{
-    fnv1a, ExitingInit, FailingInit, Out, Probe, Refuse, Task, Touchy, TouchyWorker, TOUCHY_LIVE,
-    TOUCHY_PANIC,
+    fnv1a, ExitingInit, FailingInit, Grumpy, Out, Probe, ProbeError, Refuse, Task, Touchy,
+    TouchyWorker, TOUCHY_LIVE, TOUCHY_PANIC,
 };
 
 use futures_util::future::{select, Either};

@@ -1,6 +1,6 @@
 //! The worker the conformance suite drives: each task variant exercises one behaviour.
 
-use looppool_core::{async_trait, BoxError, Context, Fault, PutError, Worker};
+use looppool_core::{async_trait, BoxError, Context, Failure, Fault, PutError, Worker};
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 
@@ -23,6 +23,50 @@ impl Serialize for Refuse {
     }
 }
 
+/// What a [`Probe`]'s tasks fail with: a typed error that crosses the process boundary as a
+/// value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeError {
+    /// A failure described in text.
+    Message(String),
+    /// The answer to [`Task::Refuse`].
+    Refused {
+        /// The code asked for.
+        code: u32,
+    },
+    /// An error the worker cannot encode.
+    Unencodable(Refuse),
+    /// An error whose decoding panics in the parent.
+    Undecodable(Grumpy),
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for ProbeError {
+    fn from(e: E) -> Self {
+        ProbeError::Message(e.to_string())
+    }
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::Message(m) => f.write_str(m),
+            ProbeError::Refused { code } => write!(f, "refused with code {code}"),
+            ProbeError::Unencodable(_) => f.write_str("an error that refuses to be encoded"),
+            ProbeError::Undecodable(_) => f.write_str("an error that panics when decoded"),
+        }
+    }
+}
+
+/// A value that encodes, and whose decoding panics, as a user's `Deserialize` might.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Grumpy;
+
+impl<'de> Deserialize<'de> for Grumpy {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("Grumpy refuses to be decoded")
+    }
+}
+
 /// What the suite asks a [`Probe`] to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Task {
@@ -36,6 +80,12 @@ pub enum Task {
     WhoAmI,
     /// Fail with this message.
     Fail(String),
+    /// Fail with [`ProbeError::Refused`] and this code.
+    Refuse(u32),
+    /// Fail with [`ProbeError::Unencodable`].
+    FailUnencodable,
+    /// Fail with [`ProbeError::Undecodable`].
+    FailUndecodable,
     /// Panic with this message.
     Panic(String),
     /// Emit `Seq(0..n)` with `put`, waiting for credit.
@@ -136,6 +186,7 @@ pub struct Probe {
 impl Worker for Probe {
     type Task = Task;
     type Output = Out;
+    type Error = ProbeError;
 
     fn name() -> &'static str {
         "looppool-testkit/probe"
@@ -164,7 +215,7 @@ impl Worker for Probe {
         })
     }
 
-    async fn process(&self, task: Task, ctx: &Context<Out>) -> Result<(), BoxError> {
+    async fn process(&self, task: Task, ctx: &Context<Out>) -> Result<(), ProbeError> {
         match task {
             Task::Double(n) => ctx.put(Out::Doubled(n * 2)).await?,
             Task::Set(v) => self.value.set(v),
@@ -176,7 +227,10 @@ impl Worker for Probe {
                 ctx.put(out).await?;
             }
             Task::WhoAmI => ctx.put(Out::Worker(ctx.worker())).await?,
-            Task::Fail(message) => return Err(message.into()),
+            Task::Fail(message) => return Err(ProbeError::Message(message)),
+            Task::Refuse(code) => return Err(ProbeError::Refused { code }),
+            Task::FailUnencodable => return Err(ProbeError::Unencodable(Refuse)),
+            Task::FailUndecodable => return Err(ProbeError::Undecodable(Grumpy)),
             Task::Panic(message) => panic!("{message}"),
             Task::Emit(n) => {
                 for i in 0..n {
@@ -189,11 +243,17 @@ impl Worker for Probe {
                     match ctx.try_put(Out::Seq(i)) {
                         Ok(()) => ok += 1,
                         Err(PutError::Full(Out::Seq(j))) if j == i => {}
-                        Err(e) => return Err(format!("try_put {i}: unexpected {e:?}").into()),
+                        Err(e) => {
+                            return Err(ProbeError::Message(format!(
+                                "try_put {i}: unexpected {e:?}"
+                            )))
+                        }
                     }
                 }
                 if ok != accepted {
-                    return Err(format!("try_put accepted {ok} of {n}, expected {accepted}").into());
+                    return Err(ProbeError::Message(format!(
+                        "try_put accepted {ok} of {n}, expected {accepted}"
+                    )));
                 }
             }
             Task::Hold => {
@@ -206,7 +266,11 @@ impl Worker for Probe {
                 {
                     ctx.put(Out::Doubled(1)).await?;
                 }
-                other => return Err(format!("expected an encode error, got {other:?}").into()),
+                other => {
+                    return Err(ProbeError::Message(format!(
+                        "expected an encode error, got {other:?}"
+                    )))
+                }
             },
             Task::Unencodable(_) | Task::Blob(_) => {}
             Task::Fault(fault) => ctx.inject_fault(fault),
@@ -278,6 +342,7 @@ pub struct FailingInit;
 impl Worker for FailingInit {
     type Task = ();
     type Output = ();
+    type Error = Failure;
 
     fn name() -> &'static str {
         "looppool-testkit/failing-init"
@@ -287,7 +352,7 @@ impl Worker for FailingInit {
         Err("no database at db.invalid".into())
     }
 
-    async fn process(&self, _: (), _: &Context<()>) -> Result<(), BoxError> {
+    async fn process(&self, _: (), _: &Context<()>) -> Result<(), Failure> {
         Ok(())
     }
 }
@@ -300,6 +365,7 @@ pub struct ExitingInit;
 impl Worker for ExitingInit {
     type Task = ();
     type Output = ();
+    type Error = Failure;
 
     fn name() -> &'static str {
         "looppool-testkit/exiting-init"
@@ -309,7 +375,7 @@ impl Worker for ExitingInit {
         std::process::exit(9)
     }
 
-    async fn process(&self, _: (), _: &Context<()>) -> Result<(), BoxError> {
+    async fn process(&self, _: (), _: &Context<()>) -> Result<(), Failure> {
         Ok(())
     }
 }
@@ -379,6 +445,7 @@ pub struct TouchyWorker;
 impl Worker for TouchyWorker {
     type Task = (u32, u32);
     type Output = Touchy;
+    type Error = Failure;
 
     fn name() -> &'static str {
         "looppool-testkit/touchy"
@@ -388,7 +455,7 @@ impl Worker for TouchyWorker {
         Ok(TouchyWorker)
     }
 
-    async fn process(&self, (value, n): (u32, u32), ctx: &Context<Touchy>) -> Result<(), BoxError> {
+    async fn process(&self, (value, n): (u32, u32), ctx: &Context<Touchy>) -> Result<(), Failure> {
         for _ in 0..n {
             ctx.put(Touchy::new(value)).await?;
         }

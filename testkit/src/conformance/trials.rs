@@ -1,10 +1,13 @@
 //! The trials. Each proves one behaviour and fails with a message saying what differed.
 
-use super::{within, Adapter, Out, Outcome, Probe, Task};
+use super::{within, Adapter, Out, Outcome, Probe, ProbeError, Task};
 use futures_util::future::{join_all, select, Either, LocalBoxFuture};
-use looppool_core::{
-    Builder, Outputs, Pool, PoolStats, StartMethod, TaskError, TaskHandle, TaskId,
-};
+use looppool_core::{Builder, Outputs, Pool, PoolStats, StartMethod, TaskId};
+
+/// A handle on a [`Probe`]'s task.
+type TaskHandle = looppool_core::TaskHandle<ProbeError>;
+/// How a [`Probe`]'s task failed.
+type TaskError = looppool_core::TaskError<ProbeError>;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::pin;

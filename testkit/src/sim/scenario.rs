@@ -5,8 +5,8 @@ use super::{Sim, Stall};
 use futures_util::future::{select, Either};
 use futures_util::FutureExt;
 use looppool_core::{
-    async_trait, BoxError, Context, Delivery, Exit, Pool, Runtime, StartMethod, SubmitError,
-    TaskError, TaskHandle, Worker,
+    async_trait, BoxError, Context, Delivery, Exit, Failure, Pool, Runtime, StartMethod,
+    SubmitError, TaskError, TaskHandle, Worker,
 };
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,7 @@ pub struct Napper;
 impl Worker for Napper {
     type Task = Job;
     type Output = u8;
+    type Error = Failure;
 
     fn name() -> &'static str {
         "looppool-testkit/napper"
@@ -43,14 +44,14 @@ impl Worker for Napper {
         Ok(Napper)
     }
 
-    async fn process(&self, job: Job, ctx: &Context<u8>) -> Result<(), BoxError> {
+    async fn process(&self, job: Job, ctx: &Context<u8>) -> Result<(), Failure> {
         match job {
             Job::Emit(n) => {
                 for i in 0..n {
                     ctx.put(i).await?;
                 }
             }
-            Job::Fail => return Err("refused".into()),
+            Job::Fail => return Err(Failure::msg("refused")),
             Job::Nap(ms) => {
                 Sim::current().sleep(Duration::from_millis(ms.into())).await;
                 ctx.put(0).await?;
@@ -389,8 +390,8 @@ async fn script(sim: Sim, s: Scenario, stop_timeout: Duration) -> Result<Trace, 
             (Job::Nap(_), Ok(())) => {
                 ensure!(ends_with(&[0]), "task {id} napped with outputs {outputs:?}")
             }
-            (Job::Fail, Err(TaskError::Failed { message })) => {
-                ensure!(message == "refused", "message {message:?}")
+            (Job::Fail, Err(TaskError::Failed(failure))) => {
+                ensure!(failure.message() == "refused", "failure {failure:?}")
             }
             (_, Err(TaskError::Lost { .. })) => {
                 ensure!(lost_allowed, "task {id} ({job:?}) lost with nothing killed")

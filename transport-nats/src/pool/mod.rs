@@ -38,8 +38,9 @@ use tokio::sync::{broadcast, mpsc, Notify};
 /// # impl Worker for Doubler {
 /// #     type Task = u64;
 /// #     type Output = u64;
+/// #     type Error = looppool_core::Failure;
 /// #     async fn init(_: &Context<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
-/// #     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), BoxError> {
+/// #     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), Failure> {
 /// #         ctx.put(n * 2).await?;
 /// #         Ok(())
 /// #     }

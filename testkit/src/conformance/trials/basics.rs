@@ -191,7 +191,7 @@ pub(super) async fn errors_and_panics_reach_the_parent_and_the_worker_goes_on<A:
         .map_err(|e| e.to_string())?;
     let failing_id = failing.id();
     match failing.await {
-        Err(TaskError::Failed { message }) => {
+        Err(TaskError::Failed(ProbeError::Message(message))) => {
             ensure!(message == "the disk is full", "message {message:?}")
         }
         other => {
@@ -200,8 +200,41 @@ pub(super) async fn errors_and_panics_reach_the_parent_and_the_worker_goes_on<A:
             ))
         }
     }
+    // The worker's own error type arrives as a value, through a handle and through a call.
+    let refused = pool
+        .submit_to(0, Task::Refuse(7))
+        .await
+        .map_err(|e| e.to_string())?
+        .await;
+    ensure!(
+        refused == Err(TaskError::Failed(ProbeError::Refused { code: 7 })),
+        "a typed error through a handle: {refused:?}"
+    );
+    match pool.call_to(0, Task::Refuse(9)).await {
+        Err(CallError::Failed {
+            error: ProbeError::Refused { code: 9 },
+            task,
+        }) if task > failing_id => {}
+        other => return Err(format!("a typed error through a call: {other:?}")),
+    }
+    // An error the worker cannot encode arrives as its text; one whose decoding panics in the
+    // parent fails its own task only.
+    for (task, expected) in [
+        (Task::FailUnencodable, "an error that refuses to be encoded"),
+        (Task::FailUndecodable, "Grumpy refuses to be decoded"),
+    ] {
+        let ended = pool
+            .submit_to(0, task)
+            .await
+            .map_err(|e| e.to_string())?
+            .await;
+        ensure!(
+            matches!(&ended, Err(TaskError::Codec { message }) if message.contains(expected)),
+            "expected a codec error saying {expected:?}, got {ended:?}"
+        );
+    }
     match pool.call_to(0, Task::Panic("kaboom".into())).await {
-        Err(CallError::Task(TaskError::Panicked { message })) => {
+        Err(CallError::Panicked { message, .. }) => {
             ensure!(message == "kaboom", "message {message:?}")
         }
         other => return Err(format!("expected a panic, got {other:?}")),

@@ -155,7 +155,7 @@ pub(super) async fn an_output_whose_decoding_panics_ends_only_its_link<A: Adapte
     )
     .await?;
     match &ended {
-        Err(TaskError::Lost {
+        Err(looppool_core::TaskError::Lost {
             worker: 0,
             cause: Some(cause),
             ..

@@ -109,7 +109,7 @@ pub(super) async fn result_credit_spans_a_workers_incarnations<A: Adapter>(
     )
     .await?;
     ensure!(
-        matches!(tried, Err(CallError::NoOutput(_))),
+        matches!(tried, Err(CallError::NoOutput { .. })),
         "the replacement emitted with 4 outputs unread: {tried:?}"
     );
     // Reading the old outputs returns their credit to the replacement.

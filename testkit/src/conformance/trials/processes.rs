@@ -37,11 +37,11 @@ pub(super) async fn a_killed_worker_loses_its_tasks_with_the_signal_and_others_g
         }
     }
     match pool.call_to(1, Task::Exit(3)).await {
-        Err(CallError::Task(TaskError::Lost {
+        Err(CallError::Lost {
             worker: 1,
             exit: Exit::Code(3),
             ..
-        })) => {}
+        }) => {}
         other => return Err(format!("a worker that exited with 3: {other:?}")),
     }
     let nobody = pool.try_submit(Task::Get);

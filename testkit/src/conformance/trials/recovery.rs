@@ -142,7 +142,7 @@ pub(super) async fn a_task_past_its_timeout_is_cancelled_and_its_worker_goes_on<
     let pool = start(pool::<A>(m, 1).task_timeout(Duration::from_millis(100))).await?;
     let pid = pool.pid(0);
     match pool.call(Task::Sleep(60_000)).await {
-        Err(CallError::Task(TaskError::TimedOut { after })) => {
+        Err(CallError::TimedOut { after, .. }) => {
             ensure!(
                 after == Duration::from_millis(100),
                 "timed out after {after:?}"
@@ -232,8 +232,8 @@ pub(super) async fn a_worker_over_its_memory_limit_is_recycled<A: Adapter>(
 ) -> Outcome {
     let pool = start(pool::<A>(m, 1).recycle_above_rss(256 << 20)).await?;
     let first = pool.pid(0);
-    let no_output = |r: Result<Out, CallError<Task>>| match r {
-        Err(CallError::NoOutput(_)) => Ok(()),
+    let no_output = |r: Result<Out, CallError<ProbeError>>| match r {
+        Err(CallError::NoOutput { .. }) => Ok(()),
         other => Err(format!("{other:?}")),
     };
     no_output(pool.call(Task::Grow(300)).await)?;
