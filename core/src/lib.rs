@@ -31,7 +31,8 @@ pub use error::{BoxError, CallError, Error, Exit, Failure, PutError, SubmitError
 pub use launch::{init, Entry, StartMethod};
 pub use pipe::{duplex, PipeCloser, PipeEnd};
 pub use pool::{
-    metric_names, Builder, Delivery, Outputs, Pool, PoolStats, Stopped, TaskHandle, WorkerStats,
+    metric_names, Builder, CallStream, Delivery, Outputs, Pool, PoolStats, Stopped, TaskHandle,
+    WorkerStats,
 };
 pub use runtime::{AsyncIo, BoxFuture, BoxIo, LocalBoxFuture, Runtime};
 pub use state::{Routing, TaskId};

@@ -2,22 +2,40 @@
 //! cancellation when a call's future is dropped.
 
 use super::handle::{CancelSink, Delivery, TaskHandle};
-use super::shared::{Payload, Pending};
+use super::shared::{Payload, Pending, Replies};
 use super::Pool;
 use crate::error::{CallError, RawTaskError, SubmitError};
 use crate::state::{Route, TaskId};
 use crate::worker::Worker;
-use futures_channel::oneshot;
+use futures_channel::{mpsc, oneshot};
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// The receiving sides of a pending entry: its end, its attempts, and its reply if a call.
+/// The receiving sides of a pending entry: its end, its attempts, and its outputs' receiver.
 type Parts<O> = (
     oneshot::Receiver<Result<(), RawTaskError>>,
     Arc<AtomicU32>,
-    Option<oneshot::Receiver<Delivery<O>>>,
+    Receiving<O>,
 );
+
+/// Where a task's outputs should go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Want {
+    /// The pool's output stream.
+    Outputs,
+    /// The first to a call.
+    First,
+    /// All to a stream.
+    Stream,
+}
+
+/// The receiving side for a task's outputs.
+pub(super) enum Receiving<O> {
+    Outputs,
+    First(oneshot::Receiver<Delivery<O>>),
+    Stream(mpsc::UnboundedReceiver<Delivery<O>>),
+}
 
 impl<W: Worker> Pool<W> {
     /// Sends `task` like [`submit`](Self::submit) and returns its first output: the
@@ -70,7 +88,7 @@ impl<W: Worker> Pool<W> {
         timeout: Duration,
     ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
         Ok(self
-            .place(Route::Any, task, false, true, Some(timeout))
+            .place(Route::Any, task, Want::Outputs, true, Some(timeout))
             .await?
             .0)
     }
@@ -83,11 +101,13 @@ impl<W: Worker> Pool<W> {
         timeout: Option<Duration>,
     ) -> Result<W::Output, CallError<W::Error>> {
         let (handle, reply) = self
-            .place(route, task, true, wait, timeout)
+            .place(route, task, Want::First, wait, timeout)
             .await
             .map_err(CallError::refused)?;
         let id = handle.id();
-        let mut reply = reply.expect("a call has a reply channel");
+        let Receiving::First(mut reply) = reply else {
+            unreachable!("a call has a reply channel")
+        };
         // Dropping this future before the task ends cancels the task.
         let mut guard = CancelOnDrop {
             sink: self.canceller(),
@@ -107,27 +127,30 @@ impl<W: Worker> Pool<W> {
     /// A pending entry and the receiving parts of its handle.
     pub(super) fn pending(
         &self,
-        reply: bool,
+        want: Want,
         timeout: Option<Duration>,
     ) -> (Pending<W::Output>, Parts<W::Output>) {
         let (done, rx) = oneshot::channel();
-        let (reply_tx, reply_rx) = match reply {
-            true => {
+        let (replies, receiving) = match want {
+            Want::Outputs => (Replies::Outputs, Receiving::Outputs),
+            Want::First => {
                 let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
+                (Replies::First(Some(tx)), Receiving::First(rx))
             }
-            false => (None, None),
+            Want::Stream => {
+                let (tx, rx) = mpsc::unbounded();
+                (Replies::Stream(tx), Receiving::Stream(rx))
+            }
         };
         let attempts = Arc::new(AtomicU32::new(0));
         let pending = Pending {
             done,
-            reply: reply_tx,
-            call: reply,
+            replies,
             attempts: attempts.clone(),
             since: self.shared.runtime.now(),
             timeout,
         };
-        (pending, (rx, attempts, reply_rx))
+        (pending, (rx, attempts, receiving))
     }
 
     /// What a handle cancels its task through.
@@ -150,45 +173,49 @@ impl<W: Worker> Pool<W> {
         Ok(Arc::new(bytes))
     }
 
-    #[allow(clippy::type_complexity)]
     pub(super) async fn place(
         &self,
         route: Route,
         task: W::Task,
-        reply: bool,
+        want: Want,
         wait: bool,
         timeout: Option<Duration>,
-    ) -> Result<
-        (
-            TaskHandle<W::Error>,
-            Option<oneshot::Receiver<Delivery<W::Output>>>,
-        ),
-        SubmitError<W::Task>,
-    > {
+    ) -> Result<(TaskHandle<W::Error>, Receiving<W::Output>), SubmitError<W::Task>> {
         let payload = match self.encode(&task) {
             Ok(p) => p,
             Err(e) => return Err(SubmitError::Encode(task, e)),
         };
-        let (pending, (rx, attempts, reply_rx)) = self.pending(reply, timeout);
+        let (pending, (rx, attempts, receiving)) = self.pending(want, timeout);
         match self
             .shared
             .place(route, &payload, pending, wait, timeout)
             .await
         {
-            Ok((worker, id)) => Ok((
-                TaskHandle::new(id, worker, rx, attempts, self.canceller()),
-                reply_rx,
-            )),
+            Ok((worker, id)) => {
+                // The caller's context (a request's span) gets the task id, which the worker's
+                // forwarded events carry in their `task` field: the two sides' logs join on it.
+                tracing::debug!(
+                    target: "looppool::call",
+                    pool = %self.shared.settings.name,
+                    worker,
+                    task = id,
+                    "task placed"
+                );
+                Ok((
+                    TaskHandle::new(id, worker, rx, attempts, self.canceller()),
+                    receiving,
+                ))
+            }
             Err((refusal, _)) => Err(SubmitError::from_refusal(task, refusal)),
         }
     }
 }
 
 /// Cancels a call's task if the call's future is dropped before the task ended.
-struct CancelOnDrop {
-    sink: Weak<dyn CancelSink>,
+pub(super) struct CancelOnDrop {
+    pub(super) sink: Weak<dyn CancelSink>,
     /// The task, until it ended.
-    id: Option<TaskId>,
+    pub(super) id: Option<TaskId>,
 }
 
 impl Drop for CancelOnDrop {

@@ -2,7 +2,7 @@
 //! statistics and log events; and the acknowledgements that return result credit.
 
 use super::handle::{AckSink, Acker, Delivery};
-use super::shared::Shared;
+use super::shared::{Replies, Shared};
 use crate::error::{RawTaskError, TaskError};
 use crate::protocol::{split_body, ToParent, WireOutcome};
 use serde::de::DeserializeOwned;
@@ -32,11 +32,14 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                         return Ok(());
                     }
                     match task.and_then(|t| inner.pending.get_mut(&t)) {
-                        Some(p) => (p.reply.take(), p.call),
-                        None => (None, false),
+                        Some(p) => match &mut p.replies {
+                            Replies::Outputs => Reply::Outputs,
+                            Replies::First(first) => Reply::First(first.take()),
+                            Replies::Stream(tx) => Reply::Stream(tx.clone()),
+                        },
+                        None => Reply::Outputs,
                     }
                 };
-                let (reply, call) = reply;
                 let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     postcard::from_bytes::<O>(payload)
                 }));
@@ -60,10 +63,11 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 let delivery = Delivery::new(value, worker, task, acker);
                 // Outside the lock: a delivery that cannot be handed over acknowledges itself.
                 match reply {
-                    Some(reply) => drop(reply.send(delivery)),
+                    Reply::First(Some(reply)) => drop(reply.send(delivery)),
                     // A call's later outputs: dropping acknowledges them.
-                    None if call => drop(delivery),
-                    None => drop(self.outputs.try_send(delivery)),
+                    Reply::First(None) => drop(delivery),
+                    Reply::Stream(tx) => drop(tx.unbounded_send(delivery)),
+                    Reply::Outputs => drop(self.outputs.try_send(delivery)),
                 }
             }
             ToParent::Done { task, outcome } => {
@@ -152,6 +156,13 @@ impl<O: Send + 'static> AckSink for Shared<O> {
             self.wake_writer(worker);
         }
     }
+}
+
+/// Where one output goes, taken from its task's pending entry under the lock.
+enum Reply<O> {
+    Outputs,
+    First(Option<futures_channel::oneshot::Sender<Delivery<O>>>),
+    Stream(futures_channel::mpsc::UnboundedSender<Delivery<O>>),
 }
 
 /// The text of a panic's payload.

@@ -13,17 +13,20 @@ mod relay;
 mod shared;
 mod stats;
 mod stop;
+mod stream;
 mod supervisor;
 
 pub use builder::Builder;
 pub use handle::{Delivery, Outputs, TaskHandle};
 pub use stats::{names as metric_names, PoolStats, WorkerStats};
 pub use stop::Stopped;
+pub use stream::CallStream;
 
 use crate::error::SubmitError;
 use crate::runtime::Runtime;
 use crate::state::{Phase, Refusal, Route};
 use crate::worker::Worker;
+use call::Want;
 use shared::Shared;
 use std::fmt;
 use std::marker::PhantomData;
@@ -160,16 +163,25 @@ impl<W: Worker> Pool<W> {
         &self,
         task: W::Task,
     ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
-        Ok(self.place(Route::Any, task, false, true, None).await?.0)
+        Ok(self
+            .place(Route::Any, task, Want::Outputs, true, None)
+            .await?
+            .0)
     }
 
     /// Like [`submit`](Self::submit), or hands `task` back at once in [`SubmitError::Full`]
     /// if it would have to wait: by default only when every worker holds its capacity of
     /// unfinished tasks.
     pub fn try_submit(&self, task: W::Task) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
-        futures_util::FutureExt::now_or_never(self.place(Route::Any, task, false, false, None))
-            .expect("a non-waiting placement never waits")
-            .map(|(h, _)| h)
+        futures_util::FutureExt::now_or_never(self.place(
+            Route::Any,
+            task,
+            Want::Outputs,
+            false,
+            None,
+        ))
+        .expect("a non-waiting placement never waits")
+        .map(|(h, _)| h)
     }
 
     /// Sends `task` to worker `worker`, waiting while it is full or being replaced; refused
@@ -180,7 +192,7 @@ impl<W: Worker> Pool<W> {
         task: W::Task,
     ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
         Ok(self
-            .place(Route::Worker(worker), task, false, true, None)
+            .place(Route::Worker(worker), task, Want::Outputs, true, None)
             .await?
             .0)
     }
@@ -195,7 +207,7 @@ impl<W: Worker> Pool<W> {
         futures_util::FutureExt::now_or_never(self.place(
             Route::Worker(worker),
             task,
-            false,
+            Want::Outputs,
             false,
             None,
         ))
@@ -212,7 +224,10 @@ impl<W: Worker> Pool<W> {
         key: &K,
         task: W::Task,
     ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
-        Ok(self.place(key_route(key), task, false, true, None).await?.0)
+        Ok(self
+            .place(key_route(key), task, Want::Outputs, true, None)
+            .await?
+            .0)
     }
 
     /// Like [`submit_keyed`](Self::submit_keyed), or hands `task` back at once in
@@ -222,9 +237,15 @@ impl<W: Worker> Pool<W> {
         key: &K,
         task: W::Task,
     ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
-        futures_util::FutureExt::now_or_never(self.place(key_route(key), task, false, false, None))
-            .expect("a non-waiting placement never waits")
-            .map(|(h, _)| h)
+        futures_util::FutureExt::now_or_never(self.place(
+            key_route(key),
+            task,
+            Want::Outputs,
+            false,
+            None,
+        ))
+        .expect("a non-waiting placement never waits")
+        .map(|(h, _)| h)
     }
 
     /// Sends one copy of `task` to every live worker, each behind whatever was sent to that
@@ -271,7 +292,8 @@ impl<W: Worker> Pool<W> {
                         let handles = copies
                             .into_iter()
                             .map(|(worker, id)| {
-                                let (pending, (rx, attempts, _)) = self.pending(false, None);
+                                let (pending, (rx, attempts, _)) =
+                                    self.pending(Want::Outputs, None);
                                 pending.attempts.fetch_add(1, Ordering::Relaxed);
                                 inner.pending.insert(id, pending);
                                 TaskHandle::new(id, worker, rx, attempts, self.canceller())

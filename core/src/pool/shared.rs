@@ -26,16 +26,26 @@ pub(crate) type Payload = Arc<Vec<u8>>;
 /// A task handle's sending side.
 pub(crate) struct Pending<O> {
     pub(crate) done: oneshot::Sender<Result<(), RawTaskError>>,
-    /// Where the outputs go if it was a request-reply call.
-    pub(crate) reply: Option<oneshot::Sender<Delivery<O>>>,
-    /// A request-reply call: outputs after its reply are acknowledged and discarded.
-    pub(crate) call: bool,
+    /// Where its outputs go.
+    pub(crate) replies: Replies<O>,
     /// How many times it was sent, shared with its handle.
     pub(crate) attempts: Arc<AtomicU32>,
     /// When it was submitted, for its latency.
     pub(crate) since: Instant,
     /// Its deadline after submission, if it has one.
     pub(crate) timeout: Option<Duration>,
+}
+
+/// Where a task's outputs go.
+pub(crate) enum Replies<O> {
+    /// To the pool's output stream.
+    Outputs,
+    /// A request-reply call: the first to the call (`None` once sent); later ones are
+    /// acknowledged and discarded.
+    First(Option<oneshot::Sender<Delivery<O>>>),
+    /// A streamed call: every one to its stream. Deliveries left in a dropped stream acknowledge
+    /// themselves as they are dropped.
+    Stream(futures_channel::mpsc::UnboundedSender<Delivery<O>>),
 }
 
 /// What the state said comes next for a dead worker number; its supervisor carries it out.

@@ -38,12 +38,13 @@ fn events() -> &'static Mutex<Vec<Captured>> {
 /// with `RUST_LOG=info,looppool_probe_user=debug` would.
 pub const USER_TARGET: &str = "looppool_probe_user";
 
-/// Installs the capturing subscriber (`INFO`, and `DEBUG` for [`USER_TARGET`]) as the process's
-/// global default, once.
+/// Installs the capturing subscriber (`INFO`, and `DEBUG` for [`USER_TARGET`] and for
+/// `looppool::call`, which names each placed task) as the process's global default, once.
 pub fn install() {
     let filter = Targets::new()
         .with_default(LevelFilter::INFO)
-        .with_target(USER_TARGET, LevelFilter::DEBUG);
+        .with_target(USER_TARGET, LevelFilter::DEBUG)
+        .with_target("looppool::call", LevelFilter::DEBUG);
     let subscriber = tracing_subscriber::registry().with(Keep.with_filter(filter));
     let _ = tracing::subscriber::set_global_default(subscriber);
 }

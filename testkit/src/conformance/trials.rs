@@ -25,6 +25,7 @@ use observe::*;
 use processes::*;
 use recovery::*;
 use routing::*;
+use stream::*;
 
 pub(super) use processes::parent_until_killed;
 
@@ -76,6 +77,7 @@ mod observe;
 mod processes;
 mod recovery;
 mod routing;
+mod stream;
 
 pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
     table![
@@ -87,6 +89,8 @@ pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
         a_key_stays_on_its_worker_number_through_a_respawn: All,
         an_aborted_task_stops_in_its_worker_and_frees_its_place_at_once: All,
         a_dropped_call_cancels_its_task_in_the_worker: All,
+        a_streamed_call_yields_every_output_then_the_tasks_end: All,
+        a_dropped_stream_cancels_its_task_in_the_worker: All,
         a_call_deadline_cancels_its_task_and_submit_deadlines_time_out: All,
         try_call_fails_at_once_when_no_worker_has_room: All,
         a_worker_that_never_yields_to_a_cancel_is_replaced_and_its_other_tasks_run_elsewhere: Processes,

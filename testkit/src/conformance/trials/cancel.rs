@@ -7,7 +7,7 @@ use looppool_core::CallError;
 
 /// Waits until `path` exists and holds at least `bytes` bytes: the task that writes it is
 /// running.
-async fn ticking<A: Adapter>(path: &std::path::Path, bytes: u64) -> Outcome {
+pub(super) async fn ticking<A: Adapter>(path: &std::path::Path, bytes: u64) -> Outcome {
     let runtime = A::runtime();
     let grown = async {
         while std::fs::metadata(path).map_or(true, |m| m.len() < bytes) {

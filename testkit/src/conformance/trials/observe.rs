@@ -162,13 +162,32 @@ pub(super) async fn worker_log_events_and_panics_reach_the_parent_tagged<A: Adap
         .map_err(|e| e.to_string())?;
     let panic_id = panicked.id();
     ensure!(panicked.await.is_err(), "the panicking task succeeded");
+    // A call's task id is in the caller's logs (`looppool::call`) and in the worker's.
+    let joined = match pool.call_to(1, Task::Log("joined by its id".into())).await {
+        Err(looppool_core::CallError::NoOutput { task }) => task,
+        other => return Err(format!("a call that logs and emits nothing: {other:?}")),
+    };
     let from_pool = |e: &Captured| e.field("pool") == name && e.field("task") != "";
     // A relayed event is emitted when its frame arrives, which may be after the task's end.
     let wait = async {
         loop {
             let events = captured(from_pool);
             let has = |text: &str| events.iter().any(|e| e.field("message").contains(text));
-            if has("answer=42") && has("debug: hello") && has("a forwarded panic") {
+            let placed = events.iter().any(|e| {
+                e.target == "looppool::call"
+                    && e.field("task") == joined.to_string()
+                    && e.field("worker") == "1"
+            });
+            let relayed = events.iter().any(|e| {
+                e.field("message").contains("joined by its id")
+                    && e.field("task") == joined.to_string()
+            });
+            if has("answer=42")
+                && has("debug: hello")
+                && has("a forwarded panic")
+                && placed
+                && relayed
+            {
                 return events;
             }
             A::runtime().sleep(Duration::from_millis(20)).await;
@@ -181,9 +200,10 @@ pub(super) async fn worker_log_events_and_panics_reach_the_parent_tagged<A: Adap
         wait,
     )
     .await?;
-    let info = events
-        .iter()
-        .find(|e| e.field("message").contains("answer=42"));
+    let info = events.iter().find(|e| {
+        let message = e.field("message");
+        message.contains("hello from a task") && message.contains("answer=42")
+    });
     ensure!(
         info.is_some_and(|e| e.level == tracing::Level::INFO
             && e.field("worker") == "1"
