@@ -30,6 +30,8 @@ pub use async_trait::async_trait;
 pub use error::{BoxError, CallError, Error, Exit, Failure, PutError, SubmitError, TaskError};
 pub use launch::{init, Entry, StartMethod};
 pub use pipe::{duplex, PipeCloser, PipeEnd};
+#[cfg(feature = "tower")]
+pub use pool::ServiceFuture;
 pub use pool::{
     metric_names, Builder, CallStream, Delivery, Outputs, Pool, PoolStats, Stopped, TaskHandle,
     WorkerStats,

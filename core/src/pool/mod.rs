@@ -10,6 +10,8 @@ mod incarnation;
 mod link;
 mod monitor;
 mod relay;
+#[cfg(feature = "tower")]
+mod service;
 mod shared;
 mod stats;
 mod stop;
@@ -18,6 +20,8 @@ mod supervisor;
 
 pub use builder::Builder;
 pub use handle::{Delivery, Outputs, TaskHandle};
+#[cfg(feature = "tower")]
+pub use service::ServiceFuture;
 pub use stats::{names as metric_names, PoolStats, WorkerStats};
 pub use stop::Stopped;
 pub use stream::CallStream;

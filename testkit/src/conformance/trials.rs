@@ -91,6 +91,7 @@ pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
         a_dropped_call_cancels_its_task_in_the_worker: All,
         a_streamed_call_yields_every_output_then_the_tasks_end: All,
         a_dropped_stream_cancels_its_task_in_the_worker: All,
+        the_pool_serves_as_a_tower_service: All,
         a_call_deadline_cancels_its_task_and_submit_deadlines_time_out: All,
         try_call_fails_at_once_when_no_worker_has_room: All,
         a_worker_that_never_yields_to_a_cancel_is_replaced_and_its_other_tasks_run_elsewhere: Processes,

@@ -1,5 +1,6 @@
-//! Trials of streamed calls: every output of one task, in order, then its end; a slow reader
-//! holds the worker back by its credit; a dropped stream cancels its task.
+//! Trials of streamed calls (every output of one task, in order, then its end; a slow reader
+//! holds the worker back by its credit; a dropped stream cancels its task) and of the pool as a
+//! `tower::Service`.
 
 use super::*;
 use futures_util::StreamExt;
@@ -81,6 +82,51 @@ pub(super) async fn a_dropped_stream_cancels_its_task_in_the_worker<A: Adapter>(
     ensure!(
         matches!(answer, Ok(Out::Worker(0))),
         "the call after the dropped stream: {answer:?}"
+    );
+    let _ = std::fs::remove_file(&path);
+    stop_gracefully(&pool).await
+}
+
+pub(super) async fn the_pool_serves_as_a_tower_service<A: Adapter>(m: StartMethod) -> Outcome {
+    use tower_service::Service;
+    let path = temp_path("service-tick", m);
+    let _ = std::fs::remove_file(&path);
+    let pool = start(pool::<A>(m, 1).concurrency(1)).await?;
+    let runtime = A::runtime();
+    // Through the trait: `Pool::call`, the inherent method, would take precedence.
+    let mut service = pool.clone();
+    std::future::poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = within(
+        &*runtime,
+        Duration::from_secs(10),
+        "a request",
+        Service::call(&mut service, Task::Double(21)),
+    )
+    .await?;
+    ensure!(
+        answer == Ok(Out::Doubled(42)),
+        "the service answered {answer:?}"
+    );
+    // A response future dropped before it resolved (a timeout layer, a client gone) cancels
+    // its task in the worker.
+    let ticking = Service::call(&mut service, Task::Tick(path.display().to_string()));
+    let watch = super::cancel::ticking::<A>(&path, 3);
+    match select(ticking, pin!(watch)).await {
+        Either::Left((ended, _)) => return Err(format!("the ticking request ended: {ended:?}")),
+        Either::Right((seen, _)) => seen?,
+    }
+    let after = within(
+        &*runtime,
+        Duration::from_secs(10),
+        "a request after the dropped one",
+        Service::call(&mut service, Task::WhoAmI),
+    )
+    .await?;
+    ensure!(
+        after == Ok(Out::Worker(0)),
+        "the request after the dropped one: {after:?}"
     );
     let _ = std::fs::remove_file(&path);
     stop_gracefully(&pool).await
