@@ -1,5 +1,7 @@
 //! Runs each example as a user would, so that none can rot.
 
+mod service;
+
 use looppool_testkit::nats_server::{self, NatsServer};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
