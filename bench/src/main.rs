@@ -178,7 +178,11 @@ async fn scenarios_on(s: &Setup, args: &Args) -> Result<(), BoxError> {
             "payload" => scenarios::payload(s, n(256)).await?,
             "startup" => scenarios::startup(s, 7).await?,
             "idle" => scenarios::idle(s).await?,
-            "offload" => offload::offload(s, n(2000)).await?,
+            "offload" => {
+                let mut both = offload::offload(s, n(2000)).await?;
+                both.extend(offload::mixed(s, n(2000)).await?);
+                both
+            }
             "soak" => scenarios::soak(s, args.seconds).await?,
             "nats-throughput" => nats::throughput(s, n(100_000)).await?,
             "nats-latency" => nats::latency(s, n(5_000)).await?,

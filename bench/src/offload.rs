@@ -2,11 +2,17 @@
 //! should still be answered at once. Fast-request p99 is measured unloaded, then under a steady
 //! load of slow requests whose work runs in the pool, then in a pool whose workers run at nice
 //! 10 (below the server), then with the same work done inline on the server's loop.
+//!
+//! Then the pool alone, with slow tasks among fast ones submitted to it (`mixed`): the fast
+//! tasks' p99 under each routing policy, beside the same stream with no slow tasks. Under
+//! least-loaded a fast task goes to a worker that is not busy with a slow one; under
+//! round-robin it may wait behind one.
 
 use crate::report::{percentile, Report};
 use crate::scenarios::{spin_task, Setup};
-use looppool_core::BoxError;
+use looppool_core::{BoxError, Routing};
 use looppool_examples::http::{response, serve, Client};
+use serde_bytes::ByteBuf;
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -99,6 +105,70 @@ pub(crate) async fn offload(s: &Setup, requests: usize) -> Result<Vec<Report>, B
             .value(us(inline), "us")
             .floor(us(unloaded)),
     ])
+}
+
+/// One task in `MIXED_SLOW_EVERY` is slow in the mixed stream: with one task a millisecond, the
+/// slow ones keep one worker's worth of CPU busy, and a fast task arrives every millisecond.
+const MIXED_SLOW_EVERY: usize = 20;
+
+/// Fast tasks' p99 with slow tasks among them, under least-loaded and round-robin routing;
+/// each beside the same stream without slow tasks.
+pub(crate) async fn mixed(s: &Setup, tasks: usize) -> Result<Vec<Report>, BoxError> {
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let alone = mixed_fast_p99(s, Routing::LeastLoaded, tasks, None).await?;
+    let mut reports = Vec::new();
+    for (routing, metric) in [
+        (Routing::LeastLoaded, "mixed p99 least-loaded"),
+        (Routing::RoundRobin, "mixed p99 round-robin"),
+    ] {
+        let p99 = mixed_fast_p99(s, routing, tasks, Some(MIXED_SLOW_EVERY)).await?;
+        reports.push(
+            s.report("offload", metric)
+                .value(us(p99), "us")
+                .floor(us(alone)),
+        );
+    }
+    Ok(reports)
+}
+
+/// Submits `tasks` tasks to a fresh pool, one a millisecond, each `slow_every`-th a slow one;
+/// the p99 of the fast ones' call latency.
+async fn mixed_fast_p99(
+    s: &Setup,
+    routing: Routing,
+    tasks: usize,
+    slow_every: Option<usize>,
+) -> Result<Duration, BoxError> {
+    let pool = (s.builder)()
+        .name("mixed")
+        .workers(s.workers)
+        .routing(routing)
+        .start()
+        .await?;
+    let mut calls = Vec::with_capacity(tasks);
+    for i in 0..tasks {
+        let slow = slow_every.is_some_and(|every| i % every == 0);
+        let task = match slow {
+            true => spin_task(SLOW),
+            false => ByteBuf::from(vec![0u8; 16]),
+        };
+        let pool = pool.clone();
+        calls.push(tokio::task::spawn_local(async move {
+            let t = Instant::now();
+            let answered = pool.call(task).await.map_err(|e| e.to_string());
+            answered.map(|_| (slow, t.elapsed()))
+        }));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut fast = Vec::with_capacity(tasks);
+    for call in calls {
+        let (slow, took) = call.await.map_err(|e| e.to_string())??;
+        if !slow {
+            fast.push(took);
+        }
+    }
+    pool.stop().await;
+    Ok(percentile(&mut fast, 0.99))
 }
 
 /// The p99 of `n` sequential fast requests, while `load` (a path and a number of clients)

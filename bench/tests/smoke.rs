@@ -71,6 +71,8 @@ fn every_scenario_prints_a_json_line_beside_its_floor() {
             ("offload", "fast p99"),
             ("offload", "fast p99 nice"),
             ("offload", "inline p99"),
+            ("offload", "mixed p99 least-loaded"),
+            ("offload", "mixed p99 round-robin"),
         ],
         "{stdout}"
     );
