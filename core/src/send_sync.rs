@@ -4,8 +4,8 @@
 #![allow(dead_code)]
 
 use crate::{
-    async_trait, BoxError, Builder, Context, Delivery, Failure, Outputs, Pool, Stopped, TaskHandle,
-    Worker,
+    async_trait, BoxError, Builder, CallStream, Context, Delivery, Failure, Outputs, Pool, Stopped,
+    TaskHandle, Worker,
 };
 
 struct Probe;
@@ -35,6 +35,7 @@ fn the_parent_side_types_cross_threads(
     outputs: Outputs<u64>,
     delivery: Delivery<u64>,
     stopped: Stopped,
+    stream: CallStream<u64>,
 ) {
     send_sync(&pool);
     send(&builder);
@@ -42,12 +43,17 @@ fn the_parent_side_types_cross_threads(
     send_sync(&outputs);
     send_sync(&delivery);
     send_sync(&stopped);
+    send(&stream);
     send(&builder.start());
     send(&pool.submit(1));
     send(&pool.submit_to(0, 1));
     send(&pool.broadcast(1));
     send(&pool.broadcast_sticky("key", 1));
     send(&pool.call(1));
+    send(&pool.call_timeout(1, std::time::Duration::from_secs(1)));
+    send(&pool.try_call(1));
+    send(&pool.call_stream(1));
+    send(&pool.submit_keyed("key", 1));
     send(&pool.stop());
     send(&outputs.recv());
 }

@@ -167,7 +167,7 @@ pub(super) async fn worker_log_events_and_panics_reach_the_parent_tagged<A: Adap
         Err(looppool_core::CallError::NoOutput { task }) => task,
         other => return Err(format!("a call that logs and emits nothing: {other:?}")),
     };
-    let from_pool = |e: &Captured| e.field("pool") == name && e.field("task") != "";
+    let from_pool = |e: &Captured| e.field("pool") == name && !e.field("task").is_empty();
     // A relayed event is emitted when its frame arrives, which may be after the task's end.
     let wait = async {
         loop {
