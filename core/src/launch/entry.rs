@@ -50,13 +50,13 @@ impl Entry {
 /// type the program starts pools of:
 ///
 /// ```no_run
-/// # use looppool_core::{async_trait, BoxError, Context, Worker};
+/// # use looppool_core::{async_trait, BoxError, Context, Failure, Worker};
 /// # struct Doubler;
 /// # #[async_trait(?Send)]
 /// # impl Worker for Doubler {
 /// #     type Task = u64;
 /// #     type Output = u64;
-/// #     type Error = looppool_core::Failure;
+/// #     type Error = Failure;
 /// #     async fn init(_: &Context<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
 /// #     async fn process(&self, _: u64, _: &Context<u64>) -> Result<(), Failure> { Ok(()) }
 /// # }

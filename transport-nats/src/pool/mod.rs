@@ -32,13 +32,13 @@ use tokio::sync::{broadcast, mpsc, Notify};
 /// Configures and starts a [`Pool`] whose members join over NATS.
 ///
 /// ```no_run
-/// # use looppool_core::{async_trait, BoxError, Context, Worker};
+/// # use looppool_core::{async_trait, BoxError, Context, Failure, Worker};
 /// # struct Doubler;
 /// # #[async_trait(?Send)]
 /// # impl Worker for Doubler {
 /// #     type Task = u64;
 /// #     type Output = u64;
-/// #     type Error = looppool_core::Failure;
+/// #     type Error = Failure;
 /// #     async fn init(_: &Context<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
 /// #     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), Failure> {
 /// #         ctx.put(n * 2).await?;
