@@ -2,7 +2,7 @@
 
 use super::{run_worker, sys, Transport, LINK_FD_VAR};
 use crate::protocol::read_frame_blocking;
-use crate::protocol::{rejection, Handshake, HELLO_LIMIT};
+use crate::protocol::{rejection, Handshake, HELLO_READ_LIMIT};
 use crate::runtime::Runtime;
 use crate::worker::{exit_code, Worker};
 use std::io::Write;
@@ -96,7 +96,7 @@ pub fn init(entries: &[Entry]) {
 }
 
 fn run_entry(entries: &[Entry], mut stream: UnixStream) -> i32 {
-    let hello = read_frame_blocking(&mut stream, HELLO_LIMIT);
+    let hello = read_frame_blocking(&mut stream, HELLO_READ_LIMIT);
     if let Err(crate::protocol::FrameError::Truncated { got: 0, .. }) = hello {
         // The parent hung up before saying anything: it gave up on this launch.
         return exit_code::OK;

@@ -9,6 +9,7 @@ use futures_util::future::{select, Either};
 use futures_util::io::{ReadHalf, WriteHalf};
 use futures_util::{AsyncReadExt, AsyncWriteExt};
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The parent's reading end of a link, after the handshake.
@@ -16,8 +17,13 @@ pub(crate) type LinkReader = FrameReader<ReadHalf<BoxIo>>;
 /// The parent's writing end of a link, after the handshake.
 pub(crate) type LinkWriter = WriteHalf<BoxIo>;
 
-/// The largest handshake accepted before the negotiated frame limit is known.
+/// The largest handshake answer the parent accepts, and the smallest frame limit.
 pub(crate) const HELLO_LIMIT: usize = 64 * 1024;
+
+/// The largest `Hello` a worker accepts. It comes from the parent, which keeps it within the
+/// pool's frame limit (a worker configuration makes it large); the worker does not know that
+/// limit before reading it.
+pub(crate) const HELLO_READ_LIMIT: usize = u32::MAX as usize;
 
 /// The longest error or panic message sent to the parent, in bytes.
 pub(crate) const MESSAGE_LIMIT: usize = 16 * 1024;
@@ -40,6 +46,8 @@ pub(crate) struct Handshake {
     pub(crate) own_process: bool,
     pub(crate) pool_name: String,
     pub(crate) worker_name: String,
+    /// The worker configuration, encoded: the same bytes for every worker and replacement.
+    pub(crate) config: Option<Arc<Vec<u8>>>,
 }
 
 fn millis(d: Option<Duration>) -> u64 {
@@ -78,6 +86,7 @@ impl Handshake {
                     own_process,
                     pool_name,
                     worker_name,
+                    config,
                     ..
                 },
                 _,
@@ -94,14 +103,21 @@ impl Handshake {
                 own_process,
                 pool_name: pool_name.to_string(),
                 worker_name: worker_name.to_string(),
+                config: config.map(|c| Arc::new(c.to_vec())),
             }),
             Ok(_) => Err("the first frame is not a handshake".to_string()),
             Err(e) => Err(format!("malformed handshake: {e}")),
         }
     }
 
-    /// Appends the `Hello` frame for this handshake, announcing `version`.
-    pub(crate) fn encode(&self, version: u32, buf: &mut Vec<u8>) {
+    /// Appends the `Hello` frame for this handshake, announcing `version`; fails if it exceeds
+    /// `limit` bytes (a worker configuration too large for the frame limit).
+    pub(crate) fn encode(
+        &self,
+        version: u32,
+        buf: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<(), String> {
         let hello = ToWorker::Hello {
             version,
             worker: self.worker as u32,
@@ -116,8 +132,9 @@ impl Handshake {
             own_process: self.own_process,
             pool_name: &self.pool_name,
             worker_name: &self.worker_name,
+            config: self.config.as_deref().map(Vec::as_slice),
         };
-        encode_header(buf, &hello, HELLO_LIMIT).expect("a handshake fits its limit");
+        encode_header(buf, &hello, limit).map_err(|e| e.to_string())
     }
 }
 
@@ -161,7 +178,11 @@ pub(crate) async fn handshake(
 ) -> Result<(LinkReader, LinkWriter, u32), HandshakeError> {
     let (read_half, mut writer) = io.split();
     let mut buf = Vec::new();
-    hello.encode(version, &mut buf);
+    if let Err(e) = hello.encode(version, &mut buf, hello.max_frame.max(HELLO_LIMIT)) {
+        return Err(HandshakeError::Protocol(format!(
+            "cannot encode the handshake: {e}"
+        )));
+    }
     let sent = async {
         writer.write_all(&buf).await?;
         writer.flush().await

@@ -20,7 +20,7 @@ pub(crate) use codec::{
 };
 pub(crate) use handshake::{
     handshake, rejection, truncate_to, Handshake, HandshakeError, LinkReader, LinkWriter,
-    HELLO_LIMIT, MESSAGE_LIMIT,
+    HELLO_LIMIT, HELLO_READ_LIMIT, MESSAGE_LIMIT,
 };
 pub(crate) use reader::{read_frame_blocking, FrameError, FrameReader};
 
@@ -60,6 +60,9 @@ pub(crate) enum ToWorker<'a> {
         pool_name: &'a str,
         #[serde(borrow)]
         worker_name: &'a str,
+        /// The worker configuration given on the builder, encoded, if any.
+        #[serde(borrow)]
+        config: Option<&'a [u8]>,
     },
     /// A task; the payload follows the header.
     Task { id: u64 },
@@ -211,6 +214,7 @@ mod tests {
             task_timeout_ms: 0,
             heartbeat_ms: 0,
             stats_ms: 0,
+            config: None,
             log_level: 0,
             own_process: true,
             pool_name: "p",

@@ -37,6 +37,8 @@ pub(super) struct Link {
     pub(super) logs_dropped: Cell<u64>,
     /// The worker's runtime, for timers.
     pub(super) runtime: std::sync::Arc<dyn crate::runtime::Runtime>,
+    /// The worker configuration from the builder, encoded.
+    pub(super) config: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl Link {
@@ -105,6 +107,36 @@ impl<O> Context<O> {
         if let Some(ended) = &self.ended {
             ended.set(true);
         }
+    }
+
+    /// The worker configuration given on the builder ([`Builder::config`](crate::Builder::config)),
+    /// decoded as `C`: the same value in every worker and every replacement. Fails if the
+    /// builder gave none, or if it does not decode as `C`.
+    ///
+    /// ```ignore
+    /// async fn init(ctx: &Context<Self::Output>) -> Result<Self, BoxError> {
+    ///     let settings: Settings = ctx.config()?;
+    ///     Ok(Self { model: load(&settings.model_path)? })
+    /// }
+    /// ```
+    pub fn config<C: serde::de::DeserializeOwned>(&self) -> Result<C, crate::BoxError> {
+        let bytes = self
+            .link
+            .config
+            .as_ref()
+            .ok_or("no worker configuration was given to this pool (Builder::config)")?;
+        postcard::from_bytes(bytes).map_err(|e| {
+            format!(
+                "cannot decode the worker configuration as {}: {e}",
+                std::any::type_name::<C>()
+            )
+            .into()
+        })
+    }
+
+    /// Whether the builder gave a worker configuration ([`config`](Self::config)).
+    pub fn has_config(&self) -> bool {
+        self.link.config.is_some()
     }
 
     /// This worker's number, `0..pool_size`. A replacement keeps the number of the worker it

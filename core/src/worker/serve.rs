@@ -18,7 +18,7 @@ use super::Worker;
 use crate::error::{error_chain, panic_message};
 use crate::protocol::{
     encode_header, rejection, split_body, truncate_to, FrameReader, Handshake, ToParent, ToWorker,
-    WireOutcome, HELLO_LIMIT, MESSAGE_LIMIT, PROTOCOL_VERSION,
+    WireOutcome, HELLO_LIMIT, HELLO_READ_LIMIT, MESSAGE_LIMIT, PROTOCOL_VERSION,
 };
 use crate::runtime::{yield_now, BoxIo, Runtime};
 use crate::state::TaskId;
@@ -75,7 +75,7 @@ pub(crate) async fn serve<W: Worker>(
     runtime: Arc<dyn Runtime>,
 ) -> i32 {
     let (read_half, mut write_half) = futures_util::AsyncReadExt::split(io);
-    let mut reader = FrameReader::new(read_half, HELLO_LIMIT);
+    let mut reader = FrameReader::new(read_half, HELLO_READ_LIMIT);
     let hs = match handshake {
         Some(hs) => hs,
         None => {
@@ -112,6 +112,7 @@ pub(crate) async fn serve<W: Worker>(
         running: Cell::new(0),
         logs_dropped: Cell::new(0),
         runtime: runtime.clone(),
+        config: hs.config.clone(),
     });
     // Events (and, in a process of its own, panic messages) go to the parent from here on.
     let _forwarding = Forwarding::start(&link, hs.log_level);

@@ -138,6 +138,8 @@ pub enum Task {
     ForkSleeper(u32),
     /// Emit `Doubled(0)` tagged with this task id, whichever task the worker holds.
     PutAs(u64),
+    /// Emit the worker configuration the worker's init decoded, if any.
+    Config,
     /// Append a byte to this file every 10 ms, forever: a side effect that shows whether the
     /// task still runs.
     Tick(String),
@@ -167,6 +169,8 @@ pub enum Out {
     Digest(usize, u64),
     /// The answer to `Zeros`.
     Bytes(Vec<u8>),
+    /// The answer to `Config`.
+    Config(Option<String>),
 }
 
 /// The FNV-1a hash of `bytes`.
@@ -180,6 +184,8 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 #[derive(Debug)]
 pub struct Probe {
     value: Cell<i64>,
+    /// The worker configuration (a string), decoded in init if the builder gave one.
+    config: Option<String>,
 }
 
 #[async_trait(?Send)]
@@ -210,8 +216,14 @@ impl Worker for Probe {
                 ctx.sleep(std::time::Duration::from_secs(60)).await;
             }
         }
+        // A configuration that does not decode as a string fails the init, as it should.
+        let config = match ctx.has_config() {
+            true => Some(ctx.config::<String>()?),
+            false => None,
+        };
         Ok(Probe {
             value: Cell::new(0),
+            config,
         })
     }
 
@@ -227,6 +239,7 @@ impl Worker for Probe {
                 ctx.put(out).await?;
             }
             Task::WhoAmI => ctx.put(Out::Worker(ctx.worker())).await?,
+            Task::Config => ctx.put(Out::Config(self.config.clone())).await?,
             Task::Fail(message) => return Err(ProbeError::Message(message)),
             Task::Refuse(code) => return Err(ProbeError::Refused { code }),
             Task::FailUnencodable => return Err(ProbeError::Unencodable(Refuse)),

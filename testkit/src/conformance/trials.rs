@@ -18,6 +18,7 @@ use super::{method_name, probe, PARENT_VAR};
 
 use basics::*;
 use cancel::*;
+use config::*;
 use faults::*;
 use frames::*;
 use launches::*;
@@ -70,6 +71,7 @@ macro_rules! table {
 // After the macros, which they use.
 mod basics;
 mod cancel;
+mod config;
 mod faults;
 mod frames;
 mod launches;
@@ -89,6 +91,8 @@ pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
         a_key_stays_on_its_worker_number_through_a_respawn: All,
         an_aborted_task_stops_in_its_worker_and_frees_its_place_at_once: All,
         a_dropped_call_cancels_its_task_in_the_worker: All,
+        the_worker_configuration_reaches_every_init_and_every_replacement: All,
+        a_worker_configuration_that_cannot_be_used_fails_the_start_clearly: Once,
         a_streamed_call_yields_every_output_then_the_tasks_end: All,
         a_dropped_stream_cancels_its_task_in_the_worker: All,
         the_pool_serves_as_a_tower_service: All,

@@ -43,6 +43,8 @@ pub struct Builder<W> {
     stats_interval: Option<Duration>,
     blocked_threshold: Option<Duration>,
     forward_logs: Option<LevelFilter>,
+    /// The worker configuration, encoded (or why it could not be).
+    config: Option<Result<Arc<Vec<u8>>, String>>,
     _worker: PhantomData<fn() -> W>,
 }
 
@@ -95,6 +97,7 @@ impl<W: Worker> Builder<W> {
             stats_interval: Some(Duration::from_secs(1)),
             blocked_threshold: None,
             forward_logs: None,
+            config: None,
             _worker: PhantomData,
         }
     }
@@ -325,6 +328,22 @@ impl<W: Worker> Builder<W> {
     /// that block their worker's loop are what many pools are for; at least 40 ms.
     pub fn blocked_threshold(mut self, threshold: Duration) -> Self {
         self.blocked_threshold = Some(threshold);
+        self
+    }
+
+    /// A configuration for the workers: encoded once here, and handed to every worker process
+    /// in its handshake, the first ones and every replacement alike (the same bytes each time),
+    /// where [`Context::config`](crate::Context::config) decodes it in `init`. This is how a
+    /// re-executed worker learns what the parent computed or was told (a model path, a database
+    /// URL, a table). With the handshake it must fit the frame limit
+    /// ([`max_frame`](Self::max_frame)); `start` fails with [`Error::Config`](crate::Error::Config)
+    /// if it does not, or if it cannot be encoded.
+    pub fn config<C: serde::Serialize>(mut self, config: &C) -> Self {
+        self.config = Some(
+            postcard::to_stdvec(config)
+                .map(Arc::new)
+                .map_err(|e| format!("cannot encode the worker configuration: {e}")),
+        );
         self
     }
 

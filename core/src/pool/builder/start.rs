@@ -160,6 +160,11 @@ impl<W: Worker> Builder<W> {
     /// launched is killed and the first failure is returned.
     pub async fn start(self) -> Result<Pool<W>, Error> {
         let n = self.validate()?;
+        let config = match &self.config {
+            None => None,
+            Some(Ok(bytes)) => Some(bytes.clone()),
+            Some(Err(e)) => return Err(Error::Config(e.clone())),
+        };
         let capacity = self.capacity.unwrap_or(self.concurrency.saturating_mul(2));
         // Heartbeats matter to the stall watchdog (which runs with a task timeout) and to
         // blocked-loop reports; a quarter of the tighter limit keeps either from firing early.
@@ -194,11 +199,27 @@ impl<W: Worker> Builder<W> {
                 own_process: self.start_method != StartMethod::Thread,
                 pool_name: self.name.clone(),
                 worker_name: W::name().to_string(),
+                config,
             },
             protocol_version: self.protocol_version,
             handshake_timeout: self.handshake_timeout,
             runtime: self.runtime.clone(),
         });
+
+        // The handshake carries the worker configuration: it must fit one frame.
+        let mut hello = Vec::new();
+        if let Err(e) = plan
+            .hello
+            .encode(self.protocol_version, &mut hello, self.max_frame)
+        {
+            let size = plan.hello.config.as_ref().map_or(0, |c| c.len());
+            return Err(Error::Config(format!(
+                "the worker configuration ({size} bytes) does not fit in the handshake under the \
+                 frame limit of {} bytes (Builder::max_frame): {e}",
+                self.max_frame
+            )));
+        }
+        drop(hello);
 
         // Kills and reaps every worker launched so far if the start fails, or if its future is
         // dropped before it completes: no process outlives a start that did not give a pool.
