@@ -86,6 +86,20 @@ pub fn builder<W: Worker>() -> Builder<W> {
     Pool::builder(runtime())
 }
 
+/// Turns this process into a worker if it was started as one; otherwise returns at once. Call
+/// it first thing in `main`.
+///
+/// It runs the worker types listed here and every worker type registered with
+/// [`register!`](looppool_core::register) (by this program or the libraries it uses), each on
+/// async-std. A `main` that only uses registered workers calls `init(&[])`.
+///
+/// # Panics
+///
+/// If two different worker types share a [`Worker::name`].
+pub fn init(entries: &[Entry]) {
+    looppool_core::init_with_registered(entries, runtime);
+}
+
 /// The [`Entry`] that runs worker `W` on async-std in a re-executed process. List it in
 /// [`init`].
 pub fn worker<W: Worker>() -> Entry {

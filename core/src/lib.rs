@@ -28,7 +28,14 @@ mod worker;
 
 pub use async_trait::async_trait;
 pub use error::{BoxError, CallError, Error, Exit, Failure, PutError, SubmitError, TaskError};
-pub use launch::{init, Entry, StartMethod};
+pub use launch::{init, init_with_registered, Entry, StartMethod};
+
+/// What [`register!`] expands to needs; not a public interface.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::launch::Registration;
+    pub use inventory;
+}
 pub use pipe::{duplex, PipeCloser, PipeEnd};
 #[cfg(feature = "tower")]
 pub use pool::ServiceFuture;

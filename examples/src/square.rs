@@ -25,6 +25,9 @@ impl Worker for Squarer {
     }
 }
 
+// Registered where it is defined: a `main` that calls `init(&[])` can run it too.
+looppool_tokio::register!(Squarer);
+
 /// Squares 1 to 4 in `pool`, prints each answer, stops the pool and prints how it stopped.
 pub async fn square_four(pool: Pool<Squarer>, runtime: &str) {
     for n in 1..=4 {

@@ -421,3 +421,43 @@ fn init_works_as_the_first_line_of_main_under_async_std_main() {
 fn init_works_as_the_first_line_of_a_future_smol_blocks_on() {
     init_inside_a_running_runtime("smol_main", "smol");
 }
+
+/// Runs a program that uses the runtime-neutral library (and, on tokio, a worker of another
+/// crate), all registered: its `main` calls `init(&[])` and names no worker type.
+fn library_on(name: &str, runtime: &str, squares: bool) {
+    let stdout = stdout_of(name, &[]);
+    let parent_and_worker = |line: &str| -> Option<(u32, u32)> {
+        let worker = line.split("worker process ").nth(1)?.split(',').next()?;
+        let parent = line.split("parent ").nth(1)?.trim_end_matches(')');
+        Some((worker.parse().ok()?, parent.parse().ok()?))
+    };
+    let checksum = stdout
+        .lines()
+        .find(|l| l.starts_with("checksum of looppool is 4cea3f552c9e47a9"))
+        .unwrap_or_else(|| panic!("no checksum:\n{stdout}"));
+    let (worker, parent) = parent_and_worker(checksum).expect("its pids");
+    assert_ne!(worker, parent, "computed in the parent: {stdout}");
+    assert!(
+        stdout.contains(&format!("{runtime}: library pool stopped (graceful: true)")),
+        "{stdout}"
+    );
+    if squares {
+        let answered = stdout
+            .lines()
+            .filter(|l| {
+                l.contains(" squared is ") && parent_and_worker(l).is_some_and(|(w, p)| w != p)
+            })
+            .count();
+        assert_eq!(answered, 4, "{stdout}");
+    }
+}
+
+#[test]
+fn a_runtime_neutral_librarys_worker_runs_on_tokio_registered_across_two_crates() {
+    library_on("library_tokio", "tokio", true);
+}
+
+#[test]
+fn a_runtime_neutral_librarys_worker_runs_on_smol() {
+    library_on("library_smol", "smol", false);
+}

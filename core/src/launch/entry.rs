@@ -16,6 +16,8 @@ use std::sync::Arc;
 #[derive(Clone, Copy)]
 pub struct Entry {
     name: fn() -> &'static str,
+    type_name: fn() -> &'static str,
+    type_id: fn() -> std::any::TypeId,
     run: fn(Arc<dyn Runtime>, UnixStream, Handshake) -> i32,
     runtime: fn() -> Arc<dyn Runtime>,
 }
@@ -33,6 +35,8 @@ impl Entry {
     pub fn new<W: Worker>(runtime: fn() -> Arc<dyn Runtime>) -> Self {
         Entry {
             name: W::name,
+            type_name: std::any::type_name::<W>,
+            type_id: std::any::TypeId::of::<W>,
             run: |rt, stream, hs| run_worker::<W>(rt, Transport::Unix(stream), Some(hs)),
             runtime,
         }
@@ -41,6 +45,14 @@ impl Entry {
     /// The worker name this entry answers to.
     pub fn name(&self) -> &'static str {
         (self.name)()
+    }
+
+    pub(crate) fn type_name(&self) -> &'static str {
+        (self.type_name)()
+    }
+
+    pub(crate) fn type_id(&self) -> std::any::TypeId {
+        (self.type_id)()
     }
 }
 
@@ -76,6 +88,55 @@ impl Entry {
 /// stays idle in worker processes; calling `init` in a plain `main` before any runtime exists
 /// spares it.
 pub fn init(entries: &[Entry]) {
+    start_if_worker(super::registry::merge(entries, []));
+}
+
+/// Like [`init`], and the worker types registered with [`register!`](crate::register), wherever
+/// they are defined, run on `runtime`. Adapters' `init` is this with their runtime.
+///
+/// # Panics
+///
+/// In the parent, if two different worker types share a name (in a worker process, the
+/// handshake is refused with that error instead).
+pub fn init_with_registered(entries: &[Entry], runtime: fn() -> Arc<dyn Runtime>) {
+    start_if_worker(super::registry::merge(
+        entries,
+        super::registry::registered(runtime),
+    ));
+}
+
+/// Runs the worker if this process is one; panics in the parent on a clash of names.
+fn start_if_worker(entries: Result<Vec<Entry>, String>) {
+    match entries {
+        Ok(all) => run_if_worker(&all),
+        Err(reason) if std::env::var_os(LINK_FD_VAR).is_some() => refuse(&reason),
+        Err(reason) => panic!("looppool: {reason}"),
+    }
+}
+
+/// Ends this process as a worker whose handshake is refused for `reason`.
+fn refuse(reason: &str) -> ! {
+    let code = match adopt() {
+        Some(mut stream) => {
+            let _ = stream.write_all(&rejection(reason));
+            eprintln!("looppool worker: {reason}");
+            exit_code::HANDSHAKE
+        }
+        None => exit_code::HANDSHAKE,
+    };
+    std::process::exit(code)
+}
+
+/// The link this process inherited as a worker, taken from the environment.
+fn adopt() -> Option<UnixStream> {
+    let fd = std::env::var_os(LINK_FD_VAR)?;
+    std::env::remove_var(LINK_FD_VAR);
+    fd.to_str()
+        .and_then(|s| s.parse().ok())
+        .and_then(sys::adopt_link_fd)
+}
+
+fn run_if_worker(entries: &[Entry]) {
     let Some(fd) = std::env::var_os(LINK_FD_VAR) else {
         return;
     };

@@ -14,10 +14,13 @@
 
 mod child;
 mod entry;
+mod registry;
 mod sys;
 
 pub(crate) use child::{Killer, Process, Reaper};
-pub use entry::{init, Entry};
+pub use entry::{init, init_with_registered, Entry};
+#[doc(hidden)]
+pub use registry::Registration;
 #[cfg(feature = "fault-injection")]
 pub use sys::fork_sleeper;
 
