@@ -8,8 +8,8 @@
 //! cargo run --example fetch
 //! ```
 
+use looppool::{async_trait, BoxError, Context, Failure, Worker};
 use looppool_examples::http::{self, Client};
-use looppool_tokio::{async_trait, BoxError, Context, Failure, Worker};
 
 /// A worker with an HTTP client of its own. The client lives on the worker's loop and is not
 /// `Send`: it could not be shared with the parent or other workers, and need not be.
@@ -52,7 +52,7 @@ async fn run() -> Result<(), BoxError> {
         http::response("hello", &[("server", &server)])
     }));
 
-    let pool = looppool_tokio::builder::<FetchWorker>()
+    let pool = looppool::builder::<FetchWorker>()
         .name("fetch")
         .workers(4)
         // Fetching is I/O: each worker may have several requests in flight on its loop.
@@ -87,7 +87,7 @@ async fn run() -> Result<(), BoxError> {
 }
 
 fn main() -> Result<(), BoxError> {
-    looppool_tokio::init(&[looppool_tokio::worker::<FetchWorker>()]);
+    looppool::init(&[looppool::worker::<FetchWorker>()]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -12,8 +12,8 @@ use looppool_examples::square::{square_four, Squarer};
 #[tokio::main]
 async fn main() {
     // Runs every registered worker type in worker processes; names none of them.
-    looppool_tokio::init(&[]);
-    let checksums = Checksums::start(looppool_tokio::runtime(), 2)
+    looppool::init(&[]);
+    let checksums = Checksums::start(looppool::runtime(), 2)
         .await
         .expect("the library's pool starts");
     let (sum, pid) = checksums
@@ -28,7 +28,7 @@ async fn main() {
         "tokio: library pool stopped (graceful: {})",
         checksums.stop().await.is_graceful()
     );
-    let squares = looppool_tokio::builder::<Squarer>()
+    let squares = looppool::builder::<Squarer>()
         .workers(2)
         .start()
         .await

@@ -10,8 +10,8 @@
 //! cargo run --release --example metrics -- --serve      # keep serving until Ctrl-C
 //! ```
 
+use looppool::{async_trait, BoxError, Context, Failure, Worker};
 use looppool_examples::http::{response, serve, Client};
-use looppool_tokio::{async_trait, BoxError, Context, Failure, Worker};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -45,7 +45,7 @@ impl Worker for Hasher {
 }
 
 fn main() -> Result<(), BoxError> {
-    looppool_tokio::init(&[looppool_tokio::worker::<Hasher>()]);
+    looppool::init(&[looppool::worker::<Hasher>()]);
     let keep_serving = std::env::args().any(|a| a == "--serve");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -72,7 +72,7 @@ async fn run(keep_serving: bool) -> Result<(), BoxError> {
     }));
     println!("serving metrics at {url}");
 
-    let pool = looppool_tokio::builder::<Hasher>()
+    let pool = looppool::builder::<Hasher>()
         .name("metrics-demo")
         .workers(2)
         .stats_interval(Some(Duration::from_millis(200)))

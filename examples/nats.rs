@@ -17,8 +17,8 @@
 //! for it go to the other members. Kill one with SIGKILL and its tasks come back after the ack
 //! wait, on another member. When the parent stops the pool, every member leaves and exits.
 
-use looppool_nats::{Member, MemberEvent, Pool};
-use looppool_tokio::{async_trait, BoxError, Context, Entry, Failure, Runtime, Worker};
+use looppool::nats::{Member, MemberEvent, Pool};
+use looppool::{async_trait, BoxError, Context, Entry, Failure, Runtime, Worker};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,9 +72,9 @@ const RUNTIME_VAR: &str = "LOOPPOOL_EXAMPLE_RUNTIME";
 /// processes through the environment).
 fn worker_runtime() -> Arc<dyn Runtime> {
     match std::env::var(RUNTIME_VAR).as_deref() {
-        Ok("smol") => looppool_smol::runtime(),
-        Ok("async-std") => looppool_async_std::runtime(),
-        _ => looppool_tokio::runtime(),
+        Ok("smol") => looppool::smol::runtime(),
+        Ok("async-std") => looppool::async_std::runtime(),
+        _ => looppool::runtime(),
     }
 }
 
@@ -116,7 +116,7 @@ impl Args {
 }
 
 fn main() -> Result<(), BoxError> {
-    looppool_tokio::init(&[Entry::new::<Collatz>(worker_runtime)]);
+    looppool::init(&[Entry::new::<Collatz>(worker_runtime)]);
     let args = Args::parse()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -135,7 +135,7 @@ async fn member(args: Args) -> Result<(), BoxError> {
         return Err(format!("unknown runtime {runtime:?}").into());
     }
     std::env::set_var(RUNTIME_VAR, runtime);
-    let local = looppool_tokio::builder::<Collatz>()
+    let local = looppool::builder::<Collatz>()
         .workers(args.number("workers", 2)?)
         .worker_runtime(worker_runtime());
     let mut member = Member::new(&args.server, &args.pool, local);

@@ -15,7 +15,7 @@
 //! SIGINT) finish the jobs they hold, their results are printed, and the program ends.
 
 use futures_util::future::{select, Either};
-use looppool_tokio::{async_trait, BoxError, Builder, Context, Failure, Runtime, Worker};
+use looppool::{async_trait, BoxError, Builder, Context, Failure, Runtime, Worker};
 use std::cell::Cell;
 use std::pin::pin;
 use std::sync::Arc;
@@ -207,11 +207,11 @@ fn main() -> Result<(), BoxError> {
         .unwrap_or_else(|| "tokio".into());
 
     // Worker processes are this executable started again; this makes them workers. A program
-    // on one runtime needs just the one line, e.g. `looppool_tokio::init(&[worker::<Primes>()])`.
+    // on one runtime needs just the one line, e.g. `looppool::init(&[worker::<Primes>()])`.
     match runtime.as_str() {
-        "tokio" => looppool_tokio::init(&[looppool_tokio::worker::<Primes>()]),
-        "smol" => looppool_smol::init(&[looppool_smol::worker::<Primes>()]),
-        "async-std" => looppool_async_std::init(&[looppool_async_std::worker::<Primes>()]),
+        "tokio" => looppool::init(&[looppool::worker::<Primes>()]),
+        "smol" => looppool::smol::init(&[looppool::smol::worker::<Primes>()]),
+        "async-std" => looppool::async_std::init(&[looppool::async_std::worker::<Primes>()]),
         other => {
             return Err(format!("unknown runtime {other:?}: use tokio, smol or async-std").into())
         }
@@ -232,14 +232,14 @@ fn main() -> Result<(), BoxError> {
     match runtime.as_str() {
         // Without a signal handler, Ctrl-C ends the parent at once; its workers die with it.
         "smol" => smol::block_on(run(
-            looppool_smol::runtime(),
-            looppool_smol::builder(),
+            looppool::smol::runtime(),
+            looppool::smol::builder(),
             jobs,
             std::future::pending(),
         )),
         "async-std" => async_std::task::block_on(run(
-            looppool_async_std::runtime(),
-            looppool_async_std::builder(),
+            looppool::async_std::runtime(),
+            looppool::async_std::builder(),
             jobs,
             std::future::pending(),
         )),
@@ -251,14 +251,9 @@ fn main() -> Result<(), BoxError> {
                 // Listen before the first job goes out, so that an early Ctrl-C is not lost
                 // (`ctrl_c()` would only start listening when first polled).
                 let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
-                run(
-                    looppool_tokio::runtime(),
-                    looppool_tokio::builder(),
-                    jobs,
-                    async move {
-                        interrupt.recv().await;
-                    },
-                )
+                run(looppool::runtime(), looppool::builder(), jobs, async move {
+                    interrupt.recv().await;
+                })
                 .await
             })
         }

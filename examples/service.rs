@@ -21,7 +21,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use looppool_tokio::{async_trait, BoxError, CallError, Context, Pool, Worker};
+use looppool::{async_trait, BoxError, CallError, Context, Pool, Worker};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -124,12 +124,10 @@ fn argument(name: &str) -> Option<String> {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    looppool_tokio::init(&[looppool_tokio::worker::<Hasher>()]);
+    looppool::init(&[looppool::worker::<Hasher>()]);
     let addr = argument("--addr").unwrap_or_else(|| "127.0.0.1:3000".into());
     // CPU-bound jobs: one at a time per worker process, as many processes as CPUs.
-    let mut builder = looppool_tokio::builder::<Hasher>()
-        .name("service")
-        .concurrency(1);
+    let mut builder = looppool::builder::<Hasher>().name("service").concurrency(1);
     if let Some(n) = argument("--workers") {
         builder = builder.workers(n.parse()?);
     }

@@ -8,8 +8,8 @@ use looppool_examples::square::{square_four, Squarer};
 
 fn main() {
     smol::block_on(async {
-        looppool_smol::init(&[looppool_smol::worker::<Squarer>()]);
-        let pool = looppool_smol::builder::<Squarer>()
+        looppool::smol::init(&[looppool::smol::worker::<Squarer>()]);
+        let pool = looppool::smol::builder::<Squarer>()
             .workers(2)
             .start()
             .await

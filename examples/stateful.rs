@@ -9,7 +9,7 @@
 //! cargo run --example stateful -- --quick   # every 100 ms
 //! ```
 
-use looppool_tokio::{async_trait, BoxError, CallError, Context, Failure, Worker};
+use looppool::{async_trait, BoxError, CallError, Context, Failure, Worker};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::time::Duration;
@@ -91,7 +91,7 @@ impl Worker for TableWorker {
 
 async fn run(refresh: Duration) -> Result<(), BoxError> {
     let workers = 3;
-    let pool = looppool_tokio::builder::<TableWorker>()
+    let pool = looppool::builder::<TableWorker>()
         .name("stateful")
         .workers(workers)
         .start()
@@ -132,7 +132,7 @@ async fn run(refresh: Duration) -> Result<(), BoxError> {
 }
 
 fn main() -> Result<(), BoxError> {
-    looppool_tokio::init(&[looppool_tokio::worker::<TableWorker>()]);
+    looppool::init(&[looppool::worker::<TableWorker>()]);
     let quick = std::env::args().any(|a| a == "--quick");
     let refresh = Duration::from_millis(if quick { 100 } else { 2_000 });
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -8,7 +8,7 @@
 //! cargo run --example subscribe
 //! ```
 
-use looppool_tokio::{async_trait, BoxError, Context, Failure, Worker};
+use looppool::{async_trait, BoxError, Context, Failure, Worker};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -61,7 +61,7 @@ impl Worker for Ticker {
 
 async fn run() -> Result<(), BoxError> {
     let credit = 2;
-    let pool = looppool_tokio::builder::<Ticker>()
+    let pool = looppool::builder::<Ticker>()
         .name("subscribe")
         .workers(1)
         .result_credit(credit)
@@ -99,7 +99,7 @@ async fn run() -> Result<(), BoxError> {
 }
 
 fn main() -> Result<(), BoxError> {
-    looppool_tokio::init(&[looppool_tokio::worker::<Ticker>()]);
+    looppool::init(&[looppool::worker::<Ticker>()]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

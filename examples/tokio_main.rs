@@ -9,8 +9,8 @@ use looppool_examples::square::{square_four, Squarer};
 
 #[tokio::main]
 async fn main() {
-    looppool_tokio::init(&[looppool_tokio::worker::<Squarer>()]);
-    let pool = looppool_tokio::builder::<Squarer>()
+    looppool::init(&[looppool::worker::<Squarer>()]);
+    let pool = looppool::builder::<Squarer>()
         .workers(2)
         .start()
         .await

@@ -1,5 +1,5 @@
 //! A live view of a pool in the terminal: per worker, CPU, memory, loop lag, queued and
-//! in-flight tasks, redrawn every second from [`Pool::stats`](looppool_tokio::Pool::stats)
+//! in-flight tasks, redrawn every second from [`Pool::stats`](looppool::Pool::stats)
 //! while a feeder keeps the workers busy with jobs of random size.
 //!
 //! ```text
@@ -10,9 +10,7 @@
 //!
 //! Piped or redirected, it prints frames as with `--headless`.
 
-use looppool_tokio::{
-    async_trait, BoxError, Context, Failure, Pool, PoolStats, Worker, WorkerStats,
-};
+use looppool::{async_trait, BoxError, Context, Failure, Pool, PoolStats, Worker, WorkerStats};
 use ratatui::backend::{Backend, TestBackend};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
@@ -47,7 +45,7 @@ impl Worker for Primes {
 const CAPACITY: usize = 4;
 
 fn main() -> Result<(), BoxError> {
-    looppool_tokio::init(&[looppool_tokio::worker::<Primes>()]);
+    looppool::init(&[looppool::worker::<Primes>()]);
     let args: Vec<String> = std::env::args().collect();
     let number = |flag: &str| {
         let i = args.iter().position(|a| a == flag)?;
@@ -63,7 +61,7 @@ fn main() -> Result<(), BoxError> {
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let pool = looppool_tokio::builder::<Primes>()
+        let pool = looppool::builder::<Primes>()
             .name("top")
             .workers(workers)
             .capacity(CAPACITY)

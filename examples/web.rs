@@ -12,8 +12,8 @@
 //! cargo run --example web -- --n 6000           # smaller, for a debug build
 //! ```
 
+use looppool::{async_trait, BoxError, Context, Failure, Pool, Worker};
 use looppool_examples::http::{self, Client};
-use looppool_tokio::{async_trait, BoxError, Context, Failure, Pool, Worker};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -127,7 +127,7 @@ fn print_timeline(title: &str, done: &[(Duration, String)]) {
 }
 
 async fn run(n: u64) -> Result<(), BoxError> {
-    let pool = looppool_tokio::builder::<Factorials>()
+    let pool = looppool::builder::<Factorials>()
         .name("web")
         // One worker per slow request, so the three run in parallel.
         .workers(3)
@@ -150,7 +150,7 @@ async fn run(n: u64) -> Result<(), BoxError> {
 }
 
 fn main() -> Result<(), BoxError> {
-    looppool_tokio::init(&[looppool_tokio::worker::<Factorials>()]);
+    looppool::init(&[looppool::worker::<Factorials>()]);
     let args: Vec<String> = std::env::args().collect();
     let n = args
         .iter()

@@ -2,7 +2,7 @@
 //! (`tokio_main.rs`, `async_std_main.rs`, `smol_main.rs`): it squares numbers and says which
 //! process it ran in.
 
-use looppool_tokio::{async_trait, BoxError, Context, Failure, Pool, Worker};
+use looppool::{async_trait, BoxError, Context, Failure, Pool, Worker};
 
 /// Squares a number.
 #[derive(Debug)]
@@ -26,7 +26,7 @@ impl Worker for Squarer {
 }
 
 // Registered where it is defined: a `main` that calls `init(&[])` can run it too.
-looppool_tokio::register!(Squarer);
+looppool::register!(Squarer);
 
 /// Squares 1 to 4 in `pool`, prints each answer, stops the pool and prints how it stopped.
 pub async fn square_four(pool: Pool<Squarer>, runtime: &str) {

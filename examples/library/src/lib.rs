@@ -6,7 +6,7 @@
 //! type that starts its pool with `Pool::builder(runtime)`. What its users write: their
 //! adapter's `init(&[])` first thing in `main` (it runs every registered worker, this one
 //! included, without `main` naming it), and `Checksums::start(looppool_tokio::runtime(), n)`
-//! (or `looppool_smol::runtime()`, …).
+//! (or `looppool::smol::runtime()`, …).
 #![forbid(unsafe_code)]
 
 use looppool_core::{
@@ -53,7 +53,7 @@ pub struct Checksums {
 
 impl Checksums {
     /// Starts `workers` worker processes; the pool's parent side runs on `runtime`, the
-    /// caller's (for example `looppool_tokio::runtime()`).
+    /// caller's (for example `looppool::runtime()`).
     pub async fn start(runtime: Arc<dyn Runtime>, workers: usize) -> Result<Self, Error> {
         let pool = Pool::builder(runtime)
             .name("checksums")
