@@ -34,7 +34,7 @@ impl Worker for Hasher {
         for i in 0..u64::from(rounds) * 1000 {
             h = (h ^ i).wrapping_mul(0x0100_0000_01b3);
         }
-        if rounds % 7 == 0 {
+        if rounds.is_multiple_of(7) {
             return Err(Failure::msg(format!(
                 "{rounds} rounds: multiples of seven are refused"
             )));

@@ -34,7 +34,12 @@ impl Worker for Primes {
     }
 
     async fn process(&self, limit: u64, ctx: &Context<u64>) -> Result<(), Failure> {
-        let is_prime = |n: u64| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+        let is_prime = |n: u64| {
+            n >= 2
+                && (2..)
+                    .take_while(|d| d * d <= n)
+                    .all(|d| !n.is_multiple_of(d))
+        };
         ctx.put((2..limit).filter(|&n| is_prime(n)).count() as u64)
             .await?;
         Ok(())
