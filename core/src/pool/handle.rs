@@ -16,6 +16,39 @@ use std::task::{Context, Poll};
 ///
 /// Dropping the handle does not cancel the task, as with tokio's `JoinHandle`: it only forgoes
 /// learning how it ended ([`abort`](Self::abort) cancels it).
+///
+/// ```
+/// # use looppool_core::{async_trait, BoxError, Context, Failure, Pool, StartMethod, Worker};
+/// # struct Doubler;
+/// # #[async_trait(?Send)]
+/// # impl Worker for Doubler {
+/// #     type Task = u64;
+/// #     type Output = u64;
+/// #     type Error = Failure;
+/// #     async fn init(_: &Context<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
+/// #     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), Failure> {
+/// #         ctx.put(n * 2).await?;
+/// #         Ok(())
+/// #     }
+/// # }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// # rt.block_on(async {
+/// let pool = Pool::<Doubler>::builder(looppool_tokio::runtime())
+///     // Worker threads: a doctest's `main` does not call `init`, which re-executed workers need.
+///     .start_method(StartMethod::Thread)
+///     .workers(2)
+///     .start()
+///     .await?;
+/// let handle = pool.submit_to(1, 7).await?;
+/// assert_eq!(handle.worker(), 1);
+/// handle.await?; // Ok(()): it completed; its output went to `outputs()`
+/// assert_eq!(*pool.outputs().recv().await.expect("an output"), 14);
+/// pool.stop().await;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })
+/// # }
+/// ```
 #[must_use = "a task handle tells how the task ended; drop it explicitly to ignore that"]
 ///
 /// `E` is the worker's [`Error`](crate::Worker::Error) type.
@@ -136,6 +169,43 @@ impl Drop for Acker {
 /// While a delivery is alive it holds one of its worker's result credits; dropping it (or
 /// calling [`ack`](Self::ack) or [`into_value`](Self::into_value)) acknowledges it and lets the
 /// worker emit another. A consumer that holds deliveries therefore slows the workers down.
+///
+/// ```
+/// # use looppool_core::{async_trait, BoxError, Context, Failure, Pool, StartMethod, Worker};
+/// # struct Doubler;
+/// # #[async_trait(?Send)]
+/// # impl Worker for Doubler {
+/// #     type Task = u64;
+/// #     type Output = u64;
+/// #     type Error = Failure;
+/// #     async fn init(_: &Context<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
+/// #     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), Failure> {
+/// #         ctx.put(n * 2).await?;
+/// #         Ok(())
+/// #     }
+/// # }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// # rt.block_on(async {
+/// let pool = Pool::<Doubler>::builder(looppool_tokio::runtime())
+///     // Worker threads: a doctest's `main` does not call `init`, which re-executed workers need.
+///     .start_method(StartMethod::Thread)
+///     .workers(2)
+///     .start()
+///     .await?;
+/// let handle = pool.submit(21).await?;
+/// let id = handle.id();
+/// let outputs = pool.outputs();
+/// let delivery = outputs.recv().await.expect("an output");
+/// assert_eq!(delivery.task_id(), Some(id)); // the task that emitted it
+/// assert!(delivery.worker() < 2);           // and its worker
+/// assert_eq!(delivery.into_value(), 42);    // the value; this acknowledges it
+/// handle.await?;
+/// pool.stop().await;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })
+/// # }
+/// ```
 pub struct Delivery<O> {
     value: O,
     worker: usize,

@@ -43,6 +43,44 @@ use std::sync::Arc;
 /// request handler or service a clone (an axum `State`, say). All clones drive the same pool;
 /// all methods take `&self`. Dropping the last clone without [`stop`](Self::stop) kills the
 /// workers at once and fails their tasks as lost: no worker process outlives its pool.
+///
+/// ```
+/// # use looppool_core::{async_trait, BoxError, Context, Failure, Pool, StartMethod, Worker};
+/// # struct Doubler;
+/// # #[async_trait(?Send)]
+/// # impl Worker for Doubler {
+/// #     type Task = u64;
+/// #     type Output = u64;
+/// #     type Error = Failure;
+/// #     async fn init(_: &Context<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
+/// #     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), Failure> {
+/// #         ctx.put(n * 2).await?;
+/// #         Ok(())
+/// #     }
+/// # }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// # rt.block_on(async {
+/// let pool = Pool::<Doubler>::builder(looppool_tokio::runtime())
+///     // Worker threads: a doctest's `main` does not call `init`, which re-executed workers need.
+///     .start_method(StartMethod::Thread)
+///     .workers(2)
+///     .start()
+///     .await?;
+/// // Request-reply: a task and its first output.
+/// assert_eq!(pool.call(21).await?, 42);
+/// // Or submit, and read outputs as they come, each tagged with its worker and task.
+/// let handle = pool.submit(5).await?;
+/// let id = handle.id();
+/// handle.await?;
+/// let delivery = pool.outputs().recv().await.expect("an output");
+/// assert_eq!((*delivery, delivery.task_id()), (10, Some(id)));
+/// drop(delivery);
+/// assert!(pool.stop().await.is_graceful());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })
+/// # }
+/// ```
 pub struct Pool<W: Worker> {
     shared: Arc<Shared<W::Output>>,
     /// Kills the workers when the last clone goes.

@@ -113,10 +113,35 @@ impl<O> Context<O> {
     /// decoded as `C`: the same value in every worker and every replacement. Fails if the
     /// builder gave none, or if it does not decode as `C`.
     ///
-    /// ```ignore
-    /// async fn init(ctx: &Context<Self::Output>) -> Result<Self, BoxError> {
-    ///     let settings: Settings = ctx.config()?;
-    ///     Ok(Self { model: load(&settings.model_path)? })
+    /// ```
+    /// use looppool_core::{async_trait, BoxError, Context, Failure, Worker};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Settings {
+    ///     model_path: String,
+    /// }
+    ///
+    /// struct Model {
+    ///     path: String,
+    /// }
+    ///
+    /// #[async_trait(?Send)]
+    /// impl Worker for Model {
+    ///     type Task = ();
+    ///     type Output = String;
+    ///     type Error = Failure;
+    ///
+    ///     async fn init(ctx: &Context<String>) -> Result<Self, BoxError> {
+    ///         // The parent's builder had `.config(&Settings { model_path: … })`.
+    ///         let settings: Settings = ctx.config()?;
+    ///         Ok(Model { path: settings.model_path })
+    ///     }
+    ///
+    ///     async fn process(&self, _: (), ctx: &Context<String>) -> Result<(), Failure> {
+    ///         ctx.put(self.path.clone()).await?;
+    ///         Ok(())
+    ///     }
     /// }
     /// ```
     pub fn config<C: serde::de::DeserializeOwned>(&self) -> Result<C, crate::BoxError> {

@@ -50,6 +50,27 @@ use serde::{de::DeserializeOwned, Serialize};
 ///         Ok(())
 ///     }
 /// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// # rt.block_on(async {
+/// // In a program: `looppool::init(&[looppool::worker::<Doubler>()])` first in `main`, then
+/// // `looppool::builder::<Doubler>()`. Here, worker threads, which need no `init`.
+/// let pool = looppool_core::Pool::<Doubler>::builder(looppool_tokio::runtime())
+///     .start_method(looppool_core::StartMethod::Thread)
+///     .start()
+///     .await?;
+/// assert_eq!(pool.call(21).await?, 42);
+/// match pool.call(u64::MAX).await {
+///     Err(looppool_core::CallError::Failed { error, .. }) => {
+///         assert!(error.message().contains("too large"))
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// pool.stop().await;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })
+/// # }
 /// ```
 ///
 /// A worker whose callers tell failures apart declares its own error type; the parent receives

@@ -14,6 +14,43 @@ use std::time::Duration;
 use tracing::level_filters::LevelFilter;
 
 /// Configures a [`Pool`](super::Pool). Made by [`Pool::builder`](super::Pool::builder) (or an adapter's `builder()`).
+///
+/// ```
+/// # use looppool_core::{async_trait, BoxError, Context, Failure, Pool, StartMethod, Worker};
+/// # struct Doubler;
+/// # #[async_trait(?Send)]
+/// # impl Worker for Doubler {
+/// #     type Task = u64;
+/// #     type Output = u64;
+/// #     type Error = Failure;
+/// #     async fn init(_: &Context<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
+/// #     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), Failure> {
+/// #         ctx.put(n * 2).await?;
+/// #         Ok(())
+/// #     }
+/// # }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// # rt.block_on(async {
+/// use std::time::Duration;
+///
+/// let pool = Pool::<Doubler>::builder(looppool_tokio::runtime())
+///     .name("doublers")
+///     .start_method(StartMethod::Thread)
+///     .workers(2)                                // default: the number of CPUs
+///     .concurrency(4)                            // tasks running at once in one worker
+///     .result_credit(8)                          // outputs emitted before acknowledgements
+///     .task_timeout(Duration::from_secs(10))     // cancel a task that runs longer
+///     .retries(1)                                // send a task lost with its worker again
+///     .start()
+///     .await?;
+/// assert_eq!(pool.stats().workers.len(), 2);
+/// assert_eq!(pool.call_timeout(4, Duration::from_secs(5)).await?, 8);
+/// pool.stop().await;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })
+/// # }
+/// ```
 pub struct Builder<W> {
     runtime: Arc<dyn Runtime>,
     worker_runtime: Option<Arc<dyn Runtime>>,
