@@ -1,4 +1,34 @@
-//! Test tooling for looppool, shared by every adapter.
+//! Test tooling for looppool: for users' own workers, and shared by every adapter.
+//!
+//! **Testing your own worker.** [`sim::PoolCheck`] runs random scripts (submissions, targeted
+//! submissions, broadcasts, worker kills, naps, stops; a prompt or a slow reader) against
+//! simulated pools of your worker, seeded and on a fake clock, checks the pool's promises after
+//! every step and your property at the end, and shrinks a failure to a minimal script. Its
+//! [`run`](sim::PoolCheck::run) runs one script for one seed, the same way every time, in a
+//! plain `#[test]`. Your worker's timers must go through its context
+//! ([`Context::sleep`](looppool_core::Context::sleep)) to run on the simulated clock.
+//!
+//! **Real worker processes from a test binary.** Re-executed workers start the test binary
+//! again, whose `main` must call `init` first, and libtest's `main` does not. Either start the
+//! pools of ordinary `#[test]`s with `StartMethod::Thread` (workers are threads, no init needed)
+//! or `StartMethod::Fork` (from a single-threaded test process; run with
+//! `--test-threads=1`), or give the test target a `main` of its own (`harness = false` in
+//! `Cargo.toml`) that calls `looppool::init(&[...])` first and then runs the tests, as this
+//! crate's conformance suite does with `libtest-mimic`:
+//!
+//! ```toml
+//! [[test]]
+//! name = "pools"
+//! harness = false
+//! ```
+//!
+//! ```ignore
+//! fn main() {
+//!     looppool::init(&[looppool::worker::<MyWorker>()]);
+//!     let args = libtest_mimic::Arguments::from_args();
+//!     libtest_mimic::run(&args, vec![libtest_mimic::Trial::test("serves", serves)]).exit();
+//! }
+//! ```
 //!
 //! - [`conformance`]: the behaviours every adapter must show over real worker processes,
 //!   written once and instantiated by each adapter's `tests/conformance.rs`.

@@ -1,6 +1,8 @@
 //! Model checks of the sans-IO pool state: the real state against the reference, and proof
 //! that each check catches a deliberate fault.
 
+mod users_worker;
+
 use looppool_testkit::model::{case_count, cases, check, Mutation};
 use looppool_testkit::sim::{self, scenarios, Consumer, Job, Op, Scenario, STOP_TIMEOUT};
 use proptest::test_runner::{
