@@ -1,7 +1,8 @@
 //! The seeds' scenario: an HTTP server whose slow requests do CPU-heavy work while fast ones
 //! should still be answered at once. Fast-request p99 is measured unloaded, then under a steady
-//! load of slow requests whose work runs in the pool, then in a pool whose workers run at nice
-//! 10 (below the server), then with the same work done inline on the server's loop.
+//! load of slow requests whose work runs in a default pool (workers 10 below the server's
+//! priority), then in a pool whose workers run at the server's own priority, then with the same
+//! work done inline on the server's loop.
 //!
 //! Then the pool alone, with slow tasks among fast ones submitted to it (`mixed`): the fast
 //! tasks' p99 under each routing policy, beside the same stream with no slow tasks. Under
@@ -37,25 +38,25 @@ pub(crate) async fn offload(s: &Setup, requests: usize) -> Result<Vec<Report>, B
         return Err("offload runs on tokio only: its HTTP server is hyper on tokio".into());
     }
     let pool = Rc::new((s.builder)().workers(s.workers).start().await?);
-    // The same pool with its workers at a lower CPU priority than the server.
-    let nice = Rc::new(
+    // The same pool with its workers at the server's own CPU priority.
+    let as_parent = Rc::new(
         (s.builder)()
-            .name("nice")
+            .name("as-parent")
             .workers(s.workers)
-            .worker_nice(10)
+            .worker_nice_as_parent()
             .start()
             .await?,
     );
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let pools = (pool.clone(), nice.clone());
+    let pools = (pool.clone(), as_parent.clone());
     let server = tokio::task::spawn_local(serve(listener, move |request| {
-        let (pool, nice) = pools.clone();
+        let (pool, as_parent) = pools.clone();
         async move {
             let path = request.uri().path();
             match path {
-                "/slow" | "/slow-nice" => {
-                    let pool = if path == "/slow" { pool } else { nice };
+                "/slow" | "/slow-as-parent" => {
+                    let pool = if path == "/slow" { pool } else { as_parent };
                     match pool.call(spin_task(SLOW)).await {
                         Ok(_) => response("slow", &[]),
                         Err(e) => response(e.to_string(), &[]),
@@ -82,24 +83,24 @@ pub(crate) async fn offload(s: &Setup, requests: usize) -> Result<Vec<Report>, B
         let phases = local.block_on(&rt, async {
             let unloaded = fast_p99(&base, requests, None).await?;
             let pooled = fast_p99(&base, requests, Some(("/slow", slow_load))).await?;
-            let niced = fast_p99(&base, requests, Some(("/slow-nice", slow_load))).await?;
+            let equal = fast_p99(&base, requests, Some(("/slow-as-parent", slow_load))).await?;
             let inline = fast_p99(&base, requests / 20, Some(("/slow-inline", slow_load))).await?;
-            Ok::<_, String>((unloaded, pooled, niced, inline))
+            Ok::<_, String>((unloaded, pooled, equal, inline))
         });
         let _ = tx.send(phases);
     });
     let phases = rx.await.map_err(|_| "the client thread died")?;
     server.abort();
     pool.stop().await;
-    nice.stop().await;
-    let (unloaded, pooled, niced, inline) = phases?;
+    as_parent.stop().await;
+    let (unloaded, pooled, equal, inline) = phases?;
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     Ok(vec![
         s.report("offload", "fast p99")
             .value(us(pooled), "us")
             .floor(us(unloaded)),
-        s.report("offload", "fast p99 nice")
-            .value(us(niced), "us")
+        s.report("offload", "fast p99 as parent")
+            .value(us(equal), "us")
             .floor(us(unloaded)),
         s.report("offload", "inline p99")
             .value(us(inline), "us")

@@ -69,7 +69,7 @@ fn every_scenario_prints_a_json_line_beside_its_floor() {
             ("startup", "respawn"),
             ("idle", "rss"),
             ("offload", "fast p99"),
-            ("offload", "fast p99 nice"),
+            ("offload", "fast p99 as parent"),
             ("offload", "inline p99"),
             ("offload", "mixed p99 least-loaded"),
             ("offload", "mixed p99 round-robin"),

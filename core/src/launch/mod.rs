@@ -23,6 +23,7 @@ pub use entry::{init, init_with_registered, Entry};
 pub use registry::Registration;
 #[cfg(feature = "fault-injection")]
 pub use sys::fork_sleeper;
+pub(crate) use sys::own_nice;
 
 use crate::error::{Error, Exit};
 use crate::pipe::{duplex, PipeEnd};

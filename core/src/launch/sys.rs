@@ -85,6 +85,19 @@ pub(crate) fn set_name(comm: &std::ffi::CStr) {
 }
 
 /// The number of threads in this process.
+/// This process's nice value (0 if it cannot be read).
+pub(crate) fn own_nice() -> i32 {
+    // `getpriority` may return -1 as a valid value: errno tells an error apart.
+    nix::errno::Errno::clear();
+    // SAFETY: a plain system call about this process with integer arguments; it touches no
+    // memory of ours.
+    let nice = unsafe { nix::libc::getpriority(nix::libc::PRIO_PROCESS, 0) };
+    if nice == -1 && nix::errno::Errno::last_raw() != 0 {
+        return 0;
+    }
+    nice
+}
+
 pub(crate) fn thread_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/task")?.count())
 }

@@ -13,6 +13,32 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::level_filters::LevelFilter;
 
+/// How far below the parent's priority workers run by default.
+const DEFAULT_NICE_BELOW_PARENT: i32 = 10;
+
+/// The priority of worker processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WorkerNice {
+    /// The parent's nice value plus this, at most 19.
+    BelowParent(i32),
+    /// This nice value.
+    Exactly(i32),
+    /// The parent's.
+    AsParent,
+}
+
+impl WorkerNice {
+    /// The nice value to set in a worker, if any, given the parent's.
+    pub(crate) fn resolve(self, parent: i32) -> Option<i32> {
+        let nice = match self {
+            WorkerNice::BelowParent(n) => (parent + n).min(19),
+            WorkerNice::Exactly(n) => n,
+            WorkerNice::AsParent => return None,
+        };
+        (nice != parent).then_some(nice)
+    }
+}
+
 /// Configures a [`Pool`](super::Pool). Made by [`Pool::builder`](super::Pool::builder) (or an adapter's `builder()`).
 ///
 /// ```
@@ -66,7 +92,7 @@ pub struct Builder<W> {
     frame_timeout: Duration,
     stop_backlog: usize,
     ignore_signals: bool,
-    nice: Option<i32>,
+    nice: WorkerNice,
     protocol_version: u32,
     respawn: bool,
     restart: RestartPolicy,
@@ -120,7 +146,7 @@ impl<W: Worker> Builder<W> {
             frame_timeout: Duration::from_secs(60),
             stop_backlog: 256,
             ignore_signals: true,
-            nice: None,
+            nice: WorkerNice::BelowParent(DEFAULT_NICE_BELOW_PARENT),
             protocol_version: PROTOCOL_VERSION,
             respawn: true,
             restart: RestartPolicy::default(),
@@ -230,12 +256,23 @@ impl<W: Worker> Builder<W> {
         self
     }
 
-    /// Start worker processes with a lower CPU priority: nice value `nice`, from 1 (slightly
-    /// lower) to 19 (lowest). When CPU-bound workers would otherwise fill every core, the
-    /// parent's event loop then gets the CPU first and stays responsive. Default: the parent's
-    /// priority. Thread workers are left as they are.
+    /// Start worker processes at nice value `nice`, from 0 to 19 (lowest priority).
+    ///
+    /// Default: 10 below the parent (its nice value plus 10, at most 19). When CPU-bound
+    /// workers fill every core, the parent's event loop still gets the CPU first and stays
+    /// responsive, which is what the pool is for; idle CPU still goes to the workers. The cost:
+    /// on a machine shared with other busy programs at normal priority, the workers get less of
+    /// it than those. Thread workers are left as they are.
     pub fn worker_nice(mut self, nice: i32) -> Self {
-        self.nice = Some(nice);
+        self.nice = WorkerNice::Exactly(nice);
+        self
+    }
+
+    /// Start worker processes at the parent's own priority, not below it (see
+    /// [`worker_nice`](Self::worker_nice)): for workers that must compete as equals with other
+    /// programs, at the risk of a parent's loop that waits for the CPU behind them.
+    pub fn worker_nice_as_parent(mut self) -> Self {
+        self.nice = WorkerNice::AsParent;
         self
     }
 

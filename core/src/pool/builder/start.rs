@@ -1,7 +1,7 @@
 //! Starting a configured pool: checking the configuration, launching and handshaking every
 //! worker (none outlives a start that fails or is dropped), and handing each to its supervisor.
 
-use super::Builder;
+use super::{Builder, WorkerNice};
 use crate::error::Error;
 use crate::launch::{
     launch_all, launch_one, Killer, LaunchOptions, Launched, StartMethod, LINK_FD_VAR,
@@ -139,7 +139,7 @@ impl<W: Worker> Builder<W> {
             "the frame timeout must be at least 10 ms",
         )?;
         check(
-            self.nice.is_none_or(|n| (0..=19).contains(&n)),
+            !matches!(self.nice, WorkerNice::Exactly(n) if !(0..=19).contains(&n)),
             "the workers' nice value must be between 0 and 19",
         )?;
         check(
@@ -180,7 +180,7 @@ impl<W: Worker> Builder<W> {
             opts: LaunchOptions {
                 pool_name: self.name.clone(),
                 ignore_signals: self.ignore_signals,
-                nice: self.nice,
+                nice: self.nice.resolve(crate::launch::own_nice()),
                 worker_runtime: self
                     .worker_runtime
                     .clone()

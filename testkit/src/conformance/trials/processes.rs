@@ -300,9 +300,9 @@ pub(super) async fn workers_started_nice_run_at_that_priority<A: Adapter>(
         refused.map(|_| ())
     );
     let own = nice_of(std::process::id())?;
-    let pool = start(pool::<A>(m, 2).worker_nice(7)).await?;
+    let seven = start(pool::<A>(m, 2).worker_nice(7)).await?;
     for w in 0..2 {
-        let Out::Pid(pid) = pool
+        let Out::Pid(pid) = seven
             .call_to(w, Task::Pid)
             .await
             .map_err(|e| e.to_string())?
@@ -316,5 +316,26 @@ pub(super) async fn workers_started_nice_run_at_that_priority<A: Adapter>(
         nice_of(std::process::id())? == own,
         "the parent's priority changed"
     );
-    stop_gracefully(&pool).await
+    stop_gracefully(&seven).await?;
+    // By default, workers run 10 below the parent; on request, at its priority.
+    for (builder, expected, what) in [
+        (pool::<A>(m, 1), (own + 10).min(19), "by default"),
+        (
+            pool::<A>(m, 1).worker_nice_as_parent(),
+            own,
+            "as the parent",
+        ),
+    ] {
+        let started = start(builder).await?;
+        let Out::Pid(pid) = started.call(Task::Pid).await.map_err(|e| e.to_string())? else {
+            return Err("not a pid".into());
+        };
+        let nice = nice_of(pid)?;
+        ensure!(
+            nice == expected,
+            "{what}, a worker runs at nice {nice}, not {expected}"
+        );
+        stop_gracefully(&started).await?;
+    }
+    Ok(())
 }
