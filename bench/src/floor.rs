@@ -74,16 +74,20 @@ impl Peer {
             .collect()
     }
 
-    /// Sends `count` chunks of `size` bytes from another thread while reading the echo here;
-    /// returns the time until the last byte came back.
-    pub(crate) fn pipelined(&mut self, size: usize, count: usize) -> Duration {
+    /// Sends `count` frames of `size` bytes, `batch` to a write, from another thread while
+    /// reading the echo here; returns the time until the last byte came back.
+    pub(crate) fn pipelined(&mut self, size: usize, count: usize, batch: usize) -> Duration {
         let mut writer = self.stream.try_clone().expect("clone the socket");
         let started = Instant::now();
         let sender = std::thread::spawn(move || {
-            // One write per frame: the cost of moving a message, with nothing batched.
-            let frame = vec![7u8; size];
-            for _ in 0..count {
-                writer.write_all(&frame).expect("write");
+            // With a batch of 1, one write per frame: the cost of moving a message, with
+            // nothing batched.
+            let frames = vec![7u8; size * batch];
+            let mut left = count;
+            while left > 0 {
+                let n = left.min(batch);
+                writer.write_all(&frames[..size * n]).expect("write");
+                left -= n;
             }
         });
         let mut buf = vec![0u8; 1 << 20];

@@ -10,6 +10,7 @@
 //! and `all` (every one but `soak`); over NATS JetStream (tokio, with `LOOPPOOL_NATS_URL` naming
 //! the server): `nats-throughput`, `nats-latency`, and `nats` (both).
 
+mod cpus;
 mod floor;
 mod nats;
 mod offload;

@@ -1,6 +1,7 @@
 //! The pool scenarios, written once against the runtime-neutral core and run on whichever
 //! runtime the command line names.
 
+use crate::cpus;
 use crate::floor::{self, Peer};
 use crate::report::{percentile, Report};
 use futures_util::future::{select, Either};
@@ -113,16 +114,59 @@ pub(crate) async fn throughput(s: &Setup, tasks: usize) -> Result<Vec<Report>, B
     let rate = tasks as f64 / took.as_secs_f64();
 
     let mut peer = Peer::start()?;
-    peer.pipelined(16, tasks / 10);
-    let floor = tasks as f64 / peer.pipelined(16, tasks).as_secs_f64();
-    Ok(vec![s
-        .report("throughput", "rate")
-        .value(rate, "tasks/s")
-        .floor(floor)])
+    peer.pipelined(16, tasks / 10, 1);
+    let floor = tasks as f64 / peer.pipelined(16, tasks, 1).as_secs_f64();
+    // The same frames, 64 to a write: what a writer that coalesces frames could reach.
+    let batched = tasks as f64 / peer.pipelined(16, tasks, 64).as_secs_f64();
+    Ok(vec![
+        s.report("throughput", "rate")
+            .value(rate, "tasks/s")
+            .floor(floor),
+        s.report("throughput", "rate vs batched")
+            .value(rate, "tasks/s")
+            .floor(batched),
+    ])
 }
 
 /// One task in flight: round-trip p50 and p99.
+///
+/// Measured twice, pool and floor alike: with the processes free to use every CPU, then with
+/// the parent, its workers and the floor's peer all on CPU 0. Each figure is reported against
+/// the lower of the two floors, the best the machine can do.
 pub(crate) async fn latency(s: &Setup, trips: usize) -> Result<Vec<Report>, BoxError> {
+    let free = pool_trips(s, trips).await?;
+    let free_floor = floor_trips(trips)?;
+    let every = cpus::current()?;
+    cpus::pin_self(&cpus::only(0)?)?;
+    // Started now, the workers and the peer inherit CPU 0.
+    let pinned = pool_trips(s, trips).await;
+    let pinned_floor = floor_trips(trips);
+    cpus::pin_self(&every)?;
+    let (mut pinned, pinned_floor) = (pinned?, pinned_floor?);
+    let (mut free, mut free_floor, mut pinned_floor) = (free, free_floor, pinned_floor);
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let mut best =
+        |q: f64| us(percentile(&mut free_floor, q).min(percentile(&mut pinned_floor, q)));
+    let (floor50, floor99) = (best(0.50), best(0.99));
+    Ok(vec![
+        s.report("latency", "p50")
+            .value(us(percentile(&mut free, 0.50)), "us")
+            .floor(floor50),
+        s.report("latency", "p50 one CPU")
+            .value(us(percentile(&mut pinned, 0.50)), "us")
+            .floor(floor50),
+        s.report("latency", "p99")
+            .value(us(percentile(&mut free, 0.99)), "us")
+            .floor(floor99),
+        s.report("latency", "p99 one CPU")
+            .value(us(percentile(&mut pinned, 0.99)), "us")
+            .floor(floor99),
+    ])
+}
+
+/// `trips` calls of a 16-byte echo through a fresh pool, one in flight, after a tenth as many
+/// to warm up; each one's duration.
+async fn pool_trips(s: &Setup, trips: usize) -> Result<Vec<Duration>, BoxError> {
     let pool = (s.builder)().workers(s.workers).start().await?;
     let task = ByteBuf::from(vec![7u8; 16]);
     let mut times = Vec::with_capacity(trips);
@@ -134,18 +178,14 @@ pub(crate) async fn latency(s: &Setup, trips: usize) -> Result<Vec<Report>, BoxE
         }
     }
     pool.stop().await;
+    Ok(times)
+}
+
+/// `trips` raw round trips through a fresh echo peer, after a tenth as many to warm up.
+fn floor_trips(trips: usize) -> Result<Vec<Duration>, BoxError> {
     let mut peer = Peer::start()?;
     peer.round_trips(trips / 10);
-    let floor = peer.round_trips(trips);
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    Ok(vec![
-        s.report("latency", "p50")
-            .value(us(percentile(&mut times, 0.50)), "us")
-            .floor(us(percentile(&mut floor.clone(), 0.50))),
-        s.report("latency", "p99")
-            .value(us(percentile(&mut times, 0.99)), "us")
-            .floor(us(percentile(&mut floor.clone(), 0.99))),
-    ])
+    Ok(peer.round_trips(trips))
 }
 
 /// 1 MiB tasks echoed, two in flight per worker: gigabytes per second each way.
@@ -165,8 +205,8 @@ pub(crate) async fn payload(s: &Setup, tasks: usize) -> Result<Vec<Report>, BoxE
     let gbps = |d: Duration| (tasks * MIB) as f64 / d.as_secs_f64() / 1e9;
 
     let mut peer = Peer::start()?;
-    peer.pipelined(MIB, 8);
-    let floor = peer.pipelined(MIB, tasks);
+    peer.pipelined(MIB, 8, 1);
+    let floor = peer.pipelined(MIB, tasks, 1);
     Ok(vec![s
         .report("payload", "bandwidth")
         .value(gbps(took), "GB/s")

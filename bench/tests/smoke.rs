@@ -62,8 +62,11 @@ fn every_scenario_prints_a_json_line_beside_its_floor() {
         names,
         [
             ("throughput", "rate"),
+            ("throughput", "rate vs batched"),
             ("latency", "p50"),
+            ("latency", "p50 one CPU"),
             ("latency", "p99"),
+            ("latency", "p99 one CPU"),
             ("payload", "bandwidth"),
             ("startup", "8 workers"),
             ("startup", "respawn"),
