@@ -105,7 +105,7 @@ fn the_other_runtimes_run_the_scenarios_too() {
             Duration::from_secs(120),
         );
         assert_eq!(code, 0, "{stdout}\n{stderr}");
-        assert_eq!(stdout.lines().count(), 2, "{stdout}");
+        assert_eq!(stdout.lines().count(), 4, "{stdout}");
         assert!(stdout.lines().all(|l| l.contains(runtime)), "{stdout}");
     }
 }
