@@ -8,8 +8,8 @@ use looppool_examples::square::{square_four, Squarer};
 
 #[async_std::main]
 async fn main() {
-    looppool::async_std::init(&[looppool::async_std::worker::<Squarer>()]);
-    let pool = looppool::async_std::builder::<Squarer>()
+    looppool::rt::async_std::init(&[looppool::rt::async_std::worker::<Squarer>()]);
+    let pool = looppool::rt::async_std::builder::<Squarer>()
         .workers(2)
         .start()
         .await

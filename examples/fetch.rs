@@ -1,4 +1,4 @@
-//! The seeds' FetchWorker: each worker builds its own HTTP client, on its own event loop, in its
+//! Python Looppool's FetchWorker: each worker builds its own HTTP client, on its own event loop, in its
 //! init hook; the parent submits URLs and prints `(url, server header)` as the outputs arrive.
 //!
 //! To need no internet, the example first starts an HTTP server on a loopback port, whose

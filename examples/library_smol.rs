@@ -9,9 +9,9 @@ use looppool_example_library::Checksums;
 
 fn main() {
     // Runs every registered worker type in worker processes; names none of them.
-    looppool::smol::init(&[]);
+    looppool::rt::smol::init(&[]);
     smol::block_on(async {
-        let checksums = Checksums::start(looppool::smol::runtime(), 2)
+        let checksums = Checksums::start(looppool::rt::smol::runtime(), 2)
             .await
             .expect("the library's pool starts");
         let (sum, pid) = checksums

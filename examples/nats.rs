@@ -72,8 +72,8 @@ const RUNTIME_VAR: &str = "LOOPPOOL_EXAMPLE_RUNTIME";
 /// processes through the environment).
 fn worker_runtime() -> Arc<dyn Runtime> {
     match std::env::var(RUNTIME_VAR).as_deref() {
-        Ok("smol") => looppool::smol::runtime(),
-        Ok("async-std") => looppool::async_std::runtime(),
+        Ok("smol") => looppool::rt::smol::runtime(),
+        Ok("async-std") => looppool::rt::async_std::runtime(),
         _ => looppool::runtime(),
     }
 }

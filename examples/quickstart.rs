@@ -210,8 +210,10 @@ fn main() -> Result<(), BoxError> {
     // on one runtime needs just the one line, e.g. `looppool::init(&[worker::<Primes>()])`.
     match runtime.as_str() {
         "tokio" => looppool::init(&[looppool::worker::<Primes>()]),
-        "smol" => looppool::smol::init(&[looppool::smol::worker::<Primes>()]),
-        "async-std" => looppool::async_std::init(&[looppool::async_std::worker::<Primes>()]),
+        "smol" => looppool::rt::smol::init(&[looppool::rt::smol::worker::<Primes>()]),
+        "async-std" => {
+            looppool::rt::async_std::init(&[looppool::rt::async_std::worker::<Primes>()])
+        }
         other => {
             return Err(format!("unknown runtime {other:?}: use tokio, smol or async-std").into())
         }
@@ -232,14 +234,14 @@ fn main() -> Result<(), BoxError> {
     match runtime.as_str() {
         // Without a signal handler, Ctrl-C ends the parent at once; its workers die with it.
         "smol" => smol::block_on(run(
-            looppool::smol::runtime(),
-            looppool::smol::builder(),
+            looppool::rt::smol::runtime(),
+            looppool::rt::smol::builder(),
             jobs,
             std::future::pending(),
         )),
         "async-std" => async_std::task::block_on(run(
-            looppool::async_std::runtime(),
-            looppool::async_std::builder(),
+            looppool::rt::async_std::runtime(),
+            looppool::rt::async_std::builder(),
             jobs,
             std::future::pending(),
         )),

@@ -1,10 +1,11 @@
 //! An axum service that offloads CPU-heavy hashing to the pool, as a tokio service would.
 //!
 //! - `GET /hash?rounds=N[&deadline_ms=D]` hashes for `N` rounds in a worker process and answers
-//!   with the digest and the task id. The request has a deadline (`D`, default 10 s): past it the
-//!   task is cancelled in its worker and the answer is 504. A client that disconnects cancels its
-//!   task the same way, since axum drops the handler's future and with it the pool's `call`.
-//!   Too many rounds is the worker's own typed error, answered with 413.
+//!   with the digest. The request has a deadline (`D`, default 10 s), counted from its arrival,
+//!   waiting for a free worker included: past it the call is dropped, which cancels its task in
+//!   the worker, and the answer is 504. A client that disconnects cancels its task the same way,
+//!   since axum drops the handler's future and with it the pool's `call`. Too many rounds is the
+//!   worker's own typed error, answered with 413 and the task id.
 //! - `GET /fast` answers at once from the server's loop, whatever the workers do.
 //! - `GET /workers` lists each worker's pid and how many tasks it holds.
 //! - Ctrl-C (SIGINT) stops accepting, lets requests in flight finish, then stops the pool.
@@ -90,7 +91,15 @@ async fn hash(
     Query(q): Query<HashQuery>,
 ) -> (StatusCode, String) {
     let deadline = Duration::from_millis(q.deadline_ms.unwrap_or(10_000));
-    match pool.call_timeout(Job { rounds: q.rounds }, deadline).await {
+    // The whole request's deadline: `call_timeout` would not count the wait for a free worker.
+    let Ok(answer) = tokio::time::timeout(deadline, pool.call(Job { rounds: q.rounds })).await
+    else {
+        return (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("no answer within {deadline:?}\n"),
+        );
+    };
+    match answer {
         Ok(digest) => (StatusCode::OK, format!("{digest:016x}\n")),
         Err(CallError::Failed { error, task }) => (
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -8,8 +8,8 @@ use looppool_examples::square::{square_four, Squarer};
 
 fn main() {
     smol::block_on(async {
-        looppool::smol::init(&[looppool::smol::worker::<Squarer>()]);
-        let pool = looppool::smol::builder::<Squarer>()
+        looppool::rt::smol::init(&[looppool::rt::smol::worker::<Squarer>()]);
+        let pool = looppool::rt::smol::builder::<Squarer>()
             .workers(2)
             .start()
             .await

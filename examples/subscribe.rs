@@ -1,4 +1,4 @@
-//! A worker that emits outputs with no task: the seed's "subscribe to something by input
+//! A worker that emits outputs with no task: Python Looppool's "subscribe to something by input
 //! message and put results later". One task asks a worker to subscribe; the worker starts a
 //! periodic source on its own loop and emits each tick as an unsolicited output. The parent
 //! reads them from the output stream, slowly, and the result credit holds the worker back:

@@ -1,10 +1,10 @@
-//! The seeds' question: a web server whose `/fast` requests must stay fast while `/slow`
+//! Python Looppool's question: a web server whose `/fast` requests must stay fast while `/slow`
 //! requests do seconds of CPU work (factorials, as in the seed).
 //!
 //! The server runs on the parent's single-threaded event loop. With the pool, `/slow` hands
 //! the factorial to a worker process and the loop goes on answering `/fast`; without it, the
 //! factorial runs on the loop and every request waits behind it. A client fires 3 slow then 20
-//! fast requests, as the seed's client did, against each setup, and the example prints both
+//! fast requests, as Python Looppool's example client did, against each setup, and the example prints both
 //! timelines.
 //!
 //! ```text

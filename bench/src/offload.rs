@@ -1,4 +1,4 @@
-//! The seeds' scenario: an HTTP server whose slow requests do CPU-heavy work while fast ones
+//! Python Looppool's scenario: an HTTP server whose slow requests do CPU-heavy work while fast ones
 //! should still be answered at once. Fast-request p99 is measured unloaded, then under a steady
 //! load of slow requests whose work runs in a default pool (workers 10 below the server's
 //! priority), then in a pool whose workers run at the server's own priority, then with the same

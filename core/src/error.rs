@@ -3,8 +3,14 @@
 //! Every error that refuses a value hands it back (`into_inner`), so a failed submit or put
 //! never loses the caller's data.
 
-use crate::state::{Refusal, TaskId};
+use crate::state::Refusal;
 use std::fmt;
+
+mod call;
+mod failure;
+
+pub use call::CallError;
+pub use failure::Failure;
 
 /// A boxed error, as returned by a worker's hooks.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -158,52 +164,6 @@ impl RawTaskError {
     }
 }
 
-/// The error type of a worker whose failures are text: any `std::error::Error` converts into it
-/// with `?` (keeping its chain of sources, `outer: inner`), and [`Failure::msg`] makes one from
-/// a message. It crosses the process boundary as its text.
-///
-/// Like `anyhow::Error`, it does not implement `std::error::Error` itself (that would clash
-/// with the conversion from every error); [`TaskError`] and [`CallError`] do.
-#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Failure(String);
-
-impl Failure {
-    /// A failure with this message.
-    pub fn msg(message: impl fmt::Display) -> Self {
-        Failure(message.to_string())
-    }
-
-    /// A failure from a boxed error (which `?` cannot convert: a `Box<dyn Error>` is not an
-    /// `Error` itself), keeping its chain of sources.
-    pub fn from_boxed(e: BoxError) -> Self {
-        Failure(error_chain(&*e))
-    }
-
-    /// The failure's text.
-    pub fn message(&self) -> &str {
-        &self.0
-    }
-}
-
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Failure(error_chain(&e))
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
-    }
-}
-
 /// A submission was refused; the task is handed back.
 #[non_exhaustive]
 pub enum SubmitError<T> {
@@ -320,137 +280,6 @@ impl<O> fmt::Display for PutError<O> {
 }
 
 impl<O> std::error::Error for PutError<O> {}
-
-/// Why a request-reply [`call`](crate::Pool::call) gave no output: every way it can fail, in
-/// one flat enum a handler matches in one `match`. `E` is the worker's
-/// [`Error`](crate::Worker::Error) type.
-///
-/// A call owns its task, and a refused call does not hand it back (clone it first, or use
-/// [`submit`](crate::Pool::submit), whose [`SubmitError`] does).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum CallError<E = Failure> {
-    /// No worker had room (only from [`try_call`](crate::Pool::try_call)).
-    #[error("no worker has room for the task")]
-    Full,
-    /// The pool is stopping or stopped.
-    #[error("the pool is stopping and accepts no new tasks")]
-    Closed,
-    /// No worker can take the task: the targeted worker does not exist or has exited, or none
-    /// is alive.
-    #[error("no worker can take the task: {0}")]
-    Unroutable(Refusal),
-    /// The task could not be encoded, or its encoding exceeds the frame limit.
-    #[error("cannot send the task: {0}")]
-    Encode(String),
-    /// The worker's `process` returned this error.
-    #[error("task {task} failed: {error}")]
-    Failed {
-        /// The task.
-        task: TaskId,
-        /// The worker's error.
-        error: E,
-    },
-    /// The worker's `process` panicked; this is the panic message.
-    #[error("task {task} panicked: {message}")]
-    Panicked {
-        /// The task.
-        task: TaskId,
-        /// The panic's text.
-        message: String,
-    },
-    /// The call's deadline, or the pool's task timeout, passed; the task was cancelled.
-    #[error("task {task} timed out after {after:?}")]
-    TimedOut {
-        /// The task.
-        task: TaskId,
-        /// The timeout.
-        after: std::time::Duration,
-    },
-    /// The task was cancelled (through another handle on it, or as the pool was killed).
-    #[error("task {task} cancelled")]
-    Cancelled {
-        /// The task.
-        task: TaskId,
-    },
-    /// The worker holding the task died, and the task was not retried or ran out of attempts.
-    #[error("task {task} lost: worker {worker} ended ({exit}){}", cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
-    Lost {
-        /// The task.
-        task: TaskId,
-        /// The worker number.
-        worker: usize,
-        /// How its process ended.
-        exit: Exit,
-        /// Why its link ended, when that was an error.
-        cause: Option<String>,
-    },
-    /// The task or its error could not be carried between the processes.
-    #[error("task {task} ended without a readable result: {message}")]
-    Codec {
-        /// The task.
-        task: TaskId,
-        /// What could not be encoded or decoded, and why.
-        message: String,
-    },
-    /// The task completed without emitting an output.
-    #[error("task {task} completed without an output")]
-    NoOutput {
-        /// The task.
-        task: TaskId,
-    },
-}
-
-impl<E> CallError<E> {
-    /// The task's id, once the pool accepted it: to join the caller's logs with the worker's,
-    /// whose forwarded events carry it in their `task` field.
-    pub fn task(&self) -> Option<TaskId> {
-        match self {
-            CallError::Full
-            | CallError::Closed
-            | CallError::Unroutable(_)
-            | CallError::Encode(_) => None,
-            CallError::Failed { task, .. }
-            | CallError::Panicked { task, .. }
-            | CallError::TimedOut { task, .. }
-            | CallError::Cancelled { task }
-            | CallError::Lost { task, .. }
-            | CallError::Codec { task, .. }
-            | CallError::NoOutput { task } => Some(*task),
-        }
-    }
-
-    /// The call's error for a refused submission; the task is dropped.
-    pub(crate) fn refused<T>(e: SubmitError<T>) -> Self {
-        match e {
-            SubmitError::Full(_) => CallError::Full,
-            SubmitError::Closed(_) => CallError::Closed,
-            SubmitError::Unroutable(_, r) => CallError::Unroutable(r),
-            SubmitError::Encode(_, e) => CallError::Encode(e),
-        }
-    }
-
-    /// The call's error for task `task` that ended as `e`.
-    pub fn ended(task: TaskId, e: TaskError<E>) -> Self {
-        match e {
-            TaskError::Failed(error) => CallError::Failed { task, error },
-            TaskError::Panicked { message } => CallError::Panicked { task, message },
-            TaskError::TimedOut { after } => CallError::TimedOut { task, after },
-            TaskError::Cancelled => CallError::Cancelled { task },
-            TaskError::Lost {
-                worker,
-                exit,
-                cause,
-            } => CallError::Lost {
-                task,
-                worker,
-                exit,
-                cause,
-            },
-            TaskError::Codec { message } => CallError::Codec { task, message },
-        }
-    }
-}
 
 /// The pool could not be started.
 #[derive(Debug, thiserror::Error)]

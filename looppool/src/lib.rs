@@ -9,14 +9,14 @@
 //! | feature | what |
 //! |---|---|
 //! | `tokio` (default) | parent and workers on tokio |
-//! | `smol` | on smol (`looppool::smol`, and the unqualified API when `tokio` is off) |
+//! | `smol` | on smol (`looppool::rt::smol`, and the unqualified API when `tokio` is off) |
 //! | `async-std` | on async-std (discontinued upstream; prefer smol) |
 //! | `nats` | scale-out over NATS JetStream: [`nats`] |
 //! | `tower` | [`Pool`] as a `tower::Service` |
 //!
 //! With several runtime features, the unqualified [`init`], [`builder`], [`worker`] and
 //! [`runtime`] are tokio's, else smol's, else async-std's, and [`RUNTIME`] names which; every
-//! enabled runtime is also a module of its own.
+//! enabled runtime is also a module of its own, in [`rt`].
 //!
 //! ```no_run
 //! use looppool::{async_trait, BoxError, Context, Failure, Worker};
@@ -56,17 +56,22 @@ compile_error!("looppool needs a runtime: enable one of the features `tokio`, `s
 
 pub use looppool_core::*;
 
-/// The tokio binding: `looppool::tokio::builder`, and the rest of the API.
-#[cfg(feature = "tokio")]
-pub use looppool_tokio as tokio;
+/// Each enabled runtime's binding, by name: `looppool::rt::smol::builder`, and the rest of the
+/// API for that runtime. A module of its own, so that `use looppool::*` brings no name that
+/// clashes with the runtime crates themselves.
+pub mod rt {
+    /// The tokio binding.
+    #[cfg(feature = "tokio")]
+    pub use looppool_tokio as tokio;
 
-/// The smol binding: `looppool::smol::builder`, and the rest of the API.
-#[cfg(feature = "smol")]
-pub use looppool_smol as smol;
+    /// The smol binding.
+    #[cfg(feature = "smol")]
+    pub use looppool_smol as smol;
 
-/// The async-std binding: `looppool::async_std::builder`, and the rest of the API.
-#[cfg(feature = "async-std")]
-pub use looppool_async_std as async_std;
+    /// The async-std binding.
+    #[cfg(feature = "async-std")]
+    pub use looppool_async_std as async_std;
+}
 
 /// Scale-out over NATS JetStream: members on many hosts join a pool.
 #[cfg(feature = "nats")]
@@ -167,7 +172,7 @@ mod tests {
             answer
         };
         let answer = if cfg!(feature = "tokio") {
-            ::tokio::runtime::Builder::new_current_thread()
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a runtime")

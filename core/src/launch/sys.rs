@@ -84,7 +84,6 @@ pub(crate) fn set_name(comm: &std::ffi::CStr) {
     let _ = nix::sys::prctl::set_name(comm);
 }
 
-/// The number of threads in this process.
 /// This process's nice value (0 if it cannot be read).
 pub(crate) fn own_nice() -> i32 {
     // `getpriority` may return -1 as a valid value: errno tells an error apart.
@@ -98,6 +97,7 @@ pub(crate) fn own_nice() -> i32 {
     nice
 }
 
+/// The number of threads in this process.
 pub(crate) fn thread_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/task")?.count())
 }

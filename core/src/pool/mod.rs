@@ -338,6 +338,13 @@ impl<W: Worker> Pool<W> {
                                     self.pending(Want::Outputs, None);
                                 pending.attempts.fetch_add(1, Ordering::Relaxed);
                                 inner.pending.insert(id, pending);
+                                tracing::debug!(
+                                    target: "looppool::call",
+                                    pool = %self.shared.settings.name,
+                                    worker,
+                                    task = id,
+                                    "broadcast copy placed"
+                                );
                                 TaskHandle::new(id, worker, rx, attempts, self.canceller())
                             })
                             .collect::<Vec<_>>();

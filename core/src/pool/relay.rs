@@ -69,10 +69,12 @@ type Sites = HashMap<String, [Option<&'static Site>; 5]>;
 /// The callsite for `target` at `level`, made on first use; `None` once the bound is reached.
 fn site(target: &str, level: Level) -> Option<&'static Site> {
     static SITES: OnceLock<Mutex<Sites>> = OnceLock::new();
-    let mut sites = SITES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    site_in(SITES.get_or_init(Default::default), target, level)
+}
+
+/// [`site`], with its table of callsites given.
+fn site_in(sites: &Mutex<Sites>, target: &str, level: Level) -> Option<&'static Site> {
+    let mut sites = sites.lock().unwrap_or_else(|e| e.into_inner());
     if !sites.contains_key(target) {
         if sites.len() >= MAX_TARGETS {
             return None;
@@ -210,6 +212,9 @@ mod tests {
 
     #[test]
     fn one_callsite_per_target_and_level_and_a_bound_on_targets() {
+        // A table of its own: the process's stays free for other tests.
+        let table = Mutex::new(Sites::new());
+        let site = |target: &str, level| site_in(&table, target, level);
         let a = site("relay_test::a", Level::INFO).expect("room");
         let again = site("relay_test::a", Level::INFO).expect("room");
         assert!(std::ptr::eq(a, again));

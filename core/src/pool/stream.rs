@@ -23,6 +23,12 @@ impl<W: Worker> Pool<W> {
     /// [`outputs`](Self::outputs), and each is acknowledged as the stream yields it, so a slow
     /// reader holds the worker back by its result credit, as the output stream does. Dropping
     /// the stream before it ended cancels the task in its worker, as a dropped `call` does.
+    ///
+    /// A task sent again (its worker died and [`retries`](crate::Builder::retries) allow it, or
+    /// its worker was killed for ignoring another task's cancellation) keeps its stream: the
+    /// outputs of its earlier attempt, already yielded, are followed by those of the next one,
+    /// as on [`outputs`](Self::outputs). A stream that must not see a partial attempt belongs
+    /// to a pool without retries, whose workers do not ignore cancellations.
     pub async fn call_stream(
         &self,
         task: W::Task,

@@ -20,10 +20,9 @@ pub(crate) type LinkWriter = WriteHalf<BoxIo>;
 /// The largest handshake answer the parent accepts, and the smallest frame limit.
 pub(crate) const HELLO_LIMIT: usize = 64 * 1024;
 
-/// The largest `Hello` a worker accepts. It comes from the parent, which keeps it within the
-/// pool's frame limit (a worker configuration makes it large); the worker does not know that
-/// limit before reading it.
-pub(crate) const HELLO_READ_LIMIT: usize = u32::MAX as usize;
+/// The largest `Hello` a worker accepts, before it knows the pool's frame limit: a worker
+/// configuration makes it large. The parent keeps it within this and the frame limit.
+pub(crate) const HELLO_READ_LIMIT: usize = 64 << 20;
 
 /// The longest error or panic message sent to the parent, in bytes.
 pub(crate) const MESSAGE_LIMIT: usize = 16 * 1024;
@@ -178,7 +177,8 @@ pub(crate) async fn handshake(
 ) -> Result<(LinkReader, LinkWriter, u32), HandshakeError> {
     let (read_half, mut writer) = io.split();
     let mut buf = Vec::new();
-    if let Err(e) = hello.encode(version, &mut buf, hello.max_frame.max(HELLO_LIMIT)) {
+    let limit = hello.max_frame.clamp(HELLO_LIMIT, HELLO_READ_LIMIT);
+    if let Err(e) = hello.encode(version, &mut buf, limit) {
         return Err(HandshakeError::Protocol(format!(
             "cannot encode the handshake: {e}"
         )));

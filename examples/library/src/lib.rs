@@ -6,7 +6,7 @@
 //! type that starts its pool with `Pool::builder(runtime)`. What its users write: their
 //! adapter's `init(&[])` first thing in `main` (it runs every registered worker, this one
 //! included, without `main` naming it), and `Checksums::start(looppool_tokio::runtime(), n)`
-//! (or `looppool::smol::runtime()`, …).
+//! (or `looppool::rt::smol::runtime()`, …).
 #![forbid(unsafe_code)]
 
 use looppool_core::{

@@ -131,6 +131,20 @@ fn the_axum_service_answers_deadlines_and_typed_errors_and_stops_on_ctrl_c() {
     );
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("no answer within 200ms"), "{body}");
+    // The deadline counts the wait for a free worker: with the only one busy, a second request
+    // still answers at its deadline.
+    let busy = server.send("/hash?rounds=1000000000000&deadline_ms=3000");
+    server.until_held(1);
+    let queued = Instant::now();
+    let (status, body) = server.get("/hash?rounds=1000&deadline_ms=300", Duration::from_secs(10));
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        queued.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        queued.elapsed()
+    );
+    drop(busy);
+    server.until_held(0);
     let (status, body) = server.get("/hash?rounds=100000000000000", Duration::from_secs(10));
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("at most 1099511627776 allowed"), "{body}");
@@ -141,10 +155,11 @@ fn the_axum_service_answers_deadlines_and_typed_errors_and_stops_on_ctrl_c() {
         (pid, 0),
         "the worker was replaced or holds tasks"
     );
-    // Ctrl-C: a request in flight (here, until its deadline) is answered, then the pool stops
-    // gracefully.
-    let in_flight = server.send("/hash?rounds=1000000000000&deadline_ms=1500");
+    // Ctrl-C: a request in flight (here, until its deadline, well after the signal) is answered,
+    // then the pool stops gracefully.
+    let in_flight = server.send("/hash?rounds=1000000000000&deadline_ms=5000");
     server.until_held(1);
+    let signalled = Instant::now();
     let pid = server.child.id();
     let sent = Command::new("kill")
         .args(["-INT", &pid.to_string()])
@@ -160,11 +175,12 @@ fn the_axum_service_answers_deadlines_and_typed_errors_and_stops_on_ctrl_c() {
         .read_to_string(&mut answer)
         .expect("the request in flight is answered");
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer:?}");
-    let mut rest = String::new();
-    server
-        .stdout
-        .read_to_string(&mut rest)
-        .expect("the rest of its output");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(3),
+        "answered {:?} after the signal: the request did not run to its deadline",
+        signalled.elapsed()
+    );
+    // Its exit first (the pipe ends only once every process holding it is gone), then its output.
     let start = Instant::now();
     let status = loop {
         if let Some(status) = server.child.try_wait().expect("its status") {
@@ -172,10 +188,15 @@ fn the_axum_service_answers_deadlines_and_typed_errors_and_stops_on_ctrl_c() {
         }
         assert!(
             start.elapsed() < Duration::from_secs(30),
-            "still running: {rest}"
+            "still running 30 s after the signal"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
+    let mut rest = String::new();
+    server
+        .stdout
+        .read_to_string(&mut rest)
+        .expect("the rest of its output");
     assert!(status.success(), "exit {status:?}: {rest}");
     assert!(rest.contains("stopped gracefully"), "{rest}");
 }

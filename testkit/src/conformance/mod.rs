@@ -17,13 +17,12 @@
 //! still has a single thread, then re-exec, then threads.
 
 pub mod capture;
+mod misfits;
 mod probe;
 mod trials;
 
-pub use probe::{
-    fnv1a, ExitingInit, FailingInit, Grumpy, Out, Probe, ProbeError, Refuse, Task, Touchy,
-    TouchyWorker, TOUCHY_LIVE, TOUCHY_PANIC,
-};
+pub use misfits::{ExitingInit, FailingInit, Touchy, TouchyWorker, TOUCHY_LIVE, TOUCHY_PANIC};
+pub use probe::{fnv1a, Grumpy, Out, Probe, ProbeError, Refuse, Task};
 
 use futures_util::future::{select, Either};
 use libtest_mimic::{Arguments, Failed, Trial};

@@ -11,9 +11,11 @@
 mod check;
 mod executor;
 mod scenario;
+mod script;
 
-pub use check::{PoolCheck, Ran, Reader, Run, Step};
+pub use check::PoolCheck;
 pub use executor::{Sim, Stall};
 pub use scenario::{
     run, scenarios, Consumer, Job, Napper, Op, Scenario, Trace, LIMIT, STOP_TIMEOUT,
 };
+pub use script::{Ran, Reader, Run, Step};

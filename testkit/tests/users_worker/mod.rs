@@ -63,7 +63,7 @@ fn pool_check_catches_a_planted_bug_and_shrinks_it_to_one_step() {
         .expect("a formatted panic message");
     assert!(message.contains("minimal failing script"), "{message}");
     // Shrunk to the one step that shows it: a task of 3 (submitted, targeted or broadcast).
-    let steps = message.split("minimal failing script").nth(1).unwrap_or("");
+    let steps = message.split("):\n").nth(1).unwrap_or("");
     let placements = ["Submit(", "SubmitTo(", "Broadcast("]
         .iter()
         .map(|p| steps.matches(p).count())

@@ -1,5 +1,6 @@
 //! Configuring and starting a pool.
 
+mod nice;
 mod start;
 
 use crate::launch::StartMethod;
@@ -7,37 +8,12 @@ use crate::protocol::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use crate::runtime::Runtime;
 use crate::state::{RestartPolicy, Routing};
 use crate::worker::Worker;
+use nice::{WorkerNice, DEFAULT_NICE_BELOW_PARENT};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::level_filters::LevelFilter;
-
-/// How far below the parent's priority workers run by default.
-const DEFAULT_NICE_BELOW_PARENT: i32 = 10;
-
-/// The priority of worker processes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WorkerNice {
-    /// The parent's nice value plus this, at most 19.
-    BelowParent(i32),
-    /// This nice value.
-    Exactly(i32),
-    /// The parent's.
-    AsParent,
-}
-
-impl WorkerNice {
-    /// The nice value to set in a worker, if any, given the parent's.
-    pub(crate) fn resolve(self, parent: i32) -> Option<i32> {
-        let nice = match self {
-            WorkerNice::BelowParent(n) => (parent + n).min(19),
-            WorkerNice::Exactly(n) => n,
-            WorkerNice::AsParent => return None,
-        };
-        (nice != parent).then_some(nice)
-    }
-}
 
 /// Configures a [`Pool`](super::Pool). Made by [`Pool::builder`](super::Pool::builder) (or an adapter's `builder()`).
 ///
@@ -410,7 +386,8 @@ impl<W: Worker> Builder<W> {
     /// where [`Context::config`](crate::Context::config) decodes it in `init`. This is how a
     /// re-executed worker learns what the parent computed or was told (a model path, a database
     /// URL, a table). With the handshake it must fit the frame limit
-    /// ([`max_frame`](Self::max_frame)); `start` fails with [`Error::Config`](crate::Error::Config)
+    /// ([`max_frame`](Self::max_frame), and 64 MiB at most); `start` fails with
+    /// [`Error::Config`](crate::Error::Config)
     /// if it does not, or if it cannot be encoded.
     pub fn config<C: serde::Serialize>(mut self, config: &C) -> Self {
         self.config = Some(

@@ -1,7 +1,8 @@
 //! Starting a configured pool: checking the configuration, launching and handshaking every
 //! worker (none outlives a start that fails or is dropped), and handing each to its supervisor.
 
-use super::{Builder, WorkerNice};
+use super::nice::WorkerNice;
+use super::Builder;
 use crate::error::Error;
 use crate::launch::{
     launch_all, launch_one, Killer, LaunchOptions, Launched, StartMethod, LINK_FD_VAR,
@@ -9,7 +10,7 @@ use crate::launch::{
 use crate::pool::incarnation::{Launch, Linked, Respawner};
 use crate::pool::shared::{Inner, Settings, Shared, WorkerEntry};
 use crate::pool::{clock, supervisor, Pool};
-use crate::protocol::{handshake, Handshake, HandshakeError, HELLO_LIMIT};
+use crate::protocol::{handshake, Handshake, HandshakeError, HELLO_LIMIT, HELLO_READ_LIMIT};
 use crate::runtime::Runtime;
 use crate::state::PoolState;
 use crate::worker::{filter_code, Worker};
@@ -208,15 +209,12 @@ impl<W: Worker> Builder<W> {
 
         // The handshake carries the worker configuration: it must fit one frame.
         let mut hello = Vec::new();
-        if let Err(e) = plan
-            .hello
-            .encode(self.protocol_version, &mut hello, self.max_frame)
-        {
+        let limit = self.max_frame.min(HELLO_READ_LIMIT);
+        if let Err(e) = plan.hello.encode(self.protocol_version, &mut hello, limit) {
             let size = plan.hello.config.as_ref().map_or(0, |c| c.len());
             return Err(Error::Config(format!(
                 "the worker configuration ({size} bytes) does not fit in the handshake under the \
-                 frame limit of {} bytes (Builder::max_frame): {e}",
-                self.max_frame
+                 frame limit of {limit} bytes (Builder::max_frame, and at most 64 MiB): {e}"
             )));
         }
         drop(hello);
