@@ -8,7 +8,8 @@ use std::fmt;
 /// a message. It crosses the process boundary as its text.
 ///
 /// Like `anyhow::Error`, it does not implement `std::error::Error` itself (that would clash
-/// with the conversion from every error); [`TaskError`] and [`CallError`] do.
+/// with the conversion from every error); [`TaskError`](crate::TaskError) and
+/// [`CallError`](crate::CallError) do.
 #[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct Failure(String);
