@@ -153,6 +153,18 @@ impl<W: Worker> Pool<W> {
         (pending, (rx, attempts, receiving))
     }
 
+    /// Logs a placed task in the caller's context (a request's span): the task id, which the
+    /// worker's forwarded events carry in their `task` field, joins the two sides' logs.
+    pub(super) fn log_placed(&self, worker: usize, id: TaskId, what: &str) {
+        tracing::debug!(
+            target: "looppool::call",
+            pool = %self.shared.settings.name,
+            worker,
+            task = id,
+            "{what}"
+        );
+    }
+
     /// What a handle cancels its task through.
     pub(super) fn canceller(&self) -> Weak<dyn CancelSink> {
         let sink: Weak<super::shared::Shared<W::Output>> = Arc::downgrade(&self.shared);
@@ -192,15 +204,7 @@ impl<W: Worker> Pool<W> {
             .await
         {
             Ok((worker, id)) => {
-                // The caller's context (a request's span) gets the task id, which the worker's
-                // forwarded events carry in their `task` field: the two sides' logs join on it.
-                tracing::debug!(
-                    target: "looppool::call",
-                    pool = %self.shared.settings.name,
-                    worker,
-                    task = id,
-                    "task placed"
-                );
+                self.log_placed(worker, id, "task placed");
                 Ok((
                     TaskHandle::new(id, worker, rx, attempts, self.canceller()),
                     receiving,

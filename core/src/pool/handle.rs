@@ -31,9 +31,10 @@ use std::task::{Context, Poll};
 /// #         Ok(())
 /// #     }
 /// # }
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-/// # rt.block_on(async {
+/// # use looppool_core::Runtime as _;
+/// // The parent side on tokio, through its adapter: in a program, `#[tokio::main]`.
+/// # looppool_tokio::runtime().block_on_local(Box::pin(async {
+/// # let run = async {
 /// let pool = Pool::<Doubler>::builder(looppool_tokio::runtime())
 ///     // Worker threads: a doctest's `main` does not call `init`, which re-executed workers need.
 ///     .start_method(StartMethod::Thread)
@@ -46,8 +47,9 @@ use std::task::{Context, Poll};
 /// assert_eq!(*pool.outputs().recv().await.expect("an output"), 14);
 /// pool.stop().await;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
-/// # })
-/// # }
+/// # };
+/// # run.await.expect("the example runs");
+/// # }));
 /// ```
 #[must_use = "a task handle tells how the task ended; drop it explicitly to ignore that"]
 ///
@@ -184,9 +186,10 @@ impl Drop for Acker {
 /// #         Ok(())
 /// #     }
 /// # }
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-/// # rt.block_on(async {
+/// # use looppool_core::Runtime as _;
+/// // The parent side on tokio, through its adapter: in a program, `#[tokio::main]`.
+/// # looppool_tokio::runtime().block_on_local(Box::pin(async {
+/// # let run = async {
 /// let pool = Pool::<Doubler>::builder(looppool_tokio::runtime())
 ///     // Worker threads: a doctest's `main` does not call `init`, which re-executed workers need.
 ///     .start_method(StartMethod::Thread)
@@ -203,8 +206,9 @@ impl Drop for Acker {
 /// handle.await?;
 /// pool.stop().await;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
-/// # })
-/// # }
+/// # };
+/// # run.await.expect("the example runs");
+/// # }));
 /// ```
 pub struct Delivery<O> {
     value: O,

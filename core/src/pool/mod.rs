@@ -58,9 +58,10 @@ use std::sync::Arc;
 /// #         Ok(())
 /// #     }
 /// # }
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-/// # rt.block_on(async {
+/// # use looppool_core::Runtime as _;
+/// // The parent side on tokio, through its adapter: in a program, `#[tokio::main]`.
+/// # looppool_tokio::runtime().block_on_local(Box::pin(async {
+/// # let run = async {
 /// let pool = Pool::<Doubler>::builder(looppool_tokio::runtime())
 ///     // Worker threads: a doctest's `main` does not call `init`, which re-executed workers need.
 ///     .start_method(StartMethod::Thread)
@@ -78,8 +79,9 @@ use std::sync::Arc;
 /// drop(delivery);
 /// assert!(pool.stop().await.is_graceful());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
-/// # })
-/// # }
+/// # };
+/// # run.await.expect("the example runs");
+/// # }));
 /// ```
 pub struct Pool<W: Worker> {
     shared: Arc<Shared<W::Output>>,
@@ -338,13 +340,7 @@ impl<W: Worker> Pool<W> {
                                     self.pending(Want::Outputs, None);
                                 pending.attempts.fetch_add(1, Ordering::Relaxed);
                                 inner.pending.insert(id, pending);
-                                tracing::debug!(
-                                    target: "looppool::call",
-                                    pool = %self.shared.settings.name,
-                                    worker,
-                                    task = id,
-                                    "broadcast copy placed"
-                                );
+                                self.log_placed(worker, id, "broadcast copy placed");
                                 TaskHandle::new(id, worker, rx, attempts, self.canceller())
                             })
                             .collect::<Vec<_>>();

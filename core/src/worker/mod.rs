@@ -51,9 +51,10 @@ use serde::{de::DeserializeOwned, Serialize};
 ///     }
 /// }
 ///
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-/// # rt.block_on(async {
+/// # use looppool_core::Runtime as _;
+/// // The parent side on tokio, through its adapter: in a program, `#[tokio::main]`.
+/// # looppool_tokio::runtime().block_on_local(Box::pin(async {
+/// # let run = async {
 /// // In a program: `looppool::init(&[looppool::worker::<Doubler>()])` first in `main`, then
 /// // `looppool::builder::<Doubler>()`. Here, worker threads, which need no `init`.
 /// let pool = looppool_core::Pool::<Doubler>::builder(looppool_tokio::runtime())
@@ -69,8 +70,9 @@ use serde::{de::DeserializeOwned, Serialize};
 /// }
 /// pool.stop().await;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
-/// # })
-/// # }
+/// # };
+/// # run.await.expect("the example runs");
+/// # }));
 /// ```
 ///
 /// A worker whose callers tell failures apart declares its own error type; the parent receives

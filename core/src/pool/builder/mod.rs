@@ -31,9 +31,10 @@ use tracing::level_filters::LevelFilter;
 /// #         Ok(())
 /// #     }
 /// # }
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-/// # rt.block_on(async {
+/// # use looppool_core::Runtime as _;
+/// // The parent side on tokio, through its adapter: in a program, `#[tokio::main]`.
+/// # looppool_tokio::runtime().block_on_local(Box::pin(async {
+/// # let run = async {
 /// use std::time::Duration;
 ///
 /// let pool = Pool::<Doubler>::builder(looppool_tokio::runtime())
@@ -50,8 +51,9 @@ use tracing::level_filters::LevelFilter;
 /// assert_eq!(pool.call_timeout(4, Duration::from_secs(5)).await?, 8);
 /// pool.stop().await;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
-/// # })
-/// # }
+/// # };
+/// # run.await.expect("the example runs");
+/// # }));
 /// ```
 pub struct Builder<W> {
     runtime: Arc<dyn Runtime>,
