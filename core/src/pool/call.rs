@@ -124,6 +124,18 @@ impl<W: Worker> Pool<W> {
         }
     }
 
+    /// Places `task` on `route` now, or hands it back in [`SubmitError::Full`]: the `try_*`
+    /// submissions.
+    pub(super) fn try_place(
+        &self,
+        route: Route,
+        task: W::Task,
+    ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
+        futures_util::FutureExt::now_or_never(self.place(route, task, Want::Outputs, false, None))
+            .expect("a non-waiting placement never waits")
+            .map(|(h, _)| h)
+    }
+
     /// A pending entry and the receiving parts of its handle.
     pub(super) fn pending(
         &self,

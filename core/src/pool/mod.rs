@@ -217,15 +217,7 @@ impl<W: Worker> Pool<W> {
     /// if it would have to wait: by default only when every worker holds its capacity of
     /// unfinished tasks.
     pub fn try_submit(&self, task: W::Task) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
-        futures_util::FutureExt::now_or_never(self.place(
-            Route::Any,
-            task,
-            Want::Outputs,
-            false,
-            None,
-        ))
-        .expect("a non-waiting placement never waits")
-        .map(|(h, _)| h)
+        self.try_place(Route::Any, task)
     }
 
     /// Sends `task` to worker `worker`, waiting while it is full or being replaced; refused
@@ -248,15 +240,7 @@ impl<W: Worker> Pool<W> {
         worker: usize,
         task: W::Task,
     ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
-        futures_util::FutureExt::now_or_never(self.place(
-            Route::Worker(worker),
-            task,
-            Want::Outputs,
-            false,
-            None,
-        ))
-        .expect("a non-waiting placement never waits")
-        .map(|(h, _)| h)
+        self.try_place(Route::Worker(worker), task)
     }
 
     /// Sends `task` to the worker number `key` hashes to, waiting while that worker is full or
@@ -281,15 +265,7 @@ impl<W: Worker> Pool<W> {
         key: &K,
         task: W::Task,
     ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
-        futures_util::FutureExt::now_or_never(self.place(
-            key_route(key),
-            task,
-            Want::Outputs,
-            false,
-            None,
-        ))
-        .expect("a non-waiting placement never waits")
-        .map(|(h, _)| h)
+        self.try_place(key_route(key), task)
     }
 
     /// Sends one copy of `task` to every live worker, each behind whatever was sent to that
