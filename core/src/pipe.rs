@@ -29,6 +29,28 @@ impl Direction {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Queues what fits of `buf`; when nothing does, `writer` (if any) is woken once room frees
+    /// up.
+    fn push(&self, buf: &[u8], writer: Option<&Waker>) -> Poll<io::Result<usize>> {
+        let mut q = self.lock();
+        if q.reader_gone || q.writer_gone {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let room = q.capacity - q.bytes.len();
+        if room == 0 {
+            if let Some(w) = writer {
+                q.writer = Some(w.clone());
+            }
+            return Poll::Pending;
+        }
+        let n = room.min(buf.len());
+        q.bytes.extend(&buf[..n]);
+        if let Some(w) = q.reader.take() {
+            w.wake();
+        }
+        Poll::Ready(Ok(n))
+    }
+
     fn close_writer(&self) {
         let mut q = self.lock();
         q.writer_gone = true;
@@ -52,6 +74,21 @@ impl Direction {
 pub struct PipeEnd {
     rx: Arc<Direction>,
     tx: Arc<Direction>,
+}
+
+/// Writes to one end's outgoing direction from any thread, without waiting.
+#[derive(Debug, Clone)]
+pub(crate) struct PipeSender(Arc<Direction>);
+
+impl PipeSender {
+    /// Queues what fits now; `WouldBlock` when the direction is full, `BrokenPipe` once either
+    /// end is gone.
+    pub(crate) fn try_send(&self, buf: &[u8]) -> io::Result<usize> {
+        match self.0.push(buf, None) {
+            Poll::Ready(sent) => sent,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
 }
 
 /// Closes both directions of a pipe from outside, as if both ends had been dropped.
@@ -98,6 +135,13 @@ pub fn duplex(capacity: usize) -> (PipeEnd, PipeEnd, PipeCloser) {
     )
 }
 
+impl PipeEnd {
+    /// A way to write this end's outgoing direction from another thread.
+    pub(crate) fn sender(&self) -> PipeSender {
+        PipeSender(self.tx.clone())
+    }
+}
+
 impl AsyncRead for PipeEnd {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -132,21 +176,7 @@ impl AsyncWrite for PipeEnd {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut q = self.tx.lock();
-        if q.reader_gone || q.writer_gone {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        let room = q.capacity - q.bytes.len();
-        if room == 0 {
-            q.writer = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        let n = room.min(buf.len());
-        q.bytes.extend(&buf[..n]);
-        if let Some(w) = q.reader.take() {
-            w.wake();
-        }
-        Poll::Ready(Ok(n))
+        self.tx.push(buf, Some(cx.waker()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {

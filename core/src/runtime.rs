@@ -81,6 +81,17 @@ pub trait Runtime: Send + Sync + Debug + 'static {
     fn now(&self) -> Instant {
         Instant::now()
     }
+
+    /// Whether a worker on this runtime gets a flusher thread: one that sends the outputs and
+    /// task ends the worker's loop has queued when a task holds the loop without yielding for
+    /// more than a millisecond. The default: `true`.
+    ///
+    /// A simulation that runs every loop on one thread under a simulated clock returns `false`:
+    /// its tasks never hold a loop in real time, and a thread sending on its own schedule would
+    /// make runs differ.
+    fn worker_flusher(&self) -> bool {
+        true
+    }
 }
 
 /// Returns `Pending` once, waking itself, so that the loop's other parts run before we go on.

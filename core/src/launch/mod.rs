@@ -29,7 +29,7 @@ use crate::error::{Error, Exit};
 use crate::pipe::{duplex, PipeEnd};
 use crate::protocol::Handshake;
 use crate::runtime::{BoxIo, Runtime};
-use crate::worker::{serve, Worker};
+use crate::worker::{serve, DirectSink, Worker};
 use futures_channel::oneshot;
 use std::cell::Cell;
 use std::ffi::CString;
@@ -78,6 +78,14 @@ impl Transport {
             }
             Transport::Pipe(p) => Ok(Box::new(p)),
         }
+    }
+
+    /// A second way to write the link, for a worker's flusher thread.
+    pub(crate) fn direct_sink(&self) -> io::Result<DirectSink> {
+        Ok(match self {
+            Transport::Unix(s) => DirectSink::Socket(s.try_clone()?),
+            Transport::Pipe(p) => DirectSink::Pipe(p.sender()),
+        })
     }
 }
 
@@ -352,8 +360,18 @@ pub(crate) fn run_worker<W: Worker>(
     let out = code.clone();
     let rt = runtime.clone();
     runtime.block_on_local(Box::pin(async move {
+        let sink = match rt.worker_flusher() {
+            true => match transport.direct_sink() {
+                Ok(sink) => Some(sink),
+                Err(e) => {
+                    eprintln!("looppool worker: cannot use the link: {e}");
+                    return;
+                }
+            },
+            false => None,
+        };
         match transport.into_io(&*rt) {
-            Ok(io) => out.set(serve::<W>(io, handshake, rt).await),
+            Ok(io) => out.set(serve::<W>(io, sink, handshake, rt).await),
             Err(e) => eprintln!("looppool worker: cannot use the link: {e}"),
         }
     }));

@@ -20,8 +20,10 @@ pub(super) struct Link {
     /// Outputs the worker may emit before the parent acknowledges more.
     pub(super) credit: Cell<usize>,
     pub(super) credit_returned: Event,
-    /// Encoded frames waiting for the writer.
+    /// Encoded frames the loop has not yet handed to the outbox.
     pub(super) outgoing: RefCell<Vec<u8>>,
+    /// Frames handed over, for the writer or the flusher to send.
+    pub(super) outbox: std::sync::Arc<super::outbox::Outbox>,
     pub(super) wake_writer: Event,
     /// Set once the worker said goodbye or lost its parent: no more outputs.
     pub(super) closed: Cell<bool>,
@@ -46,6 +48,17 @@ impl Link {
         self.closed.set(true);
         self.credit_returned.notify(usize::MAX);
         self.wake_writer.notify(usize::MAX);
+    }
+
+    /// Hands the frames encoded so far to the outbox. After a stall was injected, they are the
+    /// last it takes.
+    pub(super) fn hand_over(&self) {
+        if let Ok(mut staged) = self.outgoing.try_borrow_mut() {
+            self.outbox.hand_over(&mut staged);
+            if self.stall_writer.get() {
+                self.outbox.seal();
+            }
+        }
     }
 
     pub(super) fn add_credit(&self, n: usize) {

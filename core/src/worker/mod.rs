@@ -2,10 +2,12 @@
 
 mod context;
 mod observe;
+mod outbox;
 mod serve;
 
 pub use context::Context;
 pub(crate) use observe::filter_code;
+pub(crate) use outbox::DirectSink;
 pub(crate) use serve::{exit_code, serve};
 
 #[cfg(feature = "fault-injection")]

@@ -4,8 +4,9 @@
 //! - the *reader* decodes frames from the parent: tasks go to the inbox, acknowledgements return
 //!   result credit, the poison pill marks the inbox as closing;
 //! - the *runner* starts inbox tasks while fewer than `concurrency` run, and reports each end;
-//! - the *writer* flushes every encoded frame (outputs, task ends, reports, log events) in as
-//!   few writes as it can;
+//! - the *writer* sends every encoded frame (outputs, task ends, reports, log events) once the
+//!   others have nothing left to do, so the frames of many short tasks share one write; a task
+//!   that holds the loop has what came before it sent by the flusher thread (see [`outbox`]);
 //! - the *ticker* times the loop with a periodic timer and sends heartbeats and reports.
 //!
 //! The loop ends when the runner has drained the inbox after the pill (it then says goodbye and
@@ -14,13 +15,14 @@
 
 use super::context::{Context, Link};
 use super::observe::{self, Forwarding, InTask};
+use super::outbox::{DirectSink, Outbox};
 use super::Worker;
 use crate::error::{error_chain, panic_message};
 use crate::protocol::{
     encode_header, rejection, split_body, truncate_to, FrameReader, Handshake, ToParent, ToWorker,
     WireOutcome, HELLO_LIMIT, HELLO_READ_LIMIT, MESSAGE_LIMIT, PROTOCOL_VERSION,
 };
-use crate::runtime::{yield_now, BoxIo, Runtime};
+use crate::runtime::{BoxIo, Runtime};
 use crate::state::TaskId;
 use event_listener::Event;
 use futures_util::future::{select, AbortHandle, AbortRegistration, Abortable, Either, FutureExt};
@@ -69,8 +71,12 @@ struct Inbox<T> {
 ///
 /// `handshake` is given when it was already read (a re-executed process reads it before it
 /// has a runtime, to learn which worker type to run); otherwise it is read here.
+///
+/// `sink`, when given, is a second way to write the link: a flusher thread sends through it
+/// what a task holding the loop would otherwise hold back.
 pub(crate) async fn serve<W: Worker>(
     io: BoxIo,
+    sink: Option<DirectSink>,
     handshake: Option<Handshake>,
     runtime: Arc<dyn Runtime>,
 ) -> i32 {
@@ -104,6 +110,7 @@ pub(crate) async fn serve<W: Worker>(
         credit: Cell::new(hs.result_credit),
         credit_returned: Event::new(),
         outgoing: RefCell::new(Vec::new()),
+        outbox: Arc::new(Outbox::default()),
         wake_writer: Event::new(),
         closed: Cell::new(false),
         hang_up: Cell::new(false),
@@ -114,6 +121,11 @@ pub(crate) async fn serve<W: Worker>(
         runtime: runtime.clone(),
         config: hs.config.clone(),
     });
+    if let Some(sink) = sink {
+        link.outbox.start_flusher(sink);
+    }
+    // The flusher ends with the loop, however the loop ends.
+    let _flusher = ShutOnDrop(link.outbox.clone());
     // Events (and, in a process of its own, panic messages) go to the parent from here on.
     let _forwarding = Forwarding::start(&link, hs.log_level);
     if hs.own_process && hs.log_level > 0 {
@@ -182,6 +194,14 @@ pub(crate) async fn serve<W: Worker>(
             eprintln!("looppool worker {}: {reason}", hs.worker);
             exit_code::LINK
         }
+    }
+}
+
+struct ShutOnDrop(Arc<Outbox>);
+
+impl Drop for ShutOnDrop {
+    fn drop(&mut self) {
+        self.0.shut();
     }
 }
 
@@ -279,19 +299,18 @@ async fn ticker<T>(
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(w: &mut W, link: &Link) -> End {
-    let mut buf = Vec::new();
     loop {
         let listener = link.wake_writer.listen();
-        std::mem::swap(&mut buf, &mut *link.outgoing.borrow_mut());
-        if !buf.is_empty() {
-            if let Err(e) = write_all(w, &buf).await {
+        link.hand_over();
+        if link.outbox.has_unsent() {
+            let sent = std::future::poll_fn(|cx| link.outbox.poll_send(w, cx)).await;
+            if let Err(e) = sent {
                 return if e.kind() == std::io::ErrorKind::BrokenPipe {
                     End::ParentGone
                 } else {
                     End::Link(format!("cannot write to the parent: {e}"))
                 };
             }
-            buf.clear();
             if link.stall_writer.get() {
                 // Fault injection: what was written stays the last thing the parent reads.
                 return std::future::pending().await;
@@ -363,9 +382,8 @@ async fn run_loop<W: Worker>(
         if let Either::Left((Some((id, ended)), _)) = select(running.next(), listener).await {
             inbox.running.borrow_mut().remove(&id);
             report(link, id, &ended);
-            // Let the writer flush this task's outputs and end before the next task starts: a
-            // CPU-bound task would otherwise hold them back until it, too, yields.
-            yield_now().await;
+            // The next task may start at once: its first poll hands this end to the outbox,
+            // where the writer (or, if that task holds the loop, the flusher) sends it.
         }
     }
     // Drained after the pill: say goodbye, accept no more outputs, let the writer flush.
@@ -393,11 +411,17 @@ async fn run_one<W: Worker>(
     };
     let runtime = link.runtime.clone();
     let link_own_process = link.own_process;
-    let ctx = Context::new(link, Some(id));
-    let run = InTask {
+    let ctx = Context::new(link.clone(), Some(id));
+    let mut run = InTask {
         task: id,
         future: AssertUnwindSafe(worker.process(task, &ctx)).catch_unwind(),
     };
+    // What earlier tasks produced goes to the outbox before this one runs: should it hold
+    // the loop, the flusher sends it.
+    let run = std::future::poll_fn(|cx| {
+        link.hand_over();
+        run.poll_unpin(cx)
+    });
     let limited = async {
         match timeout {
             None => Some(run.await),

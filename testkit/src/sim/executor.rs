@@ -292,6 +292,12 @@ impl Runtime for Sim {
     fn now(&self) -> Instant {
         self.epoch + self.elapsed()
     }
+
+    fn worker_flusher(&self) -> bool {
+        // Simulated tasks never hold a loop in real time; a flusher would only add a thread
+        // whose timing differs from run to run.
+        false
+    }
 }
 
 #[cfg(test)]

@@ -312,38 +312,45 @@ pub(super) async fn result_credit_bounds_unacknowledged_outputs_and_loses_nothin
 pub(super) async fn outputs_are_flushed_before_the_next_cpu_bound_task_starts<A: Adapter>(
     m: StartMethod,
 ) -> Outcome {
-    let pool = start(pool::<A>(m, 1)).await?;
+    // Room for every task and output below: nothing waits on the parent.
+    let pool = start(pool::<A>(m, 1).capacity(32).result_credit(32)).await?;
     let outputs = pool.outputs();
     let marker = std::env::temp_dir().join(format!("looppool-spin-{}-{m:?}", std::process::id()));
     let _ = std::fs::remove_file(&marker);
-    let first = pool
-        .submit(Task::Double(5))
-        .await
-        .map_err(|e| e.to_string())?;
+    // Short tasks whose frames the worker would rather send together, then one that holds the
+    // worker's loop without yielding, likely all read in one go.
+    let mut firsts = Vec::new();
+    for n in 0..20 {
+        firsts.push(
+            pool.submit(Task::Double(n))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
     let spinning = pool
         .submit(Task::SpinUntilExists(marker.to_string_lossy().into_owned()))
         .await
         .map_err(|e| e.to_string())?;
     // The spinning task never yields until the marker exists, and the marker is only created
-    // once the first task's output and end have arrived.
-    let output = within(
+    // once every earlier task's output and end have arrived.
+    let arrived = within(
         &*A::runtime(),
         Duration::from_secs(20),
-        "the first task's output",
-        outputs.recv(),
-    )
-    .await;
-    let ended = within(
-        &*A::runtime(),
-        Duration::from_secs(20),
-        "the first task's end",
-        first,
+        "the earlier tasks' outputs and ends",
+        async {
+            let mut received = Vec::new();
+            for _ in 0..20 {
+                received.push(outputs.recv().await.map(|o| (*o).clone()));
+            }
+            (received, futures_util::future::join_all(firsts).await)
+        },
     )
     .await;
     std::fs::write(&marker, b"").map_err(|e| e.to_string())?;
-    let output = output?.ok_or("the stream ended")?;
-    ensure!(*output == Out::Doubled(10), "first output {:?}", *output);
-    ensure!(ended == Ok(Ok(())), "first task {ended:?}");
+    let (received, ended) = arrived?;
+    let expected: Vec<_> = (0..20).map(|n| Some(Out::Doubled(2 * n))).collect();
+    ensure!(received == expected, "outputs {received:?}");
+    ensure!(ended.iter().all(|e| *e == Ok(())), "ends {ended:?}");
     spinning.await.map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(&marker);
     let _ = std::fs::remove_file(format!("{}.spinning", marker.display()));
