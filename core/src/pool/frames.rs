@@ -7,12 +7,25 @@ use crate::error::{RawTaskError, TaskError};
 use crate::protocol::{split_body, ToParent, WireOutcome};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// What the frames of one read share: when they arrived, and the wake-ups they owe.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    /// When the read that brought them returned.
+    pub(crate) now: Instant,
+    /// A task ended: submitters waiting for room are woken once the batch is handled.
+    pub(crate) room_freed: bool,
+}
 
 impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     /// Handles one frame from worker `worker`. An error ends the link.
-    pub(crate) fn handle_frame(self: &Arc<Self>, worker: usize, body: &[u8]) -> Result<(), String> {
-        self.seen(worker);
+    pub(crate) fn handle_frame(
+        self: &Arc<Self>,
+        worker: usize,
+        body: &[u8],
+        batch: &mut Batch,
+    ) -> Result<(), String> {
         let (header, payload) =
             split_body::<ToParent<'_>>(body).map_err(|e| format!("malformed frame: {e}"))?;
         match header {
@@ -71,7 +84,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 }
             }
             ToParent::Done { task, outcome } => {
-                let now = self.runtime.now();
+                let now = batch.now;
                 let result: Result<(), RawTaskError> = match outcome {
                     WireOutcome::Completed => Ok(()),
                     WireOutcome::Failed(bytes) => Err(TaskError::Failed(bytes.to_vec())),
@@ -105,8 +118,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 if wake {
                     self.wake_writer(worker);
                 }
-                self.lanes[worker].room.notify(usize::MAX);
-                self.room_any.notify(usize::MAX);
+                batch.room_freed = true;
                 actions.run(self);
                 if let Some(p) = pending {
                     let _ = p.done.send(result);
@@ -120,7 +132,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             }
             ToParent::Alive => {}
             ToParent::Stats(stats) => {
-                let now = self.runtime.now();
+                let now = batch.now;
                 let mut inner = self.lock();
                 let (held, unacked) = (inner.state.held(worker), inner.state.unacked(worker));
                 inner.workers[worker].account.report(

@@ -1,6 +1,7 @@
 //! One worker's link in the parent, once its handshake is done: a reader (run by the worker's
 //! supervisor) and a writer task.
 
+use super::frames::Batch;
 use super::incarnation::Linked;
 use super::shared::{Payload, Shared};
 use crate::launch::{Killer, Reaper};
@@ -104,6 +105,13 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
     let mut received_at_tick = 0;
     // When the process was seen to exit, for the bound on reading what it left.
     let mut gone_at = None;
+    // The frames of one read are handled as a batch: one clock reading, one wake-up of
+    // waiting submitters.
+    let mut batch = Batch {
+        now: runtime.now(),
+        room_freed: false,
+    };
+    let mut batch_begins = true;
     let ending = loop {
         let step = {
             let mut next = pin!(reader.next());
@@ -123,7 +131,18 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
         };
         match step {
             Step::Frame(Ok(Some(body))) => {
-                if let Err(e) = handle_frame_safely(&shared, worker, body) {
+                if batch_begins {
+                    batch.now = runtime.now();
+                    shared.seen_at(worker, batch.now);
+                }
+                let handled = handle_frame_safely(&shared, worker, body, &mut batch);
+                // The batch ends with the frames buffered: the next one needs a read.
+                batch_begins = !reader.has_frame();
+                if (batch_begins || handled.is_err()) && batch.room_freed {
+                    batch.room_freed = false;
+                    shared.room_freed(worker);
+                }
+                if let Err(e) = handled {
                     break Ending::Broken(e);
                 }
                 if let Some(gone_at) = gone_at {
@@ -223,9 +242,10 @@ fn handle_frame_safely<O: DeserializeOwned + Send + 'static>(
     shared: &Arc<Shared<O>>,
     worker: usize,
     body: &[u8],
+    batch: &mut Batch,
 ) -> Result<(), String> {
     let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        shared.handle_frame(worker, body)
+        shared.handle_frame(worker, body, batch)
     }));
     handled.unwrap_or_else(|panic| {
         Err(format!(

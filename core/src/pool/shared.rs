@@ -214,14 +214,21 @@ impl<O> Shared<O> {
 
     /// Records that a frame from `worker` arrived now.
     pub(crate) fn seen(&self, worker: usize) {
-        let micros = self
-            .runtime
-            .now()
-            .saturating_duration_since(self.base)
-            .as_micros() as u64;
+        self.seen_at(worker, self.runtime.now());
+    }
+
+    /// A frame from `worker` arrived at `now`.
+    pub(crate) fn seen_at(&self, worker: usize, now: std::time::Instant) {
+        let micros = now.saturating_duration_since(self.base).as_micros() as u64;
         self.lanes[worker]
             .last_seen
             .store(micros, Ordering::Relaxed);
+    }
+
+    /// Wakes whoever waits for room at `worker`, or at any worker.
+    pub(crate) fn room_freed(&self, worker: usize) {
+        self.lanes[worker].room.notify(usize::MAX);
+        self.room_any.notify(usize::MAX);
     }
 
     /// How long ago a frame from `worker` arrived.
@@ -297,8 +304,7 @@ impl<O> Shared<O> {
         }
         actions.run(self);
         self.wake_writer(worker);
-        self.lanes[worker].room.notify(usize::MAX);
-        self.room_any.notify(usize::MAX);
+        self.room_freed(worker);
         self.clock.notify(usize::MAX);
         true
     }

@@ -64,6 +64,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.received
     }
 
+    /// Whether a whole frame is buffered: the next [`next`](Self::next) returns it at once.
+    pub(crate) fn has_frame(&self) -> bool {
+        let avail = self.end - self.start;
+        avail >= LEN_PREFIX && avail - LEN_PREFIX >= self.peek_len()
+    }
+
     fn peek_len(&self) -> usize {
         let prefix = &self.buf[self.start..self.start + LEN_PREFIX];
         u32::from_le_bytes(prefix.try_into().expect("four bytes")) as usize
