@@ -101,7 +101,8 @@ pub(super) fn forward(level: u8, target: &str, message: &str) -> bool {
             link.logs_dropped.set(link.logs_dropped.get() + 1);
             return true;
         };
-        if out.len() > LOG_BACKLOG {
+        // What waits in the outbox counts too: a parent that does not read holds both.
+        if out.len() + link.outbox.unsent_len() > LOG_BACKLOG {
             link.logs_dropped.set(link.logs_dropped.get() + 1);
             return true;
         }

@@ -125,7 +125,12 @@ impl Outbox {
 
     /// Whether bytes wait to be sent.
     pub(crate) fn has_unsent(&self) -> bool {
-        !self.lock().unsent().is_empty()
+        self.unsent_len() > 0
+    }
+
+    /// How many bytes wait to be sent.
+    pub(crate) fn unsent_len(&self) -> usize {
+        self.lock().unsent().len()
     }
 
     /// Writes everything waiting through the loop's own writer `w`.
