@@ -3,16 +3,14 @@
 //! supervisors told what comes next) and carried out once the lock is released.
 
 use super::shared::{Inner, Next, Shared};
-use crate::error::{Exit, RawTaskError, TaskError};
+use crate::error::{Exit, TaskError};
 use crate::launch::Killer;
 use crate::state::{Event as Decision, KillCause, Loss};
-use futures_channel::oneshot;
 use std::sync::atomic::Ordering;
 
 /// The state's decisions, taken under the lock and carried out after it is released.
 #[must_use]
 pub(crate) struct Actions {
-    ended: Vec<(oneshot::Sender<Result<(), RawTaskError>>, RawTaskError)>,
     kills: Vec<Killer>,
     writers: Vec<usize>,
     supervisors: Vec<usize>,
@@ -22,11 +20,12 @@ pub(crate) struct Actions {
 
 impl<O> Shared<O> {
     /// Takes the state's decisions, under the lock: the driver's share of each is prepared here
-    /// (pending entries resolved, killers and causes recorded, supervisors told what is next)
-    /// and carried out by [`Actions::run`] once the lock is released.
+    /// (killers and causes recorded, supervisors told what is next) and carried out by
+    /// [`Actions::run`] once the lock is released. Tasks the state ends are resolved here,
+    /// under the lock: whoever next sees the state (a `stop` that finds every worker gone)
+    /// finds their handles resolved too.
     pub(crate) fn decisions(&self, inner: &mut Inner<O>) -> Actions {
         let mut actions = Actions {
-            ended: Vec::new(),
             kills: Vec::new(),
             writers: Vec::new(),
             supervisors: Vec::new(),
@@ -110,14 +109,12 @@ impl<O> Shared<O> {
                     )),
                 };
                 entry.account.lost(1, &self.lanes[worker].instruments);
-                actions.ended.push((
-                    p.done,
-                    TaskError::Lost {
-                        worker,
-                        exit,
-                        cause,
-                    },
-                ));
+                let lost = TaskError::Lost {
+                    worker,
+                    exit,
+                    cause,
+                };
+                let _ = p.done.send(Err(lost));
             }
             Decision::Retried { id, from, to } => {
                 if let Some(p) = inner.pending.get(&id) {
@@ -135,7 +132,7 @@ impl<O> Shared<O> {
             Decision::Expired { worker, id } => {
                 if let Some(p) = inner.pending.remove(&id) {
                     let after = p.timeout.unwrap_or_default();
-                    actions.ended.push((p.done, TaskError::TimedOut { after }));
+                    let _ = p.done.send(Err(TaskError::TimedOut { after }));
                 }
                 // Its worker is sent the cancellation, and has room again.
                 actions.writers.push(worker);
@@ -174,9 +171,6 @@ impl Actions {
                 tracing::Level::INFO => tracing::info!(pool = %pool, worker, "{note}"),
                 _ => tracing::debug!(pool = %pool, worker, "{note}"),
             }
-        }
-        for (done, error) in self.ended {
-            let _ = done.send(Err(error));
         }
         for &worker in &self.writers {
             shared.wake_writer(worker);
