@@ -4,19 +4,15 @@
 //! step and at the end; then the user's property is checked on what the run did; a failure is
 //! shrunk to a minimal script.
 
-use super::script::{Ran, Reader, Run, Step};
+mod play;
+
+use super::script::{Reader, Run, Step};
 use super::{Sim, Stall};
-use futures_util::future::{select, Either};
-use futures_util::FutureExt;
-use looppool_core::{
-    Delivery, Exit, Pool, Runtime, StartMethod, SubmitError, TaskError, TaskHandle, TaskId, Worker,
-};
+use looppool_core::Worker;
 use proptest::prelude::*;
 use proptest::strategy::BoxedStrategy;
-use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
-use std::collections::BTreeMap;
+use proptest::test_runner::{Config, Reason, RngSeed, TestCaseError, TestError, TestRunner};
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A property test of worker `W` in simulated pools.
@@ -70,6 +66,7 @@ pub struct PoolCheck<W: Worker> {
     cases: u32,
     max_steps: usize,
     stop_timeout: Duration,
+    rng_seed: Option<u64>,
 }
 
 impl<W: Worker> Debug for PoolCheck<W> {
@@ -100,6 +97,7 @@ where
             cases: 64,
             max_steps: 24,
             stop_timeout: Duration::from_secs(30),
+            rng_seed: None,
         }
     }
 
@@ -151,6 +149,13 @@ where
         self
     }
 
+    /// Draws the scripts from a generator seeded with `seed`, so a check runs the same cases
+    /// every time. Without it the seed is random, or read from `PROPTEST_RNG_SEED`.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.rng_seed = Some(seed);
+        self
+    }
+
     /// Runs the scripts; checks the pool's promises in each, then `property` on what it did.
     ///
     /// # Panics
@@ -175,10 +180,12 @@ where
             reader,
             any::<u64>(),
         );
+        let defaults = Config::default();
         let mut runner = TestRunner::new(Config {
             cases: self.cases,
             failure_persistence: None,
-            ..Config::default()
+            rng_seed: self.rng_seed.map_or(defaults.rng_seed, RngSeed::Fixed),
+            ..defaults
         });
         let outcome = runner.run(&scripts, |(steps, reader, seed)| {
             let run = self
@@ -188,12 +195,57 @@ where
         });
         match outcome {
             Ok(()) => {}
-            Err(TestError::Fail(reason, (steps, reader, seed))) => panic!(
-                "pool check failed: {reason}\nminimal failing script (seed {seed}, reader \
-                 {reader:?}):\n{steps:#?}"
-            ),
+            Err(TestError::Fail(reason, (steps, reader, seed))) => {
+                let (reason, steps, reader) = self.minimize(reason, steps, reader, seed, &property);
+                panic!(
+                    "pool check failed: {reason}\nminimal failing script (seed {seed}, reader \
+                     {reader:?}):\n{steps:#?}"
+                )
+            }
             Err(TestError::Abort(reason)) => panic!("pool check aborted: {reason}"),
         }
+    }
+
+    /// Deletes steps from a shrunk failing script until no single deletion still fails.
+    ///
+    /// Proptest's shrinking tries each deletion once, in order: a step that could not go while a
+    /// later one was there (a kill that moved the failing task elsewhere) stays after that later
+    /// one is gone. Repeating the deletions to a fixed point makes the reported script one whose
+    /// every step is needed, whatever the random cases were.
+    fn minimize(
+        &self,
+        mut reason: Reason,
+        mut steps: Vec<Step<W::Task>>,
+        mut reader: Reader,
+        seed: u64,
+        property: &impl Fn(&Run<W>) -> Result<(), TestCaseError>,
+    ) -> (Reason, Vec<Step<W::Task>>, Reader) {
+        let fails = |steps: &[Step<W::Task>], reader: Reader| match self.run(steps, reader, seed) {
+            Err(pool) => Some(Reason::from(pool)),
+            Ok(run) => match property(&run) {
+                Err(TestCaseError::Fail(why)) => Some(why),
+                // A rejected case (`prop_assume!`) is not a failure.
+                Ok(()) | Err(TestCaseError::Reject(_)) => None,
+            },
+        };
+        if reader != Reader::Prompt {
+            if let Some(why) = fails(&steps, Reader::Prompt) {
+                (reason, reader) = (why, Reader::Prompt);
+            }
+        }
+        let mut i = 0;
+        while i < steps.len() {
+            let mut fewer = steps.clone();
+            fewer.remove(i);
+            match fails(&fewer, reader) {
+                Some(why) => {
+                    (reason, steps) = (why, fewer);
+                    i = 0;
+                }
+                None => i += 1,
+            }
+        }
+        (reason, steps, reader)
     }
 
     /// Runs one script with the schedule `seed` picks; checks the pool's promises and returns
@@ -215,178 +267,5 @@ where
                 Err(format!("still running after {limit:?} of simulated time"))
             }
         }
-    }
-
-    async fn script(
-        &self,
-        sim: Sim,
-        steps: Vec<Step<W::Task>>,
-        reader: Reader,
-    ) -> Result<Run<W>, String> {
-        let rt: Arc<dyn Runtime> = Arc::new(sim.clone());
-        let pool = Pool::<W>::builder(rt.clone())
-            .start_method(StartMethod::Thread)
-            .worker_runtime(rt.clone())
-            .workers(self.workers)
-            .capacity(self.capacity)
-            .result_credit(self.credit)
-            .concurrency(self.concurrency)
-            .retries(self.retries)
-            .stop_timeout(self.stop_timeout)
-            // Periodic reports would keep simulated time moving and hide a deadlock.
-            .stats_interval(None)
-            .start()
-            .await
-            .map_err(|e| format!("start: {e}"))?;
-        let seen = Arc::new(Mutex::new(Vec::<(Option<TaskId>, W::Output)>::new()));
-        let (read_all, reader_done) = futures_channel::oneshot::channel::<()>();
-        {
-            let (outputs, seen, sim) = (pool.outputs(), seen.clone(), sim.clone());
-            rt.spawn(Box::pin(async move {
-                while let Some(d) = outputs.recv().await {
-                    let d: Delivery<W::Output> = d;
-                    seen.lock().unwrap().push((d.task_id(), d.value().clone()));
-                    if let Reader::Slow(ms) = reader {
-                        sim.sleep(Duration::from_millis(ms.into())).await;
-                    }
-                    drop(d);
-                }
-                let _ = read_all.send(());
-            }));
-        }
-
-        let mut accepted: Vec<(TaskHandle<W::Error>, W::Task)> = Vec::new();
-        let (mut killed, mut stop_begun) = (false, false);
-        let (stop_tx, mut stop_rx) = futures_channel::oneshot::channel();
-        let mut stop_tx = Some(stop_tx);
-        let n = self.workers;
-        for step in steps {
-            let give_up = || sim.sleep(Duration::from_millis(50));
-            let kind = step_kind(&step);
-            let placed = match step {
-                Step::Submit(task) | Step::SubmitTo(_, task) | Step::Broadcast(task) => {
-                    let placing = match kind {
-                        Kind::Any => pool
-                            .submit(task.clone())
-                            .map(|r| r.map(|h| vec![h]))
-                            .boxed(),
-                        Kind::To(k) => pool
-                            .submit_to(k % n, task.clone())
-                            .map(|r| r.map(|h| vec![h]))
-                            .boxed(),
-                        Kind::All => pool.broadcast(task.clone()).boxed(),
-                    };
-                    match select(placing, give_up()).await {
-                        Either::Left((r, _)) => Some((r, task)),
-                        Either::Right(_) => None,
-                    }
-                }
-                Step::Kill(k) => {
-                    pool.kill_worker(k % n);
-                    killed = true;
-                    None
-                }
-                Step::Nap(ms) => {
-                    sim.sleep(Duration::from_millis(ms.into())).await;
-                    None
-                }
-                Step::Stop => {
-                    if let Some(tx) = stop_tx.take() {
-                        stop_begun = true;
-                        let pool = pool.clone();
-                        rt.spawn(Box::pin(async move {
-                            let _ = tx.send(pool.stop().await);
-                        }));
-                    }
-                    None
-                }
-            };
-            match placed {
-                Some((Ok(handles), task)) => {
-                    accepted.extend(handles.into_iter().map(|h| (h, task.clone())))
-                }
-                Some((Err(SubmitError::Closed(_)), _)) if stop_begun => {}
-                Some((Err(SubmitError::Unroutable(..)), _)) if killed => {}
-                Some((Err(e), _)) => return Err(format!("refused: {e}")),
-                None => {}
-            }
-            // After every step: no worker holds more than its capacity, and every output
-            // belongs to an accepted task or to none.
-            for w in pool.stats().workers {
-                if w.held > self.capacity {
-                    return Err(format!(
-                        "worker {} holds {} tasks, over its capacity of {}",
-                        w.worker, w.held, self.capacity
-                    ));
-                }
-            }
-            let ids: Vec<TaskId> = accepted.iter().map(|(h, _)| h.id()).collect();
-            if let Some((task, _)) = seen
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(t, _)| t.is_some_and(|t| !ids.contains(&t)))
-            {
-                return Err(format!("an output for task {task:?}, never accepted"));
-            }
-        }
-
-        let stopped = pool.stop().await;
-        if stop_begun {
-            let first = (&mut stop_rx)
-                .await
-                .map_err(|_| "the background stop vanished")?;
-            if first != stopped {
-                return Err(format!("two stops disagree: {first:?} and {stopped:?}"));
-            }
-        }
-        reader_done.await.map_err(|_| "the reader vanished")?;
-        if stopped.exits().contains(&Exit::Unknown) {
-            return Err(format!("a worker was not reaped: {:?}", stopped.exits()));
-        }
-        let mut by_task: BTreeMap<Option<TaskId>, Vec<W::Output>> = BTreeMap::new();
-        for (task, value) in seen.lock().unwrap().drain(..) {
-            by_task.entry(task).or_default().push(value);
-        }
-        let mut tasks = Vec::new();
-        for (mut handle, task) in accepted {
-            let id = handle.id();
-            let ended = (&mut handle)
-                .now_or_never()
-                .ok_or(format!("task {id} had not ended when stop returned"))?;
-            if matches!(ended, Err(TaskError::Lost { .. }))
-                && !killed
-                && stopped.killed().is_empty()
-            {
-                return Err(format!("task {id} was lost, with no worker killed"));
-            }
-            tasks.push(Ran {
-                id,
-                task,
-                worker: handle.worker(),
-                ended,
-                outputs: by_task.remove(&Some(id)).unwrap_or_default(),
-                attempts: handle.attempts(),
-            });
-        }
-        Ok(Run {
-            tasks,
-            unsolicited: by_task.remove(&None).unwrap_or_default(),
-            killed,
-        })
-    }
-}
-
-enum Kind {
-    Any,
-    To(usize),
-    All,
-}
-
-fn step_kind<T>(step: &Step<T>) -> Kind {
-    match step {
-        Step::SubmitTo(k, _) => Kind::To(*k),
-        Step::Broadcast(_) => Kind::All,
-        _ => Kind::Any,
     }
 }
