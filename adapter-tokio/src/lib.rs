@@ -46,7 +46,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::compat::TokioAsyncReadCompatExt;
+
+mod link;
 
 /// The tokio [`Runtime`]: spawns on the ambient tokio runtime in the parent, and builds a fresh
 /// one in each worker.
@@ -87,7 +88,7 @@ impl Runtime for Tokio {
 
     fn wrap_unix(&self, stream: UnixStream) -> io::Result<BoxIo> {
         stream.set_nonblocking(true)?;
-        Ok(Box::new(tokio::net::UnixStream::from_std(stream)?.compat()))
+        Ok(Box::new(link::Link::new(stream)?))
     }
 
     fn wait_readable(&self, fd: OwnedFd) -> Option<BoxFuture<io::Result<()>>> {
