@@ -80,6 +80,8 @@ caught! {
     a_retirement_that_never_begins_is_caught: IgnoreRetire => "[order]" | "[round-robin]" | "[recycle]",
     fresh_credit_for_a_replacement_is_caught: FreshReplacementCredit => "[credit]",
     credit_lost_while_a_replacement_launched_is_caught: ForgetOwedCredit => "[credit]",
+    credits_that_only_ride_with_frames_are_caught: AcksOnlyWithFrames => "[credit]",
+    credits_sent_only_in_batches_are_caught: AcksOnlyInBatches => "[credit]",
     outputs_for_other_workers_tasks_are_caught: AcceptForeignOutputs => "[ownership]",
     every_death_counted_as_a_quick_failure_is_caught: EveryDeathCounts => "[restart]" | "[stop]",
     retirements_counted_as_failures_are_caught: RetirementsCount => "[restart]",

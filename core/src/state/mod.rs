@@ -366,14 +366,20 @@ impl<P: Clone> PoolState<P> {
     }
 
     /// The next thing to write to worker `worker`'s link, in order.
+    ///
+    /// Credits the consumer gave back go with a frame written to the worker anyway, or on their
+    /// own once they make half its result credit or the worker has less than half of it left:
+    /// one acknowledgement per output would cost the worker a wake-up per output, and a worker
+    /// that used up its credit gets back whatever the consumer read at once, however many
+    /// deliveries the consumer holds. A stop's backlog and a replacement's due credit go at once.
     #[must_use]
     pub fn poll_transmit(&mut self, worker: usize) -> Option<Transmit<P>> {
-        self.slots[worker].poll_transmit()
+        self.slots[worker].poll_transmit(self.result_credit)
     }
 
     /// Whether anything is waiting to be written to `worker`'s link.
     pub fn has_transmit(&self, worker: usize) -> bool {
-        self.slots[worker].has_transmit()
+        self.slots[worker].has_transmit(self.result_credit)
     }
 
     /// Where the pool is in its life.

@@ -46,7 +46,14 @@ pub(super) struct Slot<P> {
     /// Tasks this incarnation ended, sticky replays aside.
     ended: u64,
     unacked: usize,
+    /// Credits the consumer gave back that the worker has not been sent.
     ack_due: u32,
+    /// They go at once: a stop's backlog or a replacement's due credit, not the consumer's
+    /// acknowledgements.
+    ack_urgent: bool,
+    /// A frame left the outbox since the last acknowledgement went: acknowledgements due ride
+    /// along in the same write.
+    frame_taken: bool,
     outbox: VecDeque<Transmit<P>>,
     stop_queued: bool,
     said_bye: bool,
@@ -61,6 +68,12 @@ pub(super) struct Slot<P> {
     killed_for_cancel: bool,
 }
 
+/// Credits given back that make an acknowledgement worth a frame of its own, for a result credit
+/// of `credit`: half of it, rounded up.
+fn ack_batch(credit: usize) -> usize {
+    credit.div_ceil(2)
+}
+
 impl<P: Clone> Slot<P> {
     pub(super) fn new() -> Self {
         Self {
@@ -71,6 +84,8 @@ impl<P: Clone> Slot<P> {
             ended: 0,
             unacked: 0,
             ack_due: 0,
+            ack_urgent: false,
+            frame_taken: false,
             outbox: VecDeque::new(),
             stop_queued: false,
             said_bye: false,
@@ -234,6 +249,7 @@ impl<P: Clone> Slot<P> {
             self.ack_due = self
                 .ack_due
                 .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+            self.ack_urgent |= n > 0;
         }
     }
 
@@ -274,6 +290,7 @@ impl<P: Clone> Slot<P> {
         } else {
             self.said_bye = true;
             self.ack_due = 0;
+            self.ack_urgent = false;
             return Ok(());
         };
         Err(Violation::EarlyBye { worker, why })
@@ -288,6 +305,8 @@ impl<P: Clone> Slot<P> {
         self.outbox.clear();
         self.cancelling.clear();
         self.ack_due = 0;
+        self.ack_urgent = false;
+        self.frame_taken = false;
         let mut held: Vec<_> = self.tasks.drain().collect();
         held.sort_unstable_by_key(|(_, h)| h.seq);
         held
@@ -303,6 +322,7 @@ impl<P: Clone> Slot<P> {
         self.generation = generation;
         self.unacked = unacked;
         self.ack_due = u32::try_from(owed).unwrap_or(u32::MAX);
+        self.ack_urgent = owed > 0;
         generation
     }
 
@@ -394,17 +414,32 @@ impl<P: Clone> Slot<P> {
         }
     }
 
-    pub(super) fn poll_transmit(&mut self) -> Option<Transmit<P>> {
+    /// The next frame for the link, then the credits due when they can share a write with
+    /// frames just taken or are worth a frame of their own (see [`acks_ready`](Self::acks_ready)).
+    pub(super) fn poll_transmit(&mut self, credit: usize) -> Option<Transmit<P>> {
         if let Some(t) = self.outbox.pop_front() {
+            self.frame_taken = true;
             return Some(t);
         }
-        if self.ack_due > 0 {
+        let along = std::mem::take(&mut self.frame_taken);
+        if self.ack_due > 0 && (along || self.acks_ready(credit)) {
+            self.ack_urgent = false;
             return Some(Transmit::Ack(std::mem::take(&mut self.ack_due)));
         }
         None
     }
 
-    pub(super) fn has_transmit(&self) -> bool {
-        !self.outbox.is_empty() || self.ack_due > 0
+    pub(super) fn has_transmit(&self, credit: usize) -> bool {
+        !self.outbox.is_empty() || (self.ack_due > 0 && self.acks_ready(credit))
+    }
+
+    /// Whether the credits due are worth a frame of their own, for a worker whose result credit
+    /// is `credit`: they are urgent, or make half the credit, or the worker has less than half
+    /// of its credit left (so a worker that used it all gets back whatever was read at once).
+    fn acks_ready(&self, credit: usize) -> bool {
+        let batch = ack_batch(credit);
+        let due = self.ack_due as usize;
+        let left = credit.saturating_sub(self.unacked + due);
+        self.ack_urgent || due >= batch || left < batch
     }
 }

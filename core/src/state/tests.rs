@@ -179,9 +179,65 @@ fn result_credit_belongs_to_the_worker_number_across_incarnations() {
         }),
         "one output of the first incarnation is still unread"
     );
-    // Reading the old one returns its credit to the new incarnation.
+    // Reading the old one returns its credit to the new incarnation at once: it has none left.
     s.handle_ack(0);
     assert_eq!(drain(&mut s, 0), [Transmit::Ack(1)]);
+}
+
+#[test]
+fn credits_go_back_in_batches_or_along_with_a_frame() {
+    let mut s = ready(1, 4, 8);
+    for _ in 0..4 {
+        s.handle_output(0, None).unwrap();
+    }
+    // Fewer than half the credit back, and the worker still has half: not worth waking it for.
+    for _ in 0..3 {
+        s.handle_ack(0);
+    }
+    assert!(!s.has_transmit(0));
+    assert_eq!(drain(&mut s, 0), []);
+    // A task goes to the worker anyway: the three credits share its write.
+    let (_, id) = s.submit(Route::Worker(0), 1).unwrap();
+    assert!(s.has_transmit(0));
+    assert_eq!(
+        drain(&mut s, 0),
+        [Transmit::Task { id, payload: 1 }, Transmit::Ack(3)]
+    );
+    // Half the credit back goes on its own.
+    for _ in 0..3 {
+        s.handle_output(0, None).unwrap();
+    }
+    for _ in 0..3 {
+        s.handle_ack(0);
+    }
+    assert!(!s.has_transmit(0));
+    s.handle_ack(0);
+    assert!(s.has_transmit(0));
+    assert_eq!(drain(&mut s, 0), [Transmit::Ack(4)]);
+}
+
+#[test]
+fn a_worker_short_of_credit_gets_back_each_one_read() {
+    // A consumer that holds deliveries, as a sliding window does: the worker used up its credit,
+    // and each output read lets it emit one more at once.
+    let mut s = ready(1, 4, 8);
+    for _ in 0..8 {
+        s.handle_output(0, None).unwrap();
+    }
+    s.handle_ack(0);
+    assert_eq!(drain(&mut s, 0), [Transmit::Ack(1)]);
+    s.handle_output(0, None).unwrap();
+    s.handle_ack(0);
+    assert_eq!(drain(&mut s, 0), [Transmit::Ack(1)]);
+}
+
+#[test]
+fn a_stops_backlog_goes_at_once() {
+    let mut s = ready(1, 1, 8);
+    s.set_stop_backlog(2);
+    s.begin_stop(Instant::now(), std::time::Duration::from_secs(1));
+    let sent = drain(&mut s, 0);
+    assert_eq!(sent, [Transmit::Stop, Transmit::Ack(2)]);
 }
 
 #[test]

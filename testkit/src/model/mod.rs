@@ -9,6 +9,9 @@
 //!    its credit (and an output beyond the credit is reported as a violation); the credit
 //!    belongs to the worker number: a replacement starts with what earlier incarnations left
 //!    unacknowledged subtracted, and is sent what the consumer acknowledged meanwhile;
+//!    credits given back go with a frame sent anyway, in batches of half the credit, or at
+//!    once for a stop's backlog, a replacement, or a worker with less than half its credit
+//!    left: a worker that used up its credit is never owed any after a delivery;
 //!    an output for a task its worker does not hold is a violation;
 //! 3. round-robin gives each live worker `⌊k/n⌋` or `⌈k/n⌉` of `k` submissions while the set of
 //!    live workers stays the same (and picks the worker the reference picks);
@@ -291,15 +294,28 @@ impl Harness {
                 let k = k % n;
                 let w = &mut self.model.workers[k];
                 if w.alive && w.ready {
+                    let frames = w.sent.len() > w.delivered;
                     w.delivered = w.sent.len();
                     let returned = self.sut.deliver(k);
+                    let due = self.model.credit_sent(k, frames);
                     let w = &mut self.model.workers[k];
                     ensure!(
-                        returned == w.owed,
-                        "[credit] worker {k} was sent {returned} credits, {} were owed",
+                        returned == due,
+                        "[credit] worker {k} was sent {returned} credits, {due} were due ({} \
+                         owed)",
                         w.owed
                     );
-                    w.held_credit += std::mem::take(&mut w.owed);
+                    w.owed -= due;
+                    w.held_credit += due;
+                    w.owed_urgent &= due == 0;
+                    // Whatever the batching, a worker that used up its credit gets back all the
+                    // consumer read: a consumer holding deliveries while it waits for more
+                    // would otherwise wait forever.
+                    ensure!(
+                        !(w.honest && w.held_credit == 0 && w.owed > 0),
+                        "[credit] worker {k} has no credit left and is owed {}",
+                        w.owed
+                    );
                 }
             }
             Transition::Finish(k, pick, how) => {

@@ -36,6 +36,9 @@ pub struct RefWorker {
     pub held_credit: usize,
     /// Credit returned by the consumer and not yet sent to this incarnation.
     pub owed: usize,
+    /// What is owed goes at the next delivery however little it is: a stop's backlog or a
+    /// replacement's due credit.
+    pub owed_urgent: bool,
     /// Credit granted past the result credit when the stop began.
     pub extra_credit: usize,
     /// Tasks this incarnation ended, sticky replays aside.
@@ -71,6 +74,7 @@ impl RefWorker {
             unacked: 0,
             held_credit: 0,
             owed: 0,
+            owed_urgent: false,
             extra_credit: 0,
             ended: 0,
             replays_held: Vec::new(),
@@ -559,6 +563,21 @@ impl Reference {
         true
     }
 
+    /// The credit a delivery to `worker` sends: what is owed when it can ride along with
+    /// `frames` delivered, is urgent, makes half the result credit (rounded up), or leaves the
+    /// worker less than half of it; else nothing.
+    pub fn credit_sent(&self, worker: usize, frames: bool) -> usize {
+        let w = &self.workers[worker];
+        let half = self.credit.div_ceil(2);
+        let left = self.credit.saturating_sub(w.unacked + w.owed);
+        let worth_a_frame = w.owed_urgent || w.owed >= half || left < half;
+        if frames || worth_a_frame {
+            w.owed
+        } else {
+            0
+        }
+    }
+
     /// The result credit a replacement of `worker` launched now starts with: what the
     /// number's earlier incarnations left unacknowledged is not granted again.
     pub fn replacement_credit(&self, worker: usize) -> usize {
@@ -577,6 +596,7 @@ impl Reference {
         w.unacked = unacked;
         w.held_credit = given;
         w.owed = self.credit - unacked - given;
+        w.owed_urgent = w.owed > 0;
         self.workers[worker].replay = self.sticky.iter().copied().collect();
         let before = self.next_id;
         self.release(worker);
@@ -600,6 +620,7 @@ impl Reference {
         for w in &mut self.workers {
             if w.alive && !w.said_bye {
                 w.owed += STOP_BACKLOG;
+                w.owed_urgent = true;
                 w.extra_credit = STOP_BACKLOG;
             }
             if w.alive && !w.sent.contains(&Sent::Stop) {

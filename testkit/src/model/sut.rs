@@ -37,6 +37,12 @@ pub enum Mutation {
     FreshReplacementCredit,
     /// Credit acknowledged while a replacement launched is never sent to it.
     ForgetOwedCredit,
+    /// Credits given back only ever ride along with a task, a cancellation or a stop: a worker
+    /// with no task coming starves.
+    AcksOnlyWithFrames,
+    /// Credits given back go on their own only once they make half the credit, however little
+    /// the worker has left: a consumer holding deliveries while it waits for more starves it.
+    AcksOnlyInBatches,
     /// Outputs are not checked against the tasks their worker holds.
     AcceptForeignOutputs,
     /// Every death counts as a quick failure, however long the worker served.
@@ -73,6 +79,8 @@ pub struct Sut {
     state: PoolState<()>,
     mutation: Mutation,
     epoch: Instant,
+    /// Per worker, credits a faulty acknowledgement policy holds back.
+    withheld: Vec<usize>,
     /// Per worker, the tasks and pills its current incarnation received, in order.
     pub received: Vec<Vec<Transmit<()>>>,
 }
@@ -134,6 +142,7 @@ impl Sut {
             state,
             mutation,
             epoch,
+            withheld: vec![0; workers],
             received: vec![Vec::new(); workers],
         }
     }
@@ -216,6 +225,20 @@ impl Sut {
             .collect();
         if self.mutation == Mutation::ReorderDelivery {
             batch.reverse();
+        }
+        // Credits the faulty policies would not have sent yet are held back.
+        let half = self.state.result_credit().div_ceil(2);
+        let hold = match self.mutation {
+            Mutation::AcksOnlyWithFrames => batch.is_empty(),
+            Mutation::AcksOnlyInBatches => {
+                batch.is_empty() && credit + self.withheld[worker] < half
+            }
+            _ => false,
+        };
+        if hold {
+            self.withheld[worker] += std::mem::take(&mut credit);
+        } else {
+            credit += std::mem::take(&mut self.withheld[worker]);
         }
         self.received[worker].extend(batch);
         credit
@@ -350,6 +373,7 @@ impl Sut {
     /// the replayed broadcasts.
     pub fn replace(&mut self, worker: usize, given: usize) -> (u64, Vec<TaskId>) {
         self.received[worker].clear();
+        self.withheld[worker] = 0;
         let given = match self.mutation {
             Mutation::ForgetOwedCredit => self.state.replacement_credit(worker),
             _ => given,
