@@ -17,9 +17,11 @@ mod offload;
 mod report;
 mod scenarios;
 
-use looppool_core::{BoxError, Builder};
+use looppool_core::{BoxError, Builder, Pool};
+use looppool_smol::Smol;
 use report::Report;
 use scenarios::{Echo, Setup};
+use std::sync::{Arc, OnceLock};
 
 /// Tells re-executed workers which runtime the parent runs: they do not see its arguments.
 const RUNTIME_VAR: &str = "LOOPPOOL_BENCH_RUNTIME";
@@ -122,6 +124,16 @@ fn main() {
     }
 }
 
+/// The executor the smol runs block on.
+fn smol_executor() -> Arc<smol::Executor<'static>> {
+    static EXECUTOR: OnceLock<Arc<smol::Executor<'static>>> = OnceLock::new();
+    EXECUTOR.get_or_init(Default::default).clone()
+}
+
+fn smol_builder() -> Builder<Echo> {
+    Pool::builder(Arc::new(Smol::with_executor(smol_executor())))
+}
+
 fn run(args: &Args) -> Result<(), BoxError> {
     let setup = |builder: fn() -> Builder<Echo>, rt| Setup {
         rt,
@@ -130,10 +142,19 @@ fn run(args: &Args) -> Result<(), BoxError> {
         workers: args.workers,
     };
     match args.runtime {
-        "smol" => smol::block_on(scenarios_on(
-            &setup(looppool_smol::builder::<Echo>, looppool_smol::runtime()),
-            args,
-        )),
+        // The pool's tasks run on the executor `main` blocks on, as a latency-minded smol
+        // program runs them (and as tokio's current-thread runtime does): on smol's global
+        // executor each reply would cross two threads.
+        "smol" => {
+            let executor = smol_executor();
+            smol::block_on(executor.run(scenarios_on(
+                &setup(
+                    smol_builder,
+                    Arc::new(Smol::with_executor(executor.clone())),
+                ),
+                args,
+            )))
+        }
         "async-std" => async_std::task::block_on(scenarios_on(
             &setup(
                 looppool_async_std::builder::<Echo>,
