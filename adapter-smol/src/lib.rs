@@ -78,6 +78,10 @@ impl Smol {
     }
 
     /// Spawns the parent's pool tasks on `executor`, which the program must be running.
+    ///
+    /// Run it where `main` blocks (`smol::block_on(executor.run(main))`) and a reply reaches the
+    /// task awaiting it without crossing threads: on the global executor every round trip pays
+    /// for two wake-ups across threads.
     pub fn with_executor(executor: Arc<smol::Executor<'static>>) -> Self {
         Self {
             executor: Some(executor),
