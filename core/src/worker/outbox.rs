@@ -6,7 +6,10 @@
 //! nothing left to run. So the outputs and ends of many short tasks leave in one write, not one
 //! write each. A task that holds the loop without yielding (CPU-bound work) would then hold
 //! back everything its predecessors produced; the flusher, a thread that sleeps most of the
-//! time, sees bytes that have waited a whole [`FLUSH_PERIOD`] and sends them itself.
+//! time, sees bytes that have waited a whole [`FLUSH_PERIOD`] and sends them itself. And when
+//! nothing was written for a [`LONG_TURN`], the tasks are long: the loop then sends what waits
+//! before it polls the next task, so a long task's end does not wait for the flusher behind a
+//! CPU-bound successor (nor does the flusher tick through a stream of long tasks).
 //!
 //! Both write under one lock, from the same buffer, so the bytes leave in order whoever sends
 //! them.
@@ -20,14 +23,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::thread::Thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long bytes may wait in the outbox while the loop is busy before the flusher sends them:
 /// they reach the parent within about twice this.
 pub(crate) const FLUSH_PERIOD: Duration = Duration::from_millis(1);
 
-/// Periods with nothing sent or queued after which the flusher sleeps until woken.
-const IDLE_PERIODS: u32 = 20;
+/// Periods with nothing handed over after which the flusher sleeps until woken.
+const IDLE_PERIODS: u32 = 3;
+
+/// How long the loop may run tasks with nothing written before it writes what waits itself,
+/// before it polls another task. Short tasks share writes well within it; a task that ran this
+/// long already has its end sent before the next one starts, which may hold the loop.
+pub(crate) const LONG_TURN: Duration = Duration::from_micros(200);
 
 /// Where the flusher writes: the link itself, without going through the loop's runtime.
 #[derive(Debug)]
@@ -53,7 +61,7 @@ impl DirectSink {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Bytes {
     buf: Vec<u8>,
     /// How much of `buf` is already sent.
@@ -66,6 +74,22 @@ struct Bytes {
     sealed: bool,
     /// The worker is gone; the flusher ends.
     shut: bool,
+    /// When the outbox was last empty after a send: how long the loop has gone unwritten.
+    emptied_at: Instant,
+}
+
+impl Default for Bytes {
+    fn default() -> Self {
+        Bytes {
+            buf: Vec::new(),
+            sent: 0,
+            handed: 0,
+            emptied: 0,
+            sealed: false,
+            shut: false,
+            emptied_at: Instant::now(),
+        }
+    }
 }
 
 impl Bytes {
@@ -79,6 +103,7 @@ impl Bytes {
             self.buf.clear();
             self.sent = 0;
             self.emptied += 1;
+            self.emptied_at = Instant::now();
         }
     }
 }
@@ -91,6 +116,8 @@ pub(crate) struct Outbox {
     flusher: OnceLock<Thread>,
     /// Set while the flusher sleeps until woken.
     flusher_asleep: AtomicBool,
+    /// The flusher's way to the link, which the loop also uses after a long turn.
+    sink: OnceLock<Arc<DirectSink>>,
 }
 
 impl Outbox {
@@ -121,6 +148,19 @@ impl Outbox {
                 t.unpark();
             }
         }
+    }
+
+    /// Sends what waits through the direct sink when nothing was written for [`LONG_TURN`]:
+    /// the tasks the loop runs are long, and one write per task costs little beside them.
+    pub(crate) fn send_after_long_turn(&self) {
+        let Some(sink) = self.sink.get() else {
+            return;
+        };
+        let mut bytes = self.lock();
+        if bytes.unsent().is_empty() || bytes.emptied_at.elapsed() < LONG_TURN {
+            return;
+        }
+        send_now(&mut bytes, sink);
     }
 
     /// Whether bytes wait to be sent.
@@ -168,6 +208,8 @@ impl Outbox {
     /// Starts the flusher on a thread of its own. Without one (`spawn` fails), bytes wait for
     /// the loop, as they would while the loop holds them.
     pub(crate) fn start_flusher(self: &Arc<Self>, sink: DirectSink) {
+        let sink = Arc::new(sink);
+        let _ = self.sink.set(sink.clone());
         let outbox = self.clone();
         let started = std::thread::Builder::new()
             .name("looppool-flush".into())
@@ -214,15 +256,20 @@ impl Outbox {
             // Bytes were waiting at the last look too, and the loop has sent nothing since:
             // it is busy, so they go now.
             if waiting_since.is_some_and(|(_, emptied)| emptied == marks.1) {
-                while !bytes.unsent().is_empty() {
-                    match sink.try_send(bytes.unsent()) {
-                        Ok(n) if n > 0 => bytes.advance(n),
-                        // Full, closed or broken: the loop's writer sees to it when it runs.
-                        _ => break,
-                    }
-                }
+                send_now(&mut bytes, sink);
             }
             waiting_since = Some((bytes.handed, bytes.emptied));
+        }
+    }
+}
+
+/// Sends what fits now through `sink`.
+fn send_now(bytes: &mut Bytes, sink: &DirectSink) {
+    while !bytes.unsent().is_empty() {
+        match sink.try_send(bytes.unsent()) {
+            Ok(n) if n > 0 => bytes.advance(n),
+            // Full, closed or broken: the loop's writer sees to it when it runs.
+            _ => break,
         }
     }
 }
@@ -267,6 +314,29 @@ mod tests {
         theirs.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"again");
         outbox.shut();
+    }
+
+    #[test]
+    fn after_a_long_turn_the_loop_sends_what_waits_itself() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        // The sink, without a flusher thread: only the loop's own call sends.
+        let outbox = Outbox::default();
+        let _ = outbox.sink.set(Arc::new(DirectSink::Socket(ours)));
+        // Written a moment ago: short tasks share the next write.
+        outbox.lock().emptied_at = Instant::now();
+        outbox.hand_over(&mut b"end of a short task".to_vec());
+        outbox.send_after_long_turn();
+        let err = theirs.read(&mut [0; 64]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+        // Nothing written for longer than a long turn: sent before the next task is polled.
+        outbox.lock().emptied_at = Instant::now() - LONG_TURN * 2;
+        outbox.send_after_long_turn();
+        let mut got = [0; 19];
+        theirs.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"end of a short task");
+        assert!(!outbox.has_unsent());
     }
 
     #[test]

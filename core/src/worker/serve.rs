@@ -420,6 +420,7 @@ async fn run_one<W: Worker>(
     // the loop, the flusher sends it.
     let run = std::future::poll_fn(|cx| {
         link.hand_over();
+        link.outbox.send_after_long_turn();
         run.poll_unpin(cx)
     });
     let limited = async {
