@@ -16,6 +16,9 @@ pub(crate) struct Batch {
     pub(crate) now: Instant,
     /// A task ended: submitters waiting for room are woken once the batch is handled.
     pub(crate) room_freed: bool,
+    /// Something became due to the worker (its credit, once its outputs left it short): its
+    /// writer is woken once the batch is handled.
+    pub(crate) transmit_due: bool,
 }
 
 impl<O: DeserializeOwned + Send + 'static> Shared<O> {
@@ -38,6 +41,8 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                         .state
                         .handle_output(worker, task)
                         .map_err(|v| v.to_string())?;
+                    // Credits the consumer gave back may be due now that the worker is short.
+                    batch.transmit_due |= inner.state.has_transmit(worker);
                     if task.is_some_and(|t| inner.state.is_cancelling(worker, t)) {
                         // Its task was cancelled: nobody wants it. Its credit goes back at once.
                         drop(inner);

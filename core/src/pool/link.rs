@@ -110,6 +110,7 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
     let mut batch = Batch {
         now: runtime.now(),
         room_freed: false,
+        transmit_due: false,
     };
     let mut batch_begins = true;
     let ending = loop {
@@ -141,6 +142,10 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
                 if (batch_begins || handled.is_err()) && batch.room_freed {
                     batch.room_freed = false;
                     shared.room_freed(worker);
+                }
+                if (batch_begins || handled.is_err()) && batch.transmit_due {
+                    batch.transmit_due = false;
+                    shared.wake_writer(worker);
                 }
                 if let Err(e) = handled {
                     break Ending::Broken(e);

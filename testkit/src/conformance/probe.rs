@@ -114,6 +114,16 @@ pub enum Task {
     /// Create `<file>.spinning`, then busy-loop, never yielding to the event loop, until the
     /// file exists.
     SpinUntilExists(String),
+    /// Emit `Seq(0..first)`, wait on the worker's timer until the file exists, then emit
+    /// `Seq(first..first + then)`.
+    EmitAcross {
+        /// Outputs before the wait.
+        first: u32,
+        /// The file to wait for.
+        file: String,
+        /// Outputs after it.
+        then: u32,
+    },
     /// If this file exists, remove it and end the process with code 7; otherwise emit
     /// `Doubled(1)`. A task that crashes its worker once.
     CrashOnce(String),
@@ -336,6 +346,17 @@ impl Worker for Probe {
                 file.write_all(b".")?;
                 ctx.sleep(std::time::Duration::from_millis(10)).await;
             },
+            Task::EmitAcross { first, file, then } => {
+                for i in 0..first {
+                    ctx.put(Out::Seq(i)).await?;
+                }
+                while !std::path::Path::new(&file).exists() {
+                    ctx.sleep(std::time::Duration::from_millis(2)).await;
+                }
+                for i in first..first + then {
+                    ctx.put(Out::Seq(i)).await?;
+                }
+            }
             Task::SpinUntilExists(path) => {
                 std::fs::write(format!("{path}.spinning"), b"")?;
                 while !std::path::Path::new(&path).exists() {

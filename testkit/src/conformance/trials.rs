@@ -103,6 +103,7 @@ pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
         targeted_tasks_reach_their_worker: All,
         errors_and_panics_reach_the_parent_and_the_worker_goes_on: All,
         result_credit_bounds_unacknowledged_outputs_and_loses_nothing: All,
+        a_consumer_holding_outputs_while_it_waits_for_more_is_not_starved: All,
         outputs_are_flushed_before_the_next_cpu_bound_task_starts: All,
         values_that_cannot_be_encoded_are_refused_at_the_call: All,
         a_bad_frame_from_a_worker_ends_only_its_link_with_a_clear_error: All,

@@ -297,6 +297,10 @@ impl Harness {
                     let frames = w.sent.len() > w.delivered;
                     w.delivered = w.sent.len();
                     let returned = self.sut.deliver(k);
+                    ensure!(
+                        self.sut.announced_what_it_delivered(k),
+                        "[credit] worker {k}: has_transmit disagreed with what was delivered"
+                    );
                     let due = self.model.credit_sent(k, frames);
                     let w = &mut self.model.workers[k];
                     ensure!(

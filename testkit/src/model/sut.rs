@@ -79,6 +79,10 @@ pub struct Sut {
     state: PoolState<()>,
     mutation: Mutation,
     epoch: Instant,
+    /// Per worker, what `has_transmit` said before the last delivery, and whether that
+    /// delivery found anything.
+    announced: Vec<bool>,
+    drained: Vec<bool>,
     /// Per worker, credits a faulty acknowledgement policy holds back.
     withheld: Vec<usize>,
     /// Per worker, the tasks and pills its current incarnation received, in order.
@@ -142,6 +146,8 @@ impl Sut {
             state,
             mutation,
             epoch,
+            announced: vec![false; workers],
+            drained: vec![false; workers],
             withheld: vec![0; workers],
             received: vec![Vec::new(); workers],
         }
@@ -213,6 +219,7 @@ impl Sut {
 
     /// The link writes everything queued for `worker`; returns the result credit it returned.
     pub fn deliver(&mut self, worker: usize) -> usize {
+        self.announced[worker] = self.state.has_transmit(worker);
         let mut credit = 0;
         let mut batch: Vec<Transmit<()>> = std::iter::from_fn(|| self.state.poll_transmit(worker))
             .filter(|t| match t {
@@ -240,8 +247,15 @@ impl Sut {
         } else {
             credit += std::mem::take(&mut self.withheld[worker]);
         }
+        self.drained[worker] = !batch.is_empty() || credit > 0;
         self.received[worker].extend(batch);
         credit
+    }
+
+    /// Whether the last delivery to `worker` found something exactly when `has_transmit` said
+    /// so before it: the pool's writer sleeps until told there is something to write.
+    pub fn announced_what_it_delivered(&self, worker: usize) -> bool {
+        self.announced[worker] == self.drained[worker]
     }
 
     /// The worker reports the end of `id`.

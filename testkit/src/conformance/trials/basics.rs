@@ -309,6 +309,57 @@ pub(super) async fn result_credit_bounds_unacknowledged_outputs_and_loses_nothin
     stop_gracefully(&pool).await
 }
 
+pub(super) async fn a_consumer_holding_outputs_while_it_waits_for_more_is_not_starved<
+    A: Adapter,
+>(
+    m: StartMethod,
+) -> Outcome {
+    // Credit goes back in batches. Here one output is read early, when the worker still has
+    // most of its credit (not worth a frame of its own), and the rest only once the next one
+    // arrives: the worker uses up its credit meanwhile and must get the one credit back.
+    let credit = 4;
+    let pool = start(pool::<A>(m, 1).result_credit(credit)).await?;
+    let outputs = pool.outputs();
+    let file = std::env::temp_dir().join(format!("looppool-across-{}-{m:?}", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let emitting = pool
+        .submit(Task::EmitAcross {
+            first: 1,
+            file: file.to_string_lossy().into_owned(),
+            then: credit as u32,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let rt = A::runtime();
+    let limit = Duration::from_secs(20);
+    let first = within(&*rt, limit, "the first output", outputs.recv())
+        .await?
+        .ok_or("the stream ended")?;
+    ensure!(first.value() == &Out::Seq(0), "first {:?}", first.value());
+    drop(first);
+    std::fs::write(&file, b"").map_err(|e| e.to_string())?;
+    // A sliding window of credit - 1 outputs, all held while the next is awaited: the worker
+    // has used up its credit by then, and the one read first is its only way on.
+    let mut held = Vec::new();
+    for i in 1..=credit as u32 {
+        let what = format!("output {i}, with {} held", held.len());
+        let d = within(&*rt, limit, &what, outputs.recv())
+            .await?
+            .ok_or("the stream ended")?;
+        ensure!(d.value() == &Out::Seq(i), "output {i}: {:?}", d.value());
+        held.push(d);
+        if held.len() > credit - 1 {
+            held.remove(0);
+        }
+    }
+    drop(held);
+    let _ = std::fs::remove_file(&file);
+    within(&*rt, limit, "the task's end", emitting)
+        .await?
+        .map_err(|e| format!("EmitAcross: {e}"))?;
+    stop_gracefully(&pool).await
+}
+
 pub(super) async fn outputs_are_flushed_before_the_next_cpu_bound_task_starts<A: Adapter>(
     m: StartMethod,
 ) -> Outcome {
