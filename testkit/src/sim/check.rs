@@ -13,6 +13,7 @@ use proptest::prelude::*;
 use proptest::strategy::BoxedStrategy;
 use proptest::test_runner::{Config, Reason, RngSeed, TestCaseError, TestError, TestRunner};
 use std::fmt::Debug;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 /// A property test of worker `W` in simulated pools.
@@ -222,10 +223,12 @@ where
     ) -> (Reason, Vec<Step<W::Task>>, Reader) {
         let fails = |steps: &[Step<W::Task>], reader: Reader| match self.run(steps, reader, seed) {
             Err(pool) => Some(Reason::from(pool)),
-            Ok(run) => match property(&run) {
-                Err(TestCaseError::Fail(why)) => Some(why),
+            // A property that asserts with `assert!` fails by panicking, as proptest allows.
+            Ok(run) => match catch_unwind(AssertUnwindSafe(|| property(&run))) {
+                Ok(Err(TestCaseError::Fail(why))) => Some(why),
                 // A rejected case (`prop_assume!`) is not a failure.
-                Ok(()) | Err(TestCaseError::Reject(_)) => None,
+                Ok(Ok(()) | Err(TestCaseError::Reject(_))) => None,
+                Err(panic) => Some(Reason::from(panic_text(&*panic))),
             },
         };
         if reader != Reader::Prompt {
@@ -267,5 +270,14 @@ where
                 Err(format!("still running after {limit:?} of simulated time"))
             }
         }
+    }
+}
+
+/// What a panic said, as far as it can be read.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_owned(),
+        (_, Some(text)) => text.clone(),
+        _ => "a panic".to_owned(),
     }
 }

@@ -65,9 +65,31 @@ fn shrinking_reaches_one_step_whatever_the_cases_were() {
     }
 }
 
+/// The same property written with `assert_eq!`, as users often write them: it fails by
+/// panicking, and the failure is still shrunk and reported.
+#[test]
+fn a_property_that_panics_is_shrunk_and_reported_too() {
+    shrinks_with(PoolCheck::new(0u8..6).rng_seed(1), |run| {
+        for ran in &run.tasks {
+            if ran.ended.is_ok() && ran.attempts == 1 {
+                assert_eq!(ran.outputs, (0..ran.task).collect::<Vec<u8>>());
+            }
+        }
+        Ok(())
+    });
+}
+
 fn shrinks_the_planted_bug_to_one_step(check: PoolCheck<Tally<true>>) {
+    shrinks_with(check, emits_its_count);
+}
+
+fn shrinks_with(
+    check: PoolCheck<Tally<true>>,
+    property: impl Fn(&looppool_testkit::sim::Run<Tally<true>>) -> Result<(), TestCaseError>,
+) {
     let check = std::panic::AssertUnwindSafe(check.cases(256));
-    let failed = std::panic::catch_unwind(|| check.check(emits_its_count))
+    let property = std::panic::AssertUnwindSafe(property);
+    let failed = std::panic::catch_unwind(|| check.check(&*property))
         .expect_err("the planted bug went unnoticed");
     let message = failed
         .downcast_ref::<String>()
