@@ -37,12 +37,14 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 // it does not hold ends its link, and nobody sees the payload.
                 let reply = {
                     let mut inner = self.lock();
+                    let waiting = inner.state.has_transmit(worker);
                     inner
                         .state
                         .handle_output(worker, task)
                         .map_err(|v| v.to_string())?;
-                    // Credits the consumer gave back may be due now that the worker is short.
-                    batch.transmit_due |= inner.state.has_transmit(worker);
+                    // Credits the consumer gave back may be due now that the worker is short
+                    // (what was waiting already woke the writer).
+                    batch.transmit_due |= !waiting && inner.state.has_transmit(worker);
                     if task.is_some_and(|t| inner.state.is_cancelling(worker, t)) {
                         // Its task was cancelled: nobody wants it. Its credit goes back at once.
                         drop(inner);
