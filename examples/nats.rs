@@ -5,6 +5,9 @@
 //! # the server (Debian's package): see transport-nats/scripts/nats-server.sh
 //! nats-server -a 0.0.0.0 -p 4222 -js -sd /var/tmp/nats
 //!
+//! # the pool's secret, the same on every host (messages not sealed with it are refused)
+//! export LOOPPOOL_NATS_SECRET=$(openssl rand -hex 32)
+//!
 //! # on each host: a member, joining pool "demo" with 4 worker processes
 //! cargo run --release --example nats -- member nats://10.0.0.5:4222 demo --workers 4
 //! cargo run --release --example nats -- member nats://10.0.0.5:4222 demo --runtime smol

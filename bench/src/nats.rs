@@ -6,8 +6,10 @@ use crate::report::{percentile, Report};
 use crate::scenarios::{timed, Echo, Setup};
 use futures_util::StreamExt;
 use looppool_core::BoxError;
-use looppool_nats::{Member, Pool};
+use looppool_nats::{Member, Pool, Secret};
 use serde_bytes::ByteBuf;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -55,7 +57,10 @@ struct Cluster {
 impl Cluster {
     async fn start(name: &str, members: usize, capacity: usize) -> Result<Self, BoxError> {
         let url = url()?;
+        // Members find it in their environment.
+        let secret = Secret::generate();
         let pool = Pool::<Echo>::builder(&url, name)
+            .secret(secret.clone())
             .result_credit(WINDOW)
             .start()
             .await?;
@@ -65,6 +70,10 @@ impl Cluster {
                 Command::new(&exe)
                     .args([MEMBER_ARG, &url, name, &format!("m{k}")])
                     .arg(capacity.to_string())
+                    .env(
+                        looppool_nats::SECRET_VAR,
+                        OsStr::from_bytes(secret.expose()),
+                    )
                     .stdout(Stdio::null())
                     .spawn()
             })

@@ -20,8 +20,14 @@ fn example(name: &str) -> PathBuf {
 
 /// Runs an example to completion, failing loudly if it takes longer than `limit`.
 fn run(name: &str, args: &[&str], limit: Duration) -> Output {
+    run_with(name, args, &[], limit)
+}
+
+/// [`run`] with these environment variables set.
+fn run_with(name: &str, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
     let child = Command::new(example(name))
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -303,6 +309,8 @@ fn top_draws_a_row_per_worker() {
 
 #[test]
 fn nats_members_started_by_command_serve_the_parent() {
+    // Every host of the pool is given its secret in the environment.
+    const SECRET: &[(&str, &str)] = &[(looppool::nats::SECRET_VAR, "the example pool's secret")];
     // The server `LOOPPOOL_NATS_URL` names, else one of this test's own (on `PATH`, or
     // provisioned under `target/`), killed when the test ends.
     let own;
@@ -331,13 +339,14 @@ fn nats_members_started_by_command_serve_the_parent() {
             let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
             std::thread::spawn(move || {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                run("nats", &args, Duration::from_secs(120))
+                run_with("nats", &args, SECRET, Duration::from_secs(120))
             })
         })
         .collect();
-    let parent = run(
+    let parent = run_with(
         "nats",
         &["parent", url, "example", "--members", "2", "--jobs", "12"],
+        SECRET,
         Duration::from_secs(120),
     );
     let stdout = String::from_utf8_lossy(&parent.stdout);

@@ -3,7 +3,7 @@
 
 use crate::error::Error;
 use async_nats::jetstream::{self, context::PublishErrorKind};
-use async_nats::{Client, ConnectOptions, Event, HeaderMap};
+use async_nats::{Client, ConnectOptions, Event, HeaderMap, ServerError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,6 +68,15 @@ impl Broker {
                     match event {
                         Event::Connected => events.set(true),
                         Event::Disconnected => events.set(false),
+                        Event::ServerError(ServerError::Other(e))
+                            if e.to_lowercase().contains("permissions violation") =>
+                        {
+                            tracing::error!(
+                                "the NATS server refused a permission this connection needs \
+                                 (see looppool_nats::Permissions): {e}"
+                            )
+                        }
+                        Event::ServerError(e) => tracing::error!("the NATS server reports: {e}"),
                         other => tracing::debug!("NATS client event: {other}"),
                     }
                 }

@@ -17,11 +17,18 @@
 //!   limit on the output stream backs the count up.
 //! - **Membership**: members join with a request the parent answers, beat a heartbeat, and
 //!   leave; one silent past the member timeout is counted gone. [`Pool::events`] tells both.
+//! - **Who may act on the pool**: the parent and its members share a [`Secret`]; every message
+//!   is sealed with it for its subject and carries the sender's run, so a client of the server
+//!   without the secret can neither forge nor replay one ([`Pool::refused`] counts the
+//!   refusals). A task's end and outputs are accepted only from the member that holds the task.
+//!   Only the server can keep a member (which holds the secret) off another member's subjects:
+//!   give each a user limited to its [`Permissions`].
 //! - **Faults**: a member that dies leaves its unacknowledged tasks in its consumer; after the
 //!   ack wait JetStream redelivers them to the parent, which sends the untargeted ones to
 //!   another member ([`TaskHandle::deliveries`] counts the deliveries). Targeted and broadcast
 //!   tasks are lost with their member, as in a local pool. A task may thus run more than once
 //!   (at-least-once); its handle resolves exactly once, and a second run's end is ignored.
+//!   Once the task went to another member, the first one's outputs and end for it are refused.
 //! - **Stop**: [`Pool::stop`] refuses new tasks, waits for every accepted task to end, tells the
 //!   members to leave, and deletes the pool's streams.
 //! - **Broker restarts**: clients reconnect; JetStream keeps the streams (file storage);
@@ -48,14 +55,18 @@
 //! | `looppool.P.out.M` | stream `looppool-P-out` (work queue) | outputs of member `M`, at most the result credit stored per member |
 //! | `looppool.P.end.M` | stream `looppool-P-end` (work queue) | how member `M`'s tasks ended |
 //!
-//! Messages are postcard-encoded; a member announces the message version and its worker's
+//! Messages are postcard-encoded and end with an HMAC-SHA256 tag keyed with the pool's secret
+//! over the subject and the message (a join's answer: over the join subject and the member's
+//! run); a member announces the message version and its worker's
 //! name when it joins, and is refused if either differs from the parent's.
 #![forbid(unsafe_code)]
 
 mod broker;
 mod error;
 mod member;
+mod permissions;
 mod pool;
+mod seal;
 mod wire;
 
 /// The NATS client this crate uses, for [`Builder::connect_options`] and
@@ -63,6 +74,8 @@ mod wire;
 pub use async_nats;
 pub use error::{Error, SubmitError, TaskError};
 pub use member::{Left, Member};
+pub use permissions::Permissions;
 pub use pool::{
     Builder, Delivery, MemberEvent, MemberEvents, MemberInfo, Outputs, Pool, Stopped, TaskHandle,
 };
+pub use seal::{Secret, SECRET_VAR};

@@ -3,8 +3,10 @@
 
 use crate::broker::{self, Broker, PublishFailure};
 use crate::error::Error;
+use crate::seal::{self, Refusals, Sealer, Secret, Unsealed};
 use crate::wire::{
-    self, Control, Credit, EndMsg, Join, JoinReply, Leave, Names, Outcome, OutputMsg, TaskMsg,
+    self, Alive, Beacon, Control, Credit, CtlMsg, EndMsg, Join, JoinReply, Leave, Names, Outcome,
+    OutputMsg, TaskMsg,
 };
 use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::{AckKind, Message as JsMessage};
@@ -52,6 +54,7 @@ pub struct Member<W: Worker> {
     pool: String,
     name: Option<String>,
     options: Option<async_nats::ConnectOptions>,
+    secret: Option<Secret>,
     local: LocalBuilder<W>,
 }
 
@@ -80,6 +83,9 @@ pub struct Left {
     /// that; more than 0 means the count and the broker disagreed (after a broker restart,
     /// say). The broker's limit kept the credit all the same.
     pub outputs_refused: u64,
+    /// Messages this member refused: tasks, controls, credit or beacons not sealed with the
+    /// pool's secret, repeated, or from another run of the parent.
+    pub refused: u64,
 }
 
 impl<W: Worker> Member<W> {
@@ -90,8 +96,17 @@ impl<W: Worker> Member<W> {
             pool: pool.into(),
             name: None,
             options: None,
+            secret: None,
             local,
         }
+    }
+
+    /// The secret this member shares with the pool's parent (default: the environment
+    /// variable `LOOPPOOL_NATS_SECRET`; running fails without one). See
+    /// [`Builder::secret`](crate::Builder::secret).
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
     }
 
     /// The member's name, unique in the pool (default: the host name and process id). 1 to 64
@@ -125,6 +140,10 @@ impl<W: Worker> Member<W> {
                 self.pool, member
             )));
         }
+        let sealer = Sealer::new(&match self.secret {
+            Some(s) => s,
+            None => Secret::from_env()?,
+        });
         let names = Names::new(&self.pool);
         let broker = Broker::connect(
             &self.server,
@@ -147,13 +166,10 @@ impl<W: Worker> Member<W> {
             pid: std::process::id(),
             capacity: u32::try_from(local.size() * local.capacity()).unwrap_or(u32::MAX),
             workers: u32::try_from(local.size()).unwrap_or(u32::MAX),
-            nonce: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-                ^ u64::from(std::process::id()).rotate_left(32),
+            nonce: seal::random_u64(),
         };
         let welcome = tokio::select! {
-            w = join_pool(&broker, &names, &join) => Some(w),
+            w = join_pool(&broker, &names, &sealer, &join) => Some(w),
             () = &mut shutdown => None,
         };
         let settings = match welcome {
@@ -166,13 +182,13 @@ impl<W: Worker> Member<W> {
                 // The parent may have counted this member in already: say it leaves, so that
                 // tasks sent to it go elsewhere at once.
                 let reason = "shut down before the pool's parent answered".to_string();
-                if let Ok(bytes) = wire::encode(&Leave {
+                let leave = Leave {
+                    nonce: join.nonce,
                     reason: reason.clone(),
-                }) {
-                    let _ = broker
-                        .client
-                        .publish(names.leave(&member), bytes.into())
-                        .await;
+                };
+                let subject = names.leave(&member);
+                if let Ok(bytes) = sealer.pack(&subject, &leave) {
+                    let _ = broker.client.publish(subject, bytes.into()).await;
                     let _ = broker.client.flush().await;
                 }
                 local.stop().await;
@@ -181,6 +197,7 @@ impl<W: Worker> Member<W> {
                     reason,
                     tasks: 0,
                     outputs_refused: 0,
+                    refused: 0,
                 });
             }
         };
@@ -188,6 +205,10 @@ impl<W: Worker> Member<W> {
         let serving = Serving {
             names,
             member,
+            nonce: join.nonce,
+            parent: settings.run,
+            sealer,
+            refusals: Refusals::default(),
             broker,
             local: Arc::new(local),
             running: Mutex::new(HashMap::new()),
@@ -212,6 +233,8 @@ impl<W: Worker> Member<W> {
 /// What the parent told a member when it joined.
 #[derive(Debug, Clone, Copy)]
 struct Settings {
+    /// The parent's run.
+    run: u64,
     ack_wait: Duration,
     heartbeat: Duration,
     member_timeout: Duration,
@@ -219,8 +242,14 @@ struct Settings {
 }
 
 /// Asks to join until the parent answers.
-async fn join_pool(broker: &Broker, names: &Names, join: &Join) -> Result<Settings, Error> {
-    let request = wire::encode(join).map_err(Error::Config)?;
+async fn join_pool(
+    broker: &Broker,
+    names: &Names,
+    sealer: &Sealer,
+    join: &Join,
+) -> Result<Settings, Error> {
+    let request = sealer.pack(&names.join(), join).map_err(Error::Config)?;
+    let reply_context = Names::join_reply(&names.join(), join.nonce);
     let mut told: Option<Instant> = None;
     loop {
         let answer = tokio::time::timeout(
@@ -229,14 +258,16 @@ async fn join_pool(broker: &Broker, names: &Names, join: &Join) -> Result<Settin
         )
         .await;
         match answer {
-            Ok(Ok(reply)) => match wire::decode::<JoinReply>(&reply.payload) {
+            Ok(Ok(reply)) => match sealer.unpack::<JoinReply>(&reply_context, &reply.payload) {
                 Ok(JoinReply::Welcome {
+                    run,
                     ack_wait_ms,
                     heartbeat_ms,
                     member_timeout_ms,
                     result_credit,
                 }) => {
                     return Ok(Settings {
+                        run,
                         ack_wait: Duration::from_millis(ack_wait_ms),
                         heartbeat: Duration::from_millis(heartbeat_ms),
                         member_timeout: Duration::from_millis(member_timeout_ms),
@@ -244,6 +275,21 @@ async fn join_pool(broker: &Broker, names: &Names, join: &Join) -> Result<Settin
                     })
                 }
                 Ok(JoinReply::Refused { reason }) => return Err(Error::Refused(reason)),
+                Err(Unsealed::Forged) => {
+                    // The parent answers a join it cannot open unsealed: it may hold another
+                    // secret. Anything else is not from the parent.
+                    return Err(Error::Refused(
+                        match wire::decode::<JoinReply>(&reply.payload) {
+                            Ok(JoinReply::Refused { reason }) => format!(
+                                "{reason} (an answer not sealed with this member's secret: do \
+                                 the parent and this member hold the same one?)"
+                            ),
+                            _ => "the answer to the join request is not sealed with this \
+                                  member's secret"
+                                .into(),
+                        },
+                    ));
+                }
                 Err(e) => {
                     return Err(Error::Refused(format!(
                         "undecodable answer from the pool's parent (another looppool version?): {e}"
@@ -300,6 +346,12 @@ struct EndOut {
 struct Serving<W: Worker> {
     names: Names,
     member: String,
+    /// This run of the member (its join's nonce).
+    nonce: u64,
+    /// The parent's run.
+    parent: u64,
+    sealer: Sealer,
+    refusals: Refusals,
     broker: Broker,
     local: Arc<LocalPool<W>>,
     /// Tasks in the local pool, by parent id, with their JetStream message.
@@ -330,6 +382,7 @@ impl<W: Worker> Serving<W> {
             heartbeat,
             member_timeout,
             result_credit,
+            ..
         } = settings;
         let client = &self.broker.client;
         let mut ctl = self.broker.subscribe(self.names.ctl(&self.member)).await?;
@@ -354,17 +407,21 @@ impl<W: Worker> Serving<W> {
         };
         background.spawn(self.clone().heartbeat(heartbeat));
         background.spawn(self.clone().progress(ack_wait));
+        let me = self.clone();
         background.spawn(async move {
             while let Some(m) = credit.next().await {
-                match wire::decode::<Credit>(&m.payload) {
-                    Ok(c) => {
+                match me.sealer.unpack::<Credit>(&m.subject, &m.payload) {
+                    Ok(c) if c.run == me.parent => {
                         granted_tx.send_if_modified(|g| {
                             let more = c.acked > *g;
                             *g = (*g).max(c.acked);
                             more
                         });
                     }
-                    Err(e) => tracing::error!("undecodable credit message ignored: {e}"),
+                    Ok(_) => me
+                        .refusals
+                        .refuse(format_args!("credit from another parent")),
+                    Err(e) => me.refusals.refuse(format_args!("a credit message: {e}")),
                 }
             }
         });
@@ -372,9 +429,20 @@ impl<W: Worker> Serving<W> {
         let last_beacon = Arc::new(Mutex::new(Instant::now()));
         {
             let last_beacon = last_beacon.clone();
+            let me = self.clone();
             background.spawn(async move {
-                while beacon.next().await.is_some() {
-                    *lock(&last_beacon) = Instant::now();
+                let mut seq = 0;
+                while let Some(m) = beacon.next().await {
+                    match me.sealer.unpack::<Beacon>(&m.subject, &m.payload) {
+                        Ok(b) if b.run == me.parent && b.seq > seq => {
+                            seq = b.seq;
+                            *lock(&last_beacon) = Instant::now();
+                        }
+                        Ok(_) => me
+                            .refusals
+                            .refuse(format_args!("a beacon repeated or of another parent")),
+                        Err(e) => me.refusals.refuse(format_args!("a beacon: {e}")),
+                    }
                 }
             });
         }
@@ -390,13 +458,18 @@ impl<W: Worker> Serving<W> {
         let reason = loop {
             tokio::select! {
                 () = &mut shutdown => break "shut down".to_string(),
-                Some(m) = ctl.next() => match wire::decode::<Control>(&m.payload) {
-                    Ok(Control::Stop) => break "the pool stopped".to_string(),
-                    Ok(Control::Evicted { reason }) => {
+                Some(m) = ctl.next() => match self.sealer.unpack::<CtlMsg>(&m.subject, &m.payload) {
+                    Ok(c) if c.run != self.parent || c.nonce != self.nonce => self
+                        .refusals
+                        .refuse(format_args!("a control message for another run")),
+                    Ok(CtlMsg { control: Control::Stop, .. }) => {
+                        break "the pool stopped".to_string()
+                    }
+                    Ok(CtlMsg { control: Control::Evicted { reason }, .. }) => {
                         evicted = Some(reason.clone());
                         break format!("evicted: {reason}");
                     }
-                    Err(e) => tracing::error!("undecodable control message ignored: {e}"),
+                    Err(e) => self.refusals.refuse(format_args!("a control message: {e}")),
                 },
                 _ = check.tick() => {
                     if let Some(quiet) = parent_silent() {
@@ -464,12 +537,13 @@ impl<W: Worker> Serving<W> {
             task.abort();
         }
         background.abort_all();
-        if let Ok(bytes) = wire::encode(&Leave {
+        let leave = Leave {
+            nonce: self.nonce,
             reason: reason.clone(),
-        }) {
-            let _ = client
-                .publish(self.names.leave(&self.member), bytes.into())
-                .await;
+        };
+        let subject = self.names.leave(&self.member);
+        if let Ok(bytes) = self.sealer.pack(&subject, &leave) {
+            let _ = client.publish(subject, bytes.into()).await;
             let _ = client.flush().await;
         }
         if let Some(reason) = evicted {
@@ -480,6 +554,7 @@ impl<W: Worker> Serving<W> {
             reason,
             tasks: self.ended.load(std::sync::atomic::Ordering::Relaxed),
             outputs_refused: self.refused.load(std::sync::atomic::Ordering::Relaxed),
+            refused: self.refusals.count(),
         })
     }
 
@@ -506,10 +581,19 @@ impl<W: Worker> Serving<W> {
         finished: &mpsc::UnboundedSender<Finished>,
     ) {
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-        let task: TaskMsg = match wire::decode(&message.payload) {
-            Ok(t) => t,
+        let task = match self
+            .sealer
+            .unpack::<TaskMsg>(&message.subject, &message.payload)
+        {
+            Ok(t) if t.run == self.parent => t,
+            Ok(t) => {
+                self.refusals
+                    .refuse(format_args!("task {} of another parent", t.id));
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
             Err(e) => {
-                tracing::error!("undecodable task message dropped: {e}");
+                self.refusals.refuse(format_args!("a task: {e}"));
                 let _ = message.ack_with(AckKind::Term).await;
                 return;
             }
@@ -592,6 +676,7 @@ impl<W: Worker> Serving<W> {
                     }
                     let message = lock(&self.running).get(&f.id).cloned();
                     let end = EndMsg {
+                        nonce: self.nonce,
                         id: f.id,
                         deliveries: f.deliveries,
                         outputs: counts.remove(&f.id).unwrap_or(0),
@@ -650,9 +735,9 @@ impl<W: Worker> Serving<W> {
                         let msg_id = format!("{}-{}-o{seq}", self.member, self.run);
                         let payload = wire::encode(delivery.value())
                             .map_err(|e| format!("cannot encode it: {e}"));
-                        let output = OutputMsg { task, payload };
+                        let output = OutputMsg { nonce: self.nonce, seq, task, payload };
                         // Sent here, in order; confirmed below, several at a time.
-                        let sent = match wire::encode(&output) {
+                        let sent = match self.sealer.pack(&subject, &output) {
                             Ok(msg) => broker::send(&self.broker.js, &subject, &msg_id, &msg).await.ok(),
                             Err(_) => None,
                         };
@@ -695,7 +780,7 @@ impl<W: Worker> Serving<W> {
         let subject = self.names.out(&self.member);
         let task = output.task;
         let size = output.payload.as_ref().map_or(0, Vec::len);
-        while let Ok(msg) = wire::encode(&output) {
+        while let Ok(msg) = self.sealer.pack(&subject, &output) {
             match broker::publish(&self.broker.js, &subject, &msg_id, &msg, None).await {
                 Ok(()) | Err(PublishFailure::NoStream) => break,
                 Err(e) if output.payload.is_ok() => {
@@ -735,7 +820,7 @@ impl<W: Worker> Serving<W> {
         let id = end.id;
         let msg_id = format!("{}-{}-e{id}-{}", self.member, self.run, end.deliveries);
         let subject = self.names.end(&self.member);
-        let sent = match wire::encode(&end) {
+        let sent = match self.sealer.pack(&subject, &end) {
             Ok(bytes) => broker::publish(&self.broker.js, &subject, &msg_id, &bytes, None).await,
             Err(e) => Err(PublishFailure::Refused(e)),
         };
@@ -758,14 +843,21 @@ impl<W: Worker> Serving<W> {
     async fn heartbeat(self: Arc<Self>, every: Duration) {
         let subject = self.names.alive(&self.member);
         let mut tick = tokio::time::interval(every);
+        let mut seq = 0;
         loop {
             tick.tick().await;
-            // Its arrival is the message.
-            let _ = self
-                .broker
-                .client
-                .publish(subject.clone(), bytes::Bytes::new())
-                .await;
+            seq += 1;
+            let alive = Alive {
+                nonce: self.nonce,
+                seq,
+            };
+            if let Ok(bytes) = self.sealer.pack(&subject, &alive) {
+                let _ = self
+                    .broker
+                    .client
+                    .publish(subject.clone(), bytes.into())
+                    .await;
+            }
         }
     }
 

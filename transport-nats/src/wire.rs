@@ -3,7 +3,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The version of these messages; a member speaking another is refused when it joins.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
 /// Whether `name` can be a pool or member name: 1 to 64 ASCII letters, digits, `-` or `_`
 /// (it becomes a NATS subject token and part of stream and consumer names).
@@ -31,6 +31,11 @@ impl Names {
 
     pub(crate) fn join(&self) -> String {
         format!("looppool.{}.join", self.pool)
+    }
+    /// What the answer to the join request with `nonce` is sealed for (its reply subject is
+    /// the requester's inbox).
+    pub(crate) fn join_reply(join: &str, nonce: u64) -> String {
+        format!("{join}.reply.{nonce:x}")
     }
     pub(crate) fn alive(&self, member: &str) -> String {
         format!("looppool.{}.alive.{member}", self.pool)
@@ -93,6 +98,8 @@ pub(crate) struct Join {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum JoinReply {
     Welcome {
+        /// The parent's run: every message it sends the member carries it.
+        run: u64,
         ack_wait_ms: u64,
         heartbeat_ms: u64,
         member_timeout_ms: u64,
@@ -104,9 +111,28 @@ pub(crate) enum JoinReply {
     },
 }
 
+/// A member says it is alive.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct Alive {
+    /// The member's run (its join's nonce).
+    pub(crate) nonce: u64,
+    /// Counts up: a heartbeat repeated by someone else is not news.
+    pub(crate) seq: u64,
+}
+
+/// The parent says it is alive.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct Beacon {
+    pub(crate) run: u64,
+    /// Counts up: a beacon repeated by someone else is not news.
+    pub(crate) seq: u64,
+}
+
 /// A task on its way to a member.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct TaskMsg {
+    /// The parent's run that sent it.
+    pub(crate) run: u64,
     pub(crate) id: u64,
     /// How many times the task was delivered to members before this delivery's consumer.
     pub(crate) prior: u32,
@@ -114,7 +140,16 @@ pub(crate) struct TaskMsg {
     pub(crate) payload: Vec<u8>,
 }
 
-/// The parent tells a member.
+/// The parent tells one run of a member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CtlMsg {
+    pub(crate) run: u64,
+    /// The member's run it is meant for.
+    pub(crate) nonce: u64,
+    pub(crate) control: Control,
+}
+
+/// What the parent tells a member.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Control {
     /// The pool stopped: leave.
@@ -127,18 +162,24 @@ pub(crate) enum Control {
 /// `result_credit` more than that. Repeated every heartbeat, so a lost one does no harm.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub(crate) struct Credit {
+    pub(crate) run: u64,
     pub(crate) acked: u64,
 }
 
 /// A member says why it leaves.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Leave {
+    pub(crate) nonce: u64,
     pub(crate) reason: String,
 }
 
 /// An output of a member's worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct OutputMsg {
+    /// The member's run that sent it.
+    pub(crate) nonce: u64,
+    /// Counts the member's outputs from 1: each is accepted once.
+    pub(crate) seq: u64,
     /// The task that emitted it, or `None` for an unsolicited output.
     pub(crate) task: Option<u64>,
     /// The postcard encoding of the `Worker::Output`, or why the member could not send it
@@ -149,6 +190,8 @@ pub(crate) struct OutputMsg {
 /// How a task ended in a member.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct EndMsg {
+    /// The member's run that sent it.
+    pub(crate) nonce: u64,
     pub(crate) id: u64,
     /// Deliveries of the task to members, this one included.
     pub(crate) deliveries: u32,
@@ -192,6 +235,7 @@ mod tests {
     #[test]
     fn messages_round_trip_and_garbage_is_refused() {
         let end = EndMsg {
+            nonce: 1,
             id: 7,
             deliveries: 2,
             outputs: 3,

@@ -18,7 +18,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "nats/security.rs"]
+mod security;
+
 const MEMBER_VAR: &str = "LOOPPOOL_NATS_TEST_MEMBER";
+/// The pool secret of the trials' parents and members.
+const SECRET: &str = "the trials' pool secret";
 const RUNTIME_VAR: &str = "LOOPPOOL_NATS_TEST_RUNTIME";
 
 /// The runtime this process's workers run, from the environment (inherited by re-executed
@@ -33,6 +38,10 @@ fn worker_runtime() -> Arc<dyn Runtime> {
 
 fn main() {
     looppool_core::init(&[Entry::new::<Probe>(worker_runtime)]);
+    if std::env::var_os(MEMBER_VAR).is_none() {
+        // Members read it from their environment; the trials' parents are given it.
+        std::env::set_var(looppool_nats::SECRET_VAR, SECRET);
+    }
     if std::env::var_os(MEMBER_VAR).is_some() {
         member_main();
     }
@@ -73,6 +82,18 @@ fn main() {
         trial("credentials_reach_a_server_that_requires_them", credentials),
         trial("a_broker_restart_is_survived", broker_restart),
         trial("a_broker_gone_for_good_is_reported", broker_gone),
+        trial(
+            "forged_and_replayed_messages_are_refused",
+            security::forged_messages,
+        ),
+        trial(
+            "a_member_without_the_pool_secret_is_told_so",
+            security::no_secret,
+        ),
+        trial(
+            "a_member_cannot_act_in_another_members_name",
+            security::member_permissions,
+        ),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     nats_server::stop_shared();
@@ -142,8 +163,8 @@ fn member_main() -> ! {
     match result {
         Ok(left) => {
             println!(
-                "left after {} tasks ({} outputs refused): {}",
-                left.tasks, left.outputs_refused, left.reason
+                "left after {} tasks ({} outputs refused, {} messages refused): {}",
+                left.tasks, left.outputs_refused, left.refused, left.reason
             );
             std::process::exit(0)
         }
@@ -177,6 +198,8 @@ struct Spec<'a> {
     capacity: usize,
     runtime: &'a str,
     credentials: Option<(&'a str, &'a str)>,
+    /// The pool secret in the member's environment.
+    secret: Option<&'a str>,
 }
 
 impl<'a> Spec<'a> {
@@ -188,6 +211,7 @@ impl<'a> Spec<'a> {
             capacity: 2,
             runtime: "tokio",
             credentials: None,
+            secret: Some(SECRET),
         }
     }
 
@@ -198,6 +222,10 @@ impl<'a> Spec<'a> {
                 .env("LOOPPOOL_NATS_TEST_USER", user)
                 .env("LOOPPOOL_NATS_TEST_PASSWORD", password);
         }
+        match self.secret {
+            Some(secret) => command.env(looppool_nats::SECRET_VAR, secret),
+            None => command.env_remove(looppool_nats::SECRET_VAR),
+        };
         let child = command
             .env(MEMBER_VAR, "1")
             .env("LOOPPOOL_NATS_TEST_URL", self.url)
@@ -268,7 +296,8 @@ async fn start(url: &str, pool: &str) -> Result<Pool<Probe>, Failed> {
 
 /// Short heartbeats and timeouts, so faults show within a trial.
 fn quick(b: looppool_nats::Builder<Probe>) -> looppool_nats::Builder<Probe> {
-    b.heartbeat(Duration::from_millis(100))
+    b.secret(looppool_nats::Secret::new(SECRET).expect("long enough"))
+        .heartbeat(Duration::from_millis(100))
         .member_timeout(Duration::from_millis(1500))
         .ack_wait(Duration::from_secs(2))
 }
@@ -519,9 +548,10 @@ async fn result_credit() -> Result<(), Failed> {
         // The member kept to its credit by its own count: the broker's limit never had to
         // refuse an output.
         let (code, text) = m.exit(Duration::from_secs(10)).await?;
-        check(code == 0 && text.contains("(0 outputs refused)"), || {
-            format!("member exited {code}: {text}")
-        })?;
+        check(
+            code == 0 && text.contains("(0 outputs refused, 0 messages refused)"),
+            || format!("member exited {code}: {text}"),
+        )?;
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use self::tasks::{
 };
 use crate::broker::{self, Broker};
 use crate::error::{Error, SubmitError};
+use crate::seal::{Refusals, Sealer, Secret};
 use crate::wire::{self, Control, Names};
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use looppool_core::Worker;
@@ -65,6 +66,7 @@ pub struct Builder<W> {
     pool: String,
     settings: Settings,
     options: Option<async_nats::ConnectOptions>,
+    secret: Option<Secret>,
     _worker: PhantomData<fn(W)>,
 }
 
@@ -112,8 +114,17 @@ impl<W: Worker> Builder<W> {
                 stop_timeout: Duration::from_secs(10),
             },
             options: None,
+            secret: None,
             _worker: PhantomData,
         }
+    }
+
+    /// The secret the pool's members share with this parent (default: the environment
+    /// variable `LOOPPOOL_NATS_SECRET`; starting fails without one). Every message of the
+    /// pool is sealed with it: a client of the server without it cannot act on the pool.
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
     }
 
     /// How long a member may hold a task without acknowledging it before JetStream
@@ -199,6 +210,10 @@ impl<W: Worker> Builder<W> {
     /// name) and starts serving joins. Must run inside a tokio runtime.
     pub async fn start(self) -> Result<Pool<W>, Error> {
         self.check()?;
+        let secret = match self.secret {
+            Some(s) => s,
+            None => Secret::from_env()?,
+        };
         let names = Names::new(&self.pool);
         let broker = Broker::connect(
             &self.server,
@@ -210,17 +225,15 @@ impl<W: Worker> Builder<W> {
         let (events, _) = broadcast::channel(1024);
         let (outputs_tx, outputs_rx) = async_channel::unbounded();
         let (acks, acks_rx) = mpsc::unbounded_channel();
-        let run = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
         let shared = Arc::new(Shared {
             names,
             pool: self.pool,
             broker,
             settings: self.settings,
             worker: W::name(),
-            run: format!("{run:x}"),
+            run: crate::seal::random_u64(),
+            sealer: Sealer::new(&secret),
+            refused: Refusals::default(),
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
             events,
@@ -334,6 +347,13 @@ impl<W: Worker> Pool<W> {
     pub fn outstanding(&self, member: &str) -> Option<usize> {
         let inner = self.shared.lock();
         inner.live(member).map(|i| inner.members[i].outstanding)
+    }
+
+    /// Messages on the pool's subjects the parent refused so far: not sealed with the pool's
+    /// secret, repeated, from a run of a member that is not in the pool, or ending or feeding
+    /// a task the sender does not hold. The first is logged as a warning.
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.count()
     }
 
     /// Members joining and leaving, from now on.
@@ -557,10 +577,15 @@ impl<W: Worker> Pool<W> {
             }
             notified.await;
         }
-        let members: Vec<String> = self.members().into_iter().map(|m| m.name).collect();
-        for m in &members {
-            shared.control(m, &Control::Stop).await;
+        let members: Vec<(String, u64)> = {
+            let inner = shared.lock();
+            let members = inner.members.iter();
+            members.map(|m| (m.info.name.clone(), m.nonce)).collect()
+        };
+        for (m, nonce) in &members {
+            shared.control(m, *nonce, Control::Stop).await;
         }
+        let members: Vec<String> = members.into_iter().map(|(m, _)| m).collect();
         let deadline = tokio::time::Instant::now() + shared.settings.stop_timeout;
         loop {
             let mut notified = pin!(shared.changed.notified());

@@ -4,12 +4,15 @@ use super::handle::{Delivery, MemberEvent, MemberInfo, Status, TaskHandle};
 use super::Settings;
 use crate::broker::{self, Broker, PublishFailure};
 use crate::error::TaskError;
-use crate::wire::{self, Control, Credit, EndMsg, Join, JoinReply, Names, TaskMsg};
+use crate::seal::{Refusals, Sealer};
+use crate::wire::{
+    self, Control, Credit, CtlMsg, EndMsg, Join, JoinReply, Names, OutputMsg, TaskMsg,
+};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{AckKind, Message as JsMessage};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,6 +55,8 @@ pub(super) struct Live {
     /// The member's run, from its join request.
     pub(super) nonce: u64,
     pub(super) last_seen: Instant,
+    /// The last heartbeat's number.
+    pub(super) alive_seq: u64,
     pub(super) outstanding: usize,
     pub(super) limit: usize,
 }
@@ -61,6 +66,72 @@ pub(super) struct Sticky {
     /// Which setting this is (the value of `Inner::sticky_set` then).
     pub(super) set: u64,
     pub(super) payload: Vec<u8>,
+}
+
+/// The run of a member that joined under a name (the last one), kept after it leaves: its
+/// outputs and ends may still be on their way.
+pub(super) struct Session {
+    pub(super) nonce: u64,
+    pub(super) outputs: Window,
+}
+
+/// Which output numbers of a member were accepted: each at most once.
+#[derive(Default)]
+pub(super) struct Window {
+    /// Every number up to this one was seen.
+    floor: u64,
+    /// Numbers above the floor seen.
+    above: BTreeSet<u64>,
+}
+
+impl Window {
+    /// Most numbers kept above the floor: a gap this far behind (an output its member never
+    /// stored) is given up.
+    const SPAN: usize = 1 << 16;
+
+    /// Whether `seq` is seen for the first time; records it.
+    pub(super) fn admit(&mut self, seq: u64) -> bool {
+        if seq <= self.floor || !self.above.insert(seq) {
+            return false;
+        }
+        while self.above.first() == Some(&(self.floor + 1)) {
+            self.floor += 1;
+            self.above.pop_first();
+        }
+        while self.above.len() > Self::SPAN {
+            if let Some(first) = self.above.pop_first() {
+                self.floor = first;
+            }
+        }
+        true
+    }
+}
+
+/// Runs of members that left: a join they sent again is not welcomed again.
+#[derive(Default)]
+pub(super) struct Departed {
+    order: VecDeque<(String, u64)>,
+    set: HashSet<(String, u64)>,
+}
+
+impl Departed {
+    const KEPT: usize = 4096;
+
+    pub(super) fn insert(&mut self, member: &str, nonce: u64) {
+        let key = (member.to_string(), nonce);
+        if self.set.insert(key.clone()) {
+            self.order.push_back(key);
+        }
+        if self.order.len() > Self::KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    pub(super) fn contains(&self, member: &str, nonce: u64) -> bool {
+        self.set.contains(&(member.to_string(), nonce))
+    }
 }
 
 #[derive(Default)]
@@ -76,11 +147,19 @@ pub(super) struct Inner {
     pub(super) sticky_set: u64,
     /// Members gone whose tasks are being taken back from their consumers.
     pub(super) reclaiming: HashSet<String>,
+    /// The last run of each member name that joined.
+    pub(super) sessions: HashMap<String, Session>,
+    pub(super) departed: Departed,
 }
 
 impl Inner {
     pub(super) fn live(&self, member: &str) -> Option<usize> {
         self.members.iter().position(|m| m.info.name == member)
+    }
+
+    /// Whether `nonce` is the run of `member` that joined last.
+    fn session_is(&self, member: &str, nonce: u64) -> bool {
+        self.sessions.get(member).is_some_and(|s| s.nonce == nonce)
     }
 
     /// Records a task for live member `k`.
@@ -164,8 +243,12 @@ pub(super) struct Shared<O> {
     pub(super) broker: Broker,
     pub(super) settings: Settings,
     pub(super) worker: &'static str,
-    /// Distinguishes this pool's message ids from an earlier pool's of the same name.
-    pub(super) run: String,
+    /// This parent's run: distinguishes its messages and message ids from an earlier
+    /// parent's of the same pool.
+    pub(super) run: u64,
+    pub(super) sealer: Sealer,
+    /// Messages refused: forged, replayed, or from a member that does not hold the task.
+    pub(super) refused: Refusals,
     pub(super) inner: Mutex<Inner>,
     /// Notified whenever a task ends, a member joins or leaves, or the pool closes.
     pub(super) changed: Notify,
@@ -208,17 +291,20 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         prior: u32,
         payload: Vec<u8>,
     ) -> Result<(), PublishFailure> {
-        let msg = wire::encode(&TaskMsg { id, prior, payload }).map_err(PublishFailure::Refused)?;
-        let msg_id = format!("{}-{id}-{member}-{prior}", self.run);
+        let subject = self.names.task(member);
+        let task = TaskMsg {
+            run: self.run,
+            id,
+            prior,
+            payload,
+        };
+        let msg = self
+            .sealer
+            .pack(&subject, &task)
+            .map_err(PublishFailure::Refused)?;
+        let msg_id = format!("{:x}-{id}-{member}-{prior}", self.run);
         let deadline = Instant::now() + self.settings.broker_timeout;
-        broker::publish(
-            &self.broker.js,
-            &self.names.task(member),
-            &msg_id,
-            &msg,
-            Some(deadline),
-        )
-        .await
+        broker::publish(&self.broker.js, &subject, &msg_id, &msg, Some(deadline)).await
     }
 
     /// Forgets a task the broker did not take.
@@ -245,15 +331,25 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     /// Tells `member` how many of its outputs were acknowledged.
     pub(super) async fn grant(&self, member: &str) {
         let acked = lock(&self.acked).get(member).copied().unwrap_or(0);
-        if let Ok(bytes) = wire::encode(&Credit { acked }) {
-            let subject = self.names.credit(member);
+        let subject = self.names.credit(member);
+        let credit = Credit {
+            run: self.run,
+            acked,
+        };
+        if let Ok(bytes) = self.sealer.pack(&subject, &credit) {
             let _ = self.broker.client.publish(subject, bytes.into()).await;
         }
     }
 
-    pub(super) async fn control(&self, member: &str, control: &Control) {
-        if let Ok(bytes) = wire::encode(control) {
-            let subject = self.names.ctl(member);
+    /// Tells run `nonce` of `member` what to do.
+    pub(super) async fn control(&self, member: &str, nonce: u64, control: Control) {
+        let subject = self.names.ctl(member);
+        let msg = CtlMsg {
+            run: self.run,
+            nonce,
+            control,
+        };
+        if let Ok(bytes) = self.sealer.pack(&subject, &msg) {
             if let Err(e) = self.broker.client.publish(subject, bytes.into()).await {
                 tracing::warn!(member, "cannot tell the member to stop: {e}");
             }
@@ -294,6 +390,9 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     // The member asked again: the first answer was late or lost.
                     return self.welcome();
                 }
+            }
+            if inner.departed.contains(&join.member, join.nonce) {
+                return refuse(format!("this run of member {} left the pool", join.member));
             }
             if inner.live(&join.member).is_some() || inner.reclaiming.contains(&join.member) {
                 return refuse(format!("member name {} is in use", join.member));
@@ -348,10 +447,18 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                         .values()
                         .filter(|p| p.member == info.name)
                         .count();
+                    inner.sessions.insert(
+                        info.name.clone(),
+                        Session {
+                            nonce: join.nonce,
+                            outputs: Window::default(),
+                        },
+                    );
                     inner.members.push(Live {
                         info: info.clone(),
                         nonce: join.nonce,
                         last_seen: Instant::now(),
+                        alive_seq: 0,
                         outstanding,
                         limit: self.settings.backlog.unwrap_or(info.capacity),
                     });
@@ -383,6 +490,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
 
     fn welcome(&self) -> JoinReply {
         JoinReply::Welcome {
+            run: self.run,
             ack_wait_ms: Self::ms(self.settings.ack_wait),
             heartbeat_ms: Self::ms(self.settings.heartbeat),
             member_timeout_ms: Self::ms(self.settings.member_timeout()),
@@ -397,7 +505,8 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             let Some(k) = inner.live(member) else {
                 return;
             };
-            inner.members.remove(k);
+            let gone = inner.members.remove(k);
+            inner.departed.insert(member, gone.nonce);
             if k < inner.cursor {
                 inner.cursor -= 1;
             }
@@ -509,13 +618,12 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
 
     pub(super) async fn reclaimed(self: &Arc<Self>, gone: &str, reason: &str, message: JsMessage) {
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-        let task: TaskMsg = match wire::decode(&message.payload) {
+        let task: TaskMsg = match self.sealer.unpack(&message.subject, &message.payload) {
             Ok(t) => t,
             Err(e) => {
-                tracing::error!(
-                    member = gone,
-                    "reclaim: undecodable task message dropped: {e}"
-                );
+                self.refused.refuse(format_args!(
+                    "a task in the consumer of member {gone}, taking it back: {e}"
+                ));
                 let _ = message.ack_with(AckKind::Term).await;
                 return;
             }
@@ -586,33 +694,72 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         }
     }
 
-    pub(super) fn on_end(&self, member: &str, end: EndMsg) {
+    /// Ends a task as `member` reports, if that run of it holds the task.
+    pub(super) fn on_end(&self, member: &str, end: EndMsg) -> Result<(), String> {
         let mut inner = self.lock();
+        if !inner.session_is(member, end.nonce) {
+            return Err(format!(
+                "the end of task {} from a run of member {member} that is not in the pool",
+                end.id
+            ));
+        }
         let Some(p) = inner.tasks.get_mut(&end.id) else {
             tracing::debug!(
                 member,
                 task = end.id,
                 "end of a task already ended (a rerun)"
             );
-            return;
+            return Ok(());
         };
+        if p.member != member {
+            return Err(format!(
+                "the end of task {} from member {member}, which does not hold it",
+                end.id
+            ));
+        }
         if p.seen_from(member) < end.outputs {
             p.parked = Some((member.into(), end));
-            return;
+            return Ok(());
         }
         let result = outcome(member, end.outcome);
         inner.finish(end.id, member, end.deliveries, result);
         drop(inner);
         self.changed.notify_waiters();
+        Ok(())
     }
 
-    /// Counts an output of task `id` from `member` (one that could not be delivered
-    /// included), ending the task if its end was waiting for it.
-    pub(super) fn on_output(&self, member: &str, id: u64, dropped: Option<&String>) {
+    /// Accepts an output from `member` if that run of it sent it, for the first time, and
+    /// holds its task. Counts an output of a task (one that could not be delivered included),
+    /// ending the task if its end was waiting for it.
+    pub(super) fn on_output(
+        &self,
+        member: &str,
+        output: &OutputMsg,
+        dropped: Option<&String>,
+    ) -> Result<(), String> {
         let mut inner = self.lock();
-        let Some(p) = inner.tasks.get_mut(&id) else {
-            return;
+        let what = || match output.task {
+            Some(id) => format!("output {} of task {id} from member {member}", output.seq),
+            None => format!("output {} from member {member}", output.seq),
         };
+        let Some(session) = inner.sessions.get_mut(member) else {
+            return Err(format!("{}, which never joined", what()));
+        };
+        if session.nonce != output.nonce {
+            return Err(format!("{}, from a run that is not in the pool", what()));
+        }
+        if !session.outputs.admit(output.seq) {
+            return Err(format!("{}, a second time", what()));
+        }
+        let Some(id) = output.task else {
+            return Ok(());
+        };
+        let Some(p) = inner.tasks.get_mut(&id) else {
+            return Err(format!("{}, a task that ended", what()));
+        };
+        if p.member != member {
+            return Err(format!("{}, which does not hold the task", what()));
+        }
         if let Some(e) = dropped {
             p.dropped.get_or_insert_with(|| e.clone());
         }
@@ -629,6 +776,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             drop(inner);
             self.changed.notify_waiters();
         }
+        Ok(())
     }
 }
 

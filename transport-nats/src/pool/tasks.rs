@@ -4,7 +4,8 @@ use super::handle::Delivery;
 use super::shared::{lock, Shared};
 use crate::broker::{self};
 use crate::error::Error;
-use crate::wire::{self, Control, EndMsg, Join, JoinReply, Leave, Names, OutputMsg};
+use crate::seal::Unsealed;
+use crate::wire::{self, Alive, Beacon, Control, EndMsg, Join, JoinReply, Leave, Names, OutputMsg};
 use async_nats::jetstream::consumer::{pull, AckPolicy};
 use async_nats::jetstream::Message as JsMessage;
 use futures_util::StreamExt;
@@ -68,15 +69,35 @@ pub(super) async fn serve_joins<O: DeserializeOwned + Send + 'static>(
         let Some(reply) = message.reply.clone() else {
             continue;
         };
-        let answer = match wire::decode::<Join>(&message.payload) {
-            Ok(join) => shared.on_join(join).await,
-            Err(e) => JoinReply::Refused {
-                reason: format!("undecodable join request (another looppool version?): {e}"),
-            },
+        let subject = shared.names.join();
+        let (answer, nonce) = match shared.sealer.unpack::<Join>(&subject, &message.payload) {
+            Ok(join) => {
+                let nonce = join.nonce;
+                (shared.on_join(join).await, Some(nonce))
+            }
+            Err(Unsealed::Forged) => {
+                shared
+                    .refused
+                    .refuse(format_args!("a join request: {}", Unsealed::Forged));
+                let reason = "the join request is not sealed with this pool's secret".into();
+                (JoinReply::Refused { reason }, None)
+            }
+            Err(e) => {
+                let reason = format!("the join request is {e} (another looppool version?)");
+                (JoinReply::Refused { reason }, None)
+            }
+        };
+        // Sealed for that join, unless the parent could not read it (the member then cannot
+        // tell this refusal from a forged one, and says so).
+        let bytes = match nonce {
+            Some(nonce) => shared
+                .sealer
+                .pack(&Names::join_reply(&subject, nonce), &answer),
+            None => wire::encode(&answer),
         };
         // Sent by a task of its own, started before this loop can be stopped: a member the
         // pool counts in always hears so, even if the pool is dropped right after.
-        if let Ok(bytes) = wire::encode(&answer) {
+        if let Ok(bytes) = bytes {
             let client = shared.broker.client.clone();
             tokio::spawn(async move {
                 let _ = client.publish(reply, bytes.into()).await;
@@ -95,28 +116,51 @@ pub(super) async fn serve_members<O: DeserializeOwned + Send + 'static>(
         tokio::select! {
             Some(m) = alive.next() => {
                 let member = Names::member_of(&m.subject);
+                let alive = match shared.sealer.unpack::<Alive>(&m.subject, &m.payload) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        shared.refused.refuse(format_args!("a heartbeat of member {member}: {e}"));
+                        continue;
+                    }
+                };
                 let known = {
                     let mut inner = shared.lock();
                     match inner.live(member) {
-                        Some(k) => {
-                            inner.members[k].last_seen = Instant::now();
+                        Some(k) if inner.members[k].nonce == alive.nonce => {
+                            let live = &mut inner.members[k];
+                            if alive.seq > live.alive_seq {
+                                live.alive_seq = alive.seq;
+                                live.last_seen = Instant::now();
+                            }
                             true
                         }
-                        None => false,
+                        _ => false,
                     }
                 };
                 if !known && !shared.lock().closed {
                     let reason = "the pool does not count it in (it went silent, or the \
                                   pool restarted)".to_string();
-                    shared.control(member, &Control::Evicted { reason }).await;
+                    shared.control(member, alive.nonce, Control::Evicted { reason }).await;
                 }
             }
             Some(m) = leave.next() => {
                 let member = Names::member_of(&m.subject).to_string();
-                let reason = wire::decode::<Leave>(&m.payload)
-                    .map(|l| l.reason)
-                    .unwrap_or_else(|e| format!("left (undecodable reason: {e})"));
-                shared.member_gone(&member, reason);
+                let leave = match shared.sealer.unpack::<Leave>(&m.subject, &m.payload) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        shared.refused.refuse(format_args!("a leave of member {member}: {e}"));
+                        continue;
+                    }
+                };
+                let current = {
+                    let inner = shared.lock();
+                    inner.live(&member).is_some_and(|k| inner.members[k].nonce == leave.nonce)
+                };
+                if current {
+                    shared.member_gone(&member, leave.reason);
+                } else {
+                    tracing::debug!(member, "a leave of a run not in the pool ignored");
+                }
             }
             else => return,
         }
@@ -128,13 +172,22 @@ pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(shared: Arc<Share
     let mut every = tokio::time::interval(shared.settings.heartbeat);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let timeout = shared.settings.member_timeout();
+    let subject = shared.names.beacon();
+    let mut seq = 0;
     loop {
         every.tick().await;
-        let _ = shared
-            .broker
-            .client
-            .publish(shared.names.beacon(), bytes::Bytes::new())
-            .await;
+        seq += 1;
+        let beacon = Beacon {
+            run: shared.run,
+            seq,
+        };
+        if let Ok(bytes) = shared.sealer.pack(&subject, &beacon) {
+            let _ = shared
+                .broker
+                .client
+                .publish(subject.clone(), bytes.into())
+                .await;
+        }
         // Repeat each member's credit, in case one was lost.
         let members: Vec<String> = {
             let inner = shared.lock();
@@ -175,9 +228,12 @@ pub(super) async fn read_ends<O: DeserializeOwned + Send + 'static>(
     loop {
         let m = next_message(&shared, &stream, &mut messages).await;
         let member = Names::member_of(&m.subject).to_string();
-        match wire::decode::<EndMsg>(&m.payload) {
-            Ok(end) => shared.on_end(&member, end),
-            Err(e) => tracing::error!(member, "undecodable task end dropped: {e}"),
+        let refused = match shared.sealer.unpack::<EndMsg>(&m.subject, &m.payload) {
+            Ok(end) => shared.on_end(&member, end).err(),
+            Err(e) => Some(format!("a task end on {}: {e}", m.subject)),
+        };
+        if let Some(why) = refused {
+            shared.refused.refuse(format_args!("{why}"));
         }
         let _ = m.ack().await;
     }
@@ -196,20 +252,27 @@ pub(super) async fn read_outputs<O: DeserializeOwned + Send + 'static>(
             // never hand it out twice.
             continue;
         }
-        let output = match wire::decode::<OutputMsg>(&m.payload) {
+        let output = match shared.sealer.unpack::<OutputMsg>(&m.subject, &m.payload) {
             Ok(o) => o,
             Err(e) => {
-                tracing::error!(member, "undecodable output message dropped: {e}");
-                let _ = shared.acks.send((member, m));
+                shared
+                    .refused
+                    .refuse(format_args!("an output on {}: {e}", m.subject));
+                // Not one of the member's outputs: its credit does not change.
+                let _ = m.ack().await;
                 continue;
             }
         };
         let task = output.task;
         let value = output
             .payload
-            .and_then(|p| wire::decode::<O>(&p).map_err(|e| format!("cannot decode it: {e}")));
-        if let Some(id) = task {
-            shared.on_output(&member, id, value.as_ref().err());
+            .as_ref()
+            .map_err(String::clone)
+            .and_then(|p| wire::decode::<O>(p).map_err(|e| format!("cannot decode it: {e}")));
+        if let Err(why) = shared.on_output(&member, &output, value.as_ref().err()) {
+            shared.refused.refuse(format_args!("{why}"));
+            let _ = m.ack().await;
+            continue;
         }
         match value {
             Ok(value) => {

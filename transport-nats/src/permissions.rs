@@ -1,0 +1,147 @@
+//! The subjects a pool's parent and each member need, for a NATS server's authorization.
+
+use crate::wire::Names;
+use std::fmt::Write as _;
+
+/// What one NATS user may publish and subscribe to, for a pool's parent or one of its members.
+///
+/// The pool's secret keeps clients without it out; a member holds the secret, so only the
+/// server can stop one member from publishing in another's name. Give each member a user of its
+/// own limited to [`Permissions::member`], and the parent a user limited to
+/// [`Permissions::parent`]: a member can then publish only on its own subjects, and the parent
+/// accepts a task's end or output only from the member that holds the task.
+///
+/// ```
+/// use looppool_nats::Permissions;
+///
+/// let config = looppool_nats::Permissions::server_config(&[
+///     ("parent", "parent-password", Permissions::parent("demo")),
+///     ("m1", "m1-password", Permissions::member("demo", "m1")),
+///     ("m2", "m2-password", Permissions::member("demo", "m2")),
+/// ]);
+/// assert!(config.contains(r#""looppool.demo.end.m1""#));
+/// // Written to a file, `nats-server -c FILE -js` serves the pool with these users.
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Permissions {
+    /// Subjects the user may publish to.
+    pub publish: Vec<String>,
+    /// Subjects the user may subscribe to.
+    pub subscribe: Vec<String>,
+}
+
+impl Permissions {
+    /// The parent of pool `pool`: its own subjects, the JetStream API (it creates and deletes
+    /// the pool's streams and consumers) and acknowledgements on the pool's streams.
+    pub fn parent(pool: &str) -> Self {
+        let names = Names::new(pool);
+        let mut publish = vec![
+            format!("looppool.{pool}.>"),
+            "$JS.API.>".into(),
+            "_INBOX.>".into(),
+        ];
+        for stream in [names.tasks_stream(), names.out_stream(), names.end_stream()] {
+            publish.push(format!("$JS.ACK.{stream}.>"));
+        }
+        Self {
+            publish,
+            subscribe: vec![format!("looppool.{pool}.>"), "_INBOX.>".into()],
+        }
+    }
+
+    /// Member `member` of pool `pool`: it joins, beats and leaves under its own name, stores
+    /// outputs and ends on its own subjects, and reads and acknowledges its own consumer.
+    pub fn member(pool: &str, member: &str) -> Self {
+        let names = Names::new(pool);
+        let tasks = names.tasks_stream();
+        Self {
+            publish: vec![
+                names.join(),
+                names.alive(member),
+                names.leave(member),
+                names.out(member),
+                names.end(member),
+                format!("$JS.API.CONSUMER.INFO.{tasks}.{member}"),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{tasks}.{member}"),
+                format!("$JS.ACK.{tasks}.{member}.>"),
+            ],
+            subscribe: vec![
+                names.ctl(member),
+                names.credit(member),
+                names.beacon(),
+                // Replies: to its join request, its pulls and its stores.
+                "_INBOX.>".into(),
+            ],
+        }
+    }
+
+    /// An `authorization` block of `nats-server`'s configuration with these users, each
+    /// `(user, password, permissions)`.
+    pub fn server_config(users: &[(&str, &str, Permissions)]) -> String {
+        let mut config = String::from("authorization {\n  users = [\n");
+        for (user, password, p) in users {
+            let list = |subjects: &[String]| {
+                let quoted: Vec<String> = subjects.iter().map(|s| quote(s)).collect();
+                quoted.join(", ")
+            };
+            let _ = writeln!(
+                config,
+                "    {{ user: {}, password: {}, permissions: {{ publish: {{ allow: [{}] }}, \
+                 subscribe: {{ allow: [{}] }} }} }}",
+                quote(user),
+                quote(password),
+                list(&p.publish),
+                list(&p.subscribe)
+            );
+        }
+        config.push_str("  ]\n}\n");
+        config
+    }
+}
+
+/// `text` as a quoted string of the server's configuration format.
+fn quote(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_may_publish_only_on_its_own_subjects() {
+        let m = Permissions::member("p", "m1");
+        for own in [
+            "looppool.p.end.m1",
+            "looppool.p.out.m1",
+            "looppool.p.leave.m1",
+        ] {
+            assert!(m.publish.iter().any(|s| s == own), "{own}");
+        }
+        assert!(m
+            .publish
+            .iter()
+            .all(|s| !s.contains("m2") && !s.ends_with(".*")));
+        assert!(!m
+            .subscribe
+            .iter()
+            .any(|s| s.starts_with("looppool.p.alive")));
+    }
+
+    #[test]
+    fn the_config_quotes_what_it_is_given() {
+        let config = Permissions::server_config(&[("u", "pa\"ss", Permissions::member("p", "m"))]);
+        assert!(config.contains(r#"password: "pa\"ss""#), "{config}");
+        assert!(config.starts_with("authorization {"));
+    }
+}

@@ -1,0 +1,374 @@
+//! Trials of who may act on a pool: a client of the same server without the pool's secret
+//! forges and replays every kind of message the pool exchanges, and a member with valid
+//! credentials tries to end another member's task.
+
+use super::{check, quick, shared_url, stop_all, Deadline, Failed, Spec, SECRET};
+use futures_util::{FutureExt, StreamExt};
+use looppool_core::Worker;
+use looppool_nats::async_nats::{self, ConnectOptions};
+use looppool_nats::{MemberEvent, Permissions, Pool};
+use looppool_testkit::conformance::{Out, Probe, Task};
+use looppool_testkit::nats_server::NatsServer;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// The pool's messages as anyone reading the protocol can lay them out; the forger appends a
+/// tag of its own making, as it has not the secret.
+mod wire {
+    use super::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct Alive {
+        pub(super) nonce: u64,
+        pub(super) seq: u64,
+    }
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct Beacon {
+        pub(super) run: u64,
+        pub(super) seq: u64,
+    }
+    #[derive(Serialize)]
+    pub(super) struct Join {
+        pub(super) version: u32,
+        pub(super) worker: String,
+        pub(super) member: String,
+        pub(super) host: String,
+        pub(super) pid: u32,
+        pub(super) capacity: u32,
+        pub(super) workers: u32,
+        pub(super) nonce: u64,
+    }
+    #[derive(Serialize)]
+    pub(super) struct Task {
+        pub(super) run: u64,
+        pub(super) id: u64,
+        pub(super) prior: u32,
+        pub(super) payload: Vec<u8>,
+    }
+    #[derive(Serialize)]
+    pub(super) enum Control {
+        Stop,
+    }
+    #[derive(Serialize)]
+    pub(super) struct Ctl {
+        pub(super) run: u64,
+        pub(super) nonce: u64,
+        pub(super) control: Control,
+    }
+    #[derive(Serialize)]
+    pub(super) struct Leave {
+        pub(super) nonce: u64,
+        pub(super) reason: String,
+    }
+    #[derive(Serialize)]
+    pub(super) struct Output {
+        pub(super) nonce: u64,
+        pub(super) seq: u64,
+        pub(super) task: Option<u64>,
+        pub(super) payload: Result<Vec<u8>, String>,
+    }
+    #[derive(Serialize)]
+    pub(super) enum Outcome {
+        Done,
+    }
+    #[derive(Serialize)]
+    pub(super) struct End {
+        pub(super) nonce: u64,
+        pub(super) id: u64,
+        pub(super) deliveries: u32,
+        pub(super) outputs: u32,
+        pub(super) outcome: Outcome,
+    }
+}
+
+/// `value` encoded, with a made-up tag.
+fn forge<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut bytes = postcard::to_stdvec(value).expect("encodable");
+    bytes.extend_from_slice(&[0x5a; 32]);
+    bytes
+}
+
+/// `value` encoded and sealed for `subject` with the pool's secret, as a holder of the secret
+/// can.
+fn seal<T: Serialize>(subject: &str, value: &T) -> Vec<u8> {
+    use ring::hmac;
+    let mut body = postcard::to_stdvec(value).expect("encodable");
+    let mut input = (subject.len() as u64).to_le_bytes().to_vec();
+    input.extend_from_slice(subject.as_bytes());
+    input.extend_from_slice(&body);
+    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
+    body.extend_from_slice(hmac::sign(&key, &input).as_ref());
+    body
+}
+
+/// The body of a sealed message seen on the wire.
+fn body(payload: &[u8]) -> &[u8] {
+    &payload[..payload.len() - 32]
+}
+
+async fn sniff<T: for<'de> Deserialize<'de>>(
+    client: &async_nats::Client,
+    subject: &str,
+) -> Result<(T, bytes::Bytes), Failed> {
+    let mut sub = client.subscribe(subject.to_string()).await?;
+    let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .map_err(|_| format!("nothing seen on {subject} within 10 s"))?
+        .ok_or("subscription ended")?;
+    Ok((postcard::from_bytes(body(&m.payload))?, m.payload))
+}
+
+pub(super) async fn forged_messages() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = quick(Pool::builder(&url, "forged")).start().await?;
+    // Two workers: one runs the long task, the other what comes meanwhile.
+    let spec = Spec {
+        workers: 2,
+        ..Spec::new(&url, "forged")
+    };
+    let member = spec.spawn("m");
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let mut events = pool.events();
+    let outputs = pool.outputs();
+    let started = Instant::now();
+    let mut long = pool.submit(Task::Sleep(3000)).await?;
+
+    // The forger connects without credentials and learns the runs' numbers from the traffic.
+    let rogue = async_nats::connect(&url).await?;
+    let js = async_nats::jetstream::new(rogue.clone());
+    let (alive, alive_sealed) = sniff::<wire::Alive>(&rogue, "looppool.forged.alive.m").await?;
+    let (beacon, _) = sniff::<wire::Beacon>(&rogue, "looppool.forged.beacon").await?;
+    let (nonce, run) = (alive.nonce, beacon.run);
+    let stored = |subject: &'static str, bytes: Vec<u8>| {
+        let js = js.clone();
+        async move {
+            js.publish(subject, bytes.into()).await?.await?;
+            Ok::<_, Failed>(())
+        }
+    };
+    // An end of the running task, as if it were done.
+    let end = wire::End {
+        nonce,
+        id: long.id(),
+        deliveries: 1,
+        outputs: 0,
+        outcome: wire::Outcome::Done,
+    };
+    stored("looppool.forged.end.m", forge(&end)).await?;
+    // Outputs in the member's name and in the name of a member that never joined.
+    let output = |task| wire::Output {
+        nonce,
+        seq: 1000,
+        task,
+        payload: Ok(postcard::to_stdvec(&Out::Doubled(666)).unwrap()),
+    };
+    stored("looppool.forged.out.m", forge(&output(Some(long.id())))).await?;
+    stored("looppool.forged.out.ghost", forge(&output(None))).await?;
+    // A task stored for the member.
+    let task = wire::Task {
+        run,
+        id: 999,
+        prior: 0,
+        payload: postcard::to_stdvec(&Task::Double(333)).unwrap(),
+    };
+    stored("looppool.forged.task.m", forge(&task)).await?;
+    // A join as a new member.
+    let join = wire::Join {
+        version: 2,
+        worker: Probe::name().into(),
+        member: "ghost".into(),
+        host: "nowhere".into(),
+        pid: 1,
+        capacity: 8,
+        workers: 1,
+        nonce: 7,
+    };
+    let answer = rogue
+        .request("looppool.forged.join", forge(&join).into())
+        .await?;
+    let answer = String::from_utf8_lossy(&answer.payload).into_owned();
+    check(
+        answer.contains("not sealed with this pool's secret"),
+        || format!("the forged join was answered {answer:?}"),
+    )?;
+    // The member's leave, a stop for the member, and a genuine heartbeat moved to the leave
+    // subject.
+    let leave = wire::Leave {
+        nonce,
+        reason: "forged".into(),
+    };
+    rogue
+        .publish("looppool.forged.leave.m", forge(&leave).into())
+        .await?;
+    let stop = wire::Ctl {
+        run,
+        nonce,
+        control: wire::Control::Stop,
+    };
+    rogue
+        .publish("looppool.forged.ctl.m", forge(&stop).into())
+        .await?;
+    rogue
+        .publish("looppool.forged.leave.m", alive_sealed)
+        .await?;
+    rogue.flush().await?;
+
+    // The parent refuses six: the end, two outputs, the join, the leave, the moved heartbeat.
+    let wait = Deadline::new("the parent to refuse six messages", Duration::from_secs(10));
+    while pool.refused() < 6 {
+        wait.tick().await?;
+    }
+    // The pool still works, and only genuine outputs arrive.
+    pool.submit(Task::Double(4)).await?.await?;
+    let d = outputs.recv().await.ok_or("outputs ended")?;
+    check(*d.value() == Out::Doubled(8) && d.member() == "m", || {
+        format!("the first output is {:?} from {}", d.value(), d.member())
+    })?;
+    drop(d);
+    check((&mut long).now_or_never().is_none(), || {
+        format!(
+            "the 3 s task resolved after {:?}: the forged end was taken",
+            started.elapsed()
+        )
+    })?;
+    long.await?;
+    check(started.elapsed() >= Duration::from_secs(3), || {
+        format!("the 3 s task ended after {:?}", started.elapsed())
+    })?;
+    check(outputs.try_recv().is_none(), || {
+        "a forged output reached the program".into()
+    })?;
+    check(pool.refused() == 6, || {
+        format!("the parent refused {} messages, not 6", pool.refused())
+    })?;
+    let names: Vec<String> = pool.members().into_iter().map(|m| m.name).collect();
+    check(names == ["m"], || format!("members: {names:?}"))?;
+    while let Some(Some(event)) = events.recv().now_or_never() {
+        if let MemberEvent::Left { member, reason } = event {
+            return Err(format!("{member} left: {reason}").into());
+        }
+    }
+    let stopped = pool.stop().await;
+    check(stopped.unresponsive.is_empty(), || {
+        format!("{:?} did not leave", stopped.unresponsive)
+    })?;
+    // The member refused the forged task and the forged stop, and ran only the genuine two.
+    let (code, text) = member.exit(Duration::from_secs(10)).await?;
+    check(
+        code == 0 && text.contains("left after 2 tasks") && text.contains("2 messages refused"),
+        || format!("the member exited {code}: {text}"),
+    )
+}
+
+pub(super) async fn no_secret() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = quick(Pool::builder(&url, "nosecret")).start().await?;
+    let spec = Spec {
+        secret: None,
+        ..Spec::new(&url, "nosecret")
+    };
+    let (code, text) = spec.spawn("m").exit(Duration::from_secs(20)).await?;
+    check(
+        code == 3 && text.contains("no pool secret") && text.contains("LOOPPOOL_NATS_SECRET"),
+        || format!("a member without a secret exited {code}: {text}"),
+    )?;
+    let spec = Spec {
+        secret: Some("another secret of the pool"),
+        ..Spec::new(&url, "nosecret")
+    };
+    let (code, text) = spec.spawn("m").exit(Duration::from_secs(20)).await?;
+    check(
+        code == 3 && text.contains("not sealed with this pool's secret"),
+        || format!("a member with another secret exited {code}: {text}"),
+    )?;
+    check(pool.members().is_empty() && pool.refused() == 1, || {
+        format!("members {:?}, refused {}", pool.members(), pool.refused())
+    })?;
+    stop_all(&pool, Vec::new()).await
+}
+
+pub(super) async fn member_permissions() -> Result<(), Failed> {
+    let users = [
+        ("parent", "parent-pw", Permissions::parent("perm")),
+        ("a", "a-pw", Permissions::member("perm", "a")),
+        ("b", "b-pw", Permissions::member("perm", "b")),
+    ];
+    let config = std::env::temp_dir().join(format!(
+        "looppool-nats-permissions-{}.conf",
+        std::process::id()
+    ));
+    std::fs::write(&config, Permissions::server_config(&users))?;
+    let server = NatsServer::start_with(&["-c", config.to_str().ok_or("a UTF-8 path")?]);
+    std::fs::remove_file(&config)?;
+    let server = server?;
+    let url = server.url();
+    let user = |u: &str, p: &str| ConnectOptions::with_user_and_password(u.into(), p.into());
+    let pool = quick(Pool::builder(&url, "perm"))
+        .connect_options(user("parent", "parent-pw"))
+        .start()
+        .await?;
+    let spec = |credentials| Spec {
+        workers: 2,
+        credentials: Some(credentials),
+        ..Spec::new(&url, "perm")
+    };
+    let members = vec![
+        spec(("a", "a-pw")).spawn("a"),
+        spec(("b", "b-pw")).spawn("b"),
+    ];
+    pool.wait_for_members(2, Duration::from_secs(30)).await?;
+    let outputs = pool.outputs();
+    let started = Instant::now();
+    let mut held = pool.submit_to("b", Task::Sleep(3000)).await?;
+
+    // The trial reads the members' runs with the parent's user; member a's user, which holds
+    // the pool's secret, tries to end b's task.
+    let watcher = user("parent", "parent-pw").connect(&url).await?;
+    let (a, _) = sniff::<wire::Alive>(&watcher, "looppool.perm.alive.a").await?;
+    let (b, _) = sniff::<wire::Alive>(&watcher, "looppool.perm.alive.b").await?;
+    let rogue = user("a", "a-pw").connect(&url).await?;
+    let end = |nonce| wire::End {
+        nonce,
+        id: held.id(),
+        deliveries: 1,
+        outputs: 0,
+        outcome: wire::Outcome::Done,
+    };
+    // In b's name, well formed and sealed: only the server's permissions stop it.
+    let subject = "looppool.perm.end.b";
+    rogue
+        .publish(subject, seal(subject, &end(b.nonce)).into())
+        .await?;
+    // In its own name: the server stores them, the parent refuses them.
+    let js = async_nats::jetstream::new(rogue.clone());
+    let subject = "looppool.perm.end.a";
+    js.publish(subject, seal(subject, &end(a.nonce)).into())
+        .await?
+        .await?;
+    let output = wire::Output {
+        nonce: a.nonce,
+        seq: 1_000_000,
+        task: Some(held.id()),
+        payload: Ok(postcard::to_stdvec(&Out::Doubled(666)).unwrap()),
+    };
+    let subject = "looppool.perm.out.a";
+    js.publish(subject, seal(subject, &output).into())
+        .await?
+        .await?;
+
+    let wait = Deadline::new("the parent to refuse two messages", Duration::from_secs(10));
+    while pool.refused() < 2 {
+        wait.tick().await?;
+    }
+    check((&mut held).now_or_never().is_none(), || {
+        format!("b's task resolved after {:?}", started.elapsed())
+    })?;
+    held.await?;
+    check(started.elapsed() >= Duration::from_secs(3), || {
+        format!("b's 3 s task ended after {:?}", started.elapsed())
+    })?;
+    check(outputs.try_recv().is_none() && pool.refused() == 2, || {
+        format!("an output reached the program; {} refused", pool.refused())
+    })?;
+    stop_all(&pool, members).await
+}
