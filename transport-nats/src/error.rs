@@ -22,6 +22,9 @@ pub enum Error {
     /// created, a broker that stayed away past the broker timeout).
     #[error("broker: {0}")]
     Broker(String),
+    /// The pool has a live parent already: a second one is refused.
+    #[error("{0}")]
+    InUse(String),
     /// The pool's parent refused this member.
     #[error("the pool refused this member: {0}")]
     Refused(String),

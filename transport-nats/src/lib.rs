@@ -29,8 +29,11 @@
 //!   tasks are lost with their member, as in a local pool. A task may thus run more than once
 //!   (at-least-once); its handle resolves exactly once, and a second run's end is ignored.
 //!   Once the task went to another member, the first one's outputs and end for it are refused.
+//! - **One parent per pool**: a parent holds a lease on the pool in a JetStream key-value
+//!   bucket and renews it every heartbeat; a second parent is refused with [`Error::InUse`]
+//!   and touches nothing, and takes over once the first stopped renewing for a member timeout.
 //! - **Stop**: [`Pool::stop`] refuses new tasks, waits for every accepted task to end, tells the
-//!   members to leave, and deletes the pool's streams.
+//!   members to leave, and deletes the pool's streams and lease.
 //! - **Broker restarts**: clients reconnect; JetStream keeps the streams (file storage);
 //!   publishes retry with message ids (so a retry stores nothing twice) up to the broker
 //!   timeout, after which a submission fails with [`SubmitError::Broker`]. Silence while the
@@ -54,6 +57,7 @@
 //! | `looppool.P.task.M` | stream `looppool-P-tasks` (work queue) | tasks for member `M`, read by its consumer `M` |
 //! | `looppool.P.out.M` | stream `looppool-P-out` (work queue) | outputs of member `M`, at most the result credit stored per member |
 //! | `looppool.P.end.M` | stream `looppool-P-end` (work queue) | how member `M`'s tasks ended |
+//! | `$KV.looppool-P.parent` | bucket `looppool-P` (key-value) | the parent's lease on the pool |
 //!
 //! Messages are postcard-encoded and end with an HMAC-SHA256 tag keyed with the pool's secret
 //! over the subject and the message (a join's answer: over the join subject and the member's

@@ -322,7 +322,7 @@ fn default_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()

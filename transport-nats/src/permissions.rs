@@ -33,7 +33,8 @@ pub struct Permissions {
 
 impl Permissions {
     /// The parent of pool `pool`: its own subjects, the JetStream API (it creates and deletes
-    /// the pool's streams and consumers) and acknowledgements on the pool's streams.
+    /// the pool's streams and consumers), acknowledgements on the pool's streams, and its lease
+    /// in the key-value bucket `looppool-<pool>`.
     pub fn parent(pool: &str) -> Self {
         let names = Names::new(pool);
         let mut publish = vec![
@@ -44,6 +45,8 @@ impl Permissions {
         for stream in [names.tasks_stream(), names.out_stream(), names.end_stream()] {
             publish.push(format!("$JS.ACK.{stream}.>"));
         }
+        // Its lease on the pool.
+        publish.push(format!("$KV.{}.>", names.lease_bucket()));
         Self {
             publish,
             subscribe: vec![format!("looppool.{pool}.>"), "_INBOX.>".into()],

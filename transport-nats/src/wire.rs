@@ -70,6 +70,10 @@ impl Names {
     pub(crate) fn end_stream(&self) -> String {
         format!("looppool-{}-end", self.pool)
     }
+    /// The key-value bucket of the parent's lease.
+    pub(crate) fn lease_bucket(&self) -> String {
+        format!("looppool-{}", self.pool)
+    }
     /// The member named by the last token of `subject`.
     pub(crate) fn member_of(subject: &str) -> &str {
         subject.rsplit('.').next().unwrap_or_default()

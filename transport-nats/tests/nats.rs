@@ -18,6 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "nats/parents.rs"]
+mod parents;
 #[path = "nats/security.rs"]
 mod security;
 
@@ -93,6 +95,14 @@ fn main() {
         trial(
             "a_member_cannot_act_in_another_members_name",
             security::member_permissions,
+        ),
+        trial(
+            "a_second_parent_is_refused_until_the_first_is_gone",
+            parents::second_parent,
+        ),
+        trial(
+            "a_parent_that_lost_its_lease_ends_its_tasks_and_touches_nothing",
+            parents::lease_lost,
         ),
     ];
     let conclusion = libtest_mimic::run(&args, trials);

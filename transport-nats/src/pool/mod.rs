@@ -6,11 +6,13 @@
 //! `tasks` the loops that serve the broker's subjects and streams.
 
 mod handle;
+mod lease;
 mod shared;
 mod tasks;
 
 pub use handle::{Delivery, MemberEvent, MemberEvents, MemberInfo, Outputs, Stopped, TaskHandle};
 
+use self::lease::Lease;
 use self::shared::{Inner, Route, Shared, Sticky};
 use self::tasks::{
     consumer_messages, read_ends, read_outputs, send_acks, serve_joins, serve_members, tick,
@@ -84,6 +86,12 @@ struct Settings {
 impl Settings {
     fn member_timeout(&self) -> Duration {
         self.member_timeout.unwrap_or(self.heartbeat * 5)
+    }
+
+    /// How long the parent's lease on the pool outlives its last renewal: a second parent is
+    /// refused for that long after the first stopped renewing it.
+    fn lease_time(&self) -> Duration {
+        self.member_timeout()
     }
 }
 
@@ -206,8 +214,16 @@ impl<W: Worker> Builder<W> {
         Ok(())
     }
 
-    /// Connects, creates the pool's streams (replacing those of an earlier pool of the same
-    /// name) and starts serving joins. Must run inside a tokio runtime.
+    /// Connects, takes the pool's lease, creates the pool's streams (replacing those of an
+    /// earlier parent of the pool, whose lease ran out) and starts serving joins. Must run
+    /// inside a tokio runtime.
+    ///
+    /// Fails with [`Error::InUse`] while another parent of the pool lives: a parent renews its
+    /// lease every heartbeat, and one that died is taken over a member timeout after its last
+    /// renewal. A parent that finds its lease taken (it was cut off from the broker that
+    /// long, and another parent started) fails: its tasks end as lost, submissions are refused
+    /// with [`SubmitError::Broker`], and it leaves the pool's streams and members to the new
+    /// parent.
     pub async fn start(self) -> Result<Pool<W>, Error> {
         self.check()?;
         let secret = match self.secret {
@@ -221,6 +237,9 @@ impl<W: Worker> Builder<W> {
             self.options.clone(),
         )
         .await?;
+        let run = crate::seal::random_u64();
+        // The lease first: the streams of a live pool are never touched.
+        let lease = Lease::acquire(&broker, &names, run, self.settings.lease_time()).await?;
         create_streams(&broker, &names, self.settings.result_credit).await?;
         let (events, _) = broadcast::channel(1024);
         let (outputs_tx, outputs_rx) = async_channel::unbounded();
@@ -231,7 +250,7 @@ impl<W: Worker> Builder<W> {
             broker,
             settings: self.settings,
             worker: W::name(),
-            run: crate::seal::random_u64(),
+            run,
             sealer: Sealer::new(&secret),
             refused: Refusals::default(),
             inner: Mutex::new(Inner::default()),
@@ -248,7 +267,7 @@ impl<W: Worker> Builder<W> {
         let outs = consumer_messages(&shared, &shared.names.out_stream()).await?;
         shared.spawn(serve_joins(shared.clone(), subs.join));
         shared.spawn(serve_members(shared.clone(), subs.alive, subs.leave));
-        shared.spawn(tick(shared.clone()));
+        shared.spawn(tick(shared.clone(), lease));
         shared.spawn(read_ends(shared.clone(), ends));
         shared.spawn(read_outputs(shared.clone(), outs));
         shared.spawn(send_acks(shared.clone(), acks_rx));
@@ -476,7 +495,7 @@ impl<W: Worker> Pool<W> {
             {
                 let mut inner = shared.lock();
                 if inner.closed {
-                    return Err(SubmitError::Closed(task));
+                    return Err(refusal(&inner, task));
                 }
                 let (k, any) = match target {
                     Target::Any if inner.members.is_empty() => {
@@ -526,7 +545,7 @@ impl<W: Worker> Pool<W> {
         let placed = {
             let mut inner = shared.lock();
             if inner.closed {
-                return Err(SubmitError::Closed(task));
+                return Err(refusal(&inner, task));
             }
             if let Some(key) = key {
                 inner.sticky.retain(|s| s.key != key);
@@ -577,6 +596,18 @@ impl<W: Worker> Pool<W> {
             }
             notified.await;
         }
+        let failed = shared.lock().failed.clone();
+        if let Some(why) = failed {
+            // Another parent runs the pool now: its members and streams are not this one's.
+            shared.abort_background();
+            shared.outputs_tx.close();
+            tracing::warn!(pool = %shared.pool, "pool stopped after it failed: {why}");
+            let unresponsive = self.members().into_iter().map(|m| m.name).collect();
+            return Stopped {
+                left: Vec::new(),
+                unresponsive,
+            };
+        }
         let members: Vec<(String, u64)> = {
             let inner = shared.lock();
             let members = inner.members.iter();
@@ -612,9 +643,22 @@ impl<W: Worker> Pool<W> {
                 tracing::warn!("cannot delete stream {name}: {}", broker::error_text(&e));
             }
         }
+        // Last: a parent may start this pool again at once.
+        let bucket = shared.names.lease_bucket();
+        if let Err(e) = shared.broker.js.delete_key_value(&bucket).await {
+            tracing::warn!("cannot delete bucket {bucket}: {}", broker::error_text(&e));
+        }
         shared.outputs_tx.close();
         tracing::info!(pool = %shared.pool, ?left, ?unresponsive, "pool stopped");
         Stopped { left, unresponsive }
+    }
+}
+
+/// Why a submission to a closed pool is refused.
+fn refusal<T>(inner: &Inner, task: T) -> SubmitError<T> {
+    match &inner.failed {
+        Some(why) => SubmitError::Broker(task, format!("the pool failed: {why}")),
+        None => SubmitError::Closed(task),
     }
 }
 

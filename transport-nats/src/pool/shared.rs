@@ -137,6 +137,8 @@ impl Departed {
 #[derive(Default)]
 pub(super) struct Inner {
     pub(super) closed: bool,
+    /// Why the pool failed for good (another parent took it over): it acts no more.
+    pub(super) failed: Option<String>,
     pub(super) next_id: u64,
     pub(super) members: Vec<Live>,
     pub(super) cursor: usize,
@@ -315,6 +317,29 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 inner.members[k].outstanding -= 1;
             }
         }
+        drop(inner);
+        self.changed.notify_waiters();
+    }
+
+    /// The pool can go on no more: refuse new tasks, and end those under way as lost.
+    pub(super) fn fail(&self, reason: String) {
+        tracing::error!(pool = %self.pool, "the pool failed: {reason}");
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.failed = Some(reason.clone());
+        let ids: Vec<(u64, String)> = inner
+            .tasks
+            .iter()
+            .map(|(id, p)| (*id, p.member.clone()))
+            .collect();
+        for (id, member) in ids {
+            let error = TaskError::Lost {
+                member: member.clone(),
+                reason: format!("the pool failed: {reason}"),
+            };
+            inner.finish(id, &member, 0, Err(error));
+        }
+        inner.reclaiming.clear();
         drop(inner);
         self.changed.notify_waiters();
     }

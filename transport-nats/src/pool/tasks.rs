@@ -1,6 +1,7 @@
 //! The loops that serve the pool's subjects and streams.
 
 use super::handle::Delivery;
+use super::lease::{Lease, Renewal};
 use super::shared::{lock, Shared};
 use crate::broker::{self};
 use crate::error::Error;
@@ -167,8 +168,11 @@ pub(super) async fn serve_members<O: DeserializeOwned + Send + 'static>(
     }
 }
 
-/// The parent's heartbeat, and the check for silent members.
-pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(shared: Arc<Shared<O>>) {
+/// The parent's heartbeat, the renewal of its lease, and the check for silent members.
+pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(
+    shared: Arc<Shared<O>>,
+    mut lease: Lease,
+) {
     let mut every = tokio::time::interval(shared.settings.heartbeat);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let timeout = shared.settings.member_timeout();
@@ -176,6 +180,15 @@ pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(shared: Arc<Share
     let mut seq = 0;
     loop {
         every.tick().await;
+        match lease.renew().await {
+            Ok(()) => {}
+            Err(Renewal::Lost(holder)) => {
+                shared.fail(format!("{holder} took the pool over"));
+                shared.abort_background();
+                return;
+            }
+            Err(Renewal::Unanswered(e)) => tracing::debug!("lease not renewed: {e}"),
+        }
         seq += 1;
         let beacon = Beacon {
             run: shared.run,
