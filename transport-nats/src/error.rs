@@ -72,9 +72,21 @@ pub enum TaskError {
         /// Why.
         reason: String,
     },
+    /// The parent was cut off from the broker past its broker timeout: whether the task ran
+    /// is unknown, and an end reported later is ignored.
+    #[error("the broker was out of reach: {reason}")]
+    Broker {
+        /// For how long, and the last error.
+        reason: String,
+    },
 }
 
 impl TaskError {
+    /// Whether the task ended because the broker stayed out of reach.
+    pub fn is_broker(&self) -> bool {
+        matches!(self, TaskError::Broker { .. })
+    }
+
     /// Whether the task was lost (and so may be worth submitting again).
     pub fn is_lost(&self) -> bool {
         matches!(self, TaskError::Lost { .. })

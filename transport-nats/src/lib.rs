@@ -38,6 +38,12 @@
 //!   publishes retry with message ids (so a retry stores nothing twice) up to the broker
 //!   timeout, after which a submission fails with [`SubmitError::Broker`]. Silence while the
 //!   broker was away does not count against members.
+//! - **Broker gone**: once the parent has been cut off from the broker for the broker timeout,
+//!   every task under way ends with [`TaskError::Broker`], submissions (those waiting for a
+//!   member's backlog included) fail with [`SubmitError::Broker`] until it is back, and
+//!   [`Pool::stop`] returns within the stop and broker timeouts. A member cut off that long
+//!   leaves on its own, stopping its workers; a member leaving never waits more than two
+//!   seconds for its last messages to reach the broker.
 //!
 //! The transport is tokio-only (the official `async-nats` client). A member's connection runs
 //! on tokio; its workers may run tokio, smol or async-std: pick the local pool's worker runtime.

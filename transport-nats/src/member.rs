@@ -189,7 +189,7 @@ impl<W: Worker> Member<W> {
                 let subject = names.leave(&member);
                 if let Ok(bytes) = sealer.pack(&subject, &leave) {
                     let _ = broker.client.publish(subject, bytes.into()).await;
-                    let _ = broker.client.flush().await;
+                    let _ = tokio::time::timeout(FLUSH, broker.client.flush()).await;
                 }
                 local.stop().await;
                 return Ok(Left {
@@ -238,6 +238,7 @@ struct Settings {
     ack_wait: Duration,
     heartbeat: Duration,
     member_timeout: Duration,
+    broker_timeout: Duration,
     result_credit: u64,
 }
 
@@ -264,6 +265,7 @@ async fn join_pool(
                     ack_wait_ms,
                     heartbeat_ms,
                     member_timeout_ms,
+                    broker_timeout_ms,
                     result_credit,
                 }) => {
                     return Ok(Settings {
@@ -271,6 +273,7 @@ async fn join_pool(
                         ack_wait: Duration::from_millis(ack_wait_ms),
                         heartbeat: Duration::from_millis(heartbeat_ms),
                         member_timeout: Duration::from_millis(member_timeout_ms),
+                        broker_timeout: Duration::from_millis(broker_timeout_ms),
                         result_credit: u64::from(result_credit.max(1)),
                     })
                 }
@@ -366,6 +369,9 @@ struct Serving<W: Worker> {
     run: String,
 }
 
+/// How long a member waits for its last messages to reach the broker when it leaves.
+const FLUSH: Duration = Duration::from_secs(2);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -381,6 +387,7 @@ impl<W: Worker> Serving<W> {
             ack_wait,
             heartbeat,
             member_timeout,
+            broker_timeout,
             result_credit,
             ..
         } = settings;
@@ -449,9 +456,18 @@ impl<W: Worker> Serving<W> {
         // How long the parent has been silent, once that is past the member timeout (silence
         // while this member was cut off from the broker does not count).
         let conn = self.broker.conn.clone();
+        // Or, cut off from the broker past the broker timeout, why it gives up on the pool.
         let parent_silent = move || {
-            let quiet = Instant::now().duration_since((*lock(&last_beacon)).max(conn.since()));
-            (conn.is_up() && quiet > member_timeout).then_some(quiet)
+            let now = Instant::now();
+            let quiet = now.duration_since((*lock(&last_beacon)).max(conn.since()));
+            if conn.is_up() {
+                (quiet > member_timeout)
+                    .then(|| format!("the pool's parent was silent for {quiet:.1?}"))
+            } else {
+                let cut_off = now.duration_since(conn.since());
+                (cut_off > broker_timeout)
+                    .then(|| format!("the broker was unreachable for {cut_off:.1?}"))
+            }
         };
         let mut check = tokio::time::interval(heartbeat);
         let mut evicted = None;
@@ -472,8 +488,8 @@ impl<W: Worker> Serving<W> {
                     Err(e) => self.refusals.refuse(format_args!("a control message: {e}")),
                 },
                 _ = check.tick() => {
-                    if let Some(quiet) = parent_silent() {
-                        break format!("the pool's parent was silent for {quiet:.1?}");
+                    if let Some(why) = parent_silent() {
+                        break why;
                     }
                 }
                 next = messages.next() => match next {
@@ -524,14 +540,16 @@ impl<W: Worker> Serving<W> {
                 check.tick().await;
             }
         };
-        if evicted.is_none() {
-            tokio::select! {
-                () = drain => {}
-                () = parent_gone => {
-                    let left = lock(&self.running).len();
-                    tracing::warn!("the pool's parent went silent; {left} tasks left unreported");
-                }
-            }
+        let abandoned = evicted.is_some()
+            || tokio::select! {
+                () = drain => false,
+                () = parent_gone => true,
+            };
+        if abandoned {
+            // Nobody takes the reports: the workers stop now rather than finish.
+            let left = lock(&self.running).len();
+            tracing::warn!("the pool is out of reach; {left} tasks left unreported");
+            self.local.kill();
         }
         for task in aborts {
             task.abort();
@@ -544,7 +562,7 @@ impl<W: Worker> Serving<W> {
         let subject = self.names.leave(&self.member);
         if let Ok(bytes) = self.sealer.pack(&subject, &leave) {
             let _ = client.publish(subject, bytes.into()).await;
-            let _ = client.flush().await;
+            let _ = tokio::time::timeout(FLUSH, client.flush()).await;
         }
         if let Some(reason) = evicted {
             return Err(Error::Evicted(reason));

@@ -107,6 +107,8 @@ pub(crate) enum JoinReply {
         ack_wait_ms: u64,
         heartbeat_ms: u64,
         member_timeout_ms: u64,
+        /// How long a member may be cut off from the broker before it gives up on the pool.
+        broker_timeout_ms: u64,
         /// Outputs the member may have stored and not yet acknowledged by the parent.
         result_credit: u32,
     },

@@ -83,7 +83,10 @@ fn main() {
         trial("smol_and_async_std_workers_serve_over_nats", other_runtimes),
         trial("credentials_reach_a_server_that_requires_them", credentials),
         trial("a_broker_restart_is_survived", broker_restart),
-        trial("a_broker_gone_for_good_is_reported", broker_gone),
+        trial(
+            "a_broker_gone_for_good_ends_submissions_handles_stop_and_members",
+            broker_gone,
+        ),
         trial(
             "forged_and_replayed_messages_are_refused",
             security::forged_messages,
@@ -281,6 +284,12 @@ impl MemberProc {
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Asks the member to shut down (SIGTERM).
+    fn terminate(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     }
 }
 
@@ -953,22 +962,42 @@ async fn broker_gone() -> Result<(), Failed> {
     let url = server.url();
     let pool = quick(Pool::builder(&url, "gone"))
         .broker_timeout(Duration::from_secs(1))
+        .backlog(1)
+        .stop_timeout(Duration::from_secs(2))
         .start()
         .await?;
     let spec = Spec::new(&url, "gone");
-    let member = spec.spawn("m");
+    let mut member = spec.spawn("m");
     pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    // The member's backlog is full: the next submission waits for room.
+    let running = pool.submit(Task::Sleep(60_000)).await?;
     server.shut_down();
     let started = Instant::now();
-    match pool.submit(Task::Double(1)).await {
-        Err(SubmitError::Broker(Task::Double(1), e)) => {
-            check(started.elapsed() < Duration::from_secs(20), || {
-                format!("reported after {:?}", started.elapsed())
-            })?;
-            check(!e.is_empty(), || "an empty reason".into())?;
-        }
+    // The member is told to shut down while the broker is away.
+    member.terminate();
+    let (waiting, ran) = tokio::time::timeout(Duration::from_secs(15), async {
+        tokio::join!(pool.submit(Task::Double(1)), running)
+    })
+    .await
+    .map_err(|_| "a waiting submission or a handle unresolved 15 s after the broker went")?;
+    match waiting {
+        Err(SubmitError::Broker(Task::Double(1), e)) => check(e.contains("unreachable"), || e)?,
+        other => return Err(format!("the waiting submission: {other:?}").into()),
+    }
+    match ran {
+        Err(e) if e.is_broker() => {}
+        other => return Err(format!("the running task: {other:?}").into()),
+    }
+    match pool.submit(Task::Double(2)).await {
+        Err(SubmitError::Broker(Task::Double(2), _)) => {}
         other => return Err(format!("a task with the broker gone: {other:?}").into()),
     }
-    drop(member);
-    Ok(())
+    check(started.elapsed() < Duration::from_secs(10), || {
+        format!("reported after {:?}", started.elapsed())
+    })?;
+    tokio::time::timeout(Duration::from_secs(15), pool.stop())
+        .await
+        .map_err(|_| "stop() still waiting 15 s after the broker went")?;
+    let (code, text) = member.exit(Duration::from_secs(15)).await?;
+    check(code == 0, || format!("the member exited {code}: {text}"))
 }

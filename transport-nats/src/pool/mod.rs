@@ -174,7 +174,10 @@ impl<W: Worker> Builder<W> {
         self
     }
 
-    /// How long a submission keeps retrying while the broker does not answer (default 30 s).
+    /// How long the pool bears with a broker out of reach (default 30 s): a submission keeps
+    /// retrying that long; past it, with the parent still cut off, tasks under way end with
+    /// [`TaskError::Broker`](crate::TaskError::Broker) and submissions fail until the broker is
+    /// back. Members are told it when they join and leave when cut off that long.
     pub fn broker_timeout(mut self, timeout: Duration) -> Self {
         self.settings.broker_timeout = timeout;
         self
@@ -497,6 +500,9 @@ impl<W: Worker> Pool<W> {
                 if inner.closed {
                     return Err(refusal(&inner, task));
                 }
+                if let Some(why) = &inner.broker_gone {
+                    return Err(SubmitError::Broker(task, format!("the broker is {why}")));
+                }
                 let (k, any) = match target {
                     Target::Any if inner.members.is_empty() => {
                         return Err(SubmitError::NoMember(task))
@@ -546,6 +552,9 @@ impl<W: Worker> Pool<W> {
             let mut inner = shared.lock();
             if inner.closed {
                 return Err(refusal(&inner, task));
+            }
+            if let Some(why) = &inner.broker_gone {
+                return Err(SubmitError::Broker(task, format!("the broker is {why}")));
             }
             if let Some(key) = key {
                 inner.sticky.retain(|s| s.key != key);
@@ -634,19 +643,29 @@ impl<W: Worker> Pool<W> {
             .filter(|m| !unresponsive.contains(m))
             .collect();
         shared.abort_background();
-        for name in [
-            shared.names.tasks_stream(),
-            shared.names.out_stream(),
-            shared.names.end_stream(),
-        ] {
-            if let Err(e) = shared.broker.js.delete_stream(&name).await {
-                tracing::warn!("cannot delete stream {name}: {}", broker::error_text(&e));
+        let js = &shared.broker.js;
+        let tidy = async {
+            for name in [
+                shared.names.tasks_stream(),
+                shared.names.out_stream(),
+                shared.names.end_stream(),
+            ] {
+                if let Err(e) = js.delete_stream(&name).await {
+                    tracing::warn!("cannot delete stream {name}: {}", broker::error_text(&e));
+                }
             }
-        }
-        // Last: a parent may start this pool again at once.
-        let bucket = shared.names.lease_bucket();
-        if let Err(e) = shared.broker.js.delete_key_value(&bucket).await {
-            tracing::warn!("cannot delete bucket {bucket}: {}", broker::error_text(&e));
+            // Last: a parent may start this pool again at once.
+            let bucket = shared.names.lease_bucket();
+            if let Err(e) = js.delete_key_value(&bucket).await {
+                tracing::warn!("cannot delete bucket {bucket}: {}", broker::error_text(&e));
+            }
+        };
+        // Bounded: a broker out of reach keeps them, and the next parent replaces them.
+        if tokio::time::timeout(shared.settings.broker_timeout, tidy)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the broker did not answer: the pool's streams and lease stay");
         }
         shared.outputs_tx.close();
         tracing::info!(pool = %shared.pool, ?left, ?unresponsive, "pool stopped");

@@ -139,6 +139,8 @@ pub(super) struct Inner {
     pub(super) closed: bool,
     /// Why the pool failed for good (another parent took it over): it acts no more.
     pub(super) failed: Option<String>,
+    /// Why submissions fail now: the broker is out of reach past the broker timeout.
+    pub(super) broker_gone: Option<String>,
     pub(super) next_id: u64,
     pub(super) members: Vec<Live>,
     pub(super) cursor: usize,
@@ -319,6 +321,38 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         }
         drop(inner);
         self.changed.notify_waiters();
+    }
+
+    /// The broker is out of reach past the broker timeout: tasks under way end with a broker
+    /// error, and submissions fail until it is back.
+    pub(super) fn broker_gone(&self, reason: String) {
+        let mut inner = self.lock();
+        if inner.broker_gone.is_some() {
+            return;
+        }
+        tracing::error!(pool = %self.pool, "the broker is {reason}: tasks under way fail");
+        inner.broker_gone = Some(reason.clone());
+        let ids: Vec<(u64, String)> = inner
+            .tasks
+            .iter()
+            .map(|(id, p)| (*id, p.member.clone()))
+            .collect();
+        for (id, member) in ids {
+            let error = TaskError::Broker {
+                reason: reason.clone(),
+            };
+            inner.finish(id, &member, 0, Err(error));
+        }
+        inner.reclaiming.clear();
+        drop(inner);
+        self.changed.notify_waiters();
+    }
+
+    /// The broker is back.
+    pub(super) fn broker_back(&self) {
+        if self.lock().broker_gone.take().is_some() {
+            tracing::info!(pool = %self.pool, "the broker is back: submissions go through again");
+        }
     }
 
     /// The pool can go on no more: refuse new tasks, and end those under way as lost.
@@ -519,6 +553,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             ack_wait_ms: Self::ms(self.settings.ack_wait),
             heartbeat_ms: Self::ms(self.settings.heartbeat),
             member_timeout_ms: Self::ms(self.settings.member_timeout()),
+            broker_timeout_ms: Self::ms(self.settings.broker_timeout),
             result_credit: u32::try_from(self.settings.result_credit).unwrap_or(u32::MAX),
         }
     }

@@ -180,7 +180,12 @@ pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(
     let mut seq = 0;
     loop {
         every.tick().await;
-        match lease.renew().await {
+        // Not while cut off: the answer could not come.
+        let renewal = match shared.broker.conn.is_up() {
+            true => lease.renew().await,
+            false => Ok(()),
+        };
+        match renewal {
             Ok(()) => {}
             Err(Renewal::Lost(holder)) => {
                 shared.fail(format!("{holder} took the pool over"));
@@ -211,8 +216,13 @@ pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(
         }
         let conn = &shared.broker.conn;
         if !conn.is_up() {
+            let cut_off = conn.since().elapsed();
+            if cut_off > shared.settings.broker_timeout {
+                shared.broker_gone(format!("unreachable for {cut_off:.1?}"));
+            }
             continue;
         }
+        shared.broker_back();
         // Silence while the parent itself was cut off does not count against members.
         let since = conn.since();
         let now = Instant::now();
