@@ -23,10 +23,12 @@
 //!   refusals). A task's end and outputs are accepted only from the member that holds the task.
 //!   Only the server can keep a member (which holds the secret) off another member's subjects:
 //!   give each a user limited to its [`Permissions`].
-//! - **Faults**: a member that dies leaves its unacknowledged tasks in its consumer; after the
-//!   ack wait JetStream redelivers them to the parent, which sends the untargeted ones to
-//!   another member ([`TaskHandle::deliveries`] counts the deliveries). Targeted and broadcast
-//!   tasks are lost with their member, as in a local pool. A task may thus run more than once
+//! - **Faults**: a member that dies leaves its tasks in its consumer; the parent takes back at
+//!   once those never delivered, and after the ack wait those delivered, and sends the
+//!   untargeted ones to another member with room in its backlog ([`TaskHandle::deliveries`]
+//!   counts the deliveries). Targeted and broadcast tasks are lost with their member, as in a
+//!   local pool. A task delivered [`Builder::max_deliveries`] times is given up on: it ends as
+//!   lost and goes to the dead-letter stream ([`Pool::dead_letters`]). A task may thus run more than once
 //!   (at-least-once); its handle resolves exactly once, and a second run's end is ignored.
 //!   Once the task went to another member, the first one's outputs and end for it are refused.
 //! - **One parent per pool**: a parent holds a lease on the pool in a JetStream key-value
@@ -86,6 +88,7 @@ pub use error::{Error, SubmitError, TaskError};
 pub use member::{Left, Member};
 pub use permissions::Permissions;
 pub use pool::{
-    Builder, Delivery, MemberEvent, MemberEvents, MemberInfo, Outputs, Pool, Stopped, TaskHandle,
+    Builder, DeadLetter, Delivery, MemberEvent, MemberEvents, MemberInfo, Outputs, Pool, Stopped,
+    TaskHandle,
 };
 pub use seal::{Secret, SECRET_VAR};

@@ -70,6 +70,12 @@ impl Names {
     pub(crate) fn end_stream(&self) -> String {
         format!("looppool-{}-end", self.pool)
     }
+    pub(crate) fn dead(&self) -> String {
+        format!("looppool.{}.dead", self.pool)
+    }
+    pub(crate) fn dead_stream(&self) -> String {
+        format!("looppool-{}-dead", self.pool)
+    }
     /// The key-value bucket of the parent's lease.
     pub(crate) fn lease_bucket(&self) -> String {
         format!("looppool-{}", self.pool)
@@ -191,6 +197,16 @@ pub(crate) struct OutputMsg {
     /// The postcard encoding of the `Worker::Output`, or why the member could not send it
     /// (counted all the same, so that the task's end does not wait for it).
     pub(crate) payload: Result<Vec<u8>, String>,
+}
+
+/// A task given up on, on the dead-letter stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DeadMsg {
+    pub(crate) id: u64,
+    pub(crate) deliveries: u32,
+    pub(crate) reason: String,
+    /// The postcard encoding of the `Worker::Task`.
+    pub(crate) payload: Vec<u8>,
 }
 
 /// How a task ended in a member.

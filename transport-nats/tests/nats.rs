@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 #[path = "nats/parents.rs"]
 mod parents;
+#[path = "nats/reclaim.rs"]
+mod reclaim;
 #[path = "nats/security.rs"]
 mod security;
 
@@ -107,6 +109,14 @@ fn main() {
             "a_parent_that_lost_its_lease_ends_its_tasks_and_touches_nothing",
             parents::lease_lost,
         ),
+        trial(
+            "a_task_that_kills_its_members_is_dead_lettered",
+            reclaim::poison_task,
+        ),
+        trial(
+            "a_dead_members_undelivered_tasks_move_at_once_within_backlogs",
+            reclaim::undelivered_move_at_once,
+        ),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     nats_server::stop_shared();
@@ -157,7 +167,11 @@ fn member_main() -> ! {
             .workers(workers)
             .capacity(capacity)
             .concurrency(1)
-            .start_method(StartMethod::ReExec)
+            .start_method(match std::env::var("LOOPPOOL_NATS_TEST_START").as_deref() {
+                // Workers as threads: a task that exits kills the whole member.
+                Ok("thread") => StartMethod::Thread,
+                _ => StartMethod::ReExec,
+            })
             .worker_runtime(worker_runtime());
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
@@ -213,6 +227,8 @@ struct Spec<'a> {
     credentials: Option<(&'a str, &'a str)>,
     /// The pool secret in the member's environment.
     secret: Option<&'a str>,
+    /// How the member starts its workers: `reexec`, or `thread`.
+    start: &'a str,
 }
 
 impl<'a> Spec<'a> {
@@ -225,6 +241,7 @@ impl<'a> Spec<'a> {
             runtime: "tokio",
             credentials: None,
             secret: Some(SECRET),
+            start: "reexec",
         }
     }
 
@@ -246,6 +263,7 @@ impl<'a> Spec<'a> {
             .env("LOOPPOOL_NATS_TEST_NAME", name)
             .env("LOOPPOOL_NATS_TEST_WORKERS", self.workers.to_string())
             .env("LOOPPOOL_NATS_TEST_CAPACITY", self.capacity.to_string())
+            .env("LOOPPOOL_NATS_TEST_START", self.start)
             .env(RUNTIME_VAR, self.runtime)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -5,11 +5,14 @@
 //! `shared` the bookkeeping and the parent's side of joining, leaving and taking tasks back;
 //! `tasks` the loops that serve the broker's subjects and streams.
 
+mod dead;
 mod handle;
 mod lease;
+mod reclaim;
 mod shared;
 mod tasks;
 
+pub use dead::DeadLetter;
 pub use handle::{Delivery, MemberEvent, MemberEvents, MemberInfo, Outputs, Stopped, TaskHandle};
 
 use self::lease::Lease;
@@ -79,6 +82,7 @@ struct Settings {
     member_timeout: Option<Duration>,
     result_credit: usize,
     backlog: Option<usize>,
+    max_deliveries: u32,
     broker_timeout: Duration,
     stop_timeout: Duration,
 }
@@ -118,6 +122,7 @@ impl<W: Worker> Builder<W> {
                 member_timeout: None,
                 result_credit: 64,
                 backlog: None,
+                max_deliveries: 5,
                 broker_timeout: Duration::from_secs(30),
                 stop_timeout: Duration::from_secs(10),
             },
@@ -174,6 +179,15 @@ impl<W: Worker> Builder<W> {
         self
     }
 
+    /// How many times a task may be delivered to members that left or died without ending it
+    /// (default 5; at least 1). A task that reaches it (one that kills its member, say) is not
+    /// sent again: it ends as lost, with a cause that names its deliveries, and is stored on
+    /// the pool's dead-letter stream for [`Pool::dead_letters`].
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.settings.max_deliveries = n;
+        self
+    }
+
     /// How long the pool bears with a broker out of reach (default 30 s): a submission keeps
     /// retrying that long; past it, with the parent still cut off, tasks under way end with
     /// [`TaskError::Broker`](crate::TaskError::Broker) and submissions fail until the broker is
@@ -211,8 +225,8 @@ impl<W: Worker> Builder<W> {
         if s.member_timeout() <= s.heartbeat {
             return fail("member_timeout must be longer than the heartbeat");
         }
-        if s.result_credit == 0 || s.backlog == Some(0) {
-            return fail("result_credit and backlog must be at least 1");
+        if s.result_credit == 0 || s.backlog == Some(0) || s.max_deliveries == 0 {
+            return fail("result_credit, backlog and max_deliveries must be at least 1");
         }
         Ok(())
     }
@@ -306,6 +320,12 @@ async fn create_streams(broker: &Broker, names: &Names, result_credit: usize) ->
         stream::Config {
             name: names.end_stream(),
             subjects: vec![names.end("*")],
+            ..base.clone()
+        },
+        stream::Config {
+            name: names.dead_stream(),
+            subjects: vec![names.dead()],
+            max_messages: 10_000,
             ..base
         },
     ];
@@ -579,7 +599,7 @@ impl<W: Worker> Pool<W> {
         let mut handles = Vec::with_capacity(placed.len());
         for (id, member, handle) in placed {
             if let Err(e) = shared.send_task(id, &member, 0, payload.clone()).await {
-                shared.lose(id, &member, format!("the broker did not take it: {e}"));
+                shared.lose(id, &member, 0, format!("the broker did not take it: {e}"));
             }
             handles.push(handle);
         }
@@ -649,6 +669,7 @@ impl<W: Worker> Pool<W> {
                 shared.names.tasks_stream(),
                 shared.names.out_stream(),
                 shared.names.end_stream(),
+                shared.names.dead_stream(),
             ] {
                 if let Err(e) = js.delete_stream(&name).await {
                     tracing::warn!("cannot delete stream {name}: {}", broker::error_text(&e));

@@ -9,12 +9,10 @@ use crate::wire::{
     self, Control, Credit, CtlMsg, EndMsg, Join, JoinReply, Names, OutputMsg, TaskMsg,
 };
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::{AckKind, Message as JsMessage};
-use futures_util::StreamExt;
+use async_nats::jetstream::Message as JsMessage;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
@@ -378,12 +376,14 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         self.changed.notify_waiters();
     }
 
-    pub(super) fn lose(&self, id: u64, member: &str, reason: String) {
+    /// Ends task `id` as lost with `member`, after `deliveries` deliveries to members (0: as
+    /// many as counted so far).
+    pub(super) fn lose(&self, id: u64, member: &str, deliveries: u32, reason: String) {
         let error = TaskError::Lost {
             member: member.into(),
             reason,
         };
-        self.lock().finish(id, member, 0, Err(error));
+        self.lock().finish(id, member, deliveries, Err(error));
         self.changed.notify_waiters();
     }
 
@@ -457,16 +457,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 return refuse(format!("member name {} is in use", join.member));
             }
         }
-        let config = pull::Config {
-            durable_name: Some(join.member.clone()),
-            filter_subject: self.names.task(&join.member),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: self.settings.ack_wait,
-            max_ack_pending: i64::from(join.capacity),
-            deliver_policy: DeliverPolicy::All,
-            max_deliver: -1,
-            ..Default::default()
-        };
+        let config = self.member_consumer(&join.member, i64::from(join.capacity));
         if let Err(e) = self
             .broker
             .js
@@ -537,7 +528,8 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             for (set, id, payload) in todo {
                 sent.insert(set);
                 if let Err(e) = self.send_task(id, &info.name, 0, payload).await {
-                    self.lose(id, &info.name, format!("the broker did not take it: {e}"));
+                    let why = format!("the broker did not take it: {e}");
+                    self.lose(id, &info.name, 0, why);
                 }
             }
         }
@@ -545,6 +537,21 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         let _ = self.events.send(MemberEvent::Joined(info));
         self.changed.notify_waiters();
         self.welcome()
+    }
+
+    /// The configuration of `member`'s consumer, holding at most `capacity` unacknowledged
+    /// tasks (-1: no limit).
+    pub(super) fn member_consumer(&self, member: &str, capacity: i64) -> pull::Config {
+        pull::Config {
+            durable_name: Some(member.into()),
+            filter_subject: self.names.task(member),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.settings.ack_wait,
+            max_ack_pending: capacity,
+            deliver_policy: DeliverPolicy::All,
+            max_deliver: -1,
+            ..Default::default()
+        }
     }
 
     fn welcome(&self) -> JoinReply {
@@ -596,162 +603,6 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             shared.lock().reclaiming.remove(&member);
             shared.changed.notify_waiters();
         });
-    }
-
-    /// Takes back from gone member `member`'s consumer every task it held: those it had not
-    /// received at once, those it had received once the ack wait ran out. Untargeted tasks go
-    /// to the next live member; targeted and broadcast ones are lost with it.
-    pub(super) async fn reclaim(self: &Arc<Self>, member: &str, reason: &str) {
-        let held = |shared: &Self| {
-            let inner = shared.lock();
-            inner.tasks.values().filter(|p| p.member == member).count()
-        };
-        let s = &self.settings;
-        let deadline = Instant::now() + s.ack_wait * 2 + s.member_timeout() + s.broker_timeout;
-        let mut consumer = None;
-        loop {
-            let remaining = held(self);
-            if remaining == 0 {
-                return;
-            }
-            if Instant::now() >= deadline {
-                let ids: Vec<u64> = {
-                    let inner = self.lock();
-                    inner
-                        .tasks
-                        .iter()
-                        .filter(|(_, p)| p.member == member)
-                        .map(|(id, _)| *id)
-                        .collect()
-                };
-                for id in ids {
-                    self.lose(
-                        id,
-                        member,
-                        format!("{reason}; the broker did not give the task back"),
-                    );
-                }
-                return;
-            }
-            if consumer.is_none() {
-                match self
-                    .broker
-                    .js
-                    .get_consumer_from_stream::<pull::Config, _, _>(
-                        member,
-                        self.names.tasks_stream(),
-                    )
-                    .await
-                {
-                    Ok(c) => consumer = Some(c),
-                    Err(e) => {
-                        tracing::debug!(member, "reclaim: consumer not reachable: {e}");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                }
-            }
-            let Some(c) = consumer.as_ref() else { continue };
-            let batch = c
-                .fetch()
-                .max_messages(remaining)
-                .expires(Duration::from_millis(500))
-                .messages()
-                .await;
-            let mut batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::debug!(member, "reclaim: fetch failed: {e}");
-                    consumer = None;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            while let Some(message) = batch.next().await {
-                match message {
-                    Ok(m) => self.reclaimed(member, reason, m).await,
-                    Err(e) => tracing::debug!(member, "reclaim: {e}"),
-                }
-            }
-        }
-    }
-
-    pub(super) async fn reclaimed(self: &Arc<Self>, gone: &str, reason: &str, message: JsMessage) {
-        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-        let task: TaskMsg = match self.sealer.unpack(&message.subject, &message.payload) {
-            Ok(t) => t,
-            Err(e) => {
-                self.refused.refuse(format_args!(
-                    "a task in the consumer of member {gone}, taking it back: {e}"
-                ));
-                let _ = message.ack_with(AckKind::Term).await;
-                return;
-            }
-        };
-        // Deliveries to the gone member: all but this one, which came to the parent.
-        let prior = task.prior + u32::try_from(delivered.max(1) - 1).unwrap_or(u32::MAX);
-        let route = {
-            let inner = self.lock();
-            match inner.tasks.get(&task.id) {
-                Some(p) if p.member == gone => Some(p.route),
-                _ => None,
-            }
-        };
-        match route {
-            None => {}
-            Some(Route::Member) => self.lose(task.id, gone, reason.into()),
-            Some(Route::Any) => match self.reroute(task.id, gone, prior).await {
-                Some(next) => {
-                    tracing::info!(
-                        task = task.id,
-                        from = gone,
-                        to = %next,
-                        deliveries = prior,
-                        "task redelivered to another member"
-                    );
-                    if let Err(e) = self.send_task(task.id, &next, prior, task.payload).await {
-                        self.lose(task.id, &next, format!("the broker did not take it: {e}"));
-                    }
-                }
-                None => self.lose(
-                    task.id,
-                    gone,
-                    format!("{reason}; no live member was left to take the task"),
-                ),
-            },
-        }
-        let _ = message.ack_with(AckKind::Term).await;
-    }
-
-    /// Moves task `id` from gone member `gone` to the next live member, waiting up to the
-    /// member timeout for one to be there. Returns the member.
-    pub(super) async fn reroute(&self, id: u64, gone: &str, prior: u32) -> Option<String> {
-        let deadline = tokio::time::Instant::now() + self.settings.member_timeout();
-        loop {
-            let mut notified = pin!(self.changed.notified());
-            notified.as_mut().enable();
-            {
-                let mut inner = self.lock();
-                let inner = &mut *inner;
-                if !matches!(inner.tasks.get(&id), Some(p) if p.member == gone) {
-                    return None;
-                }
-                if !inner.members.is_empty() {
-                    let k = inner.cursor % inner.members.len();
-                    inner.cursor = k + 1;
-                    let live = &mut inner.members[k];
-                    live.outstanding += 1;
-                    let name = live.info.name.clone();
-                    let p = inner.tasks.get_mut(&id).expect("checked above");
-                    p.member = name.clone();
-                    lock(&p.status).deliveries = prior;
-                    return Some(name);
-                }
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return None;
-            }
-        }
     }
 
     /// Ends a task as `member` reports, if that run of it holds the task.

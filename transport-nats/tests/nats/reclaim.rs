@@ -1,0 +1,143 @@
+//! Trials of taking back a dead member's tasks: a task that kills every member it reaches is
+//! given up on, and tasks a dead member never received move at once, within backlogs.
+
+use super::{check, quick, shared_url, stop_all, Deadline, Failed, MemberProc, Spec};
+use futures_util::FutureExt;
+use looppool_nats::{Pool, TaskError};
+use looppool_testkit::conformance::Task;
+use std::time::{Duration, Instant};
+
+pub(super) async fn poison_task() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = quick(Pool::builder(&url, "poison"))
+        .ack_wait(Duration::from_secs(1))
+        .max_deliveries(2)
+        .start()
+        .await?;
+    // Workers as threads: the task's exit takes its member down.
+    let spec = Spec {
+        start: "thread",
+        ..Spec::new(&url, "poison")
+    };
+    let mut members: Vec<MemberProc> = ["p1", "p2", "p3"].iter().map(|n| spec.spawn(n)).collect();
+    pool.wait_for_members(3, Duration::from_secs(30)).await?;
+    let mut poison = pool.submit(Task::Exit(9)).await?;
+    match (&mut poison).await {
+        Err(TaskError::Lost { reason, .. }) if reason.contains("delivered 2 times") => {}
+        other => return Err(format!("the poison task: {other:?}").into()),
+    }
+    check(poison.deliveries() == 2, || {
+        format!("{} deliveries", poison.deliveries())
+    })?;
+    // Two members died of it; the third never had it.
+    let mut dead = 0;
+    let mut alive = Vec::new();
+    for m in members.drain(..) {
+        let name = m.name.clone();
+        match pool.outstanding(&name) {
+            Some(_) => alive.push(m),
+            None => {
+                let (code, _) = m.exit(Duration::from_secs(10)).await?;
+                check(code == 9, || format!("{name} exited {code}"))?;
+                dead += 1;
+            }
+        }
+    }
+    check(dead == 2 && alive.len() == 1, || {
+        format!("{dead} members died, {} live", alive.len())
+    })?;
+    let letters = pool.dead_letters().await?;
+    check(letters.len() == 1, || format!("dead letters: {letters:?}"))?;
+    let letter = &letters[0];
+    check(
+        letter.id == poison.id() && letter.task == Task::Exit(9) && letter.deliveries == 2,
+        || format!("the dead letter: {letter:?}"),
+    )?;
+    check(pool.dead_letters().await?.is_empty(), || {
+        "a dead letter was returned twice".into()
+    })?;
+    // The pool goes on.
+    pool.submit(Task::Double(1)).await?.await?;
+    stop_all(&pool, alive).await
+}
+
+pub(super) async fn undelivered_move_at_once() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let ack_wait = Duration::from_secs(6);
+    let pool = quick(Pool::builder(&url, "reclaim"))
+        .ack_wait(ack_wait)
+        .backlog(4)
+        .max_deliveries(1)
+        .start()
+        .await?;
+    // The victim's consumer holds 2 unacknowledged tasks: of the 4 it is sent, the first 2
+    // reach it and the last 2 wait in the stream.
+    let victim_spec = Spec {
+        capacity: 2,
+        ..Spec::new(&url, "reclaim")
+    };
+    let mut victim = victim_spec.spawn("victim");
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let mut received = Vec::new();
+    for _ in 0..2 {
+        received.push(pool.submit(Task::Sleep(60_000)).await?);
+    }
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        waiting.push(pool.submit(Task::Sleep(300)).await?);
+    }
+    let keeper = Spec {
+        workers: 4,
+        ..Spec::new(&url, "reclaim")
+    }
+    .spawn("keeper");
+    pool.wait_for_members(2, Duration::from_secs(30)).await?;
+    // The keeper is busy with 3 of its backlog of 4.
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        busy.push(pool.submit_to("keeper", Task::Sleep(4000)).await?);
+    }
+    victim.kill();
+    let killed = Instant::now();
+    // Until the waiting tasks ended, the keeper never holds more than its backlog.
+    let wait = Deadline::new("the waiting tasks to end", Duration::from_secs(30));
+    let mut most = 0;
+    let mut first_move = None;
+    let mut running: Vec<_> = waiting.into_iter().map(Some).collect();
+    while running.iter().any(Option::is_some) {
+        most = most.max(pool.outstanding("keeper").unwrap_or(0));
+        let on_keeper = running.iter().flatten().any(|h| h.member() == "keeper");
+        if first_move.is_none() && on_keeper {
+            first_move = Some(killed.elapsed());
+        }
+        for slot in running.iter_mut() {
+            if let Some(result) = slot.as_mut().and_then(|h| h.now_or_never()) {
+                result?;
+                *slot = None;
+            }
+        }
+        if running.iter().any(Option::is_some) {
+            wait.tick().await?;
+        }
+    }
+    check(most <= 4, || {
+        format!("the keeper held {most} tasks, past its backlog of 4")
+    })?;
+    // At once: a member timeout after the kill, not an ack wait.
+    let first_move = first_move.ok_or("no waiting task moved to the keeper")?;
+    check(first_move < Duration::from_millis(3500), || {
+        format!("the first waiting task moved {first_move:?} after the kill")
+    })?;
+    // The tasks the victim had received come back after the ack wait; with one delivery
+    // allowed they are not sent again.
+    for h in received {
+        match h.await {
+            Err(TaskError::Lost { reason, .. }) if reason.contains("delivered once") => {}
+            other => return Err(format!("a task the victim had: {other:?}").into()),
+        }
+    }
+    for h in busy {
+        h.await?;
+    }
+    stop_all(&pool, vec![keeper]).await
+}
