@@ -18,6 +18,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "nats/broker.rs"]
+mod broker;
+#[path = "nats/faults.rs"]
+mod faults;
 #[path = "nats/parents.rs"]
 mod parents;
 #[path = "nats/reclaim.rs"]
@@ -67,27 +71,42 @@ fn main() {
         ),
         trial(
             "failures_panics_and_dead_worker_processes_resolve_once",
-            failures,
+            faults::failures,
         ),
-        trial("bad_tasks_are_refused_with_a_clear_error", bad_tasks),
-        trial("graceful_stop_drains_and_refuses_new_tasks", graceful_stop),
-        trial("a_sigkilled_member_loses_nothing", sigkilled_member),
+        trial(
+            "bad_tasks_are_refused_with_a_clear_error",
+            faults::bad_tasks,
+        ),
+        trial(
+            "graceful_stop_drains_and_refuses_new_tasks",
+            faults::graceful_stop,
+        ),
+        trial("a_sigkilled_member_loses_nothing", faults::sigkilled_member),
         trial(
             "a_member_told_to_shut_down_hands_its_waiting_tasks_on",
-            member_shutdown,
+            faults::member_shutdown,
         ),
         trial(
             "an_output_too_large_for_the_broker_fails_its_task_clearly",
-            oversized_output,
+            faults::oversized_output,
         ),
-        trial("members_leave_when_the_parent_goes_silent", silent_parent),
-        trial("a_duplicate_member_name_is_refused", duplicate_name),
-        trial("smol_and_async_std_workers_serve_over_nats", other_runtimes),
-        trial("credentials_reach_a_server_that_requires_them", credentials),
-        trial("a_broker_restart_is_survived", broker_restart),
+        trial(
+            "members_leave_when_the_parent_goes_silent",
+            faults::silent_parent,
+        ),
+        trial("a_duplicate_member_name_is_refused", faults::duplicate_name),
+        trial(
+            "smol_and_async_std_workers_serve_over_nats",
+            faults::other_runtimes,
+        ),
+        trial(
+            "credentials_reach_a_server_that_requires_them",
+            broker::credentials,
+        ),
+        trial("a_broker_restart_is_survived", broker::broker_restart),
         trial(
             "a_broker_gone_for_good_ends_submissions_handles_stop_and_members",
-            broker_gone,
+            broker::broker_gone,
         ),
         trial(
             "forged_and_replayed_messages_are_refused",
@@ -591,431 +610,4 @@ async fn result_credit() -> Result<(), Failed> {
         )?;
     }
     Ok(())
-}
-
-async fn failures() -> Result<(), Failed> {
-    let url = shared_url()?;
-    let pool = start(&url, "failures").await?;
-    let spec = Spec::new(&url, "failures");
-    let members = vec![spec.spawn("m")];
-    pool.wait_for_members(1, Duration::from_secs(30)).await?;
-    let failed = pool.submit(Task::Fail("no luck".into())).await?.await;
-    check(
-        failed
-            == Err(TaskError::Failed {
-                message: "no luck".into(),
-            }),
-        || format!("{failed:?}"),
-    )?;
-    let panicked = pool.submit(Task::Panic("oops".into())).await?.await;
-    check(
-        matches!(&panicked, Err(TaskError::Panicked { message }) if message.contains("oops")),
-        || format!("{panicked:?}"),
-    )?;
-    // The worker process dies inside its member: the task is lost with a reason naming it.
-    let lost = pool.submit(Task::Exit(9)).await?.await;
-    check(
-        matches!(&lost, Err(TaskError::Lost { member, reason }) if member == "m" && reason.contains("9")),
-        || format!("{lost:?}"),
-    )?;
-    // The member replaces the worker and goes on.
-    let outputs = pool.outputs();
-    pool.submit(Task::Double(4)).await?.await?;
-    let d = outputs.recv().await.ok_or("outputs ended")?;
-    check(doubled(&d) == Some(8), || format!("{:?}", d.value()))?;
-    drop(d);
-    stop_all(&pool, members).await
-}
-
-async fn bad_tasks() -> Result<(), Failed> {
-    let url = shared_url()?;
-    let pool = start(&url, "bad").await?;
-    match pool.submit(Task::Double(1)).await {
-        Err(SubmitError::NoMember(_)) => {}
-        other => return Err(format!("a task with no member: {other:?}").into()),
-    }
-    let spec = Spec::new(&url, "bad");
-    let members = vec![spec.spawn("m")];
-    pool.wait_for_members(1, Duration::from_secs(30)).await?;
-    match pool
-        .submit(Task::Unencodable(looppool_testkit::conformance::Refuse))
-        .await
-    {
-        Err(SubmitError::Encode(_, e)) if !e.is_empty() => {}
-        other => return Err(format!("an unencodable task: {other:?}").into()),
-    }
-    match pool.submit(Task::Blob(vec![7; 2 << 20])).await {
-        Err(SubmitError::Encode(Task::Blob(b), e))
-            if b.len() == 2 << 20 && e.contains("max_payload") => {}
-        other => return Err(format!("a task over the broker's limit: {other:?}").into()),
-    }
-    // A message on the member's task subject that is not a task: dropped with an error, and
-    // the member goes on.
-    let js = js(&url).await?;
-    js.publish("looppool.bad.task.m", "not postcard".into())
-        .await?
-        .await?;
-    let outputs = pool.outputs();
-    pool.submit(Task::Double(21)).await?.await?;
-    let d = outputs.recv().await.ok_or("outputs ended")?;
-    check(doubled(&d) == Some(42), || format!("{:?}", d.value()))?;
-    drop(d);
-    stop_all(&pool, members).await
-}
-
-async fn graceful_stop() -> Result<(), Failed> {
-    let url = shared_url()?;
-    let pool = start(&url, "stop").await?;
-    let spec = Spec::new(&url, "stop");
-    let members = vec![spec.spawn("a"), spec.spawn("b")];
-    pool.wait_for_members(2, Duration::from_secs(30)).await?;
-    let outputs = pool.outputs();
-    let mut handles = Vec::new();
-    for n in 0..8 {
-        handles.push(pool.submit(Task::Sleep(50 + n)).await?);
-    }
-    handles.push(pool.submit(Task::Double(5)).await?);
-    let (stopped, refused) = tokio::join!(stop_all(&pool, members), async {
-        // Once stop began, nothing new is taken.
-        let wait = Deadline::new("the pool to close", Duration::from_secs(10));
-        loop {
-            match pool.try_submit(Task::Double(1)).await {
-                Err(SubmitError::Closed(_)) => return Ok::<(), Failed>(()),
-                Ok(h) => drop(h),
-                Err(_) => {}
-            }
-            wait.tick().await?;
-        }
-    });
-    refused?;
-    stopped?;
-    // Accepted tasks ended before stop returned, outputs included.
-    for h in handles {
-        let r = futures_util::FutureExt::now_or_never(h).ok_or("a task outlived stop")?;
-        r?;
-    }
-    let d = outputs.try_recv().ok_or("the output before stop is gone")?;
-    check(doubled(&d) == Some(10), || format!("{:?}", d.value()))?;
-    Ok(())
-}
-
-async fn sigkilled_member() -> Result<(), Failed> {
-    let url = shared_url()?;
-    let pool = quick(Pool::builder(&url, "kill"))
-        .ack_wait(Duration::from_secs(1))
-        .start()
-        .await?;
-    let mut events = pool.events();
-    let spec = Spec::new(&url, "kill");
-    let mut victim = spec.spawn("victim");
-    let keeper = spec.spawn("keeper");
-    pool.wait_for_members(2, Duration::from_secs(30)).await?;
-    let outputs = pool.outputs();
-    let mut handles = Vec::new();
-    for n in 0..20u64 {
-        handles.push(pool.submit(Task::Sleep(100 + n)).await?);
-    }
-    // Mid-run: a first task ended, and the victim runs one task and holds more.
-    let wait = Deadline::new("the victim to hold tasks mid-run", Duration::from_secs(10));
-    loop {
-        let victim_holds = pool.outstanding("victim").unwrap_or(0);
-        let total = victim_holds + pool.outstanding("keeper").unwrap_or(0);
-        if victim_holds >= 2 && total < 20 {
-            break;
-        }
-        wait.tick().await?;
-    }
-    victim.kill();
-    let mut moved = 0;
-    let mut ended = 0;
-    for h in handles.iter_mut() {
-        (&mut *h).await?;
-        ended += 1;
-        if h.deliveries() >= 2 {
-            check(h.member() == "keeper", || {
-                "redelivered to the victim".into()
-            })?;
-            moved += 1;
-        }
-    }
-    check(ended == 20 && moved >= 1, || {
-        format!("{ended} ended, {moved} redelivered with a delivery count of 2 or more")
-    })?;
-    let wait = Deadline::new("the victim's departure", Duration::from_secs(10));
-    let left = loop {
-        match tokio::time::timeout(Duration::from_millis(100), events.recv()).await {
-            Ok(Some(MemberEvent::Left { member, reason })) if member == "victim" => break reason,
-            _ => wait.tick().await?,
-        }
-    };
-    check(left.contains("silent"), || format!("left because {left}"))?;
-    let mut got = 0;
-    while outputs.try_recv().is_some() {
-        got += 1;
-    }
-    check(got == 0, || "Sleep emits nothing".into())?;
-    stop_all(&pool, vec![keeper]).await
-}
-
-async fn member_shutdown() -> Result<(), Failed> {
-    let url = shared_url()?;
-    // An ack wait far longer than the trial's limit below: handing tasks on must not wait
-    // for it.
-    let pool = quick(Pool::builder(&url, "shutdown"))
-        .ack_wait(Duration::from_secs(600))
-        .backlog(6)
-        .start()
-        .await?;
-    let mut events = pool.events();
-    let spec = Spec::new(&url, "shutdown");
-    let leaving = spec.spawn("leaving");
-    let staying = spec.spawn("staying");
-    pool.wait_for_members(2, Duration::from_secs(30)).await?;
-    let mut handles = Vec::new();
-    for _ in 0..12 {
-        handles.push(pool.submit(Task::Sleep(100)).await?);
-    }
-    let wait = Deadline::new(
-        "the leaving member to hold 6 tasks",
-        Duration::from_secs(10),
-    );
-    while pool.outstanding("leaving") != Some(6) {
-        wait.tick().await?;
-    }
-    let pid = nix::unistd::Pid::from_raw(leaving.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-    let all = async {
-        for h in handles.iter_mut() {
-            (&mut *h).await?;
-        }
-        Ok::<(), TaskError>(())
-    };
-    tokio::time::timeout(Duration::from_secs(30), all)
-        .await
-        .map_err(|_| "tasks waited for the ack wait")??;
-    let on_staying = handles.iter().filter(|h| h.member() == "staying").count();
-    check(on_staying > 6, || {
-        format!("{on_staying} tasks ran on the staying member")
-    })?;
-    let (code, text) = leaving.exit(Duration::from_secs(10)).await?;
-    check(code == 0 && text.contains("shut down"), || {
-        format!("the leaving member exited {code}: {text}")
-    })?;
-    let wait = Deadline::new("the departure", Duration::from_secs(10));
-    loop {
-        match tokio::time::timeout(Duration::from_millis(100), events.recv()).await {
-            Ok(Some(MemberEvent::Left { member, reason })) if member == "leaving" => {
-                check(reason.starts_with("shut down"), || {
-                    format!("left because {reason}")
-                })?;
-                break;
-            }
-            _ => wait.tick().await?,
-        }
-    }
-    stop_all(&pool, vec![staying]).await
-}
-
-async fn oversized_output() -> Result<(), Failed> {
-    let url = shared_url()?;
-    let pool = start(&url, "oversized").await?;
-    let spec = Spec::new(&url, "oversized");
-    let members = vec![spec.spawn("m")];
-    pool.wait_for_members(1, Duration::from_secs(30)).await?;
-    let outputs = pool.outputs();
-    // The server's default max_payload is 1 MiB.
-    let big = pool.submit(Task::Zeros(2 << 20)).await?.await;
-    check(
-        matches!(&big, Err(TaskError::Failed { message }) if message.contains("could not be delivered")),
-        || format!("{big:?}"),
-    )?;
-    pool.submit(Task::Zeros(1000)).await?.await?;
-    let d = outputs.recv().await.ok_or("outputs ended")?;
-    check(
-        matches!(d.value(), Out::Bytes(b) if b.len() == 1000),
-        || "the next output".into(),
-    )?;
-    drop(d);
-    stop_all(&pool, members).await
-}
-
-async fn silent_parent() -> Result<(), Failed> {
-    let url = shared_url()?;
-    let pool = quick(Pool::builder(&url, "orphans"))
-        .result_credit(1)
-        .start()
-        .await?;
-    let spec = Spec::new(&url, "orphans");
-    let member = spec.spawn("m");
-    pool.wait_for_members(1, Duration::from_secs(30)).await?;
-    // The member holds outputs nobody reads when its parent goes away: it leaves all the same.
-    let handle = pool.submit(Task::Emit(5)).await?;
-    let js = js(&url).await?;
-    let mut stream = js.get_stream("looppool-orphans-out").await?;
-    let wait = Deadline::new("an output stored", Duration::from_secs(10));
-    while stream.info().await?.state.messages != 1 {
-        wait.tick().await?;
-    }
-    drop(handle);
-    drop(pool);
-    let (code, text) = member.exit(Duration::from_secs(10)).await?;
-    check(code == 0 && text.contains("silent"), || {
-        format!("exited {code}: {text}")
-    })
-}
-
-async fn duplicate_name() -> Result<(), Failed> {
-    let url = shared_url()?;
-    let pool = start(&url, "dup").await?;
-    let spec = Spec::new(&url, "dup");
-    let first = spec.spawn("same");
-    pool.wait_for_members(1, Duration::from_secs(30)).await?;
-    let second = spec.spawn("same");
-    let (code, text) = second.exit(Duration::from_secs(20)).await?;
-    check(code == 3 && text.contains("same is in use"), || {
-        format!("the second member exited {code}: {text}")
-    })?;
-    check(pool.members().len() == 1, || "two members".into())?;
-    stop_all(&pool, vec![first]).await
-}
-
-async fn other_runtimes() -> Result<(), Failed> {
-    let url = shared_url()?;
-    let pool = start(&url, "runtimes").await?;
-    let smol = Spec {
-        runtime: "smol",
-        ..Spec::new(&url, "runtimes")
-    }
-    .spawn("smol");
-    let async_std = Spec {
-        runtime: "async-std",
-        ..Spec::new(&url, "runtimes")
-    }
-    .spawn("async-std");
-    pool.wait_for_members(2, Duration::from_secs(30)).await?;
-    let outputs = pool.outputs();
-    for member in ["smol", "async-std"] {
-        pool.submit_to(member, Task::Double(3)).await?.await?;
-        pool.submit_to(member, Task::Sleep(5)).await?.await?;
-        let d = outputs.recv().await.ok_or("outputs ended")?;
-        check(d.member() == member && doubled(&d) == Some(6), || {
-            format!("{member}: {:?}", d.value())
-        })?;
-    }
-    stop_all(&pool, vec![smol, async_std]).await
-}
-
-async fn credentials() -> Result<(), Failed> {
-    let server = NatsServer::start_with(&["--user", "looppool", "--pass", "s3cret"])?;
-    let url = server.url();
-    match Pool::<Probe>::builder(&url, "auth").start().await {
-        Err(looppool_nats::Error::Connect { server, message }) => {
-            check(server == url && !message.is_empty(), || message.clone())?;
-        }
-        other => return Err(format!("no credentials: {other:?}").into()),
-    }
-    let options = looppool_nats::async_nats::ConnectOptions::with_user_and_password(
-        "looppool".into(),
-        "s3cret".into(),
-    );
-    let pool = quick(Pool::builder(&url, "auth"))
-        .connect_options(options)
-        .start()
-        .await?;
-    let spec = Spec {
-        credentials: Some(("looppool", "s3cret")),
-        ..Spec::new(&url, "auth")
-    };
-    let members = vec![spec.spawn("m")];
-    pool.wait_for_members(1, Duration::from_secs(30)).await?;
-    let outputs = pool.outputs();
-    pool.submit(Task::Double(2)).await?.await?;
-    let d = outputs.recv().await.ok_or("outputs ended")?;
-    check(doubled(&d) == Some(4), || format!("{:?}", d.value()))?;
-    drop(d);
-    stop_all(&pool, members).await
-}
-
-async fn broker_restart() -> Result<(), Failed> {
-    let mut server = NatsServer::start()?;
-    let url = server.url();
-    let pool = quick(Pool::builder(&url, "restart")).start().await?;
-    let spec = Spec::new(&url, "restart");
-    let members = vec![spec.spawn("a"), spec.spawn("b")];
-    pool.wait_for_members(2, Duration::from_secs(30)).await?;
-    let outputs = pool.outputs();
-    for n in 0..10 {
-        pool.submit(Task::Double(n)).await?.await?;
-    }
-    // Tasks running across the restart, ending while the broker is away.
-    let mut running = Vec::new();
-    for _ in 0..4 {
-        running.push(pool.submit(Task::Sleep(300)).await?);
-    }
-    server.shut_down();
-    // A submission while the broker is away waits for it to come back.
-    let (late, relaunched) = tokio::join!(pool.submit(Task::Double(10)), async { server.launch() });
-    relaunched?;
-    late?.await?;
-    for h in running {
-        h.await?;
-    }
-    let mut values = Vec::new();
-    while values.len() < 11 {
-        let d = outputs.recv().await.ok_or("outputs ended")?;
-        values.push(doubled(&d).ok_or("not Doubled")?);
-    }
-    values.sort_unstable();
-    check(values == (0..11).map(|n| n * 2).collect::<Vec<_>>(), || {
-        format!("outputs {values:?}")
-    })?;
-    check(pool.members().len() == 2, || {
-        format!("members after the restart: {:?}", pool.members())
-    })?;
-    stop_all(&pool, members).await
-}
-
-async fn broker_gone() -> Result<(), Failed> {
-    let mut server = NatsServer::start()?;
-    let url = server.url();
-    let pool = quick(Pool::builder(&url, "gone"))
-        .broker_timeout(Duration::from_secs(1))
-        .backlog(1)
-        .stop_timeout(Duration::from_secs(2))
-        .start()
-        .await?;
-    let spec = Spec::new(&url, "gone");
-    let mut member = spec.spawn("m");
-    pool.wait_for_members(1, Duration::from_secs(30)).await?;
-    // The member's backlog is full: the next submission waits for room.
-    let running = pool.submit(Task::Sleep(60_000)).await?;
-    server.shut_down();
-    let started = Instant::now();
-    // The member is told to shut down while the broker is away.
-    member.terminate();
-    let (waiting, ran) = tokio::time::timeout(Duration::from_secs(15), async {
-        tokio::join!(pool.submit(Task::Double(1)), running)
-    })
-    .await
-    .map_err(|_| "a waiting submission or a handle unresolved 15 s after the broker went")?;
-    match waiting {
-        Err(SubmitError::Broker(Task::Double(1), e)) => check(e.contains("unreachable"), || e)?,
-        other => return Err(format!("the waiting submission: {other:?}").into()),
-    }
-    match ran {
-        Err(e) if e.is_broker() => {}
-        other => return Err(format!("the running task: {other:?}").into()),
-    }
-    match pool.submit(Task::Double(2)).await {
-        Err(SubmitError::Broker(Task::Double(2), _)) => {}
-        other => return Err(format!("a task with the broker gone: {other:?}").into()),
-    }
-    check(started.elapsed() < Duration::from_secs(10), || {
-        format!("reported after {:?}", started.elapsed())
-    })?;
-    tokio::time::timeout(Duration::from_secs(15), pool.stop())
-        .await
-        .map_err(|_| "stop() still waiting 15 s after the broker went")?;
-    let (code, text) = member.exit(Duration::from_secs(15)).await?;
-    check(code == 0, || format!("the member exited {code}: {text}"))
 }

@@ -1,17 +1,15 @@
 //! The pool's bookkeeping, and the parent's side of joining, leaving and taking tasks back.
 
 use super::handle::{Delivery, MemberEvent, MemberInfo, Status, TaskHandle};
+use super::sessions::{Departed, Session};
 use super::Settings;
 use crate::broker::{self, Broker, PublishFailure};
 use crate::error::TaskError;
 use crate::seal::{Refusals, Sealer};
-use crate::wire::{
-    self, Control, Credit, CtlMsg, EndMsg, Join, JoinReply, Names, OutputMsg, TaskMsg,
-};
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use crate::wire::{self, Control, Credit, CtlMsg, EndMsg, Names, OutputMsg, TaskMsg};
 use async_nats::jetstream::Message as JsMessage;
 use serde::de::DeserializeOwned;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -64,72 +62,6 @@ pub(super) struct Sticky {
     /// Which setting this is (the value of `Inner::sticky_set` then).
     pub(super) set: u64,
     pub(super) payload: Vec<u8>,
-}
-
-/// The run of a member that joined under a name (the last one), kept after it leaves: its
-/// outputs and ends may still be on their way.
-pub(super) struct Session {
-    pub(super) nonce: u64,
-    pub(super) outputs: Window,
-}
-
-/// Which output numbers of a member were accepted: each at most once.
-#[derive(Default)]
-pub(super) struct Window {
-    /// Every number up to this one was seen.
-    floor: u64,
-    /// Numbers above the floor seen.
-    above: BTreeSet<u64>,
-}
-
-impl Window {
-    /// Most numbers kept above the floor: a gap this far behind (an output its member never
-    /// stored) is given up.
-    const SPAN: usize = 1 << 16;
-
-    /// Whether `seq` is seen for the first time; records it.
-    pub(super) fn admit(&mut self, seq: u64) -> bool {
-        if seq <= self.floor || !self.above.insert(seq) {
-            return false;
-        }
-        while self.above.first() == Some(&(self.floor + 1)) {
-            self.floor += 1;
-            self.above.pop_first();
-        }
-        while self.above.len() > Self::SPAN {
-            if let Some(first) = self.above.pop_first() {
-                self.floor = first;
-            }
-        }
-        true
-    }
-}
-
-/// Runs of members that left: a join they sent again is not welcomed again.
-#[derive(Default)]
-pub(super) struct Departed {
-    order: VecDeque<(String, u64)>,
-    set: HashSet<(String, u64)>,
-}
-
-impl Departed {
-    const KEPT: usize = 4096;
-
-    pub(super) fn insert(&mut self, member: &str, nonce: u64) {
-        let key = (member.to_string(), nonce);
-        if self.set.insert(key.clone()) {
-            self.order.push_back(key);
-        }
-        if self.order.len() > Self::KEPT {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-    }
-
-    pub(super) fn contains(&self, member: &str, nonce: u64) -> bool {
-        self.set.contains(&(member.to_string(), nonce))
-    }
 }
 
 #[derive(Default)]
@@ -413,196 +345,6 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 tracing::warn!(member, "cannot tell the member to stop: {e}");
             }
         }
-    }
-
-    pub(super) async fn on_join(self: &Arc<Self>, join: Join) -> JoinReply {
-        let refuse = |reason: String| {
-            tracing::warn!(member = %join.member, host = %join.host, "join refused: {reason}");
-            JoinReply::Refused { reason }
-        };
-        if join.version != wire::VERSION {
-            return refuse(format!(
-                "protocol version {} is not this pool's {}",
-                join.version,
-                wire::VERSION
-            ));
-        }
-        if join.worker != self.worker {
-            return refuse(format!(
-                "the member runs worker {:?}; this pool runs {:?}",
-                join.worker, self.worker
-            ));
-        }
-        if !wire::valid_name(&join.member) {
-            return refuse(format!("member name {:?} is not usable", join.member));
-        }
-        if join.capacity == 0 {
-            return refuse("capacity 0".into());
-        }
-        {
-            let inner = self.lock();
-            if inner.closed {
-                return refuse("the pool is stopping".into());
-            }
-            if let Some(k) = inner.live(&join.member) {
-                if inner.members[k].nonce == join.nonce {
-                    // The member asked again: the first answer was late or lost.
-                    return self.welcome();
-                }
-            }
-            if inner.departed.contains(&join.member, join.nonce) {
-                return refuse(format!("this run of member {} left the pool", join.member));
-            }
-            if inner.live(&join.member).is_some() || inner.reclaiming.contains(&join.member) {
-                return refuse(format!("member name {} is in use", join.member));
-            }
-        }
-        let config = self.member_consumer(&join.member, i64::from(join.capacity));
-        if let Err(e) = self
-            .broker
-            .js
-            .create_consumer_on_stream(config, self.names.tasks_stream())
-            .await
-        {
-            return refuse(format!(
-                "cannot create its consumer: {}",
-                broker::error_text(&e)
-            ));
-        }
-        let info = MemberInfo {
-            name: join.member.clone(),
-            host: join.host.clone(),
-            pid: join.pid,
-            capacity: join.capacity as usize,
-            workers: join.workers as usize,
-        };
-        // Sticky broadcasts first, stored before any other task for the member: it is routable
-        // only once none is left unsent (one set meanwhile is sent in another round).
-        let mut sent = HashSet::new();
-        loop {
-            let todo = {
-                let mut inner = self.lock();
-                if inner.closed && sent.is_empty() {
-                    return refuse("the pool is stopping".into());
-                }
-                let todo: Vec<(u64, Vec<u8>)> = inner
-                    .sticky
-                    .iter()
-                    .filter(|s| !sent.contains(&s.set))
-                    .map(|s| (s.set, s.payload.clone()))
-                    .collect();
-                if todo.is_empty() {
-                    let outstanding = inner
-                        .tasks
-                        .values()
-                        .filter(|p| p.member == info.name)
-                        .count();
-                    inner.sessions.insert(
-                        info.name.clone(),
-                        Session {
-                            nonce: join.nonce,
-                            outputs: Window::default(),
-                        },
-                    );
-                    inner.members.push(Live {
-                        info: info.clone(),
-                        nonce: join.nonce,
-                        last_seen: Instant::now(),
-                        alive_seq: 0,
-                        outstanding,
-                        limit: self.settings.backlog.unwrap_or(info.capacity),
-                    });
-                    break;
-                }
-                todo.into_iter()
-                    .map(|(set, payload)| {
-                        let (id, handle) = inner.record(info.name.clone(), Route::Member, 0);
-                        if let Some(pending) = inner.tasks.get_mut(&id) {
-                            pending.tx = None;
-                        }
-                        drop(handle);
-                        (set, id, payload)
-                    })
-                    .collect::<Vec<_>>()
-            };
-            for (set, id, payload) in todo {
-                sent.insert(set);
-                if let Err(e) = self.send_task(id, &info.name, 0, payload).await {
-                    let why = format!("the broker did not take it: {e}");
-                    self.lose(id, &info.name, 0, why);
-                }
-            }
-        }
-        tracing::info!(member = %info.name, host = %info.host, capacity = info.capacity, "member joined");
-        let _ = self.events.send(MemberEvent::Joined(info));
-        self.changed.notify_waiters();
-        self.welcome()
-    }
-
-    /// The configuration of `member`'s consumer, holding at most `capacity` unacknowledged
-    /// tasks (-1: no limit).
-    pub(super) fn member_consumer(&self, member: &str, capacity: i64) -> pull::Config {
-        pull::Config {
-            durable_name: Some(member.into()),
-            filter_subject: self.names.task(member),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: self.settings.ack_wait,
-            max_ack_pending: capacity,
-            deliver_policy: DeliverPolicy::All,
-            max_deliver: -1,
-            ..Default::default()
-        }
-    }
-
-    fn welcome(&self) -> JoinReply {
-        JoinReply::Welcome {
-            run: self.run,
-            ack_wait_ms: Self::ms(self.settings.ack_wait),
-            heartbeat_ms: Self::ms(self.settings.heartbeat),
-            member_timeout_ms: Self::ms(self.settings.member_timeout()),
-            broker_timeout_ms: Self::ms(self.settings.broker_timeout),
-            result_credit: u32::try_from(self.settings.result_credit).unwrap_or(u32::MAX),
-        }
-    }
-
-    /// Member `member` is gone: route nothing more to it, take back what it held.
-    pub(super) fn member_gone(self: &Arc<Self>, member: &str, reason: String) {
-        let held = {
-            let mut inner = self.lock();
-            let Some(k) = inner.live(member) else {
-                return;
-            };
-            let gone = inner.members.remove(k);
-            inner.departed.insert(member, gone.nonce);
-            if k < inner.cursor {
-                inner.cursor -= 1;
-            }
-            let held = inner.tasks.values().any(|p| p.member == member);
-            if held {
-                inner.reclaiming.insert(member.into());
-            }
-            held
-        };
-        tracing::info!(member, "member left: {reason}");
-        let _ = self.events.send(MemberEvent::Left {
-            member: member.into(),
-            reason: reason.clone(),
-        });
-        self.changed.notify_waiters();
-        let shared = self.clone();
-        let member = member.to_string();
-        self.spawn(async move {
-            if held {
-                shared.reclaim(&member, &reason).await;
-            }
-            let _ = shared
-                .broker
-                .js
-                .delete_consumer_from_stream(&member, shared.names.tasks_stream())
-                .await;
-            shared.lock().reclaiming.remove(&member);
-            shared.changed.notify_waiters();
-        });
     }
 
     /// Ends a task as `member` reports, if that run of it holds the task.

@@ -1,0 +1,333 @@
+//! A member: a host's share of a pool, running the same `Worker` in a local pool of worker
+//! processes and taking its tasks from its own JetStream consumer.
+
+mod lanes;
+mod serve;
+
+use crate::broker::Broker;
+use crate::error::Error;
+use crate::seal::{self, Refusals, Sealer, Secret, Unsealed};
+use crate::wire::{self, Join, JoinReply, Leave, Names};
+use futures_util::FutureExt;
+use looppool_core::{Builder as LocalBuilder, Worker};
+use serve::{Serving, FLUSH};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Joins a pool over NATS and serves its tasks with a local pool of workers.
+///
+/// The local pool is a [`looppool_core::Builder`] like any other: its start method, worker
+/// count, capacity, worker runtime (tokio, smol or async-std) and task timeout apply. The
+/// member announces `workers × capacity` as its capacity, which becomes its JetStream
+/// consumer's `max_ack_pending`. The member's own connection to NATS runs on the ambient tokio
+/// runtime; workers on smol or async-std reach it through the local pool's runtime-neutral
+/// handles.
+///
+/// ```no_run
+/// # use looppool_core::{async_trait, BoxError, Context, Failure, Worker};
+/// # struct Doubler;
+/// # #[async_trait(?Send)]
+/// # impl Worker for Doubler {
+/// #     type Task = u64;
+/// #     type Output = u64;
+/// #     type Error = Failure;
+/// #     async fn init(_: &Context<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
+/// #     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), Failure> { Ok(()) }
+/// # }
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let local = looppool_tokio::builder::<Doubler>().workers(4);
+/// let left = looppool_nats::Member::new("nats://10.0.0.5:4222", "doublers", local)
+///     .run_until(async { tokio::signal::ctrl_c().await.unwrap() })
+///     .await?;
+/// println!("left the pool: {}", left.reason);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Member<W: Worker> {
+    server: String,
+    pool: String,
+    name: Option<String>,
+    options: Option<async_nats::ConnectOptions>,
+    secret: Option<Secret>,
+    local: LocalBuilder<W>,
+}
+
+impl<W: Worker> fmt::Debug for Member<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Member")
+            .field("server", &self.server)
+            .field("pool", &self.pool)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// How a member's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Left {
+    /// The member's name.
+    pub member: String,
+    /// Why it left: the pool stopped, the shutdown future completed, or the parent went silent.
+    pub reason: String,
+    /// Tasks it ran to an end.
+    pub tasks: u64,
+    /// Outputs the broker refused at first because this member's stored outputs were at the
+    /// result credit, and were stored later. The member's own count of its credit prevents
+    /// that; more than 0 means the count and the broker disagreed (after a broker restart,
+    /// say). The broker's limit kept the credit all the same.
+    pub outputs_refused: u64,
+    /// Messages this member refused: tasks, controls, credit or beacons not sealed with the
+    /// pool's secret, repeated, or from another run of the parent.
+    pub refused: u64,
+}
+
+impl<W: Worker> Member<W> {
+    /// A member of pool `pool` on the NATS server at `server`, running `local`.
+    pub fn new(server: impl Into<String>, pool: impl Into<String>, local: LocalBuilder<W>) -> Self {
+        Self {
+            server: server.into(),
+            pool: pool.into(),
+            name: None,
+            options: None,
+            secret: None,
+            local,
+        }
+    }
+
+    /// The secret this member shares with the pool's parent (default: the environment
+    /// variable `LOOPPOOL_NATS_SECRET`; running fails without one). See
+    /// [`Builder::secret`](crate::Builder::secret).
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// The member's name, unique in the pool (default: the host name and process id). 1 to 64
+    /// ASCII letters, digits, `-` or `_`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// How to connect to the server: credentials, TLS, timeouts (the connection's name and
+    /// event callback are the member's own).
+    pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
+        self.options = Some(options);
+        self
+    }
+
+    /// Runs until the pool stops or the parent goes silent.
+    pub async fn run(self) -> Result<Left, Error> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Runs until the pool stops, the parent goes silent, or `shutdown` completes (a signal,
+    /// say). On shutdown the member takes no more tasks, finishes those its workers run,
+    /// reports them, and leaves; the tasks waiting in its consumer go to other members.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<Left, Error> {
+        let member = self.name.clone().unwrap_or_else(default_name);
+        if !wire::valid_name(&self.pool) || !wire::valid_name(&member) {
+            return Err(Error::Config(format!(
+                "pool {:?} and member {:?}: names must be 1 to 64 ASCII letters, digits, '-' \
+                 or '_'",
+                self.pool, member
+            )));
+        }
+        let sealer = Sealer::new(&match self.secret {
+            Some(s) => s,
+            None => Secret::from_env()?,
+        });
+        let names = Names::new(&self.pool);
+        let broker = Broker::connect(
+            &self.server,
+            &format!("looppool {} member {member}", self.pool),
+            self.options.clone(),
+        )
+        .await?;
+        let local = self
+            .local
+            .name(format!("{}-{member}", self.pool))
+            .start()
+            .await
+            .map_err(|e| Error::Local(e.to_string()))?;
+        let mut shutdown = pin!(shutdown.fuse());
+        let join = Join {
+            version: wire::VERSION,
+            worker: W::name().into(),
+            member: member.clone(),
+            host: host_name(),
+            pid: std::process::id(),
+            capacity: u32::try_from(local.size() * local.capacity()).unwrap_or(u32::MAX),
+            workers: u32::try_from(local.size()).unwrap_or(u32::MAX),
+            nonce: seal::random_u64(),
+        };
+        let welcome = tokio::select! {
+            w = join_pool(&broker, &names, &sealer, &join) => Some(w),
+            () = &mut shutdown => None,
+        };
+        let settings = match welcome {
+            Some(Ok(w)) => w,
+            Some(Err(e)) => {
+                local.stop().await;
+                return Err(e);
+            }
+            None => {
+                // The parent may have counted this member in already: say it leaves, so that
+                // tasks sent to it go elsewhere at once.
+                let reason = "shut down before the pool's parent answered".to_string();
+                let leave = Leave {
+                    nonce: join.nonce,
+                    reason: reason.clone(),
+                };
+                let subject = names.leave(&member);
+                if let Ok(bytes) = sealer.pack(&subject, &leave) {
+                    let _ = broker.client.publish(subject, bytes.into()).await;
+                    let _ = tokio::time::timeout(FLUSH, broker.client.flush()).await;
+                }
+                local.stop().await;
+                return Ok(Left {
+                    member,
+                    reason,
+                    tasks: 0,
+                    outputs_refused: 0,
+                    refused: 0,
+                });
+            }
+        };
+        tracing::info!(pool = %self.pool, member = %member, capacity = join.capacity, "joined the pool");
+        let serving = Serving {
+            names,
+            member,
+            nonce: join.nonce,
+            parent: settings.run,
+            sealer,
+            refusals: Refusals::default(),
+            broker,
+            local: Arc::new(local),
+            running: Mutex::new(HashMap::new()),
+            ids: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            ended: std::sync::atomic::AtomicU64::new(0),
+            refused: std::sync::atomic::AtomicU64::new(0),
+            run: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| format!("{:x}", d.as_nanos()))
+                .unwrap_or_default(),
+        };
+        let serving = Arc::new(serving);
+        let result = serving
+            .serve(shutdown, settings, join.capacity as usize)
+            .await;
+        serving.local.stop().await;
+        result
+    }
+}
+
+/// What the parent told a member when it joined.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    /// The parent's run.
+    run: u64,
+    ack_wait: Duration,
+    heartbeat: Duration,
+    member_timeout: Duration,
+    broker_timeout: Duration,
+    result_credit: u64,
+}
+
+/// Asks to join until the parent answers.
+async fn join_pool(
+    broker: &Broker,
+    names: &Names,
+    sealer: &Sealer,
+    join: &Join,
+) -> Result<Settings, Error> {
+    let request = sealer.pack(&names.join(), join).map_err(Error::Config)?;
+    let reply_context = Names::join_reply(&names.join(), join.nonce);
+    let mut told: Option<Instant> = None;
+    loop {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            broker.client.request(names.join(), request.clone().into()),
+        )
+        .await;
+        match answer {
+            Ok(Ok(reply)) => match sealer.unpack::<JoinReply>(&reply_context, &reply.payload) {
+                Ok(JoinReply::Welcome {
+                    run,
+                    ack_wait_ms,
+                    heartbeat_ms,
+                    member_timeout_ms,
+                    broker_timeout_ms,
+                    result_credit,
+                }) => {
+                    return Ok(Settings {
+                        run,
+                        ack_wait: Duration::from_millis(ack_wait_ms),
+                        heartbeat: Duration::from_millis(heartbeat_ms),
+                        member_timeout: Duration::from_millis(member_timeout_ms),
+                        broker_timeout: Duration::from_millis(broker_timeout_ms),
+                        result_credit: u64::from(result_credit.max(1)),
+                    })
+                }
+                Ok(JoinReply::Refused { reason }) => return Err(Error::Refused(reason)),
+                Err(Unsealed::Forged) => {
+                    // The parent answers a join it cannot open unsealed: it may hold another
+                    // secret. Anything else is not from the parent.
+                    return Err(Error::Refused(
+                        match wire::decode::<JoinReply>(&reply.payload) {
+                            Ok(JoinReply::Refused { reason }) => format!(
+                                "{reason} (an answer not sealed with this member's secret: do \
+                                 the parent and this member hold the same one?)"
+                            ),
+                            _ => "the answer to the join request is not sealed with this \
+                                  member's secret"
+                                .into(),
+                        },
+                    ));
+                }
+                Err(e) => {
+                    return Err(Error::Refused(format!(
+                        "undecodable answer from the pool's parent (another looppool version?): {e}"
+                    )))
+                }
+            },
+            Ok(Err(_)) | Err(_) => {
+                if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                    tracing::info!("waiting for the parent of pool {} to answer", names.pool());
+                    told = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+fn default_name() -> String {
+    let host: String = host_name()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("{host}-{}", std::process::id())
+}
+
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
+}

@@ -1,0 +1,277 @@
+//! A member at work: the loop that takes its tasks and answers its parent, until it leaves.
+
+use super::{Left, Settings};
+use crate::broker::{self, Broker};
+use crate::error::Error;
+use crate::seal::{Refusals, Sealer};
+use crate::wire::{Beacon, Control, Credit, CtlMsg, EndMsg, Leave, Names, Outcome};
+use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::{AckKind, Message as JsMessage};
+use futures_util::{FutureExt, StreamExt};
+use looppool_core::{Pool as LocalPool, TaskId, Worker};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch, Notify};
+
+/// A task's run ended in the local pool.
+pub(super) struct Finished {
+    pub(super) local: Option<TaskId>,
+    pub(super) id: u64,
+    pub(super) deliveries: u32,
+    pub(super) outcome: Outcome,
+}
+
+/// What goes out on the end lane.
+pub(super) struct EndOut {
+    pub(super) end: EndMsg,
+}
+
+pub(super) struct Serving<W: Worker> {
+    pub(super) names: Names,
+    pub(super) member: String,
+    /// This run of the member (its join's nonce).
+    pub(super) nonce: u64,
+    /// The parent's run.
+    pub(super) parent: u64,
+    pub(super) sealer: Sealer,
+    pub(super) refusals: Refusals,
+    pub(super) broker: Broker,
+    pub(super) local: Arc<LocalPool<W>>,
+    /// Tasks in the local pool, by parent id, with their JetStream message.
+    pub(super) running: Mutex<HashMap<u64, JsMessage>>,
+    /// Local task id to parent id.
+    pub(super) ids: Mutex<HashMap<TaskId, u64>>,
+    /// Notified when `running` or `ids` change.
+    pub(super) changed: Notify,
+    pub(super) ended: std::sync::atomic::AtomicU64,
+    /// Outputs the broker refused for the per-subject limit.
+    pub(super) refused: std::sync::atomic::AtomicU64,
+    pub(super) run: String,
+}
+
+/// How long a member waits for its last messages to reach the broker when it leaves.
+pub(super) const FLUSH: Duration = Duration::from_secs(2);
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<W: Worker> Serving<W> {
+    pub(super) async fn serve(
+        self: &Arc<Self>,
+        mut shutdown: std::pin::Pin<&mut futures_util::future::Fuse<impl Future<Output = ()>>>,
+        settings: Settings,
+        capacity: usize,
+    ) -> Result<Left, Error> {
+        let Settings {
+            ack_wait,
+            heartbeat,
+            member_timeout,
+            broker_timeout,
+            result_credit,
+            ..
+        } = settings;
+        let client = &self.broker.client;
+        let mut ctl = self.broker.subscribe(self.names.ctl(&self.member)).await?;
+        let mut beacon = self.broker.subscribe(self.names.beacon()).await?;
+        let mut credit = self
+            .broker
+            .subscribe(self.names.credit(&self.member))
+            .await?;
+        let (granted_tx, granted) = watch::channel(0u64);
+        let mut messages = self.messages(capacity).await?;
+
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (end_tx, end_rx) = mpsc::unbounded_channel();
+        let mut background = tokio::task::JoinSet::new();
+        let pump = tokio::spawn(self.clone().pump(finished_rx, out_tx, end_tx));
+        let lanes = {
+            let me = self.clone();
+            let outputs = tokio::spawn(me.clone().output_lane(out_rx, result_credit, granted));
+            let ends = tokio::spawn(me.end_lane(end_rx));
+            (outputs, ends)
+        };
+        background.spawn(self.clone().heartbeat(heartbeat));
+        background.spawn(self.clone().progress(ack_wait));
+        let me = self.clone();
+        background.spawn(async move {
+            while let Some(m) = credit.next().await {
+                match me.sealer.unpack::<Credit>(&m.subject, &m.payload) {
+                    Ok(c) if c.run == me.parent => {
+                        granted_tx.send_if_modified(|g| {
+                            let more = c.acked > *g;
+                            *g = (*g).max(c.acked);
+                            more
+                        });
+                    }
+                    Ok(_) => me
+                        .refusals
+                        .refuse(format_args!("credit from another parent")),
+                    Err(e) => me.refusals.refuse(format_args!("a credit message: {e}")),
+                }
+            }
+        });
+
+        let last_beacon = Arc::new(Mutex::new(Instant::now()));
+        {
+            let last_beacon = last_beacon.clone();
+            let me = self.clone();
+            background.spawn(async move {
+                let mut seq = 0;
+                while let Some(m) = beacon.next().await {
+                    match me.sealer.unpack::<Beacon>(&m.subject, &m.payload) {
+                        Ok(b) if b.run == me.parent && b.seq > seq => {
+                            seq = b.seq;
+                            *lock(&last_beacon) = Instant::now();
+                        }
+                        Ok(_) => me
+                            .refusals
+                            .refuse(format_args!("a beacon repeated or of another parent")),
+                        Err(e) => me.refusals.refuse(format_args!("a beacon: {e}")),
+                    }
+                }
+            });
+        }
+        // How long the parent has been silent, once that is past the member timeout (silence
+        // while this member was cut off from the broker does not count).
+        let conn = self.broker.conn.clone();
+        // Or, cut off from the broker past the broker timeout, why it gives up on the pool.
+        let parent_silent = move || {
+            let now = Instant::now();
+            let quiet = now.duration_since((*lock(&last_beacon)).max(conn.since()));
+            if conn.is_up() {
+                (quiet > member_timeout)
+                    .then(|| format!("the pool's parent was silent for {quiet:.1?}"))
+            } else {
+                let cut_off = now.duration_since(conn.since());
+                (cut_off > broker_timeout)
+                    .then(|| format!("the broker was unreachable for {cut_off:.1?}"))
+            }
+        };
+        let mut check = tokio::time::interval(heartbeat);
+        let mut evicted = None;
+        let reason = loop {
+            tokio::select! {
+                () = &mut shutdown => break "shut down".to_string(),
+                Some(m) = ctl.next() => match self.sealer.unpack::<CtlMsg>(&m.subject, &m.payload) {
+                    Ok(c) if c.run != self.parent || c.nonce != self.nonce => self
+                        .refusals
+                        .refuse(format_args!("a control message for another run")),
+                    Ok(CtlMsg { control: Control::Stop, .. }) => {
+                        break "the pool stopped".to_string()
+                    }
+                    Ok(CtlMsg { control: Control::Evicted { reason }, .. }) => {
+                        evicted = Some(reason.clone());
+                        break format!("evicted: {reason}");
+                    }
+                    Err(e) => self.refusals.refuse(format_args!("a control message: {e}")),
+                },
+                _ = check.tick() => {
+                    if let Some(why) = parent_silent() {
+                        break why;
+                    }
+                }
+                next = messages.next() => match next {
+                    Some(Ok(m)) => self.take(m, &finished_tx).await,
+                    Some(Err(e)) => tracing::debug!("reading tasks: {}", broker::error_text(&e)),
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        match self.messages(capacity).await {
+                            Ok(m) => messages = m,
+                            Err(e) => tracing::warn!("{e}; retrying"),
+                        }
+                    }
+                },
+            }
+        };
+        // Take no more. Tasks already delivered but not yet taken go back at once, for the
+        // parent to hand to other members.
+        while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+            let _ = m.ack_with(AckKind::Nak(None)).await;
+        }
+        drop(messages);
+        tracing::info!(member = %self.member, "leaving: {reason}");
+        let (outputs, ends) = lanes;
+        let aborts = [
+            pump.abort_handle(),
+            outputs.abort_handle(),
+            ends.abort_handle(),
+        ];
+        // Finish and report what the workers hold; the lanes close once they sent it.
+        // Heartbeats and credit go on meanwhile (outputs may wait for the parent's program to
+        // read them). Not for a parent that is gone: nobody would take the reports.
+        let drain = async {
+            loop {
+                let mut notified = pin!(self.changed.notified());
+                notified.as_mut().enable();
+                if lock(&self.running).is_empty() {
+                    break;
+                }
+                notified.await;
+            }
+            drop(finished_tx);
+            pump.abort();
+            let _ = ends.await;
+            let _ = outputs.await;
+        };
+        let parent_gone = async {
+            while parent_silent().is_none() {
+                check.tick().await;
+            }
+        };
+        let abandoned = evicted.is_some()
+            || tokio::select! {
+                () = drain => false,
+                () = parent_gone => true,
+            };
+        if abandoned {
+            // Nobody takes the reports: the workers stop now rather than finish.
+            let left = lock(&self.running).len();
+            tracing::warn!("the pool is out of reach; {left} tasks left unreported");
+            self.local.kill();
+        }
+        for task in aborts {
+            task.abort();
+        }
+        background.abort_all();
+        let leave = Leave {
+            nonce: self.nonce,
+            reason: reason.clone(),
+        };
+        let subject = self.names.leave(&self.member);
+        if let Ok(bytes) = self.sealer.pack(&subject, &leave) {
+            let _ = client.publish(subject, bytes.into()).await;
+            let _ = tokio::time::timeout(FLUSH, client.flush()).await;
+        }
+        if let Some(reason) = evicted {
+            return Err(Error::Evicted(reason));
+        }
+        Ok(Left {
+            member: self.member.clone(),
+            reason,
+            tasks: self.ended.load(std::sync::atomic::Ordering::Relaxed),
+            outputs_refused: self.refused.load(std::sync::atomic::Ordering::Relaxed),
+            refused: self.refusals.count(),
+        })
+    }
+
+    async fn messages(&self, capacity: usize) -> Result<pull::Stream, Error> {
+        let fail = |e: &dyn std::error::Error| {
+            Error::Broker(format!(
+                "cannot read this member's consumer: {}",
+                broker::error_text(e)
+            ))
+        };
+        let consumer = self
+            .broker
+            .js
+            .get_consumer_from_stream::<pull::Config, _, _>(&self.member, self.names.tasks_stream())
+            .await
+            .map_err(|e| fail(&e))?;
+        broker::read(&consumer, Some(capacity), "this member's consumer").await
+    }
+}

@@ -1,0 +1,329 @@
+//! Configuring and starting a [`Pool`]: the builder, its settings, the pool's streams.
+
+use super::lease::Lease;
+use super::shared::{Inner, Shared};
+use super::tasks::{
+    consumer_messages, read_ends, read_outputs, send_acks, serve_joins, serve_members, tick,
+    Subscriptions,
+};
+use super::Pool;
+use crate::broker::{self, Broker};
+use crate::error::Error;
+use crate::seal::{Refusals, Sealer, Secret};
+use crate::wire::{self, Names};
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use looppool_core::Worker;
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, Notify};
+
+/// Configures and starts a [`Pool`] whose members join over NATS.
+///
+/// ```no_run
+/// # use looppool_core::{async_trait, BoxError, Context, Failure, Worker};
+/// # struct Doubler;
+/// # #[async_trait(?Send)]
+/// # impl Worker for Doubler {
+/// #     type Task = u64;
+/// #     type Output = u64;
+/// #     type Error = Failure;
+/// #     async fn init(_: &Context<u64>) -> Result<Self, BoxError> { Ok(Doubler) }
+/// #     async fn process(&self, n: u64, ctx: &Context<u64>) -> Result<(), Failure> {
+/// #         ctx.put(n * 2).await?;
+/// #         Ok(())
+/// #     }
+/// # }
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+///
+/// let pool = looppool_nats::Pool::<Doubler>::builder("nats://127.0.0.1:4222", "doublers")
+///     .ack_wait(Duration::from_secs(10))
+///     .start()
+///     .await?;
+/// pool.wait_for_members(2, Duration::from_secs(30)).await?;
+/// let outputs = pool.outputs();
+/// pool.submit(21).await?.await?;
+/// assert_eq!(outputs.recv().await.unwrap().into_value(), 42);
+/// pool.stop().await;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Builder<W> {
+    server: String,
+    pool: String,
+    settings: Settings,
+    options: Option<async_nats::ConnectOptions>,
+    secret: Option<Secret>,
+    _worker: PhantomData<fn(W)>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub(super) ack_wait: Duration,
+    pub(super) heartbeat: Duration,
+    pub(super) member_timeout: Option<Duration>,
+    pub(super) result_credit: usize,
+    pub(super) backlog: Option<usize>,
+    pub(super) max_deliveries: u32,
+    pub(super) broker_timeout: Duration,
+    pub(super) stop_timeout: Duration,
+}
+
+impl Settings {
+    pub(super) fn member_timeout(&self) -> Duration {
+        self.member_timeout.unwrap_or(self.heartbeat * 5)
+    }
+
+    /// How long the parent's lease on the pool outlives its last renewal: a second parent is
+    /// refused for that long after the first stopped renewing it.
+    pub(super) fn lease_time(&self) -> Duration {
+        self.member_timeout()
+    }
+}
+
+impl<W> fmt::Debug for Builder<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("server", &self.server)
+            .field("pool", &self.pool)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl<W: Worker> Builder<W> {
+    /// A pool named `pool` on the NATS server at `server` (`nats://host:port`, or several
+    /// addresses separated by commas). Members join by naming the same server and pool.
+    pub fn new(server: impl Into<String>, pool: impl Into<String>) -> Self {
+        Self {
+            server: server.into(),
+            pool: pool.into(),
+            settings: Settings {
+                ack_wait: Duration::from_secs(30),
+                heartbeat: Duration::from_millis(500),
+                member_timeout: None,
+                result_credit: 64,
+                backlog: None,
+                max_deliveries: 5,
+                broker_timeout: Duration::from_secs(30),
+                stop_timeout: Duration::from_secs(10),
+            },
+            options: None,
+            secret: None,
+            _worker: PhantomData,
+        }
+    }
+
+    /// The secret the pool's members share with this parent (default: the environment
+    /// variable `LOOPPOOL_NATS_SECRET`; starting fails without one). Every message of the
+    /// pool is sealed with it: a client of the server without it cannot act on the pool.
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// How long a member may hold a task without acknowledging it before JetStream
+    /// redelivers it (default 30 s). Members report progress on running tasks, so only a
+    /// member that died or lost the broker lets it run out; its tasks then go to another
+    /// member. At least 100 ms.
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.settings.ack_wait = wait;
+        self
+    }
+
+    /// How often members and the parent say they are alive (default 500 ms; at least 10 ms).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.settings.heartbeat = every;
+        self
+    }
+
+    /// How long a member may stay silent before the parent counts it as gone (default five
+    /// heartbeats). Members likewise leave a parent silent this long.
+    pub fn member_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.member_timeout = Some(timeout);
+        self
+    }
+
+    /// Outputs a member may have stored in the broker that the parent's consumer has not
+    /// acknowledged (default 64). A member at the limit waits: back-pressure from a slow
+    /// consumer of [`Pool::outputs`] to the members' workers.
+    pub fn result_credit(mut self, n: usize) -> Self {
+        self.settings.result_credit = n;
+        self
+    }
+
+    /// Unfinished tasks the parent sends one member at most (default: the capacity the
+    /// member announced). The member's consumer holds `capacity` of them at once
+    /// (`max_ack_pending`); the rest wait in the stream. A submission to a member at its
+    /// backlog waits, or with `try_*` is refused.
+    pub fn backlog(mut self, n: usize) -> Self {
+        self.settings.backlog = Some(n);
+        self
+    }
+
+    /// How many times a task may be delivered to members that left or died without ending it
+    /// (default 5; at least 1). A task that reaches it (one that kills its member, say) is not
+    /// sent again: it ends as lost, with a cause that names its deliveries, and is stored on
+    /// the pool's dead-letter stream for [`Pool::dead_letters`].
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.settings.max_deliveries = n;
+        self
+    }
+
+    /// How long the pool bears with a broker out of reach (default 30 s): a submission keeps
+    /// retrying that long; past it, with the parent still cut off, tasks under way end with
+    /// [`TaskError::Broker`](crate::TaskError::Broker) and submissions fail until the broker is
+    /// back. Members are told it when they join and leave when cut off that long.
+    pub fn broker_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.broker_timeout = timeout;
+        self
+    }
+
+    /// How to connect to the server: credentials, TLS, timeouts (the connection's name and
+    /// event callback are the pool's own).
+    pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
+        self.options = Some(options);
+        self
+    }
+
+    /// How long [`Pool::stop`] waits for members to leave once every task ended (default 10 s).
+    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.stop_timeout = timeout;
+        self
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        let s = &self.settings;
+        let fail = |m: &str| Err(Error::Config(m.into()));
+        if !wire::valid_name(&self.pool) {
+            return fail("the pool name must be 1 to 64 ASCII letters, digits, '-' or '_'");
+        }
+        if s.ack_wait < Duration::from_millis(100) {
+            return fail("ack_wait must be at least 100 ms");
+        }
+        if s.heartbeat < Duration::from_millis(10) {
+            return fail("heartbeat must be at least 10 ms");
+        }
+        if s.member_timeout() <= s.heartbeat {
+            return fail("member_timeout must be longer than the heartbeat");
+        }
+        if s.result_credit == 0 || s.backlog == Some(0) || s.max_deliveries == 0 {
+            return fail("result_credit, backlog and max_deliveries must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Connects, takes the pool's lease, creates the pool's streams (replacing those of an
+    /// earlier parent of the pool, whose lease ran out) and starts serving joins. Must run
+    /// inside a tokio runtime.
+    ///
+    /// Fails with [`Error::InUse`] while another parent of the pool lives: a parent renews its
+    /// lease every heartbeat, and one that died is taken over a member timeout after its last
+    /// renewal. A parent that finds its lease taken (it was cut off from the broker that
+    /// long, and another parent started) fails: its tasks end as lost, submissions are refused
+    /// with [`SubmitError::Broker`], and it leaves the pool's streams and members to the new
+    /// parent.
+    pub async fn start(self) -> Result<Pool<W>, Error> {
+        self.check()?;
+        let secret = match self.secret {
+            Some(s) => s,
+            None => Secret::from_env()?,
+        };
+        let names = Names::new(&self.pool);
+        let broker = Broker::connect(
+            &self.server,
+            &format!("looppool {} parent", self.pool),
+            self.options.clone(),
+        )
+        .await?;
+        let run = crate::seal::random_u64();
+        // The lease first: the streams of a live pool are never touched.
+        let lease = Lease::acquire(&broker, &names, run, self.settings.lease_time()).await?;
+        create_streams(&broker, &names, self.settings.result_credit).await?;
+        let (events, _) = broadcast::channel(1024);
+        let (outputs_tx, outputs_rx) = async_channel::unbounded();
+        let (acks, acks_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            names,
+            pool: self.pool,
+            broker,
+            settings: self.settings,
+            worker: W::name(),
+            run,
+            sealer: Sealer::new(&secret),
+            refused: Refusals::default(),
+            inner: Mutex::new(Inner::default()),
+            changed: Notify::new(),
+            events,
+            outputs_tx,
+            outputs_rx,
+            acks,
+            acked: Mutex::new(HashMap::new()),
+            background: Mutex::new(Vec::new()),
+        });
+        let subs = Subscriptions::open(&shared).await?;
+        let ends = consumer_messages(&shared, &shared.names.end_stream()).await?;
+        let outs = consumer_messages(&shared, &shared.names.out_stream()).await?;
+        shared.spawn(serve_joins(shared.clone(), subs.join));
+        shared.spawn(serve_members(shared.clone(), subs.alive, subs.leave));
+        shared.spawn(tick(shared.clone(), lease));
+        shared.spawn(read_ends(shared.clone(), ends));
+        shared.spawn(read_outputs(shared.clone(), outs));
+        shared.spawn(send_acks(shared.clone(), acks_rx));
+        tracing::info!(pool = %shared.pool, "pool started; members may join");
+        Ok(Pool {
+            shared,
+            _worker: PhantomData,
+        })
+    }
+}
+
+async fn create_streams(broker: &Broker, names: &Names, result_credit: usize) -> Result<(), Error> {
+    let base = stream::Config {
+        retention: RetentionPolicy::WorkQueue,
+        storage: StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let configs = [
+        stream::Config {
+            name: names.tasks_stream(),
+            subjects: vec![names.task("*")],
+            ..base.clone()
+        },
+        stream::Config {
+            name: names.out_stream(),
+            subjects: vec![names.out("*")],
+            max_messages_per_subject: result_credit as i64,
+            discard: DiscardPolicy::New,
+            discard_new_per_subject: true,
+            ..base.clone()
+        },
+        stream::Config {
+            name: names.end_stream(),
+            subjects: vec![names.end("*")],
+            ..base.clone()
+        },
+        stream::Config {
+            name: names.dead_stream(),
+            subjects: vec![names.dead()],
+            max_messages: 10_000,
+            ..base
+        },
+    ];
+    for config in configs {
+        // A stream left by an earlier pool of this name holds its tasks and consumers.
+        let _ = broker.js.delete_stream(&config.name).await;
+        broker.js.create_stream(config.clone()).await.map_err(|e| {
+            Error::Broker(format!(
+                "cannot create stream {} (is JetStream enabled on the server?): {}",
+                config.name,
+                broker::error_text(&e)
+            ))
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! Membership, the parent's side: welcoming a member (its consumer, the sticky broadcasts it
+//! must get first) and letting one go (taking back what it held).
+
+use super::handle::{MemberEvent, MemberInfo};
+use super::sessions::{Session, Window};
+use super::shared::{Live, Route, Shared};
+use crate::broker;
+use crate::wire::{self, Join, JoinReply};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use serde::de::DeserializeOwned;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+impl<O: DeserializeOwned + Send + 'static> Shared<O> {
+    pub(super) async fn on_join(self: &Arc<Self>, join: Join) -> JoinReply {
+        let refuse = |reason: String| {
+            tracing::warn!(member = %join.member, host = %join.host, "join refused: {reason}");
+            JoinReply::Refused { reason }
+        };
+        if join.version != wire::VERSION {
+            return refuse(format!(
+                "protocol version {} is not this pool's {}",
+                join.version,
+                wire::VERSION
+            ));
+        }
+        if join.worker != self.worker {
+            return refuse(format!(
+                "the member runs worker {:?}; this pool runs {:?}",
+                join.worker, self.worker
+            ));
+        }
+        if !wire::valid_name(&join.member) {
+            return refuse(format!("member name {:?} is not usable", join.member));
+        }
+        if join.capacity == 0 {
+            return refuse("capacity 0".into());
+        }
+        {
+            let inner = self.lock();
+            if inner.closed {
+                return refuse("the pool is stopping".into());
+            }
+            if let Some(k) = inner.live(&join.member) {
+                if inner.members[k].nonce == join.nonce {
+                    // The member asked again: the first answer was late or lost.
+                    return self.welcome();
+                }
+            }
+            if inner.departed.contains(&join.member, join.nonce) {
+                return refuse(format!("this run of member {} left the pool", join.member));
+            }
+            if inner.live(&join.member).is_some() || inner.reclaiming.contains(&join.member) {
+                return refuse(format!("member name {} is in use", join.member));
+            }
+        }
+        let config = self.member_consumer(&join.member, i64::from(join.capacity));
+        if let Err(e) = self
+            .broker
+            .js
+            .create_consumer_on_stream(config, self.names.tasks_stream())
+            .await
+        {
+            return refuse(format!(
+                "cannot create its consumer: {}",
+                broker::error_text(&e)
+            ));
+        }
+        let info = MemberInfo {
+            name: join.member.clone(),
+            host: join.host.clone(),
+            pid: join.pid,
+            capacity: join.capacity as usize,
+            workers: join.workers as usize,
+        };
+        // Sticky broadcasts first, stored before any other task for the member: it is routable
+        // only once none is left unsent (one set meanwhile is sent in another round).
+        let mut sent = HashSet::new();
+        loop {
+            let todo = {
+                let mut inner = self.lock();
+                if inner.closed && sent.is_empty() {
+                    return refuse("the pool is stopping".into());
+                }
+                let todo: Vec<(u64, Vec<u8>)> = inner
+                    .sticky
+                    .iter()
+                    .filter(|s| !sent.contains(&s.set))
+                    .map(|s| (s.set, s.payload.clone()))
+                    .collect();
+                if todo.is_empty() {
+                    let outstanding = inner
+                        .tasks
+                        .values()
+                        .filter(|p| p.member == info.name)
+                        .count();
+                    inner.sessions.insert(
+                        info.name.clone(),
+                        Session {
+                            nonce: join.nonce,
+                            outputs: Window::default(),
+                        },
+                    );
+                    inner.members.push(Live {
+                        info: info.clone(),
+                        nonce: join.nonce,
+                        last_seen: Instant::now(),
+                        alive_seq: 0,
+                        outstanding,
+                        limit: self.settings.backlog.unwrap_or(info.capacity),
+                    });
+                    break;
+                }
+                todo.into_iter()
+                    .map(|(set, payload)| {
+                        let (id, handle) = inner.record(info.name.clone(), Route::Member, 0);
+                        if let Some(pending) = inner.tasks.get_mut(&id) {
+                            pending.tx = None;
+                        }
+                        drop(handle);
+                        (set, id, payload)
+                    })
+                    .collect::<Vec<_>>()
+            };
+            for (set, id, payload) in todo {
+                sent.insert(set);
+                if let Err(e) = self.send_task(id, &info.name, 0, payload).await {
+                    let why = format!("the broker did not take it: {e}");
+                    self.lose(id, &info.name, 0, why);
+                }
+            }
+        }
+        tracing::info!(member = %info.name, host = %info.host, capacity = info.capacity, "member joined");
+        let _ = self.events.send(MemberEvent::Joined(info));
+        self.changed.notify_waiters();
+        self.welcome()
+    }
+
+    /// The configuration of `member`'s consumer, holding at most `capacity` unacknowledged
+    /// tasks (-1: no limit).
+    pub(super) fn member_consumer(&self, member: &str, capacity: i64) -> pull::Config {
+        pull::Config {
+            durable_name: Some(member.into()),
+            filter_subject: self.names.task(member),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.settings.ack_wait,
+            max_ack_pending: capacity,
+            deliver_policy: DeliverPolicy::All,
+            max_deliver: -1,
+            ..Default::default()
+        }
+    }
+
+    fn welcome(&self) -> JoinReply {
+        JoinReply::Welcome {
+            run: self.run,
+            ack_wait_ms: Self::ms(self.settings.ack_wait),
+            heartbeat_ms: Self::ms(self.settings.heartbeat),
+            member_timeout_ms: Self::ms(self.settings.member_timeout()),
+            broker_timeout_ms: Self::ms(self.settings.broker_timeout),
+            result_credit: u32::try_from(self.settings.result_credit).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Member `member` is gone: route nothing more to it, take back what it held.
+    pub(super) fn member_gone(self: &Arc<Self>, member: &str, reason: String) {
+        let held = {
+            let mut inner = self.lock();
+            let Some(k) = inner.live(member) else {
+                return;
+            };
+            let gone = inner.members.remove(k);
+            inner.departed.insert(member, gone.nonce);
+            if k < inner.cursor {
+                inner.cursor -= 1;
+            }
+            let held = inner.tasks.values().any(|p| p.member == member);
+            if held {
+                inner.reclaiming.insert(member.into());
+            }
+            held
+        };
+        tracing::info!(member, "member left: {reason}");
+        let _ = self.events.send(MemberEvent::Left {
+            member: member.into(),
+            reason: reason.clone(),
+        });
+        self.changed.notify_waiters();
+        let shared = self.clone();
+        let member = member.to_string();
+        self.spawn(async move {
+            if held {
+                shared.reclaim(&member, &reason).await;
+            }
+            let _ = shared
+                .broker
+                .js
+                .delete_consumer_from_stream(&member, shared.names.tasks_stream())
+                .await;
+            shared.lock().reclaiming.remove(&member);
+            shared.changed.notify_waiters();
+        });
+    }
+}

@@ -1,0 +1,118 @@
+//! Trials of the broker: one that requires credentials, restarts, or goes for good.
+
+use super::*;
+
+pub(super) async fn credentials() -> Result<(), Failed> {
+    let server = NatsServer::start_with(&["--user", "looppool", "--pass", "s3cret"])?;
+    let url = server.url();
+    match Pool::<Probe>::builder(&url, "auth").start().await {
+        Err(looppool_nats::Error::Connect { server, message }) => {
+            check(server == url && !message.is_empty(), || message.clone())?;
+        }
+        other => return Err(format!("no credentials: {other:?}").into()),
+    }
+    let options = looppool_nats::async_nats::ConnectOptions::with_user_and_password(
+        "looppool".into(),
+        "s3cret".into(),
+    );
+    let pool = quick(Pool::builder(&url, "auth"))
+        .connect_options(options)
+        .start()
+        .await?;
+    let spec = Spec {
+        credentials: Some(("looppool", "s3cret")),
+        ..Spec::new(&url, "auth")
+    };
+    let members = vec![spec.spawn("m")];
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let outputs = pool.outputs();
+    pool.submit(Task::Double(2)).await?.await?;
+    let d = outputs.recv().await.ok_or("outputs ended")?;
+    check(doubled(&d) == Some(4), || format!("{:?}", d.value()))?;
+    drop(d);
+    stop_all(&pool, members).await
+}
+
+pub(super) async fn broker_restart() -> Result<(), Failed> {
+    let mut server = NatsServer::start()?;
+    let url = server.url();
+    let pool = quick(Pool::builder(&url, "restart")).start().await?;
+    let spec = Spec::new(&url, "restart");
+    let members = vec![spec.spawn("a"), spec.spawn("b")];
+    pool.wait_for_members(2, Duration::from_secs(30)).await?;
+    let outputs = pool.outputs();
+    for n in 0..10 {
+        pool.submit(Task::Double(n)).await?.await?;
+    }
+    // Tasks running across the restart, ending while the broker is away.
+    let mut running = Vec::new();
+    for _ in 0..4 {
+        running.push(pool.submit(Task::Sleep(300)).await?);
+    }
+    server.shut_down();
+    // A submission while the broker is away waits for it to come back.
+    let (late, relaunched) = tokio::join!(pool.submit(Task::Double(10)), async { server.launch() });
+    relaunched?;
+    late?.await?;
+    for h in running {
+        h.await?;
+    }
+    let mut values = Vec::new();
+    while values.len() < 11 {
+        let d = outputs.recv().await.ok_or("outputs ended")?;
+        values.push(doubled(&d).ok_or("not Doubled")?);
+    }
+    values.sort_unstable();
+    check(values == (0..11).map(|n| n * 2).collect::<Vec<_>>(), || {
+        format!("outputs {values:?}")
+    })?;
+    check(pool.members().len() == 2, || {
+        format!("members after the restart: {:?}", pool.members())
+    })?;
+    stop_all(&pool, members).await
+}
+
+pub(super) async fn broker_gone() -> Result<(), Failed> {
+    let mut server = NatsServer::start()?;
+    let url = server.url();
+    let pool = quick(Pool::builder(&url, "gone"))
+        .broker_timeout(Duration::from_secs(1))
+        .backlog(1)
+        .stop_timeout(Duration::from_secs(2))
+        .start()
+        .await?;
+    let spec = Spec::new(&url, "gone");
+    let mut member = spec.spawn("m");
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    // The member's backlog is full: the next submission waits for room.
+    let running = pool.submit(Task::Sleep(60_000)).await?;
+    server.shut_down();
+    let started = Instant::now();
+    // The member is told to shut down while the broker is away.
+    member.terminate();
+    let (waiting, ran) = tokio::time::timeout(Duration::from_secs(15), async {
+        tokio::join!(pool.submit(Task::Double(1)), running)
+    })
+    .await
+    .map_err(|_| "a waiting submission or a handle unresolved 15 s after the broker went")?;
+    match waiting {
+        Err(SubmitError::Broker(Task::Double(1), e)) => check(e.contains("unreachable"), || e)?,
+        other => return Err(format!("the waiting submission: {other:?}").into()),
+    }
+    match ran {
+        Err(e) if e.is_broker() => {}
+        other => return Err(format!("the running task: {other:?}").into()),
+    }
+    match pool.submit(Task::Double(2)).await {
+        Err(SubmitError::Broker(Task::Double(2), _)) => {}
+        other => return Err(format!("a task with the broker gone: {other:?}").into()),
+    }
+    check(started.elapsed() < Duration::from_secs(10), || {
+        format!("reported after {:?}", started.elapsed())
+    })?;
+    tokio::time::timeout(Duration::from_secs(15), pool.stop())
+        .await
+        .map_err(|_| "stop() still waiting 15 s after the broker went")?;
+    let (code, text) = member.exit(Duration::from_secs(15)).await?;
+    check(code == 0, || format!("the member exited {code}: {text}"))
+}
