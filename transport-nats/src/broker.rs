@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The longest interval between pings to the server.
+pub(crate) const PING: Duration = Duration::from_secs(20);
+
 /// Whether the client is connected, and since when it is in that state.
 #[derive(Debug)]
 pub(crate) struct ConnState {
@@ -48,11 +51,14 @@ pub(crate) struct Broker {
 
 impl Broker {
     /// Connects to `server` with `options` (credentials, TLS; default ones if `None`), naming
-    /// the connection `name`. The client reconnects on its own for as long as it lives.
+    /// the connection `name` and pinging the server every `ping` (two pings unanswered and the
+    /// client counts the connection lost). The client reconnects on its own for as long as it
+    /// lives.
     pub(crate) async fn connect(
         server: &str,
         name: &str,
         options: Option<ConnectOptions>,
+        ping: Duration,
     ) -> Result<Self, Error> {
         let conn = Arc::new(ConnState {
             up: AtomicBool::new(true),
@@ -62,6 +68,7 @@ impl Broker {
         let client = options
             .unwrap_or_else(|| ConnectOptions::new().connection_timeout(Duration::from_secs(5)))
             .name(name)
+            .ping_interval(ping)
             .event_callback(move |event| {
                 let events = events.clone();
                 async move {

@@ -17,6 +17,9 @@
 //!   limit on the output stream backs the count up.
 //! - **Membership**: members join with a request the parent answers, beat a heartbeat, and
 //!   leave; one silent past the member timeout is counted gone. [`Pool::events`] tells both.
+//!   A member that lost its parent for a member timeout (a partition, a stalled or dead
+//!   parent) stops its workers and joins again once a parent answers; a member restarted
+//!   under its name takes its place once the old run missed two heartbeats.
 //! - **Who may act on the pool**: the parent and its members share a [`Secret`]; every message
 //!   is sealed with it for its subject and carries the sender's run, so a client of the server
 //!   without the secret can neither forge nor replay one ([`Pool::refused`] counts the

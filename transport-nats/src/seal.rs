@@ -95,6 +95,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Seals and opens a pool's messages.
+#[derive(Clone)]
 pub(crate) struct Sealer {
     key: hmac::Key,
 }

@@ -102,6 +102,9 @@ pub(crate) struct Join {
     /// Distinguishes this run of the member: a request repeated because its answer was late
     /// is answered again, while another process with the same name is refused.
     pub(crate) nonce: u64,
+    /// The run of this member that this one follows, if it lost the pool and joins again: the
+    /// parent counts that run gone at once.
+    pub(crate) replaces: Option<u64>,
 }
 
 /// The parent's answer to a [`Join`].
@@ -120,6 +123,9 @@ pub(crate) enum JoinReply {
     },
     Refused {
         reason: String,
+        /// Whether asking again later may succeed (the name is still held by a run of the
+        /// member that is leaving).
+        retry: bool,
     },
 }
 

@@ -28,6 +28,8 @@ mod parents;
 mod reclaim;
 #[path = "nats/security.rs"]
 mod security;
+#[path = "nats/stall.rs"]
+mod stall;
 
 const MEMBER_VAR: &str = "LOOPPOOL_NATS_TEST_MEMBER";
 /// The pool secret of the trials' parents and members.
@@ -46,6 +48,9 @@ fn worker_runtime() -> Arc<dyn Runtime> {
 
 fn main() {
     looppool_core::init(&[Entry::new::<Probe>(worker_runtime)]);
+    if std::env::var_os(stall::PARENT_VAR).is_some() {
+        stall::parent_main();
+    }
     if std::env::var_os(MEMBER_VAR).is_none() {
         // Members read it from their environment; the trials' parents are given it.
         std::env::set_var(looppool_nats::SECRET_VAR, SECRET);
@@ -94,7 +99,10 @@ fn main() {
             "members_leave_when_the_parent_goes_silent",
             faults::silent_parent,
         ),
-        trial("a_duplicate_member_name_is_refused", faults::duplicate_name),
+        trial(
+            "a_duplicate_name_waits_and_a_restarted_member_takes_its_place",
+            faults::duplicate_name,
+        ),
         trial(
             "smol_and_async_std_workers_serve_over_nats",
             faults::other_runtimes,
@@ -127,6 +135,10 @@ fn main() {
         trial(
             "a_parent_that_lost_its_lease_ends_its_tasks_and_touches_nothing",
             parents::lease_lost,
+        ),
+        trial(
+            "a_stalled_parent_keeps_its_members_or_gets_them_back",
+            stall::stalled_parent,
         ),
         trial(
             "a_task_that_kills_its_members_is_dead_lettered",
@@ -195,6 +207,10 @@ fn member_main() -> ! {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
         let mut member = Member::new(url, pool, local).name(name);
+        if let Ok(ms) = std::env::var("LOOPPOOL_NATS_TEST_WAIT_PARENT") {
+            let ms = ms.parse().expect("milliseconds");
+            member = member.wait_for_parent(Duration::from_millis(ms));
+        }
         if let Some((user, password)) = credentials {
             member = member.connect_options(
                 looppool_nats::async_nats::ConnectOptions::with_user_and_password(user, password),
@@ -248,6 +264,8 @@ struct Spec<'a> {
     secret: Option<&'a str>,
     /// How the member starts its workers: `reexec`, or `thread`.
     start: &'a str,
+    /// How long the member waits for its parent to take it in (default: as long as it takes).
+    wait_for_parent: Option<Duration>,
 }
 
 impl<'a> Spec<'a> {
@@ -261,6 +279,7 @@ impl<'a> Spec<'a> {
             credentials: None,
             secret: Some(SECRET),
             start: "reexec",
+            wait_for_parent: None,
         }
     }
 
@@ -270,6 +289,12 @@ impl<'a> Spec<'a> {
             command
                 .env("LOOPPOOL_NATS_TEST_USER", user)
                 .env("LOOPPOOL_NATS_TEST_PASSWORD", password);
+        }
+        if let Some(wait) = self.wait_for_parent {
+            command.env(
+                "LOOPPOOL_NATS_TEST_WAIT_PARENT",
+                wait.as_millis().to_string(),
+            );
         }
         match self.secret {
             Some(secret) => command.env(looppool_nats::SECRET_VAR, secret),

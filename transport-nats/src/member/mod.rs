@@ -10,7 +10,7 @@ use crate::seal::{self, Refusals, Sealer, Secret, Unsealed};
 use crate::wire::{self, Join, JoinReply, Leave, Names};
 use futures_util::FutureExt;
 use looppool_core::{Builder as LocalBuilder, Worker};
-use serve::{Serving, FLUSH};
+use serve::{Ending, Serving, FLUSH};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -54,6 +54,8 @@ pub struct Member<W: Worker> {
     name: Option<String>,
     options: Option<async_nats::ConnectOptions>,
     secret: Option<Secret>,
+    rejoin: bool,
+    wait_for_parent: Option<Duration>,
     local: LocalBuilder<W>,
 }
 
@@ -96,6 +98,8 @@ impl<W: Worker> Member<W> {
             name: None,
             options: None,
             secret: None,
+            rejoin: true,
+            wait_for_parent: None,
             local,
         }
     }
@@ -115,21 +119,42 @@ impl<W: Worker> Member<W> {
         self
     }
 
-    /// How to connect to the server: credentials, TLS, timeouts (the connection's name and
-    /// event callback are the member's own).
+    /// How to connect to the server: credentials, TLS, timeouts (the connection's name, event
+    /// callback and ping interval, 1 s, are the member's own).
     pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
         self.options = Some(options);
         self
     }
 
-    /// Runs until the pool stops or the parent goes silent.
+    /// Whether the member joins again after it lost the pool (default `true`): its parent was
+    /// silent past the member timeout (a partition, a parent that stalled or died), it evicted
+    /// this member, or the broker stayed out of reach past the broker timeout. The member stops
+    /// its workers at once (nobody would take their results) and asks to join again, as a new
+    /// run, until the parent (or a parent that took the pool over) answers. With `false` it
+    /// returns instead.
+    pub fn rejoin(mut self, rejoin: bool) -> Self {
+        self.rejoin = rejoin;
+        self
+    }
+
+    /// How long the member waits for the pool's parent to answer its request to join (default:
+    /// as long as it takes), when it starts and when it joins again; past it, running ends with
+    /// [`Error::Timeout`].
+    pub fn wait_for_parent(mut self, wait: Duration) -> Self {
+        self.wait_for_parent = Some(wait);
+        self
+    }
+
+    /// Runs until the pool stops (or, with [`rejoin(false)`](Self::rejoin), until it loses the
+    /// pool).
     pub async fn run(self) -> Result<Left, Error> {
         self.run_until(std::future::pending()).await
     }
 
-    /// Runs until the pool stops, the parent goes silent, or `shutdown` completes (a signal,
-    /// say). On shutdown the member takes no more tasks, finishes those its workers run,
-    /// reports them, and leaves; the tasks waiting in its consumer go to other members.
+    /// Runs until the pool stops or `shutdown` completes (a signal, say), joining again after
+    /// it lost the pool (see [`rejoin`](Self::rejoin)). On shutdown the member takes no more
+    /// tasks, finishes those its workers run, reports them, and leaves; the tasks waiting in
+    /// its consumer go to other members.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<Left, Error> {
         let member = self.name.clone().unwrap_or_else(default_name);
         if !wire::valid_name(&self.pool) || !wire::valid_name(&member) {
@@ -139,7 +164,7 @@ impl<W: Worker> Member<W> {
                 self.pool, member
             )));
         }
-        let sealer = Sealer::new(&match self.secret {
+        let sealer = Sealer::new(&match self.secret.clone() {
             Some(s) => s,
             None => Secret::from_env()?,
         });
@@ -148,27 +173,83 @@ impl<W: Worker> Member<W> {
             &self.server,
             &format!("looppool {} member {member}", self.pool),
             self.options.clone(),
+            Duration::from_secs(1),
         )
         .await?;
+        let mut shutdown = pin!(shutdown.fuse());
+        let mut total = Left {
+            member: member.clone(),
+            reason: String::new(),
+            tasks: 0,
+            outputs_refused: 0,
+            refused: 0,
+        };
+        let mut previous = None;
+        loop {
+            let round = Round {
+                member: &member,
+                names: &names,
+                sealer: &sealer,
+                broker: &broker,
+                previous,
+            };
+            let (left, ending, nonce) = match self.round(round, shutdown.as_mut()).await {
+                Ok(done) => done,
+                Err(Error::Timeout(why)) if !total.reason.is_empty() => {
+                    return Err(Error::Timeout(format!("{}; then {why}", total.reason)))
+                }
+                Err(e) => return Err(e),
+            };
+            total.tasks += left.tasks;
+            total.outputs_refused += left.outputs_refused;
+            total.refused += left.refused;
+            total.reason = left.reason;
+            previous = Some(nonce);
+            match ending {
+                Ending::Lost { .. } if self.rejoin => {
+                    tracing::warn!(member = %member, "lost the pool ({}); joining again", total.reason);
+                }
+                Ending::Lost {
+                    evicted: Some(reason),
+                } => return Err(Error::Evicted(reason)),
+                _ => return Ok(total),
+            }
+        }
+    }
+
+    /// One run of the member: joins with a local pool of its own, serves, leaves.
+    async fn round(
+        &self,
+        round: Round<'_>,
+        mut shutdown: std::pin::Pin<&mut futures_util::future::Fuse<impl Future<Output = ()>>>,
+    ) -> Result<(Left, Ending, u64), Error> {
+        let Round {
+            member,
+            names,
+            sealer,
+            broker,
+            ..
+        } = round;
         let local = self
             .local
+            .clone()
             .name(format!("{}-{member}", self.pool))
             .start()
             .await
             .map_err(|e| Error::Local(e.to_string()))?;
-        let mut shutdown = pin!(shutdown.fuse());
         let join = Join {
             version: wire::VERSION,
             worker: W::name().into(),
-            member: member.clone(),
+            member: member.into(),
             host: host_name(),
             pid: std::process::id(),
             capacity: u32::try_from(local.size() * local.capacity()).unwrap_or(u32::MAX),
             workers: u32::try_from(local.size()).unwrap_or(u32::MAX),
             nonce: seal::random_u64(),
+            replaces: round.previous,
         };
         let welcome = tokio::select! {
-            w = join_pool(&broker, &names, &sealer, &join) => Some(w),
+            w = join_pool(broker, names, sealer, &join, self.wait_for_parent) => Some(w),
             () = &mut shutdown => None,
         };
         let settings = match welcome {
@@ -185,48 +266,57 @@ impl<W: Worker> Member<W> {
                     nonce: join.nonce,
                     reason: reason.clone(),
                 };
-                let subject = names.leave(&member);
+                let subject = names.leave(member);
                 if let Ok(bytes) = sealer.pack(&subject, &leave) {
                     let _ = broker.client.publish(subject, bytes.into()).await;
                     let _ = tokio::time::timeout(FLUSH, broker.client.flush()).await;
                 }
                 local.stop().await;
-                return Ok(Left {
-                    member,
+                let left = Left {
+                    member: member.into(),
                     reason,
                     tasks: 0,
                     outputs_refused: 0,
                     refused: 0,
-                });
+                };
+                return Ok((left, Ending::Shutdown, join.nonce));
             }
         };
         tracing::info!(pool = %self.pool, member = %member, capacity = join.capacity, "joined the pool");
         let serving = Serving {
-            names,
-            member,
+            names: names.clone(),
+            member: member.into(),
             nonce: join.nonce,
             parent: settings.run,
-            sealer,
+            sealer: sealer.clone(),
             refusals: Refusals::default(),
-            broker,
+            broker: broker.clone(),
             local: Arc::new(local),
             running: Mutex::new(HashMap::new()),
             ids: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             ended: std::sync::atomic::AtomicU64::new(0),
             refused: std::sync::atomic::AtomicU64::new(0),
-            run: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| format!("{:x}", d.as_nanos()))
-                .unwrap_or_default(),
+            run: format!("{:x}", join.nonce),
         };
         let serving = Arc::new(serving);
         let result = serving
             .serve(shutdown, settings, join.capacity as usize)
             .await;
         serving.local.stop().await;
-        result
+        result.map(|(left, ending)| (left, ending, join.nonce))
     }
+}
+
+/// What a run of the member shares with the next.
+#[derive(Clone, Copy)]
+struct Round<'a> {
+    member: &'a str,
+    names: &'a Names,
+    sealer: &'a Sealer,
+    broker: &'a Broker,
+    /// The run before this one, if any.
+    previous: Option<u64>,
 }
 
 /// What the parent told a member when it joined.
@@ -247,7 +337,9 @@ async fn join_pool(
     names: &Names,
     sealer: &Sealer,
     join: &Join,
+    patience: Option<Duration>,
 ) -> Result<Settings, Error> {
+    let asked = Instant::now();
     let request = sealer.pack(&names.join(), join).map_err(Error::Config)?;
     let reply_context = Names::join_reply(&names.join(), join.nonce);
     let mut told: Option<Instant> = None;
@@ -276,13 +368,28 @@ async fn join_pool(
                         result_credit: u64::from(result_credit.max(1)),
                     })
                 }
-                Ok(JoinReply::Refused { reason }) => return Err(Error::Refused(reason)),
+                Ok(JoinReply::Refused {
+                    reason,
+                    retry: true,
+                }) => {
+                    if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                        tracing::info!("asking to join again: {reason}");
+                        told = Some(Instant::now());
+                    }
+                    if let Some(patience) = patience.filter(|p| asked.elapsed() >= *p) {
+                        return Err(Error::Timeout(format!(
+                            "not taken in for {patience:?}: {reason}"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Ok(JoinReply::Refused { reason, .. }) => return Err(Error::Refused(reason)),
                 Err(Unsealed::Forged) => {
                     // The parent answers a join it cannot open unsealed: it may hold another
                     // secret. Anything else is not from the parent.
                     return Err(Error::Refused(
                         match wire::decode::<JoinReply>(&reply.payload) {
-                            Ok(JoinReply::Refused { reason }) => format!(
+                            Ok(JoinReply::Refused { reason, .. }) => format!(
                                 "{reason} (an answer not sealed with this member's secret: do \
                                  the parent and this member hold the same one?)"
                             ),
@@ -299,6 +406,12 @@ async fn join_pool(
                 }
             },
             Ok(Err(_)) | Err(_) => {
+                if let Some(patience) = patience.filter(|p| asked.elapsed() >= *p) {
+                    return Err(Error::Timeout(format!(
+                        "the parent of pool {} did not answer for {patience:?}",
+                        names.pool()
+                    )));
+                }
                 if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
                     tracing::info!("waiting for the parent of pool {} to answer", names.pool());
                     told = Some(Instant::now());

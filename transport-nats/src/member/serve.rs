@@ -52,6 +52,21 @@ pub(super) struct Serving<W: Worker> {
     pub(super) run: String,
 }
 
+/// Why a member stopped serving its parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Ending {
+    /// Its shutdown future completed.
+    Shutdown,
+    /// The pool stopped.
+    Stopped,
+    /// It lost the pool: the parent went silent or evicted it, or the broker stayed out of
+    /// reach. It may join again.
+    Lost {
+        /// What the parent said, if it evicted this member.
+        evicted: Option<String>,
+    },
+}
+
 /// How long a member waits for its last messages to reach the broker when it leaves.
 pub(super) const FLUSH: Duration = Duration::from_secs(2);
 
@@ -65,7 +80,7 @@ impl<W: Worker> Serving<W> {
         mut shutdown: std::pin::Pin<&mut futures_util::future::Fuse<impl Future<Output = ()>>>,
         settings: Settings,
         capacity: usize,
-    ) -> Result<Left, Error> {
+    ) -> Result<(Left, Ending), Error> {
         let Settings {
             ack_wait,
             heartbeat,
@@ -154,9 +169,13 @@ impl<W: Worker> Serving<W> {
         };
         let mut check = tokio::time::interval(heartbeat);
         let mut evicted = None;
+        let mut ending = Ending::Stopped;
         let reason = loop {
             tokio::select! {
-                () = &mut shutdown => break "shut down".to_string(),
+                () = &mut shutdown => {
+                    ending = Ending::Shutdown;
+                    break "shut down".to_string();
+                }
                 Some(m) = ctl.next() => match self.sealer.unpack::<CtlMsg>(&m.subject, &m.payload) {
                     Ok(c) if c.run != self.parent || c.nonce != self.nonce => self
                         .refusals
@@ -166,12 +185,14 @@ impl<W: Worker> Serving<W> {
                     }
                     Ok(CtlMsg { control: Control::Evicted { reason }, .. }) => {
                         evicted = Some(reason.clone());
+                        ending = Ending::Lost { evicted: Some(reason.clone()) };
                         break format!("evicted: {reason}");
                     }
                     Err(e) => self.refusals.refuse(format_args!("a control message: {e}")),
                 },
                 _ = check.tick() => {
                     if let Some(why) = parent_silent() {
+                        ending = Ending::Lost { evicted: None };
                         break why;
                     }
                 }
@@ -247,16 +268,14 @@ impl<W: Worker> Serving<W> {
             let _ = client.publish(subject, bytes.into()).await;
             let _ = tokio::time::timeout(FLUSH, client.flush()).await;
         }
-        if let Some(reason) = evicted {
-            return Err(Error::Evicted(reason));
-        }
-        Ok(Left {
+        let left = Left {
             member: self.member.clone(),
             reason,
             tasks: self.ended.load(std::sync::atomic::Ordering::Relaxed),
             outputs_refused: self.refused.load(std::sync::atomic::Ordering::Relaxed),
             refused: self.refusals.count(),
-        })
+        };
+        Ok((left, ending))
     }
 
     async fn messages(&self, capacity: usize) -> Result<pull::Stream, Error> {

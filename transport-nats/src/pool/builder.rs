@@ -7,7 +7,7 @@ use super::tasks::{
     Subscriptions,
 };
 use super::Pool;
-use crate::broker::{self, Broker};
+use crate::broker::{self, Broker, PING};
 use crate::error::Error;
 use crate::seal::{Refusals, Sealer, Secret};
 use crate::wire::{self, Names};
@@ -182,8 +182,8 @@ impl<W: Worker> Builder<W> {
         self
     }
 
-    /// How to connect to the server: credentials, TLS, timeouts (the connection's name and
-    /// event callback are the pool's own).
+    /// How to connect to the server: credentials, TLS, timeouts (the connection's name, event
+    /// callback and ping interval, a quarter of the member timeout, are the pool's own).
     pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
         self.options = Some(options);
         self
@@ -237,6 +237,8 @@ impl<W: Worker> Builder<W> {
             &self.server,
             &format!("looppool {} parent", self.pool),
             self.options.clone(),
+            // A lost connection shows well within a member timeout.
+            (self.settings.member_timeout() / 4).clamp(Duration::from_millis(100), PING),
         )
         .await?;
         let run = crate::seal::random_u64();

@@ -16,7 +16,17 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     pub(super) async fn on_join(self: &Arc<Self>, join: Join) -> JoinReply {
         let refuse = |reason: String| {
             tracing::warn!(member = %join.member, host = %join.host, "join refused: {reason}");
-            JoinReply::Refused { reason }
+            JoinReply::Refused {
+                reason,
+                retry: false,
+            }
+        };
+        let later = |reason: String| {
+            tracing::info!(member = %join.member, host = %join.host, "join deferred: {reason}");
+            JoinReply::Refused {
+                reason,
+                retry: true,
+            }
         };
         if join.version != wire::VERSION {
             return refuse(format!(
@@ -37,23 +47,45 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         if join.capacity == 0 {
             return refuse("capacity 0".into());
         }
-        {
+        let replaced = {
             let inner = self.lock();
             if inner.closed {
                 return refuse("the pool is stopping".into());
             }
-            if let Some(k) = inner.live(&join.member) {
-                if inner.members[k].nonce == join.nonce {
-                    // The member asked again: the first answer was late or lost.
-                    return self.welcome();
-                }
-            }
             if inner.departed.contains(&join.member, join.nonce) {
                 return refuse(format!("this run of member {} left the pool", join.member));
             }
-            if inner.live(&join.member).is_some() || inner.reclaiming.contains(&join.member) {
-                return refuse(format!("member name {} is in use", join.member));
+            match inner.live(&join.member).map(|k| &inner.members[k]) {
+                // The member asked again: the first answer was late or lost.
+                Some(old) if old.nonce == join.nonce => return self.welcome(),
+                Some(old) if join.replaces == Some(old.nonce) => {
+                    Some("it joined again as a new run".to_string())
+                }
+                Some(old) if old.last_seen.elapsed() > self.settings.heartbeat * 2 => {
+                    let quiet = old.last_seen.elapsed();
+                    Some(format!(
+                        "silent for {quiet:.1?}, and a new run of it asked to join"
+                    ))
+                }
+                Some(_) => {
+                    return later(format!(
+                        "member name {} is in use by a live run; a new run is taken in once \
+                         that one leaves or misses two heartbeats",
+                        join.member
+                    ))
+                }
+                None => None,
             }
+        };
+        if let Some(why) = replaced {
+            self.member_gone(&join.member, why);
+        }
+        if self.lock().reclaiming.contains(&join.member) {
+            return later(format!(
+                "member {}'s earlier run left; its consumer goes once its tasks are taken back \
+                 (at most the ack wait)",
+                join.member
+            ));
         }
         let config = self.member_consumer(&join.member, i64::from(join.capacity));
         if let Err(e) = self
@@ -175,11 +207,9 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             if k < inner.cursor {
                 inner.cursor -= 1;
             }
-            let held = inner.tasks.values().any(|p| p.member == member);
-            if held {
-                inner.reclaiming.insert(member.into());
-            }
-            held
+            // Until its consumer is deleted: a new run of the member waits for that.
+            inner.reclaiming.insert(member.into());
+            inner.tasks.values().any(|p| p.member == member)
         };
         tracing::info!(member, "member left: {reason}");
         let _ = self.events.send(MemberEvent::Left {

@@ -79,7 +79,7 @@ pub(super) struct Inner {
     pub(super) sticky: Vec<Sticky>,
     /// How many sticky broadcasts were ever set.
     pub(super) sticky_set: u64,
-    /// Members gone whose tasks are being taken back from their consumers.
+    /// Members gone whose consumers are not deleted yet (their tasks are being taken back).
     pub(super) reclaiming: HashSet<String>,
     /// The last run of each member name that joined.
     pub(super) sessions: HashMap<String, Session>,

@@ -81,11 +81,13 @@ pub(super) async fn serve_joins<O: DeserializeOwned + Send + 'static>(
                     .refused
                     .refuse(format_args!("a join request: {}", Unsealed::Forged));
                 let reason = "the join request is not sealed with this pool's secret".into();
-                (JoinReply::Refused { reason }, None)
+                let retry = false;
+                (JoinReply::Refused { reason, retry }, None)
             }
             Err(e) => {
                 let reason = format!("the join request is {e} (another looppool version?)");
-                (JoinReply::Refused { reason }, None)
+                let retry = false;
+                (JoinReply::Refused { reason, retry }, None)
             }
         };
         // Sealed for that join, unless the parent could not read it (the member then cannot

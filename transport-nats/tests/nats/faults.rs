@@ -255,38 +255,66 @@ pub(super) async fn silent_parent() -> Result<(), Failed> {
         .result_credit(1)
         .start()
         .await?;
-    let spec = Spec::new(&url, "orphans");
+    // It waits 2 s for a parent to take it in again.
+    let spec = Spec {
+        wait_for_parent: Some(Duration::from_secs(2)),
+        ..Spec::new(&url, "orphans")
+    };
     let member = spec.spawn("m");
     pool.wait_for_members(1, Duration::from_secs(30)).await?;
-    // The member holds outputs nobody reads when its parent goes away: it leaves all the same.
+    // The member holds outputs nobody reads when its parent goes away, and runs a long task:
+    // it stops its workers and leaves all the same.
     let handle = pool.submit(Task::Emit(5)).await?;
+    let long = pool.submit(Task::Sleep(60_000)).await?;
     let js = js(&url).await?;
     let mut stream = js.get_stream("looppool-orphans-out").await?;
     let wait = Deadline::new("an output stored", Duration::from_secs(10));
     while stream.info().await?.state.messages != 1 {
         wait.tick().await?;
     }
-    drop(handle);
+    drop((handle, long));
     drop(pool);
     let (code, text) = member.exit(Duration::from_secs(10)).await?;
-    check(code == 0 && text.contains("silent"), || {
-        format!("exited {code}: {text}")
-    })
+    check(
+        code == 3 && text.contains("silent") && text.contains("did not answer for 2s"),
+        || format!("exited {code}: {text}"),
+    )
 }
 
 pub(super) async fn duplicate_name() -> Result<(), Failed> {
     let url = shared_url()?;
     let pool = start(&url, "dup").await?;
     let spec = Spec::new(&url, "dup");
-    let first = spec.spawn("same");
+    let mut first = spec.spawn("same");
     pool.wait_for_members(1, Duration::from_secs(30)).await?;
-    let second = spec.spawn("same");
+    let first_pid = pool.members()[0].pid;
+    // A second process of that name is kept out while the first lives, with a retryable
+    // refusal (it gives up after 2 s here).
+    let second = Spec {
+        wait_for_parent: Some(Duration::from_secs(2)),
+        ..spec.clone()
+    }
+    .spawn("same");
     let (code, text) = second.exit(Duration::from_secs(20)).await?;
-    check(code == 3 && text.contains("same is in use"), || {
-        format!("the second member exited {code}: {text}")
-    })?;
+    check(
+        code == 3 && text.contains("same is in use by a live run"),
+        || format!("the second member exited {code}: {text}"),
+    )?;
     check(pool.members().len() == 1, || "two members".into())?;
-    stop_all(&pool, vec![first]).await
+    // The first dies and is restarted: the new process takes its place once the old one
+    // missed two heartbeats, well before the member timeout.
+    first.kill();
+    let killed = Instant::now();
+    let restarted = spec.spawn("same");
+    let wait = Deadline::new("the restarted member", Duration::from_secs(10));
+    while pool.members().first().is_none_or(|m| m.pid == first_pid) {
+        wait.tick().await?;
+    }
+    check(killed.elapsed() < Duration::from_millis(1500), || {
+        format!("taken in {:?} after the kill", killed.elapsed())
+    })?;
+    pool.submit_to("same", Task::Double(1)).await?.await?;
+    stop_all(&pool, vec![restarted]).await
 }
 
 pub(super) async fn other_runtimes() -> Result<(), Failed> {

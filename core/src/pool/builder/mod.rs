@@ -89,6 +89,45 @@ pub struct Builder<W> {
     _worker: PhantomData<fn() -> W>,
 }
 
+/// A builder can be kept and started again: each [`start`](Builder::start) starts a pool of
+/// its own (a program that restarts its pool, say).
+impl<W> Clone for Builder<W> {
+    fn clone(&self) -> Self {
+        Self {
+            runtime: self.runtime.clone(),
+            worker_runtime: self.worker_runtime.clone(),
+            name: self.name.clone(),
+            workers: self.workers,
+            capacity: self.capacity,
+            concurrency: self.concurrency,
+            result_credit: self.result_credit,
+            start_method: self.start_method,
+            max_frame: self.max_frame,
+            stop_timeout: self.stop_timeout,
+            handshake_timeout: self.handshake_timeout,
+            frame_timeout: self.frame_timeout,
+            stop_backlog: self.stop_backlog,
+            ignore_signals: self.ignore_signals,
+            nice: self.nice,
+            protocol_version: self.protocol_version,
+            respawn: self.respawn,
+            restart: self.restart,
+            retries: self.retries,
+            task_timeout: self.task_timeout,
+            stall_grace: self.stall_grace,
+            recycle_after: self.recycle_after,
+            routing: self.routing,
+            cancel_grace: self.cancel_grace,
+            rss_limit: self.rss_limit,
+            stats_interval: self.stats_interval,
+            blocked_threshold: self.blocked_threshold,
+            forward_logs: self.forward_logs,
+            config: self.config.clone(),
+            _worker: PhantomData,
+        }
+    }
+}
+
 impl<W> fmt::Debug for Builder<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
