@@ -224,7 +224,7 @@ impl<W: Worker> Builder<W> {
     /// lease every heartbeat, and one that died is taken over a member timeout after its last
     /// renewal. A parent that finds its lease taken (it was cut off from the broker that
     /// long, and another parent started) fails: its tasks end as lost, submissions are refused
-    /// with [`SubmitError::Broker`], and it leaves the pool's streams and members to the new
+    /// with [`SubmitError::Broker`](crate::SubmitError::Broker), and it leaves the pool's streams and members to the new
     /// parent.
     pub async fn start(self) -> Result<Pool<W>, Error> {
         self.check()?;
