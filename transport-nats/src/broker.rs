@@ -8,6 +8,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How a pool's parent and members reach JetStream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JetStreamApi {
+    /// The account's own JetStream (`$JS.API`).
+    #[default]
+    Default,
+    /// The JetStream of this domain (`$JS.<domain>.API`): a leaf node's or a hub's.
+    Domain(String),
+    /// The JetStream API under this subject prefix (an account import).
+    Prefix(String),
+}
+
 /// The longest interval between pings to the server.
 pub(crate) const PING: Duration = Duration::from_secs(20);
 
@@ -59,6 +72,7 @@ impl Broker {
         name: &str,
         options: Option<ConnectOptions>,
         ping: Duration,
+        api: &JetStreamApi,
     ) -> Result<Self, Error> {
         let conn = Arc::new(ConnState {
             up: AtomicBool::new(true),
@@ -94,7 +108,11 @@ impl Broker {
                 server: server.into(),
                 message: e.to_string(),
             })?;
-        let js = jetstream::new(client.clone());
+        let js = match api {
+            JetStreamApi::Default => jetstream::new(client.clone()),
+            JetStreamApi::Domain(domain) => jetstream::with_domain(client.clone(), domain),
+            JetStreamApi::Prefix(prefix) => jetstream::with_prefix(client.clone(), prefix),
+        };
         Ok(Self { client, js, conn })
     }
 
@@ -190,6 +208,14 @@ pub(crate) async fn publish(
             }
             _ => {}
         }
+        // The stream holds its most bytes or messages: a submission is refused at once, a
+        // member's output or end waits for room.
+        if deadline.is_some() && stream_full(&text) {
+            return Err(PublishFailure::Refused(format!(
+                "the stream is full: {text}"
+            )));
+        }
+        let full = full || stream_full(&text);
         if !full {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(PublishFailure::TimedOut(text));
@@ -216,6 +242,11 @@ pub(crate) async fn send(
     headers.insert("Nats-Msg-Id", msg_id);
     js.publish_with_headers(subject.to_string(), headers, bytes_of(payload))
         .await
+}
+
+/// Whether a publish was refused because its stream holds its most bytes or messages.
+fn stream_full(text: &str) -> bool {
+    text.contains("maximum bytes exceeded") || text.contains("maximum messages exceeded")
 }
 
 /// Whether a publish was refused because its subject holds its limit of messages.

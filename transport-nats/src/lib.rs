@@ -91,7 +91,7 @@ pub use error::{Error, SubmitError, TaskError};
 pub use member::{Left, Member};
 pub use permissions::Permissions;
 pub use pool::{
-    Builder, DeadLetter, Delivery, MemberEvent, MemberEvents, MemberInfo, Outputs, Pool, Stopped,
-    TaskHandle,
+    Builder, DeadLetter, Delivery, JetStreamApi, MemberEvent, MemberEvents, MemberInfo, Outputs,
+    Pool, Stopped, TaskHandle,
 };
 pub use seal::{Secret, SECRET_VAR};

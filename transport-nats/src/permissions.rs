@@ -32,6 +32,10 @@ pub struct Permissions {
 }
 
 impl Permissions {
+    /// These lists assume JetStream's default API (`$JS.API`); with
+    /// [`JetStreamApi::Domain`](crate::JetStreamApi::Domain) the API subjects are
+    /// `$JS.<domain>.API.…` instead.
+    ///
     /// The parent of pool `pool`: its own subjects, the JetStream API (it creates and deletes
     /// the pool's streams and consumers), acknowledgements on the pool's streams, and its lease
     /// in the key-value bucket `looppool-<pool>`.

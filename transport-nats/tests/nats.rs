@@ -117,6 +117,10 @@ fn main() {
             broker::broker_gone,
         ),
         trial(
+            "the_pools_streams_are_bounded_and_its_consumers_expire",
+            broker::bounded_streams,
+        ),
+        trial(
             "forged_and_replayed_messages_are_refused",
             security::forged_messages,
         ),

@@ -4,7 +4,7 @@
 mod lanes;
 mod serve;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, JetStreamApi};
 use crate::error::Error;
 use crate::seal::{self, Refusals, Sealer, Secret, Unsealed};
 use crate::wire::{self, Join, JoinReply, Leave, Names};
@@ -56,6 +56,7 @@ pub struct Member<W: Worker> {
     secret: Option<Secret>,
     rejoin: bool,
     wait_for_parent: Option<Duration>,
+    api: JetStreamApi,
     local: LocalBuilder<W>,
 }
 
@@ -100,6 +101,7 @@ impl<W: Worker> Member<W> {
             secret: None,
             rejoin: true,
             wait_for_parent: None,
+            api: JetStreamApi::Default,
             local,
         }
     }
@@ -123,6 +125,12 @@ impl<W: Worker> Member<W> {
     /// callback and ping interval, 1 s, are the member's own).
     pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
         self.options = Some(options);
+        self
+    }
+
+    /// Reaches JetStream as the pool's parent does ([`Builder::jetstream`](crate::Builder::jetstream)).
+    pub fn jetstream(mut self, api: JetStreamApi) -> Self {
+        self.api = api;
         self
     }
 
@@ -174,6 +182,7 @@ impl<W: Worker> Member<W> {
             &format!("looppool {} member {member}", self.pool),
             self.options.clone(),
             Duration::from_secs(1),
+            &self.api,
         )
         .await?;
         let mut shutdown = pin!(shutdown.fuse());

@@ -7,7 +7,7 @@ use super::tasks::{
     Subscriptions,
 };
 use super::Pool;
-use crate::broker::{self, Broker, PING};
+use crate::broker::{self, Broker, JetStreamApi, PING};
 use crate::error::Error;
 use crate::seal::{Refusals, Sealer, Secret};
 use crate::wire::{self, Names};
@@ -57,6 +57,7 @@ pub struct Builder<W> {
     settings: Settings,
     options: Option<async_nats::ConnectOptions>,
     secret: Option<Secret>,
+    api: JetStreamApi,
     _worker: PhantomData<fn(W)>,
 }
 
@@ -68,6 +69,9 @@ pub(super) struct Settings {
     pub(super) result_credit: usize,
     pub(super) backlog: Option<usize>,
     pub(super) max_deliveries: u32,
+    pub(super) stream_bytes: i64,
+    pub(super) storage: StorageType,
+    pub(super) replicas: usize,
     pub(super) broker_timeout: Duration,
     pub(super) stop_timeout: Duration,
 }
@@ -81,6 +85,14 @@ impl Settings {
     /// refused for that long after the first stopped renewing it.
     pub(super) fn lease_time(&self) -> Duration {
         self.member_timeout()
+    }
+
+    /// How long a consumer of the pool may go unread before the server deletes it: well past
+    /// any pause of a live reader (a member between pulls, a reclaim waiting out the ack
+    /// wait), so only a dead parent's or member's consumer goes.
+    pub(super) fn consumer_expiry(&self) -> Duration {
+        ((self.ack_wait + self.member_timeout()) * 2 + self.broker_timeout)
+            .max(Duration::from_secs(60))
     }
 }
 
@@ -108,11 +120,15 @@ impl<W: Worker> Builder<W> {
                 result_credit: 64,
                 backlog: None,
                 max_deliveries: 5,
+                stream_bytes: 1 << 30,
+                storage: StorageType::File,
+                replicas: 1,
                 broker_timeout: Duration::from_secs(30),
                 stop_timeout: Duration::from_secs(10),
             },
             options: None,
             secret: None,
+            api: JetStreamApi::Default,
             _worker: PhantomData,
         }
     }
@@ -173,6 +189,38 @@ impl<W: Worker> Builder<W> {
         self
     }
 
+    /// The most bytes each of the pool's streams holds (default 1 GiB): tasks waiting for
+    /// their members, outputs and ends on their way, dead letters. A submission that would
+    /// take the task stream past it fails with
+    /// [`SubmitError::Broker`](crate::SubmitError::Broker); members wait for room to store
+    /// outputs and ends. Messages are at most the server's `max_payload` in any case.
+    pub fn stream_bytes(mut self, bytes: u64) -> Self {
+        self.settings.stream_bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// Where JetStream keeps the pool's streams and lease (default: files, which survive a
+    /// broker restart).
+    pub fn storage(mut self, storage: async_nats::jetstream::stream::StorageType) -> Self {
+        self.settings.storage = storage;
+        self
+    }
+
+    /// Copies of each of the pool's streams and of its lease in a clustered JetStream
+    /// (default 1; at most 5).
+    pub fn replicas(mut self, n: usize) -> Self {
+        self.settings.replicas = n;
+        self
+    }
+
+    /// How to reach JetStream (default: the account's own): through a domain (a leaf node's,
+    /// say) or an API prefix. Members must say the same
+    /// ([`Member::jetstream`](crate::Member::jetstream)).
+    pub fn jetstream(mut self, api: JetStreamApi) -> Self {
+        self.api = api;
+        self
+    }
+
     /// How long the pool bears with a broker out of reach (default 30 s): a submission keeps
     /// retrying that long; past it, with the parent still cut off, tasks under way end with
     /// [`TaskError::Broker`](crate::TaskError::Broker) and submissions fail until the broker is
@@ -213,6 +261,12 @@ impl<W: Worker> Builder<W> {
         if s.result_credit == 0 || s.backlog == Some(0) || s.max_deliveries == 0 {
             return fail("result_credit, backlog and max_deliveries must be at least 1");
         }
+        if !(1..=5).contains(&s.replicas) {
+            return fail("replicas must be 1 to 5");
+        }
+        if s.stream_bytes < 1024 {
+            return fail("stream_bytes must be at least 1 KiB");
+        }
         Ok(())
     }
 
@@ -239,12 +293,13 @@ impl<W: Worker> Builder<W> {
             self.options.clone(),
             // A lost connection shows well within a member timeout.
             (self.settings.member_timeout() / 4).clamp(Duration::from_millis(100), PING),
+            &self.api,
         )
         .await?;
         let run = crate::seal::random_u64();
         // The lease first: the streams of a live pool are never touched.
-        let lease = Lease::acquire(&broker, &names, run, self.settings.lease_time()).await?;
-        create_streams(&broker, &names, self.settings.result_credit).await?;
+        let lease = Lease::acquire(&broker, &names, run, &self.settings).await?;
+        create_streams(&broker, &names, &self.settings).await?;
         let (events, _) = broadcast::channel(1024);
         let (outputs_tx, outputs_rx) = async_channel::unbounded();
         let (acks, acks_rx) = mpsc::unbounded_channel();
@@ -283,10 +338,15 @@ impl<W: Worker> Builder<W> {
     }
 }
 
-async fn create_streams(broker: &Broker, names: &Names, result_credit: usize) -> Result<(), Error> {
+async fn create_streams(broker: &Broker, names: &Names, s: &Settings) -> Result<(), Error> {
     let base = stream::Config {
         retention: RetentionPolicy::WorkQueue,
-        storage: StorageType::File,
+        storage: s.storage,
+        num_replicas: s.replicas,
+        max_bytes: s.stream_bytes,
+        max_message_size: i32::try_from(broker.max_payload()).unwrap_or(i32::MAX),
+        // Full: refuse what comes, never drop what waits.
+        discard: DiscardPolicy::New,
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     };
@@ -299,8 +359,7 @@ async fn create_streams(broker: &Broker, names: &Names, result_credit: usize) ->
         stream::Config {
             name: names.out_stream(),
             subjects: vec![names.out("*")],
-            max_messages_per_subject: result_credit as i64,
-            discard: DiscardPolicy::New,
+            max_messages_per_subject: s.result_credit as i64,
             discard_new_per_subject: true,
             ..base.clone()
         },
@@ -313,11 +372,13 @@ async fn create_streams(broker: &Broker, names: &Names, result_credit: usize) ->
             name: names.dead_stream(),
             subjects: vec![names.dead()],
             max_messages: 10_000,
+            // The latest dead letters matter most.
+            discard: DiscardPolicy::Old,
             ..base
         },
     ];
     for config in configs {
-        // A stream left by an earlier pool of this name holds its tasks and consumers.
+        // A stream left by an earlier parent of the pool holds its tasks and consumers.
         let _ = broker.js.delete_stream(&config.name).await;
         broker.js.create_stream(config.clone()).await.map_err(|e| {
             Error::Broker(format!(

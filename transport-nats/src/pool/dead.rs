@@ -40,6 +40,7 @@ impl<W: Worker> Pool<W> {
         let config = pull::Config {
             durable_name: Some("program".into()),
             ack_policy: AckPolicy::Explicit,
+            inactive_threshold: shared.settings.consumer_expiry(),
             ..Default::default()
         };
         let consumer = shared

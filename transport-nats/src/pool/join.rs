@@ -180,6 +180,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             max_ack_pending: capacity,
             deliver_policy: DeliverPolicy::All,
             max_deliver: -1,
+            inactive_threshold: self.settings.consumer_expiry(),
             ..Default::default()
         }
     }

@@ -5,13 +5,12 @@
 //! while it lives it renews the key with the revision it last wrote, so a second parent finds
 //! it taken, and a parent that died is taken over once its last entry expired.
 
+use super::Settings;
 use crate::broker::{self, Broker};
 use crate::error::Error;
 use crate::wire::{self, Names};
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation};
-use async_nats::jetstream::stream::StorageType;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 
 const KEY: &str = "parent";
 
@@ -54,14 +53,16 @@ impl Lease {
         broker: &Broker,
         names: &Names,
         run: u64,
-        ttl: Duration,
+        settings: &Settings,
     ) -> Result<Self, Error> {
         let bucket = names.lease_bucket();
+        let ttl = settings.lease_time();
         let config = kv::Config {
             bucket: bucket.clone(),
             history: 1,
             max_age: ttl,
-            storage: StorageType::File,
+            storage: settings.storage,
+            num_replicas: settings.replicas,
             ..Default::default()
         };
         let kv = match broker.js.create_key_value(config).await {

@@ -17,6 +17,7 @@ mod sessions;
 mod shared;
 mod tasks;
 
+pub use crate::broker::JetStreamApi;
 pub use builder::Builder;
 use builder::Settings;
 pub use dead::DeadLetter;

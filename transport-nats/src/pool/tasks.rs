@@ -53,6 +53,7 @@ pub(super) async fn consumer_messages<O>(
                 ack_policy: AckPolicy::Explicit,
                 ack_wait: shared.settings.ack_wait,
                 max_ack_pending: -1,
+                inactive_threshold: shared.settings.consumer_expiry(),
                 ..Default::default()
             },
             stream,

@@ -116,3 +116,68 @@ pub(super) async fn broker_gone() -> Result<(), Failed> {
     let (code, text) = member.exit(Duration::from_secs(15)).await?;
     check(code == 0, || format!("the member exited {code}: {text}"))
 }
+
+pub(super) async fn bounded_streams() -> Result<(), Failed> {
+    use looppool_nats::async_nats::jetstream::stream::StorageType;
+    let url = shared_url()?;
+    let pool = quick(Pool::builder(&url, "bounded"))
+        .stream_bytes(200_000)
+        .storage(StorageType::Memory)
+        .backlog(100)
+        .start()
+        .await?;
+    // One task at a time: the rest wait in the task stream.
+    let member = Spec {
+        capacity: 1,
+        ..Spec::new(&url, "bounded")
+    }
+    .spawn("m");
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let js = js(&url).await?;
+    for kind in ["tasks", "out", "end", "dead"] {
+        let name = format!("looppool-bounded-{kind}");
+        let config = js.get_stream(&name).await?.info().await?.config.clone();
+        check(
+            config.max_bytes == 200_000
+                && config.max_message_size > 0
+                && config.storage == StorageType::Memory,
+            || format!("stream {name}: {config:?}"),
+        )?;
+    }
+    // Consumers go when nobody reads them (a dead parent's or member's).
+    let tasks = js.get_stream("looppool-bounded-tasks").await?;
+    let expiry = tasks.consumer_info("m").await?.config.inactive_threshold;
+    check(expiry >= Duration::from_secs(60), || {
+        format!("the member's consumer expires after {expiry:?}")
+    })?;
+
+    // The task stream fills: the next submission is refused at once, saying so.
+    let hold = pool.submit(Task::Sleep(2000)).await?;
+    let blob = Task::Blob(vec![7; 40_000]);
+    let mut accepted = Vec::new();
+    let started = Instant::now();
+    let refusal = loop {
+        match pool.submit(blob.clone()).await {
+            Ok(h) => accepted.push(h),
+            Err(SubmitError::Broker(_, why)) => break why,
+            Err(e) => return Err(format!("a blob: {e}").into()),
+        }
+        check(accepted.len() <= 10, || {
+            "the task stream never filled".into()
+        })?;
+    };
+    check(refusal.contains("full"), || refusal.clone())?;
+    check(started.elapsed() < Duration::from_secs(5), || {
+        format!("refused after {:?}", started.elapsed())
+    })?;
+    check((3..=5).contains(&accepted.len()), || {
+        format!("{} blobs of 40 kB taken in 200 kB", accepted.len())
+    })?;
+    // Nothing that waited was dropped, and the pool takes tasks again.
+    hold.await?;
+    for h in accepted {
+        h.await?;
+    }
+    pool.submit(blob).await?.await?;
+    stop_all(&pool, vec![member]).await
+}
