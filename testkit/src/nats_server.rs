@@ -234,6 +234,16 @@ impl NatsServer {
         Ok(())
     }
 
+    /// Kills the server (SIGKILL) and deletes its store: launched again, it starts empty, as a
+    /// broker whose disk was lost.
+    pub fn lose_store(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+
     /// Stops the server gracefully (SIGTERM) and waits for it to exit; the store stays.
     pub fn shut_down(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -49,6 +49,9 @@ impl Names {
     pub(crate) fn credit(&self, member: &str) -> String {
         format!("looppool.{}.credit.{member}", self.pool)
     }
+    pub(crate) fn stopped(&self) -> String {
+        format!("looppool.{}.stopped", self.pool)
+    }
     pub(crate) fn beacon(&self) -> String {
         format!("looppool.{}.beacon", self.pool)
     }
@@ -182,6 +185,12 @@ pub(crate) enum Control {
 pub(crate) struct Credit {
     pub(crate) run: u64,
     pub(crate) acked: u64,
+}
+
+/// The parent stopped the pool, for members joining again that it no longer counts in.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct PoolStopped {
+    pub(crate) run: u64,
 }
 
 /// A member says why it leaves.

@@ -117,6 +117,10 @@ fn main() {
             broker::broker_gone,
         ),
         trial(
+            "a_broker_that_lost_its_store_fails_tasks_under_way_and_recovers",
+            broker::store_lost,
+        ),
+        trial(
             "the_pools_streams_are_bounded_and_its_consumers_expire",
             broker::bounded_streams,
         ),

@@ -7,8 +7,8 @@ mod serve;
 use crate::broker::{Broker, JetStreamApi};
 use crate::error::Error;
 use crate::seal::{self, Refusals, Sealer, Secret, Unsealed};
-use crate::wire::{self, Join, JoinReply, Leave, Names};
-use futures_util::FutureExt;
+use crate::wire::{self, Join, JoinReply, Leave, Names, PoolStopped};
+use futures_util::{FutureExt, StreamExt};
 use looppool_core::{Builder as LocalBuilder, Worker};
 use serve::{Ending, Serving, FLUSH};
 use std::collections::HashMap;
@@ -17,7 +17,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 /// Joins a pool over NATS and serves its tasks with a local pool of workers.
 ///
@@ -186,6 +186,20 @@ impl<W: Worker> Member<W> {
         )
         .await?;
         let mut shutdown = pin!(shutdown.fuse());
+        // Parents that stopped the pool: a member joining again after its parent went quiet
+        // hears of it even though it is no longer counted in.
+        let (stopped_tx, stopped) = watch::channel(Vec::new());
+        let mut stops = broker.subscribe(names.stopped()).await?;
+        let stop_sealer = sealer.clone();
+        let stop_subject = names.stopped();
+        let listener = tokio::spawn(async move {
+            while let Some(m) = stops.next().await {
+                if let Ok(s) = stop_sealer.unpack::<PoolStopped>(&stop_subject, &m.payload) {
+                    stopped_tx.send_modify(|runs: &mut Vec<u64>| runs.push(s.run));
+                }
+            }
+        });
+        let _listener = AbortOnDrop(listener);
         let mut total = Left {
             member: member.clone(),
             reason: String::new(),
@@ -194,6 +208,7 @@ impl<W: Worker> Member<W> {
             refused: 0,
         };
         let mut previous = None;
+        let mut parent = None;
         loop {
             let round = Round {
                 member: &member,
@@ -201,8 +216,15 @@ impl<W: Worker> Member<W> {
                 sealer: &sealer,
                 broker: &broker,
                 previous,
+                parent,
+                stopped: stopped.clone(),
             };
-            let (left, ending, nonce) = match self.round(round, shutdown.as_mut()).await {
+            let RoundEnd {
+                left,
+                ending,
+                nonce,
+                parent: last_parent,
+            } = match self.round(round, shutdown.as_mut()).await {
                 Ok(done) => done,
                 Err(Error::Timeout(why)) if !total.reason.is_empty() => {
                     return Err(Error::Timeout(format!("{}; then {why}", total.reason)))
@@ -214,6 +236,7 @@ impl<W: Worker> Member<W> {
             total.refused += left.refused;
             total.reason = left.reason;
             previous = Some(nonce);
+            parent = last_parent.or(parent);
             match ending {
                 Ending::Lost { .. } if self.rejoin => {
                     tracing::warn!(member = %member, "lost the pool ({}); joining again", total.reason);
@@ -231,12 +254,14 @@ impl<W: Worker> Member<W> {
         &self,
         round: Round<'_>,
         mut shutdown: std::pin::Pin<&mut futures_util::future::Fuse<impl Future<Output = ()>>>,
-    ) -> Result<(Left, Ending, u64), Error> {
+    ) -> Result<RoundEnd, Error> {
         let Round {
             member,
             names,
             sealer,
             broker,
+            parent,
+            mut stopped,
             ..
         } = round;
         let local = self
@@ -257,9 +282,28 @@ impl<W: Worker> Member<W> {
             nonce: seal::random_u64(),
             replaces: round.previous,
         };
+        let parent_stopped = async {
+            match parent {
+                Some(run) => {
+                    let _ = stopped.wait_for(|runs| runs.contains(&run)).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         let welcome = tokio::select! {
             w = join_pool(broker, names, sealer, &join, self.wait_for_parent) => Some(w),
             () = &mut shutdown => None,
+            () = parent_stopped => {
+                local.stop().await;
+                let left = Left {
+                    member: member.into(),
+                    reason: "the pool stopped".into(),
+                    tasks: 0,
+                    outputs_refused: 0,
+                    refused: 0,
+                };
+                return Ok(RoundEnd { left, ending: Ending::Stopped, nonce: join.nonce, parent: None });
+            }
         };
         let settings = match welcome {
             Some(Ok(w)) => w,
@@ -288,7 +332,12 @@ impl<W: Worker> Member<W> {
                     outputs_refused: 0,
                     refused: 0,
                 };
-                return Ok((left, Ending::Shutdown, join.nonce));
+                return Ok(RoundEnd {
+                    left,
+                    ending: Ending::Shutdown,
+                    nonce: join.nonce,
+                    parent: None,
+                });
             }
         };
         tracing::info!(pool = %self.pool, member = %member, capacity = join.capacity, "joined the pool");
@@ -313,12 +362,16 @@ impl<W: Worker> Member<W> {
             .serve(shutdown, settings, join.capacity as usize)
             .await;
         serving.local.stop().await;
-        result.map(|(left, ending)| (left, ending, join.nonce))
+        result.map(|(left, ending)| RoundEnd {
+            left,
+            ending,
+            nonce: join.nonce,
+            parent: Some(settings.run),
+        })
     }
 }
 
 /// What a run of the member shares with the next.
-#[derive(Clone, Copy)]
 struct Round<'a> {
     member: &'a str,
     names: &'a Names,
@@ -326,6 +379,29 @@ struct Round<'a> {
     broker: &'a Broker,
     /// The run before this one, if any.
     previous: Option<u64>,
+    /// The run of the parent the member served last, if any.
+    parent: Option<u64>,
+    /// Runs of parents that stopped the pool.
+    stopped: watch::Receiver<Vec<u64>>,
+}
+
+/// How a run of the member ended.
+struct RoundEnd {
+    left: Left,
+    ending: Ending,
+    /// The member's run.
+    nonce: u64,
+    /// The run of the parent it served, if it joined.
+    parent: Option<u64>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What the parent told a member when it joined.

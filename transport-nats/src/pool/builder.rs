@@ -1,6 +1,7 @@
 //! Configuring and starting a [`Pool`]: the builder, its settings, the pool's streams.
 
 use super::lease::Lease;
+use super::recover::recovery;
 use super::shared::{Inner, Shared};
 use super::tasks::{
     consumer_messages, read_ends, read_outputs, send_acks, serve_joins, serve_members, tick,
@@ -299,10 +300,11 @@ impl<W: Worker> Builder<W> {
         let run = crate::seal::random_u64();
         // The lease first: the streams of a live pool are never touched.
         let lease = Lease::acquire(&broker, &names, run, &self.settings).await?;
-        create_streams(&broker, &names, &self.settings).await?;
+        create_streams(&broker, &names, &self.settings, true).await?;
         let (events, _) = broadcast::channel(1024);
         let (outputs_tx, outputs_rx) = async_channel::unbounded();
         let (acks, acks_rx) = mpsc::unbounded_channel();
+        let (lost_tx, lost_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             names,
             pool: self.pool,
@@ -320,6 +322,7 @@ impl<W: Worker> Builder<W> {
             acks,
             acked: Mutex::new(HashMap::new()),
             background: Mutex::new(Vec::new()),
+            lost: lost_tx,
         });
         let subs = Subscriptions::open(&shared).await?;
         let ends = consumer_messages(&shared, &shared.names.end_stream()).await?;
@@ -330,6 +333,7 @@ impl<W: Worker> Builder<W> {
         shared.spawn(read_ends(shared.clone(), ends));
         shared.spawn(read_outputs(shared.clone(), outs));
         shared.spawn(send_acks(shared.clone(), acks_rx));
+        shared.spawn(recovery(shared.clone(), lost_rx));
         tracing::info!(pool = %shared.pool, "pool started; members may join");
         Ok(Pool {
             shared,
@@ -338,7 +342,14 @@ impl<W: Worker> Builder<W> {
     }
 }
 
-async fn create_streams(broker: &Broker, names: &Names, s: &Settings) -> Result<(), Error> {
+/// Creates the pool's streams; with `replace`, deleting those of an earlier parent first
+/// (which only a parent holding the lease does), else keeping any that are there.
+pub(super) async fn create_streams(
+    broker: &Broker,
+    names: &Names,
+    s: &Settings,
+    replace: bool,
+) -> Result<(), Error> {
     let base = stream::Config {
         retention: RetentionPolicy::WorkQueue,
         storage: s.storage,
@@ -379,7 +390,11 @@ async fn create_streams(broker: &Broker, names: &Names, s: &Settings) -> Result<
     ];
     for config in configs {
         // A stream left by an earlier parent of the pool holds its tasks and consumers.
-        let _ = broker.js.delete_stream(&config.name).await;
+        if replace {
+            let _ = broker.js.delete_stream(&config.name).await;
+        } else if broker.js.get_stream(&config.name).await.is_ok() {
+            continue;
+        }
         broker.js.create_stream(config.clone()).await.map_err(|e| {
             Error::Broker(format!(
                 "cannot create stream {} (is JetStream enabled on the server?): {}",

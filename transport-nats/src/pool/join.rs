@@ -80,6 +80,9 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         if let Some(why) = replaced {
             self.member_gone(&join.member, why);
         }
+        if self.lock().recovering {
+            return later("the broker lost the pool's streams; they are being made anew".into());
+        }
         if self.lock().reclaiming.contains(&join.member) {
             return later(format!(
                 "member {}'s earlier run left; its consumer goes once its tasks are taken back \

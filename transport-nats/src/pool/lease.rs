@@ -31,8 +31,36 @@ impl Holder {
     }
 }
 
+/// The run of the parent holding the pool's lease, if one does (`Err` if the broker did not
+/// answer).
+pub(super) async fn holder(
+    broker: &Broker,
+    names: &Names,
+) -> Result<Option<(u64, String)>, String> {
+    let kv = match broker.js.get_key_value(names.lease_bucket()).await {
+        Ok(kv) => kv,
+        Err(e) => {
+            let text = broker::error_text(&e);
+            return match text.contains("stream not found") {
+                true => Ok(None),
+                false => Err(text),
+            };
+        }
+    };
+    match kv.entry(KEY).await {
+        Ok(Some(entry)) if entry.operation == Operation::Put => {
+            let run = wire::decode::<Holder>(&entry.value).map_or(0, |h| h.run);
+            Ok(Some((run, Holder::describe(&entry.value))))
+        }
+        Ok(_) => Ok(None),
+        Err(e) => Err(broker::error_text(&e)),
+    }
+}
+
 /// This parent's lease on its pool.
 pub(super) struct Lease {
+    js: async_nats::jetstream::Context,
+    config: kv::Config,
     kv: kv::Store,
     run: u64,
     value: bytes::Bytes,
@@ -65,7 +93,7 @@ impl Lease {
             num_replicas: settings.replicas,
             ..Default::default()
         };
-        let kv = match broker.js.create_key_value(config).await {
+        let kv = match broker.js.create_key_value(config.clone()).await {
             Ok(kv) => kv,
             // There already, with another lease time: the first parent's holds.
             Err(created) => broker.js.get_key_value(&bucket).await.map_err(|e| {
@@ -85,6 +113,8 @@ impl Lease {
         let value: bytes::Bytes = wire::encode(&holder).map_err(Error::Config)?.into();
         match kv.create(KEY, value.clone()).await {
             Ok(revision) => Ok(Self {
+                js: broker.js.clone(),
+                config,
                 kv,
                 run,
                 value,
@@ -117,7 +147,16 @@ impl Lease {
                 return Ok(());
             }
             Err(e) if e.kind() != kv::UpdateErrorKind::WrongLastRevision => {
-                return Err(unanswered(&e))
+                // The bucket is gone with the broker's store: make it anew.
+                let gone = broker::error_text(&e);
+                if !(gone.contains("stream not found") || gone.contains("no responders")) {
+                    return Err(unanswered(&e));
+                }
+                self.kv = self
+                    .js
+                    .create_key_value(self.config.clone())
+                    .await
+                    .map_err(|e| unanswered(&e))?;
             }
             Err(_) => {}
         }

@@ -13,6 +13,7 @@ mod handle;
 mod join;
 mod lease;
 mod reclaim;
+mod recover;
 mod sessions;
 mod shared;
 mod tasks;
@@ -26,7 +27,7 @@ pub use handle::{Delivery, MemberEvent, MemberEvents, MemberInfo, Outputs, Stopp
 use self::shared::{Inner, Route, Shared, Sticky};
 use crate::broker;
 use crate::error::{Error, SubmitError};
-use crate::wire::{self, Control};
+use crate::wire::{self, Control, PoolStopped};
 use looppool_core::Worker;
 use std::fmt;
 use std::marker::PhantomData;
@@ -354,6 +355,14 @@ impl<W: Worker> Pool<W> {
             .filter(|m| !unresponsive.contains(m))
             .collect();
         shared.abort_background();
+        // Members joining again, which the pool no longer counts in, hear it too.
+        let subject = shared.names.stopped();
+        if let Ok(bytes) = shared
+            .sealer
+            .pack(&subject, &PoolStopped { run: shared.run })
+        {
+            let _ = shared.broker.client.publish(subject, bytes.into()).await;
+        }
         let js = &shared.broker.js;
         let tidy = async {
             for name in [

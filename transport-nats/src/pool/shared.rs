@@ -71,6 +71,8 @@ pub(super) struct Inner {
     pub(super) failed: Option<String>,
     /// Why submissions fail now: the broker is out of reach past the broker timeout.
     pub(super) broker_gone: Option<String>,
+    /// The pool's streams are being made anew: joins wait.
+    pub(super) recovering: bool,
     pub(super) next_id: u64,
     pub(super) members: Vec<Live>,
     pub(super) cursor: usize,
@@ -193,6 +195,8 @@ pub(super) struct Shared<O> {
     /// Per member, how many of its outputs the parent acknowledged.
     pub(super) acked: Mutex<HashMap<String, u64>>,
     pub(super) background: Mutex<Vec<AbortHandle>>,
+    /// Reports of the pool's streams found gone, for the recovery.
+    pub(super) lost: mpsc::UnboundedSender<String>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -238,7 +242,11 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             .map_err(PublishFailure::Refused)?;
         let msg_id = format!("{:x}-{id}-{member}-{prior}", self.run);
         let deadline = Instant::now() + self.settings.broker_timeout;
-        broker::publish(&self.broker.js, &subject, &msg_id, &msg, Some(deadline)).await
+        let sent = broker::publish(&self.broker.js, &subject, &msg_id, &msg, Some(deadline)).await;
+        if let Err(PublishFailure::NoStream) = &sent {
+            self.streams_lost(format!("stream {} is gone", self.names.tasks_stream()));
+        }
+        sent
     }
 
     /// Forgets a task the broker did not take.

@@ -181,6 +181,7 @@ pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(
     let timeout = shared.settings.member_timeout();
     let subject = shared.names.beacon();
     let mut seq = 0;
+    let mut last_check = Instant::now();
     loop {
         every.tick().await;
         // Not while cut off: the answer could not come.
@@ -226,6 +227,10 @@ pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(
             continue;
         }
         shared.broker_back();
+        if last_check.elapsed() >= timeout {
+            last_check = Instant::now();
+            shared.check_streams().await;
+        }
         // Silence while the parent itself was cut off does not count against members.
         let since = conn.since();
         let now = Instant::now();
@@ -319,25 +324,35 @@ pub(super) async fn read_outputs<O: DeserializeOwned + Send + 'static>(
     }
 }
 
-/// The next message of the parent's consumer on `stream`; a consumer whose message stream
-/// ended (the broker went away) is opened again, retrying until the broker is back.
-async fn next_message<O>(shared: &Shared<O>, stream: &str, messages: &mut Messages) -> JsMessage {
+/// The next message of the parent's consumer on `stream`. A consumer whose message stream
+/// failed or ended (the broker went away, or lost the consumer) is opened again, made anew if
+/// it is gone, retrying until the broker is back; a stream found gone is reported.
+async fn next_message<O: DeserializeOwned + Send + 'static>(
+    shared: &Shared<O>,
+    stream: &str,
+    messages: &mut Messages,
+) -> JsMessage {
     loop {
         match messages.next().await {
             Some(Ok(m)) => return m,
             Some(Err(e)) => tracing::debug!("reading {stream}: {}", broker::error_text(&e)),
-            None => loop {
-                match consumer_messages(shared, stream).await {
-                    Ok(m) => {
-                        *messages = m;
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!("{e}; retrying");
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
+            None => tracing::debug!("reading {stream}: the message stream ended"),
+        }
+        loop {
+            match consumer_messages(shared, stream).await {
+                Ok(m) => {
+                    *messages = m;
+                    break;
                 }
-            },
+                Err(e) => {
+                    if e.to_string().contains("stream not found") {
+                        shared.streams_lost(format!("stream {stream} is gone"));
+                    } else {
+                        tracing::warn!("{e}; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
         }
     }
 }

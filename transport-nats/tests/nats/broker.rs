@@ -181,3 +181,57 @@ pub(super) async fn bounded_streams() -> Result<(), Failed> {
     pool.submit(blob).await?.await?;
     stop_all(&pool, vec![member]).await
 }
+
+pub(super) async fn store_lost() -> Result<(), Failed> {
+    let mut server = NatsServer::start()?;
+    let url = server.url();
+    let pool = quick(Pool::builder(&url, "amnesia")).start().await?;
+    let spec = Spec::new(&url, "amnesia");
+    let members = vec![spec.spawn("a"), spec.spawn("b")];
+    pool.wait_for_members(2, Duration::from_secs(30)).await?;
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        handles.push(pool.submit(Task::Sleep(3000)).await?);
+    }
+    // The broker comes back without its store: streams, consumers and lease are gone.
+    server.lose_store();
+    server.launch()?;
+    for h in handles {
+        match tokio::time::timeout(Duration::from_secs(20), h).await {
+            Ok(Err(TaskError::Broker { reason })) if reason.contains("lost the pool's streams") => {
+            }
+            other => return Err(format!("a task under way: {other:?}").into()),
+        }
+    }
+    // The streams are made anew and the members join again.
+    let wait = Deadline::new("the pool to run tasks again", Duration::from_secs(30));
+    loop {
+        if let Ok(h) = pool.submit(Task::Double(1)).await {
+            if h.await.is_ok() {
+                break;
+            }
+        }
+        wait.tick().await?;
+    }
+    pool.wait_for_members(2, Duration::from_secs(30)).await?;
+    // Someone deletes a stream of the pool: the same.
+    let running = pool.submit(Task::Sleep(3000)).await?;
+    js(&url)
+        .await?
+        .delete_stream("looppool-amnesia-end")
+        .await?;
+    match tokio::time::timeout(Duration::from_secs(20), running).await {
+        Ok(Err(TaskError::Broker { reason })) if reason.contains("looppool-amnesia-end") => {}
+        other => return Err(format!("a task under way: {other:?}").into()),
+    }
+    let wait = Deadline::new("the pool to run tasks again", Duration::from_secs(30));
+    loop {
+        if let Ok(h) = pool.submit(Task::Double(2)).await {
+            if h.await.is_ok() {
+                break;
+            }
+        }
+        wait.tick().await?;
+    }
+    stop_all(&pool, members).await
+}
