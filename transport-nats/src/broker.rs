@@ -21,6 +21,11 @@ pub enum JetStreamApi {
     Prefix(String),
 }
 
+/// The options used when none are given.
+pub(crate) fn default_options() -> ConnectOptions {
+    ConnectOptions::new().connection_timeout(Duration::from_secs(5))
+}
+
 /// The longest interval between pings to the server.
 pub(crate) const PING: Duration = Duration::from_secs(20);
 
@@ -80,7 +85,7 @@ impl Broker {
         });
         let events = conn.clone();
         let client = options
-            .unwrap_or_else(|| ConnectOptions::new().connection_timeout(Duration::from_secs(5)))
+            .unwrap_or_else(default_options)
             .name(name)
             .ping_interval(ping)
             .event_callback(move |event| {

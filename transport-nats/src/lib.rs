@@ -19,7 +19,8 @@
 //!   leave; one silent past the member timeout is counted gone. [`Pool::events`] tells both.
 //!   A member that lost its parent for a member timeout (a partition, a stalled or dead
 //!   parent) stops its workers and joins again once a parent answers; a member restarted
-//!   under its name takes its place once the old run missed two heartbeats.
+//!   under its name takes its place once the old run was silent for four heartbeats (or half
+//!   the member timeout, if longer).
 //! - **Who may act on the pool**: the parent and its members share a [`Secret`]; every message
 //!   is sealed with it for its subject and carries the sender's run, so a client of the server
 //!   without the secret can neither forge nor replay one ([`Pool::refused`] counts the
@@ -59,7 +60,8 @@
 //!
 //! | subject | carried by | what |
 //! |---|---|---|
-//! | `looppool.P.join` | request and reply | a member asks to join; the parent answers |
+//! | `looppool.P.join.M` | request and reply | member `M` asks to join; the parent answers |
+//! | `looppool.P.stopped` | core NATS | the parent stopped the pool (for members joining again) |
 //! | `looppool.P.alive.M` | core NATS | member `M`'s heartbeat |
 //! | `looppool.P.leave.M` | core NATS | member `M` leaves |
 //! | `looppool.P.ctl.M` | core NATS | the parent tells member `M` to stop |
@@ -68,6 +70,7 @@
 //! | `looppool.P.task.M` | stream `looppool-P-tasks` (work queue) | tasks for member `M`, read by its consumer `M` |
 //! | `looppool.P.out.M` | stream `looppool-P-out` (work queue) | outputs of member `M`, at most the result credit stored per member |
 //! | `looppool.P.end.M` | stream `looppool-P-end` (work queue) | how member `M`'s tasks ended |
+//! | `looppool.P.dead` | stream `looppool-P-dead` (work queue) | tasks given up on, for [`Pool::dead_letters`] |
 //! | `$KV.looppool-P.parent` | bucket `looppool-P` (key-value) | the parent's lease on the pool |
 //!
 //! Messages are postcard-encoded and end with an HMAC-SHA256 tag keyed with the pool's secret

@@ -46,7 +46,12 @@ impl Permissions {
             "$JS.API.>".into(),
             "_INBOX.>".into(),
         ];
-        for stream in [names.tasks_stream(), names.out_stream(), names.end_stream()] {
+        for stream in [
+            names.tasks_stream(),
+            names.out_stream(),
+            names.end_stream(),
+            names.dead_stream(),
+        ] {
             publish.push(format!("$JS.ACK.{stream}.>"));
         }
         // Its lease on the pool.
@@ -64,7 +69,7 @@ impl Permissions {
         let tasks = names.tasks_stream();
         Self {
             publish: vec![
-                names.join(),
+                names.join(member),
                 names.alive(member),
                 names.leave(member),
                 names.out(member),
@@ -77,8 +82,8 @@ impl Permissions {
                 names.ctl(member),
                 names.credit(member),
                 names.beacon(),
-                // Replies: to its join request, its pulls and its stores.
-                "_INBOX.>".into(),
+                // Replies to its join requests, pulls and stores, under its own inbox prefix.
+                format!("{}.>", names.inbox(member)),
             ],
         }
     }

@@ -60,7 +60,10 @@ impl Secret {
     /// The secret from the environment variable `LOOPPOOL_NATS_SECRET`.
     pub fn from_env() -> Result<Self, Error> {
         match std::env::var_os(SECRET_VAR) {
-            Some(value) => Self::new(value.as_encoded_bytes()),
+            Some(value) => Self::new(value.as_encoded_bytes()).map_err(|e| match e {
+                Error::Config(why) => Error::Config(format!("{SECRET_VAR}: {why}")),
+                other => other,
+            }),
             None => Err(Error::Config(format!(
                 "no pool secret: give the same one to the parent and every member with \
                  `.secret(…)` or the environment variable {SECRET_VAR} (make one with \

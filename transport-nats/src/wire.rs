@@ -29,8 +29,15 @@ impl Names {
         &self.pool
     }
 
-    pub(crate) fn join(&self) -> String {
-        format!("looppool.{}.join", self.pool)
+    /// Where member `member` asks to join: a subject of its own, so that a NATS user limited
+    /// to one member's subjects cannot join in another's name.
+    pub(crate) fn join(&self, member: &str) -> String {
+        format!("looppool.{}.join.{member}", self.pool)
+    }
+    /// The inbox prefix of member `member`: replies to it go there, where only its user may
+    /// read them.
+    pub(crate) fn inbox(&self, member: &str) -> String {
+        format!("_INBOX.{}.{member}", self.pool)
     }
     /// What the answer to the join request with `nonce` is sealed for (its reply subject is
     /// the requester's inbox).
@@ -139,6 +146,8 @@ pub(crate) struct Alive {
     pub(crate) nonce: u64,
     /// Counts up: a heartbeat repeated by someone else is not news.
     pub(crate) seq: u64,
+    /// The parent's run it beats for: one recorded for another parent is not news either.
+    pub(crate) run: u64,
 }
 
 /// The parent says it is alive.
@@ -184,6 +193,8 @@ pub(crate) enum Control {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub(crate) struct Credit {
     pub(crate) run: u64,
+    /// The member's run it counts for.
+    pub(crate) nonce: u64,
     pub(crate) acked: u64,
 }
 

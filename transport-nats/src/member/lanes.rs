@@ -1,7 +1,7 @@
 //! A member's lanes to the broker: tasks into the local pool, outputs and ends out in order,
 //! heartbeats and progress.
 
-use super::serve::{lock, EndOut, Finished, Serving};
+use super::serve::{lock, EndOut, Finished, Serving, Taken};
 use crate::broker::{self, PublishFailure};
 use crate::wire::{self, Alive, EndMsg, Outcome, OutputMsg, TaskMsg};
 use async_nats::jetstream::{AckKind, Message as JsMessage};
@@ -41,14 +41,30 @@ impl<W: Worker> Serving<W> {
         let deliveries = task
             .prior
             .saturating_add(u32::try_from(delivered).unwrap_or(u32::MAX));
-        {
-            let mut running = lock(&self.running);
-            if running.contains_key(&task.id) {
-                // Redelivered while it runs here: the run under way acknowledges it.
+        let seq = message.info().map_or(0, |i| i.stream_sequence);
+        if lock(&self.running).contains_key(&task.id) {
+            // Redelivered while it runs here: the run under way acknowledges it.
+            return;
+        }
+        let found = lock(&self.taken).record((task.id, task.prior), seq);
+        match found {
+            Taken::First => {}
+            // Its end was sent, its acknowledgement lost: not to be run again.
+            Taken::Redelivered => {
+                let _ = message.double_ack().await;
                 return;
             }
-            running.insert(task.id, message);
+            Taken::Copy => {
+                self.refusals.refuse(format_args!(
+                    "task {} stored a second time (a replay)",
+                    task.id
+                ));
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
         }
+        // Tasks are taken one at a time: nothing took this one meanwhile.
+        lock(&self.running).insert(task.id, message);
         let id = task.id;
         let fail = |outcome: Outcome| {
             let _ = finished.send(Finished {
@@ -290,6 +306,7 @@ impl<W: Worker> Serving<W> {
             let alive = Alive {
                 nonce: self.nonce,
                 seq,
+                run: self.parent,
             };
             if let Ok(bytes) = self.sealer.pack(&subject, &alive) {
                 let _ = self

@@ -180,7 +180,12 @@ impl<W: Worker> Member<W> {
         let broker = Broker::connect(
             &self.server,
             &format!("looppool {} member {member}", self.pool),
-            self.options.clone(),
+            Some(
+                self.options
+                    .clone()
+                    .unwrap_or_else(crate::broker::default_options)
+                    .custom_inbox_prefix(names.inbox(&member)),
+            ),
             Duration::from_secs(1),
             &self.api,
         )
@@ -352,6 +357,7 @@ impl<W: Worker> Member<W> {
             local: Arc::new(local),
             running: Mutex::new(HashMap::new()),
             ids: Mutex::new(HashMap::new()),
+            taken: Mutex::new(Default::default()),
             changed: Notify::new(),
             ended: std::sync::atomic::AtomicU64::new(0),
             refused: std::sync::atomic::AtomicU64::new(0),
@@ -425,13 +431,16 @@ async fn join_pool(
     patience: Option<Duration>,
 ) -> Result<Settings, Error> {
     let asked = Instant::now();
-    let request = sealer.pack(&names.join(), join).map_err(Error::Config)?;
-    let reply_context = Names::join_reply(&names.join(), join.nonce);
+    let subject = names.join(&join.member);
+    let request = sealer.pack(&subject, join).map_err(Error::Config)?;
+    let reply_context = Names::join_reply(&subject, join.nonce);
     let mut told: Option<Instant> = None;
     loop {
         let answer = tokio::time::timeout(
             Duration::from_secs(5),
-            broker.client.request(names.join(), request.clone().into()),
+            broker
+                .client
+                .request(subject.clone(), request.clone().into()),
         )
         .await;
         match answer {
@@ -471,18 +480,26 @@ async fn join_pool(
                 Ok(JoinReply::Refused { reason, .. }) => return Err(Error::Refused(reason)),
                 Err(Unsealed::Forged) => {
                     // The parent answers a join it cannot open unsealed: it may hold another
-                    // secret. Anything else is not from the parent.
-                    return Err(Error::Refused(
-                        match wire::decode::<JoinReply>(&reply.payload) {
-                            Ok(JoinReply::Refused { reason, .. }) => format!(
-                                "{reason} (an answer not sealed with this member's secret: do \
-                                 the parent and this member hold the same one?)"
-                            ),
-                            _ => "the answer to the join request is not sealed with this \
-                                  member's secret"
-                                .into(),
-                        },
-                    ));
+                    // secret. Anyone could answer so, though: ask on, telling why.
+                    let reason = match wire::decode::<JoinReply>(&reply.payload) {
+                        Ok(JoinReply::Refused { reason, .. }) => format!(
+                            "{reason} (an answer not sealed with this member's secret: do the \
+                             parent and this member hold the same one?)"
+                        ),
+                        _ => "the answer to the join request is not sealed with this member's \
+                              secret"
+                            .into(),
+                    };
+                    if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                        tracing::error!("asking to join again: {reason}");
+                        told = Some(Instant::now());
+                    }
+                    if let Some(patience) = patience.filter(|p| asked.elapsed() >= *p) {
+                        return Err(Error::Timeout(format!(
+                            "not taken in for {patience:?}: {reason}"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(e) => {
                     return Err(Error::Refused(format!(

@@ -9,7 +9,7 @@ use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::{AckKind, Message as JsMessage};
 use futures_util::{FutureExt, StreamExt};
 use looppool_core::{Pool as LocalPool, TaskId, Worker};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,6 +50,47 @@ pub(super) struct Serving<W: Worker> {
     /// Outputs the broker refused for the per-subject limit.
     pub(super) refused: std::sync::atomic::AtomicU64,
     pub(super) run: String,
+    /// Tasks this run took.
+    pub(super) taken: Mutex<TakenTasks>,
+}
+
+/// The tasks a run of the member took, each by its stream sequence: a task stored again
+/// (another message with the same id and deliveries, a replay) is not run twice.
+#[derive(Debug, Default)]
+pub(super) struct TakenTasks {
+    order: VecDeque<(u64, u32)>,
+    seqs: HashMap<(u64, u32), u64>,
+}
+
+/// What [`TakenTasks::record`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Taken {
+    First,
+    /// The same message again: JetStream redelivered it.
+    Redelivered,
+    /// Another message with the same task: a copy.
+    Copy,
+}
+
+impl TakenTasks {
+    const KEPT: usize = 100_000;
+
+    pub(super) fn record(&mut self, task: (u64, u32), seq: u64) -> Taken {
+        match self.seqs.get(&task) {
+            Some(&first) if first == seq => Taken::Redelivered,
+            Some(_) => Taken::Copy,
+            None => {
+                self.seqs.insert(task, seq);
+                self.order.push_back(task);
+                if self.order.len() > Self::KEPT {
+                    if let Some(old) = self.order.pop_front() {
+                        self.seqs.remove(&old);
+                    }
+                }
+                Taken::First
+            }
+        }
+    }
 }
 
 /// Why a member stopped serving its parent.
@@ -116,7 +157,7 @@ impl<W: Worker> Serving<W> {
         background.spawn(async move {
             while let Some(m) = credit.next().await {
                 match me.sealer.unpack::<Credit>(&m.subject, &m.payload) {
-                    Ok(c) if c.run == me.parent => {
+                    Ok(c) if c.run == me.parent && c.nonce == me.nonce => {
                         granted_tx.send_if_modified(|g| {
                             let more = c.acked > *g;
                             *g = (*g).max(c.acked);

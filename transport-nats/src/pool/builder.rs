@@ -4,8 +4,8 @@ use super::lease::Lease;
 use super::recover::recovery;
 use super::shared::{Inner, Shared};
 use super::tasks::{
-    consumer_messages, read_ends, read_outputs, send_acks, serve_joins, serve_members, tick,
-    Subscriptions,
+    consumer_messages, keep_lease, read_ends, read_outputs, send_acks, serve_joins, serve_members,
+    tick, Subscriptions,
 };
 use super::Pool;
 use crate::broker::{self, Broker, JetStreamApi, PING};
@@ -86,6 +86,13 @@ impl Settings {
     /// refused for that long after the first stopped renewing it.
     pub(super) fn lease_time(&self) -> Duration {
         self.member_timeout()
+    }
+
+    /// How long a member's run must have been silent for a new run under its name (a
+    /// restarted process) to take its place: four heartbeats, or half the member timeout if
+    /// that is longer, so a run whose heartbeats are merely late keeps its name.
+    pub(super) fn replace_after(&self) -> Duration {
+        (self.heartbeat * 4).max(self.member_timeout() / 2)
     }
 
     /// How long a consumer of the pool may go unread before the server deletes it: well past
@@ -300,7 +307,10 @@ impl<W: Worker> Builder<W> {
         let run = crate::seal::random_u64();
         // The lease first: the streams of a live pool are never touched.
         let lease = Lease::acquire(&broker, &names, run, &self.settings).await?;
-        create_streams(&broker, &names, &self.settings, true).await?;
+        if let Err(e) = create_streams(&broker, &names, &self.settings, true).await {
+            lease.release().await;
+            return Err(e);
+        }
         let (events, _) = broadcast::channel(1024);
         let (outputs_tx, outputs_rx) = async_channel::unbounded();
         let (acks, acks_rx) = mpsc::unbounded_channel();
@@ -324,12 +334,24 @@ impl<W: Worker> Builder<W> {
             background: Mutex::new(Vec::new()),
             lost: lost_tx,
         });
-        let subs = Subscriptions::open(&shared).await?;
-        let ends = consumer_messages(&shared, &shared.names.end_stream()).await?;
-        let outs = consumer_messages(&shared, &shared.names.out_stream()).await?;
+        let opened = async {
+            let subs = Subscriptions::open(&shared).await?;
+            let ends = consumer_messages(&shared, &shared.names.end_stream()).await?;
+            let outs = consumer_messages(&shared, &shared.names.out_stream()).await?;
+            Ok::<_, Error>((subs, ends, outs))
+        };
+        let (subs, ends, outs) = match opened.await {
+            Ok(opened) => opened,
+            Err(e) => {
+                // A parent that did not start holds no lease: the next may start at once.
+                lease.release().await;
+                return Err(e);
+            }
+        };
         shared.spawn(serve_joins(shared.clone(), subs.join));
         shared.spawn(serve_members(shared.clone(), subs.alive, subs.leave));
-        shared.spawn(tick(shared.clone(), lease));
+        shared.spawn(tick(shared.clone()));
+        shared.spawn(keep_lease(shared.clone(), lease));
         shared.spawn(read_ends(shared.clone(), ends));
         shared.spawn(read_outputs(shared.clone(), outs));
         shared.spawn(send_acks(shared.clone(), acks_rx));

@@ -38,7 +38,7 @@ impl<W: Worker> Pool<W> {
             ))
         };
         let config = pull::Config {
-            durable_name: Some("program".into()),
+            durable_name: Some(format!("program-{:x}", shared.run)),
             ack_policy: AckPolicy::Explicit,
             inactive_threshold: shared.settings.consumer_expiry(),
             ..Default::default()
@@ -74,7 +74,11 @@ impl<W: Worker> Pool<W> {
                     },
                     Err(e) => shared.refused.refuse(format_args!("a dead letter: {e}")),
                 }
-                message.double_ack().await.map_err(|e| fail(&*e))?;
+                if let Err(e) = message.double_ack().await {
+                    // Those taken so far are the program's: return them, not the error.
+                    tracing::warn!("a dead letter not acknowledged: {e}");
+                    return Ok(letters);
+                }
             }
             if got == 0 {
                 return Ok(letters);

@@ -128,10 +128,12 @@ impl Future for TaskHandle {
 /// to its member) when dropped.
 pub struct Delivery<O> {
     pub(super) member: String,
+    /// The member's run that stored it.
+    pub(super) nonce: u64,
     pub(super) task: Option<u64>,
     pub(super) value: Option<O>,
     pub(super) message: Option<JsMessage>,
-    pub(super) acks: mpsc::UnboundedSender<(String, JsMessage)>,
+    pub(super) acks: mpsc::UnboundedSender<super::shared::Ack>,
 }
 
 impl<O: fmt::Debug> fmt::Debug for Delivery<O> {
@@ -174,7 +176,9 @@ impl<O> Delivery<O> {
 impl<O> Drop for Delivery<O> {
     fn drop(&mut self) {
         if let Some(m) = self.message.take() {
-            let _ = self.acks.send((std::mem::take(&mut self.member), m));
+            let _ = self
+                .acks
+                .send((std::mem::take(&mut self.member), self.nonce, m));
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use super::handle::{MemberEvent, MemberInfo};
 use super::sessions::{Session, Window};
-use super::shared::{Live, Route, Shared};
+use super::shared::{lock, Live, Route, Shared};
 use crate::broker;
 use crate::wire::{self, Join, JoinReply};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -61,7 +61,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 Some(old) if join.replaces == Some(old.nonce) => {
                     Some("it joined again as a new run".to_string())
                 }
-                Some(old) if old.last_seen.elapsed() > self.settings.heartbeat * 2 => {
+                Some(old) if old.last_seen.elapsed() > self.settings.replace_after() => {
                     let quiet = old.last_seen.elapsed();
                     Some(format!(
                         "silent for {quiet:.1?}, and a new run of it asked to join"
@@ -70,7 +70,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 Some(_) => {
                     return later(format!(
                         "member name {} is in use by a live run; a new run is taken in once \
-                         that one leaves or misses two heartbeats",
+                         that one leaves or falls silent",
                         join.member
                     ))
                 }
@@ -137,6 +137,8 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                             outputs: Window::default(),
                         },
                     );
+                    // Its credit counts from nothing.
+                    lock(&self.acked).insert(info.name.clone(), (join.nonce, 0));
                     inner.members.push(Live {
                         info: info.clone(),
                         nonce: join.nonce,

@@ -138,6 +138,20 @@ impl Lease {
         }
     }
 
+    /// Gives the lease up (a parent that did not start after all).
+    pub(super) async fn release(self) {
+        if let Err(e) = self
+            .kv
+            .purge_expect_revision(KEY, Some(self.revision))
+            .await
+        {
+            tracing::warn!(
+                "cannot give the pool's lease up: {}",
+                broker::error_text(&e)
+            );
+        }
+    }
+
     /// Renews the lease.
     pub(super) async fn renew(&mut self) -> Result<(), Renewal> {
         let unanswered = |e: &dyn std::error::Error| Renewal::Unanswered(broker::error_text(e));

@@ -355,6 +355,19 @@ impl<W: Worker> Pool<W> {
             .filter(|m| !unresponsive.contains(m))
             .collect();
         shared.abort_background();
+        // The pool may have been taken over meanwhile (this parent was cut off that long): its
+        // streams and lease are then another parent's.
+        let ours = match lease::holder(&shared.broker, &shared.names).await {
+            Ok(Some((run, _))) => run == shared.run,
+            Ok(None) => true,
+            Err(_) => false,
+        };
+        let failed = shared.lock().failed.clone();
+        if !ours || failed.is_some() {
+            shared.outputs_tx.close();
+            tracing::warn!(pool = %shared.pool, "pool stopped; another parent holds it now");
+            return Stopped { left, unresponsive };
+        }
         // Members joining again, which the pool no longer counts in, hear it too.
         let subject = shared.names.stopped();
         if let Ok(bytes) = shared

@@ -210,7 +210,9 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     let name = live.info.name.clone();
                     let p = inner.tasks.get_mut(&id).expect("checked above");
                     p.member = name.clone();
-                    lock(&p.status).deliveries = prior;
+                    let mut status = lock(&p.status);
+                    status.deliveries = prior;
+                    status.member = name.clone();
                     return Some(name);
                 }
                 if n > 0 {

@@ -191,13 +191,17 @@ pub(super) struct Shared<O> {
     pub(super) events: broadcast::Sender<MemberEvent>,
     pub(super) outputs_tx: async_channel::Sender<Delivery<O>>,
     pub(super) outputs_rx: async_channel::Receiver<Delivery<O>>,
-    pub(super) acks: mpsc::UnboundedSender<(String, JsMessage)>,
-    /// Per member, how many of its outputs the parent acknowledged.
-    pub(super) acked: Mutex<HashMap<String, u64>>,
+    pub(super) acks: mpsc::UnboundedSender<Ack>,
+    /// Per member, its current run and how many of that run's outputs the parent
+    /// acknowledged.
+    pub(super) acked: Mutex<HashMap<String, (u64, u64)>>,
     pub(super) background: Mutex<Vec<AbortHandle>>,
     /// Reports of the pool's streams found gone, for the recovery.
     pub(super) lost: mpsc::UnboundedSender<String>,
 }
+
+/// An output to acknowledge: its member, the member's run, the message.
+pub(super) type Ack = (String, u64, JsMessage);
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -281,7 +285,6 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             };
             inner.finish(id, &member, 0, Err(error));
         }
-        inner.reclaiming.clear();
         drop(inner);
         self.changed.notify_waiters();
     }
@@ -329,10 +332,13 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
 
     /// Tells `member` how many of its outputs were acknowledged.
     pub(super) async fn grant(&self, member: &str) {
-        let acked = lock(&self.acked).get(member).copied().unwrap_or(0);
+        let Some((nonce, acked)) = lock(&self.acked).get(member).copied() else {
+            return;
+        };
         let subject = self.names.credit(member);
         let credit = Credit {
             run: self.run,
+            nonce,
             acked,
         };
         if let Ok(bytes) = self.sealer.pack(&subject, &credit) {
@@ -397,29 +403,32 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         member: &str,
         output: &OutputMsg,
         dropped: Option<&String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), (String, bool)> {
         let mut inner = self.lock();
         let what = || match output.task {
             Some(id) => format!("output {} of task {id} from member {member}", output.seq),
             None => format!("output {} from member {member}", output.seq),
         };
         let Some(session) = inner.sessions.get_mut(member) else {
-            return Err(format!("{}, which never joined", what()));
+            return Err((format!("{}, which never joined", what()), false));
         };
         if session.nonce != output.nonce {
-            return Err(format!("{}, from a run that is not in the pool", what()));
+            return Err((
+                format!("{}, from a run that is not in the pool", what()),
+                false,
+            ));
         }
         if !session.outputs.admit(output.seq) {
-            return Err(format!("{}, a second time", what()));
+            return Err((format!("{}, a second time", what()), false));
         }
         let Some(id) = output.task else {
             return Ok(());
         };
         let Some(p) = inner.tasks.get_mut(&id) else {
-            return Err(format!("{}, a task that ended", what()));
+            return Err((format!("{}, a task that ended", what()), true));
         };
         if p.member != member {
-            return Err(format!("{}, which does not hold the task", what()));
+            return Err((format!("{}, which does not hold the task", what()), true));
         }
         if let Some(e) = dropped {
             p.dropped.get_or_insert_with(|| e.clone());

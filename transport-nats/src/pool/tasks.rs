@@ -2,7 +2,7 @@
 
 use super::handle::Delivery;
 use super::lease::{Lease, Renewal};
-use super::shared::{lock, Shared};
+use super::shared::{lock, Ack, Shared};
 use crate::broker::{self};
 use crate::error::Error;
 use crate::seal::Unsealed;
@@ -25,7 +25,7 @@ impl Subscriptions {
     pub(super) async fn open<O>(shared: &Shared<O>) -> Result<Self, Error> {
         let broker = &shared.broker;
         Ok(Self {
-            join: broker.subscribe(shared.names.join()).await?,
+            join: broker.subscribe(shared.names.join("*")).await?,
             alive: broker.subscribe(shared.names.alive("*")).await?,
             leave: broker.subscribe(shared.names.leave("*")).await?,
         })
@@ -49,7 +49,8 @@ pub(super) async fn consumer_messages<O>(
         .js
         .create_consumer_on_stream(
             pull::Config {
-                durable_name: Some("parent".into()),
+                // Of this run: a parent that lost the pool never reads its successor's.
+                durable_name: Some(format!("parent-{:x}", shared.run)),
                 ack_policy: AckPolicy::Explicit,
                 ack_wait: shared.settings.ack_wait,
                 max_ack_pending: -1,
@@ -71,8 +72,22 @@ pub(super) async fn serve_joins<O: DeserializeOwned + Send + 'static>(
         let Some(reply) = message.reply.clone() else {
             continue;
         };
-        let subject = shared.names.join();
+        let subject = message.subject.to_string();
         let (answer, nonce) = match shared.sealer.unpack::<Join>(&subject, &message.payload) {
+            Ok(join) if join.member != Names::member_of(&subject) => {
+                shared.refused.refuse(format_args!(
+                    "a join as member {} on {subject}",
+                    join.member
+                ));
+                let reason = "a member joins on its own subject".into();
+                (
+                    JoinReply::Refused {
+                        reason,
+                        retry: false,
+                    },
+                    Some(join.nonce),
+                )
+            }
             Ok(join) => {
                 let nonce = join.nonce;
                 (shared.on_join(join).await, Some(nonce))
@@ -121,7 +136,11 @@ pub(super) async fn serve_members<O: DeserializeOwned + Send + 'static>(
             Some(m) = alive.next() => {
                 let member = Names::member_of(&m.subject);
                 let alive = match shared.sealer.unpack::<Alive>(&m.subject, &m.payload) {
-                    Ok(a) => a,
+                    Ok(a) if a.run == shared.run => a,
+                    Ok(_) => {
+                        tracing::debug!(member, "a heartbeat for another parent ignored");
+                        continue;
+                    }
                     Err(e) => {
                         shared.refused.refuse(format_args!("a heartbeat of member {member}: {e}"));
                         continue;
@@ -171,11 +190,36 @@ pub(super) async fn serve_members<O: DeserializeOwned + Send + 'static>(
     }
 }
 
-/// The parent's heartbeat, the renewal of its lease, and the check for silent members.
-pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(
+/// Renews the parent's lease every heartbeat, on a task of its own: a slow answer delays no
+/// beacon. Fails the pool once another parent took it over.
+pub(super) async fn keep_lease<O: DeserializeOwned + Send + 'static>(
     shared: Arc<Shared<O>>,
     mut lease: Lease,
 ) {
+    let mut every = tokio::time::interval(shared.settings.heartbeat);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let patience = shared.settings.lease_time();
+    loop {
+        every.tick().await;
+        // Not while cut off: the answer could not come.
+        if !shared.broker.conn.is_up() {
+            continue;
+        }
+        match tokio::time::timeout(patience, lease.renew()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(Renewal::Lost(holder))) => {
+                shared.fail(format!("{holder} took the pool over"));
+                shared.abort_background();
+                return;
+            }
+            Ok(Err(Renewal::Unanswered(e))) => tracing::warn!("lease not renewed: {e}"),
+            Err(_) => tracing::warn!("lease not renewed: no answer within {patience:?}"),
+        }
+    }
+}
+
+/// The parent's heartbeat, and the check for silent members.
+pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(shared: Arc<Shared<O>>) {
     let mut every = tokio::time::interval(shared.settings.heartbeat);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let timeout = shared.settings.member_timeout();
@@ -184,20 +228,16 @@ pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(
     let mut last_check = Instant::now();
     loop {
         every.tick().await;
-        // Not while cut off: the answer could not come.
-        let renewal = match shared.broker.conn.is_up() {
-            true => lease.renew().await,
-            false => Ok(()),
-        };
-        match renewal {
-            Ok(()) => {}
-            Err(Renewal::Lost(holder)) => {
-                shared.fail(format!("{holder} took the pool over"));
-                shared.abort_background();
-                return;
+        // Cut off: nothing to send (a publish would only fill the client's buffer).
+        let conn = &shared.broker.conn;
+        if !conn.is_up() {
+            let cut_off = conn.since().elapsed();
+            if cut_off > shared.settings.broker_timeout {
+                shared.broker_gone(format!("unreachable for {cut_off:.1?}"));
             }
-            Err(Renewal::Unanswered(e)) => tracing::debug!("lease not renewed: {e}"),
+            continue;
         }
+        shared.broker_back();
         seq += 1;
         let beacon = Beacon {
             run: shared.run,
@@ -218,15 +258,6 @@ pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(
         for member in members {
             shared.grant(&member).await;
         }
-        let conn = &shared.broker.conn;
-        if !conn.is_up() {
-            let cut_off = conn.since().elapsed();
-            if cut_off > shared.settings.broker_timeout {
-                shared.broker_gone(format!("unreachable for {cut_off:.1?}"));
-            }
-            continue;
-        }
-        shared.broker_back();
         if last_check.elapsed() >= timeout {
             last_check = Instant::now();
             shared.check_streams().await;
@@ -300,15 +331,21 @@ pub(super) async fn read_outputs<O: DeserializeOwned + Send + 'static>(
             .as_ref()
             .map_err(String::clone)
             .and_then(|p| wire::decode::<O>(p).map_err(|e| format!("cannot decode it: {e}")));
-        if let Err(why) = shared.on_output(&member, &output, value.as_ref().err()) {
+        if let Err((why, counted)) = shared.on_output(&member, &output, value.as_ref().err()) {
             shared.refused.refuse(format_args!("{why}"));
-            let _ = m.ack().await;
+            if counted {
+                // One of the member's outputs all the same: acknowledged, it returns credit.
+                let _ = shared.acks.send((member, output.nonce, m));
+            } else {
+                let _ = m.ack().await;
+            }
             continue;
         }
         match value {
             Ok(value) => {
                 let delivery = Delivery {
                     member,
+                    nonce: output.nonce,
                     task,
                     value: Some(value),
                     message: Some(m),
@@ -318,7 +355,7 @@ pub(super) async fn read_outputs<O: DeserializeOwned + Send + 'static>(
             }
             Err(e) => {
                 tracing::error!(member, task, "an output was dropped: {e}");
-                let _ = shared.acks.send((member, m));
+                let _ = shared.acks.send((member, output.nonce, m));
             }
         }
     }
@@ -363,19 +400,23 @@ async fn next_message<O: DeserializeOwned + Send + 'static>(
 /// its place.
 pub(super) async fn send_acks<O: DeserializeOwned + Send + 'static>(
     shared: Arc<Shared<O>>,
-    mut acks: mpsc::UnboundedReceiver<(String, JsMessage)>,
+    mut acks: mpsc::UnboundedReceiver<Ack>,
 ) {
     let mut batch = Vec::new();
     while acks.recv_many(&mut batch, 256).await > 0 {
         let confirmed =
-            futures_util::future::join_all(batch.drain(..).map(|(member, m)| async move {
+            futures_util::future::join_all(batch.drain(..).map(|(member, nonce, m)| async move {
                 confirm_ack(&m).await;
-                member
+                (member, nonce)
             }))
             .await;
         let mut members: Vec<String> = Vec::new();
-        for member in confirmed {
-            *lock(&shared.acked).entry(member.clone()).or_default() += 1;
+        for (member, nonce) in confirmed {
+            // Counted for the run that stored it only: a run that joined since counts anew.
+            match lock(&shared.acked).get_mut(&member) {
+                Some((run, count)) if *run == nonce => *count += 1,
+                _ => continue,
+            }
             if !members.contains(&member) {
                 members.push(member);
             }

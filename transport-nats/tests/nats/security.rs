@@ -21,6 +21,7 @@ mod wire {
     pub(super) struct Alive {
         pub(super) nonce: u64,
         pub(super) seq: u64,
+        pub(super) run: u64,
     }
     #[derive(Serialize, Deserialize)]
     pub(super) struct Beacon {
@@ -37,6 +38,7 @@ mod wire {
         pub(super) capacity: u32,
         pub(super) workers: u32,
         pub(super) nonce: u64,
+        pub(super) replaces: Option<u64>,
     }
     #[derive(Serialize)]
     pub(super) struct Task {
@@ -182,9 +184,10 @@ pub(super) async fn forged_messages() -> Result<(), Failed> {
         capacity: 8,
         workers: 1,
         nonce: 7,
+        replaces: None,
     };
     let answer = rogue
-        .request("looppool.forged.join", forge(&join).into())
+        .request("looppool.forged.join.ghost", forge(&join).into())
         .await?;
     let answer = String::from_utf8_lossy(&answer.payload).into_owned();
     check(
@@ -219,12 +222,21 @@ pub(super) async fn forged_messages() -> Result<(), Failed> {
         wait.tick().await?;
     }
     // The pool still works, and only genuine outputs arrive.
+    let mut tasks = rogue.subscribe("looppool.forged.task.m").await?;
+    rogue.flush().await?;
     pool.submit(Task::Double(4)).await?.await?;
     let d = outputs.recv().await.ok_or("outputs ended")?;
     check(*d.value() == Out::Doubled(8) && d.member() == "m", || {
         format!("the first output is {:?} from {}", d.value(), d.member())
     })?;
     drop(d);
+    // The genuine task, seen on the wire, stored again: the member does not run it twice.
+    let seen = tokio::time::timeout(Duration::from_secs(5), tasks.next())
+        .await?
+        .ok_or("no task seen")?;
+    js.publish("looppool.forged.task.m", seen.payload)
+        .await?
+        .await?;
     check((&mut long).now_or_never().is_none(), || {
         format!(
             "the 3 s task resolved after {:?}: the forged end was taken",
@@ -252,10 +264,11 @@ pub(super) async fn forged_messages() -> Result<(), Failed> {
     check(stopped.unresponsive.is_empty(), || {
         format!("{:?} did not leave", stopped.unresponsive)
     })?;
-    // The member refused the forged task and the forged stop, and ran only the genuine two.
+    // The member refused the forged task, the copy of the genuine one and the forged stop,
+    // and ran only the genuine two.
     let (code, text) = member.exit(Duration::from_secs(10)).await?;
     check(
-        code == 0 && text.contains("left after 2 tasks") && text.contains("2 messages refused"),
+        code == 0 && text.contains("left after 2 tasks (0 outputs refused, 3 messages refused)"),
         || format!("the member exited {code}: {text}"),
     )
 }
@@ -272,16 +285,21 @@ pub(super) async fn no_secret() -> Result<(), Failed> {
         code == 3 && text.contains("no pool secret") && text.contains("LOOPPOOL_NATS_SECRET"),
         || format!("a member without a secret exited {code}: {text}"),
     )?;
+    // With another secret it asks on (an unsealed refusal could come from anyone), saying
+    // why, until it gives up (after 2 s here).
     let spec = Spec {
         secret: Some("another secret of the pool"),
+        wait_for_parent: Some(Duration::from_secs(2)),
         ..Spec::new(&url, "nosecret")
     };
     let (code, text) = spec.spawn("m").exit(Duration::from_secs(20)).await?;
     check(
-        code == 3 && text.contains("not sealed with this pool's secret"),
+        code == 3
+            && text.contains("not taken in for 2s")
+            && text.contains("not sealed with this pool's secret"),
         || format!("a member with another secret exited {code}: {text}"),
     )?;
-    check(pool.members().is_empty() && pool.refused() == 1, || {
+    check(pool.members().is_empty() && pool.refused() >= 1, || {
         format!("members {:?}, refused {}", pool.members(), pool.refused())
     })?;
     stop_all(&pool, Vec::new()).await
@@ -318,6 +336,11 @@ pub(super) async fn member_permissions() -> Result<(), Failed> {
     ];
     pool.wait_for_members(2, Duration::from_secs(30)).await?;
     let outputs = pool.outputs();
+    let b_pid = pool
+        .members()
+        .into_iter()
+        .find(|m| m.name == "b")
+        .map(|m| m.pid);
     let started = Instant::now();
     let mut held = pool.submit_to("b", Task::Sleep(3000)).await?;
 
@@ -326,7 +349,10 @@ pub(super) async fn member_permissions() -> Result<(), Failed> {
     let watcher = user("parent", "parent-pw").connect(&url).await?;
     let (a, _) = sniff::<wire::Alive>(&watcher, "looppool.perm.alive.a").await?;
     let (b, _) = sniff::<wire::Alive>(&watcher, "looppool.perm.alive.b").await?;
-    let rogue = user("a", "a-pw").connect(&url).await?;
+    let rogue = user("a", "a-pw")
+        .custom_inbox_prefix("_INBOX.perm.a")
+        .connect(&url)
+        .await?;
     let end = |nonce| wire::End {
         nonce,
         id: held.id(),
@@ -367,7 +393,45 @@ pub(super) async fn member_permissions() -> Result<(), Failed> {
     check(started.elapsed() >= Duration::from_secs(3), || {
         format!("b's 3 s task ended after {:?}", started.elapsed())
     })?;
-    check(outputs.try_recv().is_none() && pool.refused() == 2, || {
+    // Nor can it join in b's name: not on b's join subject (the server refuses), not on its
+    // own (the parent refuses), not even claiming to be b's next run.
+    let join = wire::Join {
+        version: 2,
+        worker: Probe::name().into(),
+        member: "b".into(),
+        host: "nowhere".into(),
+        pid: 1,
+        capacity: 8,
+        workers: 1,
+        nonce: 99,
+        replaces: Some(b.nonce),
+    };
+    let subject = "looppool.perm.join.b";
+    let denied = rogue.request(subject, seal(subject, &join).into());
+    check(
+        tokio::time::timeout(Duration::from_secs(3), denied)
+            .await
+            .map_or(true, |r| r.is_err()),
+        || "a joined on b's subject".into(),
+    )?;
+    let subject = "looppool.perm.join.a";
+    let answer = rogue.request(subject, seal(subject, &join).into()).await?;
+    check(answer.payload.len() > 32, || "no answer".into())?;
+
+    let wait = Deadline::new(
+        "the parent to refuse three messages",
+        Duration::from_secs(10),
+    );
+    while pool.refused() < 3 {
+        wait.tick().await?;
+    }
+    let b_now = pool
+        .members()
+        .into_iter()
+        .find(|m| m.name == "b")
+        .map(|m| m.pid);
+    check(b_now == b_pid, || format!("b was replaced: {b_now:?}"))?;
+    check(outputs.try_recv().is_none() && pool.refused() == 3, || {
         format!("an output reached the program; {} refused", pool.refused())
     })?;
     stop_all(&pool, members).await
