@@ -290,16 +290,14 @@ impl<W: Worker> Serving<W> {
                 () = drain => false,
                 () = parent_gone => true,
             };
-        // The lanes stop first: tasks the workers are killed in below are not reported as
-        // lost; the parent takes them back and sends them again.
-        for task in aborts {
-            task.abort();
-        }
         if abandoned {
             // Nobody takes the reports: the workers stop now rather than finish.
             let left = lock(&self.running).len();
             tracing::warn!("the pool is out of reach; {left} tasks left unreported");
             self.local.kill();
+        }
+        for task in aborts {
+            task.abort();
         }
         background.abort_all();
         let leave = Leave {

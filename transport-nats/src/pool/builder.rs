@@ -333,7 +333,6 @@ impl<W: Worker> Builder<W> {
             acked: Mutex::new(HashMap::new()),
             background: Mutex::new(Vec::new()),
             lost: lost_tx,
-            sendings: Default::default(),
         });
         let opened = async {
             let subs = Subscriptions::open(&shared).await?;

@@ -2,7 +2,7 @@
 //! must get first) and letting one go (taking back what it held).
 
 use super::handle::{MemberEvent, MemberInfo};
-use super::sessions::Session;
+use super::sessions::{Session, Window};
 use super::shared::{lock, Live, Route, Shared};
 use crate::broker;
 use crate::wire::{self, Join, JoinReply};
@@ -59,12 +59,13 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 // The member asked again: the first answer was late or lost.
                 Some(old) if old.nonce == join.nonce => return self.welcome(),
                 Some(old) if join.replaces == Some(old.nonce) => {
-                    Some(("it joined again as a new run".to_string(), true))
+                    Some("it joined again as a new run".to_string())
                 }
                 Some(old) if old.last_seen.elapsed() > self.settings.replace_after() => {
                     let quiet = old.last_seen.elapsed();
-                    let why = format!("silent for {quiet:.1?}, and a new run of it asked to join");
-                    Some((why, false))
+                    Some(format!(
+                        "silent for {quiet:.1?}, and a new run of it asked to join"
+                    ))
                 }
                 Some(_) => {
                     return later(format!(
@@ -76,19 +77,8 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 None => None,
             }
         };
-        let successor = replaced.as_ref().is_some_and(|(_, successor)| *successor);
-        if let Some((why, _)) = replaced {
+        if let Some(why) = replaced {
             self.member_gone(&join.member, why);
-        }
-        {
-            // The run it follows is over: its workers are gone with it.
-            let mut inner = self.lock();
-            let follows_departed = join
-                .replaces
-                .is_some_and(|old| inner.departed.contains(&join.member, old));
-            if successor || (follows_departed && inner.reclaiming.contains(&join.member)) {
-                inner.hurry.insert(join.member.clone());
-            }
         }
         if self.lock().recovering {
             return later("the broker lost the pool's streams; they are being made anew".into());
@@ -138,11 +128,15 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     let outstanding = inner
                         .tasks
                         .values()
-                        .filter(|p| p.member == info.name && !p.adrift)
+                        .filter(|p| p.member == info.name)
                         .count();
-                    let before = inner.sessions.remove(&info.name);
-                    let session = Session::after(join.nonce, before);
-                    inner.sessions.insert(info.name.clone(), session);
+                    inner.sessions.insert(
+                        info.name.clone(),
+                        Session {
+                            nonce: join.nonce,
+                            outputs: Window::default(),
+                        },
+                    );
                     // Its credit counts from nothing.
                     lock(&self.acked).insert(info.name.clone(), (join.nonce, 0));
                     inner.members.push(Live {
@@ -232,24 +226,16 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         let shared = self.clone();
         let member = member.to_string();
         self.spawn(async move {
-            let leftover = match held {
-                true => shared.reclaim(&member, &reason).await,
-                false => Vec::new(),
-            };
-            let stream = shared.names.tasks_stream();
-            let js = &shared.broker.js;
-            let _ = js.delete_consumer_from_stream(&member, &stream).await;
-            let _ = js
-                .delete_consumer_from_stream(Self::reclaimer(&member), &stream)
-                .await;
-            {
-                let mut inner = shared.lock();
-                inner.reclaiming.remove(&member);
-                inner.hurry.remove(&member);
+            if held {
+                shared.reclaim(&member, &reason).await;
             }
+            let _ = shared
+                .broker
+                .js
+                .delete_consumer_from_stream(&member, shared.names.tasks_stream())
+                .await;
+            shared.lock().reclaiming.remove(&member);
             shared.changed.notify_waiters();
-            // Now that its consumer is gone, a new run of the member may join and take them.
-            shared.place_leftovers(&member, &reason, leftover).await;
         });
     }
 }

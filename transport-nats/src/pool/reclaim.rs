@@ -12,47 +12,31 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A task taken out of a gone member's consumer that no live member had room for yet.
-pub(super) struct Leftover {
-    id: u64,
-    prior: u32,
-    payload: Vec<u8>,
-}
-
 impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     /// Takes back from gone member `member`'s consumer every task it held: those it had not
-    /// received at once, those it had received once the ack wait ran out (at once too if the
-    /// member said that run is over, see [`Shared::hurry`]). Untargeted tasks go to the next
-    /// live member with room, or are returned to be moved once the consumer is gone (a member
-    /// joining again under the name may take them); targeted and broadcast ones are lost.
-    pub(super) async fn reclaim(self: &Arc<Self>, member: &str, reason: &str) -> Vec<Leftover> {
-        let mut leftover: Vec<Leftover> = Vec::new();
-        let held = |shared: &Self, leftover: &[Leftover]| {
+    /// received at once, those it had received once the ack wait ran out. Untargeted tasks go
+    /// to the next live member with room; targeted and broadcast ones are lost with it.
+    pub(super) async fn reclaim(self: &Arc<Self>, member: &str, reason: &str) {
+        let held = |shared: &Self| {
             let inner = shared.lock();
-            let tasks = inner.tasks.iter();
-            tasks
-                .filter(|(id, p)| p.member == member && !leftover.iter().any(|l| l.id == **id))
-                .count()
+            inner.tasks.values().filter(|p| p.member == member).count()
         };
         let s = &self.settings;
-        // Counted from the last task taken back.
+        // Counted from the last task taken back: waiting for room on live members is progress.
         let patience = s.ack_wait * 2 + s.member_timeout() + s.broker_timeout;
         let mut deadline = Instant::now() + patience;
         let mut consumer = None;
-        let mut hurried = false;
         loop {
-            let remaining = held(self, &leftover);
+            let remaining = held(self);
             if remaining == 0 {
-                return leftover;
+                return;
             }
             if Instant::now() >= deadline {
                 let ids: Vec<u64> = {
                     let inner = self.lock();
                     let tasks = inner.tasks.iter();
                     tasks
-                        .filter(|(id, p)| {
-                            p.member == member && !leftover.iter().any(|l| l.id == **id)
-                        })
+                        .filter(|(_, p)| p.member == member)
                         .map(|(id, _)| *id)
                         .collect()
                 };
@@ -60,15 +44,10 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     let why = format!("{reason}; the broker did not give the task back");
                     self.lose(id, member, 0, why);
                 }
-                return leftover;
-            }
-            if !hurried && self.lock().hurry.contains(member) {
-                // The run is over for sure: what it received comes back without the ack wait.
-                hurried = true;
-                consumer = None;
+                return;
             }
             if consumer.is_none() {
-                match self.unblock(member, hurried).await {
+                match self.unblock(member).await {
                     Ok(c) => consumer = Some(c),
                     Err(e) => {
                         tracing::debug!(member, "reclaim: consumer not reachable: {e}");
@@ -96,7 +75,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             while let Some(message) = batch.next().await {
                 match message {
                     Ok(m) => {
-                        leftover.extend(self.reclaimed(member, reason, m).await);
+                        self.reclaimed(member, reason, m).await;
                         deadline = Instant::now() + patience;
                     }
                     Err(e) => tracing::debug!(member, "reclaim: {e}"),
@@ -105,68 +84,18 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         }
     }
 
-    /// The consumer to take the gone member's tasks from: its own with no limit on
-    /// unacknowledged tasks (those it held no longer keep the parent from the ones never
-    /// delivered), or, `hurried`, a new one in its place, to which the broker gives every task
-    /// at once.
-    async fn unblock(&self, member: &str, hurried: bool) -> Result<PullConsumer, String> {
+    /// The gone member's consumer, with no limit on unacknowledged tasks: those it held up to
+    /// its capacity no longer keep the parent from the ones never delivered.
+    async fn unblock(&self, member: &str) -> Result<PullConsumer, String> {
         let stream = self.names.tasks_stream();
-        let js = &self.broker.js;
-        let text = |e: &dyn std::error::Error| broker::error_text(e);
-        if !hurried {
-            return js
-                .update_consumer_on_stream(self.member_consumer(member, -1), &stream)
-                .await
-                .map_err(|e| text(&e));
-        }
-        let _ = js.delete_consumer_from_stream(member, &stream).await;
-        let mut config = self.member_consumer(member, -1);
-        config.durable_name = Some(Self::reclaimer(member));
-        js.create_consumer_on_stream(config, &stream)
+        self.broker
+            .js
+            .update_consumer_on_stream(self.member_consumer(member, -1), &stream)
             .await
-            .map_err(|e| text(&e))
+            .map_err(|e| broker::error_text(&e))
     }
 
-    /// The name of the consumer that takes a gone member's tasks at once.
-    pub(super) fn reclaimer(member: &str) -> String {
-        format!("reclaim-{member}")
-    }
-
-    /// Moves tasks taken back from gone member `gone` that had no room before: to the next
-    /// live member with room, waiting as a submission does (a run of the member joining again
-    /// may take them).
-    pub(super) async fn place_leftovers(&self, gone: &str, reason: &str, leftover: Vec<Leftover>) {
-        for Leftover { id, prior, payload } in leftover {
-            match self.reroute(id, gone, prior).await {
-                Some(next) => self.resend(id, gone, &next, prior, payload).await,
-                None => {
-                    let why = format!("{reason}; no live member was left to take the task");
-                    self.lose(id, gone, prior, why);
-                }
-            }
-        }
-    }
-
-    async fn resend(&self, id: u64, gone: &str, next: &str, prior: u32, payload: Vec<u8>) {
-        tracing::info!(
-            task = id,
-            from = gone,
-            to = %next,
-            deliveries = prior,
-            "task redelivered to another member"
-        );
-        if let Err(e) = self.send_task(id, next, prior, payload).await {
-            let why = format!("the broker did not take it: {e}");
-            self.lose(id, next, prior, why);
-        }
-    }
-
-    async fn reclaimed(
-        self: &Arc<Self>,
-        gone: &str,
-        reason: &str,
-        message: JsMessage,
-    ) -> Option<Leftover> {
+    async fn reclaimed(self: &Arc<Self>, gone: &str, reason: &str, message: JsMessage) {
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         let task: TaskMsg = match self.sealer.unpack(&message.subject, &message.payload) {
             Ok(t) => t,
@@ -175,7 +104,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     "a task in the consumer of member {gone}, taking it back: {e}"
                 ));
                 let _ = message.ack_with(AckKind::Term).await;
-                return None;
+                return;
             }
         };
         // Deliveries to members so far: all but this one, which came to the parent.
@@ -188,27 +117,31 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             }
         };
         let max = self.settings.max_deliveries;
-        let mut left = None;
         match route {
             None => {}
             Some(Route::Member) => self.lose(task.id, gone, prior, reason.into()),
             Some(Route::Any) if prior >= max => self.dead_letter(gone, reason, task, prior).await,
-            Some(Route::Any) => match self.place(task.id, gone, prior) {
-                Some(next) => self.resend(task.id, gone, &next, prior, task.payload).await,
-                None => {
-                    if let Some(p) = self.lock().tasks.get_mut(&task.id) {
-                        p.adrift = true;
+            Some(Route::Any) => match self.reroute(task.id, gone, prior).await {
+                Some(next) => {
+                    tracing::info!(
+                        task = task.id,
+                        from = gone,
+                        to = %next,
+                        deliveries = prior,
+                        "task redelivered to another member"
+                    );
+                    if let Err(e) = self.send_task(task.id, &next, prior, task.payload).await {
+                        let why = format!("the broker did not take it: {e}");
+                        self.lose(task.id, &next, prior, why);
                     }
-                    left = Some(Leftover {
-                        id: task.id,
-                        prior,
-                        payload: task.payload,
-                    })
+                }
+                None => {
+                    let why = format!("{reason}; no live member was left to take the task");
+                    self.lose(task.id, gone, prior, why);
                 }
             },
         }
         let _ = message.ack_with(AckKind::Term).await;
-        left
     }
 
     /// Ends a task delivered `deliveries` times, the most the pool allows, as lost, and stores
@@ -253,46 +186,42 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     }
 
     /// Moves task `id` from gone member `gone` to the next live member with room in its
-    /// backlog, if one has room now. Returns the member.
-    fn place(&self, id: u64, gone: &str, prior: u32) -> Option<String> {
-        let mut inner = self.lock();
-        let inner = &mut *inner;
-        if !matches!(inner.tasks.get(&id), Some(p) if p.member == gone) {
-            return None;
-        }
-        let n = inner.members.len();
-        let k = (0..n)
-            .map(|j| (inner.cursor + j) % n)
-            .find(|&k| inner.members[k].outstanding < inner.members[k].limit)?;
-        inner.cursor = k + 1;
-        let live = &mut inner.members[k];
-        live.outstanding += 1;
-        let name = live.info.name.clone();
-        let p = inner.tasks.get_mut(&id).expect("checked above");
-        p.member = name.clone();
-        p.adrift = false;
-        let mut status = lock(&p.status);
-        status.deliveries = prior;
-        status.member = name.clone();
-        Some(name)
-    }
-
-    /// [`place`](Self::place), waiting for room as a submission does, and up to the member
-    /// timeout for a member to be there at all.
+    /// backlog, waiting for room as a submission does, and up to the member timeout for a
+    /// member to be there at all. Returns the member.
     async fn reroute(&self, id: u64, gone: &str, prior: u32) -> Option<String> {
         let mut deadline = tokio::time::Instant::now() + self.settings.member_timeout();
         loop {
             let mut notified = pin!(self.changed.notified());
             notified.as_mut().enable();
-            if let Some(name) = self.place(id, gone, prior) {
-                return Some(name);
+            {
+                let mut inner = self.lock();
+                let inner = &mut *inner;
+                if !matches!(inner.tasks.get(&id), Some(p) if p.member == gone) {
+                    return None;
+                }
+                let n = inner.members.len();
+                let roomy = (0..n)
+                    .map(|j| (inner.cursor + j) % n)
+                    .find(|&k| inner.members[k].outstanding < inner.members[k].limit);
+                if let Some(k) = roomy {
+                    inner.cursor = k + 1;
+                    let live = &mut inner.members[k];
+                    live.outstanding += 1;
+                    let name = live.info.name.clone();
+                    let p = inner.tasks.get_mut(&id).expect("checked above");
+                    p.member = name.clone();
+                    let mut status = lock(&p.status);
+                    status.deliveries = prior;
+                    status.member = name.clone();
+                    return Some(name);
+                }
+                if n > 0 {
+                    // Members, all busy: wait for room as long as it takes.
+                    deadline = tokio::time::Instant::now() + self.settings.member_timeout();
+                }
             }
-            if !matches!(self.lock().tasks.get(&id), Some(p) if p.member == gone) {
-                return None;
-            }
-            if !self.lock().members.is_empty() {
-                // Members, all busy: wait for room as long as it takes.
-                deadline = tokio::time::Instant::now() + self.settings.member_timeout();
+            let busy = tokio::time::Instant::now() < deadline && !self.lock().members.is_empty();
+            if busy {
                 notified.await;
             } else if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return None;

@@ -8,36 +8,6 @@ use std::collections::{BTreeSet, HashSet, VecDeque};
 pub(super) struct Session {
     pub(super) nonce: u64,
     pub(super) outputs: Window,
-    /// The run before, whose outputs and ends may still be on their way (for tasks the name
-    /// still holds).
-    pub(super) previous: Option<(u64, Window)>,
-}
-
-impl Session {
-    /// A run following `before` (the last run of the name, if any).
-    pub(super) fn after(nonce: u64, before: Option<Session>) -> Self {
-        Self {
-            nonce,
-            outputs: Window::default(),
-            previous: before.map(|b| (b.nonce, b.outputs)),
-        }
-    }
-
-    /// Whether `nonce` is this run or the one before.
-    pub(super) fn knows(&self, nonce: u64) -> bool {
-        self.nonce == nonce || self.previous.as_ref().is_some_and(|(n, _)| *n == nonce)
-    }
-
-    /// The window of outputs of run `nonce`, if it is this one or the one before.
-    pub(super) fn outputs_of(&mut self, nonce: u64) -> Option<&mut Window> {
-        if self.nonce == nonce {
-            return Some(&mut self.outputs);
-        }
-        match &mut self.previous {
-            Some((n, window)) if *n == nonce => Some(window),
-            _ => None,
-        }
-    }
 }
 
 /// Which output numbers of a member were accepted: each at most once.

@@ -35,9 +35,6 @@ pub(super) struct Pending {
     pub(super) parked: Option<(String, EndMsg)>,
     /// Why an output of the task could not be delivered: the task then fails.
     pub(super) dropped: Option<String>,
-    /// Taken back from a gone member and not yet sent to another: counted in no member's
-    /// backlog.
-    pub(super) adrift: bool,
 }
 
 impl Pending {
@@ -86,9 +83,6 @@ pub(super) struct Inner {
     pub(super) sticky_set: u64,
     /// Members gone whose consumers are not deleted yet (their tasks are being taken back).
     pub(super) reclaiming: HashSet<String>,
-    /// Gone members whose run is over for sure (a new run of it said so): their tasks are
-    /// taken back without waiting for the ack wait.
-    pub(super) hurry: HashSet<String>,
     /// The last run of each member name that joined.
     pub(super) sessions: HashMap<String, Session>,
     pub(super) departed: Departed,
@@ -101,7 +95,7 @@ impl Inner {
 
     /// Whether `nonce` is the run of `member` that joined last.
     fn session_is(&self, member: &str, nonce: u64) -> bool {
-        self.sessions.get(member).is_some_and(|s| s.knows(nonce))
+        self.sessions.get(member).is_some_and(|s| s.nonce == nonce)
     }
 
     /// Records a task for live member `k`.
@@ -136,7 +130,6 @@ impl Inner {
                 seen: Vec::new(),
                 parked: None,
                 dropped: None,
-                adrift: false,
             },
         );
         (id, TaskHandle { id, status, rx })
@@ -153,7 +146,7 @@ impl Inner {
         let Some(mut p) = self.tasks.remove(&id) else {
             return;
         };
-        if let Some(k) = self.live(&p.member).filter(|_| !p.adrift) {
+        if let Some(k) = self.live(&p.member) {
             self.members[k].outstanding -= 1;
         }
         {
@@ -203,8 +196,6 @@ pub(super) struct Shared<O> {
     /// acknowledged.
     pub(super) acked: Mutex<HashMap<String, (u64, u64)>>,
     pub(super) background: Mutex<Vec<AbortHandle>>,
-    /// Tasks sent so far, to tell sendings apart.
-    pub(super) sendings: std::sync::atomic::AtomicU64,
     /// Reports of the pool's streams found gone, for the recovery.
     pub(super) lost: mpsc::UnboundedSender<String>,
 }
@@ -253,12 +244,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             .sealer
             .pack(&subject, &task)
             .map_err(PublishFailure::Refused)?;
-        // One id per sending (its retries share it): a task sent again, to a member of the
-        // same name after it was taken back, say, is not a duplicate to the broker.
-        let sending = self
-            .sendings
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let msg_id = format!("{:x}-{id}-{member}-{prior}-{sending}", self.run);
+        let msg_id = format!("{:x}-{id}-{member}-{prior}", self.run);
         let deadline = Instant::now() + self.settings.broker_timeout;
         let sent = broker::publish(&self.broker.js, &subject, &msg_id, &msg, Some(deadline)).await;
         if let Err(PublishFailure::NoStream) = &sent {
@@ -426,13 +412,13 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         let Some(session) = inner.sessions.get_mut(member) else {
             return Err((format!("{}, which never joined", what()), false));
         };
-        let Some(window) = session.outputs_of(output.nonce) else {
+        if session.nonce != output.nonce {
             return Err((
                 format!("{}, from a run that is not in the pool", what()),
                 false,
             ));
-        };
-        if !window.admit(output.seq) {
+        }
+        if !session.outputs.admit(output.seq) {
             return Err((format!("{}, a second time", what()), false));
         }
         let Some(id) = output.task else {
