@@ -64,17 +64,9 @@ pub(super) async fn recovery<O: DeserializeOwned + Send + 'static>(
         let members: Vec<String> = {
             let mut inner = shared.lock();
             inner.recovering = true;
-            let ids: Vec<(u64, String)> = inner
-                .tasks
-                .iter()
-                .map(|(id, p)| (*id, p.member.clone()))
-                .collect();
-            for (id, member) in ids {
-                let error = TaskError::Broker {
-                    reason: format!("{reason}; whether the task ran is unknown"),
-                };
-                inner.finish(id, &member, 0, Err(error));
-            }
+            inner.end_all(|_| TaskError::Broker {
+                reason: format!("{reason}; whether the task ran is unknown"),
+            });
             inner.members.iter().map(|m| m.info.name.clone()).collect()
         };
         shared.changed.notify_waiters();

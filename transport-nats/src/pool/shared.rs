@@ -135,6 +135,19 @@ impl Inner {
         (id, TaskHandle { id, status, rx })
     }
 
+    /// Ends every task under way with the error `error` makes for the member holding it.
+    pub(super) fn end_all(&mut self, error: impl Fn(&str) -> TaskError) {
+        let ids: Vec<(u64, String)> = self
+            .tasks
+            .iter()
+            .map(|(id, p)| (*id, p.member.clone()))
+            .collect();
+        for (id, member) in ids {
+            let error = error(&member);
+            self.finish(id, &member, 0, Err(error));
+        }
+    }
+
     /// Ends task `id` with `result`, as reported by (or lost with) `member`.
     pub(super) fn finish(
         &mut self,
@@ -274,17 +287,9 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         }
         tracing::error!(pool = %self.pool, "the broker is {reason}: tasks under way fail");
         inner.broker_gone = Some(reason.clone());
-        let ids: Vec<(u64, String)> = inner
-            .tasks
-            .iter()
-            .map(|(id, p)| (*id, p.member.clone()))
-            .collect();
-        for (id, member) in ids {
-            let error = TaskError::Broker {
-                reason: reason.clone(),
-            };
-            inner.finish(id, &member, 0, Err(error));
-        }
+        inner.end_all(|_| TaskError::Broker {
+            reason: reason.clone(),
+        });
         drop(inner);
         self.changed.notify_waiters();
     }
@@ -302,18 +307,10 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         let mut inner = self.lock();
         inner.closed = true;
         inner.failed = Some(reason.clone());
-        let ids: Vec<(u64, String)> = inner
-            .tasks
-            .iter()
-            .map(|(id, p)| (*id, p.member.clone()))
-            .collect();
-        for (id, member) in ids {
-            let error = TaskError::Lost {
-                member: member.clone(),
-                reason: format!("the pool failed: {reason}"),
-            };
-            inner.finish(id, &member, 0, Err(error));
-        }
+        inner.end_all(|member| TaskError::Lost {
+            member: member.into(),
+            reason: format!("the pool failed: {reason}"),
+        });
         inner.reclaiming.clear();
         drop(inner);
         self.changed.notify_waiters();
