@@ -50,7 +50,8 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         let replaced = {
             let inner = self.lock();
             if inner.closed {
-                return refuse("the pool is stopping".into());
+                // A member joining again hears of the stop (`looppool.P.stopped`) meanwhile.
+                return later("the pool is stopping".into());
             }
             if inner.departed.contains(&join.member, join.nonce) {
                 return refuse(format!("this run of member {} left the pool", join.member));
@@ -97,8 +98,9 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             .create_consumer_on_stream(config, self.names.tasks_stream())
             .await
         {
-            return refuse(format!(
-                "cannot create its consumer: {}",
+            // The broker may be making the pool's streams anew: worth asking again.
+            return later(format!(
+                "cannot create its consumer yet: {}",
                 broker::error_text(&e)
             ));
         }

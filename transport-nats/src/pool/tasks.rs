@@ -44,23 +44,41 @@ pub(super) async fn consumer_messages<O>(
             broker::error_text(e)
         ))
     };
-    let consumer = shared
-        .broker
-        .js
-        .create_consumer_on_stream(
-            pull::Config {
-                // Of this run: a parent that lost the pool never reads its successor's.
-                durable_name: Some(format!("parent-{:x}", shared.run)),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: shared.settings.ack_wait,
-                max_ack_pending: -1,
-                inactive_threshold: shared.settings.consumer_expiry(),
-                ..Default::default()
-            },
-            stream,
-        )
-        .await
-        .map_err(|e| fail(&e))?;
+    // Of this run: a parent that lost the pool never reads its successor's.
+    let name = format!("parent-{:x}", shared.run);
+    let config = pull::Config {
+        durable_name: Some(name.clone()),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: shared.settings.ack_wait,
+        max_ack_pending: -1,
+        inactive_threshold: shared.settings.consumer_expiry(),
+        ..Default::default()
+    };
+    let js = &shared.broker.js;
+    let consumer = match js.create_consumer_on_stream(config.clone(), stream).await {
+        Ok(c) => c,
+        Err(e) if broker::error_text(&e).contains("multiple non-filtered consumers") => {
+            // An earlier parent's, made anew on this parent's streams before it learnt it
+            // lost the pool: this parent holds the lease, the stream is its to read.
+            let mut stale = Vec::new();
+            if let Ok(s) = js.get_stream(stream).await {
+                let mut names = s.consumer_names();
+                while let Some(Ok(other)) = names.next().await {
+                    if other != name {
+                        stale.push(other);
+                    }
+                }
+            }
+            for other in stale {
+                tracing::warn!("deleting consumer {other} of an earlier parent on {stream}");
+                let _ = js.delete_consumer_from_stream(&other, stream).await;
+            }
+            js.create_consumer_on_stream(config, stream)
+                .await
+                .map_err(|e| fail(&e))?
+        }
+        Err(e) => return Err(fail(&e)),
+    };
     broker::read(&consumer, None, &format!("stream {stream}")).await
 }
 

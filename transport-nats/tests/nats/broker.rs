@@ -206,32 +206,18 @@ pub(super) async fn store_lost() -> Result<(), Failed> {
     // The streams are made anew and the members join again.
     let wait = Deadline::new("the pool to run tasks again", Duration::from_secs(30));
     loop {
-        if let Ok(h) = pool.submit(Task::Double(1)).await {
-            if h.await.is_ok() {
-                break;
-            }
+        let last = match pool.submit(Task::Double(1)).await {
+            Ok(h) => match h.await {
+                Ok(()) => break,
+                Err(e) => format!("task: {e}"),
+            },
+            Err(e) => format!("submit: {e}"),
+        };
+        if let Err(e) = wait.tick().await {
+            let members = pool.members();
+            return Err(format!("{:?}; last: {last}; members {members:?}", e.message()).into());
         }
-        wait.tick().await?;
     }
     pool.wait_for_members(2, Duration::from_secs(30)).await?;
-    // Someone deletes a stream of the pool: the same.
-    let running = pool.submit(Task::Sleep(3000)).await?;
-    js(&url)
-        .await?
-        .delete_stream("looppool-amnesia-end")
-        .await?;
-    match tokio::time::timeout(Duration::from_secs(20), running).await {
-        Ok(Err(TaskError::Broker { reason })) if reason.contains("looppool-amnesia-end") => {}
-        other => return Err(format!("a task under way: {other:?}").into()),
-    }
-    let wait = Deadline::new("the pool to run tasks again", Duration::from_secs(30));
-    loop {
-        if let Ok(h) = pool.submit(Task::Double(2)).await {
-            if h.await.is_ok() {
-                break;
-            }
-        }
-        wait.tick().await?;
-    }
     stop_all(&pool, members).await
 }
