@@ -179,15 +179,14 @@ impl std::fmt::Display for PublishFailure {
 /// Publishes `payload` to `subject` and waits until JetStream stored it.
 ///
 /// `msg_id` makes retries idempotent (the stream's duplicate window drops a second copy). A
-/// subject at its per-subject limit (an output stream holding the member's whole result
-/// credit) is waited out for as long as it takes: that is the back-pressure. Other failures
-/// (a broker restarting, a lost connection) are retried until `deadline`.
+/// full stream refuses at once; other failures (a broker restarting, a lost connection) are
+/// retried until `deadline`.
 pub(crate) async fn publish(
     js: &jetstream::Context,
     subject: &str,
     msg_id: &str,
     payload: &[u8],
-    deadline: Option<Instant>,
+    deadline: Instant,
 ) -> Result<(), PublishFailure> {
     let mut backoff = Duration::from_micros(500);
     let payload = bytes_of(payload);
@@ -204,59 +203,27 @@ pub(crate) async fn publish(
             Err(e) => e,
         };
         let text = error_text(&error);
-        let full = subject_full(&error);
         match error.kind() {
             PublishErrorKind::StreamNotFound => return Err(PublishFailure::NoStream),
             PublishErrorKind::MaxPayloadExceeded => return Err(PublishFailure::Refused(text)),
-            PublishErrorKind::Other if !full && text.contains("stream not found") => {
+            PublishErrorKind::Other if text.contains("stream not found") => {
                 return Err(PublishFailure::NoStream)
             }
             _ => {}
         }
-        // The stream holds its most bytes or messages: a submission is refused at once, a
-        // member's output or end waits for room.
-        if deadline.is_some() && stream_full(&text) {
+        // The stream holds its most bytes or messages.
+        if text.contains("maximum bytes exceeded") || text.contains("maximum messages exceeded") {
             return Err(PublishFailure::Refused(format!(
                 "the stream is full: {text}"
             )));
         }
-        let full = full || stream_full(&text);
-        if !full {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(PublishFailure::TimedOut(text));
-            }
-            tracing::debug!("publish to {subject} failed, retrying: {text}");
+        if Instant::now() >= deadline {
+            return Err(PublishFailure::TimedOut(text));
         }
+        tracing::debug!("publish to {subject} failed, retrying: {text}");
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_millis(if full { 20 } else { 250 }));
+        backoff = (backoff * 2).min(Duration::from_millis(250));
     }
-}
-
-/// The acknowledgement of a message [`send`] handed to the client.
-pub(crate) type AckFuture = async_nats::jetstream::context::PublishAckFuture;
-
-/// Hands a message to the client for JetStream to store, without waiting for it to be stored:
-/// messages sent one after another on a connection are stored in that order.
-pub(crate) async fn send(
-    js: &jetstream::Context,
-    subject: &str,
-    msg_id: &str,
-    payload: &[u8],
-) -> Result<AckFuture, async_nats::jetstream::context::PublishError> {
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", msg_id);
-    js.publish_with_headers(subject.to_string(), headers, bytes_of(payload))
-        .await
-}
-
-/// Whether a publish was refused because its stream holds its most bytes or messages.
-fn stream_full(text: &str) -> bool {
-    text.contains("maximum bytes exceeded") || text.contains("maximum messages exceeded")
-}
-
-/// Whether a publish was refused because its subject holds its limit of messages.
-pub(crate) fn subject_full(error: &async_nats::jetstream::context::PublishError) -> bool {
-    error_text(error).contains("maximum messages per subject")
 }
 
 fn bytes_of(payload: &[u8]) -> bytes::Bytes {

@@ -10,11 +10,16 @@
 //! - **Task credit**: each member has its own durable JetStream consumer on the pool's
 //!   work-queue stream, with `max_ack_pending` equal to its capacity; the parent sends a member
 //!   at most its backlog and makes submitters wait for room.
-//! - **Result credit**: a member stores at most `result_credit` outputs that the parent has not
-//!   acknowledged; the parent acknowledges an output when the program drops its [`Delivery`],
-//!   and tells the member how many it acknowledged so far. Within its credit a member stores
-//!   outputs without waiting for each to be stored before the next, in order; a per-subject
-//!   limit on the output stream backs the count up.
+//! - **Result credit**: a member sends at most `result_credit` outputs that the program has not
+//!   taken; the parent acknowledges an output when the program drops its [`Delivery`], and
+//!   tells the member how many it acknowledged so far.
+//! - **Outputs and ends**: a member sends its outputs and task ends in order on core NATS,
+//!   without a store: it keeps each until the parent confirms it and sends again, in order,
+//!   what is not confirmed within a heartbeat (a lost connection, a broker restart); the
+//!   parent takes each once. Only tasks are stored: a task must outlive the member it was
+//!   sent to, while an output or end is wanted only by the parent, and lost only with the
+//!   member that holds it (whose task then runs again elsewhere) or with the parent (whose
+//!   handles are then gone).
 //! - **Membership**: members join with a request the parent answers, beat a heartbeat, and
 //!   leave; one silent past the member timeout is counted gone. [`Pool::events`] tells both.
 //!   A member that lost its parent for a member timeout (a partition, a stalled or dead
@@ -42,8 +47,9 @@
 //!   members to leave, and deletes the pool's streams and lease.
 //! - **Broker restarts**: clients reconnect; JetStream keeps the streams (file storage);
 //!   publishes retry with message ids (so a retry stores nothing twice) up to the broker
-//!   timeout, after which a submission fails with [`SubmitError::Broker`]. Silence while the
-//!   broker was away does not count against members.
+//!   timeout, after which a submission fails with [`SubmitError::Broker`]. Members send again
+//!   the outputs and ends the parent did not confirm. Silence while the broker was away does
+//!   not count against members.
 //! - **Broker gone**: once the parent has been cut off from the broker for the broker timeout,
 //!   every task under way ends with [`TaskError::Broker`], submissions (those waiting for a
 //!   member's backlog included) fail with [`SubmitError::Broker`] until it is back, and
@@ -65,11 +71,10 @@
 //! | `looppool.P.alive.M` | core NATS | member `M`'s heartbeat |
 //! | `looppool.P.leave.M` | core NATS | member `M` leaves |
 //! | `looppool.P.ctl.M` | core NATS | the parent tells member `M` to stop |
-//! | `looppool.P.credit.M` | core NATS | how many of `M`'s outputs the parent acknowledged |
+//! | `looppool.P.up.M` | core NATS, sent again until confirmed | member `M`'s outputs and task ends, numbered, in order |
+//! | `looppool.P.credit.M` | core NATS | how many of `M`'s outputs the program took, and how far `M`'s messages arrived |
 //! | `looppool.P.beacon` | core NATS | the parent's heartbeat |
 //! | `looppool.P.task.M` | stream `looppool-P-tasks` (work queue) | tasks for member `M`, read by its consumer `M` |
-//! | `looppool.P.out.M` | stream `looppool-P-out` (work queue) | outputs of member `M`, at most the result credit stored per member |
-//! | `looppool.P.end.M` | stream `looppool-P-end` (work queue) | how member `M`'s tasks ended |
 //! | `looppool.P.dead` | stream `looppool-P-dead` (work queue) | tasks given up on, for [`Pool::dead_letters`] |
 //! | `$KV.looppool-P.parent` | bucket `looppool-P` (key-value) | the parent's lease on the pool |
 //!

@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 ///     ("m1", "m1-password", Permissions::member("demo", "m1")),
 ///     ("m2", "m2-password", Permissions::member("demo", "m2")),
 /// ]);
-/// assert!(config.contains(r#""looppool.demo.end.m1""#));
+/// assert!(config.contains(r#""looppool.demo.up.m1""#));
 /// // Written to a file, `nats-server -c FILE -js` serves the pool with these users.
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,12 +46,7 @@ impl Permissions {
             "$JS.API.>".into(),
             "_INBOX.>".into(),
         ];
-        for stream in [
-            names.tasks_stream(),
-            names.out_stream(),
-            names.end_stream(),
-            names.dead_stream(),
-        ] {
+        for stream in names.streams() {
             publish.push(format!("$JS.ACK.{stream}.>"));
         }
         // Its lease on the pool.
@@ -62,8 +57,8 @@ impl Permissions {
         }
     }
 
-    /// Member `member` of pool `pool`: it joins, beats and leaves under its own name, stores
-    /// outputs and ends on its own subjects, and reads and acknowledges its own consumer.
+    /// Member `member` of pool `pool`: it joins, beats and leaves under its own name, sends
+    /// outputs and ends on its own subject, and reads and acknowledges its own consumer.
     pub fn member(pool: &str, member: &str) -> Self {
         let names = Names::new(pool);
         let tasks = names.tasks_stream();
@@ -72,8 +67,7 @@ impl Permissions {
                 names.join(member),
                 names.alive(member),
                 names.leave(member),
-                names.out(member),
-                names.end(member),
+                names.up(member),
                 format!("$JS.API.CONSUMER.INFO.{tasks}.{member}"),
                 format!("$JS.API.CONSUMER.MSG.NEXT.{tasks}.{member}"),
                 format!("$JS.ACK.{tasks}.{member}.>"),
@@ -133,11 +127,7 @@ mod tests {
     #[test]
     fn a_member_may_publish_only_on_its_own_subjects() {
         let m = Permissions::member("p", "m1");
-        for own in [
-            "looppool.p.end.m1",
-            "looppool.p.out.m1",
-            "looppool.p.leave.m1",
-        ] {
+        for own in ["looppool.p.up.m1", "looppool.p.leave.m1"] {
             assert!(m.publish.iter().any(|s| s == own), "{own}");
         }
         assert!(m

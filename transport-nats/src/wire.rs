@@ -3,7 +3,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The version of these messages; a member speaking another is refused when it joins.
-pub(crate) const VERSION: u32 = 2;
+pub(crate) const VERSION: u32 = 3;
 
 /// Whether `name` can be a pool or member name: 1 to 64 ASCII letters, digits, `-` or `_`
 /// (it becomes a NATS subject token and part of stream and consumer names).
@@ -65,26 +65,22 @@ impl Names {
     pub(crate) fn task(&self, member: &str) -> String {
         format!("looppool.{}.task.{member}", self.pool)
     }
-    pub(crate) fn out(&self, member: &str) -> String {
-        format!("looppool.{}.out.{member}", self.pool)
-    }
-    pub(crate) fn end(&self, member: &str) -> String {
-        format!("looppool.{}.end.{member}", self.pool)
+    /// Where member `member` sends its parent its outputs and task ends ([`UpMsg`]).
+    pub(crate) fn up(&self, member: &str) -> String {
+        format!("looppool.{}.up.{member}", self.pool)
     }
     pub(crate) fn tasks_stream(&self) -> String {
         format!("looppool-{}-tasks", self.pool)
-    }
-    pub(crate) fn out_stream(&self) -> String {
-        format!("looppool-{}-out", self.pool)
-    }
-    pub(crate) fn end_stream(&self) -> String {
-        format!("looppool-{}-end", self.pool)
     }
     pub(crate) fn dead(&self) -> String {
         format!("looppool.{}.dead", self.pool)
     }
     pub(crate) fn dead_stream(&self) -> String {
         format!("looppool-{}-dead", self.pool)
+    }
+    /// Every stream of the pool.
+    pub(crate) fn streams(&self) -> [String; 2] {
+        [self.tasks_stream(), self.dead_stream()]
     }
     /// The key-value bucket of the parent's lease.
     pub(crate) fn lease_bucket(&self) -> String {
@@ -188,14 +184,17 @@ pub(crate) enum Control {
     Evicted { reason: String },
 }
 
-/// How many of a member's outputs the parent has acknowledged, in all: the member may store
-/// `result_credit` more than that. Repeated every heartbeat, so a lost one does no harm.
+/// What the parent has of one run of a member: how many of its outputs the program took, in
+/// all (the member may send `result_credit` more than that), and the number of the last
+/// [`UpMsg`] received with all those before it (the member sends again what comes after).
+/// Sent as messages come in, and repeated every heartbeat, so a lost one does no harm.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub(crate) struct Credit {
     pub(crate) run: u64,
     /// The member's run it counts for.
     pub(crate) nonce: u64,
     pub(crate) acked: u64,
+    pub(crate) received: u64,
 }
 
 /// The parent stopped the pool, for members joining again that it no longer counts in.
@@ -211,13 +210,28 @@ pub(crate) struct Leave {
     pub(crate) reason: String,
 }
 
+/// What a member tells its parent, in order: its workers' outputs and its tasks' ends. Sent
+/// on core NATS, not stored: the member keeps each until the parent says it has it
+/// ([`Credit::received`]), and sends again, in order, what the parent did not confirm in time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct UpMsg {
+    /// The member's run that sent it.
+    pub(crate) nonce: u64,
+    /// Counts the run's messages from 1: the parent takes each once, in order.
+    pub(crate) seq: u64,
+    pub(crate) body: Up,
+}
+
+/// The body of an [`UpMsg`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Up {
+    Output(OutputMsg),
+    End(EndMsg),
+}
+
 /// An output of a member's worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct OutputMsg {
-    /// The member's run that sent it.
-    pub(crate) nonce: u64,
-    /// Counts the member's outputs from 1: each is accepted once.
-    pub(crate) seq: u64,
     /// The task that emitted it, or `None` for an unsolicited output.
     pub(crate) task: Option<u64>,
     /// The postcard encoding of the `Worker::Output`, or why the member could not send it
@@ -238,12 +252,10 @@ pub(crate) struct DeadMsg {
 /// How a task ended in a member.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct EndMsg {
-    /// The member's run that sent it.
-    pub(crate) nonce: u64,
     pub(crate) id: u64,
     /// Deliveries of the task to members, this one included.
     pub(crate) deliveries: u32,
-    /// Outputs this run emitted, all published before this message.
+    /// Outputs this run emitted, all sent before this message.
     pub(crate) outputs: u32,
     pub(crate) outcome: Outcome,
 }
@@ -283,7 +295,6 @@ mod tests {
     #[test]
     fn messages_round_trip_and_garbage_is_refused() {
         let end = EndMsg {
-            nonce: 1,
             id: 7,
             deliveries: 2,
             outputs: 3,

@@ -1,17 +1,37 @@
 //! A member's lanes to the broker: tasks into the local pool, outputs and ends out in order,
 //! heartbeats and progress.
 
-use super::serve::{lock, EndOut, Finished, Serving, Taken};
-use crate::broker::{self, PublishFailure};
-use crate::wire::{self, Alive, EndMsg, Outcome, OutputMsg, TaskMsg};
+use super::serve::{lock, Finished, Heard, Serving, Taken};
+use crate::wire::{self, Alive, EndMsg, Outcome, OutputMsg, TaskMsg, Up, UpMsg};
 use async_nats::jetstream::{AckKind, Message as JsMessage};
-use futures_util::StreamExt;
 use looppool_core::Worker;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
+
+/// What the pump hands the lane to the parent.
+pub(super) enum Outgoing<O> {
+    /// An output of the task with this (parent) id, or unsolicited.
+    Output(Option<u64>, looppool_core::Delivery<O>),
+    End(EndMsg),
+}
+
+/// What a message sent and not yet confirmed holds until the parent has it.
+enum Hold<O> {
+    /// The local output, acknowledged to the worker once the parent has it.
+    Output(looppool_core::Delivery<O>),
+    /// The task that ended.
+    End(u64),
+}
+
+/// A message sent to the parent and not yet confirmed.
+struct Unconfirmed<O> {
+    seq: u64,
+    bytes: bytes::Bytes,
+    hold: Hold<O>,
+}
 
 impl<W: Worker> Serving<W> {
     /// Starts one delivered task in the local pool.
@@ -104,13 +124,12 @@ impl<W: Worker> Serving<W> {
         });
     }
 
-    /// Orders outputs and ends: every output of a task goes on the output lane before the
-    /// task's end goes on the end lane, which carries the count of its outputs.
+    /// Orders outputs and ends: every output of a task goes on the lane before the task's
+    /// end, which carries the count of its outputs.
     pub(super) async fn pump(
         self: Arc<Self>,
         mut finished: mpsc::UnboundedReceiver<Finished>,
-        out_lane: mpsc::UnboundedSender<(Option<u64>, looppool_core::Delivery<W::Output>)>,
-        end_lane: mpsc::UnboundedSender<(EndOut, Option<JsMessage>)>,
+        lane: mpsc::UnboundedSender<Outgoing<W::Output>>,
     ) {
         let outputs = self.local.outputs();
         let mut counts: HashMap<u64, u32> = HashMap::new();
@@ -118,27 +137,25 @@ impl<W: Worker> Serving<W> {
             tokio::select! {
                 biased;
                 d = outputs.recv() => match d {
-                    Some(d) => self.forward(d, &mut counts, &out_lane).await,
+                    Some(d) => self.forward(d, &mut counts, &lane).await,
                     None => return,
                 },
                 f = finished.recv() => {
                     let Some(f) = f else { return };
                     // Outputs of the task reached the local stream before its end.
                     while let Some(d) = outputs.try_recv() {
-                        self.forward(d, &mut counts, &out_lane).await;
+                        self.forward(d, &mut counts, &lane).await;
                     }
                     if let Some(local) = f.local {
                         lock(&self.ids).remove(&local);
                     }
-                    let message = lock(&self.running).get(&f.id).cloned();
                     let end = EndMsg {
-                        nonce: self.nonce,
                         id: f.id,
                         deliveries: f.deliveries,
                         outputs: counts.remove(&f.id).unwrap_or(0),
                         outcome: f.outcome,
                     };
-                    let _ = end_lane.send((EndOut { end }, message));
+                    let _ = lane.send(Outgoing::End(end));
                 }
             }
         }
@@ -148,7 +165,7 @@ impl<W: Worker> Serving<W> {
         &self,
         delivery: looppool_core::Delivery<W::Output>,
         counts: &mut HashMap<u64, u32>,
-        out_lane: &mpsc::UnboundedSender<(Option<u64>, looppool_core::Delivery<W::Output>)>,
+        lane: &mpsc::UnboundedSender<Outgoing<W::Output>>,
     ) {
         let id = match delivery.task_id() {
             None => None,
@@ -165,132 +182,138 @@ impl<W: Worker> Serving<W> {
         if let Some(id) = id {
             *counts.entry(id).or_default() += 1;
         }
-        let _ = out_lane.send((id, delivery));
+        let _ = lane.send(Outgoing::Output(id, delivery));
     }
 
-    /// Stores outputs in order, as many at once as the result credit allows; an output is
-    /// acknowledged to the local worker (returning its local credit) once the broker stored it.
-    pub(super) async fn output_lane(
+    /// Sends outputs and ends to the parent in order, as many outputs as the result credit
+    /// allows, and keeps each until the parent says it has it: then an output is acknowledged
+    /// to the local worker (returning its local credit), and an ended task to JetStream. What
+    /// the parent has not confirmed within `resend` is sent again, in order.
+    pub(super) async fn up_lane(
         self: Arc<Self>,
-        mut lane: mpsc::UnboundedReceiver<(Option<u64>, looppool_core::Delivery<W::Output>)>,
+        mut lane: mpsc::UnboundedReceiver<Outgoing<W::Output>>,
         credit: u64,
-        mut granted: watch::Receiver<u64>,
+        mut heard: watch::Receiver<Heard>,
+        resend: Duration,
     ) {
-        let subject = self.names.out(&self.member);
+        let subject = self.names.up(&self.member);
         let mut seq = 0u64;
-        let mut storing = futures_util::stream::FuturesOrdered::new();
+        let mut outputs = 0u64;
+        let mut unconfirmed: VecDeque<Unconfirmed<W::Output>> = VecDeque::new();
+        let mut news = Instant::now();
+        let mut tick = tokio::time::interval(resend);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut open = true;
-        while open || !storing.is_empty() {
-            let room = seq.saturating_sub(*granted.borrow()) < credit;
+        let mut deaf = false;
+        while (open || !unconfirmed.is_empty()) && !deaf {
+            let room = outputs.saturating_sub(heard.borrow().acked) < credit;
             tokio::select! {
                 biased;
-                Some(()) = storing.next(), if !storing.is_empty() => {}
+                changed = heard.changed() => {
+                    if changed.is_err() {
+                        // The serving loop ended: nothing more will be confirmed.
+                        deaf = true;
+                        continue;
+                    }
+                    let received = heard.borrow_and_update().received;
+                    while unconfirmed.front().is_some_and(|u| u.seq <= received) {
+                        let Some(u) = unconfirmed.pop_front() else { break };
+                        news = Instant::now();
+                        match u.hold {
+                            Hold::Output(delivery) => drop(delivery),
+                            Hold::End(id) => self.confirmed_end(id).await,
+                        }
+                    }
+                }
                 next = lane.recv(), if open && room => match next {
-                    Some((task, delivery)) => {
+                    Some(item) => {
                         seq += 1;
-                        let msg_id = format!("{}-{}-o{seq}", self.member, self.run);
-                        let payload = wire::encode(delivery.value())
-                            .map_err(|e| format!("cannot encode it: {e}"));
-                        let output = OutputMsg { nonce: self.nonce, seq, task, payload };
-                        // Sent here, in order; confirmed below, several at a time.
-                        let sent = match self.sealer.pack(&subject, &output) {
-                            Ok(msg) => broker::send(&self.broker.js, &subject, &msg_id, &msg).await.ok(),
-                            Err(_) => None,
+                        let (body, hold) = match item {
+                            Outgoing::Output(task, delivery) => {
+                                outputs += 1;
+                                let payload = wire::encode(delivery.value())
+                                    .map_err(|e| format!("cannot encode it: {e}"));
+                                (Up::Output(OutputMsg { task, payload }), Hold::Output(delivery))
+                            }
+                            Outgoing::End(end) => {
+                                let id = end.id;
+                                (Up::End(end), Hold::End(id))
+                            }
                         };
-                        storing.push_back(self.clone().confirm_output(msg_id, output, sent, delivery));
+                        let Some(bytes) = self.pack_up(&subject, seq, body) else {
+                            continue;
+                        };
+                        self.send_up(&subject, bytes.clone()).await;
+                        if unconfirmed.is_empty() {
+                            news = Instant::now();
+                        }
+                        unconfirmed.push_back(Unconfirmed { seq, bytes, hold });
                     }
                     None => open = false,
                 },
-                changed = granted.changed(), if open && !room => {
-                    if changed.is_err() {
-                        // The serving loop ended: no more credit will come.
-                        open = false;
+                _ = tick.tick(), if !unconfirmed.is_empty() => {
+                    if news.elapsed() >= resend {
+                        news = Instant::now();
+                        let again: Vec<bytes::Bytes> =
+                            unconfirmed.iter().map(|u| u.bytes.clone()).collect();
+                        self.resent
+                            .fetch_add(again.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        for bytes in again {
+                            self.send_up(&subject, bytes).await;
+                        }
                     }
                 }
-                else => break,
             }
         }
     }
 
-    /// Waits until the broker stored an output sent by the lane; failing that, stores it
-    /// again (the message id drops a second copy), or in its place a note saying why it
-    /// cannot be (too large for the broker, most likely), so that the task's end does not
-    /// wait for it and the parent reports it.
-    async fn confirm_output(
-        self: Arc<Self>,
-        msg_id: String,
-        mut output: OutputMsg,
-        sent: Option<broker::AckFuture>,
-        delivery: looppool_core::Delivery<W::Output>,
-    ) {
-        if let Some(ack) = sent {
-            match ack.await {
-                Ok(_) => return,
-                Err(e) if broker::subject_full(&e) => {
-                    self.refused
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                Err(_) => {}
-            }
-        }
-        let subject = self.names.out(&self.member);
-        let task = output.task;
-        let size = output.payload.as_ref().map_or(0, Vec::len);
-        while let Ok(msg) = self.sealer.pack(&subject, &output) {
-            match broker::publish(&self.broker.js, &subject, &msg_id, &msg, None).await {
-                Ok(()) | Err(PublishFailure::NoStream) => break,
-                Err(e) if output.payload.is_ok() => {
-                    tracing::error!(task, "output of {size} bytes not sent: {e}");
-                    output.payload = Err(format!("the broker refused {size} bytes: {e}"));
-                }
-                Err(e) => {
-                    tracing::error!(task, "output not sent: {e}");
-                    break;
-                }
-            }
-        }
-        drop(delivery);
-    }
-
-    pub(super) async fn end_lane(
-        self: Arc<Self>,
-        mut lane: mpsc::UnboundedReceiver<(EndOut, Option<JsMessage>)>,
-    ) {
-        // Ends need no order among themselves (the parent matches each to its task and its
-        // output count), so they go out concurrently.
-        let mut sending = futures_util::stream::FuturesUnordered::new();
-        loop {
-            tokio::select! {
-                next = lane.recv() => match next {
-                    Some((EndOut { end }, message)) => sending.push(self.send_end(end, message)),
-                    None => break,
-                },
-                Some(()) = sending.next(), if !sending.is_empty() => {}
-            }
-        }
-        while sending.next().await.is_some() {}
-    }
-
-    /// Publishes one task end, then acknowledges the task to JetStream.
-    async fn send_end(&self, end: EndMsg, message: Option<JsMessage>) {
-        let id = end.id;
-        let msg_id = format!("{}-{}-e{id}-{}", self.member, self.run, end.deliveries);
-        let subject = self.names.end(&self.member);
-        let sent = match self.sealer.pack(&subject, &end) {
-            Ok(bytes) => broker::publish(&self.broker.js, &subject, &msg_id, &bytes, None).await,
-            Err(e) => Err(PublishFailure::Refused(e)),
+    /// Seals message `seq`; an output too large for the broker goes as a note saying so, for
+    /// the parent to fail its task rather than wait for it.
+    fn pack_up(&self, subject: &str, seq: u64, body: Up) -> Option<bytes::Bytes> {
+        let mut msg = UpMsg {
+            nonce: self.nonce,
+            seq,
+            body,
         };
-        if let Err(e) = &sent {
-            tracing::error!(task = id, "task end not sent: {e}");
-        }
-        if let Some(m) = message {
-            // Done: the work queue drops it. Should the ack be lost, the task comes back after
-            // the ack wait, runs again, and the parent ignores the second end.
-            if m.double_ack().await.is_err() {
-                let _ = m.ack().await;
+        let limit = self.broker.max_payload();
+        loop {
+            let bytes = match self.sealer.pack(subject, &msg) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::error!("cannot seal message {seq}: {e}");
+                    return None;
+                }
+            };
+            match &mut msg.body {
+                Up::Output(output) if bytes.len() > limit && output.payload.is_ok() => {
+                    let size = bytes.len();
+                    tracing::error!(task = output.task, "output of {size} bytes not sent");
+                    output.payload = Err(format!(
+                        "it is {size} bytes; the broker takes messages up to {limit} bytes \
+                         (its max_payload)"
+                    ));
+                }
+                _ => return Some(bytes.into()),
             }
         }
-        lock(&self.running).remove(&id);
+    }
+
+    /// Hands a message to the client, unless cut off from the broker (it is sent again once
+    /// the connection is back).
+    async fn send_up(&self, subject: &str, bytes: bytes::Bytes) {
+        if self.broker.conn.is_up() {
+            let _ = self.broker.client.publish(subject.to_string(), bytes).await;
+        }
+    }
+
+    /// The parent has the end of task `id`: the work queue may drop the task. Should the
+    /// acknowledgement be lost, the task comes back after the ack wait, and is acknowledged
+    /// then without running again (or runs elsewhere, and the parent ignores its second end).
+    async fn confirmed_end(&self, id: u64) {
+        let message = lock(&self.running).remove(&id);
+        if let Some(m) = message {
+            let _ = m.ack().await;
+        }
         self.ended
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.changed.notify_waiters();

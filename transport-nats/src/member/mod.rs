@@ -80,11 +80,10 @@ pub struct Left {
     pub reason: String,
     /// Tasks it ran to an end.
     pub tasks: u64,
-    /// Outputs the broker refused at first because this member's stored outputs were at the
-    /// result credit, and were stored later. The member's own count of its credit prevents
-    /// that; more than 0 means the count and the broker disagreed (after a broker restart,
-    /// say). The broker's limit kept the credit all the same.
-    pub outputs_refused: u64,
+    /// Outputs and task ends sent to the parent a second time (or more) because the parent
+    /// did not confirm them within a heartbeat: a lost connection, a broker restart, or a
+    /// parent too busy to answer. The parent takes each once.
+    pub resent: u64,
     /// Messages this member refused: tasks, controls, credit or beacons not sealed with the
     /// pool's secret, repeated, or from another run of the parent.
     pub refused: u64,
@@ -209,7 +208,7 @@ impl<W: Worker> Member<W> {
             member: member.clone(),
             reason: String::new(),
             tasks: 0,
-            outputs_refused: 0,
+            resent: 0,
             refused: 0,
         };
         let mut previous = None;
@@ -237,7 +236,7 @@ impl<W: Worker> Member<W> {
                 Err(e) => return Err(e),
             };
             total.tasks += left.tasks;
-            total.outputs_refused += left.outputs_refused;
+            total.resent += left.resent;
             total.refused += left.refused;
             total.reason = left.reason;
             previous = Some(nonce);
@@ -304,7 +303,7 @@ impl<W: Worker> Member<W> {
                     member: member.into(),
                     reason: "the pool stopped".into(),
                     tasks: 0,
-                    outputs_refused: 0,
+                    resent: 0,
                     refused: 0,
                 };
                 return Ok(RoundEnd { left, ending: Ending::Stopped, nonce: join.nonce, parent: None });
@@ -334,7 +333,7 @@ impl<W: Worker> Member<W> {
                     member: member.into(),
                     reason,
                     tasks: 0,
-                    outputs_refused: 0,
+                    resent: 0,
                     refused: 0,
                 };
                 return Ok(RoundEnd {
@@ -360,8 +359,7 @@ impl<W: Worker> Member<W> {
             taken: Mutex::new(Default::default()),
             changed: Notify::new(),
             ended: std::sync::atomic::AtomicU64::new(0),
-            refused: std::sync::atomic::AtomicU64::new(0),
-            run: format!("{:x}", join.nonce),
+            resent: std::sync::atomic::AtomicU64::new(0),
         };
         let serving = Arc::new(serving);
         let result = serving

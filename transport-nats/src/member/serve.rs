@@ -4,7 +4,7 @@ use super::{Left, Settings};
 use crate::broker::{self, Broker};
 use crate::error::Error;
 use crate::seal::{Refusals, Sealer};
-use crate::wire::{Beacon, Control, Credit, CtlMsg, EndMsg, Leave, Names, Outcome};
+use crate::wire::{Beacon, Control, Credit, CtlMsg, Leave, Names, Outcome};
 use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::{AckKind, Message as JsMessage};
 use futures_util::{FutureExt, StreamExt};
@@ -24,9 +24,11 @@ pub(super) struct Finished {
     pub(super) outcome: Outcome,
 }
 
-/// What goes out on the end lane.
-pub(super) struct EndOut {
-    pub(super) end: EndMsg,
+/// What the parent last said it has of this run: see [`Credit`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Heard {
+    pub(super) acked: u64,
+    pub(super) received: u64,
 }
 
 pub(super) struct Serving<W: Worker> {
@@ -47,9 +49,8 @@ pub(super) struct Serving<W: Worker> {
     /// Notified when `running` or `ids` change.
     pub(super) changed: Notify,
     pub(super) ended: std::sync::atomic::AtomicU64,
-    /// Outputs the broker refused for the per-subject limit.
-    pub(super) refused: std::sync::atomic::AtomicU64,
-    pub(super) run: String,
+    /// Messages sent to the parent again because it did not confirm them in time.
+    pub(super) resent: std::sync::atomic::AtomicU64,
     /// Tasks this run took.
     pub(super) taken: Mutex<TakenTasks>,
 }
@@ -137,20 +138,20 @@ impl<W: Worker> Serving<W> {
             .broker
             .subscribe(self.names.credit(&self.member))
             .await?;
-        let (granted_tx, granted) = watch::channel(0u64);
-        let mut messages = self.messages(capacity).await?;
+        let (heard_tx, heard) = watch::channel(Heard::default());
+        // Opened (and opened again once it ends) in the loop below: a broker that went away
+        // right after the join is waited for like one that goes away later.
+        let mut messages: Option<pull::Stream> = None;
+        let mut reopen = tokio::time::interval(Duration::from_millis(250));
 
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
-        let (end_tx, end_rx) = mpsc::unbounded_channel();
+        let (lane_tx, lane_rx) = mpsc::unbounded_channel();
         let mut background = tokio::task::JoinSet::new();
-        let pump = tokio::spawn(self.clone().pump(finished_rx, out_tx, end_tx));
-        let lanes = {
-            let me = self.clone();
-            let outputs = tokio::spawn(me.clone().output_lane(out_rx, result_credit, granted));
-            let ends = tokio::spawn(me.end_lane(end_rx));
-            (outputs, ends)
-        };
+        let pump = tokio::spawn(self.clone().pump(finished_rx, lane_tx));
+        let up = tokio::spawn(
+            self.clone()
+                .up_lane(lane_rx, result_credit, heard, heartbeat),
+        );
         background.spawn(self.clone().heartbeat(heartbeat));
         background.spawn(self.clone().progress(ack_wait));
         let me = self.clone();
@@ -158,10 +159,11 @@ impl<W: Worker> Serving<W> {
             while let Some(m) = credit.next().await {
                 match me.sealer.unpack::<Credit>(&m.subject, &m.payload) {
                     Ok(c) if c.run == me.parent && c.nonce == me.nonce => {
-                        granted_tx.send_if_modified(|g| {
-                            let more = c.acked > *g;
-                            *g = (*g).max(c.acked);
-                            more
+                        heard_tx.send_if_modified(|h| {
+                            let news = c.acked > h.acked || c.received > h.received;
+                            h.acked = h.acked.max(c.acked);
+                            h.received = h.received.max(c.received);
+                            news
                         });
                     }
                     Ok(_) => me
@@ -237,32 +239,24 @@ impl<W: Worker> Serving<W> {
                         break why;
                     }
                 }
-                next = messages.next() => match next {
-                    Some(Ok(m)) => self.take(m, &finished_tx).await,
-                    Some(Err(e)) => tracing::debug!("reading tasks: {}", broker::error_text(&e)),
-                    None => {
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                        match self.messages(capacity).await {
-                            Ok(m) => messages = m,
-                            Err(e) => tracing::warn!("{e}; retrying"),
-                        }
-                    }
+                _ = reopen.tick(), if messages.is_none() => match self.messages(capacity).await {
+                    Ok(m) => messages = Some(m),
+                    Err(e) => tracing::warn!("{e}; retrying"),
+                },
+                Some(next) = next_task(&mut messages) => match next {
+                    Ok(m) => self.take(m, &finished_tx).await,
+                    Err(e) => tracing::debug!("reading tasks: {}", broker::error_text(&e)),
                 },
             }
         };
         // Take no more. Tasks already delivered but not yet taken go back at once, for the
         // parent to hand to other members.
-        while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+        while let Some(Some(Ok(m))) = next_task(&mut messages).now_or_never() {
             let _ = m.ack_with(AckKind::Nak(None)).await;
         }
         drop(messages);
         tracing::info!(member = %self.member, "leaving: {reason}");
-        let (outputs, ends) = lanes;
-        let aborts = [
-            pump.abort_handle(),
-            outputs.abort_handle(),
-            ends.abort_handle(),
-        ];
+        let aborts = [pump.abort_handle(), up.abort_handle()];
         // Finish and report what the workers hold; the lanes close once they sent it.
         // Heartbeats and credit go on meanwhile (outputs may wait for the parent's program to
         // read them). Not for a parent that is gone: nobody would take the reports.
@@ -277,8 +271,7 @@ impl<W: Worker> Serving<W> {
             }
             drop(finished_tx);
             pump.abort();
-            let _ = ends.await;
-            let _ = outputs.await;
+            let _ = up.await;
         };
         let parent_gone = async {
             while parent_silent().is_none() {
@@ -313,12 +306,13 @@ impl<W: Worker> Serving<W> {
             member: self.member.clone(),
             reason,
             tasks: self.ended.load(std::sync::atomic::Ordering::Relaxed),
-            outputs_refused: self.refused.load(std::sync::atomic::Ordering::Relaxed),
+            resent: self.resent.load(std::sync::atomic::Ordering::Relaxed),
             refused: self.refusals.count(),
         };
         Ok((left, ending))
     }
 
+    /// Opens this member's consumer (the loop above retries a failure).
     async fn messages(&self, capacity: usize) -> Result<pull::Stream, Error> {
         let fail = |e: &dyn std::error::Error| {
             Error::Broker(format!(
@@ -334,4 +328,20 @@ impl<W: Worker> Serving<W> {
             .map_err(|e| fail(&e))?;
         broker::read(&consumer, Some(capacity), "this member's consumer").await
     }
+}
+
+/// The next delivered task; `None` once `messages` ended (it is then dropped, to be opened
+/// again) or was not open. A stream not open never resolves, leaving the other branches of the
+/// serving loop to run.
+async fn next_task(
+    messages: &mut Option<pull::Stream>,
+) -> Option<Result<JsMessage, async_nats::jetstream::consumer::pull::MessagesError>> {
+    let Some(stream) = messages else {
+        return std::future::pending().await;
+    };
+    let next = stream.next().await;
+    if next.is_none() {
+        *messages = None;
+    }
+    next
 }

@@ -4,8 +4,7 @@ use super::lease::Lease;
 use super::recover::recovery;
 use super::shared::{Inner, Shared};
 use super::tasks::{
-    consumer_messages, keep_lease, read_ends, read_outputs, send_acks, serve_joins, serve_members,
-    tick, Subscriptions,
+    keep_lease, read_up, send_acks, serve_joins, serve_members, tick, Subscriptions,
 };
 use super::Pool;
 use crate::broker::{self, Broker, JetStreamApi, PING};
@@ -334,13 +333,7 @@ impl<W: Worker> Builder<W> {
             background: Mutex::new(Vec::new()),
             lost: lost_tx,
         });
-        let opened = async {
-            let subs = Subscriptions::open(&shared).await?;
-            let ends = consumer_messages(&shared, &shared.names.end_stream()).await?;
-            let outs = consumer_messages(&shared, &shared.names.out_stream()).await?;
-            Ok::<_, Error>((subs, ends, outs))
-        };
-        let (subs, ends, outs) = match opened.await {
+        let subs = match Subscriptions::open(&shared).await {
             Ok(opened) => opened,
             Err(e) => {
                 // A parent that did not start holds no lease: the next may start at once.
@@ -352,8 +345,7 @@ impl<W: Worker> Builder<W> {
         shared.spawn(serve_members(shared.clone(), subs.alive, subs.leave));
         shared.spawn(tick(shared.clone()));
         shared.spawn(keep_lease(shared.clone(), lease));
-        shared.spawn(read_ends(shared.clone(), ends));
-        shared.spawn(read_outputs(shared.clone(), outs));
+        shared.spawn(read_up(shared.clone(), subs.up));
         shared.spawn(send_acks(shared.clone(), acks_rx));
         shared.spawn(recovery(shared.clone(), lost_rx));
         tracing::info!(pool = %shared.pool, "pool started; members may join");
@@ -387,18 +379,6 @@ pub(super) async fn create_streams(
         stream::Config {
             name: names.tasks_stream(),
             subjects: vec![names.task("*")],
-            ..base.clone()
-        },
-        stream::Config {
-            name: names.out_stream(),
-            subjects: vec![names.out("*")],
-            max_messages_per_subject: s.result_credit as i64,
-            discard_new_per_subject: true,
-            ..base.clone()
-        },
-        stream::Config {
-            name: names.end_stream(),
-            subjects: vec![names.end("*")],
             ..base.clone()
         },
         stream::Config {

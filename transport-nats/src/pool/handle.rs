@@ -2,7 +2,6 @@
 
 use super::shared::lock;
 use crate::error::TaskError;
-use async_nats::jetstream::Message as JsMessage;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -124,15 +123,14 @@ impl Future for TaskHandle {
     }
 }
 
-/// One output of a member's worker, acknowledged to the broker (returning one result credit
-/// to its member) when dropped.
+/// One output of a member's worker, acknowledged (returning one result credit to its member)
+/// when dropped.
 pub struct Delivery<O> {
     pub(super) member: String,
-    /// The member's run that stored it.
+    /// The member's run that sent it.
     pub(super) nonce: u64,
     pub(super) task: Option<u64>,
     pub(super) value: Option<O>,
-    pub(super) message: Option<JsMessage>,
     pub(super) acks: mpsc::UnboundedSender<super::shared::Ack>,
 }
 
@@ -175,11 +173,9 @@ impl<O> Delivery<O> {
 
 impl<O> Drop for Delivery<O> {
     fn drop(&mut self) {
-        if let Some(m) = self.message.take() {
-            let _ = self
-                .acks
-                .send((std::mem::take(&mut self.member), self.nonce, m));
-        }
+        let _ = self
+            .acks
+            .send((std::mem::take(&mut self.member), self.nonce));
     }
 }
 
@@ -206,5 +202,15 @@ impl<O> Outputs<O> {
     /// The next output if one is waiting.
     pub fn try_recv(&self) -> Option<Delivery<O>> {
         self.rx.try_recv().ok()
+    }
+
+    /// Outputs received and waiting to be taken: at most the result credit per member.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether no output is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
     }
 }

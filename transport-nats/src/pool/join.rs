@@ -2,7 +2,7 @@
 //! must get first) and letting one go (taking back what it held).
 
 use super::handle::{MemberEvent, MemberInfo};
-use super::sessions::{Session, Window};
+use super::sessions::Session;
 use super::shared::{lock, Live, Route, Shared};
 use crate::broker;
 use crate::wire::{self, Join, JoinReply};
@@ -132,13 +132,9 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                         .values()
                         .filter(|p| p.member == info.name)
                         .count();
-                    inner.sessions.insert(
-                        info.name.clone(),
-                        Session {
-                            nonce: join.nonce,
-                            outputs: Window::default(),
-                        },
-                    );
+                    inner
+                        .sessions
+                        .insert(info.name.clone(), Session::new(join.nonce));
                     // Its credit counts from nothing.
                     lock(&self.acked).insert(info.name.clone(), (join.nonce, 0));
                     inner.members.push(Live {

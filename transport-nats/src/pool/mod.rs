@@ -378,12 +378,7 @@ impl<W: Worker> Pool<W> {
         }
         let js = &shared.broker.js;
         let tidy = async {
-            for name in [
-                shared.names.tasks_stream(),
-                shared.names.out_stream(),
-                shared.names.end_stream(),
-                shared.names.dead_stream(),
-            ] {
+            for name in shared.names.streams() {
                 if let Err(e) = js.delete_stream(&name).await {
                     tracing::warn!("cannot delete stream {name}: {}", broker::error_text(&e));
                 }

@@ -168,11 +168,9 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         let msg_id = format!("{:x}-{}-dead", self.run, task.id);
         let deadline = Instant::now() + self.settings.broker_timeout;
         let stored = match self.sealer.pack(&subject, &dead) {
-            Ok(bytes) => {
-                broker::publish(&self.broker.js, &subject, &msg_id, &bytes, Some(deadline))
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+            Ok(bytes) => broker::publish(&self.broker.js, &subject, &msg_id, &bytes, deadline)
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
         let why = match stored {

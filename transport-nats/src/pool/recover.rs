@@ -17,13 +17,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     /// Asks the broker whether each of the pool's streams is there (a broker that lost its
     /// store, or a stream someone deleted, shows here even when nothing is sent meanwhile).
     pub(super) async fn check_streams(&self) {
-        let names = &self.names;
-        for stream in [
-            names.tasks_stream(),
-            names.out_stream(),
-            names.end_stream(),
-            names.dead_stream(),
-        ] {
+        for stream in self.names.streams() {
             if let Err(e) = self.broker.js.get_stream(&stream).await {
                 if matches!(e.kind(), GetStreamErrorKind::JetStream(_))
                     && broker::error_text(&e).contains("stream not found")

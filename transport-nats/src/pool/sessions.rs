@@ -1,44 +1,42 @@
-//! What the parent remembers of each member's runs: which outputs of the current run it
-//! accepted, and which runs left (a join of theirs sent again is not welcomed).
+//! What the parent remembers of each member's runs: how far it received the current run's
+//! messages, and which runs left (a join of theirs sent again is not welcomed).
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 
 /// The run of a member that joined under a name (the last one), kept after it leaves: its
 /// outputs and ends may still be on their way.
 pub(super) struct Session {
     pub(super) nonce: u64,
-    pub(super) outputs: Window,
+    /// The number of the last message of the run taken: every one up to it was taken, once.
+    pub(super) received: u64,
 }
 
-/// Which output numbers of a member were accepted: each at most once.
-#[derive(Default)]
-pub(super) struct Window {
-    /// Every number up to this one was seen.
-    floor: u64,
-    /// Numbers above the floor seen.
-    above: BTreeSet<u64>,
+/// What to do with a member's message, by its number.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// The next one: take it.
+    Next,
+    /// One taken before, sent again: drop it.
+    Again,
+    /// One past a message that did not arrive: drop it; the member sends both again.
+    Early,
 }
 
-impl Window {
-    /// Most numbers kept above the floor: a gap this far behind (an output its member never
-    /// stored) is given up.
-    const SPAN: usize = 1 << 16;
+impl Session {
+    pub(super) fn new(nonce: u64) -> Self {
+        Self { nonce, received: 0 }
+    }
 
-    /// Whether `seq` is seen for the first time; records it.
-    pub(super) fn admit(&mut self, seq: u64) -> bool {
-        if seq <= self.floor || !self.above.insert(seq) {
-            return false;
+    /// Where message `seq` of this run stands; records it if it is the next one.
+    pub(super) fn arrive(&mut self, seq: u64) -> Arrival {
+        if seq <= self.received {
+            Arrival::Again
+        } else if seq == self.received + 1 {
+            self.received = seq;
+            Arrival::Next
+        } else {
+            Arrival::Early
         }
-        while self.above.first() == Some(&(self.floor + 1)) {
-            self.floor += 1;
-            self.above.pop_first();
-        }
-        while self.above.len() > Self::SPAN {
-            if let Some(first) = self.above.pop_first() {
-                self.floor = first;
-            }
-        }
-        true
     }
 }
 
@@ -74,26 +72,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_output_number_is_admitted_once_in_any_order() {
-        let mut w = Window::default();
-        for seq in [1, 3, 2, 5] {
-            assert!(w.admit(seq), "{seq} refused");
-        }
-        for seq in [0, 1, 2, 3, 5] {
-            assert!(!w.admit(seq), "{seq} admitted twice");
-        }
-        assert!(w.admit(4));
-        assert_eq!((w.floor, w.above.len()), (5, 0));
-    }
-
-    #[test]
-    fn a_gap_never_filled_is_given_up_past_the_span() {
-        let mut w = Window::default();
-        for seq in 2..=(Window::SPAN as u64 + 2) {
-            assert!(w.admit(seq));
-        }
-        assert!(w.above.len() <= Window::SPAN);
-        assert!(!w.admit(1), "the gap is given up");
+    fn each_message_is_taken_once_and_in_order() {
+        let mut s = Session::new(7);
+        assert_eq!(s.arrive(1), Arrival::Next);
+        // The second was lost: the third waits for both to come again.
+        assert_eq!(s.arrive(3), Arrival::Early);
+        assert_eq!(s.arrive(1), Arrival::Again);
+        assert_eq!(s.arrive(2), Arrival::Next);
+        assert_eq!(s.arrive(3), Arrival::Next);
+        assert_eq!(s.arrive(0), Arrival::Again);
+        assert_eq!(s.received, 3);
     }
 
     #[test]

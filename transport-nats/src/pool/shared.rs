@@ -1,13 +1,12 @@
 //! The pool's bookkeeping, and the parent's side of joining, leaving and taking tasks back.
 
 use super::handle::{Delivery, MemberEvent, MemberInfo, Status, TaskHandle};
-use super::sessions::{Departed, Session};
+use super::sessions::{Arrival, Departed, Session};
 use super::Settings;
 use crate::broker::{self, Broker, PublishFailure};
 use crate::error::TaskError;
 use crate::seal::{Refusals, Sealer};
 use crate::wire::{self, Control, Credit, CtlMsg, EndMsg, Names, OutputMsg, TaskMsg};
-use async_nats::jetstream::Message as JsMessage;
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -91,11 +90,6 @@ pub(super) struct Inner {
 impl Inner {
     pub(super) fn live(&self, member: &str) -> Option<usize> {
         self.members.iter().position(|m| m.info.name == member)
-    }
-
-    /// Whether `nonce` is the run of `member` that joined last.
-    fn session_is(&self, member: &str, nonce: u64) -> bool {
-        self.sessions.get(member).is_some_and(|s| s.nonce == nonce)
     }
 
     /// Records a task for live member `k`.
@@ -213,8 +207,8 @@ pub(super) struct Shared<O> {
     pub(super) lost: mpsc::UnboundedSender<String>,
 }
 
-/// An output to acknowledge: its member, the member's run, the message.
-pub(super) type Ack = (String, u64, JsMessage);
+/// An output the program took (or one it never got): its member and the member's run.
+pub(super) type Ack = (String, u64);
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -259,7 +253,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             .map_err(PublishFailure::Refused)?;
         let msg_id = format!("{:x}-{id}-{member}-{prior}", self.run);
         let deadline = Instant::now() + self.settings.broker_timeout;
-        let sent = broker::publish(&self.broker.js, &subject, &msg_id, &msg, Some(deadline)).await;
+        let sent = broker::publish(&self.broker.js, &subject, &msg_id, &msg, deadline).await;
         if let Err(PublishFailure::NoStream) = &sent {
             self.streams_lost(format!("stream {} is gone", self.names.tasks_stream()));
         }
@@ -327,16 +321,22 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         self.changed.notify_waiters();
     }
 
-    /// Tells `member` how many of its outputs were acknowledged.
+    /// Tells `member` how many of its outputs were acknowledged, and how far its messages were
+    /// received.
     pub(super) async fn grant(&self, member: &str) {
         let Some((nonce, acked)) = lock(&self.acked).get(member).copied() else {
             return;
+        };
+        let received = match self.lock().sessions.get(member) {
+            Some(s) if s.nonce == nonce => s.received,
+            _ => return,
         };
         let subject = self.names.credit(member);
         let credit = Credit {
             run: self.run,
             nonce,
             acked,
+            received,
         };
         if let Ok(bytes) = self.sealer.pack(&subject, &credit) {
             let _ = self.broker.client.publish(subject, bytes.into()).await;
@@ -358,15 +358,23 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         }
     }
 
-    /// Ends a task as `member` reports, if that run of it holds the task.
+    /// Where message `seq` of run `nonce` of `member` stands: `Err` if that run is not the
+    /// member's last.
+    pub(super) fn arrive(&self, member: &str, nonce: u64, seq: u64) -> Result<Arrival, String> {
+        match self.lock().sessions.get_mut(member) {
+            Some(s) if s.nonce == nonce => Ok(s.arrive(seq)),
+            Some(_) => Err(format!(
+                "message {seq} from a run of member {member} that is not in the pool"
+            )),
+            None => Err(format!(
+                "message {seq} from member {member}, which never joined"
+            )),
+        }
+    }
+
+    /// Ends a task as `member` reports (its last run's next message), if it holds the task.
     pub(super) fn on_end(&self, member: &str, end: EndMsg) -> Result<(), String> {
         let mut inner = self.lock();
-        if !inner.session_is(member, end.nonce) {
-            return Err(format!(
-                "the end of task {} from a run of member {member} that is not in the pool",
-                end.id
-            ));
-        }
         let Some(p) = inner.tasks.get_mut(&end.id) else {
             tracing::debug!(
                 member,
@@ -392,40 +400,25 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         Ok(())
     }
 
-    /// Accepts an output from `member` if that run of it sent it, for the first time, and
-    /// holds its task. Counts an output of a task (one that could not be delivered included),
-    /// ending the task if its end was waiting for it.
+    /// Accepts an output from `member` (its last run's next message) if it holds its task.
+    /// Counts an output of a task (one that could not be delivered included), ending the task
+    /// if its end was waiting for it.
     pub(super) fn on_output(
         &self,
         member: &str,
         output: &OutputMsg,
         dropped: Option<&String>,
-    ) -> Result<(), (String, bool)> {
+    ) -> Result<(), String> {
         let mut inner = self.lock();
-        let what = || match output.task {
-            Some(id) => format!("output {} of task {id} from member {member}", output.seq),
-            None => format!("output {} from member {member}", output.seq),
-        };
-        let Some(session) = inner.sessions.get_mut(member) else {
-            return Err((format!("{}, which never joined", what()), false));
-        };
-        if session.nonce != output.nonce {
-            return Err((
-                format!("{}, from a run that is not in the pool", what()),
-                false,
-            ));
-        }
-        if !session.outputs.admit(output.seq) {
-            return Err((format!("{}, a second time", what()), false));
-        }
         let Some(id) = output.task else {
             return Ok(());
         };
+        let what = || format!("an output of task {id} from member {member}");
         let Some(p) = inner.tasks.get_mut(&id) else {
-            return Err((format!("{}, a task that ended", what()), true));
+            return Err(format!("{}, a task that ended", what()));
         };
         if p.member != member {
-            return Err((format!("{}, which does not hold the task", what()), true));
+            return Err(format!("{}, which does not hold the task", what()));
         }
         if let Some(e) = dropped {
             p.dropped.get_or_insert_with(|| e.clone());

@@ -2,14 +2,12 @@
 
 use super::handle::Delivery;
 use super::lease::{Lease, Renewal};
+use super::sessions::Arrival;
 use super::shared::{lock, Ack, Shared};
-use crate::broker::{self};
 use crate::error::Error;
 use crate::seal::Unsealed;
-use crate::wire::{self, Alive, Beacon, Control, EndMsg, Join, JoinReply, Leave, Names, OutputMsg};
-use async_nats::jetstream::consumer::{pull, AckPolicy};
-use async_nats::jetstream::Message as JsMessage;
-use futures_util::StreamExt;
+use crate::wire::{self, Alive, Beacon, Control, Join, JoinReply, Leave, Names, Up, UpMsg};
+use futures_util::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +15,7 @@ use tokio::sync::mpsc;
 
 pub(super) struct Subscriptions {
     pub(super) join: async_nats::Subscriber,
+    pub(super) up: async_nats::Subscriber,
     pub(super) alive: async_nats::Subscriber,
     pub(super) leave: async_nats::Subscriber,
 }
@@ -26,60 +25,11 @@ impl Subscriptions {
         let broker = &shared.broker;
         Ok(Self {
             join: broker.subscribe(shared.names.join("*")).await?,
+            up: broker.subscribe(shared.names.up("*")).await?,
             alive: broker.subscribe(shared.names.alive("*")).await?,
             leave: broker.subscribe(shared.names.leave("*")).await?,
         })
     }
-}
-
-pub(super) type Messages = pull::Stream;
-
-pub(super) async fn consumer_messages<O>(
-    shared: &Shared<O>,
-    stream: &str,
-) -> Result<Messages, Error> {
-    let fail = |e: &dyn std::error::Error| {
-        Error::Broker(format!(
-            "cannot read stream {stream}: {}",
-            broker::error_text(e)
-        ))
-    };
-    // Of this run: a parent that lost the pool never reads its successor's.
-    let name = format!("parent-{:x}", shared.run);
-    let config = pull::Config {
-        durable_name: Some(name.clone()),
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: shared.settings.ack_wait,
-        max_ack_pending: -1,
-        inactive_threshold: shared.settings.consumer_expiry(),
-        ..Default::default()
-    };
-    let js = &shared.broker.js;
-    let consumer = match js.create_consumer_on_stream(config.clone(), stream).await {
-        Ok(c) => c,
-        Err(e) if broker::error_text(&e).contains("multiple non-filtered consumers") => {
-            // An earlier parent's, made anew on this parent's streams before it learnt it
-            // lost the pool: this parent holds the lease, the stream is its to read.
-            let mut stale = Vec::new();
-            if let Ok(s) = js.get_stream(stream).await {
-                let mut names = s.consumer_names();
-                while let Some(Ok(other)) = names.next().await {
-                    if other != name {
-                        stale.push(other);
-                    }
-                }
-            }
-            for other in stale {
-                tracing::warn!("deleting consumer {other} of an earlier parent on {stream}");
-                let _ = js.delete_consumer_from_stream(&other, stream).await;
-            }
-            js.create_consumer_on_stream(config, stream)
-                .await
-                .map_err(|e| fail(&e))?
-        }
-        Err(e) => return Err(fail(&e)),
-    };
-    broker::read(&consumer, None, &format!("stream {stream}")).await
 }
 
 pub(super) async fn serve_joins<O: DeserializeOwned + Send + 'static>(
@@ -300,137 +250,93 @@ pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(shared: Arc<Share
     }
 }
 
-pub(super) async fn read_ends<O: DeserializeOwned + Send + 'static>(
+/// Takes the members' outputs and task ends, each member's in order and once, and tells each
+/// member how far its messages were received (by the credit message, after each batch).
+pub(super) async fn read_up<O: DeserializeOwned + Send + 'static>(
     shared: Arc<Shared<O>>,
-    mut messages: Messages,
+    mut up: async_nats::Subscriber,
 ) {
-    let stream = shared.names.end_stream();
-    loop {
-        let m = next_message(&shared, &stream, &mut messages).await;
-        let member = Names::member_of(&m.subject).to_string();
-        let refused = match shared.sealer.unpack::<EndMsg>(&m.subject, &m.payload) {
-            Ok(end) => shared.on_end(&member, end).err(),
-            Err(e) => Some(format!("a task end on {}: {e}", m.subject)),
-        };
-        if let Some(why) = refused {
-            shared.refused.refuse(format_args!("{why}"));
+    let mut touched: Vec<String> = Vec::new();
+    while let Some(m) = up.next().await {
+        let mut next = Some(m);
+        // Everything already here, then one credit message per member.
+        while let Some(m) = next {
+            let member = Names::member_of(&m.subject).to_string();
+            if let Some(why) = take_up(&shared, &member, &m) {
+                shared.refused.refuse(format_args!("{why}"));
+            } else if !touched.contains(&member) {
+                touched.push(member);
+            }
+            next = up.next().now_or_never().flatten();
         }
-        let _ = m.ack().await;
-    }
-}
-
-pub(super) async fn read_outputs<O: DeserializeOwned + Send + 'static>(
-    shared: Arc<Shared<O>>,
-    mut messages: Messages,
-) {
-    let stream = shared.names.out_stream();
-    loop {
-        let m = next_message(&shared, &stream, &mut messages).await;
-        let member = Names::member_of(&m.subject).to_string();
-        if m.info().is_ok_and(|i| i.delivered > 1) {
-            // Handed out before and still held by the program, whose drop acknowledges it:
-            // never hand it out twice.
-            continue;
-        }
-        let output = match shared.sealer.unpack::<OutputMsg>(&m.subject, &m.payload) {
-            Ok(o) => o,
-            Err(e) => {
-                shared
-                    .refused
-                    .refuse(format_args!("an output on {}: {e}", m.subject));
-                // Not one of the member's outputs: its credit does not change.
-                let _ = m.ack().await;
-                continue;
-            }
-        };
-        let task = output.task;
-        let value = output
-            .payload
-            .as_ref()
-            .map_err(String::clone)
-            .and_then(|p| wire::decode::<O>(p).map_err(|e| format!("cannot decode it: {e}")));
-        if let Err((why, counted)) = shared.on_output(&member, &output, value.as_ref().err()) {
-            shared.refused.refuse(format_args!("{why}"));
-            if counted {
-                // One of the member's outputs all the same: acknowledged, it returns credit.
-                let _ = shared.acks.send((member, output.nonce, m));
-            } else {
-                let _ = m.ack().await;
-            }
-            continue;
-        }
-        match value {
-            Ok(value) => {
-                let delivery = Delivery {
-                    member,
-                    nonce: output.nonce,
-                    task,
-                    value: Some(value),
-                    message: Some(m),
-                    acks: shared.acks.clone(),
-                };
-                let _ = shared.outputs_tx.send(delivery).await;
-            }
-            Err(e) => {
-                tracing::error!(member, task, "an output was dropped: {e}");
-                let _ = shared.acks.send((member, output.nonce, m));
-            }
+        for member in touched.drain(..) {
+            shared.grant(&member).await;
         }
     }
 }
 
-/// The next message of the parent's consumer on `stream`. A consumer whose message stream
-/// failed or ended (the broker went away, or lost the consumer) is opened again, made anew if
-/// it is gone, retrying until the broker is back; a stream found gone is reported.
-async fn next_message<O: DeserializeOwned + Send + 'static>(
+/// Takes one message of `member`; `Some(why)` if it is refused.
+fn take_up<O: DeserializeOwned + Send + 'static>(
     shared: &Shared<O>,
-    stream: &str,
-    messages: &mut Messages,
-) -> JsMessage {
-    loop {
-        match messages.next().await {
-            Some(Ok(m)) => return m,
-            Some(Err(e)) => tracing::debug!("reading {stream}: {}", broker::error_text(&e)),
-            None => tracing::debug!("reading {stream}: the message stream ended"),
+    member: &str,
+    m: &async_nats::Message,
+) -> Option<String> {
+    let msg = match shared.sealer.unpack::<UpMsg>(&m.subject, &m.payload) {
+        Ok(msg) => msg,
+        Err(e) => return Some(format!("a message on {}: {e}", m.subject)),
+    };
+    match shared.arrive(member, msg.nonce, msg.seq) {
+        Ok(Arrival::Next) => {}
+        Ok(Arrival::Again | Arrival::Early) => return None,
+        Err(why) => return Some(why),
+    }
+    let output = match msg.body {
+        Up::End(end) => return shared.on_end(member, end).err(),
+        Up::Output(output) => output,
+    };
+    let task = output.task;
+    let value = output
+        .payload
+        .as_ref()
+        .map_err(String::clone)
+        .and_then(|p| wire::decode::<O>(p).map_err(|e| format!("cannot decode it: {e}")));
+    let ack = (member.to_string(), msg.nonce);
+    if let Err(why) = shared.on_output(member, &output, value.as_ref().err()) {
+        // One of the member's outputs all the same: it returns its credit.
+        let _ = shared.acks.send(ack);
+        return Some(why);
+    }
+    match value {
+        Ok(value) => {
+            let delivery = Delivery {
+                member: ack.0,
+                nonce: ack.1,
+                task,
+                value: Some(value),
+                acks: shared.acks.clone(),
+            };
+            // Unbounded: each member has at most its result credit of outputs waiting.
+            let _ = shared.outputs_tx.try_send(delivery);
         }
-        loop {
-            match consumer_messages(shared, stream).await {
-                Ok(m) => {
-                    *messages = m;
-                    break;
-                }
-                Err(e) => {
-                    if e.to_string().contains("stream not found") {
-                        shared.streams_lost(format!("stream {stream} is gone"));
-                    } else {
-                        tracing::warn!("{e}; retrying");
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
+        Err(e) => {
+            tracing::error!(member, task, "an output was dropped: {e}");
+            let _ = shared.acks.send(ack);
         }
     }
+    None
 }
 
-/// Acknowledges outputs to the broker as the program drops them, and tells each member how
-/// many of its outputs were acknowledged. A count includes only acknowledgements the broker
-/// confirmed, so the output is gone from the stream by the time the member stores another in
-/// its place.
+/// Counts the outputs the program took (dropped their deliveries), and tells each member how
+/// many of its outputs were taken.
 pub(super) async fn send_acks<O: DeserializeOwned + Send + 'static>(
     shared: Arc<Shared<O>>,
     mut acks: mpsc::UnboundedReceiver<Ack>,
 ) {
     let mut batch = Vec::new();
     while acks.recv_many(&mut batch, 256).await > 0 {
-        let confirmed =
-            futures_util::future::join_all(batch.drain(..).map(|(member, nonce, m)| async move {
-                confirm_ack(&m).await;
-                (member, nonce)
-            }))
-            .await;
         let mut members: Vec<String> = Vec::new();
-        for (member, nonce) in confirmed {
-            // Counted for the run that stored it only: a run that joined since counts anew.
+        for (member, nonce) in batch.drain(..) {
+            // Counted for the run that sent it only: a run that joined since counts anew.
             match lock(&shared.acked).get_mut(&member) {
                 Some((run, count)) if *run == nonce => *count += 1,
                 _ => continue,
@@ -443,19 +349,4 @@ pub(super) async fn send_acks<O: DeserializeOwned + Send + 'static>(
             shared.grant(&member).await;
         }
     }
-}
-
-/// Acknowledges `m` and waits for the broker to confirm, retrying a while (the broker may be
-/// restarting).
-async fn confirm_ack(m: &JsMessage) {
-    let mut backoff = Duration::from_millis(10);
-    for _ in 0..12 {
-        match m.double_ack().await {
-            Ok(()) => return,
-            Err(e) => tracing::debug!("output ack not confirmed, retrying: {e}"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
-    }
-    tracing::warn!("an output's acknowledgement was never confirmed; counting it all the same");
 }
