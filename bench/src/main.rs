@@ -13,6 +13,7 @@
 mod cpus;
 mod floor;
 mod nats;
+mod nats_floor;
 mod offload;
 mod report;
 mod scenarios;
@@ -103,6 +104,7 @@ fn main() {
     match std::env::args().nth(1).as_deref() {
         Some(floor::PEER_ARG) => return floor::peer_main(),
         Some(nats::MEMBER_ARG) => return nats::member_main(),
+        Some(nats_floor::PEER_ARG) => return nats_floor::peer_main(),
         Some(floor::READY_ARG) => {
             use std::io::Write;
             let _ = std::io::stdout().write_all(b"r");

@@ -1,7 +1,9 @@
 //! The throughput and latency scenarios over NATS JetStream: the parent here, each member a
 //! process of this program with one worker process, the server the one `LOOPPOOL_NATS_URL`
-//! names (start one with `transport-nats/scripts/nats-server.sh start`).
+//! names (start one with `transport-nats/scripts/nats-server.sh start`). Each is reported
+//! beside its floor ([`crate::nats_floor`]), measured in the same run.
 
+use crate::nats_floor::Floor;
 use crate::report::{percentile, Report};
 use crate::scenarios::{timed, Echo, Setup};
 use futures_util::StreamExt;
@@ -119,6 +121,10 @@ async fn pump(pool: &Pool<Echo>, task: &ByteBuf, tasks: usize) -> Result<Duratio
 
 /// Echo tasks of 16 bytes, 256 in flight, over NATS: tasks per second.
 pub(crate) async fn throughput(s: &Setup, tasks: usize) -> Result<Vec<Report>, BoxError> {
+    let floor = Floor::start(&url()?, s.workers, WINDOW.div_ceil(s.workers)).await?;
+    floor.pipelined(tasks / 10, WINDOW).await?;
+    let floor_took = floor.pipelined(tasks, WINDOW).await?;
+    floor.stop().await;
     let cluster = Cluster::start("bench-rate", s.workers, WINDOW.div_ceil(s.workers)).await?;
     let task = ByteBuf::from(vec![7u8; 16]);
     pump(&cluster.pool, &task, tasks / 10).await?;
@@ -126,11 +132,15 @@ pub(crate) async fn throughput(s: &Setup, tasks: usize) -> Result<Vec<Report>, B
     cluster.stop().await;
     Ok(vec![s
         .report("nats-throughput", "rate")
-        .value(tasks as f64 / took.as_secs_f64(), "tasks/s")])
+        .value(tasks as f64 / took.as_secs_f64(), "tasks/s")
+        .floor(tasks as f64 / floor_took.as_secs_f64())])
 }
 
 /// One task in flight over NATS: round-trip p50 and p99, from submission to its output.
 pub(crate) async fn latency(s: &Setup, trips: usize) -> Result<Vec<Report>, BoxError> {
+    let floor = Floor::start(&url()?, s.workers, 2).await?;
+    let mut floor_times = floor.trips(trips).await?;
+    floor.stop().await;
     let cluster = Cluster::start("bench-latency", s.workers, 2).await?;
     let outputs = cluster.pool.outputs();
     let task = ByteBuf::from(vec![7u8; 16]);
@@ -148,8 +158,10 @@ pub(crate) async fn latency(s: &Setup, trips: usize) -> Result<Vec<Report>, BoxE
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     Ok(vec![
         s.report("nats-latency", "p50")
-            .value(us(percentile(&mut times, 0.50)), "us"),
+            .value(us(percentile(&mut times, 0.50)), "us")
+            .floor(us(percentile(&mut floor_times, 0.50))),
         s.report("nats-latency", "p99")
-            .value(us(percentile(&mut times, 0.99)), "us"),
+            .value(us(percentile(&mut times, 0.99)), "us")
+            .floor(us(percentile(&mut floor_times, 0.99))),
     ])
 }
