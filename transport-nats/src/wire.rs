@@ -217,12 +217,14 @@ pub(crate) struct Leave {
 pub(crate) struct UpMsg {
     /// The member's run that sent it.
     pub(crate) nonce: u64,
-    /// Counts the run's messages from 1: the parent takes each once, in order.
+    /// The number of the first item: the run's items are counted from 1, and the parent takes
+    /// each once, in order.
     pub(crate) seq: u64,
-    pub(crate) body: Up,
+    /// Items numbered `seq`, `seq + 1`, …
+    pub(crate) body: Vec<Up>,
 }
 
-/// The body of an [`UpMsg`].
+/// One item of an [`UpMsg`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Up {
     Output(OutputMsg),

@@ -1,37 +1,16 @@
-//! A member's lanes to the broker: tasks into the local pool, outputs and ends out in order,
-//! heartbeats and progress.
+//! A member's lanes to the broker: tasks into the local pool, outputs and ends in order onto
+//! the lane to the parent ([`super::up`]), heartbeats and progress.
 
-use super::serve::{lock, Finished, Heard, Serving, Taken};
-use crate::wire::{self, Alive, EndMsg, Outcome, OutputMsg, TaskMsg, Up, UpMsg};
+use super::serve::{lock, Finished, Serving, Taken};
+use super::up::Outgoing;
+use crate::wire::{self, Alive, EndMsg, Outcome, TaskMsg};
 use async_nats::jetstream::{AckKind, Message as JsMessage};
 use looppool_core::Worker;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
-
-/// What the pump hands the lane to the parent.
-pub(super) enum Outgoing<O> {
-    /// An output of the task with this (parent) id, or unsolicited.
-    Output(Option<u64>, looppool_core::Delivery<O>),
-    End(EndMsg),
-}
-
-/// What a message sent and not yet confirmed holds until the parent has it.
-enum Hold<O> {
-    /// The local output, acknowledged to the worker once the parent has it.
-    Output(looppool_core::Delivery<O>),
-    /// The task that ended.
-    End(u64),
-}
-
-/// A message sent to the parent and not yet confirmed.
-struct Unconfirmed<O> {
-    seq: u64,
-    bytes: bytes::Bytes,
-    hold: Hold<O>,
-}
+use std::time::Duration;
+use tokio::sync::mpsc;
 
 impl<W: Worker> Serving<W> {
     /// Starts one delivered task in the local pool.
@@ -183,140 +162,6 @@ impl<W: Worker> Serving<W> {
             *counts.entry(id).or_default() += 1;
         }
         let _ = lane.send(Outgoing::Output(id, delivery));
-    }
-
-    /// Sends outputs and ends to the parent in order, as many outputs as the result credit
-    /// allows, and keeps each until the parent says it has it: then an output is acknowledged
-    /// to the local worker (returning its local credit), and an ended task to JetStream. What
-    /// the parent has not confirmed within `resend` is sent again, in order.
-    pub(super) async fn up_lane(
-        self: Arc<Self>,
-        mut lane: mpsc::UnboundedReceiver<Outgoing<W::Output>>,
-        credit: u64,
-        mut heard: watch::Receiver<Heard>,
-        resend: Duration,
-    ) {
-        let subject = self.names.up(&self.member);
-        let mut seq = 0u64;
-        let mut outputs = 0u64;
-        let mut unconfirmed: VecDeque<Unconfirmed<W::Output>> = VecDeque::new();
-        let mut news = Instant::now();
-        let mut tick = tokio::time::interval(resend);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut open = true;
-        let mut deaf = false;
-        while (open || !unconfirmed.is_empty()) && !deaf {
-            let room = outputs.saturating_sub(heard.borrow().acked) < credit;
-            tokio::select! {
-                biased;
-                changed = heard.changed() => {
-                    if changed.is_err() {
-                        // The serving loop ended: nothing more will be confirmed.
-                        deaf = true;
-                        continue;
-                    }
-                    let received = heard.borrow_and_update().received;
-                    while unconfirmed.front().is_some_and(|u| u.seq <= received) {
-                        let Some(u) = unconfirmed.pop_front() else { break };
-                        news = Instant::now();
-                        match u.hold {
-                            Hold::Output(delivery) => drop(delivery),
-                            Hold::End(id) => self.confirmed_end(id).await,
-                        }
-                    }
-                }
-                next = lane.recv(), if open && room => match next {
-                    Some(item) => {
-                        seq += 1;
-                        let (body, hold) = match item {
-                            Outgoing::Output(task, delivery) => {
-                                outputs += 1;
-                                let payload = wire::encode(delivery.value())
-                                    .map_err(|e| format!("cannot encode it: {e}"));
-                                (Up::Output(OutputMsg { task, payload }), Hold::Output(delivery))
-                            }
-                            Outgoing::End(end) => {
-                                let id = end.id;
-                                (Up::End(end), Hold::End(id))
-                            }
-                        };
-                        let Some(bytes) = self.pack_up(&subject, seq, body) else {
-                            continue;
-                        };
-                        self.send_up(&subject, bytes.clone()).await;
-                        if unconfirmed.is_empty() {
-                            news = Instant::now();
-                        }
-                        unconfirmed.push_back(Unconfirmed { seq, bytes, hold });
-                    }
-                    None => open = false,
-                },
-                _ = tick.tick(), if !unconfirmed.is_empty() => {
-                    if news.elapsed() >= resend {
-                        news = Instant::now();
-                        let again: Vec<bytes::Bytes> =
-                            unconfirmed.iter().map(|u| u.bytes.clone()).collect();
-                        self.resent
-                            .fetch_add(again.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        for bytes in again {
-                            self.send_up(&subject, bytes).await;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Seals message `seq`; an output too large for the broker goes as a note saying so, for
-    /// the parent to fail its task rather than wait for it.
-    fn pack_up(&self, subject: &str, seq: u64, body: Up) -> Option<bytes::Bytes> {
-        let mut msg = UpMsg {
-            nonce: self.nonce,
-            seq,
-            body,
-        };
-        let limit = self.broker.max_payload();
-        loop {
-            let bytes = match self.sealer.pack(subject, &msg) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    tracing::error!("cannot seal message {seq}: {e}");
-                    return None;
-                }
-            };
-            match &mut msg.body {
-                Up::Output(output) if bytes.len() > limit && output.payload.is_ok() => {
-                    let size = bytes.len();
-                    tracing::error!(task = output.task, "output of {size} bytes not sent");
-                    output.payload = Err(format!(
-                        "it is {size} bytes; the broker takes messages up to {limit} bytes \
-                         (its max_payload)"
-                    ));
-                }
-                _ => return Some(bytes.into()),
-            }
-        }
-    }
-
-    /// Hands a message to the client, unless cut off from the broker (it is sent again once
-    /// the connection is back).
-    async fn send_up(&self, subject: &str, bytes: bytes::Bytes) {
-        if self.broker.conn.is_up() {
-            let _ = self.broker.client.publish(subject.to_string(), bytes).await;
-        }
-    }
-
-    /// The parent has the end of task `id`: the work queue may drop the task. Should the
-    /// acknowledgement be lost, the task comes back after the ack wait, and is acknowledged
-    /// then without running again (or runs elsewhere, and the parent ignores its second end).
-    async fn confirmed_end(&self, id: u64) {
-        let message = lock(&self.running).remove(&id);
-        if let Some(m) = message {
-            let _ = m.ack().await;
-        }
-        self.ended
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.changed.notify_waiters();
     }
 
     pub(super) async fn heartbeat(self: Arc<Self>, every: Duration) {

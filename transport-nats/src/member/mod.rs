@@ -3,6 +3,7 @@
 
 mod lanes;
 mod serve;
+mod up;
 
 use crate::broker::{Broker, JetStreamApi};
 use crate::error::Error;

@@ -4,7 +4,7 @@ use super::lease::Lease;
 use super::recover::recovery;
 use super::shared::{Inner, Shared};
 use super::tasks::{
-    keep_lease, read_up, send_acks, serve_joins, serve_members, tick, Subscriptions,
+    keep_lease, read_up, send_acks, serve_joins, serve_members, tick, watch_streams, Subscriptions,
 };
 use super::Pool;
 use crate::broker::{self, Broker, JetStreamApi, PING};
@@ -344,6 +344,7 @@ impl<W: Worker> Builder<W> {
         shared.spawn(serve_joins(shared.clone(), subs.join));
         shared.spawn(serve_members(shared.clone(), subs.alive, subs.leave));
         shared.spawn(tick(shared.clone()));
+        shared.spawn(watch_streams(shared.clone()));
         shared.spawn(keep_lease(shared.clone(), lease));
         shared.spawn(read_up(shared.clone(), subs.up));
         shared.spawn(send_acks(shared.clone(), acks_rx));

@@ -6,7 +6,9 @@ use super::sessions::Arrival;
 use super::shared::{lock, Ack, Shared};
 use crate::error::Error;
 use crate::seal::Unsealed;
-use crate::wire::{self, Alive, Beacon, Control, Join, JoinReply, Leave, Names, Up, UpMsg};
+use crate::wire::{
+    self, Alive, Beacon, Control, Join, JoinReply, Leave, Names, OutputMsg, Up, UpMsg,
+};
 use futures_util::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -186,6 +188,20 @@ pub(super) async fn keep_lease<O: DeserializeOwned + Send + 'static>(
     }
 }
 
+/// Checks every member timeout that the pool's streams are there, on a task of its own: a
+/// broker slow to answer (one restarting) delays no beacon.
+pub(super) async fn watch_streams<O: DeserializeOwned + Send + 'static>(shared: Arc<Shared<O>>) {
+    let mut every = tokio::time::interval(shared.settings.member_timeout());
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        if shared.broker.conn.is_up() {
+            shared.check_streams().await;
+        }
+    }
+}
+
 /// The parent's heartbeat, and the check for silent members.
 pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(shared: Arc<Shared<O>>) {
     let mut every = tokio::time::interval(shared.settings.heartbeat);
@@ -193,7 +209,6 @@ pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(shared: Arc<Share
     let timeout = shared.settings.member_timeout();
     let subject = shared.names.beacon();
     let mut seq = 0;
-    let mut last_check = Instant::now();
     loop {
         every.tick().await;
         // Cut off: nothing to send (a publish would only fill the client's buffer).
@@ -225,10 +240,6 @@ pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(shared: Arc<Share
         };
         for member in members {
             shared.grant(&member).await;
-        }
-        if last_check.elapsed() >= timeout {
-            last_check = Instant::now();
-            shared.check_streams().await;
         }
         // Silence while the parent itself was cut off does not count against members.
         let since = conn.since();
@@ -262,9 +273,12 @@ pub(super) async fn read_up<O: DeserializeOwned + Send + 'static>(
         // Everything already here, then one credit message per member.
         while let Some(m) = next {
             let member = Names::member_of(&m.subject).to_string();
-            if let Some(why) = take_up(&shared, &member, &m) {
+            let refusals = take_up(&shared, &member, &m);
+            for why in &refusals {
                 shared.refused.refuse(format_args!("{why}"));
-            } else if !touched.contains(&member) {
+            }
+            // Told how far its messages arrived, even when one was refused or came again.
+            if !touched.contains(&member) {
                 touched.push(member);
             }
             next = up.next().now_or_never().flatten();
@@ -275,36 +289,57 @@ pub(super) async fn read_up<O: DeserializeOwned + Send + 'static>(
     }
 }
 
-/// Takes one message of `member`; `Some(why)` if it is refused.
+/// Takes the items of one message of `member` that come next; says why for each refused.
 fn take_up<O: DeserializeOwned + Send + 'static>(
     shared: &Shared<O>,
     member: &str,
     m: &async_nats::Message,
-) -> Option<String> {
+) -> Vec<String> {
     let msg = match shared.sealer.unpack::<UpMsg>(&m.subject, &m.payload) {
         Ok(msg) => msg,
-        Err(e) => return Some(format!("a message on {}: {e}", m.subject)),
+        Err(e) => return vec![format!("a message on {}: {e}", m.subject)],
     };
-    match shared.arrive(member, msg.nonce, msg.seq) {
-        Ok(Arrival::Next) => {}
-        Ok(Arrival::Again | Arrival::Early) => return None,
-        Err(why) => return Some(why),
+    let mut refused = Vec::new();
+    for (seq, item) in (msg.seq..).zip(msg.body) {
+        match shared.arrive(member, msg.nonce, seq) {
+            Ok(Arrival::Next) => {}
+            Ok(Arrival::Again) => continue,
+            // Sent again, with those before it, once the member finds them unconfirmed.
+            Ok(Arrival::Early) => break,
+            Err(why) => {
+                refused.push(why);
+                break;
+            }
+        }
+        let taken = match item {
+            Up::End(end) => shared.on_end(member, end),
+            Up::Output(output) => take_output(shared, member, msg.nonce, output),
+        };
+        if let Err(why) = taken {
+            refused.push(why);
+        }
     }
-    let output = match msg.body {
-        Up::End(end) => return shared.on_end(member, end).err(),
-        Up::Output(output) => output,
-    };
+    refused
+}
+
+/// Hands one output to the program, unless `member` does not hold its task.
+fn take_output<O: DeserializeOwned + Send + 'static>(
+    shared: &Shared<O>,
+    member: &str,
+    nonce: u64,
+    output: OutputMsg,
+) -> Result<(), String> {
     let task = output.task;
     let value = output
         .payload
         .as_ref()
         .map_err(String::clone)
         .and_then(|p| wire::decode::<O>(p).map_err(|e| format!("cannot decode it: {e}")));
-    let ack = (member.to_string(), msg.nonce);
+    let ack = (member.to_string(), nonce);
     if let Err(why) = shared.on_output(member, &output, value.as_ref().err()) {
         // One of the member's outputs all the same: it returns its credit.
         let _ = shared.acks.send(ack);
-        return Some(why);
+        return Err(why);
     }
     match value {
         Ok(value) => {
@@ -323,7 +358,7 @@ fn take_up<O: DeserializeOwned + Send + 'static>(
             let _ = shared.acks.send(ack);
         }
     }
-    None
+    Ok(())
 }
 
 /// Counts the outputs the program took (dropped their deliveries), and tells each member how
