@@ -139,9 +139,11 @@ impl<W: Worker> Serving<W> {
             .subscribe(self.names.credit(&self.member))
             .await?;
         let (heard_tx, heard) = watch::channel(Heard::default());
-        // Opened (and opened again once it ends) in the loop below: a broker that went away
-        // right after the join is waited for like one that goes away later.
+        // Opened (and opened again once it ends) beside the loop below, which goes on meanwhile:
+        // a broker that went away right after the join, or is slow to answer, is waited for
+        // like one that goes away later, and the member still hears its parent.
         let mut messages: Option<pull::Stream> = None;
+        let mut opening = Some(Box::pin(self.messages(capacity)));
         let mut reopen = tokio::time::interval(Duration::from_millis(250));
 
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
@@ -239,10 +241,13 @@ impl<W: Worker> Serving<W> {
                         break why;
                     }
                 }
-                _ = reopen.tick(), if messages.is_none() => match self.messages(capacity).await {
+                opened = finish(&mut opening) => match opened {
                     Ok(m) => messages = Some(m),
                     Err(e) => tracing::warn!("{e}; retrying"),
                 },
+                _ = reopen.tick(), if messages.is_none() && opening.is_none() => {
+                    opening = Some(Box::pin(self.messages(capacity)));
+                }
                 Some(next) = next_task(&mut messages) => match next {
                     Ok(m) => self.take(m, &finished_tx).await,
                     Err(e) => tracing::debug!("reading tasks: {}", broker::error_text(&e)),
@@ -344,4 +349,15 @@ async fn next_task(
         *messages = None;
     }
     next
+}
+
+/// What the future in `slot` resolves to, once it does (the slot is then emptied); an empty
+/// slot never resolves.
+async fn finish<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    let Some(future) = slot else {
+        return std::future::pending().await;
+    };
+    let out = future.await;
+    *slot = None;
+    out
 }

@@ -334,19 +334,30 @@ impl<W: Worker> Pool<W> {
             let members = inner.members.iter();
             members.map(|m| (m.info.name.clone(), m.nonce)).collect()
         };
-        for (m, nonce) in &members {
-            shared.control(m, *nonce, Control::Stop).await;
-        }
         let members: Vec<String> = members.into_iter().map(|(m, _)| m).collect();
         let deadline = tokio::time::Instant::now() + shared.settings.stop_timeout;
+        // Told again every heartbeat: a member that had just joined may not have been
+        // listening yet.
+        let mut tell = tokio::time::interval(shared.settings.heartbeat);
         loop {
             let mut notified = pin!(shared.changed.notified());
             notified.as_mut().enable();
-            if shared.lock().members.is_empty() {
+            let left: Vec<(String, u64)> = {
+                let inner = shared.lock();
+                let members = inner.members.iter();
+                members.map(|m| (m.info.name.clone(), m.nonce)).collect()
+            };
+            if left.is_empty() {
                 break;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break;
+            tokio::select! {
+                _ = tell.tick() => {
+                    for (m, nonce) in &left {
+                        shared.control(m, *nonce, Control::Stop).await;
+                    }
+                }
+                () = notified => {}
+                () = tokio::time::sleep_until(deadline) => break,
             }
         }
         let unresponsive: Vec<String> = self.members().into_iter().map(|m| m.name).collect();
