@@ -12,14 +12,16 @@
 //!   at most its backlog and makes submitters wait for room.
 //! - **Result credit**: a member sends at most `result_credit` outputs that the program has not
 //!   taken; the parent acknowledges an output when the program drops its [`Delivery`], and
-//!   tells the member how many it acknowledged so far.
+//!   tells the member how many it acknowledged so far. Past its credit a member holds its
+//!   outputs back, and the end of their task with them; other tasks' ends go on.
 //! - **Outputs and ends**: a member sends its outputs and task ends in order on core NATS,
-//!   without a store: it keeps each until the parent confirms it and sends again, in order,
-//!   what is not confirmed within a heartbeat (a lost connection, a broker restart); the
-//!   parent takes each once. Only tasks are stored: a task must outlive the member it was
-//!   sent to, while an output or end is wanted only by the parent, and lost only with the
-//!   member that holds it (whose task then runs again elsewhere) or with the parent (whose
-//!   handles are then gone).
+//!   without a store, several to a message when several are ready: it keeps each until the
+//!   parent confirms it and sends again, in order, what is still not confirmed after a
+//!   heartbeat (a lost connection, a broker restart); the parent takes each once. Only tasks
+//!   are stored: a task must outlive the member it was sent to, while an output or end is
+//!   wanted only by the parent, and lost only with the member that holds it (its task is then
+//!   taken back, as any task of a member that died) or with the parent (whose handles are then
+//!   gone).
 //! - **Membership**: members join with a request the parent answers, beat a heartbeat, and
 //!   leave; one silent past the member timeout is counted gone. [`Pool::events`] tells both.
 //!   A member that lost its parent for a member timeout (a partition, a stalled or dead

@@ -92,7 +92,7 @@ fn main() {
             faults::member_shutdown,
         ),
         trial(
-            "an_output_too_large_for_the_broker_fails_its_task_clearly",
+            "an_output_or_error_too_large_for_the_broker_fails_its_task_clearly",
             faults::oversized_output,
         ),
         trial(
@@ -606,7 +606,11 @@ async fn result_credit() -> Result<(), Failed> {
         .result_credit(2)
         .start()
         .await?;
-    let spec = Spec::new(&url, "results");
+    // Two workers: the second runs a task while the first waits for credit.
+    let spec = Spec {
+        workers: 2,
+        ..Spec::new(&url, "results")
+    };
     let members = vec![spec.spawn("m")];
     pool.wait_for_members(1, Duration::from_secs(30)).await?;
     let outputs = pool.outputs();
@@ -616,6 +620,12 @@ async fn result_credit() -> Result<(), Failed> {
     while outputs.len() != 2 {
         wait.tick().await?;
     }
+    // Another task's end does not wait behind the outputs held back: a program may wait for
+    // it before it reads on.
+    let other = pool.submit(Task::Sleep(10)).await?;
+    tokio::time::timeout(Duration::from_secs(10), other)
+        .await
+        .map_err(|_| "another task's end waited behind unread outputs")??;
     let first = outputs.recv().await.ok_or("outputs ended")?;
     check(pool.outstanding("m") == Some(1), || {
         "the task ended early".into()

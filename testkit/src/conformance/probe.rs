@@ -153,6 +153,8 @@ pub enum Task {
     /// Append a byte to this file every 10 ms, forever: a side effect that shows whether the
     /// task still runs.
     Tick(String),
+    /// Fail with a message of this many bytes.
+    FailLong(usize),
 }
 
 /// What a [`Probe`] emits.
@@ -251,6 +253,7 @@ impl Worker for Probe {
             Task::WhoAmI => ctx.put(Out::Worker(ctx.worker())).await?,
             Task::Config => ctx.put(Out::Config(self.config.clone())).await?,
             Task::Fail(message) => return Err(ProbeError::Message(message)),
+            Task::FailLong(n) => return Err(ProbeError::Message("x".repeat(n))),
             Task::Refuse(code) => return Err(ProbeError::Refused { code }),
             Task::FailUnencodable => return Err(ProbeError::Unencodable(Refuse)),
             Task::FailUndecodable => return Err(ProbeError::Undecodable(Grumpy)),

@@ -33,6 +33,14 @@ struct Unconfirmed<O> {
     holds: Vec<Hold<O>>,
 }
 
+/// An item taken from the pump, in its wire form, waiting to be sent.
+struct Ready<O> {
+    up: Up,
+    hold: Hold<O>,
+    /// Its encoded size, near enough.
+    len: usize,
+}
+
 /// Items gathered into one message at most.
 const BATCH_ITEMS: usize = 256;
 /// Bytes of items past which a message takes no more (one larger item goes alone).
@@ -49,15 +57,20 @@ struct Lane<O> {
     unconfirmed: VecDeque<Unconfirmed<O>>,
     /// When the parent last confirmed something, or the lane last sent after a quiet spell.
     news: Instant,
-    /// An item taken that did not fit the last message: the first of the next.
-    carry: Option<Outgoing<O>>,
+    /// Items taken from the pump and not sent yet, in order: outputs past the result credit,
+    /// and the ends of their tasks behind them.
+    waiting: VecDeque<Ready<O>>,
 }
 
 impl<W: Worker> Serving<W> {
     /// Sends outputs and ends to the parent in order, as many outputs as the result credit
     /// allows, and keeps each until the parent says it has it: then an output is acknowledged
     /// to the local worker (returning its local credit), and an ended task to JetStream. What
-    /// the parent has not confirmed within `resend` is sent again, in order.
+    /// the parent has not confirmed after `resend` is sent again, in order.
+    ///
+    /// Outputs past the credit wait here, in order, and so does the end of their task; the
+    /// ends of other tasks go on (a program may wait for a task's end before it reads the
+    /// outputs of another).
     pub(super) async fn up_lane(
         self: Arc<Self>,
         mut lane: mpsc::UnboundedReceiver<Outgoing<W::Output>>,
@@ -66,30 +79,33 @@ impl<W: Worker> Serving<W> {
         resend: Duration,
     ) {
         let subject = self.names.up(&self.member);
+        let limit = self.broker.max_payload().saturating_sub(ENVELOPE);
         let mut state = Lane {
             seq: 0,
             outputs: 0,
             unconfirmed: VecDeque::new(),
             news: Instant::now(),
-            carry: None,
+            waiting: VecDeque::new(),
         };
-        let mut tick = tokio::time::interval(resend);
+        let mut tick = tokio::time::interval(resend / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut open = true;
         loop {
-            let room = |s: &Lane<W::Output>, heard: &watch::Receiver<Heard>| {
-                s.outputs.saturating_sub(heard.borrow().acked) < credit
-            };
-            if state.carry.is_some() && room(&state, &heard) {
-                let first = state.carry.take();
-                self.send_batch(&subject, &mut state, first, &mut lane, &heard, credit)
-                    .await;
-                continue;
+            while open {
+                match lane.try_recv() {
+                    Ok(item) => state.waiting.push_back(self.prepare(item, limit)),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                }
             }
-            if !open && state.carry.is_none() && state.unconfirmed.is_empty() {
+            let acked = heard.borrow().acked;
+            while self
+                .send_batch(&subject, &mut state, acked, credit, limit)
+                .await
+            {}
+            if !open && state.waiting.is_empty() && state.unconfirmed.is_empty() {
                 return;
             }
-            let take = open && state.carry.is_none() && room(&state, &heard);
             tokio::select! {
                 biased;
                 changed = heard.changed() => {
@@ -109,22 +125,22 @@ impl<W: Worker> Serving<W> {
                         }
                     }
                 }
-                next = lane.recv(), if take => match next {
-                    Some(item) => {
-                        self.send_batch(&subject, &mut state, Some(item), &mut lane, &heard, credit)
-                            .await;
-                    }
+                next = lane.recv(), if open => match next {
+                    Some(item) => state.waiting.push_back(self.prepare(item, limit)),
                     None => open = false,
                 },
                 _ = tick.tick(), if !state.unconfirmed.is_empty() => {
                     if state.news.elapsed() >= resend {
                         state.news = Instant::now();
-                        let again: Vec<bytes::Bytes> =
-                            state.unconfirmed.iter().map(|u| u.bytes.clone()).collect();
-                        let items: u64 = state.unconfirmed.iter().map(|u| u.holds.len() as u64).sum();
-                        self.resent.fetch_add(items, Ordering::Relaxed);
-                        for bytes in again {
-                            self.send_up(&subject, bytes).await;
+                        let again: Vec<(bytes::Bytes, u64)> = state
+                            .unconfirmed
+                            .iter()
+                            .map(|u| (u.bytes.clone(), u.holds.len() as u64))
+                            .collect();
+                        for (bytes, items) in again {
+                            if self.send_up(&subject, bytes).await {
+                                self.resent.fetch_add(items, Ordering::Relaxed);
+                            }
                         }
                     }
                 }
@@ -132,63 +148,73 @@ impl<W: Worker> Serving<W> {
         }
     }
 
-    /// Sends `first` and whatever else is ready and fits (within the result credit) as one
-    /// message; an item that does not fit is carried to the next.
+    /// Sends, as one message, the waiting items that may go now, in order: outputs while the
+    /// result credit lasts, and ends of tasks with no output still waiting. Whether it sent
+    /// anything.
     async fn send_batch(
         &self,
         subject: &str,
         state: &mut Lane<W::Output>,
-        first: Option<Outgoing<W::Output>>,
-        lane: &mut mpsc::UnboundedReceiver<Outgoing<W::Output>>,
-        heard: &watch::Receiver<Heard>,
+        acked: u64,
         credit: u64,
-    ) {
-        let limit = self.broker.max_payload().saturating_sub(ENVELOPE);
+        limit: usize,
+    ) -> bool {
         let mut body = Vec::new();
         let mut holds = Vec::new();
         let mut size = 0;
-        let mut next = first;
-        while let Some(item) = next.take() {
-            let (up, hold, len) = self.prepare(item, limit);
-            if !body.is_empty() && size + len > limit {
-                // Goes first in the next message.
-                state.carry = Some(match (up, hold) {
-                    (Up::Output(output), Hold::Output(delivery)) => {
-                        Outgoing::Output(output.task, delivery)
-                    }
-                    (Up::End(end), _) => Outgoing::End(end),
-                    (Up::Output(_), Hold::End(_)) => unreachable!("an item's body and hold agree"),
-                });
+        let mut outputs = state.outputs;
+        let mut kept = VecDeque::new();
+        // Tasks with an output still waiting: their ends wait too.
+        let mut held: Vec<Option<u64>> = Vec::new();
+        while let Some(item) = state.waiting.pop_front() {
+            let full = body.len() >= BATCH_ITEMS || size >= BATCH_BYTES;
+            if full || (!body.is_empty() && size + item.len > limit) {
+                kept.push_back(item);
                 break;
             }
-            if matches!(up, Up::Output(_)) {
-                state.outputs += 1;
+            let may = match &item.up {
+                Up::Output(o) => {
+                    let room = held.is_empty() && outputs.saturating_sub(acked) < credit;
+                    if !room {
+                        held.push(o.task);
+                    }
+                    room
+                }
+                Up::End(end) => !held.contains(&Some(end.id)),
+            };
+            if !may {
+                kept.push_back(item);
+                continue;
             }
-            size += len;
-            body.push(up);
-            holds.push(hold);
-            let room = state.outputs.saturating_sub(heard.borrow().acked) < credit;
-            if body.len() < BATCH_ITEMS && size < BATCH_BYTES && room {
-                next = lane.try_recv().ok();
+            if matches!(item.up, Up::Output(_)) {
+                outputs += 1;
             }
+            size += item.len;
+            body.push(item.up);
+            holds.push(item.hold);
         }
+        kept.append(&mut state.waiting);
+        state.waiting = kept;
         if body.is_empty() {
-            return;
+            return false;
         }
-        let first_seq = state.seq + 1;
-        state.seq += body.len() as u64;
+        let first = state.seq + 1;
         let msg = UpMsg {
             nonce: self.nonce,
-            seq: first_seq,
+            seq: first,
             body,
         };
         let bytes: bytes::Bytes = match self.sealer.pack(subject, &msg) {
             Ok(bytes) => bytes.into(),
             Err(e) => {
-                tracing::error!("cannot seal messages {first_seq}..={}: {e}", state.seq);
-                return;
+                // Not seen in practice (postcard of bytes, strings and numbers): the items
+                // are given up, and a task among them ends when the parent takes it back.
+                tracing::error!("cannot seal messages from {first}: {e}");
+                return false;
             }
         };
+        state.seq += msg.body.len() as u64;
+        state.outputs = outputs;
         self.send_up(subject, bytes.clone()).await;
         if state.unconfirmed.is_empty() {
             state.news = Instant::now();
@@ -198,12 +224,13 @@ impl<W: Worker> Serving<W> {
             bytes,
             holds,
         });
+        true
     }
 
     /// The wire form of `item`, what it holds until confirmed, and its encoded size. An output
     /// too large for the broker goes as a note saying so, for the parent to fail its task
-    /// rather than wait for it.
-    fn prepare(&self, item: Outgoing<W::Output>, limit: usize) -> (Up, Hold<W::Output>, usize) {
+    /// rather than wait for it; an error's text too long for the broker is cut.
+    fn prepare(&self, item: Outgoing<W::Output>, limit: usize) -> Ready<W::Output> {
         match item {
             Outgoing::Output(task, delivery) => {
                 let payload = match wire::encode(delivery.value()) {
@@ -220,27 +247,48 @@ impl<W: Worker> Serving<W> {
                     Err(e) => Err(format!("cannot encode it: {e}")),
                 };
                 let len = payload.as_ref().map_or_else(String::len, Vec::len) + 16;
-                let output = OutputMsg { task, payload };
-                (Up::Output(output), Hold::Output(delivery), len)
+                Ready {
+                    up: Up::Output(OutputMsg { task, payload }),
+                    hold: Hold::Output(delivery),
+                    len,
+                }
             }
-            Outgoing::End(end) => {
-                let len = match &end.outcome {
-                    wire::Outcome::Done | wire::Outcome::TimedOut(_) => 0,
+            Outgoing::End(mut end) => {
+                let text = match &mut end.outcome {
+                    wire::Outcome::Done | wire::Outcome::TimedOut(_) => None,
                     wire::Outcome::Failed(t)
                     | wire::Outcome::Panicked(t)
-                    | wire::Outcome::Lost(t) => t.len(),
+                    | wire::Outcome::Lost(t) => Some(t),
+                };
+                let len = match text {
+                    Some(t) => {
+                        cut(t, limit / 2);
+                        t.len()
+                    }
+                    None => 0,
                 } + 32;
                 let id = end.id;
-                (Up::End(end), Hold::End(id), len)
+                Ready {
+                    up: Up::End(end),
+                    hold: Hold::End(id),
+                    len,
+                }
             }
         }
     }
 
     /// Hands a message to the client, unless cut off from the broker (it is sent again once
-    /// the connection is back).
-    async fn send_up(&self, subject: &str, bytes: bytes::Bytes) {
-        if self.broker.conn.is_up() {
-            let _ = self.broker.client.publish(subject.to_string(), bytes).await;
+    /// the connection is back). Whether it went.
+    async fn send_up(&self, subject: &str, bytes: bytes::Bytes) -> bool {
+        if !self.broker.conn.is_up() {
+            return false;
+        }
+        match self.broker.client.publish(subject.to_string(), bytes).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("a message to the parent not sent (sent again later): {e}");
+                false
+            }
         }
     }
 
@@ -254,5 +302,34 @@ impl<W: Worker> Serving<W> {
         }
         self.ended.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_waiters();
+    }
+}
+
+/// Cuts `text` to at most `max` bytes, on a character boundary, saying so.
+fn cut(text: &mut String, max: usize) {
+    const NOTE: &str = " [cut]";
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub(NOTE.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(NOTE);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut;
+
+    #[test]
+    fn long_texts_are_cut_on_a_character_boundary() {
+        let mut t = "é".repeat(100);
+        cut(&mut t, 51);
+        assert!(t.len() <= 51 && t.ends_with(" [cut]"), "{t}");
+        let mut short = "fine".to_string();
+        cut(&mut short, 51);
+        assert_eq!(short, "fine");
     }
 }

@@ -170,9 +170,11 @@ impl<W: Worker> Builder<W> {
         self
     }
 
-    /// Outputs a member may have stored in the broker that the parent's consumer has not
-    /// acknowledged (default 64). A member at the limit waits: back-pressure from a slow
-    /// consumer of [`Pool::outputs`] to the members' workers.
+    /// Outputs of a member that the program has not taken from [`Pool::outputs`] (dropped
+    /// their [`Delivery`](crate::Delivery)) at most (default 64). A member at the limit holds
+    /// its further outputs back, and the end of their task with them: back-pressure from a slow
+    /// consumer of [`Pool::outputs`] to the members' workers. The parent refuses an output past
+    /// it.
     pub fn result_credit(mut self, n: usize) -> Self {
         self.settings.result_credit = n;
         self
@@ -197,10 +199,9 @@ impl<W: Worker> Builder<W> {
     }
 
     /// The most bytes each of the pool's streams holds (default 1 GiB): tasks waiting for
-    /// their members, outputs and ends on their way, dead letters. A submission that would
-    /// take the task stream past it fails with
-    /// [`SubmitError::Broker`](crate::SubmitError::Broker); members wait for room to store
-    /// outputs and ends. Messages are at most the server's `max_payload` in any case.
+    /// their members, and dead letters. A submission that would take the task stream past it
+    /// fails with [`SubmitError::Broker`](crate::SubmitError::Broker). Messages are at most the
+    /// server's `max_payload` in any case.
     pub fn stream_bytes(mut self, bytes: u64) -> Self {
         self.settings.stream_bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         self

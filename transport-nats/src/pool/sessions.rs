@@ -9,6 +9,8 @@ pub(super) struct Session {
     pub(super) nonce: u64,
     /// The number of the last message of the run taken: every one up to it was taken, once.
     pub(super) received: u64,
+    /// The run's outputs taken, in all.
+    pub(super) outputs: u64,
 }
 
 /// What to do with a member's message, by its number.
@@ -24,7 +26,11 @@ pub(super) enum Arrival {
 
 impl Session {
     pub(super) fn new(nonce: u64) -> Self {
-        Self { nonce, received: 0 }
+        Self {
+            nonce,
+            received: 0,
+            outputs: 0,
+        }
     }
 
     /// Where message `seq` of this run stands; records it if it is the next one.

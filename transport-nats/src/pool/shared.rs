@@ -372,6 +372,29 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         }
     }
 
+    /// Counts one more output of run `nonce` of `member`; `Err` if the program has more than
+    /// the result credit of the run's outputs to take (a member that does not keep to its
+    /// credit: the output is refused, and counts as taken).
+    pub(super) fn within_credit(&self, member: &str, nonce: u64) -> Result<(), String> {
+        let acked = match lock(&self.acked).get(member) {
+            Some((run, acked)) if *run == nonce => *acked,
+            _ => 0,
+        };
+        let mut inner = self.lock();
+        let Some(session) = inner.sessions.get_mut(member).filter(|s| s.nonce == nonce) else {
+            return Ok(());
+        };
+        session.outputs += 1;
+        let credit = self.settings.result_credit as u64;
+        if session.outputs.saturating_sub(acked) > credit {
+            return Err(format!(
+                "output {} from member {member}, past its result credit of {credit}",
+                session.outputs
+            ));
+        }
+        Ok(())
+    }
+
     /// Ends a task as `member` reports (its last run's next message), if it holds the task.
     pub(super) fn on_end(&self, member: &str, end: EndMsg) -> Result<(), String> {
         let mut inner = self.lock();

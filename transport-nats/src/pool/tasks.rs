@@ -270,18 +270,24 @@ pub(super) async fn read_up<O: DeserializeOwned + Send + 'static>(
     let mut touched: Vec<String> = Vec::new();
     while let Some(m) = up.next().await {
         let mut next = Some(m);
-        // Everything already here, then one credit message per member.
+        let mut read = 0;
+        // What is already here (up to a bound), then one credit message per member.
         while let Some(m) = next {
             let member = Names::member_of(&m.subject).to_string();
-            let refusals = take_up(&shared, &member, &m);
+            let (ours, refusals) = take_up(&shared, &member, &m);
             for why in &refusals {
                 shared.refused.refuse(format_args!("{why}"));
             }
             // Told how far its messages arrived, even when one was refused or came again.
-            if !touched.contains(&member) {
+            if ours && !touched.contains(&member) {
                 touched.push(member);
             }
-            next = up.next().now_or_never().flatten();
+            read += 1;
+            next = if read < 256 {
+                up.next().now_or_never().flatten()
+            } else {
+                None
+            };
         }
         for member in touched.drain(..) {
             shared.grant(&member).await;
@@ -289,16 +295,21 @@ pub(super) async fn read_up<O: DeserializeOwned + Send + 'static>(
     }
 }
 
-/// Takes the items of one message of `member` that come next; says why for each refused.
+/// Takes the items of one message of `member` that come next; whether the message is from
+/// the member's current run, and why each refused item was.
 fn take_up<O: DeserializeOwned + Send + 'static>(
     shared: &Shared<O>,
     member: &str,
     m: &async_nats::Message,
-) -> Vec<String> {
+) -> (bool, Vec<String>) {
     let msg = match shared.sealer.unpack::<UpMsg>(&m.subject, &m.payload) {
         Ok(msg) => msg,
-        Err(e) => return vec![format!("a message on {}: {e}", m.subject)],
+        Err(e) => return (false, vec![format!("a message on {}: {e}", m.subject)]),
     };
+    if msg.seq.checked_add(msg.body.len() as u64).is_none() {
+        let why = format!("a message from member {member} numbered past the end");
+        return (false, vec![why]);
+    }
     let mut refused = Vec::new();
     for (seq, item) in (msg.seq..).zip(msg.body) {
         match shared.arrive(member, msg.nonce, seq) {
@@ -306,10 +317,7 @@ fn take_up<O: DeserializeOwned + Send + 'static>(
             Ok(Arrival::Again) => continue,
             // Sent again, with those before it, once the member finds them unconfirmed.
             Ok(Arrival::Early) => break,
-            Err(why) => {
-                refused.push(why);
-                break;
-            }
+            Err(why) => return (false, vec![why]),
         }
         let taken = match item {
             Up::End(end) => shared.on_end(member, end),
@@ -319,7 +327,7 @@ fn take_up<O: DeserializeOwned + Send + 'static>(
             refused.push(why);
         }
     }
-    refused
+    (true, refused)
 }
 
 /// Hands one output to the program, unless `member` does not hold its task.
@@ -336,6 +344,10 @@ fn take_output<O: DeserializeOwned + Send + 'static>(
         .map_err(String::clone)
         .and_then(|p| wire::decode::<O>(p).map_err(|e| format!("cannot decode it: {e}")));
     let ack = (member.to_string(), nonce);
+    if let Err(why) = shared.within_credit(member, nonce) {
+        let _ = shared.acks.send(ack);
+        return Err(why);
+    }
     if let Err(why) = shared.on_output(member, &output, value.as_ref().err()) {
         // One of the member's outputs all the same: it returns its credit.
         let _ = shared.acks.send(ack);

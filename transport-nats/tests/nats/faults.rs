@@ -239,6 +239,18 @@ pub(super) async fn oversized_output() -> Result<(), Failed> {
         matches!(&big, Err(TaskError::Failed { message }) if message.contains("could not be delivered")),
         || format!("{big:?}"),
     )?;
+    // A task that fails with a message too long for the broker ends, cut short on the way
+    // (by the worker's pool or the member), and the member goes on.
+    let long = tokio::time::timeout(
+        Duration::from_secs(10),
+        pool.submit(Task::FailLong(2 << 20)).await?,
+    )
+    .await
+    .map_err(|_| "a task that failed with a 2 MiB message: unresolved after 10 s")?;
+    check(
+        matches!(&long, Err(TaskError::Failed { message }) if message.len() < 1 << 20),
+        || format!("{:?}", long.map_err(|e| e.to_string().len())),
+    )?;
     pool.submit(Task::Zeros(1000)).await?.await?;
     let d = outputs.recv().await.ok_or("outputs ended")?;
     check(

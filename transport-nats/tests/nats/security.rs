@@ -358,6 +358,7 @@ pub(super) async fn member_permissions() -> Result<(), Failed> {
     let user = |u: &str, p: &str| ConnectOptions::with_user_and_password(u.into(), p.into());
     let pool = quick(Pool::builder(&url, "perm"))
         .connect_options(user("parent", "parent-pw"))
+        .result_credit(4)
         .start()
         .await?;
     let spec = |credentials| Spec {
@@ -474,5 +475,36 @@ pub(super) async fn member_permissions() -> Result<(), Failed> {
     check(outputs.try_recv().is_none() && pool.refused() == 3, || {
         format!("an output reached the program; {} refused", pool.refused())
     })?;
+    // Nor can it flood the parent with outputs past its result credit (4): the parent takes
+    // 4 of these 6 and refuses the rest.
+    let flood = wire::Up {
+        nonce: a.nonce,
+        seq: 3,
+        body: (0..6)
+            .map(|n| wire::Body::Output {
+                task: None,
+                payload: Ok(postcard::to_stdvec(&Out::Doubled(n)).unwrap()),
+            })
+            .collect(),
+    };
+    let subject = "looppool.perm.up.a";
+    rogue.publish(subject, seal(subject, &flood).into()).await?;
+    rogue.flush().await?;
+    let wait = Deadline::new(
+        "the parent to refuse five messages",
+        Duration::from_secs(10),
+    );
+    while pool.refused() < 5 {
+        wait.tick().await?;
+    }
+    check(outputs.len() == 4, || {
+        format!(
+            "{} outputs past the credit of 4 reached the program",
+            outputs.len()
+        )
+    })?;
+    while let Some(d) = outputs.try_recv() {
+        drop(d);
+    }
     stop_all(&pool, members).await
 }
