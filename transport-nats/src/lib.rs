@@ -13,7 +13,8 @@
 //! - **Result credit**: a member sends at most `result_credit` outputs that the program has not
 //!   taken; the parent acknowledges an output when the program drops its [`Delivery`], and
 //!   tells the member how many it acknowledged so far. Past its credit a member holds its
-//!   outputs back, and the end of their task with them; other tasks' ends go on.
+//!   outputs back, in order, and the end of each task with an output held; the ends of other
+//!   tasks go on.
 //! - **Outputs and ends**: a member sends its outputs and task ends in order on core NATS,
 //!   without a store, several to a message when several are ready: it keeps each until the
 //!   parent confirms it and sends again, in order, what is still not confirmed after a

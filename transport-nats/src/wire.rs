@@ -133,6 +133,9 @@ pub(crate) enum JoinReply {
         /// member that is leaving).
         retry: bool,
     },
+    /// This run of the member left the pool (or was counted gone) before its join was
+    /// answered: it may join again as a new run.
+    Anew { reason: String },
 }
 
 /// A member says it is alive.

@@ -329,6 +329,35 @@ impl<'a> Spec<'a> {
 }
 
 impl MemberProc {
+    /// Whether the process still runs, and if not, how it ended and what it printed.
+    fn state(&mut self) -> String {
+        match self.child.try_wait() {
+            Ok(None) => format!("{} runs", self.name),
+            Ok(Some(status)) => {
+                use std::io::Read;
+                let mut text = String::new();
+                for out in [
+                    self.child
+                        .stdout
+                        .take()
+                        .map(|o| Box::new(o) as Box<dyn Read>),
+                    self.child
+                        .stderr
+                        .take()
+                        .map(|e| Box::new(e) as Box<dyn Read>),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    let mut out = out;
+                    let _ = out.read_to_string(&mut text);
+                }
+                format!("{} ended ({status}): {text}", self.name)
+            }
+            Err(e) => format!("{}: {e}", self.name),
+        }
+    }
+
     /// Waits for the process to exit; its exit code and what it printed.
     async fn exit(mut self, within: Duration) -> Result<(i32, String), Failed> {
         let deadline = Instant::now() + within;

@@ -311,7 +311,24 @@ impl<W: Worker> Member<W> {
             }
         };
         let settings = match welcome {
-            Some(Ok(w)) => w,
+            Some(Ok(Joined::Welcome(w))) => w,
+            Some(Ok(Joined::Anew(reason))) => {
+                local.stop().await;
+                let left = Left {
+                    member: member.into(),
+                    reason,
+                    tasks: 0,
+                    resent: 0,
+                    refused: 0,
+                };
+                let ending = Ending::Lost { evicted: None };
+                return Ok(RoundEnd {
+                    left,
+                    ending,
+                    nonce: join.nonce,
+                    parent: None,
+                });
+            }
             Some(Err(e)) => {
                 local.stop().await;
                 return Err(e);
@@ -421,6 +438,13 @@ struct Settings {
     result_credit: u64,
 }
 
+/// The parent's answer to a join.
+enum Joined {
+    Welcome(Settings),
+    /// This run was counted gone before the answer: join again as a new run.
+    Anew(String),
+}
+
 /// Asks to join until the parent answers.
 async fn join_pool(
     broker: &Broker,
@@ -428,7 +452,7 @@ async fn join_pool(
     sealer: &Sealer,
     join: &Join,
     patience: Option<Duration>,
-) -> Result<Settings, Error> {
+) -> Result<Joined, Error> {
     let asked = Instant::now();
     let subject = names.join(&join.member);
     let request = sealer.pack(&subject, join).map_err(Error::Config)?;
@@ -452,14 +476,14 @@ async fn join_pool(
                     broker_timeout_ms,
                     result_credit,
                 }) => {
-                    return Ok(Settings {
+                    return Ok(Joined::Welcome(Settings {
                         run,
                         ack_wait: Duration::from_millis(ack_wait_ms),
                         heartbeat: Duration::from_millis(heartbeat_ms),
                         member_timeout: Duration::from_millis(member_timeout_ms),
                         broker_timeout: Duration::from_millis(broker_timeout_ms),
                         result_credit: u64::from(result_credit.max(1)),
-                    })
+                    }))
                 }
                 Ok(JoinReply::Refused {
                     reason,
@@ -477,6 +501,7 @@ async fn join_pool(
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Ok(JoinReply::Refused { reason, .. }) => return Err(Error::Refused(reason)),
+                Ok(JoinReply::Anew { reason }) => return Ok(Joined::Anew(reason)),
                 Err(Unsealed::Forged) => {
                     // The parent answers a join it cannot open unsealed: it may hold another
                     // secret. Anyone could answer so, though: ask on, telling why.

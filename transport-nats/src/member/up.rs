@@ -69,8 +69,8 @@ impl<W: Worker> Serving<W> {
     /// the parent has not confirmed after `resend` is sent again, in order.
     ///
     /// Outputs past the credit wait here, in order, and so does the end of their task; the
-    /// ends of other tasks go on (a program may wait for a task's end before it reads the
-    /// outputs of another).
+    /// ends of other tasks with no output waiting go on (a program may wait for such a task's
+    /// end before it reads the outputs of another).
     pub(super) async fn up_lane(
         self: Arc<Self>,
         mut lane: mpsc::UnboundedReceiver<Outgoing<W::Output>>,
@@ -207,8 +207,9 @@ impl<W: Worker> Serving<W> {
         let bytes: bytes::Bytes = match self.sealer.pack(subject, &msg) {
             Ok(bytes) => bytes.into(),
             Err(e) => {
-                // Not seen in practice (postcard of bytes, strings and numbers): the items
-                // are given up, and a task among them ends when the parent takes it back.
+                // Not seen in practice: postcard encodes bytes, strings and numbers without
+                // fail. The items are given up; a task among them never ends here (it stays
+                // running, and is taken back once this member is gone).
                 tracing::error!("cannot seal messages from {first}: {e}");
                 return false;
             }

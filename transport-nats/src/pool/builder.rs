@@ -172,9 +172,9 @@ impl<W: Worker> Builder<W> {
 
     /// Outputs of a member that the program has not taken from [`Pool::outputs`] (dropped
     /// their [`Delivery`](crate::Delivery)) at most (default 64). A member at the limit holds
-    /// its further outputs back, and the end of their task with them: back-pressure from a slow
-    /// consumer of [`Pool::outputs`] to the members' workers. The parent refuses an output past
-    /// it.
+    /// its further outputs back, in order, and the end of each task with an output held:
+    /// back-pressure from a slow consumer of [`Pool::outputs`] to the members' workers. The
+    /// parent refuses an output past it (its task then fails, saying so).
     pub fn result_credit(mut self, n: usize) -> Self {
         self.settings.result_credit = n;
         self

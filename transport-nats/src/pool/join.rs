@@ -54,7 +54,11 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 return later("the pool is stopping".into());
             }
             if inner.departed.contains(&join.member, join.nonce) {
-                return refuse(format!("this run of member {} left the pool", join.member));
+                // Its join was answered late, or sent again after it was counted gone: the
+                // member, if it still runs, joins again as a new run.
+                let reason = format!("this run of member {} left the pool", join.member);
+                tracing::info!(member = %join.member, "join of a departed run: {reason}");
+                return JoinReply::Anew { reason };
             }
             match inner.live(&join.member).map(|k| &inner.members[k]) {
                 // The member asked again: the first answer was late or lost.

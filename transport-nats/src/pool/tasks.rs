@@ -311,13 +311,18 @@ fn take_up<O: DeserializeOwned + Send + 'static>(
         return (false, vec![why]);
     }
     let mut refused = Vec::new();
-    for (seq, item) in (msg.seq..).zip(msg.body) {
+    for (i, item) in msg.body.into_iter().enumerate() {
+        // No overflow: checked above.
+        let seq = msg.seq + i as u64;
         match shared.arrive(member, msg.nonce, seq) {
             Ok(Arrival::Next) => {}
             Ok(Arrival::Again) => continue,
             // Sent again, with those before it, once the member finds them unconfirmed.
             Ok(Arrival::Early) => break,
-            Err(why) => return (false, vec![why]),
+            Err(why) => {
+                refused.push(why);
+                return (false, refused);
+            }
         }
         let taken = match item {
             Up::End(end) => shared.on_end(member, end),
@@ -345,6 +350,9 @@ fn take_output<O: DeserializeOwned + Send + 'static>(
         .and_then(|p| wire::decode::<O>(p).map_err(|e| format!("cannot decode it: {e}")));
     let ack = (member.to_string(), nonce);
     if let Err(why) = shared.within_credit(member, nonce) {
+        // Counted for its task all the same, which then fails saying why: its end waits for
+        // no output.
+        let _ = shared.on_output(member, &output, Some(&why));
         let _ = shared.acks.send(ack);
         return Err(why);
     }

@@ -209,7 +209,7 @@ pub(super) async fn store_lost() -> Result<(), Failed> {
     let url = server.url();
     let pool = quick(Pool::builder(&url, "amnesia")).start().await?;
     let spec = Spec::new(&url, "amnesia");
-    let members = vec![spec.spawn("a"), spec.spawn("b")];
+    let mut members = vec![spec.spawn("a"), spec.spawn("b")];
     pool.wait_for_members(2, Duration::from_secs(30)).await?;
     let mut handles = Vec::new();
     for _ in 0..4 {
@@ -240,6 +240,9 @@ pub(super) async fn store_lost() -> Result<(), Failed> {
             return Err(format!("{:?}; last: {last}; members {members:?}", e.message()).into());
         }
     }
-    pool.wait_for_members(2, Duration::from_secs(30)).await?;
+    if let Err(e) = pool.wait_for_members(2, Duration::from_secs(30)).await {
+        let states: Vec<String> = members.iter_mut().map(MemberProc::state).collect();
+        return Err(format!("{e}; {}", states.join("; ")).into());
+    }
     stop_all(&pool, members).await
 }
