@@ -124,6 +124,11 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 if inner.closed && sent.is_empty() {
                     return refuse("the pool is stopping".into());
                 }
+                if inner.departed.contains(&join.member, join.nonce) && sent.is_empty() {
+                    // It left while its consumer was being made.
+                    let reason = format!("this run of member {} left the pool", join.member);
+                    return JoinReply::Anew { reason };
+                }
                 let todo: Vec<(u64, Vec<u8>)> = inner
                     .sticky
                     .iter()

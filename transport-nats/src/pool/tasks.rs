@@ -152,7 +152,10 @@ pub(super) async fn serve_members<O: DeserializeOwned + Send + 'static>(
                 if current {
                     shared.member_gone(&member, leave.reason);
                 } else {
-                    tracing::debug!(member, "a leave of a run not in the pool ignored");
+                    // A run that left before its join was answered: if that join is read only
+                    // now, the run is not taken in (it would be a member nobody serves).
+                    tracing::debug!(member, "a leave of a run not in the pool");
+                    shared.lock().departed.insert(&member, leave.nonce);
                 }
             }
             else => return,
