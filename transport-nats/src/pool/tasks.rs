@@ -116,6 +116,7 @@ pub(super) async fn serve_members<O: DeserializeOwned + Send + 'static>(
                         continue;
                     }
                 };
+                let mut repeated = false;
                 let known = {
                     let mut inner = shared.lock();
                     match inner.live(member) {
@@ -124,12 +125,20 @@ pub(super) async fn serve_members<O: DeserializeOwned + Send + 'static>(
                             if alive.seq > live.alive_seq {
                                 live.alive_seq = alive.seq;
                                 live.last_seen = Instant::now();
+                            } else {
+                                // A member's heartbeats come in order: this one was replayed.
+                                repeated = true;
                             }
                             true
                         }
                         _ => false,
                     }
                 };
+                if repeated {
+                    shared
+                        .refused
+                        .refuse(format_args!("heartbeat {} of member {member}, a second time", alive.seq));
+                }
                 if !known && !shared.lock().closed {
                     let reason = "the pool does not count it in (it went silent, or the \
                                   pool restarted)".to_string();

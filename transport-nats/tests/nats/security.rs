@@ -230,13 +230,21 @@ pub(super) async fn forged_messages() -> Result<(), Failed> {
         .publish("looppool.forged.ctl.m", forge(&stop).into())
         .await?;
     rogue
-        .publish("looppool.forged.leave.m", alive_sealed)
+        .publish("looppool.forged.leave.m", alive_sealed.clone())
+        .await?;
+    // And that heartbeat again where it belongs, after the parent had it.
+    rogue
+        .publish("looppool.forged.alive.m", alive_sealed)
         .await?;
     rogue.flush().await?;
 
-    // The parent refuses six: the end, two outputs, the join, the leave, the moved heartbeat.
-    let wait = Deadline::new("the parent to refuse six messages", Duration::from_secs(10));
-    while pool.refused() < 6 {
+    // The parent refuses seven: the end, two outputs, the join, the leave, the moved heartbeat
+    // and the repeated one.
+    let wait = Deadline::new(
+        "the parent to refuse seven messages",
+        Duration::from_secs(10),
+    );
+    while pool.refused() < 7 {
         wait.tick().await?;
     }
     // The pool still works, and only genuine outputs arrive.
@@ -283,8 +291,8 @@ pub(super) async fn forged_messages() -> Result<(), Failed> {
     check(outputs.try_recv().is_none(), || {
         "a forged output reached the program".into()
     })?;
-    check(pool.refused() == 6, || {
-        format!("the parent refused {} messages, not 6", pool.refused())
+    check(pool.refused() == 7, || {
+        format!("the parent refused {} messages, not 7", pool.refused())
     })?;
     let names: Vec<String> = pool.members().into_iter().map(|m| m.name).collect();
     check(names == ["m"], || format!("members: {names:?}"))?;
