@@ -466,7 +466,8 @@ async fn join_pool(
                 .request(subject.clone(), request.clone().into()),
         )
         .await;
-        match answer {
+        // Why the member asks again, and whether that is alarming.
+        let (why, alarming) = match answer {
             Ok(Ok(reply)) => match sealer.unpack::<JoinReply>(&reply_context, &reply.payload) {
                 Ok(JoinReply::Welcome {
                     run,
@@ -488,18 +489,7 @@ async fn join_pool(
                 Ok(JoinReply::Refused {
                     reason,
                     retry: true,
-                }) => {
-                    if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                        tracing::info!("asking to join again: {reason}");
-                        told = Some(Instant::now());
-                    }
-                    if let Some(patience) = patience.filter(|p| asked.elapsed() >= *p) {
-                        return Err(Error::Timeout(format!(
-                            "not taken in for {patience:?}: {reason}"
-                        )));
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
+                }) => (Some(reason), false),
                 Ok(JoinReply::Refused { reason, .. }) => return Err(Error::Refused(reason)),
                 Ok(JoinReply::Anew { reason }) => return Ok(Joined::Anew(reason)),
                 Err(Unsealed::Forged) => {
@@ -514,16 +504,7 @@ async fn join_pool(
                               secret"
                             .into(),
                     };
-                    if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                        tracing::error!("asking to join again: {reason}");
-                        told = Some(Instant::now());
-                    }
-                    if let Some(patience) = patience.filter(|p| asked.elapsed() >= *p) {
-                        return Err(Error::Timeout(format!(
-                            "not taken in for {patience:?}: {reason}"
-                        )));
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    (Some(reason), true)
                 }
                 Err(e) => {
                     return Err(Error::Refused(format!(
@@ -531,20 +512,27 @@ async fn join_pool(
                     )))
                 }
             },
-            Ok(Err(_)) | Err(_) => {
-                if let Some(patience) = patience.filter(|p| asked.elapsed() >= *p) {
-                    return Err(Error::Timeout(format!(
-                        "the parent of pool {} did not answer for {patience:?}",
-                        names.pool()
-                    )));
-                }
-                if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                    tracing::info!("waiting for the parent of pool {} to answer", names.pool());
-                    told = Some(Instant::now());
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
+            // No answer.
+            Ok(Err(_)) | Err(_) => (None, false),
+        };
+        if let Some(patience) = patience.filter(|p| asked.elapsed() >= *p) {
+            return Err(Error::Timeout(match &why {
+                Some(reason) => format!("not taken in for {patience:?}: {reason}"),
+                None => format!(
+                    "the parent of pool {} did not answer for {patience:?}",
+                    names.pool()
+                ),
+            }));
         }
+        if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            match &why {
+                Some(reason) if alarming => tracing::error!("asking to join again: {reason}"),
+                Some(reason) => tracing::info!("asking to join again: {reason}"),
+                None => tracing::info!("waiting for the parent of pool {} to answer", names.pool()),
+            }
+            told = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
