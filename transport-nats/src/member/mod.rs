@@ -90,6 +90,20 @@ pub struct Left {
     pub refused: u64,
 }
 
+impl Left {
+    /// Nothing done, nothing counted: a run that ended before it served, or the start of a
+    /// member's total.
+    fn before_serving(member: &str, reason: String) -> Self {
+        Self {
+            member: member.into(),
+            reason,
+            tasks: 0,
+            resent: 0,
+            refused: 0,
+        }
+    }
+}
+
 impl<W: Worker> Member<W> {
     /// A member of pool `pool` on the NATS server at `server`, running `local`.
     pub fn new(server: impl Into<String>, pool: impl Into<String>, local: LocalBuilder<W>) -> Self {
@@ -205,13 +219,7 @@ impl<W: Worker> Member<W> {
             }
         });
         let _listener = AbortOnDrop(listener);
-        let mut total = Left {
-            member: member.clone(),
-            reason: String::new(),
-            tasks: 0,
-            resent: 0,
-            refused: 0,
-        };
+        let mut total = Left::before_serving(&member, String::new());
         let mut previous = None;
         let mut parent = None;
         loop {
@@ -300,13 +308,7 @@ impl<W: Worker> Member<W> {
             () = &mut shutdown => None,
             () = parent_stopped => {
                 local.stop().await;
-                let left = Left {
-                    member: member.into(),
-                    reason: "the pool stopped".into(),
-                    tasks: 0,
-                    resent: 0,
-                    refused: 0,
-                };
+                let left = Left::before_serving(member, "the pool stopped".into());
                 return Ok(RoundEnd { left, ending: Ending::Stopped, nonce: join.nonce, parent: None });
             }
         };
@@ -314,13 +316,7 @@ impl<W: Worker> Member<W> {
             Some(Ok(Joined::Welcome(w))) => w,
             Some(Ok(Joined::Anew(reason))) => {
                 local.stop().await;
-                let left = Left {
-                    member: member.into(),
-                    reason,
-                    tasks: 0,
-                    resent: 0,
-                    refused: 0,
-                };
+                let left = Left::before_serving(member, reason);
                 let ending = Ending::Lost { evicted: None };
                 return Ok(RoundEnd {
                     left,
@@ -347,13 +343,7 @@ impl<W: Worker> Member<W> {
                     let _ = tokio::time::timeout(FLUSH, broker.client.flush()).await;
                 }
                 local.stop().await;
-                let left = Left {
-                    member: member.into(),
-                    reason,
-                    tasks: 0,
-                    resent: 0,
-                    refused: 0,
-                };
+                let left = Left::before_serving(member, reason);
                 return Ok(RoundEnd {
                     left,
                     ending: Ending::Shutdown,
