@@ -18,6 +18,7 @@ mod offload;
 mod report;
 mod scenarios;
 
+use looppool_async_std::AsyncStd;
 use looppool_core::{BoxError, Builder, Pool};
 use looppool_smol::Smol;
 use report::Report;
@@ -126,14 +127,18 @@ fn main() {
     }
 }
 
-/// The executor the smol runs block on.
-fn smol_executor() -> Arc<smol::Executor<'static>> {
+/// The executor the smol and async-std runs block on.
+fn main_executor() -> Arc<smol::Executor<'static>> {
     static EXECUTOR: OnceLock<Arc<smol::Executor<'static>>> = OnceLock::new();
     EXECUTOR.get_or_init(Default::default).clone()
 }
 
 fn smol_builder() -> Builder<Echo> {
-    Pool::builder(Arc::new(Smol::with_executor(smol_executor())))
+    Pool::builder(Arc::new(Smol::with_executor(main_executor())))
+}
+
+fn async_std_builder() -> Builder<Echo> {
+    Pool::builder(Arc::new(AsyncStd::with_executor(main_executor())))
 }
 
 fn run(args: &Args) -> Result<(), BoxError> {
@@ -148,7 +153,7 @@ fn run(args: &Args) -> Result<(), BoxError> {
         // program runs them (and as tokio's current-thread runtime does): on smol's global
         // executor each reply would cross two threads.
         "smol" => {
-            let executor = smol_executor();
+            let executor = main_executor();
             smol::block_on(executor.run(scenarios_on(
                 &setup(
                     smol_builder,
@@ -157,13 +162,17 @@ fn run(args: &Args) -> Result<(), BoxError> {
                 args,
             )))
         }
-        "async-std" => async_std::task::block_on(scenarios_on(
-            &setup(
-                looppool_async_std::builder::<Echo>,
-                looppool_async_std::runtime(),
-            ),
-            args,
-        )),
+        // Likewise: async-std's own thread pool would put each reply across two threads.
+        "async-std" => {
+            let executor = main_executor();
+            async_std::task::block_on(executor.run(scenarios_on(
+                &setup(
+                    async_std_builder,
+                    Arc::new(AsyncStd::with_executor(executor.clone())),
+                ),
+                args,
+            )))
+        }
         _ => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
