@@ -38,7 +38,8 @@
 //! - **Faults**: a member that dies leaves its tasks in its consumer; the parent takes back at
 //!   once those never delivered, and after the ack wait those delivered, and sends the
 //!   untargeted ones to another member with room in its backlog ([`TaskHandle::deliveries`]
-//!   counts the deliveries). Targeted and broadcast tasks are lost with their member, as in a
+//!   counts the deliveries), or, with no member left, to the first that joins (the same one
+//!   coming back included) within the member timeout. Targeted and broadcast tasks are lost with their member, as in a
 //!   local pool. A task delivered [`Builder::max_deliveries`] times is given up on: it ends as
 //!   lost and goes to the dead-letter stream ([`Pool::dead_letters`]). A task may thus run more than once
 //!   (at-least-once); its handle resolves exactly once, and a second run's end is ignored.

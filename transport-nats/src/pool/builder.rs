@@ -324,6 +324,7 @@ impl<W: Worker> Builder<W> {
             run,
             sealer: Sealer::new(&secret),
             refused: Refusals::default(),
+            stored: Default::default(),
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
             events,

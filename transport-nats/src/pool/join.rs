@@ -139,7 +139,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     let outstanding = inner
                         .tasks
                         .values()
-                        .filter(|p| p.member == info.name)
+                        .filter(|p| p.held_by(&info.name))
                         .count();
                     inner
                         .sessions
@@ -222,7 +222,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             }
             // Until its consumer is deleted: a new run of the member waits for that.
             inner.reclaiming.insert(member.into());
-            inner.tasks.values().any(|p| p.member == member)
+            inner.tasks.values().any(|p| p.held_by(member))
         };
         tracing::info!(member, "member left: {reason}");
         let _ = self.events.send(MemberEvent::Left {
@@ -233,9 +233,11 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         let shared = self.clone();
         let member = member.to_string();
         self.spawn(async move {
-            if held {
-                shared.reclaim(&member, &reason).await;
-            }
+            let waiting = if held {
+                shared.reclaim(&member, &reason).await
+            } else {
+                Vec::new()
+            };
             let _ = shared
                 .broker
                 .js
@@ -243,6 +245,8 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 .await;
             shared.lock().reclaiming.remove(&member);
             shared.changed.notify_waiters();
+            // Now that a new run of the member may join, it may take them too.
+            shared.place_waiting(&member, &reason, waiting).await;
         });
     }
 }

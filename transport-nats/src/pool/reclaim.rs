@@ -12,15 +12,35 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// An untargeted task taken back when no member was left to take it: it waits for one.
+pub(super) struct Waiting {
+    id: u64,
+    prior: u32,
+    payload: Vec<u8>,
+}
+
+/// Where a task taken back went.
+enum Rerouted {
+    /// To this member, which now holds it.
+    To(String),
+    /// Nowhere: no member is in the pool.
+    NoMember,
+    /// Nowhere: it ended meanwhile.
+    Ended,
+}
+
 impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     /// Takes back from gone member `member`'s consumer every task it held: those it had not
     /// received at once, those it had received once the ack wait ran out. Untargeted tasks go
     /// to the next live member with room; targeted and broadcast ones are lost with it.
-    pub(super) async fn reclaim(self: &Arc<Self>, member: &str, reason: &str) {
+    /// Returns the untargeted tasks no member was there to take: once the consumer is gone,
+    /// the member itself may join again and take them ([`place_waiting`](Self::place_waiting)).
+    pub(super) async fn reclaim(self: &Arc<Self>, member: &str, reason: &str) -> Vec<Waiting> {
         let held = |shared: &Self| {
             let inner = shared.lock();
-            inner.tasks.values().filter(|p| p.member == member).count()
+            inner.tasks.values().filter(|p| p.held_by(member)).count()
         };
+        let mut waiting = Vec::new();
         let s = &self.settings;
         // Counted from the last task taken back: waiting for room on live members is progress.
         let patience = s.ack_wait * 2 + s.member_timeout() + s.broker_timeout;
@@ -29,14 +49,14 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         loop {
             let remaining = held(self);
             if remaining == 0 {
-                return;
+                return waiting;
             }
             if Instant::now() >= deadline {
                 let ids: Vec<u64> = {
                     let inner = self.lock();
                     let tasks = inner.tasks.iter();
                     tasks
-                        .filter(|(_, p)| p.member == member)
+                        .filter(|(_, p)| p.held_by(member))
                         .map(|(id, _)| *id)
                         .collect()
                 };
@@ -44,7 +64,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     let why = format!("{reason}; the broker did not give the task back");
                     self.lose(id, member, 0, why);
                 }
-                return;
+                return waiting;
             }
             if consumer.is_none() {
                 match self.unblock(member).await {
@@ -75,7 +95,9 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             while let Some(message) = batch.next().await {
                 match message {
                     Ok(m) => {
-                        self.reclaimed(member, reason, m).await;
+                        if let Some(w) = self.reclaimed(member, reason, m).await {
+                            waiting.push(w);
+                        }
                         deadline = Instant::now() + patience;
                     }
                     Err(e) => tracing::debug!(member, "reclaim: {e}"),
@@ -95,7 +117,13 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             .map_err(|e| broker::error_text(&e))
     }
 
-    async fn reclaimed(self: &Arc<Self>, gone: &str, reason: &str, message: JsMessage) {
+    /// Sends on one task taken back from `gone`; returns it if no member was there to take it.
+    async fn reclaimed(
+        self: &Arc<Self>,
+        gone: &str,
+        reason: &str,
+        message: JsMessage,
+    ) -> Option<Waiting> {
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         let task: TaskMsg = match self.sealer.unpack(&message.subject, &message.payload) {
             Ok(t) => t,
@@ -104,7 +132,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     "a task in the consumer of member {gone}, taking it back: {e}"
                 ));
                 let _ = message.ack_with(AckKind::Term).await;
-                return;
+                return None;
             }
         };
         // Deliveries to members so far: all but this one, which came to the parent.
@@ -112,36 +140,71 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         let route = {
             let inner = self.lock();
             match inner.tasks.get(&task.id) {
-                Some(p) if p.member == gone => Some(p.route),
+                Some(p) if p.held_by(gone) => Some(p.route),
                 _ => None,
             }
         };
         let max = self.settings.max_deliveries;
+        let mut left = None;
         match route {
             None => {}
             Some(Route::Member) => self.lose(task.id, gone, prior, reason.into()),
             Some(Route::Any) if prior >= max => self.dead_letter(gone, reason, task, prior).await,
-            Some(Route::Any) => match self.reroute(task.id, gone, prior).await {
-                Some(next) => {
-                    tracing::info!(
-                        task = task.id,
-                        from = gone,
-                        to = %next,
-                        deliveries = prior,
-                        "task redelivered to another member"
-                    );
-                    if let Err(e) = self.send_task(task.id, &next, prior, task.payload).await {
-                        let why = format!("the broker did not take it: {e}");
-                        self.lose(task.id, &next, prior, why);
-                    }
+            Some(Route::Any) => match self.reroute(task.id, gone, prior, false).await {
+                Rerouted::To(next) => {
+                    self.send_on(task.id, gone, &next, prior, task.payload)
+                        .await
                 }
-                None => {
-                    let why = format!("{reason}; no live member was left to take the task");
-                    self.lose(task.id, gone, prior, why);
+                Rerouted::Ended => {}
+                Rerouted::NoMember => {
+                    if let Some(p) = self.lock().tasks.get_mut(&task.id) {
+                        p.waiting = true;
+                    }
+                    left = Some(Waiting {
+                        id: task.id,
+                        prior,
+                        payload: task.payload,
+                    });
                 }
             },
         }
         let _ = message.ack_with(AckKind::Term).await;
+        left
+    }
+
+    /// Sends the tasks taken back from `gone` that no member was there to take to the first
+    /// member with room, waiting up to the member timeout for one to join: a pool's only
+    /// member that left for a parent gone silent comes back within it. Past it they are lost.
+    pub(super) async fn place_waiting(&self, gone: &str, reason: &str, waiting: Vec<Waiting>) {
+        for w in waiting {
+            match self.reroute(w.id, gone, w.prior, true).await {
+                Rerouted::To(next) => self.send_on(w.id, gone, &next, w.prior, w.payload).await,
+                Rerouted::Ended => {}
+                Rerouted::NoMember => {
+                    let why = format!(
+                        "{reason}; no member joined within the member timeout ({:?}) to take \
+                         the task",
+                        self.settings.member_timeout()
+                    );
+                    self.lose(w.id, gone, w.prior, why);
+                }
+            }
+        }
+    }
+
+    /// Stores task `id`, taken back from `gone`, for member `next`, which now holds it.
+    async fn send_on(&self, id: u64, gone: &str, next: &str, prior: u32, payload: Vec<u8>) {
+        tracing::info!(
+            task = id,
+            from = gone,
+            to = %next,
+            deliveries = prior,
+            "task redelivered to another member"
+        );
+        if let Err(e) = self.send_task(id, next, prior, payload).await {
+            let why = format!("the broker did not take it: {e}");
+            self.lose(id, next, prior, why);
+        }
     }
 
     /// Ends a task delivered `deliveries` times, the most the pool allows, as lost, and stores
@@ -184,9 +247,9 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     }
 
     /// Moves task `id` from gone member `gone` to the next live member with room in its
-    /// backlog, waiting for room as a submission does, and up to the member timeout for a
-    /// member to be there at all. Returns the member.
-    async fn reroute(&self, id: u64, gone: &str, prior: u32) -> Option<String> {
+    /// backlog, waiting for room as a submission does. With no member in the pool, it waits
+    /// up to the member timeout for one to join if `wait_for_member`, else not at all.
+    async fn reroute(&self, id: u64, gone: &str, prior: u32, wait_for_member: bool) -> Rerouted {
         let mut deadline = tokio::time::Instant::now() + self.settings.member_timeout();
         loop {
             let mut notified = pin!(self.changed.notified());
@@ -195,7 +258,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 let mut inner = self.lock();
                 let inner = &mut *inner;
                 if !matches!(inner.tasks.get(&id), Some(p) if p.member == gone) {
-                    return None;
+                    return Rerouted::Ended;
                 }
                 let n = inner.members.len();
                 let roomy = (0..n)
@@ -208,21 +271,24 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     let name = live.info.name.clone();
                     let p = inner.tasks.get_mut(&id).expect("checked above");
                     p.member = name.clone();
+                    p.waiting = false;
                     let mut status = lock(&p.status);
                     status.deliveries = prior;
                     status.member = name.clone();
-                    return Some(name);
+                    return Rerouted::To(name);
                 }
                 if n > 0 {
                     // Members, all busy: wait for room as long as it takes.
                     deadline = tokio::time::Instant::now() + self.settings.member_timeout();
+                } else if !wait_for_member {
+                    return Rerouted::NoMember;
                 }
             }
             let busy = tokio::time::Instant::now() < deadline && !self.lock().members.is_empty();
             if busy {
                 notified.await;
             } else if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return None;
+                return Rerouted::NoMember;
             }
         }
     }

@@ -10,6 +10,7 @@ use crate::wire::{self, Control, Credit, CtlMsg, EndMsg, Names, OutputMsg, TaskM
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
@@ -34,9 +35,17 @@ pub(super) struct Pending {
     pub(super) parked: Option<(String, EndMsg)>,
     /// Why an output of the task could not be delivered: the task then fails.
     pub(super) dropped: Option<String>,
+    /// Taken back from `member`, which left, and waiting for a member to take it: no member
+    /// holds it.
+    pub(super) waiting: bool,
 }
 
 impl Pending {
+    /// Whether `member` holds the task: it was sent there and not taken back.
+    pub(super) fn held_by(&self, member: &str) -> bool {
+        !self.waiting && self.member == member
+    }
+
     pub(super) fn seen_from(&self, member: &str) -> u32 {
         self.seen
             .iter()
@@ -124,9 +133,20 @@ impl Inner {
                 seen: Vec::new(),
                 parked: None,
                 dropped: None,
+                waiting: false,
             },
         );
         (id, TaskHandle { id, status, rx })
+    }
+
+    /// Frees the place task `p` took in its member's backlog, if a member holds it.
+    pub(super) fn release(&mut self, p: &Pending) {
+        if p.waiting {
+            return;
+        }
+        if let Some(k) = self.live(&p.member) {
+            self.members[k].outstanding -= 1;
+        }
     }
 
     /// Ends every task under way with the error `error` makes for the member holding it.
@@ -153,9 +173,7 @@ impl Inner {
         let Some(mut p) = self.tasks.remove(&id) else {
             return;
         };
-        if let Some(k) = self.live(&p.member) {
-            self.members[k].outstanding -= 1;
-        }
+        self.release(&p);
         {
             let mut status = lock(&p.status);
             status.member = member.into();
@@ -192,6 +210,10 @@ pub(super) struct Shared<O> {
     pub(super) sealer: Sealer,
     /// Messages refused: forged, replayed, or from a member that does not hold the task.
     pub(super) refused: Refusals,
+    /// Tasks stored so far: each storing's number makes its message id, the same through
+    /// the storing's retries and different for each storing of one task (a task taken back
+    /// may go to the same member again, with the same deliveries).
+    pub(super) stored: AtomicU64,
     pub(super) inner: Mutex<Inner>,
     /// Notified whenever a task ends, a member joins or leaves, or the pool closes.
     pub(super) changed: Notify,
@@ -251,7 +273,8 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             .sealer
             .pack(&subject, &task)
             .map_err(PublishFailure::Refused)?;
-        let msg_id = format!("{:x}-{id}-{member}-{prior}", self.run);
+        let storing = self.stored.fetch_add(1, Ordering::Relaxed);
+        let msg_id = format!("{:x}-{id}-{storing}", self.run);
         let deadline = Instant::now() + self.settings.broker_timeout;
         let sent = broker::publish(&self.broker.js, &subject, &msg_id, &msg, deadline).await;
         if let Err(PublishFailure::NoStream) = &sent {
@@ -264,9 +287,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     pub(super) fn withdraw(&self, id: u64) {
         let mut inner = self.lock();
         if let Some(p) = inner.tasks.remove(&id) {
-            if let Some(k) = inner.live(&p.member) {
-                inner.members[k].outstanding -= 1;
-            }
+            inner.release(&p);
         }
         drop(inner);
         self.changed.notify_waiters();
@@ -406,7 +427,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             );
             return Ok(());
         };
-        if p.member != member {
+        if !p.held_by(member) {
             return Err(format!(
                 "the end of task {} from member {member}, which does not hold it",
                 end.id
@@ -440,7 +461,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         let Some(p) = inner.tasks.get_mut(&id) else {
             return Err(format!("{}, a task that ended", what()));
         };
-        if p.member != member {
+        if !p.held_by(member) {
             return Err(format!("{}, which does not hold the task", what()));
         }
         if let Some(e) = dropped {

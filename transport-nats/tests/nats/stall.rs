@@ -24,11 +24,15 @@ pub(super) fn parent_main() -> ! {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel();
+    let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
-        let _ = stop_tx.send(());
+        for line in std::io::stdin().lines() {
+            let line = line.unwrap_or_default();
+            let stop = line.is_empty() || line == "stop";
+            if line_tx.send(line).is_err() || stop {
+                break;
+            }
+        }
     });
     let code = rt.block_on(async move {
         let pool = match quick(Pool::<Probe>::builder(&url, "stall")).start().await {
@@ -38,12 +42,30 @@ pub(super) fn parent_main() -> ! {
                 return 3;
             }
         };
+        let pool = std::sync::Arc::new(pool);
         let mut events = pool.events();
         let mut n = 0u64;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
-                _ = &mut stop_rx => break,
+                line = lines.recv() => match line.as_deref() {
+                    Some("long") => {
+                        // A task under way through the stall, awaited on its own.
+                        match pool.submit(Task::Sleep(2000)).await {
+                            Ok(handle) => {
+                                println!("long sent");
+                                tokio::spawn(async move {
+                                    match handle.await {
+                                        Ok(()) => println!("long ok"),
+                                        Err(e) => println!("long err: {e}"),
+                                    }
+                                });
+                            }
+                            Err(e) => println!("long err: {e}"),
+                        }
+                    }
+                    _ => break,
+                },
                 Some(event) = events.recv() => match event {
                     MemberEvent::Joined(m) => println!("joined {}", m.name),
                     MemberEvent::Left { member, reason } => println!("left {member}: {reason}"),
@@ -194,7 +216,15 @@ pub(super) async fn stalled_parent() -> Result<(), Failed> {
     }
 
     // A stall past the member timeout: the member loses the parent and stops its work; the
-    // parent counts it gone; once the parent is back, the member joins again and tasks end.
+    // parent counts it gone; once the parent is back, the member joins again and tasks end,
+    // the one under way through the stall too: the member it waits for is the one it left.
+    writeln!(parent.stdin, "long")?;
+    parent
+        .expect("the long task is sent", Duration::from_secs(10), |l| {
+            l == "long sent" || l.starts_with("long err")
+        })
+        .await?;
+    let sent = parent.seen.len();
     parent.signal(SIGSTOP);
     tokio::time::sleep(Duration::from_secs(3)).await;
     parent.signal(SIGCONT);
@@ -211,6 +241,20 @@ pub(super) async fn stalled_parent() -> Result<(), Failed> {
         .await?;
     check(back.elapsed() < Duration::from_secs(5), || {
         format!("the first task ended {:?} after the rejoin", back.elapsed())
+    })?;
+    let seen = parent.seen[sent..].iter().find(|l| l.starts_with("long "));
+    let long = match seen.cloned() {
+        Some(line) => line,
+        None => {
+            parent
+                .expect("the long task ends", Duration::from_secs(20), |l| {
+                    l.starts_with("long ")
+                })
+                .await?
+        }
+    };
+    check(long == "long ok", || {
+        format!("the task under way through the stall: {long}")
     })?;
 
     writeln!(parent.stdin, "stop")?;
