@@ -3,7 +3,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The version of these messages; a member speaking another is refused when it joins.
-pub(crate) const VERSION: u32 = 3;
+pub(crate) const VERSION: u32 = 4;
 
 /// Whether `name` can be a pool or member name: 1 to 64 ASCII letters, digits, `-` or `_`
 /// (it becomes a NATS subject token and part of stream and consumer names).
@@ -211,6 +211,9 @@ pub(crate) struct PoolStopped {
 pub(crate) struct Leave {
     pub(crate) nonce: u64,
     pub(crate) reason: String,
+    /// Tasks delivered to it that it handed back without starting them: those deliveries do
+    /// not count toward a task's most deliveries.
+    pub(crate) returned: Vec<u64>,
 }
 
 /// What a member tells its parent, in order: its workers' outputs and its tasks' ends. Sent

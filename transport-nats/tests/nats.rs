@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 mod broker;
 #[path = "nats/faults.rs"]
 mod faults;
+#[path = "nats/forge.rs"]
+mod forge;
 #[path = "nats/parents.rs"]
 mod parents;
 #[path = "nats/reclaim.rs"]
@@ -155,6 +157,10 @@ fn main() {
         trial(
             "a_dead_members_undelivered_tasks_move_at_once_within_backlogs",
             reclaim::undelivered_move_at_once,
+        ),
+        trial(
+            "tasks_a_leaving_member_hands_back_unstarted_count_no_delivery",
+            reclaim::handed_back,
         ),
     ];
     let conclusion = libtest_mimic::run(&args, trials);

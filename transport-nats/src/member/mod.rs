@@ -336,6 +336,7 @@ impl<W: Worker> Member<W> {
                 let leave = Leave {
                     nonce: join.nonce,
                     reason: reason.clone(),
+                    returned: Vec::new(),
                 };
                 let subject = names.leave(member);
                 if let Ok(bytes) = sealer.pack(&subject, &leave) {

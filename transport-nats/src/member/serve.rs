@@ -4,7 +4,7 @@ use super::{Left, Settings};
 use crate::broker::{self, Broker};
 use crate::error::Error;
 use crate::seal::{Refusals, Sealer};
-use crate::wire::{Beacon, Control, Credit, CtlMsg, Leave, Names, Outcome};
+use crate::wire::{Beacon, Control, Credit, CtlMsg, Leave, Names, Outcome, TaskMsg};
 use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::{AckKind, Message as JsMessage};
 use futures_util::{FutureExt, StreamExt};
@@ -255,8 +255,15 @@ impl<W: Worker> Serving<W> {
             }
         };
         // Take no more. Tasks already delivered but not yet taken go back at once, for the
-        // parent to hand to other members.
+        // parent to hand to other members; the leave names them, so that a delivery that ran
+        // nothing does not count toward their most deliveries.
+        let mut returned = Vec::new();
         while let Some(Some(Ok(m))) = next_task(&mut messages).now_or_never() {
+            if let Ok(task) = self.sealer.unpack::<TaskMsg>(&m.subject, &m.payload) {
+                if task.run == self.parent {
+                    returned.push(task.id);
+                }
+            }
             let _ = m.ack_with(AckKind::Nak(None)).await;
         }
         drop(messages);
@@ -301,6 +308,7 @@ impl<W: Worker> Serving<W> {
         let leave = Leave {
             nonce: self.nonce,
             reason: reason.clone(),
+            returned,
         };
         let subject = self.names.leave(&self.member);
         if let Ok(bytes) = self.sealer.pack(&subject, &leave) {

@@ -135,13 +135,20 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 return None;
             }
         };
-        // Deliveries to members so far: all but this one, which came to the parent.
-        let prior = task.prior + u32::try_from(delivered.max(1) - 1).unwrap_or(u32::MAX);
-        let route = {
-            let inner = self.lock();
-            match inner.tasks.get(&task.id) {
-                Some(p) if p.held_by(gone) => Some(p.route),
-                _ => None,
+        // Deliveries to members so far: all but this one, which came to the parent, and but
+        // those the member handed back unstarted.
+        let to_members = u32::try_from(delivered.max(1) - 1).unwrap_or(u32::MAX);
+        let (route, prior) = {
+            let mut inner = self.lock();
+            match inner.tasks.get_mut(&task.id) {
+                Some(p) if p.held_by(gone) => {
+                    let returned = std::mem::take(&mut p.returned);
+                    let prior = task
+                        .prior
+                        .saturating_add(to_members.saturating_sub(returned));
+                    (Some(p.route), prior)
+                }
+                _ => (None, task.prior.saturating_add(to_members)),
             }
         };
         let max = self.settings.max_deliveries;

@@ -38,6 +38,8 @@ pub(super) struct Pending {
     /// Taken back from `member`, which left, and waiting for a member to take it: no member
     /// holds it.
     pub(super) waiting: bool,
+    /// Deliveries to `member` it handed back unstarted when it left: not counted.
+    pub(super) returned: u32,
 }
 
 impl Pending {
@@ -134,6 +136,7 @@ impl Inner {
                 parked: None,
                 dropped: None,
                 waiting: false,
+                returned: 0,
             },
         );
         (id, TaskHandle { id, status, rx })
@@ -281,6 +284,17 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             self.streams_lost(format!("stream {} is gone", self.names.tasks_stream()));
         }
         sent
+    }
+
+    /// `member`, leaving, handed back tasks `ids` without starting them.
+    pub(super) fn handed_back(&self, member: &str, ids: &[u64]) {
+        let mut inner = self.lock();
+        for id in ids {
+            match inner.tasks.get_mut(id) {
+                Some(p) if p.held_by(member) => p.returned = p.returned.saturating_add(1),
+                _ => tracing::debug!(member, task = id, "a task handed back it does not hold"),
+            }
+        }
     }
 
     /// Forgets a task the broker did not take.

@@ -159,6 +159,7 @@ pub(super) async fn serve_members<O: DeserializeOwned + Send + 'static>(
                     inner.live(&member).is_some_and(|k| inner.members[k].nonce == leave.nonce)
                 };
                 if current {
+                    shared.handed_back(&member, &leave.returned);
                     shared.member_gone(&member, leave.reason);
                 } else {
                     // A run that left before its join was answered: if that join is read only

@@ -3,7 +3,7 @@
 
 use super::{check, quick, shared_url, stop_all, Deadline, Failed, MemberProc, Spec};
 use futures_util::FutureExt;
-use looppool_nats::{Pool, TaskError};
+use looppool_nats::{async_nats, Pool, TaskError};
 use looppool_testkit::conformance::Task;
 use std::time::{Duration, Instant};
 
@@ -140,4 +140,91 @@ pub(super) async fn undelivered_move_at_once() -> Result<(), Failed> {
         h.await?;
     }
     stop_all(&pool, vec![keeper]).await
+}
+
+/// A member shutting down hands back, unstarted, the tasks delivered to it but not yet taken:
+/// those deliveries do not count toward the most a task gets. Played by this trial as a member
+/// holding the pool's secret, so that the handing back happens on cue.
+pub(super) async fn handed_back() -> Result<(), Failed> {
+    use super::forge::{seal, wire, VERSION};
+    use futures_util::StreamExt;
+    use looppool_core::Worker;
+    use looppool_nats::async_nats::jetstream::{consumer::PullConsumer, AckKind};
+    use looppool_testkit::conformance::Probe;
+
+    let url = shared_url()?;
+    // One delivery at most: a delivery counted for the handing back would dead-letter the
+    // task. A long member timeout: the played member sends no heartbeat.
+    let pool = quick(Pool::builder(&url, "handback"))
+        .max_deliveries(1)
+        .member_timeout(Duration::from_secs(20))
+        .start()
+        .await?;
+    let real = Spec::new(&url, "handback").spawn("real");
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let client = looppool_nats::async_nats::connect(url.as_str()).await?;
+    let nonce = 7;
+    let join = wire::Join {
+        version: VERSION,
+        worker: Probe::name().into(),
+        member: "played".into(),
+        host: "here".into(),
+        pid: std::process::id(),
+        capacity: 4,
+        workers: 1,
+        nonce,
+        replaces: None,
+    };
+    let subject = "looppool.handback.join.played";
+    client.request(subject, seal(subject, &join).into()).await?;
+    pool.wait_for_members(2, Duration::from_secs(10)).await?;
+    // Round-robin over two members: of two tasks, one goes to each.
+    let first = pool.submit(Task::Double(1)).await?;
+    let second = pool.submit(Task::Double(2)).await?;
+    let (mut returned, other) = if first.member() == "played" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    check(returned.member() == "played", || {
+        format!("no task went to the played member: {}", returned.member())
+    })?;
+    let js = async_nats::jetstream::new(client.clone());
+    let consumer: PullConsumer = js
+        .get_consumer_from_stream("played", "looppool-handback-tasks")
+        .await?;
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await?;
+    let message = batch.next().await.ok_or("the task was not delivered")??;
+    message.ack_with(AckKind::Nak(None)).await?;
+    let leave = wire::Leave {
+        nonce,
+        reason: "shut down".into(),
+        returned: vec![returned.id()],
+    };
+    let subject = "looppool.handback.leave.played";
+    client
+        .publish(subject, seal(subject, &leave).into())
+        .await?;
+    client.flush().await?;
+    other.await?;
+    let end = tokio::time::timeout(Duration::from_secs(20), &mut returned)
+        .await
+        .map_err(|_| "the task handed back did not end within 20 s")?;
+    check(end.is_ok(), || format!("the task handed back: {end:?}"))?;
+    check(
+        returned.member() == "real" && returned.deliveries() == 1,
+        || {
+            format!(
+                "it ended on {} after {} deliveries",
+                returned.member(),
+                returned.deliveries()
+            )
+        },
+    )?;
+    stop_all(&pool, vec![real]).await
 }

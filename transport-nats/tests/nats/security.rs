@@ -2,127 +2,15 @@
 //! forges and replays every kind of message the pool exchanges, and a member with valid
 //! credentials tries to end another member's task.
 
-use super::{check, quick, shared_url, stop_all, Deadline, Failed, Spec, SECRET};
+use super::forge::{self, forge, seal, sniff, wire};
+use super::{check, quick, shared_url, stop_all, Deadline, Failed, Spec};
 use futures_util::{FutureExt, StreamExt};
 use looppool_core::Worker;
 use looppool_nats::async_nats::{self, ConnectOptions};
 use looppool_nats::{MemberEvent, Permissions, Pool};
 use looppool_testkit::conformance::{Out, Probe, Task};
 use looppool_testkit::nats_server::NatsServer;
-use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
-
-/// The pool's messages as anyone reading the protocol can lay them out; the forger appends a
-/// tag of its own making, as it has not the secret.
-mod wire {
-    use super::{Deserialize, Serialize};
-
-    #[derive(Serialize, Deserialize)]
-    pub(super) struct Alive {
-        pub(super) nonce: u64,
-        pub(super) seq: u64,
-        pub(super) run: u64,
-    }
-    #[derive(Serialize, Deserialize)]
-    pub(super) struct Beacon {
-        pub(super) run: u64,
-        pub(super) seq: u64,
-    }
-    #[derive(Serialize)]
-    pub(super) struct Join {
-        pub(super) version: u32,
-        pub(super) worker: String,
-        pub(super) member: String,
-        pub(super) host: String,
-        pub(super) pid: u32,
-        pub(super) capacity: u32,
-        pub(super) workers: u32,
-        pub(super) nonce: u64,
-        pub(super) replaces: Option<u64>,
-    }
-    #[derive(Serialize)]
-    pub(super) struct Task {
-        pub(super) run: u64,
-        pub(super) id: u64,
-        pub(super) prior: u32,
-        pub(super) payload: Vec<u8>,
-    }
-    #[derive(Serialize)]
-    pub(super) enum Control {
-        Stop,
-    }
-    #[derive(Serialize)]
-    pub(super) struct Ctl {
-        pub(super) run: u64,
-        pub(super) nonce: u64,
-        pub(super) control: Control,
-    }
-    #[derive(Serialize)]
-    pub(super) struct Leave {
-        pub(super) nonce: u64,
-        pub(super) reason: String,
-    }
-    #[derive(Serialize)]
-    pub(super) struct Up {
-        pub(super) nonce: u64,
-        pub(super) seq: u64,
-        pub(super) body: Vec<Body>,
-    }
-    #[derive(Serialize)]
-    pub(super) enum Body {
-        Output {
-            task: Option<u64>,
-            payload: Result<Vec<u8>, String>,
-        },
-        End {
-            id: u64,
-            deliveries: u32,
-            outputs: u32,
-            outcome: Outcome,
-        },
-    }
-    #[derive(Serialize)]
-    pub(super) enum Outcome {
-        Done,
-    }
-}
-
-/// `value` encoded, with a made-up tag.
-fn forge<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut bytes = postcard::to_stdvec(value).expect("encodable");
-    bytes.extend_from_slice(&[0x5a; 32]);
-    bytes
-}
-
-/// `value` encoded and sealed for `subject` with the pool's secret, as a holder of the secret
-/// can.
-fn seal<T: Serialize>(subject: &str, value: &T) -> Vec<u8> {
-    use ring::hmac;
-    let mut body = postcard::to_stdvec(value).expect("encodable");
-    let mut input = (subject.len() as u64).to_le_bytes().to_vec();
-    input.extend_from_slice(subject.as_bytes());
-    input.extend_from_slice(&body);
-    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
-    body.extend_from_slice(hmac::sign(&key, &input).as_ref());
-    body
-}
-
-/// The body of a sealed message seen on the wire.
-fn body(payload: &[u8]) -> &[u8] {
-    &payload[..payload.len() - 32]
-}
-
-async fn sniff<T: for<'de> Deserialize<'de>>(
-    client: &async_nats::Client,
-    subject: &str,
-) -> Result<(T, bytes::Bytes), Failed> {
-    let mut sub = client.subscribe(subject.to_string()).await?;
-    let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
-        .await
-        .map_err(|_| format!("nothing seen on {subject} within 10 s"))?
-        .ok_or("subscription ended")?;
-    Ok((postcard::from_bytes(body(&m.payload))?, m.payload))
-}
 
 pub(super) async fn forged_messages() -> Result<(), Failed> {
     let url = shared_url()?;
@@ -194,7 +82,7 @@ pub(super) async fn forged_messages() -> Result<(), Failed> {
     stored("looppool.forged.task.m", forge(&task)).await?;
     // A join as a new member.
     let join = wire::Join {
-        version: 3,
+        version: forge::VERSION,
         worker: Probe::name().into(),
         member: "ghost".into(),
         host: "nowhere".into(),
@@ -217,6 +105,7 @@ pub(super) async fn forged_messages() -> Result<(), Failed> {
     let leave = wire::Leave {
         nonce,
         reason: "forged".into(),
+        returned: Vec::new(),
     };
     rogue
         .publish("looppool.forged.leave.m", forge(&leave).into())
@@ -445,7 +334,7 @@ pub(super) async fn member_permissions() -> Result<(), Failed> {
     // Nor can it join in b's name: not on b's join subject (the server refuses), not on its
     // own (the parent refuses), not even claiming to be b's next run.
     let join = wire::Join {
-        version: 3,
+        version: forge::VERSION,
         worker: Probe::name().into(),
         member: "b".into(),
         host: "nowhere".into(),
