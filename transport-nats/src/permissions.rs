@@ -36,18 +36,31 @@ impl Permissions {
     /// [`JetStreamApi::Domain`](crate::JetStreamApi::Domain) the API subjects are
     /// `$JS.<domain>.API.…` instead.
     ///
-    /// The parent of pool `pool`: its own subjects, the JetStream API (it creates and deletes
-    /// the pool's streams and consumers), acknowledgements on the pool's streams, and its lease
-    /// in the key-value bucket `looppool-<pool>`.
+    /// The parent of pool `pool`: its own subjects, the JetStream API for the pool's own
+    /// streams and their consumers only (it creates, reads and deletes them) and for the
+    /// account's limits, acknowledgements on the pool's streams, and its lease in the key-value
+    /// bucket `looppool-<pool>` (the stream `KV_looppool-<pool>`).
     pub fn parent(pool: &str) -> Self {
         let names = Names::new(pool);
         let mut publish = vec![
             format!("looppool.{pool}.>"),
-            "$JS.API.>".into(),
+            "$JS.API.INFO".into(),
             "_INBOX.>".into(),
         ];
-        for stream in names.streams() {
-            publish.push(format!("$JS.ACK.{stream}.>"));
+        let lease = format!("KV_{}", names.lease_bucket());
+        for stream in names.streams().into_iter().chain([lease]) {
+            publish.extend([
+                // Create, update, read, purge and delete the stream.
+                format!("$JS.API.STREAM.*.{stream}"),
+                format!("$JS.API.STREAM.MSG.*.{stream}"),
+                format!("$JS.API.DIRECT.GET.{stream}"),
+                format!("$JS.API.DIRECT.GET.{stream}.>"),
+                // Its consumers: list, create, read, delete, and pull from them.
+                format!("$JS.API.CONSUMER.*.{stream}"),
+                format!("$JS.API.CONSUMER.*.{stream}.>"),
+                format!("$JS.API.CONSUMER.*.*.{stream}.>"),
+                format!("$JS.ACK.{stream}.>"),
+            ]);
         }
         // Its lease on the pool.
         publish.push(format!("$KV.{}.>", names.lease_bucket()));
@@ -138,6 +151,26 @@ mod tests {
             .subscribe
             .iter()
             .any(|s| s.starts_with("looppool.p.alive")));
+    }
+
+    #[test]
+    fn the_parent_may_use_the_jetstream_api_for_its_own_pools_streams_only() {
+        let p = Permissions::parent("p");
+        let api: Vec<&String> = p.publish.iter().filter(|s| s.starts_with("$JS.")).collect();
+        assert!(!api.is_empty());
+        for subject in api {
+            assert!(
+                subject == "$JS.API.INFO"
+                    || ["looppool-p-tasks", "looppool-p-dead", "KV_looppool-p"]
+                        .iter()
+                        .any(|stream| subject.contains(&format!(".{stream}"))),
+                "{subject}"
+            );
+        }
+        assert!(!Permissions::parent("q")
+            .publish
+            .iter()
+            .any(|s| s.contains("looppool-p")));
     }
 
     #[test]

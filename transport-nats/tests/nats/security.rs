@@ -403,5 +403,31 @@ pub(super) async fn member_permissions() -> Result<(), Failed> {
     while let Some(d) = outputs.try_recv() {
         drop(d);
     }
-    stop_all(&pool, members).await
+    // The parent's user suffices for the rest of a pool's life: taking back the tasks of a
+    // member that died, reading the dead letters, and removing the pool's streams and lease.
+    // Member a dies: its run's numbering is spent by the messages forged above.
+    let mut members = members.into_iter();
+    let (mut a_proc, b_proc) = (members.next().ok_or("a")?, members.next().ok_or("b")?);
+    let first = pool.submit(Task::Sleep(300)).await?;
+    let second = pool.submit(Task::Sleep(300)).await?;
+    a_proc.kill();
+    for handle in [first, second] {
+        tokio::time::timeout(Duration::from_secs(20), handle)
+            .await
+            .map_err(|_| "a task of the killed member did not end within 20 s")??;
+    }
+    let dead = pool.dead_letters().await?;
+    check(dead.is_empty(), || format!("{} dead letters", dead.len()))?;
+    stop_all(&pool, vec![b_proc]).await?;
+    let js = async_nats::jetstream::new(watcher);
+    for stream in [
+        "looppool-perm-tasks",
+        "looppool-perm-dead",
+        "KV_looppool-perm",
+    ] {
+        check(js.get_stream(stream).await.is_err(), || {
+            format!("stream {stream} is still there")
+        })?;
+    }
+    Ok(())
 }
