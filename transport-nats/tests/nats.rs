@@ -7,14 +7,13 @@
 //! This program is also the member: run with `LOOPPOOL_NATS_TEST_MEMBER` set, it joins the
 //! pool its environment names and serves the testkit's probe worker until told to leave.
 
-use futures_util::future::join_all;
 use libtest_mimic::{Arguments, Failed, Trial};
 use looppool_core::{Entry, Runtime, StartMethod};
 use looppool_nats::{Member, MemberEvent, Pool, SubmitError, TaskError};
 use looppool_testkit::conformance::{Out, Probe, Task};
 use looppool_testkit::nats_server::{self, NatsServer};
+use members::{MemberProc, Spec};
 use std::future::Future;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,10 +23,16 @@ mod broker;
 mod faults;
 #[path = "nats/forge.rs"]
 mod forge;
+#[path = "nats/members.rs"]
+mod members;
 #[path = "nats/parents.rs"]
 mod parents;
+#[path = "nats/permissions.rs"]
+mod permissions;
 #[path = "nats/reclaim.rs"]
 mod reclaim;
+#[path = "nats/routing.rs"]
+mod routing;
 #[path = "nats/security.rs"]
 mod security;
 #[path = "nats/stall.rs"]
@@ -65,16 +70,19 @@ fn main() {
     let trials = vec![
         trial(
             "members_join_and_round_robin_spreads_tasks_evenly",
-            round_robin,
+            routing::round_robin,
         ),
         trial(
             "targeted_broadcast_and_sticky_broadcast_reach_the_right_members",
-            routing,
+            routing::routing,
         ),
-        trial("task_credit_is_the_consumers_max_ack_pending", task_credit),
+        trial(
+            "task_credit_is_the_consumers_max_ack_pending",
+            routing::task_credit,
+        ),
         trial(
             "result_credit_holds_a_member_back_until_outputs_are_read",
-            result_credit,
+            routing::result_credit,
         ),
         trial(
             "failures_panics_and_dead_worker_processes_resolve_once",
@@ -136,7 +144,7 @@ fn main() {
         ),
         trial(
             "a_member_cannot_act_in_another_members_name",
-            security::member_permissions,
+            permissions::member_permissions,
         ),
         trial(
             "a_second_parent_is_refused_until_the_first_is_gone",
@@ -258,154 +266,6 @@ fn shared_url() -> Result<String, Failed> {
     Ok(nats_server::shared_url()?)
 }
 
-// ---- members ----
-
-/// A member process; killed if still running when dropped.
-struct MemberProc {
-    name: String,
-    child: Child,
-}
-
-#[derive(Clone)]
-struct Spec<'a> {
-    url: &'a str,
-    pool: &'a str,
-    workers: usize,
-    capacity: usize,
-    runtime: &'a str,
-    credentials: Option<(&'a str, &'a str)>,
-    /// The pool secret in the member's environment.
-    secret: Option<&'a str>,
-    /// How the member starts its workers: `reexec`, or `thread`.
-    start: &'a str,
-    /// How long the member waits for its parent to take it in (default: as long as it takes).
-    wait_for_parent: Option<Duration>,
-}
-
-impl<'a> Spec<'a> {
-    fn new(url: &'a str, pool: &'a str) -> Self {
-        Self {
-            url,
-            pool,
-            workers: 1,
-            capacity: 2,
-            runtime: "tokio",
-            credentials: None,
-            secret: Some(SECRET),
-            start: "reexec",
-            wait_for_parent: None,
-        }
-    }
-
-    fn spawn(&self, name: &str) -> MemberProc {
-        let mut command = Command::new(std::env::current_exe().expect("this program"));
-        if let Some((user, password)) = self.credentials {
-            command
-                .env("LOOPPOOL_NATS_TEST_USER", user)
-                .env("LOOPPOOL_NATS_TEST_PASSWORD", password);
-        }
-        if let Some(wait) = self.wait_for_parent {
-            command.env(
-                "LOOPPOOL_NATS_TEST_WAIT_PARENT",
-                wait.as_millis().to_string(),
-            );
-        }
-        match self.secret {
-            Some(secret) => command.env(looppool_nats::SECRET_VAR, secret),
-            None => command.env_remove(looppool_nats::SECRET_VAR),
-        };
-        let child = command
-            .env(MEMBER_VAR, "1")
-            .env("LOOPPOOL_NATS_TEST_URL", self.url)
-            .env("LOOPPOOL_NATS_TEST_POOL", self.pool)
-            .env("LOOPPOOL_NATS_TEST_NAME", name)
-            .env("LOOPPOOL_NATS_TEST_WORKERS", self.workers.to_string())
-            .env("LOOPPOOL_NATS_TEST_CAPACITY", self.capacity.to_string())
-            .env("LOOPPOOL_NATS_TEST_START", self.start)
-            .env(RUNTIME_VAR, self.runtime)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn a member");
-        MemberProc {
-            name: name.into(),
-            child,
-        }
-    }
-}
-
-impl MemberProc {
-    /// Whether the process still runs, and if not, how it ended and what it printed.
-    fn state(&mut self) -> String {
-        match self.child.try_wait() {
-            Ok(None) => format!("{} runs", self.name),
-            Ok(Some(status)) => {
-                use std::io::Read;
-                let mut text = String::new();
-                for out in [
-                    self.child
-                        .stdout
-                        .take()
-                        .map(|o| Box::new(o) as Box<dyn Read>),
-                    self.child
-                        .stderr
-                        .take()
-                        .map(|e| Box::new(e) as Box<dyn Read>),
-                ]
-                .into_iter()
-                .flatten()
-                {
-                    let mut out = out;
-                    let _ = out.read_to_string(&mut text);
-                }
-                format!("{} ended ({status}): {text}", self.name)
-            }
-            Err(e) => format!("{}: {e}", self.name),
-        }
-    }
-
-    /// Waits for the process to exit; its exit code and what it printed.
-    async fn exit(mut self, within: Duration) -> Result<(i32, String), Failed> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                use std::io::Read;
-                let mut text = String::new();
-                if let Some(mut out) = self.child.stdout.take() {
-                    out.read_to_string(&mut text)?;
-                }
-                if let Some(mut err) = self.child.stderr.take() {
-                    err.read_to_string(&mut text)?;
-                }
-                return Ok((status.code().unwrap_or(-1), text));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("member {} still runs after {within:?}", self.name).into());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Asks the member to shut down (SIGTERM).
-    fn terminate(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    }
-}
-
-impl Drop for MemberProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.kill();
-        }
-    }
-}
-
 fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), Failed> {
     if ok {
         Ok(())
@@ -449,113 +309,6 @@ fn doubled(d: &looppool_nats::Delivery<Out>) -> Option<u64> {
     }
 }
 
-// ---- the trials ----
-
-async fn round_robin() -> Result<(), Failed> {
-    let url = shared_url()?;
-    let pool = start(&url, "rr").await?;
-    let mut events = pool.events();
-    let spec = Spec::new(&url, "rr");
-    let members: Vec<MemberProc> = ["a", "b", "c"].iter().map(|n| spec.spawn(n)).collect();
-    pool.wait_for_members(3, Duration::from_secs(30)).await?;
-    let mut joined = Vec::new();
-    while joined.len() < 3 {
-        if let Some(MemberEvent::Joined(info)) = events.recv().await {
-            joined.push(info.name);
-        }
-    }
-    joined.sort();
-    check(joined == ["a", "b", "c"], || format!("joined: {joined:?}"))?;
-
-    let outputs = pool.outputs();
-    let mut handles = Vec::new();
-    for n in 0..30u64 {
-        handles.push(pool.submit(Task::Double(n)).await?);
-    }
-    let mut per_member = std::collections::BTreeMap::new();
-    for h in handles.iter_mut() {
-        (&mut *h).await?;
-        check(h.deliveries() == 1, || {
-            format!("deliveries {}", h.deliveries())
-        })?;
-        *per_member.entry(h.member()).or_insert(0) += 1;
-    }
-    check(per_member.values().all(|&k| k == 10), || {
-        format!("round-robin gave {per_member:?}")
-    })?;
-    let mut values = Vec::new();
-    for _ in 0..30 {
-        let d = outputs.recv().await.ok_or("outputs ended")?;
-        let id = d.task_id().ok_or("an output without its task")?;
-        let h = handles
-            .iter()
-            .find(|h| h.id() == id)
-            .ok_or("unknown task")?;
-        check(d.member() == h.member(), || {
-            "output from another member".into()
-        })?;
-        values.push(doubled(&d).ok_or("not Doubled")?);
-    }
-    values.sort_unstable();
-    check(values == (0..30).map(|n| n * 2).collect::<Vec<_>>(), || {
-        format!("outputs: {values:?}")
-    })?;
-    stop_all(&pool, members).await
-}
-
-async fn routing() -> Result<(), Failed> {
-    let url = shared_url()?;
-    let pool = start(&url, "routing").await?;
-    let spec = Spec::new(&url, "routing");
-    let members = vec![spec.spawn("a"), spec.spawn("b")];
-    pool.wait_for_members(2, Duration::from_secs(30)).await?;
-    let outputs = pool.outputs();
-
-    // Targeted tasks stay on their member; a broadcast follows what each was sent before.
-    pool.submit_to("a", Task::Set(11)).await?.await?;
-    let set_b = pool.submit_to("b", Task::Set(22)).await?;
-    let handles = pool.broadcast(Task::Get).await?;
-    set_b.await?;
-    check(handles.len() == 2, || {
-        format!("{} broadcast handles", handles.len())
-    })?;
-    for h in join_all(handles).await {
-        h?;
-    }
-    let mut seen = Vec::new();
-    for _ in 0..2 {
-        let d = outputs.recv().await.ok_or("outputs ended")?;
-        if let Out::Value { value, .. } = d.value() {
-            seen.push((d.member().to_string(), *value));
-        }
-    }
-    seen.sort();
-    check(seen == [("a".into(), 11), ("b".into(), 22)], || {
-        format!("broadcast Get saw {seen:?}")
-    })?;
-
-    // A sticky broadcast reaches a member that joins later, before its first task.
-    for h in pool.broadcast_sticky("config", Task::Set(7)).await? {
-        h.await?;
-    }
-    let late = spec.spawn("late");
-    pool.wait_for_members(3, Duration::from_secs(30)).await?;
-    pool.submit_to("late", Task::Get).await?.await?;
-    let d = outputs.recv().await.ok_or("outputs ended")?;
-    check(
-        d.member() == "late" && matches!(d.value(), Out::Value { value: 7, .. }),
-        || format!("the late member saw {:?} from {}", d.value(), d.member()),
-    )?;
-    drop(d);
-    match pool.submit_to("nobody", Task::Get).await {
-        Err(SubmitError::UnknownMember(_, m)) if m == "nobody" => {}
-        other => return Err(format!("a task for an unknown member: {other:?}").into()),
-    }
-    let mut members = members;
-    members.push(late);
-    stop_all(&pool, members).await
-}
-
 /// A limit on waiting for something to happen, failing loudly when it passes.
 struct Deadline {
     what: &'static str,
@@ -585,104 +338,4 @@ impl Deadline {
 async fn js(url: &str) -> Result<async_nats::jetstream::Context, Failed> {
     let client = async_nats::connect(url).await?;
     Ok(async_nats::jetstream::new(client))
-}
-
-async fn task_credit() -> Result<(), Failed> {
-    let url = shared_url()?;
-    let pool = quick(Pool::builder(&url, "credit"))
-        .backlog(6)
-        .start()
-        .await?;
-    let spec = Spec::new(&url, "credit");
-    let members = vec![spec.spawn("m")];
-    pool.wait_for_members(1, Duration::from_secs(30)).await?;
-    let gate = std::env::temp_dir().join(format!("looppool-nats-gate-{}", std::process::id()));
-    let _ = std::fs::remove_file(&gate);
-    let gate_s = gate.to_string_lossy().to_string();
-    let mut handles = Vec::new();
-    for _ in 0..6 {
-        handles.push(pool.submit(Task::SpinUntilExists(gate_s.clone())).await?);
-    }
-    match pool.try_submit(Task::Double(1)).await {
-        Err(SubmitError::Full(_)) => {}
-        other => return Err(format!("a 7th task past a backlog of 6: {other:?}").into()),
-    }
-    // The member's consumer holds exactly its capacity (1 worker x capacity 2); the rest wait
-    // in the stream.
-    let js = js(&url).await?;
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_consumer_from_stream("m", "looppool-credit-tasks")
-        .await?;
-    let wait = Deadline::new("2 delivered, 4 waiting", Duration::from_secs(10));
-    let (ack_pending, pending) = loop {
-        let info = consumer.info().await?;
-        let got = (info.num_ack_pending, info.num_pending);
-        if got == (2, 4) {
-            break got;
-        }
-        wait.tick().await?;
-    };
-    let max = consumer.cached_info().config.max_ack_pending;
-    check(max == 2 && ack_pending == 2 && pending == 4, || {
-        format!("max_ack_pending {max}, ack pending {ack_pending}, pending {pending}")
-    })?;
-    check(pool.outstanding("m") == Some(6), || "outstanding".into())?;
-    std::fs::write(&gate, b"go")?;
-    for h in handles {
-        h.await?;
-    }
-    std::fs::remove_file(&gate)?;
-    stop_all(&pool, members).await
-}
-
-async fn result_credit() -> Result<(), Failed> {
-    let url = shared_url()?;
-    let pool = quick(Pool::builder(&url, "results"))
-        .result_credit(2)
-        .start()
-        .await?;
-    // Two workers: the second runs a task while the first waits for credit.
-    let spec = Spec {
-        workers: 2,
-        ..Spec::new(&url, "results")
-    };
-    let members = vec![spec.spawn("m")];
-    pool.wait_for_members(1, Duration::from_secs(30)).await?;
-    let outputs = pool.outputs();
-    let mut handle = pool.submit(Task::Emit(10)).await?;
-    // Unread, the member has sent its whole credit and waits.
-    let wait = Deadline::new("2 outputs received", Duration::from_secs(10));
-    while outputs.len() != 2 {
-        wait.tick().await?;
-    }
-    // Another task's end does not wait behind the outputs held back: a program may wait for
-    // it before it reads on.
-    let other = pool.submit(Task::Sleep(10)).await?;
-    tokio::time::timeout(Duration::from_secs(10), other)
-        .await
-        .map_err(|_| "another task's end waited behind unread outputs")??;
-    let first = outputs.recv().await.ok_or("outputs ended")?;
-    check(pool.outstanding("m") == Some(1), || {
-        "the task ended early".into()
-    })?;
-    let mut values = vec![first.into_value()];
-    while values.len() < 10 {
-        let waiting = outputs.len();
-        check(waiting <= 2, || {
-            format!("{waiting} outputs received, credit 2")
-        })?;
-        values.push(outputs.recv().await.ok_or("outputs ended")?.into_value());
-    }
-    (&mut handle).await?;
-    let want: Vec<Out> = (0..10).map(Out::Seq).collect();
-    check(values == want, || format!("outputs {values:?}"))?;
-    let stopped = pool.stop().await;
-    check(stopped.left == ["m"], || format!("{stopped:?}"))?;
-    for m in members {
-        let (code, text) = m.exit(Duration::from_secs(10)).await?;
-        check(code == 0 && text.contains("0 messages refused)"), || {
-            format!("member exited {code}: {text}")
-        })?;
-    }
-    Ok(())
 }

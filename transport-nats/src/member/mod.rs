@@ -1,24 +1,26 @@
 //! A member: a host's share of a pool, running the same `Worker` in a local pool of worker
 //! processes and taking its tasks from its own JetStream consumer.
 
+mod join;
 mod lanes;
+mod round;
 mod serve;
 mod up;
 
 use crate::broker::{Broker, JetStreamApi};
 use crate::error::Error;
-use crate::seal::{self, Refusals, Sealer, Secret, Unsealed};
-use crate::wire::{self, Join, JoinReply, Leave, Names, PoolStopped};
+use crate::seal::{Sealer, Secret};
+use crate::wire::{self, Names, PoolStopped};
 use futures_util::{FutureExt, StreamExt};
+use join::Settings;
 use looppool_core::{Builder as LocalBuilder, Worker};
-use serve::{Ending, Serving, FLUSH};
-use std::collections::HashMap;
+use round::{AbortOnDrop, Round, RoundEnd};
+use serve::Ending;
 use std::fmt;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify};
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// Joins a pool over NATS and serves its tasks with a local pool of workers.
 ///
@@ -260,270 +262,6 @@ impl<W: Worker> Member<W> {
                 _ => return Ok(total),
             }
         }
-    }
-
-    /// One run of the member: joins with a local pool of its own, serves, leaves.
-    async fn round(
-        &self,
-        round: Round<'_>,
-        mut shutdown: std::pin::Pin<&mut futures_util::future::Fuse<impl Future<Output = ()>>>,
-    ) -> Result<RoundEnd, Error> {
-        let Round {
-            member,
-            names,
-            sealer,
-            broker,
-            parent,
-            mut stopped,
-            ..
-        } = round;
-        let local = self
-            .local
-            .clone()
-            .name(format!("{}-{member}", self.pool))
-            .start()
-            .await
-            .map_err(|e| Error::Local(e.to_string()))?;
-        let join = Join {
-            version: wire::VERSION,
-            worker: W::name().into(),
-            member: member.into(),
-            host: host_name(),
-            pid: std::process::id(),
-            capacity: u32::try_from(local.size() * local.capacity()).unwrap_or(u32::MAX),
-            workers: u32::try_from(local.size()).unwrap_or(u32::MAX),
-            nonce: seal::random_u64(),
-            replaces: round.previous,
-        };
-        let parent_stopped = async {
-            match parent {
-                Some(run) => {
-                    let _ = stopped.wait_for(|runs| runs.contains(&run)).await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let welcome = tokio::select! {
-            w = join_pool(broker, names, sealer, &join, self.wait_for_parent) => Some(w),
-            () = &mut shutdown => None,
-            () = parent_stopped => {
-                local.stop().await;
-                let left = Left::before_serving(member, "the pool stopped".into());
-                return Ok(RoundEnd { left, ending: Ending::Stopped, nonce: join.nonce, parent: None });
-            }
-        };
-        let settings = match welcome {
-            Some(Ok(Joined::Welcome(w))) => w,
-            Some(Ok(Joined::Anew(reason))) => {
-                local.stop().await;
-                let left = Left::before_serving(member, reason);
-                let ending = Ending::Lost { evicted: None };
-                return Ok(RoundEnd {
-                    left,
-                    ending,
-                    nonce: join.nonce,
-                    parent: None,
-                });
-            }
-            Some(Err(e)) => {
-                local.stop().await;
-                return Err(e);
-            }
-            None => {
-                // The parent may have counted this member in already: say it leaves, so that
-                // tasks sent to it go elsewhere at once.
-                let reason = "shut down before the pool's parent answered".to_string();
-                let leave = Leave {
-                    nonce: join.nonce,
-                    reason: reason.clone(),
-                    returned: Vec::new(),
-                };
-                let subject = names.leave(member);
-                if let Ok(bytes) = sealer.pack(&subject, &leave) {
-                    let _ = broker.client.publish(subject, bytes.into()).await;
-                    let _ = tokio::time::timeout(FLUSH, broker.client.flush()).await;
-                }
-                local.stop().await;
-                let left = Left::before_serving(member, reason);
-                return Ok(RoundEnd {
-                    left,
-                    ending: Ending::Shutdown,
-                    nonce: join.nonce,
-                    parent: None,
-                });
-            }
-        };
-        tracing::info!(pool = %self.pool, member = %member, capacity = join.capacity, "joined the pool");
-        let serving = Serving {
-            names: names.clone(),
-            member: member.into(),
-            nonce: join.nonce,
-            parent: settings.run,
-            sealer: sealer.clone(),
-            refusals: Refusals::default(),
-            broker: broker.clone(),
-            local: Arc::new(local),
-            running: Mutex::new(HashMap::new()),
-            ids: Mutex::new(HashMap::new()),
-            taken: Mutex::new(Default::default()),
-            changed: Notify::new(),
-            ended: std::sync::atomic::AtomicU64::new(0),
-            resent: std::sync::atomic::AtomicU64::new(0),
-        };
-        let serving = Arc::new(serving);
-        let result = serving
-            .serve(shutdown, settings, join.capacity as usize)
-            .await;
-        serving.local.stop().await;
-        result.map(|(left, ending)| RoundEnd {
-            left,
-            ending,
-            nonce: join.nonce,
-            parent: Some(settings.run),
-        })
-    }
-}
-
-/// What a run of the member shares with the next.
-struct Round<'a> {
-    member: &'a str,
-    names: &'a Names,
-    sealer: &'a Sealer,
-    broker: &'a Broker,
-    /// The run before this one, if any.
-    previous: Option<u64>,
-    /// The run of the parent the member served last, if any.
-    parent: Option<u64>,
-    /// Runs of parents that stopped the pool.
-    stopped: watch::Receiver<Vec<u64>>,
-}
-
-/// How a run of the member ended.
-struct RoundEnd {
-    left: Left,
-    ending: Ending,
-    /// The member's run.
-    nonce: u64,
-    /// The run of the parent it served, if it joined.
-    parent: Option<u64>,
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// What the parent told a member when it joined.
-#[derive(Debug, Clone, Copy)]
-struct Settings {
-    /// The parent's run.
-    run: u64,
-    ack_wait: Duration,
-    heartbeat: Duration,
-    member_timeout: Duration,
-    broker_timeout: Duration,
-    result_credit: u64,
-}
-
-/// The parent's answer to a join.
-enum Joined {
-    Welcome(Settings),
-    /// This run was counted gone before the answer: join again as a new run.
-    Anew(String),
-}
-
-/// Asks to join until the parent answers.
-async fn join_pool(
-    broker: &Broker,
-    names: &Names,
-    sealer: &Sealer,
-    join: &Join,
-    patience: Option<Duration>,
-) -> Result<Joined, Error> {
-    let asked = Instant::now();
-    let subject = names.join(&join.member);
-    let request = sealer.pack(&subject, join).map_err(Error::Config)?;
-    let reply_context = Names::join_reply(&subject, join.nonce);
-    let mut told: Option<Instant> = None;
-    loop {
-        let answer = tokio::time::timeout(
-            Duration::from_secs(5),
-            broker
-                .client
-                .request(subject.clone(), request.clone().into()),
-        )
-        .await;
-        // Why the member asks again, and whether that is alarming.
-        let (why, alarming) = match answer {
-            Ok(Ok(reply)) => match sealer.unpack::<JoinReply>(&reply_context, &reply.payload) {
-                Ok(JoinReply::Welcome {
-                    run,
-                    ack_wait_ms,
-                    heartbeat_ms,
-                    member_timeout_ms,
-                    broker_timeout_ms,
-                    result_credit,
-                }) => {
-                    return Ok(Joined::Welcome(Settings {
-                        run,
-                        ack_wait: Duration::from_millis(ack_wait_ms),
-                        heartbeat: Duration::from_millis(heartbeat_ms),
-                        member_timeout: Duration::from_millis(member_timeout_ms),
-                        broker_timeout: Duration::from_millis(broker_timeout_ms),
-                        result_credit: u64::from(result_credit.max(1)),
-                    }))
-                }
-                Ok(JoinReply::Refused {
-                    reason,
-                    retry: true,
-                }) => (Some(reason), false),
-                Ok(JoinReply::Refused { reason, .. }) => return Err(Error::Refused(reason)),
-                Ok(JoinReply::Anew { reason }) => return Ok(Joined::Anew(reason)),
-                Err(Unsealed::Forged) => {
-                    // The parent answers a join it cannot open unsealed: it may hold another
-                    // secret. Anyone could answer so, though: ask on, telling why.
-                    let reason = match wire::decode::<JoinReply>(&reply.payload) {
-                        Ok(JoinReply::Refused { reason, .. }) => format!(
-                            "{reason} (an answer not sealed with this member's secret: do the \
-                             parent and this member hold the same one?)"
-                        ),
-                        _ => "the answer to the join request is not sealed with this member's \
-                              secret"
-                            .into(),
-                    };
-                    (Some(reason), true)
-                }
-                Err(e) => {
-                    return Err(Error::Refused(format!(
-                        "undecodable answer from the pool's parent (another looppool version?): {e}"
-                    )))
-                }
-            },
-            // No answer.
-            Ok(Err(_)) | Err(_) => (None, false),
-        };
-        if let Some(patience) = patience.filter(|p| asked.elapsed() >= *p) {
-            return Err(Error::Timeout(match &why {
-                Some(reason) => format!("not taken in for {patience:?}: {reason}"),
-                None => format!(
-                    "the parent of pool {} did not answer for {patience:?}",
-                    names.pool()
-                ),
-            }));
-        }
-        if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-            match &why {
-                Some(reason) if alarming => tracing::error!("asking to join again: {reason}"),
-                Some(reason) => tracing::info!("asking to join again: {reason}"),
-                None => tracing::info!("waiting for the parent of pool {} to answer", names.pool()),
-            }
-            told = Some(Instant::now());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

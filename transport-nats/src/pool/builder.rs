@@ -1,11 +1,10 @@
 //! Configuring and starting a [`Pool`]: the builder, its settings, the pool's streams.
 
+use super::arrivals::{read_up, send_acks};
 use super::lease::Lease;
 use super::recover::recovery;
 use super::shared::{Inner, Shared};
-use super::tasks::{
-    keep_lease, read_up, send_acks, serve_joins, serve_members, tick, watch_streams, Subscriptions,
-};
+use super::tasks::{keep_lease, serve_joins, serve_members, tick, watch_streams, Subscriptions};
 use super::Pool;
 use crate::broker::{self, Broker, JetStreamApi, PING};
 use crate::error::Error;

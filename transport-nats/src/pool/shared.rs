@@ -1,12 +1,12 @@
 //! The pool's bookkeeping, and the parent's side of joining, leaving and taking tasks back.
 
 use super::handle::{Delivery, MemberEvent, MemberInfo, Status, TaskHandle};
-use super::sessions::{Arrival, Departed, Session};
+use super::sessions::{Departed, Session};
 use super::Settings;
 use crate::broker::{self, Broker, PublishFailure};
 use crate::error::TaskError;
 use crate::seal::{Refusals, Sealer};
-use crate::wire::{self, Control, Credit, CtlMsg, EndMsg, Names, OutputMsg, TaskMsg};
+use crate::wire::{Control, Credit, CtlMsg, EndMsg, Names, TaskMsg};
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -391,124 +391,5 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 tracing::warn!(member, "cannot tell the member to stop: {e}");
             }
         }
-    }
-
-    /// Where message `seq` of run `nonce` of `member` stands: `Err` if that run is not the
-    /// member's last.
-    pub(super) fn arrive(&self, member: &str, nonce: u64, seq: u64) -> Result<Arrival, String> {
-        match self.lock().sessions.get_mut(member) {
-            Some(s) if s.nonce == nonce => Ok(s.arrive(seq)),
-            Some(_) => Err(format!(
-                "message {seq} from a run of member {member} that is not in the pool"
-            )),
-            None => Err(format!(
-                "message {seq} from member {member}, which never joined"
-            )),
-        }
-    }
-
-    /// Counts one more output of run `nonce` of `member`; `Err` if the program has more than
-    /// the result credit of the run's outputs to take (a member that does not keep to its
-    /// credit: the output is refused, and counts as taken).
-    pub(super) fn within_credit(&self, member: &str, nonce: u64) -> Result<(), String> {
-        let acked = match lock(&self.acked).get(member) {
-            Some((run, acked)) if *run == nonce => *acked,
-            _ => 0,
-        };
-        let mut inner = self.lock();
-        let Some(session) = inner.sessions.get_mut(member).filter(|s| s.nonce == nonce) else {
-            return Ok(());
-        };
-        session.outputs += 1;
-        let credit = self.settings.result_credit as u64;
-        if session.outputs.saturating_sub(acked) > credit {
-            return Err(format!(
-                "output {} from member {member}, past its result credit of {credit}",
-                session.outputs
-            ));
-        }
-        Ok(())
-    }
-
-    /// Ends a task as `member` reports (its last run's next message), if it holds the task.
-    pub(super) fn on_end(&self, member: &str, end: EndMsg) -> Result<(), String> {
-        let mut inner = self.lock();
-        let Some(p) = inner.tasks.get_mut(&end.id) else {
-            tracing::debug!(
-                member,
-                task = end.id,
-                "end of a task already ended (a rerun)"
-            );
-            return Ok(());
-        };
-        if !p.held_by(member) {
-            return Err(format!(
-                "the end of task {} from member {member}, which does not hold it",
-                end.id
-            ));
-        }
-        if p.seen_from(member) < end.outputs {
-            p.parked = Some((member.into(), end));
-            return Ok(());
-        }
-        let result = outcome(member, end.outcome);
-        inner.finish(end.id, member, end.deliveries, result);
-        drop(inner);
-        self.changed.notify_waiters();
-        Ok(())
-    }
-
-    /// Accepts an output from `member` (its last run's next message) if it holds its task.
-    /// Counts an output of a task (one that could not be delivered included), ending the task
-    /// if its end was waiting for it.
-    pub(super) fn on_output(
-        &self,
-        member: &str,
-        output: &OutputMsg,
-        dropped: Option<&String>,
-    ) -> Result<(), String> {
-        let mut inner = self.lock();
-        let Some(id) = output.task else {
-            return Ok(());
-        };
-        let what = || format!("an output of task {id} from member {member}");
-        let Some(p) = inner.tasks.get_mut(&id) else {
-            return Err(format!("{}, a task that ended", what()));
-        };
-        if !p.held_by(member) {
-            return Err(format!("{}, which does not hold the task", what()));
-        }
-        if let Some(e) = dropped {
-            p.dropped.get_or_insert_with(|| e.clone());
-        }
-        match p.seen.iter_mut().find(|(m, _)| m == member) {
-            Some((_, n)) => *n += 1,
-            None => p.seen.push((member.into(), 1)),
-        }
-        let ready =
-            matches!(&p.parked, Some((m, end)) if m == member && p.seen_from(m) >= end.outputs);
-        if ready {
-            let (m, end) = p.parked.take().expect("checked above");
-            let result = outcome(&m, end.outcome);
-            inner.finish(id, &m, end.deliveries, result);
-            drop(inner);
-            self.changed.notify_waiters();
-        }
-        Ok(())
-    }
-}
-
-pub(super) fn outcome(member: &str, outcome: wire::Outcome) -> Result<(), TaskError> {
-    match outcome {
-        wire::Outcome::Done => Ok(()),
-        wire::Outcome::Failed(message) => Err(TaskError::Failed { message }),
-        wire::Outcome::Panicked(message) => Err(TaskError::Panicked { message }),
-        wire::Outcome::TimedOut(ms) => Err(TaskError::TimedOut {
-            after: Duration::from_millis(ms),
-        }),
-        wire::Outcome::Lost(reason) => Err(TaskError::Lost {
-            member: member.into(),
-            reason,
-        }),
     }
 }

@@ -1,19 +1,14 @@
 //! The loops that serve the pool's subjects and streams.
 
-use super::handle::Delivery;
 use super::lease::{Lease, Renewal};
-use super::sessions::Arrival;
-use super::shared::{lock, Ack, Shared};
+use super::shared::Shared;
 use crate::error::Error;
 use crate::seal::Unsealed;
-use crate::wire::{
-    self, Alive, Beacon, Control, Join, JoinReply, Leave, Names, OutputMsg, Up, UpMsg,
-};
-use futures_util::{FutureExt, StreamExt};
+use crate::wire::{self, Alive, Beacon, Control, Join, JoinReply, Leave, Names};
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 pub(super) struct Subscriptions {
     pub(super) join: async_nats::Subscriber,
@@ -270,151 +265,6 @@ pub(super) async fn tick<O: DeserializeOwned + Send + 'static>(shared: Arc<Share
         };
         for (member, quiet) in silent {
             shared.member_gone(&member, format!("silent for {quiet:.1?}"));
-        }
-    }
-}
-
-/// Takes the members' outputs and task ends, each member's in order and once, and tells each
-/// member how far its messages were received (by the credit message, after each batch).
-pub(super) async fn read_up<O: DeserializeOwned + Send + 'static>(
-    shared: Arc<Shared<O>>,
-    mut up: async_nats::Subscriber,
-) {
-    let mut touched: Vec<String> = Vec::new();
-    while let Some(m) = up.next().await {
-        let mut next = Some(m);
-        let mut read = 0;
-        // What is already here (up to a bound), then one credit message per member.
-        while let Some(m) = next {
-            let member = Names::member_of(&m.subject).to_string();
-            let (ours, refusals) = take_up(&shared, &member, &m);
-            for why in &refusals {
-                shared.refused.refuse(format_args!("{why}"));
-            }
-            // Told how far its messages arrived, even when one was refused or came again.
-            if ours && !touched.contains(&member) {
-                touched.push(member);
-            }
-            read += 1;
-            next = if read < 256 {
-                up.next().now_or_never().flatten()
-            } else {
-                None
-            };
-        }
-        for member in touched.drain(..) {
-            shared.grant(&member).await;
-        }
-    }
-}
-
-/// Takes the items of one message of `member` that come next; whether the message is from
-/// the member's current run, and why each refused item was.
-fn take_up<O: DeserializeOwned + Send + 'static>(
-    shared: &Shared<O>,
-    member: &str,
-    m: &async_nats::Message,
-) -> (bool, Vec<String>) {
-    let msg = match shared.sealer.unpack::<UpMsg>(&m.subject, &m.payload) {
-        Ok(msg) => msg,
-        Err(e) => return (false, vec![format!("a message on {}: {e}", m.subject)]),
-    };
-    if msg.seq.checked_add(msg.body.len() as u64).is_none() {
-        let why = format!("a message from member {member} numbered past the end");
-        return (false, vec![why]);
-    }
-    let mut refused = Vec::new();
-    for (i, item) in msg.body.into_iter().enumerate() {
-        // No overflow: checked above.
-        let seq = msg.seq + i as u64;
-        match shared.arrive(member, msg.nonce, seq) {
-            Ok(Arrival::Next) => {}
-            Ok(Arrival::Again) => continue,
-            // Sent again, with those before it, once the member finds them unconfirmed.
-            Ok(Arrival::Early) => break,
-            Err(why) => {
-                refused.push(why);
-                return (false, refused);
-            }
-        }
-        let taken = match item {
-            Up::End(end) => shared.on_end(member, end),
-            Up::Output(output) => take_output(shared, member, msg.nonce, output),
-        };
-        if let Err(why) = taken {
-            refused.push(why);
-        }
-    }
-    (true, refused)
-}
-
-/// Hands one output to the program, unless `member` does not hold its task.
-fn take_output<O: DeserializeOwned + Send + 'static>(
-    shared: &Shared<O>,
-    member: &str,
-    nonce: u64,
-    output: OutputMsg,
-) -> Result<(), String> {
-    let task = output.task;
-    let value = output
-        .payload
-        .as_ref()
-        .map_err(String::clone)
-        .and_then(|p| wire::decode::<O>(p).map_err(|e| format!("cannot decode it: {e}")));
-    let ack = (member.to_string(), nonce);
-    if let Err(why) = shared.within_credit(member, nonce) {
-        // Counted for its task all the same, which then fails saying why: its end waits for
-        // no output.
-        let _ = shared.on_output(member, &output, Some(&why));
-        let _ = shared.acks.send(ack);
-        return Err(why);
-    }
-    if let Err(why) = shared.on_output(member, &output, value.as_ref().err()) {
-        // One of the member's outputs all the same: it returns its credit.
-        let _ = shared.acks.send(ack);
-        return Err(why);
-    }
-    match value {
-        Ok(value) => {
-            let delivery = Delivery {
-                member: ack.0,
-                nonce: ack.1,
-                task,
-                value: Some(value),
-                acks: shared.acks.clone(),
-            };
-            // Unbounded: each member has at most its result credit of outputs waiting.
-            let _ = shared.outputs_tx.try_send(delivery);
-        }
-        Err(e) => {
-            tracing::error!(member, task, "an output was dropped: {e}");
-            let _ = shared.acks.send(ack);
-        }
-    }
-    Ok(())
-}
-
-/// Counts the outputs the program took (dropped their deliveries), and tells each member how
-/// many of its outputs were taken.
-pub(super) async fn send_acks<O: DeserializeOwned + Send + 'static>(
-    shared: Arc<Shared<O>>,
-    mut acks: mpsc::UnboundedReceiver<Ack>,
-) {
-    let mut batch = Vec::new();
-    while acks.recv_many(&mut batch, 256).await > 0 {
-        let mut members: Vec<String> = Vec::new();
-        for (member, nonce) in batch.drain(..) {
-            // Counted for the run that sent it only: a run that joined since counts anew.
-            match lock(&shared.acked).get_mut(&member) {
-                Some((run, count)) if *run == nonce => *count += 1,
-                _ => continue,
-            }
-            if !members.contains(&member) {
-                members.push(member);
-            }
-        }
-        for member in members {
-            shared.grant(&member).await;
         }
     }
 }

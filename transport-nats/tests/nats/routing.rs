@@ -1,0 +1,215 @@
+//! Trials of routing and flow control: round-robin, targeted and (sticky) broadcast tasks,
+//! and the task and result credits.
+
+use super::{
+    check, doubled, js, quick, shared_url, start, stop_all, Deadline, Failed, MemberProc, Spec,
+};
+use futures_util::future::join_all;
+use looppool_nats::{MemberEvent, Pool, SubmitError};
+use looppool_testkit::conformance::{Out, Task};
+use std::time::Duration;
+
+pub(super) async fn round_robin() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = start(&url, "rr").await?;
+    let mut events = pool.events();
+    let spec = Spec::new(&url, "rr");
+    let members: Vec<MemberProc> = ["a", "b", "c"].iter().map(|n| spec.spawn(n)).collect();
+    pool.wait_for_members(3, Duration::from_secs(30)).await?;
+    let mut joined = Vec::new();
+    while joined.len() < 3 {
+        if let Some(MemberEvent::Joined(info)) = events.recv().await {
+            joined.push(info.name);
+        }
+    }
+    joined.sort();
+    check(joined == ["a", "b", "c"], || format!("joined: {joined:?}"))?;
+
+    let outputs = pool.outputs();
+    let mut handles = Vec::new();
+    for n in 0..30u64 {
+        handles.push(pool.submit(Task::Double(n)).await?);
+    }
+    let mut per_member = std::collections::BTreeMap::new();
+    for h in handles.iter_mut() {
+        (&mut *h).await?;
+        check(h.deliveries() == 1, || {
+            format!("deliveries {}", h.deliveries())
+        })?;
+        *per_member.entry(h.member()).or_insert(0) += 1;
+    }
+    check(per_member.values().all(|&k| k == 10), || {
+        format!("round-robin gave {per_member:?}")
+    })?;
+    let mut values = Vec::new();
+    for _ in 0..30 {
+        let d = outputs.recv().await.ok_or("outputs ended")?;
+        let id = d.task_id().ok_or("an output without its task")?;
+        let h = handles
+            .iter()
+            .find(|h| h.id() == id)
+            .ok_or("unknown task")?;
+        check(d.member() == h.member(), || {
+            "output from another member".into()
+        })?;
+        values.push(doubled(&d).ok_or("not Doubled")?);
+    }
+    values.sort_unstable();
+    check(values == (0..30).map(|n| n * 2).collect::<Vec<_>>(), || {
+        format!("outputs: {values:?}")
+    })?;
+    stop_all(&pool, members).await
+}
+
+pub(super) async fn routing() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = start(&url, "routing").await?;
+    let spec = Spec::new(&url, "routing");
+    let members = vec![spec.spawn("a"), spec.spawn("b")];
+    pool.wait_for_members(2, Duration::from_secs(30)).await?;
+    let outputs = pool.outputs();
+
+    // Targeted tasks stay on their member; a broadcast follows what each was sent before.
+    pool.submit_to("a", Task::Set(11)).await?.await?;
+    let set_b = pool.submit_to("b", Task::Set(22)).await?;
+    let handles = pool.broadcast(Task::Get).await?;
+    set_b.await?;
+    check(handles.len() == 2, || {
+        format!("{} broadcast handles", handles.len())
+    })?;
+    for h in join_all(handles).await {
+        h?;
+    }
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let d = outputs.recv().await.ok_or("outputs ended")?;
+        if let Out::Value { value, .. } = d.value() {
+            seen.push((d.member().to_string(), *value));
+        }
+    }
+    seen.sort();
+    check(seen == [("a".into(), 11), ("b".into(), 22)], || {
+        format!("broadcast Get saw {seen:?}")
+    })?;
+
+    // A sticky broadcast reaches a member that joins later, before its first task.
+    for h in pool.broadcast_sticky("config", Task::Set(7)).await? {
+        h.await?;
+    }
+    let late = spec.spawn("late");
+    pool.wait_for_members(3, Duration::from_secs(30)).await?;
+    pool.submit_to("late", Task::Get).await?.await?;
+    let d = outputs.recv().await.ok_or("outputs ended")?;
+    check(
+        d.member() == "late" && matches!(d.value(), Out::Value { value: 7, .. }),
+        || format!("the late member saw {:?} from {}", d.value(), d.member()),
+    )?;
+    drop(d);
+    match pool.submit_to("nobody", Task::Get).await {
+        Err(SubmitError::UnknownMember(_, m)) if m == "nobody" => {}
+        other => return Err(format!("a task for an unknown member: {other:?}").into()),
+    }
+    let mut members = members;
+    members.push(late);
+    stop_all(&pool, members).await
+}
+
+pub(super) async fn task_credit() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = quick(Pool::builder(&url, "credit"))
+        .backlog(6)
+        .start()
+        .await?;
+    let spec = Spec::new(&url, "credit");
+    let members = vec![spec.spawn("m")];
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let gate = std::env::temp_dir().join(format!("looppool-nats-gate-{}", std::process::id()));
+    let _ = std::fs::remove_file(&gate);
+    let gate_s = gate.to_string_lossy().to_string();
+    let mut handles = Vec::new();
+    for _ in 0..6 {
+        handles.push(pool.submit(Task::SpinUntilExists(gate_s.clone())).await?);
+    }
+    match pool.try_submit(Task::Double(1)).await {
+        Err(SubmitError::Full(_)) => {}
+        other => return Err(format!("a 7th task past a backlog of 6: {other:?}").into()),
+    }
+    // The member's consumer holds exactly its capacity (1 worker x capacity 2); the rest wait
+    // in the stream.
+    let js = js(&url).await?;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream("m", "looppool-credit-tasks")
+        .await?;
+    let wait = Deadline::new("2 delivered, 4 waiting", Duration::from_secs(10));
+    let (ack_pending, pending) = loop {
+        let info = consumer.info().await?;
+        let got = (info.num_ack_pending, info.num_pending);
+        if got == (2, 4) {
+            break got;
+        }
+        wait.tick().await?;
+    };
+    let max = consumer.cached_info().config.max_ack_pending;
+    check(max == 2 && ack_pending == 2 && pending == 4, || {
+        format!("max_ack_pending {max}, ack pending {ack_pending}, pending {pending}")
+    })?;
+    check(pool.outstanding("m") == Some(6), || "outstanding".into())?;
+    std::fs::write(&gate, b"go")?;
+    for h in handles {
+        h.await?;
+    }
+    std::fs::remove_file(&gate)?;
+    stop_all(&pool, members).await
+}
+
+pub(super) async fn result_credit() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = quick(Pool::builder(&url, "results"))
+        .result_credit(2)
+        .start()
+        .await?;
+    // Two workers: the second runs a task while the first waits for credit.
+    let spec = Spec {
+        workers: 2,
+        ..Spec::new(&url, "results")
+    };
+    let members = vec![spec.spawn("m")];
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let outputs = pool.outputs();
+    let mut handle = pool.submit(Task::Emit(10)).await?;
+    // Unread, the member has sent its whole credit and waits.
+    let wait = Deadline::new("2 outputs received", Duration::from_secs(10));
+    while outputs.len() != 2 {
+        wait.tick().await?;
+    }
+    // Another task's end does not wait behind the outputs held back: a program may wait for
+    // it before it reads on.
+    let other = pool.submit(Task::Sleep(10)).await?;
+    tokio::time::timeout(Duration::from_secs(10), other)
+        .await
+        .map_err(|_| "another task's end waited behind unread outputs")??;
+    let first = outputs.recv().await.ok_or("outputs ended")?;
+    check(pool.outstanding("m") == Some(1), || {
+        "the task ended early".into()
+    })?;
+    let mut values = vec![first.into_value()];
+    while values.len() < 10 {
+        let waiting = outputs.len();
+        check(waiting <= 2, || {
+            format!("{waiting} outputs received, credit 2")
+        })?;
+        values.push(outputs.recv().await.ok_or("outputs ended")?.into_value());
+    }
+    (&mut handle).await?;
+    let want: Vec<Out> = (0..10).map(Out::Seq).collect();
+    check(values == want, || format!("outputs {values:?}"))?;
+    let stopped = pool.stop().await;
+    check(stopped.left == ["m"], || format!("{stopped:?}"))?;
+    for m in members {
+        let (code, text) = m.exit(Duration::from_secs(10)).await?;
+        check(code == 0 && text.contains("0 messages refused)"), || {
+            format!("member exited {code}: {text}")
+        })?;
+    }
+    Ok(())
+}
