@@ -39,10 +39,12 @@
 //!   once those never delivered, and after the ack wait those delivered, and sends the
 //!   untargeted ones to another member with room in its backlog ([`TaskHandle::deliveries`]
 //!   counts the deliveries), or, with no member left, to the first that joins (the same one
-//!   coming back included) within the member timeout. Targeted and broadcast tasks are lost with their member, as in a
-//!   local pool. A task delivered [`Builder::max_deliveries`] times is given up on: it ends as
-//!   lost and goes to the dead-letter stream ([`Pool::dead_letters`]). A task may thus run more than once
-//!   (at-least-once); its handle resolves exactly once, and a second run's end is ignored.
+//!   coming back included) within one member timeout after all were taken back; they are lost
+//!   past it, or at once if the pool is stopping. Targeted and broadcast tasks are lost with
+//!   their member, as in a local pool. A task delivered [`Builder::max_deliveries`] times is
+//!   given up on: it ends as lost and goes to the dead-letter stream ([`Pool::dead_letters`]).
+//!   A task may thus run more than once (at-least-once); its handle resolves exactly once,
+//!   and a second run's end is ignored.
 //!   Once the task went to another member, the first one's outputs and end for it are refused.
 //! - **One parent per pool**: a parent holds a lease on the pool in a JetStream key-value
 //!   bucket and renews it every heartbeat; a second parent is refused with [`Error::InUse`]

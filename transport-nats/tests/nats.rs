@@ -170,6 +170,10 @@ fn main() {
             "tasks_a_leaving_member_hands_back_unstarted_count_no_delivery",
             reclaim::handed_back,
         ),
+        trial(
+            "a_stopped_pool_ends_at_once_the_tasks_waiting_for_a_member",
+            reclaim::stop_ends_waiting_tasks,
+        ),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     nats_server::stop_shared();

@@ -131,7 +131,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 self.refused.refuse(format_args!(
                     "a task in the consumer of member {gone}, taking it back: {e}"
                 ));
-                let _ = message.ack_with(AckKind::Term).await;
+                terminate(&message, gone).await;
                 return None;
             }
         };
@@ -157,7 +157,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             None => {}
             Some(Route::Member) => self.lose(task.id, gone, prior, reason.into()),
             Some(Route::Any) if prior >= max => self.dead_letter(gone, reason, task, prior).await,
-            Some(Route::Any) => match self.reroute(task.id, gone, prior, false).await {
+            Some(Route::Any) => match self.reroute(task.id, gone, prior, None).await {
                 Rerouted::To(next) => {
                     self.send_on(task.id, gone, &next, prior, task.payload)
                         .await
@@ -175,24 +175,30 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 }
             },
         }
-        let _ = message.ack_with(AckKind::Term).await;
+        terminate(&message, gone).await;
         left
     }
 
     /// Sends the tasks taken back from `gone` that no member was there to take to the first
-    /// member with room, waiting up to the member timeout for one to join: a pool's only
-    /// member that left for a parent gone silent comes back within it. Past it they are lost.
+    /// member with room, waiting up to the member timeout, once for all of them, for one to
+    /// join: a pool's only member that left for a parent gone silent comes back within it.
+    /// Past it, or at once if the pool is stopping, they are lost.
     pub(super) async fn place_waiting(&self, gone: &str, reason: &str, waiting: Vec<Waiting>) {
+        let mut until = tokio::time::Instant::now() + self.settings.member_timeout();
         for w in waiting {
-            match self.reroute(w.id, gone, w.prior, true).await {
+            match self.reroute(w.id, gone, w.prior, Some(&mut until)).await {
                 Rerouted::To(next) => self.send_on(w.id, gone, &next, w.prior, w.payload).await,
                 Rerouted::Ended => {}
                 Rerouted::NoMember => {
-                    let why = format!(
-                        "{reason}; no member joined within the member timeout ({:?}) to take \
-                         the task",
-                        self.settings.member_timeout()
-                    );
+                    let why = if self.lock().closed {
+                        format!("{reason}; the pool stopped with no member left to take the task")
+                    } else {
+                        format!(
+                            "{reason}; no member joined within the member timeout ({:?}) to \
+                             take the task",
+                            self.settings.member_timeout()
+                        )
+                    };
                     self.lose(w.id, gone, w.prior, why);
                 }
             }
@@ -255,13 +261,19 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
 
     /// Moves task `id` from gone member `gone` to the next live member with room in its
     /// backlog, waiting for room as a submission does. With no member in the pool, it waits
-    /// up to the member timeout for one to join if `wait_for_member`, else not at all.
-    async fn reroute(&self, id: u64, gone: &str, prior: u32, wait_for_member: bool) -> Rerouted {
-        let mut deadline = tokio::time::Instant::now() + self.settings.member_timeout();
+    /// for one to join until `until`, if given and the pool is not stopping, else not at all.
+    /// While members are there but busy, `until` moves on: their room is what is waited for.
+    async fn reroute(
+        &self,
+        id: u64,
+        gone: &str,
+        prior: u32,
+        mut until: Option<&mut tokio::time::Instant>,
+    ) -> Rerouted {
         loop {
             let mut notified = pin!(self.changed.notified());
             notified.as_mut().enable();
-            {
+            let deadline = {
                 let mut inner = self.lock();
                 let inner = &mut *inner;
                 if !matches!(inner.tasks.get(&id), Some(p) if p.member == gone) {
@@ -277,8 +289,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     live.outstanding += 1;
                     let name = live.info.name.clone();
                     let p = inner.tasks.get_mut(&id).expect("checked above");
-                    p.member = name.clone();
-                    p.waiting = false;
+                    p.assign(&name);
                     let mut status = lock(&p.status);
                     status.deliveries = prior;
                     status.member = name.clone();
@@ -286,17 +297,35 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 }
                 if n > 0 {
                     // Members, all busy: wait for room as long as it takes.
-                    deadline = tokio::time::Instant::now() + self.settings.member_timeout();
-                } else if !wait_for_member {
-                    return Rerouted::NoMember;
+                    let busy_until = tokio::time::Instant::now() + self.settings.member_timeout();
+                    if let Some(u) = until.as_deref_mut() {
+                        *u = busy_until;
+                    }
+                    busy_until
+                } else {
+                    match until.as_deref() {
+                        Some(u) if !inner.closed => *u,
+                        _ => return Rerouted::NoMember,
+                    }
                 }
-            }
-            let busy = tokio::time::Instant::now() < deadline && !self.lock().members.is_empty();
-            if busy {
-                notified.await;
-            } else if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            };
+            if tokio::time::timeout_at(deadline, notified).await.is_err()
+                && self.lock().members.is_empty()
+            {
                 return Rerouted::NoMember;
             }
         }
+    }
+}
+
+/// Tells the broker that a task taken back from `gone` is done with there, and waits until it
+/// confirms: the consumer is deleted next, and a task it still counted unacknowledged would
+/// stay in the stream for a member joining again under the name.
+async fn terminate(message: &JsMessage, gone: &str) {
+    if let Err(e) = message.double_ack_with(AckKind::Term).await {
+        tracing::warn!(
+            member = gone,
+            "a task taken back was not confirmed done with by the broker: {e}"
+        );
     }
 }

@@ -48,6 +48,17 @@ impl Pending {
         !self.waiting && self.member == member
     }
 
+    /// Gives the task to `member`. What a run of the same name counted before is forgotten:
+    /// the new run's end counts its own outputs.
+    pub(super) fn assign(&mut self, member: &str) {
+        self.member = member.into();
+        self.waiting = false;
+        self.seen.retain(|(m, _)| m != member);
+        if matches!(&self.parked, Some((m, _)) if m == member) {
+            self.parked = None;
+        }
+    }
+
     pub(super) fn seen_from(&self, member: &str) -> u32 {
         self.seen
             .iter()

@@ -228,3 +228,59 @@ pub(super) async fn handed_back() -> Result<(), Failed> {
     )?;
     stop_all(&pool, vec![real]).await
 }
+
+/// A pool whose only member died is stopped while the member's tasks wait for a member to
+/// take them: they end at once as lost, saying the pool stopped, and `stop` does not wait a
+/// member timeout for each.
+pub(super) async fn stop_ends_waiting_tasks() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let member_timeout = Duration::from_secs(4);
+    let pool = quick(Pool::builder(&url, "waitstop"))
+        .member_timeout(member_timeout)
+        .ack_wait(Duration::from_secs(1))
+        .start()
+        .await?;
+    let mut events = pool.events();
+    let mut only = Spec {
+        capacity: 4,
+        ..Spec::new(&url, "waitstop")
+    }
+    .spawn("only");
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        handles.push(pool.submit(Task::Sleep(60_000)).await?);
+    }
+    only.kill();
+    let left = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.recv().await {
+                Some(looppool_nats::MemberEvent::Left { member, .. }) if member == "only" => {
+                    return Ok(())
+                }
+                Some(_) => continue,
+                None => return Err("the pool's events ended"),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "the killed member was not counted gone within 30 s")?;
+    left?;
+    let stopping = Instant::now();
+    let stopped = pool.stop().await;
+    let took = stopping.elapsed();
+    check(stopped.unresponsive.is_empty(), || {
+        format!("members did not leave: {:?}", stopped.unresponsive)
+    })?;
+    for h in handles {
+        match h.now_or_never() {
+            Some(Err(TaskError::Lost { reason, .. })) if reason.contains("the pool stopped") => {}
+            other => return Err(format!("a task the dead member held: {other:?}").into()),
+        }
+    }
+    // One member timeout for all would be the most; one for each, three.
+    check(took < member_timeout * 2, || {
+        format!("stop took {took:?} with three tasks waiting for a member")
+    })?;
+    Ok(())
+}
