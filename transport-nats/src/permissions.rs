@@ -58,7 +58,7 @@ impl Permissions {
                 // Its consumers: list, create, read, delete, and pull from them.
                 format!("$JS.API.CONSUMER.*.{stream}"),
                 format!("$JS.API.CONSUMER.*.{stream}.>"),
-                format!("$JS.API.CONSUMER.*.*.{stream}.>"),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"),
                 format!("$JS.ACK.{stream}.>"),
             ]);
         }
@@ -171,6 +171,55 @@ mod tests {
             .publish
             .iter()
             .any(|s| s.contains("looppool-p")));
+    }
+
+    /// Whether NATS subject `subject` matches `pattern` (`*` one token, `>` the rest).
+    fn matches(pattern: &str, subject: &str) -> bool {
+        let mut subject = subject.split('.');
+        for token in pattern.split('.') {
+            match (token, subject.next()) {
+                (">", Some(_)) => return true,
+                ("*", Some(_)) => {}
+                (t, Some(s)) if t == s => {}
+                _ => return false,
+            }
+        }
+        subject.next().is_none()
+    }
+
+    #[test]
+    fn the_parents_jetstream_subjects_reach_no_other_stream() {
+        let p = Permissions::parent("p");
+        let allowed = |subject: &str| p.publish.iter().any(|pattern| matches(pattern, subject));
+        for needed in [
+            "$JS.API.INFO",
+            "$JS.API.STREAM.CREATE.looppool-p-tasks",
+            "$JS.API.STREAM.DELETE.looppool-p-dead",
+            "$JS.API.STREAM.MSG.GET.KV_looppool-p",
+            "$JS.API.DIRECT.GET.KV_looppool-p.$KV.looppool-p.lease",
+            "$JS.API.CONSUMER.CREATE.looppool-p-tasks.m.looppool.p.task.m",
+            "$JS.API.CONSUMER.INFO.looppool-p-tasks.m",
+            "$JS.API.CONSUMER.DELETE.looppool-p-tasks.m",
+            "$JS.API.CONSUMER.MSG.NEXT.looppool-p-tasks.m",
+            "$JS.API.CONSUMER.LIST.looppool-p-tasks",
+            "$JS.ACK.looppool-p-tasks.m.1.2.3.4.5",
+            "$KV.looppool-p.lease",
+        ] {
+            assert!(allowed(needed), "{needed} is not allowed");
+        }
+        for other in [
+            "$JS.API.STREAM.CREATE.other",
+            "$JS.API.STREAM.LIST",
+            "$JS.API.CONSUMER.CREATE.other.looppool-p-tasks.x",
+            "$JS.API.CONSUMER.CREATE.other.looppool-p-tasks",
+            "$JS.API.CONSUMER.DURABLE.CREATE.other.looppool-p-tasks",
+            "$JS.API.CONSUMER.MSG.NEXT.other.looppool-p-tasks",
+            "$JS.API.CONSUMER.DELETE.other.looppool-p-tasks",
+            "$JS.ACK.other.m.1",
+            "$KV.other.lease",
+        ] {
+            assert!(!allowed(other), "{other} is allowed");
+        }
     }
 
     #[test]

@@ -199,8 +199,16 @@ pub(super) async fn member_permissions() -> Result<(), Failed> {
         "looppool-perm-dead",
         "KV_looppool-perm",
     ] {
-        check(js.get_stream(stream).await.is_err(), || {
-            format!("stream {stream} is still there")
+        use async_nats::jetstream::{context::GetStreamErrorKind, ErrorCode};
+        let gone = match js.get_stream(stream).await {
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(e) => e.error_code() == ErrorCode::STREAM_NOT_FOUND,
+                _ => false,
+            },
+            Ok(_) => false,
+        };
+        check(gone, || {
+            format!("stream {stream} is still there, or unread")
         })?;
     }
     Ok(())
