@@ -13,9 +13,13 @@
 //!
 //! The payload type `P` is opaque: the driver uses shared encoded bytes, the model checks use
 //! small markers.
+//!
+//! [`members::Members`] is the same kind of state for a pool whose members come and go (the
+//! NATS transport's parent): routing, backlogs and the task table over keyed members.
 
 mod cancel;
 mod lifecycle;
+pub mod members;
 mod restart;
 mod slot;
 mod types;

@@ -1,0 +1,325 @@
+//! Placement over members that come and go: the sans-IO routing, backlog and task table of a
+//! pool whose workers are remote members known by a key (a name), rather than numbered slots.
+//!
+//! [`Members`] decides which member a task goes to, whether that member has room in its
+//! backlog, which member holds each task, and what becomes of a task when its member is gone:
+//! sent on to another member with room, kept waiting for a member to join, lost (it was for
+//! that member only, or the pool is stopping), or given up on after as many deliveries as the
+//! pool allows. The driver (the NATS transport's parent) carries the decisions out: it stores
+//! the tasks on the broker, waits where told to wait, and ends the handles.
+//!
+//! Invariants, checked by the testkit's model check (`looppool_testkit::members`):
+//! 1. a task is held by exactly one member, or waits, until it ends; it ends once;
+//! 2. no placement or move gives a member more tasks than its backlog;
+//! 3. untargeted tasks go to the members in turn, in join order, and a task taken back to the
+//!    next member with room; a task for one member never moves to another;
+//! 4. a task taken back after `max_deliveries` deliveries is given up on;
+//! 5. once closed, nothing is placed and nothing waits.
+
+use super::TaskId;
+use std::collections::BTreeMap;
+
+/// Who a task is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum For<'a, K> {
+    /// Any member: each in turn, in join order (a task whose member in turn holds its
+    /// backlog waits for it).
+    Any,
+    /// This member only (targeted, or one copy of a broadcast).
+    Member(&'a K),
+}
+
+/// Why a task was not placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unplaced<K> {
+    /// The pool is stopping.
+    Closed,
+    /// No member is in the pool.
+    NoMember,
+    /// The member asked for is not in the pool.
+    Unknown,
+    /// The member the task would go to (for [`For::Any`], the member in turn) holds its
+    /// backlog.
+    Full(K),
+}
+
+/// What becomes of a task taken back from a member that is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TakenBack<K> {
+    /// It goes to this member, which now holds it (and counts it in its backlog).
+    To(K),
+    /// Members are there but all hold their backlogs: ask again when one has room.
+    Busy,
+    /// No member is there: it waits, held by nobody, for one to join
+    /// ([`place_waiting`](Members::place_waiting)).
+    Waiting,
+    /// It was for the gone member only: it ends as lost.
+    Lost,
+    /// It was delivered as often as the pool allows: it ends as lost and is dead-lettered.
+    GiveUp,
+    /// The pool is stopping and no member can take it: it ends as lost.
+    Stopped,
+    /// It is not held by that member (it ended, or was moved meanwhile).
+    NotHeld,
+}
+
+#[derive(Debug, Clone)]
+struct Member<K> {
+    key: K,
+    limit: usize,
+    held: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Placed<K> {
+    holder: K,
+    /// Taken back from `holder` with no member to take it: nobody holds it.
+    waiting: bool,
+    any: bool,
+}
+
+/// The routing, backlogs and task table of a pool of members. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Members<K> {
+    live: Vec<Member<K>>,
+    cursor: usize,
+    tasks: BTreeMap<TaskId, Placed<K>>,
+    max_deliveries: u32,
+    closed: bool,
+}
+
+impl<K: Clone + Eq> Members<K> {
+    /// No member yet; a task taken back after `max_deliveries` deliveries is given up on.
+    pub fn new(max_deliveries: u32) -> Self {
+        Self {
+            live: Vec::new(),
+            cursor: 0,
+            tasks: BTreeMap::new(),
+            max_deliveries: max_deliveries.max(1),
+            closed: false,
+        }
+    }
+
+    /// Member `key` joins with a backlog of `limit` tasks: tasks are routed to it from now on.
+    /// Tasks recorded for it meanwhile ([`record`](Self::record)) count in its backlog.
+    /// Returns `false`, changing nothing, if it is live already.
+    pub fn join(&mut self, key: K, limit: usize) -> bool {
+        if self.is_live(&key) {
+            return false;
+        }
+        let held = self.held_by(&key);
+        self.live.push(Member { key, limit, held });
+        true
+    }
+
+    /// Member `key` is gone: nothing more is routed to it. The tasks it holds stay its until
+    /// taken back ([`take_back`](Self::take_back)). Returns whether it holds any.
+    pub fn leave(&mut self, key: &K) -> bool {
+        if let Some(k) = self.position(key) {
+            self.live.remove(k);
+            if k < self.cursor {
+                self.cursor -= 1;
+            }
+        }
+        self.held_by(key) > 0
+    }
+
+    /// The pool is stopping: nothing is placed from now on, and tasks taken back with no
+    /// member to take them end at once.
+    pub fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Places task `id` for `target` if a member has room, and returns that member.
+    ///
+    /// # Panics
+    /// If `id` is in the table already.
+    pub fn place(&mut self, id: TaskId, target: For<'_, K>) -> Result<K, Unplaced<K>> {
+        assert!(!self.tasks.contains_key(&id), "task {id} placed twice");
+        if self.closed {
+            return Err(Unplaced::Closed);
+        }
+        let k = match target {
+            For::Any if self.live.is_empty() => return Err(Unplaced::NoMember),
+            For::Any => {
+                // In turn: an even spread, whatever each member's pace.
+                let k = self.cursor % self.live.len();
+                if self.live[k].held >= self.live[k].limit {
+                    return Err(Unplaced::Full(self.live[k].key.clone()));
+                }
+                k
+            }
+            For::Member(key) => match self.position(key) {
+                Some(k) if self.live[k].held < self.live[k].limit => k,
+                Some(_) => return Err(Unplaced::Full(key.clone())),
+                None => return Err(Unplaced::Unknown),
+            },
+        };
+        let any = matches!(target, For::Any);
+        Ok(self.give(id, k, any))
+    }
+
+    /// Places one copy of a broadcast on every live member, room or not: task ids from `ids`.
+    pub fn broadcast(&mut self, mut ids: impl FnMut() -> TaskId) -> Vec<(TaskId, K)> {
+        (0..self.live.len())
+            .map(|k| {
+                let id = ids();
+                (id, self.give(id, k, false))
+            })
+            .collect()
+    }
+
+    /// Records task `id` for member `key` only, whether or not it is live (a joining member's
+    /// sticky broadcasts): counted in its backlog once it joins.
+    pub fn record(&mut self, id: TaskId, key: K) {
+        if let Some(k) = self.position(&key) {
+            self.live[k].held += 1;
+        }
+        let placed = Placed {
+            holder: key,
+            waiting: false,
+            any: false,
+        };
+        assert!(
+            self.tasks.insert(id, placed).is_none(),
+            "task {id} placed twice"
+        );
+    }
+
+    /// Whether member `key` holds task `id`: its end and outputs are taken from it only.
+    pub fn holds(&self, id: TaskId, key: &K) -> bool {
+        matches!(self.tasks.get(&id), Some(p) if !p.waiting && p.holder == *key)
+    }
+
+    /// The member holding task `id`, or that held it last if it waits.
+    pub fn holder(&self, id: TaskId) -> Option<&K> {
+        self.tasks.get(&id).map(|p| &p.holder)
+    }
+
+    /// Tasks member `key` holds (live or gone).
+    pub fn held_by(&self, key: &K) -> usize {
+        let tasks = self.tasks.values();
+        tasks.filter(|p| !p.waiting && p.holder == *key).count()
+    }
+
+    /// Ids of the tasks member `key` holds.
+    pub fn tasks_of(&self, key: &K) -> Vec<TaskId> {
+        let tasks = self.tasks.iter();
+        let held = tasks.filter(|(_, p)| !p.waiting && p.holder == *key);
+        held.map(|(id, _)| *id).collect()
+    }
+
+    /// Tasks live member `key` holds, if it is live.
+    pub fn backlog(&self, key: &K) -> Option<usize> {
+        self.position(key).map(|k| self.live[k].held)
+    }
+
+    /// Live members, in join order.
+    pub fn live(&self) -> impl Iterator<Item = &K> {
+        self.live.iter().map(|m| &m.key)
+    }
+
+    /// Unended tasks.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether every task ended.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Task `id` ended (or was withdrawn): it frees its place. Returns the member that held it
+    /// (or last held it, if it waited), if it was in the table.
+    pub fn end(&mut self, id: TaskId) -> Option<K> {
+        let p = self.tasks.remove(&id)?;
+        if !p.waiting {
+            if let Some(k) = self.position(&p.holder) {
+                self.live[k].held -= 1;
+            }
+        }
+        Some(p.holder)
+    }
+
+    /// Task `id` came back from gone member `from` after `deliveries` deliveries to members:
+    /// what becomes of it. A task for `from` only is lost; an untargeted one delivered as often
+    /// as the pool allows is given up on; else it goes to the next member with room.
+    pub fn take_back(&mut self, id: TaskId, from: &K, deliveries: u32) -> TakenBack<K> {
+        match self.tasks.get(&id) {
+            Some(p) if !p.waiting && p.holder == *from && !self.is_live(from) => {
+                if !p.any {
+                    TakenBack::Lost
+                } else if deliveries >= self.max_deliveries {
+                    TakenBack::GiveUp
+                } else {
+                    self.move_on(id)
+                }
+            }
+            _ => TakenBack::NotHeld,
+        }
+    }
+
+    /// Waiting task `id`: the next member with room takes it, if there is one.
+    pub fn place_waiting(&mut self, id: TaskId) -> TakenBack<K> {
+        match self.tasks.get(&id) {
+            Some(p) if p.waiting => self.move_on(id),
+            _ => TakenBack::NotHeld,
+        }
+    }
+
+    /// Moves task `id` (held by a gone member, or waiting) to the next member with room.
+    /// Its gone member is not live, so it counts in no backlog until it moves.
+    fn move_on(&mut self, id: TaskId) -> TakenBack<K> {
+        if let Some(k) = self.roomy() {
+            self.tasks.remove(&id);
+            return TakenBack::To(self.give(id, k, true));
+        }
+        if !self.live.is_empty() {
+            return TakenBack::Busy;
+        }
+        if self.closed {
+            return TakenBack::Stopped;
+        }
+        if let Some(p) = self.tasks.get_mut(&id) {
+            p.waiting = true;
+        }
+        TakenBack::Waiting
+    }
+
+    fn give(&mut self, id: TaskId, k: usize, any: bool) -> K {
+        let member = &mut self.live[k];
+        member.held += 1;
+        if any {
+            self.cursor = k + 1;
+        }
+        let key = member.key.clone();
+        let placed = Placed {
+            holder: key.clone(),
+            waiting: false,
+            any,
+        };
+        self.tasks.insert(id, placed);
+        key
+    }
+
+    /// The next live member with room, from the cursor on.
+    fn roomy(&self) -> Option<usize> {
+        let n = self.live.len();
+        (0..n)
+            .map(|j| (self.cursor + j) % n)
+            .find(|&k| self.live[k].held < self.live[k].limit)
+    }
+
+    fn position(&self, key: &K) -> Option<usize> {
+        self.live.iter().position(|m| m.key == *key)
+    }
+
+    fn is_live(&self, key: &K) -> bool {
+        self.position(key).is_some()
+    }
+}
