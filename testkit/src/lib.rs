@@ -34,6 +34,8 @@
 //!   written once and instantiated by each adapter's `tests/conformance.rs`.
 //! - [`model`]: a reference model of the pool's sans-IO state and a proptest model check of
 //!   every invariant against it, with deliberate faults that prove each check can fail.
+//! - [`members`]: the same for the placement over members that come and go (the NATS pool's
+//!   routing, backlogs and task table).
 //! - [`sim`]: whole pools (driver, workers, transport) in a deterministic simulation with a fake
 //!   clock, where proptest explores interleavings of stops, deaths and slow consumers.
 //! - [`nats_server`]: a real `nats-server` for tests, found on `PATH` or provisioned without
@@ -41,6 +43,7 @@
 #![forbid(unsafe_code)]
 
 pub mod conformance;
+pub mod members;
 pub mod model;
 pub mod nats_server;
 pub mod sim;

@@ -3,6 +3,7 @@
 
 mod users_worker;
 
+use looppool_testkit::members;
 use looppool_testkit::model::{case_count, cases, check, Mutation};
 use looppool_testkit::sim::{self, scenarios, Consumer, Job, Op, Scenario, STOP_TIMEOUT};
 use proptest::test_runner::{
@@ -92,6 +93,54 @@ caught! {
     retries_forgotten_at_the_stop_are_caught: ForgetWaitingRetries => "[retry]" | "[stop]" | "[exactly-once]",
     a_stall_judged_too_early_is_caught: StallEarly => "[stall]",
     memory_never_judged_is_caught: IgnoreMemory => "[recycle]",
+}
+
+proptest::proptest! {
+    #![proptest_config(config(case_count("LOOPPOOL_MODEL_CASES", 2_000)))]
+
+    /// The placement over members that come and go answers as the reference does and keeps
+    /// every invariant.
+    #[test]
+    fn member_placement_matches_the_reference_and_keeps_every_invariant(
+        case in members::cases(STEPS),
+    ) {
+        members::check(&case, members::Mutation::None).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// Each fault planted in the placement over members is caught, by a check of an invariant it
+/// breaks.
+#[test]
+fn faults_planted_in_member_placement_are_caught() {
+    use members::Mutation as M;
+    let expected = [
+        (M::ExtraBacklog, &["[backlog]"][..]),
+        (M::ForgetEnd, &["[exactly-once]", "[backlog]"][..]),
+        (M::IgnoreLeave, &["[exactly-once]", "[routing]"][..]),
+        (M::NoGiveUp, &["[deliveries]"][..]),
+        (M::IgnoreClose, &["[stop]"][..]),
+        (M::RouteToFirst, &["[round-robin]"][..]),
+    ];
+    for (mutation, labels) in expected {
+        let config = Config {
+            cases: 5_000,
+            failure_persistence: None,
+            ..Config::default()
+        };
+        let mut runner =
+            TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+        let found = runner.run(&members::cases(STEPS), |case| {
+            members::check(&case, mutation).map_err(TestCaseError::fail)
+        });
+        let found = found
+            .err()
+            .unwrap_or_else(|| panic!("the model check missed {mutation:?}"))
+            .to_string();
+        assert!(
+            labels.iter().any(|l| found.contains(l)),
+            "{mutation:?} was caught, but as: {found}"
+        );
+    }
 }
 
 #[test]

@@ -1,0 +1,360 @@
+//! Model check of [`Members`], the placement of a pool whose members come and go (the NATS
+//! transport's parent): random runs of joins, departures, placements, broadcasts, ends, tasks
+//! taken back and a stop, applied to the real state and to a reference, every answer compared
+//! and the invariants of [`looppool_core::state::members`] checked after every step:
+//!
+//! - `[exactly-once]` every task is held by one member or waits until it ends, and ends once;
+//! - `[backlog]` a member's backlog counts the tasks it holds, and no placement or move passes
+//!   its limit;
+//! - `[round-robin]` untargeted tasks go to the members in turn, tasks taken back to the next
+//!   with room, as the reference picks; `[targeted]` a task for one member never moves to
+//!   another;
+//! - `[deliveries]` a task taken back after the most deliveries allowed is given up on;
+//! - `[stop]` once closed, nothing is placed and nothing waits.
+//!
+//! A [`Mutation`] plants a fault; the testkit's tests prove each is caught.
+
+use looppool_core::state::members::{For, Members, TakenBack, Unplaced};
+use looppool_core::TaskId;
+use proptest::prelude::*;
+use reference::Reference;
+
+mod reference;
+
+/// Members are named by small numbers.
+type Key = u8;
+
+/// Most deliveries a task gets in the checked pools.
+pub const MAX_DELIVERIES: u32 = 3;
+
+/// One input to the state.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Member `0` joins with a backlog of `1`.
+    Join(Key, usize),
+    /// Member `0` is gone.
+    Leave(Key),
+    /// Every member is gone.
+    LeaveAll,
+    /// A task for any member.
+    Place,
+    /// A task for member `0`.
+    PlaceOn(Key),
+    /// A broadcast.
+    Broadcast,
+    /// The task at this index (modulo the tasks under way) ends.
+    End(usize),
+    /// The task at this index among those held by gone members comes back after `1`
+    /// deliveries.
+    TakeBack(usize, u32),
+    /// The waiting task at this index is offered to the members.
+    PlaceWaiting(usize),
+    /// The pool stops.
+    Close,
+}
+
+/// A random run.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+}
+
+/// Random runs of up to `max_len` steps over four member names.
+pub fn cases(max_len: usize) -> impl Strategy<Value = Case> {
+    let step = prop_oneof![
+        3 => (0u8..4, 1usize..=3).prop_map(|(k, l)| Step::Join(k, l)),
+        2 => (0u8..4).prop_map(Step::Leave),
+        1 => Just(Step::LeaveAll),
+        6 => Just(Step::Place),
+        2 => (0u8..4).prop_map(Step::PlaceOn),
+        1 => Just(Step::Broadcast),
+        4 => any::<usize>().prop_map(Step::End),
+        4 => (any::<usize>(), 0u32..=4).prop_map(|(i, d)| Step::TakeBack(i, d)),
+        3 => any::<usize>().prop_map(Step::PlaceWaiting),
+    ];
+    // A stop late in the run, or none: a stop early would leave little to check after it.
+    let steps = prop::collection::vec(step, 0..max_len);
+    (steps, 0..max_len * 2).prop_map(|(mut steps, close_at)| {
+        if close_at < steps.len() {
+            steps.insert(close_at, Step::Close);
+        }
+        Case { steps }
+    })
+}
+
+/// A deliberate fault, to prove that the checks catch it. `None` is the real state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// The real state, unchanged.
+    None,
+    /// Members join with a backlog one larger than they asked for.
+    ExtraBacklog,
+    /// The first task to end keeps its place in its member's backlog.
+    ForgetEnd,
+    /// A departure is not told to the state: tasks keep going to the gone member.
+    IgnoreLeave,
+    /// Tasks come back with no deliveries counted: none is given up on.
+    NoGiveUp,
+    /// A stop is not told to the state.
+    IgnoreClose,
+    /// Untargeted tasks all go to the first member that joined.
+    RouteToFirst,
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+/// Runs `case` on the real state (with `mutation` planted) and on the reference; the first
+/// difference or broken invariant, labelled with its invariant.
+pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
+    let mut real = Members::<Key>::new(MAX_DELIVERIES);
+    let mut model = Reference::default();
+    let mut next_id: TaskId = 0;
+    let mut ended_first = false;
+    for (n, step) in case.steps.iter().enumerate() {
+        let at = || format!("step {n} ({step:?})");
+        match *step {
+            Step::Join(key, limit) => {
+                let extra = usize::from(mutation == Mutation::ExtraBacklog);
+                let joined = real.join(key, limit + extra);
+                let expected = model.limit(key).is_none();
+                ensure!(joined == expected, "[routing] {}: joined {joined}", at());
+                if expected {
+                    model.live.push((key, limit));
+                }
+            }
+            Step::LeaveAll => {
+                for key in model.live.iter().map(|(k, _)| *k).collect::<Vec<_>>() {
+                    if mutation != Mutation::IgnoreLeave {
+                        real.leave(&key);
+                    }
+                }
+                model.live.clear();
+                model.cursor = 0;
+            }
+            Step::Leave(key) => {
+                let held = if mutation == Mutation::IgnoreLeave {
+                    real.held_by(&key) > 0
+                } else {
+                    real.leave(&key)
+                };
+                if let Some(i) = model.live.iter().position(|(k, _)| *k == key) {
+                    model.live.remove(i);
+                    if i < model.cursor {
+                        model.cursor -= 1;
+                    }
+                }
+                ensure!(held == (model.held(key) > 0), "[exactly-once] {}", at());
+            }
+            Step::Place | Step::PlaceOn(_) => {
+                next_id += 1;
+                let target = match *step {
+                    Step::PlaceOn(key) => Some(key),
+                    _ => None,
+                };
+                let first = real.live().next().copied();
+                let got = match (target, first) {
+                    (None, Some(first)) if mutation == Mutation::RouteToFirst => {
+                        real.place(next_id, For::Member(&first))
+                    }
+                    _ => real.place(next_id, target.as_ref().map_or(For::Any, For::Member)),
+                };
+                let expected = if model.closed {
+                    Err(Unplaced::Closed)
+                } else {
+                    match target {
+                        None if model.live.is_empty() => Err(Unplaced::NoMember),
+                        None => {
+                            let i = model.cursor % model.live.len();
+                            let (key, limit) = model.live[i];
+                            if model.held(key) < limit {
+                                Ok(model.give(next_id, i, true))
+                            } else {
+                                Err(Unplaced::Full(key))
+                            }
+                        }
+                        Some(key) => match model.limit(key) {
+                            None => Err(Unplaced::Unknown),
+                            Some(l) if model.held(key) >= l => Err(Unplaced::Full(key)),
+                            Some(_) => {
+                                let i = model.live.iter().position(|(k, _)| *k == key);
+                                Ok(model.give(next_id, i.expect("live"), false))
+                            }
+                        },
+                    }
+                };
+                let label = match (&got, &expected) {
+                    _ if model.closed => "[stop]",
+                    (Ok(_), Err(Unplaced::Full(_))) => "[backlog]",
+                    _ => "[round-robin]",
+                };
+                ensure!(
+                    got == expected,
+                    "{label} {}: placed {got:?}, the reference {expected:?}",
+                    at()
+                );
+                if let Ok(key) = got {
+                    let limit = model.limit(key).unwrap_or(0);
+                    let backlog = real.backlog(&key).unwrap_or(usize::MAX);
+                    ensure!(
+                        backlog <= limit,
+                        "[backlog] {}: member {key} holds {backlog} of {limit}",
+                        at()
+                    );
+                }
+            }
+            Step::Broadcast => {
+                let mut id = next_id;
+                let got = real.broadcast(|| {
+                    id += 1;
+                    id
+                });
+                let expected: Vec<(TaskId, Key)> = (0..model.live.len())
+                    .map(|i| {
+                        next_id += 1;
+                        (next_id, model.give(next_id, i, false))
+                    })
+                    .collect();
+                ensure!(got == expected, "[routing] {}: {got:?}", at());
+            }
+            Step::End(i) => {
+                let ids: Vec<TaskId> = model.tasks.keys().copied().collect();
+                if ids.is_empty() {
+                    ensure!(real.end(next_id + 1).is_none(), "[exactly-once] {}", at());
+                    continue;
+                }
+                let id = ids[i % ids.len()];
+                let task = model.tasks.remove(&id).expect("listed");
+                if mutation == Mutation::ForgetEnd && !ended_first {
+                    ended_first = true;
+                } else {
+                    let got = real.end(id);
+                    ensure!(got == Some(task.holder), "[exactly-once] {}: {got:?}", at());
+                    ensure!(
+                        real.end(id).is_none(),
+                        "[exactly-once] {}: ended twice",
+                        at()
+                    );
+                }
+            }
+            Step::TakeBack(i, deliveries) => {
+                let gone: Vec<TaskId> = model
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| !t.waiting && model.limit(t.holder).is_none())
+                    .map(|(id, _)| *id)
+                    .collect();
+                let Some(&id) = gone.get(i % gone.len().max(1)) else {
+                    continue;
+                };
+                let from = model.tasks[&id].holder;
+                let counted = if mutation == Mutation::NoGiveUp {
+                    0
+                } else {
+                    deliveries
+                };
+                let got = real.take_back(id, &from, counted);
+                let task = model.tasks[&id].clone();
+                let expected = if !task.any {
+                    TakenBack::Lost
+                } else if deliveries >= MAX_DELIVERIES {
+                    TakenBack::GiveUp
+                } else {
+                    model.move_on(id)
+                };
+                let label = match expected {
+                    TakenBack::Lost => "[targeted]",
+                    TakenBack::GiveUp => "[deliveries]",
+                    TakenBack::Stopped => "[stop]",
+                    _ => "[exactly-once]",
+                };
+                ensure!(
+                    got == expected,
+                    "{label} {}: {got:?}, the reference {expected:?}",
+                    at()
+                );
+                if matches!(
+                    expected,
+                    TakenBack::Lost | TakenBack::GiveUp | TakenBack::Stopped
+                ) {
+                    model.tasks.remove(&id);
+                    ensure!(real.end(id) == Some(from), "[exactly-once] {}", at());
+                }
+            }
+            Step::PlaceWaiting(i) => {
+                let waiting: Vec<TaskId> = model
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| t.waiting)
+                    .map(|(id, _)| *id)
+                    .collect();
+                let Some(&id) = waiting.get(i % waiting.len().max(1)) else {
+                    continue;
+                };
+                let got = real.place_waiting(id);
+                let expected = model.move_on(id);
+                ensure!(
+                    got == expected,
+                    "[stop] {}: {got:?}, the reference {expected:?}",
+                    at()
+                );
+                if expected == TakenBack::Stopped {
+                    model.tasks.remove(&id);
+                    ensure!(real.end(id).is_some(), "[exactly-once] {}", at());
+                }
+            }
+            Step::Close => {
+                if mutation != Mutation::IgnoreClose {
+                    real.close();
+                }
+                model.closed = true;
+            }
+        }
+        invariants(&real, &model).map_err(|e| format!("{e} after {}", at()))?;
+    }
+    Ok(())
+}
+
+/// What must hold after every step.
+fn invariants(real: &Members<Key>, model: &Reference) -> Result<(), String> {
+    ensure!(
+        real.len() == model.tasks.len(),
+        "[exactly-once] {} tasks under way, the reference {}",
+        real.len(),
+        model.tasks.len()
+    );
+    for (id, task) in &model.tasks {
+        ensure!(
+            real.holder(*id) == Some(&task.holder),
+            "[exactly-once] task {id} held by {:?}, not {}",
+            real.holder(*id),
+            task.holder
+        );
+        ensure!(
+            real.holds(*id, &task.holder) != task.waiting,
+            "[exactly-once] task {id}: waiting is {}",
+            task.waiting
+        );
+    }
+    for (key, _) in &model.live {
+        ensure!(
+            real.backlog(key) == Some(model.held(*key)),
+            "[backlog] member {key}: backlog {:?}, holding {}",
+            real.backlog(key),
+            model.held(*key)
+        );
+    }
+    let live: Vec<Key> = real.live().copied().collect();
+    let expected: Vec<Key> = model.live.iter().map(|(k, _)| *k).collect();
+    ensure!(
+        live == expected,
+        "[routing] live members {live:?}, the reference {expected:?}"
+    );
+    Ok(())
+}
