@@ -55,6 +55,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     /// Ends a task as `member` reports (its last run's next message), if it holds the task.
     pub(super) fn on_end(&self, member: &str, end: EndMsg) -> Result<(), String> {
         let mut inner = self.lock();
+        let held = inner.holds(end.id, member);
         let Some(p) = inner.tasks.get_mut(&end.id) else {
             tracing::debug!(
                 member,
@@ -63,7 +64,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             );
             return Ok(());
         };
-        if !p.held_by(member) {
+        if !held {
             return Err(format!(
                 "the end of task {} from member {member}, which does not hold it",
                 end.id
@@ -94,10 +95,11 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             return Ok(());
         };
         let what = || format!("an output of task {id} from member {member}");
+        let held = inner.holds(id, member);
         let Some(p) = inner.tasks.get_mut(&id) else {
             return Err(format!("{}, a task that ended", what()));
         };
-        if !p.held_by(member) {
+        if !held {
             return Err(format!("{}, which does not hold the task", what()));
         }
         if let Some(e) = dropped {

@@ -1,9 +1,10 @@
 //! Configuring and starting a [`Pool`]: the builder, its settings, the pool's streams.
 
 use super::arrivals::{read_up, send_acks};
+use super::inner::Inner;
 use super::lease::Lease;
 use super::recover::recovery;
-use super::shared::{Inner, Shared};
+use super::shared::Shared;
 use super::tasks::{keep_lease, serve_joins, serve_members, tick, watch_streams, Subscriptions};
 use super::Pool;
 use crate::broker::{self, Broker, JetStreamApi, PING};
@@ -314,6 +315,7 @@ impl<W: Worker> Builder<W> {
         let (outputs_tx, outputs_rx) = async_channel::unbounded();
         let (acks, acks_rx) = mpsc::unbounded_channel();
         let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+        let max_deliveries = self.settings.max_deliveries;
         let shared = Arc::new(Shared {
             names,
             pool: self.pool,
@@ -324,7 +326,7 @@ impl<W: Worker> Builder<W> {
             sealer: Sealer::new(&secret),
             refused: Refusals::default(),
             stored: Default::default(),
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner::new(max_deliveries)),
             changed: Notify::new(),
             events,
             outputs_tx,

@@ -2,8 +2,9 @@
 //! must get first) and letting one go (taking back what it held).
 
 use super::handle::{MemberEvent, MemberInfo};
+use super::inner::Live;
 use super::sessions::Session;
-use super::shared::{lock, Live, Route, Shared};
+use super::shared::{lock, Shared};
 use crate::broker;
 use crate::wire::{self, Join, JoinReply};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -49,7 +50,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         }
         let replaced = {
             let inner = self.lock();
-            if inner.closed {
+            if inner.closed() {
                 // A member joining again hears of the stop (`looppool.P.stopped`) meanwhile.
                 return later("the pool is stopping".into());
             }
@@ -121,7 +122,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         loop {
             let todo = {
                 let mut inner = self.lock();
-                if inner.closed && sent.is_empty() {
+                if inner.closed() && sent.is_empty() {
                     return refuse("the pool is stopping".into());
                 }
                 if inner.departed.contains(&join.member, join.nonce) && sent.is_empty() {
@@ -136,35 +137,27 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     .map(|s| (s.set, s.payload.clone()))
                     .collect();
                 if todo.is_empty() {
-                    let outstanding = inner
-                        .tasks
-                        .values()
-                        .filter(|p| p.held_by(&info.name))
-                        .count();
+                    if inner.live(&info.name).is_some() {
+                        // Another run of the name was taken in meanwhile.
+                        return later(format!("member name {} is in use by a live run", info.name));
+                    }
                     inner
                         .sessions
                         .insert(info.name.clone(), Session::new(join.nonce));
                     // Its credit counts from nothing.
                     lock(&self.acked).insert(info.name.clone(), (join.nonce, 0));
+                    let limit = self.settings.backlog.unwrap_or(info.capacity);
+                    inner.placement.join(info.name.clone(), limit);
                     inner.members.push(Live {
                         info: info.clone(),
                         nonce: join.nonce,
                         last_seen: Instant::now(),
                         alive_seq: 0,
-                        outstanding,
-                        limit: self.settings.backlog.unwrap_or(info.capacity),
                     });
                     break;
                 }
                 todo.into_iter()
-                    .map(|(set, payload)| {
-                        let (id, handle) = inner.record(info.name.clone(), Route::Member, 0);
-                        if let Some(pending) = inner.tasks.get_mut(&id) {
-                            pending.tx = None;
-                        }
-                        drop(handle);
-                        (set, id, payload)
-                    })
+                    .map(|(set, payload)| (set, inner.record(&info.name), payload))
                     .collect::<Vec<_>>()
             };
             for (set, id, payload) in todo {
@@ -217,12 +210,9 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             };
             let gone = inner.members.remove(k);
             inner.departed.insert(member, gone.nonce);
-            if k < inner.cursor {
-                inner.cursor -= 1;
-            }
             // Until its consumer is deleted: a new run of the member waits for that.
             inner.reclaiming.insert(member.into());
-            inner.tasks.values().any(|p| p.held_by(member))
+            inner.placement.leave(&member.to_string())
         };
         tracing::info!(member, "member left: {reason}");
         let _ = self.events.send(MemberEvent::Left {

@@ -2,8 +2,10 @@
 //! stop and exactly-once guarantees.
 //!
 //! `builder` configures and starts it; `handle` holds what the program gets back (task handles,
-//! outputs, member events) and `dead` the dead letters; `shared` the bookkeeping, with
-//! `sessions` what it keeps of each member's runs; `join` the parent's side of joining and
+//! outputs, member events) and `dead` the dead letters; `shared` what the parent's tasks
+//! share, `inner` its table (placement decided by the core's sans-IO
+//! [`Members`](looppool_core::state::members::Members)), with `sessions` what it keeps of
+//! each member's runs; `join` the parent's side of joining and
 //! leaving, `reclaim` of taking a gone member's tasks back; `lease` keeps the pool to one
 //! parent; `tasks` the loops that serve the broker's subjects and streams.
 
@@ -11,6 +13,7 @@ mod arrivals;
 mod builder;
 mod dead;
 mod handle;
+mod inner;
 mod join;
 mod lease;
 mod reclaim;
@@ -26,10 +29,12 @@ use builder::Settings;
 pub use dead::DeadLetter;
 pub use handle::{Delivery, MemberEvent, MemberEvents, MemberInfo, Outputs, Stopped, TaskHandle};
 
-use self::shared::{Inner, Route, Shared, Sticky};
+use self::inner::{Inner, Sticky};
+use self::shared::Shared;
 use crate::broker;
 use crate::error::{Error, SubmitError};
 use crate::wire;
+use looppool_core::state::members::{For, Unplaced};
 use looppool_core::Worker;
 use std::fmt;
 use std::marker::PhantomData;
@@ -82,7 +87,7 @@ impl<W: Worker> Pool<W> {
     /// Unfinished tasks sent to `member`, or `None` if it is not in the pool.
     pub fn outstanding(&self, member: &str) -> Option<usize> {
         let inner = self.shared.lock();
-        inner.live(member).map(|i| inner.members[i].outstanding)
+        inner.placement.backlog(&member.to_string())
     }
 
     /// Messages on the pool's subjects the parent refused so far: not sealed with the pool's
@@ -206,39 +211,31 @@ impl<W: Worker> Pool<W> {
             Err(e) => return Err(SubmitError::Encode(task, e)),
         };
         let shared = &self.shared;
+        let named = match target {
+            Target::Any => None,
+            Target::Member(m) => Some(m.to_string()),
+        };
         let (id, member, handle) = loop {
             let mut notified = pin!(shared.changed.notified());
             notified.as_mut().enable();
             {
                 let mut inner = shared.lock();
-                if inner.closed {
+                if inner.closed() {
                     return Err(refusal(&inner, task));
                 }
                 if let Some(why) = &inner.broker_gone {
                     return Err(SubmitError::Broker(task, format!("the broker is {why}")));
                 }
-                let (k, any) = match target {
-                    Target::Any if inner.members.is_empty() => {
-                        return Err(SubmitError::NoMember(task))
+                match inner.place(named.as_ref().map_or(For::Any, For::Member)) {
+                    Ok(placed) => break placed,
+                    Err(Unplaced::Closed) => return Err(refusal(&inner, task)),
+                    Err(Unplaced::NoMember) => return Err(SubmitError::NoMember(task)),
+                    Err(Unplaced::Unknown) => {
+                        let name = named.unwrap_or_default();
+                        return Err(SubmitError::UnknownMember(task, name));
                     }
-                    Target::Any => (inner.cursor % inner.members.len(), true),
-                    Target::Member(m) => match inner.live(m) {
-                        Some(k) => (k, false),
-                        None => return Err(SubmitError::UnknownMember(task, m.into())),
-                    },
-                };
-                let live = &inner.members[k];
-                if live.outstanding < live.limit {
-                    if any {
-                        inner.cursor = k + 1;
-                    }
-                    let member = inner.members[k].info.name.clone();
-                    let route = if any { Route::Any } else { Route::Member };
-                    let (id, handle) = inner.place(k, route, 0);
-                    break (id, member, handle);
-                }
-                if !wait {
-                    return Err(SubmitError::Full(task));
+                    Err(Unplaced::Full(_)) if !wait => return Err(SubmitError::Full(task)),
+                    Err(Unplaced::Full(_)) => {}
                 }
             }
             notified.await;
@@ -264,7 +261,7 @@ impl<W: Worker> Pool<W> {
         let shared = &self.shared;
         let placed = {
             let mut inner = shared.lock();
-            if inner.closed {
+            if inner.closed() {
                 return Err(refusal(&inner, task));
             }
             if let Some(why) = &inner.broker_gone {
@@ -282,13 +279,7 @@ impl<W: Worker> Pool<W> {
             } else if inner.members.is_empty() {
                 return Err(SubmitError::NoMember(task));
             }
-            (0..inner.members.len())
-                .map(|k| {
-                    let member = inner.members[k].info.name.clone();
-                    let (id, handle) = inner.place(k, Route::Member, 0);
-                    (id, member, handle)
-                })
-                .collect::<Vec<_>>()
+            inner.broadcast()
         };
         let mut handles = Vec::with_capacity(placed.len());
         for (id, member, handle) in placed {

@@ -1,12 +1,13 @@
 //! Taking back a gone member's tasks: rerouting the untargeted ones, losing the rest, and
 //! dead-lettering a task delivered as often as the pool allows.
 
-use super::shared::{lock, Route, Shared};
+use super::shared::Shared;
 use crate::broker;
 use crate::wire::{DeadMsg, TaskMsg};
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message as JsMessage};
 use futures_util::StreamExt;
+use looppool_core::state::members::TakenBack;
 use serde::de::DeserializeOwned;
 use std::pin::pin;
 use std::sync::Arc;
@@ -19,16 +20,6 @@ pub(super) struct Waiting {
     payload: Vec<u8>,
 }
 
-/// Where a task taken back went.
-enum Rerouted {
-    /// To this member, which now holds it.
-    To(String),
-    /// Nowhere: no member is in the pool.
-    NoMember,
-    /// Nowhere: it ended meanwhile.
-    Ended,
-}
-
 impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     /// Takes back from gone member `member`'s consumer every task it held: those it had not
     /// received at once, those it had received once the ack wait ran out. Untargeted tasks go
@@ -36,10 +27,8 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     /// Returns the untargeted tasks no member was there to take: once the consumer is gone,
     /// the member itself may join again and take them ([`place_waiting`](Self::place_waiting)).
     pub(super) async fn reclaim(self: &Arc<Self>, member: &str, reason: &str) -> Vec<Waiting> {
-        let held = |shared: &Self| {
-            let inner = shared.lock();
-            inner.tasks.values().filter(|p| p.held_by(member)).count()
-        };
+        let key = member.to_string();
+        let held = |shared: &Self| shared.lock().placement.held_by(&key);
         let mut waiting = Vec::new();
         let s = &self.settings;
         // Counted from the last task taken back: waiting for room on live members is progress.
@@ -52,14 +41,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 return waiting;
             }
             if Instant::now() >= deadline {
-                let ids: Vec<u64> = {
-                    let inner = self.lock();
-                    let tasks = inner.tasks.iter();
-                    tasks
-                        .filter(|(_, p)| p.held_by(member))
-                        .map(|(id, _)| *id)
-                        .collect()
-                };
+                let ids = self.lock().placement.tasks_of(&key);
                 for id in ids {
                     let why = format!("{reason}; the broker did not give the task back");
                     self.lose(id, member, 0, why);
@@ -138,42 +120,37 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         // Deliveries to members so far: all but this one, which came to the parent, and but
         // those the member handed back unstarted.
         let to_members = u32::try_from(delivered.max(1) - 1).unwrap_or(u32::MAX);
-        let (route, prior) = {
+        let prior = {
             let mut inner = self.lock();
-            match inner.tasks.get_mut(&task.id) {
-                Some(p) if p.held_by(gone) => {
-                    let returned = std::mem::take(&mut p.returned);
-                    let prior = task
-                        .prior
-                        .saturating_add(to_members.saturating_sub(returned));
-                    (Some(p.route), prior)
-                }
-                _ => (None, task.prior.saturating_add(to_members)),
-            }
+            let held = inner.holds(task.id, gone);
+            let returned = match inner.tasks.get_mut(&task.id) {
+                Some(p) if held => std::mem::take(&mut p.returned),
+                _ => 0,
+            };
+            task.prior
+                .saturating_add(to_members.saturating_sub(returned))
         };
-        let max = self.settings.max_deliveries;
         let mut left = None;
-        match route {
-            None => {}
-            Some(Route::Member) => self.lose(task.id, gone, prior, reason.into()),
-            Some(Route::Any) if prior >= max => self.dead_letter(gone, reason, task, prior).await,
-            Some(Route::Any) => match self.reroute(task.id, gone, prior, None).await {
-                Rerouted::To(next) => {
-                    self.send_on(task.id, gone, &next, prior, task.payload)
-                        .await
-                }
-                Rerouted::Ended => {}
-                Rerouted::NoMember => {
-                    if let Some(p) = self.lock().tasks.get_mut(&task.id) {
-                        p.waiting = true;
-                    }
-                    left = Some(Waiting {
-                        id: task.id,
-                        prior,
-                        payload: task.payload,
-                    });
-                }
-            },
+        match self.reroute(task.id, gone, prior, None).await {
+            TakenBack::To(next) => {
+                self.send_on(task.id, gone, &next, prior, task.payload)
+                    .await
+            }
+            TakenBack::Lost => self.lose(task.id, gone, prior, reason.into()),
+            TakenBack::GiveUp => self.dead_letter(gone, reason, task, prior).await,
+            TakenBack::Stopped => {
+                let why =
+                    format!("{reason}; the pool stopped with no member left to take the task");
+                self.lose(task.id, gone, prior, why);
+            }
+            TakenBack::Waiting => {
+                left = Some(Waiting {
+                    id: task.id,
+                    prior,
+                    payload: task.payload,
+                });
+            }
+            TakenBack::Busy | TakenBack::NotHeld => {}
         }
         terminate(&message, gone).await;
         left
@@ -186,22 +163,22 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     pub(super) async fn place_waiting(&self, gone: &str, reason: &str, waiting: Vec<Waiting>) {
         let mut until = tokio::time::Instant::now() + self.settings.member_timeout();
         for w in waiting {
-            match self.reroute(w.id, gone, w.prior, Some(&mut until)).await {
-                Rerouted::To(next) => self.send_on(w.id, gone, &next, w.prior, w.payload).await,
-                Rerouted::Ended => {}
-                Rerouted::NoMember => {
-                    let why = if self.lock().closed {
-                        format!("{reason}; the pool stopped with no member left to take the task")
-                    } else {
-                        format!(
-                            "{reason}; no member joined within the member timeout ({:?}) to \
-                             take the task",
-                            self.settings.member_timeout()
-                        )
-                    };
-                    self.lose(w.id, gone, w.prior, why);
+            let why = match self.reroute(w.id, gone, w.prior, Some(&mut until)).await {
+                TakenBack::To(next) => {
+                    self.send_on(w.id, gone, &next, w.prior, w.payload).await;
+                    continue;
                 }
-            }
+                TakenBack::Stopped => {
+                    format!("{reason}; the pool stopped with no member left to take the task")
+                }
+                TakenBack::Waiting => format!(
+                    "{reason}; no member joined within the member timeout ({:?}) to take the \
+                     task",
+                    self.settings.member_timeout()
+                ),
+                _ => continue,
+            };
+            self.lose(w.id, gone, w.prior, why);
         }
     }
 
@@ -259,60 +236,53 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         self.lose(task.id, gone, deliveries, why);
     }
 
-    /// Moves task `id` from gone member `gone` to the next live member with room in its
-    /// backlog, waiting for room as a submission does. With no member in the pool, it waits
-    /// for one to join until `until`, if given and the pool is not stopping, else not at all.
-    /// While members are there but busy, `until` moves on: their room is what is waited for.
+    /// What becomes of task `id`, taken back from gone member `gone` after `prior`
+    /// deliveries, as the pool's placement decides: with `until`, the task waits for a member
+    /// and is offered to the members until then; without, it has just come back. Members all
+    /// busy are waited for as long as it takes (and move `until` on: their room is what is
+    /// waited for). A task that moves is counted as delivered `prior` times.
     async fn reroute(
         &self,
         id: u64,
         gone: &str,
         prior: u32,
         mut until: Option<&mut tokio::time::Instant>,
-    ) -> Rerouted {
+    ) -> TakenBack<String> {
+        let gone = gone.to_string();
         loop {
             let mut notified = pin!(self.changed.notified());
             notified.as_mut().enable();
             let deadline = {
                 let mut inner = self.lock();
                 let inner = &mut *inner;
-                if !matches!(inner.tasks.get(&id), Some(p) if p.member == gone) {
-                    return Rerouted::Ended;
-                }
-                let n = inner.members.len();
-                let roomy = (0..n)
-                    .map(|j| (inner.cursor + j) % n)
-                    .find(|&k| inner.members[k].outstanding < inner.members[k].limit);
-                if let Some(k) = roomy {
-                    inner.cursor = k + 1;
-                    let live = &mut inner.members[k];
-                    live.outstanding += 1;
-                    let name = live.info.name.clone();
-                    let p = inner.tasks.get_mut(&id).expect("checked above");
-                    p.assign(&name);
-                    let mut status = lock(&p.status);
-                    status.deliveries = prior;
-                    status.member = name.clone();
-                    return Rerouted::To(name);
-                }
-                if n > 0 {
-                    // Members, all busy: wait for room as long as it takes.
-                    let busy_until = tokio::time::Instant::now() + self.settings.member_timeout();
-                    if let Some(u) = until.as_deref_mut() {
-                        *u = busy_until;
+                let answer = match until {
+                    None => inner.placement.take_back(id, &gone, prior),
+                    Some(_) => inner.placement.place_waiting(id),
+                };
+                match answer {
+                    TakenBack::To(next) => {
+                        if let Some(p) = inner.tasks.get_mut(&id) {
+                            p.moved_to(&next, prior);
+                        }
+                        return TakenBack::To(next);
                     }
-                    busy_until
-                } else {
-                    match until.as_deref() {
-                        Some(u) if !inner.closed => *u,
-                        _ => return Rerouted::NoMember,
+                    TakenBack::Busy => {
+                        let busy = tokio::time::Instant::now() + self.settings.member_timeout();
+                        if let Some(u) = until.as_deref_mut() {
+                            *u = busy;
+                        }
+                        busy
                     }
+                    TakenBack::Waiting => match until.as_deref() {
+                        Some(u) => *u,
+                        None => return TakenBack::Waiting,
+                    },
+                    other => return other,
                 }
             };
-            if tokio::time::timeout_at(deadline, notified).await.is_err()
-                && self.lock().members.is_empty()
-            {
-                return Rerouted::NoMember;
+            let timed_out = tokio::time::timeout_at(deadline, notified).await.is_err();
+            if timed_out && until.is_some() && self.lock().members.is_empty() {
+                return TakenBack::Waiting;
             }
         }
     }

@@ -1,216 +1,20 @@
 //! The pool's bookkeeping, and the parent's side of joining, leaving and taking tasks back.
 
-use super::handle::{Delivery, MemberEvent, MemberInfo, Status, TaskHandle};
-use super::sessions::{Departed, Session};
+use super::handle::{Delivery, MemberEvent};
+use super::inner::Inner;
 use super::Settings;
 use crate::broker::{self, Broker, PublishFailure};
 use crate::error::TaskError;
 use crate::seal::{Refusals, Sealer};
-use crate::wire::{Control, Credit, CtlMsg, EndMsg, Names, TaskMsg};
+use crate::wire::{Control, Credit, CtlMsg, Names, TaskMsg};
 use serde::de::DeserializeOwned;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{broadcast, mpsc, Notify};
 use tokio::task::AbortHandle;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Route {
-    /// Untargeted: goes to another member if its member dies.
-    Any,
-    /// Targeted or broadcast: lost with its member.
-    Member,
-}
-
-pub(super) struct Pending {
-    pub(super) member: String,
-    pub(super) route: Route,
-    pub(super) tx: Option<oneshot::Sender<Result<(), TaskError>>>,
-    pub(super) status: Arc<Mutex<Status>>,
-    /// Outputs received per member that ran it.
-    pub(super) seen: Vec<(String, u32)>,
-    /// An end that arrived before all the outputs it counts.
-    pub(super) parked: Option<(String, EndMsg)>,
-    /// Why an output of the task could not be delivered: the task then fails.
-    pub(super) dropped: Option<String>,
-    /// Taken back from `member`, which left, and waiting for a member to take it: no member
-    /// holds it.
-    pub(super) waiting: bool,
-    /// Deliveries to `member` it handed back unstarted when it left: not counted.
-    pub(super) returned: u32,
-}
-
-impl Pending {
-    /// Whether `member` holds the task: it was sent there and not taken back.
-    pub(super) fn held_by(&self, member: &str) -> bool {
-        !self.waiting && self.member == member
-    }
-
-    /// Gives the task to `member`. What a run of the same name counted before is forgotten:
-    /// the new run's end counts its own outputs.
-    pub(super) fn assign(&mut self, member: &str) {
-        self.member = member.into();
-        self.waiting = false;
-        self.seen.retain(|(m, _)| m != member);
-        if matches!(&self.parked, Some((m, _)) if m == member) {
-            self.parked = None;
-        }
-    }
-
-    pub(super) fn seen_from(&self, member: &str) -> u32 {
-        self.seen
-            .iter()
-            .find(|(m, _)| m == member)
-            .map_or(0, |(_, n)| *n)
-    }
-}
-
-pub(super) struct Live {
-    pub(super) info: MemberInfo,
-    /// The member's run, from its join request.
-    pub(super) nonce: u64,
-    pub(super) last_seen: Instant,
-    /// The last heartbeat's number.
-    pub(super) alive_seq: u64,
-    pub(super) outstanding: usize,
-    pub(super) limit: usize,
-}
-
-pub(super) struct Sticky {
-    pub(super) key: String,
-    /// Which setting this is (the value of `Inner::sticky_set` then).
-    pub(super) set: u64,
-    pub(super) payload: Vec<u8>,
-}
-
-#[derive(Default)]
-pub(super) struct Inner {
-    pub(super) closed: bool,
-    /// Why the pool failed for good (another parent took it over): it acts no more.
-    pub(super) failed: Option<String>,
-    /// Why submissions fail now: the broker is out of reach past the broker timeout.
-    pub(super) broker_gone: Option<String>,
-    /// The pool's streams are being made anew: joins wait.
-    pub(super) recovering: bool,
-    pub(super) next_id: u64,
-    pub(super) members: Vec<Live>,
-    pub(super) cursor: usize,
-    pub(super) tasks: HashMap<u64, Pending>,
-    /// Sticky broadcasts, in the order they were last set.
-    pub(super) sticky: Vec<Sticky>,
-    /// How many sticky broadcasts were ever set.
-    pub(super) sticky_set: u64,
-    /// Members gone whose consumers are not deleted yet (their tasks are being taken back).
-    pub(super) reclaiming: HashSet<String>,
-    /// The last run of each member name that joined.
-    pub(super) sessions: HashMap<String, Session>,
-    pub(super) departed: Departed,
-}
-
-impl Inner {
-    pub(super) fn live(&self, member: &str) -> Option<usize> {
-        self.members.iter().position(|m| m.info.name == member)
-    }
-
-    /// Records a task for live member `k`.
-    pub(super) fn place(&mut self, k: usize, route: Route, deliveries: u32) -> (u64, TaskHandle) {
-        let live = &mut self.members[k];
-        live.outstanding += 1;
-        let member = live.info.name.clone();
-        self.record(member, route, deliveries)
-    }
-
-    /// Records a task for `member` (live, or joining: then counted when it goes live).
-    pub(super) fn record(
-        &mut self,
-        member: String,
-        route: Route,
-        deliveries: u32,
-    ) -> (u64, TaskHandle) {
-        self.next_id += 1;
-        let id = self.next_id;
-        let status = Arc::new(Mutex::new(Status {
-            member: member.clone(),
-            deliveries,
-        }));
-        let (tx, rx) = oneshot::channel();
-        self.tasks.insert(
-            id,
-            Pending {
-                member,
-                route,
-                tx: Some(tx),
-                status: status.clone(),
-                seen: Vec::new(),
-                parked: None,
-                dropped: None,
-                waiting: false,
-                returned: 0,
-            },
-        );
-        (id, TaskHandle { id, status, rx })
-    }
-
-    /// Frees the place task `p` took in its member's backlog, if a member holds it.
-    pub(super) fn release(&mut self, p: &Pending) {
-        if p.waiting {
-            return;
-        }
-        if let Some(k) = self.live(&p.member) {
-            self.members[k].outstanding -= 1;
-        }
-    }
-
-    /// Ends every task under way with the error `error` makes for the member holding it.
-    pub(super) fn end_all(&mut self, error: impl Fn(&str) -> TaskError) {
-        let ids: Vec<(u64, String)> = self
-            .tasks
-            .iter()
-            .map(|(id, p)| (*id, p.member.clone()))
-            .collect();
-        for (id, member) in ids {
-            let error = error(&member);
-            self.finish(id, &member, 0, Err(error));
-        }
-    }
-
-    /// Ends task `id` with `result`, as reported by (or lost with) `member`.
-    pub(super) fn finish(
-        &mut self,
-        id: u64,
-        member: &str,
-        deliveries: u32,
-        result: Result<(), TaskError>,
-    ) {
-        let Some(mut p) = self.tasks.remove(&id) else {
-            return;
-        };
-        self.release(&p);
-        {
-            let mut status = lock(&p.status);
-            status.member = member.into();
-            status.deliveries = status.deliveries.max(deliveries);
-        }
-        let result = match (result, p.dropped.take()) {
-            (Ok(()), Some(why)) => Err(TaskError::Failed {
-                message: format!("an output of the task could not be delivered: {why}"),
-            }),
-            (result, _) => result,
-        };
-        match p.tx.take() {
-            Some(tx) => {
-                let _ = tx.send(result);
-            }
-            None => {
-                if let Err(e) = result {
-                    tracing::warn!(member, task = id, "sticky broadcast for a new member: {e}");
-                }
-            }
-        }
-    }
-}
 
 pub(super) struct Shared<O> {
     pub(super) names: Names,
@@ -301,8 +105,9 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     pub(super) fn handed_back(&self, member: &str, ids: &[u64]) {
         let mut inner = self.lock();
         for id in ids {
+            let held = inner.holds(*id, member);
             match inner.tasks.get_mut(id) {
-                Some(p) if p.held_by(member) => p.returned = p.returned.saturating_add(1),
+                Some(p) if held => p.returned = p.returned.saturating_add(1),
                 _ => tracing::debug!(member, task = id, "a task handed back it does not hold"),
             }
         }
@@ -310,11 +115,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
 
     /// Forgets a task the broker did not take.
     pub(super) fn withdraw(&self, id: u64) {
-        let mut inner = self.lock();
-        if let Some(p) = inner.tasks.remove(&id) {
-            inner.release(&p);
-        }
-        drop(inner);
+        self.lock().withdraw(id);
         self.changed.notify_waiters();
     }
 
@@ -345,7 +146,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     pub(super) fn fail(&self, reason: String) {
         tracing::error!(pool = %self.pool, "the pool failed: {reason}");
         let mut inner = self.lock();
-        inner.closed = true;
+        inner.placement.close();
         inner.failed = Some(reason.clone());
         inner.end_all(|member| TaskError::Lost {
             member: member.into(),

@@ -12,7 +12,7 @@ impl<W: Worker> Pool<W> {
     /// stay readable from [`outputs`](Self::outputs).
     pub async fn stop(&self) -> Stopped {
         let shared = &self.shared;
-        shared.lock().closed = true;
+        shared.lock().placement.close();
         shared.changed.notify_waiters();
         loop {
             let mut notified = pin!(shared.changed.notified());

@@ -134,7 +134,7 @@ pub(super) async fn serve_members<O: DeserializeOwned + Send + 'static>(
                         .refused
                         .refuse(format_args!("heartbeat {} of member {member}, a second time", alive.seq));
                 }
-                if !known && !shared.lock().closed {
+                if !known && !shared.lock().closed() {
                     let reason = "the pool does not count it in (it went silent, or the \
                                   pool restarted)".to_string();
                     shared.control(member, alive.nonce, Control::Evicted { reason }).await;
