@@ -100,12 +100,34 @@ pub enum TaskError<E = Failure> {
         /// What could not be encoded or decoded, and why.
         message: String,
     },
+    /// In a pool whose members are processes reached through a broker (`looppool-nats`): the
+    /// task cannot end. It was for one member and that member left or died, or it was
+    /// delivered as often as the pool allows, or the pool stopped with no member to run it.
+    #[error("task lost with member {member}: {reason}")]
+    MemberLost {
+        /// The member that held it last.
+        member: String,
+        /// Why.
+        reason: String,
+    },
+    /// In a pool reached through a broker: the pool was cut off from the broker past its
+    /// broker timeout. Whether the task ran is unknown, and an end reported later is ignored.
+    #[error("the broker was out of reach: {reason}")]
+    Broker {
+        /// For how long, and the last error.
+        reason: String,
+    },
 }
 
 impl<E> TaskError<E> {
-    /// Whether the task was lost with its worker (and so may be worth retrying).
+    /// Whether the task was lost with its worker or member (and so may be worth retrying).
     pub fn is_lost(&self) -> bool {
-        matches!(self, TaskError::Lost { .. })
+        matches!(self, TaskError::Lost { .. } | TaskError::MemberLost { .. })
+    }
+
+    /// Whether the task ended because the pool's broker stayed out of reach.
+    pub fn is_broker(&self) -> bool {
+        matches!(self, TaskError::Broker { .. })
     }
 
     /// The worker's error, if `process` returned one.
@@ -133,6 +155,8 @@ impl<E> TaskError<E> {
                 cause,
             },
             TaskError::Codec { message } => TaskError::Codec { message },
+            TaskError::MemberLost { member, reason } => TaskError::MemberLost { member, reason },
+            TaskError::Broker { reason } => TaskError::Broker { reason },
         }
     }
 }
@@ -141,8 +165,10 @@ impl<E> TaskError<E> {
 pub(crate) type RawTaskError = TaskError<Vec<u8>>;
 
 impl RawTaskError {
-    /// Decodes the worker's error. A decoding that fails or panics gives [`TaskError::Codec`].
-    pub(crate) fn decode<E: serde::de::DeserializeOwned>(self) -> TaskError<E> {
+    /// Decodes the worker's error, carried as its postcard encoding (as a transport that
+    /// carries tasks between hosts receives it). A decoding that fails or panics gives
+    /// [`TaskError::Codec`].
+    pub fn decode<E: serde::de::DeserializeOwned>(self) -> TaskError<E> {
         match self {
             TaskError::Failed(bytes) => {
                 let decoded = std::panic::catch_unwind(|| postcard::from_bytes::<E>(&bytes));
@@ -167,15 +193,20 @@ impl RawTaskError {
 /// A submission was refused; the task is handed back.
 #[non_exhaustive]
 pub enum SubmitError<T> {
-    /// The chosen worker cannot take it now (only from `try_*` calls): it holds its capacity
-    /// of unfinished tasks, or it is being replaced.
+    /// The chosen worker (or member) cannot take it now (only from `try_*` calls): it holds
+    /// its capacity of unfinished tasks, or it is being replaced.
     Full(T),
     /// The pool is stopping or stopped.
     Closed(T),
-    /// No worker can take it: the targeted worker does not exist or has exited, or none is alive.
+    /// No worker can take it: the targeted worker does not exist or has exited, or none is
+    /// alive (in a pool of members: no member is in the pool, or the one asked for is not).
     Unroutable(T, Refusal),
-    /// The task could not be encoded, or its encoding exceeds the frame limit.
+    /// The task could not be encoded, or its encoding exceeds the frame limit (in a pool
+    /// reached through a broker: the broker's message size limit).
     Encode(T, String),
+    /// In a pool reached through a broker: the broker did not store the task within the
+    /// broker timeout, or is out of reach.
+    Broker(T, String),
 }
 
 impl<T> SubmitError<T> {
@@ -185,7 +216,8 @@ impl<T> SubmitError<T> {
             SubmitError::Full(t)
             | SubmitError::Closed(t)
             | SubmitError::Unroutable(t, _)
-            | SubmitError::Encode(t, _) => t,
+            | SubmitError::Encode(t, _)
+            | SubmitError::Broker(t, _) => t,
         }
     }
 
@@ -215,6 +247,7 @@ impl<T> fmt::Debug for SubmitError<T> {
             SubmitError::Closed(_) => f.write_str("Closed(..)"),
             SubmitError::Unroutable(_, r) => write!(f, "Unroutable(.., {r:?})"),
             SubmitError::Encode(_, e) => write!(f, "Encode(.., {e:?})"),
+            SubmitError::Broker(_, e) => write!(f, "Broker(.., {e:?})"),
         }
     }
 }
@@ -226,6 +259,7 @@ impl<T> fmt::Display for SubmitError<T> {
             SubmitError::Closed(_) => f.write_str("the pool is stopping and accepts no new tasks"),
             SubmitError::Unroutable(_, r) => write!(f, "no worker can take the task: {r}"),
             SubmitError::Encode(_, e) => write!(f, "cannot send the task: {e}"),
+            SubmitError::Broker(_, e) => write!(f, "the broker did not take the task: {e}"),
         }
     }
 }

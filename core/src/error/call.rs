@@ -81,6 +81,26 @@ pub enum CallError<E = Failure> {
         /// The task.
         task: TaskId,
     },
+    /// In a pool of members reached through a broker: the task cannot end (its member left or
+    /// died, it was delivered as often as the pool allows, or the pool stopped with no member).
+    #[error("task {task} lost with member {member}: {reason}")]
+    MemberLost {
+        /// The task.
+        task: TaskId,
+        /// The member that held it last.
+        member: String,
+        /// Why.
+        reason: String,
+    },
+    /// In a pool reached through a broker: the broker did not take the task, or the pool was
+    /// cut off from it past its broker timeout while the task ran (`task` is then its id).
+    #[error("the broker was out of reach: {reason}")]
+    Broker {
+        /// The task, if the pool had accepted it.
+        task: Option<TaskId>,
+        /// What the broker did, or for how long it was away.
+        reason: String,
+    },
 }
 
 impl<E> CallError<E> {
@@ -92,23 +112,26 @@ impl<E> CallError<E> {
             | CallError::Closed
             | CallError::Unroutable(_)
             | CallError::Encode(_) => None,
+            CallError::Broker { task, .. } => *task,
             CallError::Failed { task, .. }
             | CallError::Panicked { task, .. }
             | CallError::TimedOut { task, .. }
             | CallError::Cancelled { task }
             | CallError::Lost { task, .. }
             | CallError::Codec { task, .. }
-            | CallError::NoOutput { task } => Some(*task),
+            | CallError::NoOutput { task }
+            | CallError::MemberLost { task, .. } => Some(*task),
         }
     }
 
     /// The call's error for a refused submission; the task is dropped.
-    pub(crate) fn refused<T>(e: SubmitError<T>) -> Self {
+    pub fn refused<T>(e: SubmitError<T>) -> Self {
         match e {
             SubmitError::Full(_) => CallError::Full,
             SubmitError::Closed(_) => CallError::Closed,
             SubmitError::Unroutable(_, r) => CallError::Unroutable(r),
             SubmitError::Encode(_, e) => CallError::Encode(e),
+            SubmitError::Broker(_, reason) => CallError::Broker { task: None, reason },
         }
     }
 
@@ -130,6 +153,15 @@ impl<E> CallError<E> {
                 cause,
             },
             TaskError::Codec { message } => CallError::Codec { task, message },
+            TaskError::MemberLost { member, reason } => CallError::MemberLost {
+                task,
+                member,
+                reason,
+            },
+            TaskError::Broker { reason } => CallError::Broker {
+                task: Some(task),
+                reason,
+            },
         }
     }
 }

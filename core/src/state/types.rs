@@ -97,6 +97,12 @@ pub enum Refusal {
         /// The worker to wait for.
         worker: usize,
     },
+    /// In a pool of members that come and go (`looppool-nats`): no member is in the pool.
+    #[error("no member is in the pool")]
+    NoMembers,
+    /// In a pool of members: the member a targeted submission named is not in the pool.
+    #[error("the member asked for is not in the pool")]
+    UnknownMember,
 }
 
 /// A worker broke the protocol; the driver ends its link.
