@@ -63,6 +63,21 @@
 //!   leaves on its own, stopping its workers; a member leaving never waits more than two
 //!   seconds for its last messages to reach the broker.
 //!
+//! # The same API as a local pool
+//!
+//! Errors are the core's: a handle resolves to [`TaskError`] with the worker's own error type
+//! in [`TaskError::Failed`] (members send it encoded; the handle decodes it), refusals are
+//! [`SubmitError`], and [`Pool::call`] (with [`Pool::call_to`] and [`Pool::try_call`]) answers
+//! with a task's first output or the flat [`CallError`]. What is a pool's own over NATS: a task
+//! lost with its member is [`TaskError::MemberLost`] (naming the member and why), a broker out
+//! of reach [`TaskError::Broker`] or [`SubmitError::Broker`], and a pool with no member, or
+//! without the member asked for, refuses with [`Refusal::NoMembers`] or
+//! [`Refusal::UnknownMember`]. Where each task goes and who holds it is decided by the core's
+//! sans-IO [`Members`](looppool_core::state::members::Members) state, which the testkit
+//! model-checks. Handles, deliveries and the output stream are this crate's (they name members,
+//! not worker numbers, and count JetStream deliveries); a call dropped early does not cancel its
+//! task, and `try_submit` is async (it stores the task before it returns).
+//!
 //! The transport is tokio-only (the official `async-nats` client). A member's connection runs
 //! on tokio; its workers may run tokio, smol or async-std: pick the local pool's worker runtime.
 //!
@@ -101,7 +116,9 @@ mod wire;
 /// The NATS client this crate uses, for [`Builder::connect_options`] and
 /// [`Member::connect_options`].
 pub use async_nats;
-pub use error::{Error, SubmitError, TaskError};
+pub use error::Error;
+pub use looppool_core::state::Refusal;
+pub use looppool_core::{CallError, Failure, SubmitError, TaskError};
 pub use member::{Left, Member};
 pub use permissions::Permissions;
 pub use pool::{

@@ -3,7 +3,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The version of these messages; a member speaking another is refused when it joins.
-pub(crate) const VERSION: u32 = 4;
+pub(crate) const VERSION: u32 = 5;
 
 /// Whether `name` can be a pool or member name: 1 to 64 ASCII letters, digits, `-` or `_`
 /// (it becomes a NATS subject token and part of stream and consumer names).
@@ -272,10 +272,13 @@ pub(crate) struct EndMsg {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Outcome {
     Done,
-    Failed(String),
+    /// The worker's error, postcard-encoded: the parent decodes it as the worker's type.
+    Failed(Vec<u8>),
     Panicked(String),
     TimedOut(u64),
     Lost(String),
+    /// The task, or the worker's error, could not be carried: why.
+    Codec(String),
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {

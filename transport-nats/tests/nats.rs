@@ -9,8 +9,8 @@
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use looppool_core::{Entry, Runtime, StartMethod};
-use looppool_nats::{Member, MemberEvent, Pool, SubmitError, TaskError};
-use looppool_testkit::conformance::{Out, Probe, Task};
+use looppool_nats::{Member, MemberEvent, Pool, Refusal, SubmitError, TaskError};
+use looppool_testkit::conformance::{Out, Probe, ProbeError, Task};
 use looppool_testkit::nats_server::{self, NatsServer};
 use members::{MemberProc, Spec};
 use std::future::Future;
@@ -75,6 +75,10 @@ fn main() {
         trial(
             "targeted_broadcast_and_sticky_broadcast_reach_the_right_members",
             routing::routing,
+        ),
+        trial(
+            "a_call_answers_with_its_tasks_first_output_and_the_cores_errors",
+            routing::calls,
         ),
         trial(
             "task_credit_is_the_consumers_max_ack_pending",

@@ -75,7 +75,7 @@ impl<W: Worker> Serving<W> {
         };
         let value: W::Task = match wire::decode(&task.payload) {
             Ok(v) => v,
-            Err(e) => return fail(Outcome::Failed(format!("cannot decode the task: {e}"))),
+            Err(e) => return fail(Outcome::Codec(format!("cannot decode the task: {e}"))),
         };
         let handle = match self.local.submit(value).await {
             Ok(h) => h,
@@ -199,14 +199,20 @@ impl<W: Worker> Serving<W> {
     }
 }
 
-/// A local task's end as the broker carries it: a worker's error as its text.
-fn local_outcome<F: std::fmt::Display>(error: looppool_core::TaskError<F>) -> Outcome {
+/// A local task's end as the broker carries it: a worker's error encoded, for the parent to
+/// decode as the worker's error type.
+fn local_outcome<F: serde::Serialize + std::fmt::Display>(
+    error: looppool_core::TaskError<F>,
+) -> Outcome {
     use looppool_core::TaskError as E;
     match error {
-        E::Failed(failure) => Outcome::Failed(failure.to_string()),
+        E::Failed(failure) => match wire::encode(&failure) {
+            Ok(bytes) => Outcome::Failed(bytes),
+            Err(e) => Outcome::Codec(format!("cannot encode the worker's error: {e}")),
+        },
         E::Panicked { message } => Outcome::Panicked(message),
         E::TimedOut { after } => Outcome::TimedOut(after.as_millis() as u64),
-        lost @ E::Lost { .. } => Outcome::Lost(lost.to_string()),
-        other => Outcome::Failed(other.to_string()),
+        E::Codec { message } => Outcome::Codec(message),
+        other => Outcome::Lost(other.to_string()),
     }
 }

@@ -230,7 +230,8 @@ impl<W: Worker> Serving<W> {
 
     /// The wire form of `item`, what it holds until confirmed, and its encoded size. An output
     /// too large for the broker goes as a note saying so, for the parent to fail its task
-    /// rather than wait for it; an error's text too long for the broker is cut.
+    /// rather than wait for it, and so does a worker's error; a panic's or loss's text too
+    /// long for the broker is cut.
     fn prepare(&self, item: Outgoing<W::Output>, limit: usize) -> Ready<W::Output> {
         match item {
             Outgoing::Output(task, delivery) => {
@@ -255,18 +256,29 @@ impl<W: Worker> Serving<W> {
                 }
             }
             Outgoing::End(mut end) => {
-                let text = match &mut end.outcome {
-                    wire::Outcome::Done | wire::Outcome::TimedOut(_) => None,
-                    wire::Outcome::Failed(t)
-                    | wire::Outcome::Panicked(t)
-                    | wire::Outcome::Lost(t) => Some(t),
-                };
-                let len = match text {
-                    Some(t) => {
+                if let wire::Outcome::Failed(bytes) = &end.outcome {
+                    if bytes.len() > limit / 2 {
+                        let size = bytes.len();
+                        tracing::error!(
+                            task = end.id,
+                            "the worker's error of {size} bytes not sent"
+                        );
+                        end.outcome = wire::Outcome::Codec(format!(
+                            "the worker's error is {size} bytes; the broker takes messages up \
+                             to {} bytes (its max_payload)",
+                            self.broker.max_payload()
+                        ));
+                    }
+                }
+                let len = match &mut end.outcome {
+                    wire::Outcome::Done | wire::Outcome::TimedOut(_) => 0,
+                    wire::Outcome::Failed(bytes) => bytes.len(),
+                    wire::Outcome::Panicked(t)
+                    | wire::Outcome::Lost(t)
+                    | wire::Outcome::Codec(t) => {
                         cut(t, limit / 2);
                         t.len()
                     }
-                    None => 0,
                 } + 32;
                 let id = end.id;
                 Ready {

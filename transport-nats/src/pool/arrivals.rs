@@ -6,9 +6,10 @@
 use super::handle::Delivery;
 use super::sessions::Arrival;
 use super::shared::{lock, Ack, Shared};
-use crate::error::TaskError;
+use crate::error::RawTaskError;
 use crate::wire::{self, EndMsg, Names, OutputMsg, Up, UpMsg};
 use futures_util::{FutureExt, StreamExt};
+use looppool_core::TaskError;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,15 +123,16 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     }
 }
 
-pub(super) fn outcome(member: &str, outcome: wire::Outcome) -> Result<(), TaskError> {
+pub(super) fn outcome(member: &str, outcome: wire::Outcome) -> Result<(), RawTaskError> {
     match outcome {
         wire::Outcome::Done => Ok(()),
-        wire::Outcome::Failed(message) => Err(TaskError::Failed { message }),
+        wire::Outcome::Failed(error) => Err(TaskError::Failed(error)),
+        wire::Outcome::Codec(message) => Err(TaskError::Codec { message }),
         wire::Outcome::Panicked(message) => Err(TaskError::Panicked { message }),
         wire::Outcome::TimedOut(ms) => Err(TaskError::TimedOut {
             after: Duration::from_millis(ms),
         }),
-        wire::Outcome::Lost(reason) => Err(TaskError::Lost {
+        wire::Outcome::Lost(reason) => Err(TaskError::MemberLost {
             member: member.into(),
             reason,
         }),
@@ -246,6 +248,15 @@ fn take_output<O: DeserializeOwned + Send + 'static>(
                 value: Some(value),
                 acks: shared.acks.clone(),
             };
+            if let Some(call) = task.and_then(|t| lock(&shared.calls).get_mut(&t).map(Option::take))
+            {
+                // A call's task: its first output is the reply, later ones are dropped (and
+                // so acknowledged).
+                if let Some(reply) = call {
+                    let _ = reply.send(delivery);
+                }
+                return Ok(());
+            }
             // Unbounded: each member has at most its result credit of outputs waiting.
             let _ = shared.outputs_tx.try_send(delivery);
         }

@@ -334,6 +334,7 @@ impl<W: Worker> Builder<W> {
             acks,
             acked: Mutex::new(HashMap::new()),
             background: Mutex::new(Vec::new()),
+            calls: Mutex::new(HashMap::new()),
             lost: lost_tx,
         });
         let subs = match Subscriptions::open(&shared).await {

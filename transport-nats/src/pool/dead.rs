@@ -11,7 +11,7 @@ use looppool_core::Worker;
 
 /// A task the pool gave up on: delivered [`max_deliveries`](crate::Builder::max_deliveries)
 /// times to members that left or died without ending it. Its handle ended with
-/// [`TaskError::Lost`](crate::TaskError::Lost) and the same reason.
+/// [`TaskError::MemberLost`](crate::TaskError::MemberLost) and the same reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DeadLetter<T> {

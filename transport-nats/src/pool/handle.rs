@@ -1,9 +1,12 @@
 //! What the program holds: task handles, output deliveries, member events.
 
 use super::shared::lock;
-use crate::error::TaskError;
+use crate::error::RawTaskError;
+use looppool_core::{Failure, TaskError};
+use serde::de::DeserializeOwned;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -77,19 +80,29 @@ pub(super) struct Status {
     pub(super) deliveries: u32,
 }
 
-/// Resolves, exactly once, to how one submitted task ended.
+/// Resolves, exactly once, to how one submitted task ended: the core's
+/// [`TaskError`], with the worker's own error type `E` in [`TaskError::Failed`].
 ///
 /// A task whose member dies is redelivered to another member, so it may run more than once;
 /// its handle still resolves once. Dropping the handle does not cancel the task.
 #[must_use = "a task handle tells how the task ended; drop it explicitly to ignore that"]
-#[derive(Debug)]
-pub struct TaskHandle {
+pub struct TaskHandle<E = Failure> {
     pub(super) id: u64,
     pub(super) status: Arc<Mutex<Status>>,
-    pub(super) rx: oneshot::Receiver<Result<(), TaskError>>,
+    pub(super) rx: oneshot::Receiver<Result<(), RawTaskError>>,
+    pub(super) error: PhantomData<fn() -> E>,
 }
 
-impl TaskHandle {
+impl<E> fmt::Debug for TaskHandle<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("id", &self.id)
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+impl<E> TaskHandle<E> {
     /// The task's id, which tags its outputs ([`Delivery::task_id`]).
     pub fn id(&self) -> u64 {
         self.id
@@ -108,17 +121,19 @@ impl TaskHandle {
     }
 }
 
-impl Future for TaskHandle {
-    type Output = Result<(), TaskError>;
+impl<E: DeserializeOwned> Future for TaskHandle<E> {
+    type Output = Result<(), TaskError<E>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.rx).poll(cx).map(|r| {
             r.unwrap_or_else(|_| {
-                Err(TaskError::Lost {
+                Err(TaskError::MemberLost {
                     member: lock(&self.status).member.clone(),
                     reason: "the pool was dropped".into(),
                 })
             })
+            // The worker's error is decoded here, by its receiver.
+            .map_err(RawTaskError::decode)
         })
     }
 }

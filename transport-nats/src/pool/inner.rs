@@ -5,9 +5,10 @@
 use super::handle::{MemberInfo, Status, TaskHandle};
 use super::sessions::{Departed, Session};
 use super::shared::lock;
-use crate::error::TaskError;
+use crate::error::RawTaskError;
 use crate::wire::EndMsg;
 use looppool_core::state::members::{For, Members, Unplaced};
+use looppool_core::TaskError;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -15,7 +16,7 @@ use tokio::sync::oneshot;
 
 /// A task under way: its handle's side and what arrived for it.
 pub(super) struct Pending {
-    pub(super) tx: Option<oneshot::Sender<Result<(), TaskError>>>,
+    pub(super) tx: Option<oneshot::Sender<Result<(), RawTaskError>>>,
     pub(super) status: Arc<Mutex<Status>>,
     /// Outputs received per member that ran it.
     pub(super) seen: Vec<(String, u32)>,
@@ -124,10 +125,10 @@ impl Inner {
 
     /// Places a new task for `target` on a member with room; returns its id, that member and
     /// its handle.
-    pub(super) fn place(
+    pub(super) fn place<E>(
         &mut self,
         target: For<'_, String>,
-    ) -> Result<(u64, String, TaskHandle), Unplaced<String>> {
+    ) -> Result<(u64, String, TaskHandle<E>), Unplaced<String>> {
         let id = self.next_id + 1;
         let member = self.placement.place(id, target)?;
         self.next_id = id;
@@ -136,7 +137,7 @@ impl Inner {
     }
 
     /// Places one copy of a broadcast on every live member.
-    pub(super) fn broadcast(&mut self) -> Vec<(u64, String, TaskHandle)> {
+    pub(super) fn broadcast<E>(&mut self) -> Vec<(u64, String, TaskHandle<E>)> {
         let mut next = self.next_id;
         let placed = self.placement.broadcast(|| {
             next += 1;
@@ -156,7 +157,7 @@ impl Inner {
         self.next_id += 1;
         let id = self.next_id;
         self.placement.record(id, member.into());
-        let handle = self.pending(id, member);
+        let handle = self.pending::<()>(id, member);
         if let Some(p) = self.tasks.get_mut(&id) {
             p.tx = None;
         }
@@ -164,7 +165,7 @@ impl Inner {
         id
     }
 
-    fn pending(&mut self, id: u64, member: &str) -> TaskHandle {
+    fn pending<E>(&mut self, id: u64, member: &str) -> TaskHandle<E> {
         let status = Arc::new(Mutex::new(Status {
             member: member.into(),
             deliveries: 0,
@@ -179,11 +180,16 @@ impl Inner {
             returned: 0,
         };
         self.tasks.insert(id, pending);
-        TaskHandle { id, status, rx }
+        TaskHandle {
+            id,
+            status,
+            rx,
+            error: std::marker::PhantomData,
+        }
     }
 
     /// Ends every task under way with the error `error` makes for the member holding it.
-    pub(super) fn end_all(&mut self, error: impl Fn(&str) -> TaskError) {
+    pub(super) fn end_all(&mut self, error: impl Fn(&str) -> RawTaskError) {
         let ids: Vec<(u64, String)> = self
             .tasks
             .keys()
@@ -201,7 +207,7 @@ impl Inner {
         id: u64,
         member: &str,
         deliveries: u32,
-        result: Result<(), TaskError>,
+        result: Result<(), RawTaskError>,
     ) {
         let Some(mut p) = self.tasks.remove(&id) else {
             return;
@@ -213,7 +219,7 @@ impl Inner {
             status.deliveries = status.deliveries.max(deliveries);
         }
         let result = match (result, p.dropped.take()) {
-            (Ok(()), Some(why)) => Err(TaskError::Failed {
+            (Ok(()), Some(why)) => Err(TaskError::Codec {
                 message: format!("an output of the task could not be delivered: {why}"),
             }),
             (result, _) => result,
@@ -224,6 +230,8 @@ impl Inner {
             }
             None => {
                 if let Err(e) = result {
+                    // The worker's error stays encoded: its type is the pool's, not this table's.
+                    let e = e.map(|bytes| format!("the worker's error ({} bytes)", bytes.len()));
                     tracing::warn!(member, task = id, "sticky broadcast for a new member: {e}");
                 }
             }

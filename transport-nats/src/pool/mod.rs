@@ -11,6 +11,7 @@
 
 mod arrivals;
 mod builder;
+mod call;
 mod dead;
 mod handle;
 mod inner;
@@ -30,17 +31,20 @@ pub use dead::DeadLetter;
 pub use handle::{Delivery, MemberEvent, MemberEvents, MemberInfo, Outputs, Stopped, TaskHandle};
 
 use self::inner::{Inner, Sticky};
-use self::shared::Shared;
+use self::shared::{lock, Shared};
 use crate::broker;
-use crate::error::{Error, SubmitError};
+use crate::error::Error;
 use crate::wire;
 use looppool_core::state::members::{For, Unplaced};
+use looppool_core::state::Refusal;
+use looppool_core::SubmitError;
 use looppool_core::Worker;
 use std::fmt;
 use std::marker::PhantomData;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// A pool of members on any number of hosts, reached through NATS JetStream.
 ///
@@ -138,13 +142,19 @@ impl<W: Worker> Pool<W> {
     }
 
     /// Submits a task to the next member in turn, waiting while that member holds its backlog.
-    pub async fn submit(&self, task: W::Task) -> Result<TaskHandle, SubmitError<W::Task>> {
-        self.submit_inner(Target::Any, task, true).await
+    pub async fn submit(
+        &self,
+        task: W::Task,
+    ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
+        self.submit_inner(Target::Any, task, true, None).await
     }
 
     /// Like [`submit`](Self::submit), refusing with [`SubmitError::Full`] instead of waiting.
-    pub async fn try_submit(&self, task: W::Task) -> Result<TaskHandle, SubmitError<W::Task>> {
-        self.submit_inner(Target::Any, task, false).await
+    pub async fn try_submit(
+        &self,
+        task: W::Task,
+    ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
+        self.submit_inner(Target::Any, task, false, None).await
     }
 
     /// Submits a task to `member`, waiting while it holds its backlog. If that member leaves
@@ -153,8 +163,9 @@ impl<W: Worker> Pool<W> {
         &self,
         member: &str,
         task: W::Task,
-    ) -> Result<TaskHandle, SubmitError<W::Task>> {
-        self.submit_inner(Target::Member(member), task, true).await
+    ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
+        self.submit_inner(Target::Member(member), task, true, None)
+            .await
     }
 
     /// Like [`submit_to`](Self::submit_to), refusing with [`SubmitError::Full`] instead of
@@ -163,13 +174,17 @@ impl<W: Worker> Pool<W> {
         &self,
         member: &str,
         task: W::Task,
-    ) -> Result<TaskHandle, SubmitError<W::Task>> {
-        self.submit_inner(Target::Member(member), task, false).await
+    ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
+        self.submit_inner(Target::Member(member), task, false, None)
+            .await
     }
 
     /// Sends a task to every live member, after everything submitted to it before; one handle
     /// per member, in the order of [`members`](Self::members).
-    pub async fn broadcast(&self, task: W::Task) -> Result<Vec<TaskHandle>, SubmitError<W::Task>> {
+    pub async fn broadcast(
+        &self,
+        task: W::Task,
+    ) -> Result<Vec<TaskHandle<W::Error>>, SubmitError<W::Task>> {
         self.broadcast_inner(None, task).await
     }
 
@@ -181,7 +196,7 @@ impl<W: Worker> Pool<W> {
         &self,
         key: &str,
         task: W::Task,
-    ) -> Result<Vec<TaskHandle>, SubmitError<W::Task>> {
+    ) -> Result<Vec<TaskHandle<W::Error>>, SubmitError<W::Task>> {
         self.broadcast_inner(Some(key), task).await
     }
 
@@ -200,12 +215,16 @@ impl<W: Worker> Pool<W> {
         Ok(payload)
     }
 
+    /// Places `task` for `target` (waiting for room if `wait`) and stores it for its member.
+    /// With `reply`, the task's first output goes there and later ones are dropped, none to
+    /// [`outputs`](Self::outputs).
     async fn submit_inner(
         &self,
         target: Target<'_>,
         task: W::Task,
         wait: bool,
-    ) -> Result<TaskHandle, SubmitError<W::Task>> {
+        reply: Option<oneshot::Sender<Delivery<W::Output>>>,
+    ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
         let payload = match self.encode(&task) {
             Ok(p) => p,
             Err(e) => return Err(SubmitError::Encode(task, e)),
@@ -229,10 +248,11 @@ impl<W: Worker> Pool<W> {
                 match inner.place(named.as_ref().map_or(For::Any, For::Member)) {
                     Ok(placed) => break placed,
                     Err(Unplaced::Closed) => return Err(refusal(&inner, task)),
-                    Err(Unplaced::NoMember) => return Err(SubmitError::NoMember(task)),
+                    Err(Unplaced::NoMember) => {
+                        return Err(SubmitError::Unroutable(task, Refusal::NoMembers))
+                    }
                     Err(Unplaced::Unknown) => {
-                        let name = named.unwrap_or_default();
-                        return Err(SubmitError::UnknownMember(task, name));
+                        return Err(SubmitError::Unroutable(task, Refusal::UnknownMember))
                     }
                     Err(Unplaced::Full(_)) if !wait => return Err(SubmitError::Full(task)),
                     Err(Unplaced::Full(_)) => {}
@@ -240,10 +260,15 @@ impl<W: Worker> Pool<W> {
             }
             notified.await;
         };
+        if let Some(reply) = reply {
+            // Before the task is stored: no output of it can have arrived.
+            shared.expect_reply(id, reply);
+        }
         match shared.send_task(id, &member, 0, payload).await {
             Ok(()) => Ok(handle),
             Err(e) => {
                 shared.withdraw(id);
+                lock(&shared.calls).remove(&id);
                 Err(SubmitError::Broker(task, e.to_string()))
             }
         }
@@ -253,7 +278,7 @@ impl<W: Worker> Pool<W> {
         &self,
         key: Option<&str>,
         task: W::Task,
-    ) -> Result<Vec<TaskHandle>, SubmitError<W::Task>> {
+    ) -> Result<Vec<TaskHandle<W::Error>>, SubmitError<W::Task>> {
         let payload = match self.encode(&task) {
             Ok(p) => p,
             Err(e) => return Err(SubmitError::Encode(task, e)),
@@ -277,7 +302,7 @@ impl<W: Worker> Pool<W> {
                     payload: payload.clone(),
                 });
             } else if inner.members.is_empty() {
-                return Err(SubmitError::NoMember(task));
+                return Err(SubmitError::Unroutable(task, Refusal::NoMembers));
             }
             inner.broadcast()
         };

@@ -4,16 +4,16 @@ use super::handle::{Delivery, MemberEvent};
 use super::inner::Inner;
 use super::Settings;
 use crate::broker::{self, Broker, PublishFailure};
-use crate::error::TaskError;
 use crate::seal::{Refusals, Sealer};
 use crate::wire::{Control, Credit, CtlMsg, Names, TaskMsg};
+use looppool_core::TaskError;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio::task::AbortHandle;
 
 pub(super) struct Shared<O> {
@@ -43,9 +43,15 @@ pub(super) struct Shared<O> {
     /// acknowledged.
     pub(super) acked: Mutex<HashMap<String, (u64, u64)>>,
     pub(super) background: Mutex<Vec<AbortHandle>>,
+    /// Tasks sent by a [`call`](super::Pool::call): where their first output goes (`None`
+    /// once it went, or once the call was dropped: later outputs are dropped).
+    pub(super) calls: Mutex<Calls<O>>,
     /// Reports of the pool's streams found gone, for the recovery.
     pub(super) lost: mpsc::UnboundedSender<String>,
 }
+
+/// Per task sent by a call, where its first output goes.
+pub(super) type Calls<O> = HashMap<u64, Option<oneshot::Sender<Delivery<O>>>>;
 
 /// An output the program took (or one it never got): its member and the member's run.
 pub(super) type Ack = (String, u64);
@@ -101,6 +107,15 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         sent
     }
 
+    /// Sends task `id`'s first output to `reply`, and none to the output stream. Forgets the
+    /// entries of calls whose tasks ended.
+    pub(super) fn expect_reply(&self, id: u64, reply: oneshot::Sender<Delivery<O>>) {
+        let inner = self.lock();
+        let mut calls = lock(&self.calls);
+        calls.retain(|task, _| inner.tasks.contains_key(task));
+        calls.insert(id, Some(reply));
+    }
+
     /// `member`, leaving, handed back tasks `ids` without starting them.
     pub(super) fn handed_back(&self, member: &str, ids: &[u64]) {
         let mut inner = self.lock();
@@ -148,7 +163,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         let mut inner = self.lock();
         inner.placement.close();
         inner.failed = Some(reason.clone());
-        inner.end_all(|member| TaskError::Lost {
+        inner.end_all(|member| TaskError::MemberLost {
             member: member.into(),
             reason: format!("the pool failed: {reason}"),
         });
@@ -160,7 +175,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     /// Ends task `id` as lost with `member`, after `deliveries` deliveries to members (0: as
     /// many as counted so far).
     pub(super) fn lose(&self, id: u64, member: &str, deliveries: u32, reason: String) {
-        let error = TaskError::Lost {
+        let error = TaskError::MemberLost {
             member: member.into(),
             reason,
         };

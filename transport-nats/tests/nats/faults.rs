@@ -11,11 +11,25 @@ pub(super) async fn failures() -> Result<(), Failed> {
     pool.wait_for_members(1, Duration::from_secs(30)).await?;
     let failed = pool.submit(Task::Fail("no luck".into())).await?.await;
     check(
-        failed
-            == Err(TaskError::Failed {
-                message: "no luck".into(),
-            }),
+        failed == Err(TaskError::Failed(ProbeError::Message("no luck".into()))),
         || format!("{failed:?}"),
+    )?;
+    // The worker's error arrives as its own type, as from a local pool.
+    let refused = pool.submit(Task::Refuse(7)).await?.await;
+    check(
+        refused == Err(TaskError::Failed(ProbeError::Refused { code: 7 })),
+        || format!("{refused:?}"),
+    )?;
+    // An error the member cannot encode, or whose decoding panics in the parent: the task
+    // ends saying so, and the pool goes on.
+    let unencodable = pool.submit(Task::FailUnencodable).await?.await;
+    check(matches!(&unencodable, Err(TaskError::Codec { .. })), || {
+        format!("{unencodable:?}")
+    })?;
+    let undecodable = pool.submit(Task::FailUndecodable).await?.await;
+    check(
+        matches!(&undecodable, Err(TaskError::Codec { message }) if message.contains("panicked")),
+        || format!("{undecodable:?}"),
     )?;
     let panicked = pool.submit(Task::Panic("oops".into())).await?.await;
     check(
@@ -25,7 +39,7 @@ pub(super) async fn failures() -> Result<(), Failed> {
     // The worker process dies inside its member: the task is lost with a reason naming it.
     let lost = pool.submit(Task::Exit(9)).await?.await;
     check(
-        matches!(&lost, Err(TaskError::Lost { member, reason }) if member == "m" && reason.contains("9")),
+        matches!(&lost, Err(TaskError::MemberLost { member, reason }) if member == "m" && reason.contains("9")),
         || format!("{lost:?}"),
     )?;
     // The member replaces the worker and goes on.
@@ -41,7 +55,7 @@ pub(super) async fn bad_tasks() -> Result<(), Failed> {
     let url = shared_url()?;
     let pool = start(&url, "bad").await?;
     match pool.submit(Task::Double(1)).await {
-        Err(SubmitError::NoMember(_)) => {}
+        Err(SubmitError::Unroutable(_, Refusal::NoMembers)) => {}
         other => return Err(format!("a task with no member: {other:?}").into()),
     }
     let spec = Spec::new(&url, "bad");
@@ -198,7 +212,7 @@ pub(super) async fn member_shutdown() -> Result<(), Failed> {
         for h in handles.iter_mut() {
             (&mut *h).await?;
         }
-        Ok::<(), TaskError>(())
+        Ok::<(), TaskError<ProbeError>>(())
     };
     tokio::time::timeout(Duration::from_secs(30), all)
         .await
@@ -236,11 +250,12 @@ pub(super) async fn oversized_output() -> Result<(), Failed> {
     // The server's default max_payload is 1 MiB.
     let big = pool.submit(Task::Zeros(2 << 20)).await?.await;
     check(
-        matches!(&big, Err(TaskError::Failed { message }) if message.contains("could not be delivered")),
+        matches!(&big, Err(TaskError::Codec { message }) if message.contains("could not be delivered")),
         || format!("{big:?}"),
     )?;
-    // A task that fails with a message too long for the broker ends, cut short on the way
-    // (by the worker's pool or the member), and the member goes on.
+    // A task that fails with an error too long for the broker ends, saying so with a text cut
+    // short on the way (by the worker's pool, as in a local pool, or the member), and the
+    // member goes on.
     let long = tokio::time::timeout(
         Duration::from_secs(10),
         pool.submit(Task::FailLong(2 << 20)).await?,
@@ -248,7 +263,7 @@ pub(super) async fn oversized_output() -> Result<(), Failed> {
     .await
     .map_err(|_| "a task that failed with a 2 MiB message: unresolved after 10 s")?;
     check(
-        matches!(&long, Err(TaskError::Failed { message }) if message.len() < 1 << 20),
+        matches!(&long, Err(TaskError::Codec { message }) if message.len() < 1 << 20),
         || format!("{:?}", long.map_err(|e| e.to_string().len())),
     )?;
     pool.submit(Task::Zeros(1000)).await?.await?;

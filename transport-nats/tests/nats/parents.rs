@@ -82,7 +82,7 @@ pub(super) async fn lease_lost() -> Result<(), Failed> {
     // The first parent learns it at its next renewal: its tasks end as lost, and it takes
     // no more.
     match tokio::time::timeout(Duration::from_secs(5), running).await {
-        Ok(Err(TaskError::Lost { reason, .. })) if reason.contains("took the pool over") => {}
+        Ok(Err(TaskError::MemberLost { reason, .. })) if reason.contains("took the pool over") => {}
         other => return Err(format!("the first parent's task: {other:?}").into()),
     }
     match first.submit(Task::Double(1)).await {

@@ -23,7 +23,7 @@ pub(super) async fn poison_task() -> Result<(), Failed> {
     pool.wait_for_members(3, Duration::from_secs(30)).await?;
     let mut poison = pool.submit(Task::Exit(9)).await?;
     match (&mut poison).await {
-        Err(TaskError::Lost { reason, .. }) if reason.contains("delivered 2 times") => {}
+        Err(TaskError::MemberLost { reason, .. }) if reason.contains("delivered 2 times") => {}
         other => return Err(format!("the poison task: {other:?}").into()),
     }
     check(poison.deliveries() == 2, || {
@@ -132,7 +132,7 @@ pub(super) async fn undelivered_move_at_once() -> Result<(), Failed> {
     // allowed they are not sent again.
     for h in received {
         match h.await {
-            Err(TaskError::Lost { reason, .. }) if reason.contains("delivered once") => {}
+            Err(TaskError::MemberLost { reason, .. }) if reason.contains("delivered once") => {}
             other => return Err(format!("a task the victim had: {other:?}").into()),
         }
     }
@@ -274,7 +274,8 @@ pub(super) async fn stop_ends_waiting_tasks() -> Result<(), Failed> {
     })?;
     for h in handles {
         match h.now_or_never() {
-            Some(Err(TaskError::Lost { reason, .. })) if reason.contains("the pool stopped") => {}
+            Some(Err(TaskError::MemberLost { reason, .. }))
+                if reason.contains("the pool stopped") => {}
             other => return Err(format!("a task the dead member held: {other:?}").into()),
         }
     }

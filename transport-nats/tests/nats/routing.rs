@@ -5,7 +5,7 @@ use super::{
     check, doubled, js, quick, shared_url, start, stop_all, Deadline, Failed, MemberProc, Spec,
 };
 use futures_util::future::join_all;
-use looppool_nats::{MemberEvent, Pool, SubmitError};
+use looppool_nats::{MemberEvent, Pool, Refusal, SubmitError};
 use looppool_testkit::conformance::{Out, Task};
 use std::time::Duration;
 
@@ -106,7 +106,7 @@ pub(super) async fn routing() -> Result<(), Failed> {
     )?;
     drop(d);
     match pool.submit_to("nobody", Task::Get).await {
-        Err(SubmitError::UnknownMember(_, m)) if m == "nobody" => {}
+        Err(SubmitError::Unroutable(_, Refusal::UnknownMember)) => {}
         other => return Err(format!("a task for an unknown member: {other:?}").into()),
     }
     let mut members = members;
@@ -212,4 +212,57 @@ pub(super) async fn result_credit() -> Result<(), Failed> {
         })?;
     }
     Ok(())
+}
+
+/// A call's answer is its task's first output, which, like its later ones, never reaches the
+/// output stream; its errors are the core's `CallError`, the worker's own error included.
+pub(super) async fn calls() -> Result<(), Failed> {
+    use looppool_nats::{CallError, Refusal};
+    use looppool_testkit::conformance::ProbeError;
+    let url = shared_url()?;
+    let pool = start(&url, "calls").await?;
+    let member = Spec::new(&url, "calls").spawn("m");
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let outputs = pool.outputs();
+    let answer = pool.call(Task::Emit(3)).await?;
+    check(answer == Out::Seq(0), || format!("the answer: {answer:?}"))?;
+    let answer = pool.call_to("m", Task::Double(21)).await?;
+    check(answer == Out::Doubled(42), || {
+        format!("the answer: {answer:?}")
+    })?;
+    match pool.call(Task::Sleep(1)).await {
+        Err(CallError::NoOutput { .. }) => {}
+        other => return Err(format!("a call with no output: {other:?}").into()),
+    }
+    match pool.call(Task::Refuse(3)).await {
+        Err(CallError::Failed {
+            error: ProbeError::Refused { code: 3 },
+            ..
+        }) => {}
+        other => return Err(format!("a call that failed: {other:?}").into()),
+    }
+    match pool.call_to("nobody", Task::Get).await {
+        Err(CallError::Unroutable(Refusal::UnknownMember)) => {}
+        other => return Err(format!("a call for an unknown member: {other:?}").into()),
+    }
+    // The member's backlog (its capacity, 2) is full: a try_call is refused at once.
+    let busy = [
+        pool.submit(Task::Sleep(1000)).await?,
+        pool.submit(Task::Sleep(1000)).await?,
+    ];
+    match pool.try_call(Task::Double(1)).await {
+        Err(CallError::Full) => {}
+        other => return Err(format!("a try_call with no room: {other:?}").into()),
+    }
+    for h in busy {
+        h.await?;
+    }
+    // None of the calls' outputs went to the stream: the next there is a submitted task's.
+    pool.submit(Task::Double(5)).await?.await?;
+    let d = outputs.recv().await.ok_or("outputs ended")?;
+    check(doubled(&d) == Some(10) && outputs.is_empty(), || {
+        format!("the stream had {:?} and {} more", d.value(), outputs.len())
+    })?;
+    drop(d);
+    stop_all(&pool, vec![member]).await
 }

@@ -1,0 +1,77 @@
+//! Request-reply calls: a task whose first output is the answer, as in a local pool.
+
+use super::{Pool, Target};
+use crate::pool::shared::lock;
+use looppool_core::{CallError, Worker};
+use tokio::sync::oneshot;
+
+impl<W: Worker> Pool<W> {
+    /// Sends `task` like [`submit`](Self::submit) and returns its first output: the
+    /// request-reply case, with the core's flat [`CallError`].
+    ///
+    /// The task's outputs go to this call, not to [`outputs`](Self::outputs): the first is
+    /// returned (and acknowledged), later ones are acknowledged and dropped, those of a second
+    /// run (after its member died) included. A task that completes without an output gives
+    /// [`CallError::NoOutput`]. Unlike a local pool's, dropping the future does not cancel the
+    /// task (a member is not told to drop a task): it runs on, and its outputs are dropped.
+    pub async fn call(&self, task: W::Task) -> Result<W::Output, CallError<W::Error>> {
+        self.call_inner(Target::Any, task, true).await
+    }
+
+    /// Like [`call`](Self::call), on member `member` only.
+    pub async fn call_to(
+        &self,
+        member: &str,
+        task: W::Task,
+    ) -> Result<W::Output, CallError<W::Error>> {
+        self.call_inner(Target::Member(member), task, true).await
+    }
+
+    /// Like [`call`](Self::call), but fails at once with [`CallError::Full`] instead of waiting
+    /// while the member in turn holds its backlog.
+    pub async fn try_call(&self, task: W::Task) -> Result<W::Output, CallError<W::Error>> {
+        self.call_inner(Target::Any, task, false).await
+    }
+
+    async fn call_inner(
+        &self,
+        target: Target<'_>,
+        task: W::Task,
+        wait: bool,
+    ) -> Result<W::Output, CallError<W::Error>> {
+        let (tx, mut reply) = oneshot::channel();
+        let handle = self
+            .submit_inner(target, task, wait, Some(tx))
+            .await
+            .map_err(CallError::refused)?;
+        let id = handle.id();
+        let forget = Forget {
+            calls: &self.shared.calls,
+            id,
+        };
+        let ended = handle.await;
+        drop(forget);
+        ended.map_err(|e| CallError::ended(id, e))?;
+        // A member sends a task's outputs before its end, and the parent takes the end only
+        // once it has counted them: the reply, if any, is here.
+        match reply.try_recv() {
+            Ok(delivery) => Ok(delivery.into_value()),
+            Err(_) => Err(CallError::NoOutput { task: id }),
+        }
+    }
+}
+
+/// Forgets a call's reply channel when the call ends or is dropped: its task's later outputs
+/// are dropped, not sent to the output stream.
+struct Forget<'a, O> {
+    calls: &'a std::sync::Mutex<super::shared::Calls<O>>,
+    id: u64,
+}
+
+impl<O> Drop for Forget<'_, O> {
+    fn drop(&mut self) {
+        if let Some(slot) = lock(self.calls).get_mut(&self.id) {
+            *slot = None;
+        }
+    }
+}
