@@ -120,6 +120,10 @@ fn faults_planted_in_member_placement_are_caught() {
         (M::NoGiveUp, &["[deliveries]"][..]),
         (M::IgnoreClose, &["[stop]"][..]),
         (M::RouteToFirst, &["[round-robin]"][..]),
+        (M::StuckTurn, &["[round-robin]"][..]),
+        (M::MoveIgnoresBacklog, &["[round-robin]", "[backlog]"][..]),
+        (M::TargetedMoves, &["[targeted]"][..]),
+        (M::EndKeepsPlace, &["[backlog]"][..]),
     ];
     for (mutation, labels) in expected {
         let config = Config {

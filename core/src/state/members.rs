@@ -10,11 +10,14 @@
 //!
 //! Invariants, checked by the testkit's model check (`looppool_testkit::members`):
 //! 1. a task is held by exactly one member, or waits, until it ends; it ends once;
-//! 2. no placement or move gives a member more tasks than its backlog;
+//! 2. no placement ([`place`](Members::place)) or move of a task taken back gives a member
+//!    more tasks than its backlog (a broadcast's copies and tasks recorded for a joining
+//!    member count in it, room or not);
 //! 3. untargeted tasks go to the members in turn, in join order, and a task taken back to the
 //!    next member with room; a task for one member never moves to another;
 //! 4. a task taken back after `max_deliveries` deliveries is given up on;
-//! 5. once closed, nothing is placed and nothing waits.
+//! 5. once closed, [`place`](Members::place) refuses, and a task taken back with no member to
+//!    take it ends at once rather than wait (one with a member there still moves to it).
 
 use super::TaskId;
 use std::collections::BTreeMap;
@@ -63,6 +66,15 @@ pub enum TakenBack<K> {
     NotHeld,
 }
 
+/// The faults [`Members`] can have planted, named whether or not the feature is on.
+#[derive(Clone, Copy)]
+enum FaultKind {
+    StuckTurn,
+    MoveIgnoresBacklog,
+    TargetedMoves,
+    EndKeepsPlace,
+}
+
 #[derive(Debug, Clone)]
 struct Member<K> {
     key: K,
@@ -78,6 +90,21 @@ struct Placed<K> {
     any: bool,
 }
 
+/// A fault planted in [`Members`], for the testkit to prove its model check catches it.
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Untargeted tasks do not advance the turn.
+    StuckTurn,
+    /// A task taken back goes to the next member, room or not.
+    MoveIgnoresBacklog,
+    /// A task taken back is moved whoever it was for.
+    TargetedMoves,
+    /// Ending a task does not free its place in its member's backlog.
+    EndKeepsPlace,
+}
+
 /// The routing, backlogs and task table of a pool of members. See the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct Members<K> {
@@ -86,6 +113,8 @@ pub struct Members<K> {
     tasks: BTreeMap<TaskId, Placed<K>>,
     max_deliveries: u32,
     closed: bool,
+    #[cfg(feature = "fault-injection")]
+    fault: Option<Fault>,
 }
 
 impl<K: Clone + Eq> Members<K> {
@@ -97,12 +126,40 @@ impl<K: Clone + Eq> Members<K> {
             tasks: BTreeMap::new(),
             max_deliveries: max_deliveries.max(1),
             closed: false,
+            #[cfg(feature = "fault-injection")]
+            fault: None,
         }
+    }
+
+    /// Plants `fault`.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn plant(&mut self, fault: Fault) {
+        self.fault = Some(fault);
+    }
+
+    fn planted(&self, _fault: FaultKind) -> bool {
+        #[cfg(feature = "fault-injection")]
+        {
+            let planted = match _fault {
+                FaultKind::StuckTurn => Fault::StuckTurn,
+                FaultKind::MoveIgnoresBacklog => Fault::MoveIgnoresBacklog,
+                FaultKind::TargetedMoves => Fault::TargetedMoves,
+                FaultKind::EndKeepsPlace => Fault::EndKeepsPlace,
+            };
+            self.fault == Some(planted)
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        false
     }
 
     /// Member `key` joins with a backlog of `limit` tasks: tasks are routed to it from now on.
     /// Tasks recorded for it meanwhile ([`record`](Self::record)) count in its backlog.
     /// Returns `false`, changing nothing, if it is live already.
+    ///
+    /// A key that left joins again only once every task its earlier run held was taken back
+    /// ([`take_back`](Self::take_back)): those still held would count in the new run's
+    /// backlog, and could no longer be taken back, the key being live.
     pub fn join(&mut self, key: K, limit: usize) -> bool {
         if self.is_live(&key) {
             return false;
@@ -238,7 +295,7 @@ impl<K: Clone + Eq> Members<K> {
     /// (or last held it, if it waited), if it was in the table.
     pub fn end(&mut self, id: TaskId) -> Option<K> {
         let p = self.tasks.remove(&id)?;
-        if !p.waiting {
+        if !p.waiting && !self.planted(FaultKind::EndKeepsPlace) {
             if let Some(k) = self.position(&p.holder) {
                 self.live[k].held -= 1;
             }
@@ -252,7 +309,7 @@ impl<K: Clone + Eq> Members<K> {
     pub fn take_back(&mut self, id: TaskId, from: &K, deliveries: u32) -> TakenBack<K> {
         match self.tasks.get(&id) {
             Some(p) if !p.waiting && p.holder == *from && !self.is_live(from) => {
-                if !p.any {
+                if !p.any && !self.planted(FaultKind::TargetedMoves) {
                     TakenBack::Lost
                 } else if deliveries >= self.max_deliveries {
                     TakenBack::GiveUp
@@ -275,7 +332,12 @@ impl<K: Clone + Eq> Members<K> {
     /// Moves task `id` (held by a gone member, or waiting) to the next member with room.
     /// Its gone member is not live, so it counts in no backlog until it moves.
     fn move_on(&mut self, id: TaskId) -> TakenBack<K> {
-        if let Some(k) = self.roomy() {
+        let next = if self.planted(FaultKind::MoveIgnoresBacklog) && !self.live.is_empty() {
+            Some(self.cursor % self.live.len())
+        } else {
+            self.roomy()
+        };
+        if let Some(k) = next {
             self.tasks.remove(&id);
             return TakenBack::To(self.give(id, k, true));
         }
@@ -292,11 +354,11 @@ impl<K: Clone + Eq> Members<K> {
     }
 
     fn give(&mut self, id: TaskId, k: usize, any: bool) -> K {
-        let member = &mut self.live[k];
-        member.held += 1;
-        if any {
+        if any && !self.planted(FaultKind::StuckTurn) {
             self.cursor = k + 1;
         }
+        let member = &mut self.live[k];
+        member.held += 1;
         let key = member.key.clone();
         let placed = Placed {
             holder: key.clone(),

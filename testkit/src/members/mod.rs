@@ -4,17 +4,18 @@
 //! and the invariants of [`looppool_core::state::members`] checked after every step:
 //!
 //! - `[exactly-once]` every task is held by one member or waits until it ends, and ends once;
-//! - `[backlog]` a member's backlog counts the tasks it holds, and no placement or move passes
-//!   its limit;
+//! - `[backlog]` a member's backlog counts the tasks it holds, and no placement or move of a
+//!   task taken back passes its limit;
 //! - `[round-robin]` untargeted tasks go to the members in turn, tasks taken back to the next
 //!   with room, as the reference picks; `[targeted]` a task for one member never moves to
 //!   another;
 //! - `[deliveries]` a task taken back after the most deliveries allowed is given up on;
-//! - `[stop]` once closed, nothing is placed and nothing waits.
+//! - `[stop]` once closed, nothing is placed and nothing taken back waits for a member.
 //!
-//! A [`Mutation`] plants a fault; the testkit's tests prove each is caught.
+//! A [`Mutation`] plants a fault, in the calls made to the state or inside it (through the
+//! core's `fault-injection` feature); the testkit's tests prove each is caught.
 
-use looppool_core::state::members::{For, Members, TakenBack, Unplaced};
+use looppool_core::state::members::{Fault, For, Members, TakenBack, Unplaced};
 use looppool_core::TaskId;
 use proptest::prelude::*;
 use reference::Reference;
@@ -49,6 +50,11 @@ pub enum Step {
     TakeBack(usize, u32),
     /// The waiting task at this index is offered to the members.
     PlaceWaiting(usize),
+    /// A task for member `0` only, live or not (a joining member's sticky broadcast).
+    Record(Key),
+    /// The task at this index, any, comes back as if from member `1` after `2` deliveries:
+    /// taken back only if that member is gone and holds it.
+    TakeBackFrom(usize, Key, u32),
     /// The pool stops.
     Close,
 }
@@ -72,6 +78,8 @@ pub fn cases(max_len: usize) -> impl Strategy<Value = Case> {
         4 => any::<usize>().prop_map(Step::End),
         4 => (any::<usize>(), 0u32..=4).prop_map(|(i, d)| Step::TakeBack(i, d)),
         3 => any::<usize>().prop_map(Step::PlaceWaiting),
+        1 => (0u8..4).prop_map(Step::Record),
+        1 => (any::<usize>(), 0u8..4, 0u32..=4).prop_map(|(i, k, d)| Step::TakeBackFrom(i, k, d)),
     ];
     // A stop late in the run, or none: a stop early would leave little to check after it.
     let steps = prop::collection::vec(step, 0..max_len);
@@ -100,6 +108,14 @@ pub enum Mutation {
     IgnoreClose,
     /// Untargeted tasks all go to the first member that joined.
     RouteToFirst,
+    /// Planted in the state: untargeted tasks do not advance the turn.
+    StuckTurn,
+    /// Planted in the state: a task taken back goes to the member in turn, room or not.
+    MoveIgnoresBacklog,
+    /// Planted in the state: a task for one member is moved like any other.
+    TargetedMoves,
+    /// Planted in the state: an ended task keeps its place in its member's backlog.
+    EndKeepsPlace,
 }
 
 macro_rules! ensure {
@@ -114,6 +130,16 @@ macro_rules! ensure {
 /// difference or broken invariant, labelled with its invariant.
 pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
     let mut real = Members::<Key>::new(MAX_DELIVERIES);
+    let planted = match mutation {
+        Mutation::StuckTurn => Some(Fault::StuckTurn),
+        Mutation::MoveIgnoresBacklog => Some(Fault::MoveIgnoresBacklog),
+        Mutation::TargetedMoves => Some(Fault::TargetedMoves),
+        Mutation::EndKeepsPlace => Some(Fault::EndKeepsPlace),
+        _ => None,
+    };
+    if let Some(fault) = planted {
+        real.plant(fault);
+    }
     let mut model = Reference::default();
     let mut next_id: TaskId = 0;
     let mut ended_first = false;
@@ -254,38 +280,21 @@ pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
                     continue;
                 };
                 let from = model.tasks[&id].holder;
-                let counted = if mutation == Mutation::NoGiveUp {
-                    0
-                } else {
-                    deliveries
+                take_back(&mut real, &mut model, id, from, deliveries, mutation)
+                    .map_err(|e| format!("{e} {}", at()))?;
+            }
+            Step::TakeBackFrom(i, from, deliveries) => {
+                let ids: Vec<TaskId> = model.tasks.keys().copied().collect();
+                let Some(&id) = ids.get(i % ids.len().max(1)) else {
+                    continue;
                 };
-                let got = real.take_back(id, &from, counted);
-                let task = model.tasks[&id].clone();
-                let expected = if !task.any {
-                    TakenBack::Lost
-                } else if deliveries >= MAX_DELIVERIES {
-                    TakenBack::GiveUp
-                } else {
-                    model.move_on(id)
-                };
-                let label = match expected {
-                    TakenBack::Lost => "[targeted]",
-                    TakenBack::GiveUp => "[deliveries]",
-                    TakenBack::Stopped => "[stop]",
-                    _ => "[exactly-once]",
-                };
-                ensure!(
-                    got == expected,
-                    "{label} {}: {got:?}, the reference {expected:?}",
-                    at()
-                );
-                if matches!(
-                    expected,
-                    TakenBack::Lost | TakenBack::GiveUp | TakenBack::Stopped
-                ) {
-                    model.tasks.remove(&id);
-                    ensure!(real.end(id) == Some(from), "[exactly-once] {}", at());
-                }
+                take_back(&mut real, &mut model, id, from, deliveries, mutation)
+                    .map_err(|e| format!("{e} {}", at()))?;
+            }
+            Step::Record(key) => {
+                next_id += 1;
+                real.record(next_id, key);
+                model.record(next_id, key);
             }
             Step::PlaceWaiting(i) => {
                 let waiting: Vec<TaskId> = model
@@ -317,6 +326,55 @@ pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
             }
         }
         invariants(&real, &model).map_err(|e| format!("{e} after {}", at()))?;
+    }
+    Ok(())
+}
+
+/// Task `id` comes back from `from` after `deliveries` deliveries, on both sides.
+fn take_back(
+    real: &mut Members<Key>,
+    model: &mut Reference,
+    id: TaskId,
+    from: Key,
+    deliveries: u32,
+    mutation: Mutation,
+) -> Result<(), String> {
+    let counted = if mutation == Mutation::NoGiveUp {
+        0
+    } else {
+        deliveries
+    };
+    let got = real.take_back(id, &from, counted);
+    let task = model.tasks[&id].clone();
+    let expected = if task.waiting || task.holder != from || model.limit(from).is_some() {
+        TakenBack::NotHeld
+    } else if !task.any {
+        TakenBack::Lost
+    } else if deliveries >= MAX_DELIVERIES {
+        TakenBack::GiveUp
+    } else {
+        model.move_on(id)
+    };
+    let label = match expected {
+        TakenBack::Lost => "[targeted]",
+        TakenBack::GiveUp => "[deliveries]",
+        TakenBack::Stopped => "[stop]",
+        TakenBack::NotHeld => "[exactly-once]",
+        _ => "[round-robin]",
+    };
+    ensure!(
+        got == expected,
+        "{label} task {id} from {from}: {got:?}, the reference {expected:?} at"
+    );
+    if matches!(
+        expected,
+        TakenBack::Lost | TakenBack::GiveUp | TakenBack::Stopped
+    ) {
+        model.tasks.remove(&id);
+        ensure!(
+            real.end(id) == Some(from),
+            "[exactly-once] task {id} ended at"
+        );
     }
     Ok(())
 }

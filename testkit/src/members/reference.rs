@@ -54,6 +54,16 @@ impl Reference {
         key
     }
 
+    /// A task for `key` only, live or not.
+    pub(super) fn record(&mut self, id: TaskId, key: Key) {
+        let task = RefTask {
+            holder: key,
+            waiting: false,
+            any: false,
+        };
+        self.tasks.insert(id, task);
+    }
+
     pub(super) fn move_on(&mut self, id: TaskId) -> TakenBack<Key> {
         if let Some(i) = self.roomy() {
             return TakenBack::To(self.give(id, i, true));
