@@ -83,17 +83,18 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     }
 
     /// Accepts an output from `member` (its last run's next message) if it holds its task.
-    /// Counts an output of a task (one that could not be delivered included), ending the task
-    /// if its end was waiting for it.
+    /// Counts an output of a task (one that could not be delivered included). Returns whether
+    /// the task is a call's, and its end if that was waiting for this output: the caller ends
+    /// the task ([`end_parked`](Self::end_parked)) once the output went where it goes.
     pub(super) fn on_output(
         &self,
         member: &str,
         output: &OutputMsg,
         dropped: Option<&String>,
-    ) -> Result<(), String> {
+    ) -> Result<Counted, String> {
         let mut inner = self.lock();
         let Some(id) = output.task else {
-            return Ok(());
+            return Ok(Counted::default());
         };
         let what = || format!("an output of task {id} from member {member}");
         let held = inner.holds(id, member);
@@ -112,15 +113,25 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         }
         let ready =
             matches!(&p.parked, Some((m, end)) if m == member && p.seen_from(m) >= end.outputs);
-        if ready {
-            let (m, end) = p.parked.take().expect("checked above");
-            let result = outcome(&m, end.outcome);
-            inner.finish(id, &m, end.deliveries, result);
-            drop(inner);
-            self.changed.notify_waiters();
-        }
-        Ok(())
+        let end = if ready { p.parked.take() } else { None };
+        Ok(Counted { call: p.call, end })
     }
+
+    /// Ends a task with its end that waited for its last output.
+    pub(super) fn end_parked(&self, (member, end): (String, EndMsg)) {
+        let result = outcome(&member, end.outcome);
+        self.lock().finish(end.id, &member, end.deliveries, result);
+        self.changed.notify_waiters();
+    }
+}
+
+/// What [`Shared::on_output`] found.
+#[derive(Default)]
+pub(super) struct Counted {
+    /// The task is a call's: its outputs go to the call, never to the stream.
+    call: bool,
+    /// The task's end, which waited for this output.
+    end: Option<(String, EndMsg)>,
 }
 
 pub(super) fn outcome(member: &str, outcome: wire::Outcome) -> Result<(), RawTaskError> {
@@ -230,15 +241,20 @@ fn take_output<O: DeserializeOwned + Send + 'static>(
     if let Err(why) = shared.within_credit(member, nonce) {
         // Counted for its task all the same, which then fails saying why: its end waits for
         // no output.
-        let _ = shared.on_output(member, &output, Some(&why));
+        if let Ok(Counted { end: Some(end), .. }) = shared.on_output(member, &output, Some(&why)) {
+            shared.end_parked(end);
+        }
         let _ = shared.acks.send(ack);
         return Err(why);
     }
-    if let Err(why) = shared.on_output(member, &output, value.as_ref().err()) {
-        // One of the member's outputs all the same: it returns its credit.
-        let _ = shared.acks.send(ack);
-        return Err(why);
-    }
+    let counted = match shared.on_output(member, &output, value.as_ref().err()) {
+        Ok(counted) => counted,
+        Err(why) => {
+            // One of the member's outputs all the same: it returns its credit.
+            let _ = shared.acks.send(ack);
+            return Err(why);
+        }
+    };
     match value {
         Ok(value) => {
             let delivery = Delivery {
@@ -248,22 +264,27 @@ fn take_output<O: DeserializeOwned + Send + 'static>(
                 value: Some(value),
                 acks: shared.acks.clone(),
             };
-            if let Some(call) = task.and_then(|t| lock(&shared.calls).get_mut(&t).map(Option::take))
-            {
-                // A call's task: its first output is the reply, later ones are dropped (and
-                // so acknowledged).
-                if let Some(reply) = call {
+            if counted.call {
+                // A call's task: its first output is the reply, later ones (or all, once the
+                // call is gone) are dropped, and so acknowledged.
+                let reply =
+                    task.and_then(|t| lock(&shared.calls).get_mut(&t).and_then(Option::take));
+                if let Some(reply) = reply {
                     let _ = reply.send(delivery);
                 }
-                return Ok(());
+            } else {
+                // Unbounded: each member has at most its result credit of outputs waiting.
+                let _ = shared.outputs_tx.try_send(delivery);
             }
-            // Unbounded: each member has at most its result credit of outputs waiting.
-            let _ = shared.outputs_tx.try_send(delivery);
         }
         Err(e) => {
             tracing::error!(member, task, "an output was dropped: {e}");
             let _ = shared.acks.send(ack);
         }
+    }
+    // Only now: its caller, woken by the end, finds the reply there.
+    if let Some(end) = counted.end {
+        shared.end_parked(end);
     }
     Ok(())
 }

@@ -26,6 +26,8 @@ pub(super) struct Pending {
     pub(super) dropped: Option<String>,
     /// Deliveries to its member it handed back unstarted when it left: not counted.
     pub(super) returned: u32,
+    /// Sent by a call: its outputs go to the call (`Shared::calls`), never to the stream.
+    pub(super) call: bool,
 }
 
 impl Pending {
@@ -178,6 +180,7 @@ impl Inner {
             parked: None,
             dropped: None,
             returned: 0,
+            call: false,
         };
         self.tasks.insert(id, pending);
         TaskHandle {

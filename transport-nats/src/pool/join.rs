@@ -119,9 +119,18 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         // Sticky broadcasts first, stored before any other task for the member: it is routable
         // only once none is left unsent (one set meanwhile is sent in another round).
         let mut sent = HashSet::new();
+        let mut recorded = Vec::new();
         loop {
             let todo = {
                 let mut inner = self.lock();
+                if inner.live(&info.name).is_some() {
+                    // Another run of the name was taken in meanwhile: what was recorded for
+                    // this one is forgotten (copies stored already reach that run).
+                    for id in recorded {
+                        inner.withdraw(id);
+                    }
+                    return later(format!("member name {} is in use by a live run", info.name));
+                }
                 if inner.closed() && sent.is_empty() {
                     return refuse("the pool is stopping".into());
                 }
@@ -137,10 +146,6 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     .map(|s| (s.set, s.payload.clone()))
                     .collect();
                 if todo.is_empty() {
-                    if inner.live(&info.name).is_some() {
-                        // Another run of the name was taken in meanwhile.
-                        return later(format!("member name {} is in use by a live run", info.name));
-                    }
                     inner
                         .sessions
                         .insert(info.name.clone(), Session::new(join.nonce));
@@ -157,7 +162,11 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     break;
                 }
                 todo.into_iter()
-                    .map(|(set, payload)| (set, inner.record(&info.name), payload))
+                    .map(|(set, payload)| {
+                        let id = inner.record(&info.name);
+                        recorded.push(id);
+                        (set, id, payload)
+                    })
                     .collect::<Vec<_>>()
             };
             for (set, id, payload) in todo {

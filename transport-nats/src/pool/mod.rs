@@ -246,7 +246,12 @@ impl<W: Worker> Pool<W> {
                     return Err(SubmitError::Broker(task, format!("the broker is {why}")));
                 }
                 match inner.place(named.as_ref().map_or(For::Any, For::Member)) {
-                    Ok(placed) => break placed,
+                    Ok(placed) => {
+                        if let Some(p) = inner.tasks.get_mut(&placed.0) {
+                            p.call = reply.is_some();
+                        }
+                        break placed;
+                    }
                     Err(Unplaced::Closed) => return Err(refusal(&inner, task)),
                     Err(Unplaced::NoMember) => {
                         return Err(SubmitError::Unroutable(task, Refusal::NoMembers))

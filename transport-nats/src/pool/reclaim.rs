@@ -150,7 +150,8 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     payload: task.payload,
                 });
             }
-            TakenBack::Busy | TakenBack::NotHeld => {}
+            // Ended meanwhile (`reroute` waits through `Busy`).
+            _ => {}
         }
         terminate(&message, gone).await;
         left
@@ -281,7 +282,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 }
             };
             let timed_out = tokio::time::timeout_at(deadline, notified).await.is_err();
-            if timed_out && until.is_some() && self.lock().members.is_empty() {
+            if timed_out && until.is_some() && self.lock().placement.live().next().is_none() {
                 return TakenBack::Waiting;
             }
         }
