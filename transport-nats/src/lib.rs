@@ -74,8 +74,9 @@
 //! without the member asked for, refuses with [`Refusal::NoMembers`] or
 //! [`Refusal::UnknownMember`]. Where each task goes and who holds it is decided by the core's
 //! sans-IO [`Members`](looppool_core::state::members::Members) state, which the testkit
-//! model-checks. Handles, deliveries and the output stream are this crate's (they name members,
-//! not worker numbers, and count JetStream deliveries); a call dropped early does not cancel its
+//! model-checks. Handles, deliveries and the output stream are this crate's, of the local
+//! pool's shape (a [`Delivery`] derefs to its value, [`Outputs`] is a `Stream`), but they name
+//! members, not worker numbers, and count JetStream deliveries; a call dropped early does not cancel its
 //! task, and `try_submit` is async (it stores the task before it returns).
 //!
 //! The transport is tokio-only (the official `async-nats` client). A member's connection runs

@@ -186,6 +186,14 @@ impl<O> Delivery<O> {
     }
 }
 
+impl<O> std::ops::Deref for Delivery<O> {
+    type Target = O;
+
+    fn deref(&self) -> &O {
+        self.value()
+    }
+}
+
 impl<O> Drop for Delivery<O> {
     fn drop(&mut self) {
         let _ = self
@@ -194,17 +202,31 @@ impl<O> Drop for Delivery<O> {
     }
 }
 
-/// The stream of every member's outputs.
+/// The stream of every member's outputs, in arrival order (also a `futures` `Stream`).
+///
+/// Clones share the stream: each output goes to one of them. Outputs of tasks sent by
+/// [`Pool::call`](super::Pool::call) go to their caller instead.
 #[derive(Debug)]
 pub struct Outputs<O> {
-    pub(super) rx: async_channel::Receiver<Delivery<O>>,
+    pub(super) rx: Pin<Box<async_channel::Receiver<Delivery<O>>>>,
 }
 
 impl<O> Clone for Outputs<O> {
     fn clone(&self) -> Self {
         Self {
-            rx: self.rx.clone(),
+            rx: Box::pin((*self.rx).clone()),
         }
+    }
+}
+
+impl<O> futures_util::Stream for Outputs<O> {
+    type Item = Delivery<O>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        self.rx.as_mut().poll_next(cx)
     }
 }
 

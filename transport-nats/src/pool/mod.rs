@@ -137,7 +137,7 @@ impl<W: Worker> Pool<W> {
     /// The stream of outputs. Clones share one stream: each output goes to one receiver.
     pub fn outputs(&self) -> Outputs<W::Output> {
         Outputs {
-            rx: self.shared.outputs_rx.clone(),
+            rx: Box::pin(self.shared.outputs_rx.clone()),
         }
     }
 
