@@ -74,9 +74,10 @@
 //! without the member asked for, refuses with [`Refusal::NoMembers`] or
 //! [`Refusal::UnknownMember`]. Where each task goes and who holds it is decided by the core's
 //! sans-IO [`Members`](looppool_core::state::members::Members) state, which the testkit
-//! model-checks. Handles, deliveries and the output stream are this crate's, of the local
-//! pool's shape (a [`Delivery`] derefs to its value, [`Outputs`] is a `Stream`), but they name
-//! members, not worker numbers, and count JetStream deliveries; a call dropped early does not cancel its
+//! model-checks. Outputs come as the core's [`Delivery`] in the core's [`Outputs`], naming the
+//! member that emitted each ([`Delivery::member`]) and its worker there. Task handles are this
+//! crate's, of the local pool's shape, but name the member holding the task (which changes
+//! when the task moves) and count JetStream deliveries; a call dropped early does not cancel its
 //! task, and `try_submit` is async (it stores the task before it returns).
 //!
 //! The transport is tokio-only (the official `async-nats` client). A member's connection runs
@@ -120,10 +121,11 @@ pub use async_nats;
 pub use error::Error;
 pub use looppool_core::state::Refusal;
 pub use looppool_core::{CallError, Failure, SubmitError, TaskError};
+pub use looppool_core::{Delivery, Outputs};
 pub use member::{Left, Member};
 pub use permissions::Permissions;
 pub use pool::{
-    Builder, DeadLetter, Delivery, JetStreamApi, MemberEvent, MemberEvents, MemberInfo, Outputs,
-    Pool, Stopped, TaskHandle,
+    Builder, DeadLetter, JetStreamApi, MemberEvent, MemberEvents, MemberInfo, Pool, Stopped,
+    TaskHandle,
 };
 pub use seal::{Secret, SECRET_VAR};

@@ -242,6 +242,8 @@ pub(crate) enum Up {
 pub(crate) struct OutputMsg {
     /// The task that emitted it, or `None` for an unsolicited output.
     pub(crate) task: Option<u64>,
+    /// The member's worker that emitted it.
+    pub(crate) worker: u32,
     /// The postcard encoding of the `Worker::Output`, or why the member could not send it
     /// (counted all the same, so that the task's end does not wait for it).
     pub(crate) payload: Result<Vec<u8>, String>,

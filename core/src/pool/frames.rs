@@ -79,7 +79,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     }
                 };
                 let sink: std::sync::Weak<Self> = Arc::downgrade(self);
-                let acker = Acker { sink, worker };
+                let acker = Acker::Worker { sink, worker };
                 let delivery = Delivery::new(value, worker, task, acker);
                 // Outside the lock: a delivery that cannot be handed over acknowledges itself.
                 match reply {

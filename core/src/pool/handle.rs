@@ -153,15 +153,29 @@ pub(crate) trait AckSink: Send + Sync {
 ///
 /// It holds the pool weakly: deliveries wait in the pool's own queue, and a strong reference
 /// would keep a stopped or dropped pool, and every output queued in it, alive forever.
-pub(crate) struct Acker {
-    pub(crate) sink: Weak<dyn AckSink>,
-    pub(crate) worker: usize,
+pub(crate) enum Acker {
+    /// An output of a local worker.
+    Worker {
+        sink: Weak<dyn AckSink>,
+        worker: usize,
+    },
+    /// An output of a member of a pool reached through a broker: its transport acknowledges.
+    Member(Option<Box<dyn FnOnce() + Send + Sync>>),
 }
 
 impl Drop for Acker {
     fn drop(&mut self) {
-        if let Some(sink) = self.sink.upgrade() {
-            sink.ack(self.worker);
+        match self {
+            Acker::Worker { sink, worker } => {
+                if let Some(sink) = sink.upgrade() {
+                    sink.ack(*worker);
+                }
+            }
+            Acker::Member(ack) => {
+                if let Some(ack) = ack.take() {
+                    ack();
+                }
+            }
         }
     }
 }
@@ -214,12 +228,15 @@ pub struct Delivery<O> {
     value: O,
     worker: usize,
     task: Option<TaskId>,
+    /// The member that emitted it, in a pool of members reached through a broker.
+    member: Option<Arc<str>>,
     _acker: Acker,
 }
 
 impl<O: fmt::Debug> fmt::Debug for Delivery<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Delivery")
+            .field("member", &self.member)
             .field("worker", &self.worker)
             .field("task", &self.task)
             .field("value", &self.value)
@@ -233,13 +250,40 @@ impl<O> Delivery<O> {
             value,
             worker,
             task,
+            member: None,
             _acker: acker,
         }
     }
 
-    /// The worker that emitted it.
+    /// An output of worker `worker` of member `member` of a pool reached through a broker,
+    /// for task `task`: `ack` runs once, when it is acknowledged. For transports
+    /// (`looppool-nats`).
+    #[doc(hidden)]
+    pub fn from_member(
+        value: O,
+        member: Arc<str>,
+        worker: usize,
+        task: Option<TaskId>,
+        ack: impl FnOnce() + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            value,
+            worker,
+            task,
+            member: Some(member),
+            _acker: Acker::Member(Some(Box::new(ack))),
+        }
+    }
+
+    /// The worker that emitted it (in a pool of members: its number within its member).
     pub fn worker(&self) -> usize {
         self.worker
+    }
+
+    /// The member that emitted it, in a pool of members reached through a broker
+    /// (`looppool-nats`); `None` in a local pool.
+    pub fn member(&self) -> Option<&str> {
+        self.member.as_deref()
     }
 
     /// The task it was emitted for, or `None` for an unsolicited output.
@@ -297,6 +341,12 @@ impl<O> fmt::Debug for Outputs<O> {
 impl<O> Outputs<O> {
     pub(crate) fn new(rx: async_channel::Receiver<Delivery<O>>) -> Self {
         Self { rx: Box::pin(rx) }
+    }
+
+    /// The stream of the deliveries `rx` receives, for transports (`looppool-nats`).
+    #[doc(hidden)]
+    pub fn from_channel(rx: async_channel::Receiver<Delivery<O>>) -> Self {
+        Self::new(rx)
     }
 
     /// The next output, or `None` once the pool has stopped and all were received.

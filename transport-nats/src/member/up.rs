@@ -250,7 +250,11 @@ impl<W: Worker> Serving<W> {
                 };
                 let len = payload.as_ref().map_or_else(String::len, Vec::len) + 16;
                 Ready {
-                    up: Up::Output(OutputMsg { task, payload }),
+                    up: Up::Output(OutputMsg {
+                        task,
+                        worker: u32::try_from(delivery.worker()).unwrap_or(u32::MAX),
+                        payload,
+                    }),
                     hold: Hold::Output(delivery),
                     len,
                 }

@@ -3,7 +3,6 @@
 //! tasks (taken only from the member that holds the task), and the loop that tells members
 //! how many of their outputs the program took.
 
-use super::handle::Delivery;
 use super::sessions::Arrival;
 use super::shared::{lock, Ack, Shared};
 use crate::error::RawTaskError;
@@ -257,13 +256,13 @@ fn take_output<O: DeserializeOwned + Send + 'static>(
     };
     match value {
         Ok(value) => {
-            let delivery = Delivery {
-                member: ack.0,
-                nonce: ack.1,
-                task,
-                value: Some(value),
-                acks: shared.acks.clone(),
-            };
+            let acks = shared.acks.clone();
+            let worker = usize::try_from(output.worker).unwrap_or(usize::MAX);
+            let from = Arc::from(member);
+            let delivery =
+                looppool_core::Delivery::from_member(value, from, worker, task, move || {
+                    let _ = acks.send(ack);
+                });
             if counted.call {
                 // A call's task: its first output is the reply, later ones (or all, once the
                 // call is gone) are dropped, and so acknowledged.

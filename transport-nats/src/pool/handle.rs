@@ -1,4 +1,5 @@
-//! What the program holds: task handles, output deliveries, member events.
+//! What the program holds of a NATS pool's own: task handles and member events (deliveries
+//! and the output stream are the core's).
 
 use super::shared::lock;
 use crate::error::RawTaskError;
@@ -10,7 +11,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 /// What a member told the parent when it joined.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +104,7 @@ impl<E> fmt::Debug for TaskHandle<E> {
 }
 
 impl<E> TaskHandle<E> {
-    /// The task's id, which tags its outputs ([`Delivery::task_id`]).
+    /// The task's id, which tags its outputs ([`Delivery::task_id`](looppool_core::Delivery::task_id)).
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -135,119 +136,5 @@ impl<E: DeserializeOwned> Future for TaskHandle<E> {
             // The worker's error is decoded here, by its receiver.
             .map_err(RawTaskError::decode)
         })
-    }
-}
-
-/// One output of a member's worker, acknowledged (returning one result credit to its member)
-/// when dropped.
-pub struct Delivery<O> {
-    pub(super) member: String,
-    /// The member's run that sent it.
-    pub(super) nonce: u64,
-    pub(super) task: Option<u64>,
-    pub(super) value: Option<O>,
-    pub(super) acks: mpsc::UnboundedSender<super::shared::Ack>,
-}
-
-impl<O: fmt::Debug> fmt::Debug for Delivery<O> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Delivery")
-            .field("member", &self.member)
-            .field("task", &self.task)
-            .field("value", &self.value)
-            .finish()
-    }
-}
-
-impl<O> Delivery<O> {
-    /// The member that emitted it.
-    pub fn member(&self) -> &str {
-        &self.member
-    }
-
-    /// The task that emitted it, or `None` for an unsolicited output.
-    pub fn task_id(&self) -> Option<u64> {
-        self.task
-    }
-
-    /// The output.
-    pub fn value(&self) -> &O {
-        self.value
-            .as_ref()
-            .expect("value is taken only on consumption")
-    }
-
-    /// Acknowledges it now (dropping does the same).
-    pub fn ack(self) {}
-
-    /// Takes the output, acknowledging it.
-    pub fn into_value(mut self) -> O {
-        self.value.take().expect("value is taken only once")
-    }
-}
-
-impl<O> std::ops::Deref for Delivery<O> {
-    type Target = O;
-
-    fn deref(&self) -> &O {
-        self.value()
-    }
-}
-
-impl<O> Drop for Delivery<O> {
-    fn drop(&mut self) {
-        let _ = self
-            .acks
-            .send((std::mem::take(&mut self.member), self.nonce));
-    }
-}
-
-/// The stream of every member's outputs, in arrival order (also a `futures` `Stream`).
-///
-/// Clones share the stream: each output goes to one of them. Outputs of tasks sent by
-/// [`Pool::call`](super::Pool::call) go to their caller instead.
-#[derive(Debug)]
-pub struct Outputs<O> {
-    pub(super) rx: Pin<Box<async_channel::Receiver<Delivery<O>>>>,
-}
-
-impl<O> Clone for Outputs<O> {
-    fn clone(&self) -> Self {
-        Self {
-            rx: Box::pin((*self.rx).clone()),
-        }
-    }
-}
-
-impl<O> futures_util::Stream for Outputs<O> {
-    type Item = Delivery<O>;
-
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<Option<Self::Item>> {
-        self.rx.as_mut().poll_next(cx)
-    }
-}
-
-impl<O> Outputs<O> {
-    /// The next output; `None` once the pool stopped and every output was taken.
-    pub async fn recv(&self) -> Option<Delivery<O>> {
-        self.rx.recv().await.ok()
-    }
-
-    /// The next output if one is waiting.
-    pub fn try_recv(&self) -> Option<Delivery<O>> {
-        self.rx.try_recv().ok()
-    }
-
-    /// Outputs received and waiting to be taken: at most the result credit per member.
-    pub fn len(&self) -> usize {
-        self.rx.len()
-    }
-
-    /// Whether no output is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
     }
 }

@@ -28,7 +28,8 @@ pub use crate::broker::JetStreamApi;
 pub use builder::Builder;
 use builder::Settings;
 pub use dead::DeadLetter;
-pub use handle::{Delivery, MemberEvent, MemberEvents, MemberInfo, Outputs, Stopped, TaskHandle};
+pub use handle::{MemberEvent, MemberEvents, MemberInfo, Stopped, TaskHandle};
+use looppool_core::{Delivery, Outputs};
 
 use self::inner::{Inner, Sticky};
 use self::shared::{lock, Shared};
@@ -136,9 +137,7 @@ impl<W: Worker> Pool<W> {
 
     /// The stream of outputs. Clones share one stream: each output goes to one receiver.
     pub fn outputs(&self) -> Outputs<W::Output> {
-        Outputs {
-            rx: Box::pin(self.shared.outputs_rx.clone()),
-        }
+        Outputs::from_channel(self.shared.outputs_rx.clone())
     }
 
     /// Submits a task to the next member in turn, waiting while that member holds its backlog.

@@ -1,11 +1,12 @@
 //! The pool's bookkeeping, and the parent's side of joining, leaving and taking tasks back.
 
-use super::handle::{Delivery, MemberEvent};
+use super::handle::MemberEvent;
 use super::inner::Inner;
 use super::Settings;
 use crate::broker::{self, Broker, PublishFailure};
 use crate::seal::{Refusals, Sealer};
 use crate::wire::{Control, Credit, CtlMsg, Names, TaskMsg};
+use looppool_core::Delivery;
 use looppool_core::TaskError;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;

@@ -71,6 +71,7 @@ pub(super) mod wire {
     pub(crate) enum Body {
         Output {
             task: Option<u64>,
+            worker: u32,
             payload: Result<Vec<u8>, String>,
         },
         End {

@@ -86,6 +86,7 @@ pub(super) async fn member_permissions() -> Result<(), Failed> {
         seq: 2,
         body: vec![wire::Body::Output {
             task: Some(held.id()),
+            worker: 0,
             payload: Ok(postcard::to_stdvec(&Out::Doubled(666)).unwrap()),
         }],
     };
@@ -154,6 +155,7 @@ pub(super) async fn member_permissions() -> Result<(), Failed> {
         body: (0..6)
             .map(|n| wire::Body::Output {
                 task: None,
+                worker: 0,
                 payload: Ok(postcard::to_stdvec(&Out::Doubled(n)).unwrap()),
             })
             .collect(),

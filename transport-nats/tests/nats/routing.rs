@@ -49,7 +49,7 @@ pub(super) async fn round_robin() -> Result<(), Failed> {
             .iter()
             .find(|h| h.id() == id)
             .ok_or("unknown task")?;
-        check(d.member() == h.member(), || {
+        check(d.member() == Some(h.member().as_str()), || {
             "output from another member".into()
         })?;
         values.push(doubled(&d).ok_or("not Doubled")?);
@@ -84,7 +84,7 @@ pub(super) async fn routing() -> Result<(), Failed> {
     for _ in 0..2 {
         let d = outputs.recv().await.ok_or("outputs ended")?;
         if let Out::Value { value, .. } = d.value() {
-            seen.push((d.member().to_string(), *value));
+            seen.push((d.member().unwrap_or_default().to_string(), *value));
         }
     }
     seen.sort();
@@ -101,8 +101,8 @@ pub(super) async fn routing() -> Result<(), Failed> {
     pool.submit_to("late", Task::Get).await?.await?;
     let d = outputs.recv().await.ok_or("outputs ended")?;
     check(
-        d.member() == "late" && matches!(d.value(), Out::Value { value: 7, .. }),
-        || format!("the late member saw {:?} from {}", d.value(), d.member()),
+        d.member() == Some("late") && matches!(d.value(), Out::Value { value: 7, .. }),
+        || format!("the late member saw {:?} from {:?}", d.value(), d.member()),
     )?;
     drop(d);
     match pool.submit_to("nobody", Task::Get).await {
@@ -268,5 +268,35 @@ pub(super) async fn calls() -> Result<(), Failed> {
         format!("the stream had {:?} and {} more", d.value(), outputs.len())
     })?;
     drop(d);
-    stop_all(&pool, vec![member]).await
+    // A delivery names its member and that member's worker: over a member of two worker
+    // processes, each worker number stands for one process.
+    let two = Spec {
+        workers: 2,
+        ..Spec::new(&url, "calls")
+    }
+    .spawn("two");
+    pool.wait_for_members(2, Duration::from_secs(30)).await?;
+    let mut handles = Vec::new();
+    for _ in 0..20 {
+        handles.push(pool.submit_to("two", Task::Pid).await?);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for h in handles {
+        h.await?;
+        let d = outputs.recv().await.ok_or("outputs ended")?;
+        let Out::Pid(pid) = *d else {
+            return Err(format!("not a pid: {:?}", d.value()).into());
+        };
+        check(d.member() == Some("two") && d.worker() < 2, || {
+            format!("a delivery of {:?}, worker {}", d.member(), d.worker())
+        })?;
+        seen.insert((d.worker(), pid));
+    }
+    let workers: std::collections::BTreeSet<_> = seen.iter().map(|(w, _)| w).collect();
+    let pids: std::collections::BTreeSet<_> = seen.iter().map(|(_, p)| p).collect();
+    check(
+        workers.len() == seen.len() && pids.len() == seen.len(),
+        || format!("worker numbers and processes do not match: {seen:?}"),
+    )?;
+    stop_all(&pool, vec![member, two]).await
 }

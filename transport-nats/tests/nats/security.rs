@@ -59,6 +59,7 @@ pub(super) async fn forged_messages() -> Result<(), Failed> {
         seq: 1,
         body: vec![wire::Body::Output {
             task,
+            worker: 0,
             payload: Ok(postcard::to_stdvec(&Out::Doubled(666)).unwrap()),
         }],
     };
@@ -141,9 +142,10 @@ pub(super) async fn forged_messages() -> Result<(), Failed> {
     rogue.flush().await?;
     pool.submit(Task::Double(4)).await?.await?;
     let d = outputs.recv().await.ok_or("outputs ended")?;
-    check(*d.value() == Out::Doubled(8) && d.member() == "m", || {
-        format!("the first output is {:?} from {}", d.value(), d.member())
-    })?;
+    check(
+        *d.value() == Out::Doubled(8) && d.member() == Some("m"),
+        || format!("the first output is {:?} from {:?}", d.value(), d.member()),
+    )?;
     drop(d);
     // The genuine output and end (one message or two), seen on the wire, sent again: taken
     // once.
