@@ -192,8 +192,10 @@ async fn parent(args: Args) -> Result<(), BoxError> {
         let mut redelivered = 0;
         for mut h in handles {
             (&mut h).await?;
-            *per_member.entry(h.member()).or_default() += 1;
-            if h.deliveries() > 1 {
+            *per_member
+                .entry(h.member().unwrap_or_default())
+                .or_default() += 1;
+            if h.attempts() > 1 {
                 redelivered += 1;
             }
         }

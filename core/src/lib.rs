@@ -37,6 +37,8 @@ pub mod __private {
     pub use inventory;
 }
 pub use pipe::{duplex, PipeCloser, PipeEnd};
+#[doc(hidden)]
+pub use pool::MemberTask;
 #[cfg(feature = "tower")]
 pub use pool::ServiceFuture;
 pub use pool::{

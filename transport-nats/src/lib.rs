@@ -37,7 +37,7 @@
 //!   give each a user limited to its [`Permissions`].
 //! - **Faults**: a member that dies leaves its tasks in its consumer; the parent takes back at
 //!   once those never delivered, and after the ack wait those delivered, and sends the
-//!   untargeted ones to another member with room in its backlog ([`TaskHandle::deliveries`]
+//!   untargeted ones to another member with room in its backlog ([`TaskHandle::attempts`]
 //!   counts the deliveries), or, with no member left, to the first that joins (the same one
 //!   coming back included) within one member timeout after all were taken back; they are lost
 //!   past it, or at once if the pool is stopping. Targeted and broadcast tasks are lost with
@@ -74,11 +74,12 @@
 //! without the member asked for, refuses with [`Refusal::NoMembers`] or
 //! [`Refusal::UnknownMember`]. Where each task goes and who holds it is decided by the core's
 //! sans-IO [`Members`](looppool_core::state::members::Members) state, which the testkit
-//! model-checks. Outputs come as the core's [`Delivery`] in the core's [`Outputs`], naming the
-//! member that emitted each ([`Delivery::member`]) and its worker there. Task handles are this
-//! crate's, of the local pool's shape, but name the member holding the task (which changes
-//! when the task moves) and count JetStream deliveries; a call dropped early does not cancel its
-//! task, and `try_submit` is async (it stores the task before it returns).
+//! model-checks. Handles, deliveries and the output stream are the core's [`TaskHandle`],
+//! [`Delivery`] and [`Outputs`]: `member()` names the member (on a handle, the one holding the
+//! task, which changes when it moves), `worker()` its worker that ran it, and
+//! [`TaskHandle::attempts`] counts JetStream deliveries. A member is not told to drop a task, so
+//! [`TaskHandle::abort`] returns `false` and a call dropped early does not cancel its task;
+//! `try_submit` is async (it stores the task before it returns).
 //!
 //! The transport is tokio-only (the official `async-nats` client). A member's connection runs
 //! on tokio; its workers may run tokio, smol or async-std: pick the local pool's worker runtime.
@@ -120,12 +121,12 @@ mod wire;
 pub use async_nats;
 pub use error::Error;
 pub use looppool_core::state::Refusal;
-pub use looppool_core::{CallError, Failure, SubmitError, TaskError};
-pub use looppool_core::{Delivery, Outputs};
+pub use looppool_core::{
+    CallError, Delivery, Failure, Outputs, SubmitError, TaskError, TaskHandle,
+};
 pub use member::{Left, Member};
 pub use permissions::Permissions;
 pub use pool::{
     Builder, DeadLetter, JetStreamApi, MemberEvent, MemberEvents, MemberInfo, Pool, Stopped,
-    TaskHandle,
 };
 pub use seal::{Secret, SECRET_VAR};

@@ -267,6 +267,8 @@ pub(crate) struct EndMsg {
     pub(crate) deliveries: u32,
     /// Outputs this run emitted, all sent before this message.
     pub(crate) outputs: u32,
+    /// The member's worker that ran it (0 if none did).
+    pub(crate) worker: u32,
     pub(crate) outcome: Outcome,
 }
 
@@ -311,6 +313,7 @@ mod tests {
             id: 7,
             deliveries: 2,
             outputs: 3,
+            worker: 1,
             outcome: Outcome::Failed("no".into()),
         };
         let back: EndMsg = decode(&encode(&end).unwrap()).unwrap();

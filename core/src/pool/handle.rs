@@ -60,7 +60,47 @@ pub struct TaskHandle<E = Failure> {
     rx: oneshot::Receiver<Result<(), RawTaskError>>,
     attempts: Arc<AtomicU32>,
     canceller: Weak<dyn CancelSink>,
+    /// Where the task is, in a pool of members reached through a broker.
+    member: Option<Arc<MemberTask>>,
     error: PhantomData<fn() -> E>,
+}
+
+/// Where a task of a pool of members is: the member holding it (which changes when the task
+/// moves to another member) and the worker there that ran it, once known. For transports
+/// (`looppool-nats`), which update it.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct MemberTask {
+    member: std::sync::Mutex<String>,
+    worker: std::sync::atomic::AtomicUsize,
+}
+
+impl MemberTask {
+    /// A task sent to `member`.
+    pub fn new(member: &str) -> Self {
+        Self {
+            member: std::sync::Mutex::new(member.into()),
+            worker: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The member holding the task.
+    pub fn member(&self) -> String {
+        self.member
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The task moved to `member`.
+    pub fn set_member(&self, member: &str) {
+        *self.member.lock().unwrap_or_else(|e| e.into_inner()) = member.into();
+    }
+
+    /// The member's worker that ran it.
+    pub fn set_worker(&self, worker: usize) {
+        self.worker.store(worker, Ordering::Relaxed);
+    }
 }
 
 /// Where cancellations go: the pool's shared state.
@@ -69,11 +109,21 @@ pub(crate) trait CancelSink: Send + Sync {
     fn cancel(&self, id: TaskId) -> bool;
 }
 
+/// The canceller of a pool that cannot cancel (a pool of members): never reached.
+struct NoCancel;
+
+impl CancelSink for NoCancel {
+    fn cancel(&self, _: TaskId) -> bool {
+        false
+    }
+}
+
 impl<E> fmt::Debug for TaskHandle<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskHandle")
             .field("id", &self.id)
-            .field("worker", &self.worker)
+            .field("member", &self.member())
+            .field("worker", &self.worker())
             .finish()
     }
 }
@@ -92,6 +142,29 @@ impl<E> TaskHandle<E> {
             rx,
             attempts,
             canceller,
+            member: None,
+            error: PhantomData,
+        }
+    }
+
+    /// The handle of task `id` of a pool of members reached through a broker: it resolves
+    /// through `rx`, counts its deliveries to members in `deliveries`, and is where `at` says.
+    /// It cannot be aborted. For transports (`looppool-nats`).
+    #[doc(hidden)]
+    pub fn of_member(
+        id: TaskId,
+        rx: oneshot::Receiver<Result<(), TaskError<Vec<u8>>>>,
+        deliveries: Arc<AtomicU32>,
+        at: Arc<MemberTask>,
+    ) -> Self {
+        let canceller: Weak<dyn CancelSink> = Weak::<NoCancel>::new();
+        Self {
+            id,
+            worker: 0,
+            rx,
+            attempts: deliveries,
+            canceller,
+            member: Some(at),
             error: PhantomData,
         }
     }
@@ -102,7 +175,8 @@ impl<E> TaskHandle<E> {
     /// delivered stay. A worker that does not drop it within the cancel grace (code that never
     /// yields) is killed and replaced, and the other tasks it held are sent again (see
     /// [`Builder::cancel_grace`](crate::Builder::cancel_grace)). Returns whether the task was
-    /// still running or queued.
+    /// still running or queued. A pool of members reached through a broker (`looppool-nats`)
+    /// cannot cancel: there it returns `false` and changes nothing.
     pub fn abort(&self) -> bool {
         self.canceller
             .upgrade()
@@ -110,10 +184,17 @@ impl<E> TaskHandle<E> {
     }
 
     /// How many times the task was sent to a worker: 1, plus one per retry after its worker
-    /// died (see [`Builder::retries`](crate::Builder::retries)). Read it after awaiting the
-    /// handle by reference (`(&mut handle).await`) to learn how the task got there.
+    /// died (see [`Builder::retries`](crate::Builder::retries)); in a pool of members, how many
+    /// times JetStream delivered it to a member. Read it after awaiting the handle by
+    /// reference (`(&mut handle).await`) to learn how the task got there.
     pub fn attempts(&self) -> u32 {
         self.attempts.load(Ordering::Relaxed)
+    }
+
+    /// In a pool of members reached through a broker (`looppool-nats`): the member that ran
+    /// the task (once it ended), or the one holding it; `None` in a local pool.
+    pub fn member(&self) -> Option<String> {
+        self.member.as_ref().map(|m| m.member())
     }
 
     /// The task's id, which tags its outputs (a retry keeps it).
@@ -121,9 +202,13 @@ impl<E> TaskHandle<E> {
         self.id
     }
 
-    /// The worker the task was sent to.
+    /// The worker the task was sent to; in a pool of members, the worker of its member that
+    /// ran it, once it ended.
     pub fn worker(&self) -> usize {
-        self.worker
+        match &self.member {
+            Some(m) => m.worker.load(Ordering::Relaxed),
+            None => self.worker,
+        }
     }
 }
 
@@ -132,12 +217,19 @@ impl<E: DeserializeOwned> Future for TaskHandle<E> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let worker = self.worker;
+        let member = self.member();
         Pin::new(&mut self.rx).poll(cx).map(|r| {
-            r.unwrap_or(Err(TaskError::Lost {
-                worker,
-                exit: Exit::Unknown,
-                cause: Some("the pool was dropped".into()),
-            }))
+            r.unwrap_or_else(|_| match member {
+                Some(member) => Err(TaskError::MemberLost {
+                    member,
+                    reason: "the pool was dropped".into(),
+                }),
+                None => Err(TaskError::Lost {
+                    worker,
+                    exit: Exit::Unknown,
+                    cause: Some("the pool was dropped".into()),
+                }),
+            })
             // The worker's error is decoded here, by its receiver, not on the pool's reader.
             .map_err(RawTaskError::decode)
         })

@@ -70,6 +70,7 @@ impl<W: Worker> Serving<W> {
                 local: None,
                 id,
                 deliveries,
+                worker: 0,
                 outcome,
             });
         };
@@ -86,6 +87,7 @@ impl<W: Worker> Serving<W> {
             }
         };
         let local = handle.id();
+        let worker = u32::try_from(handle.worker()).unwrap_or(u32::MAX);
         lock(&self.ids).insert(local, id);
         self.changed.notify_waiters();
         let finished = finished.clone();
@@ -98,6 +100,7 @@ impl<W: Worker> Serving<W> {
                 local: Some(local),
                 id,
                 deliveries,
+                worker,
                 outcome,
             });
         });
@@ -132,6 +135,7 @@ impl<W: Worker> Serving<W> {
                         id: f.id,
                         deliveries: f.deliveries,
                         outputs: counts.remove(&f.id).unwrap_or(0),
+                        worker: f.worker,
                         outcome: f.outcome,
                     };
                     let _ = lane.send(Outgoing::End(end));

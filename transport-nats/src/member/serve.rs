@@ -21,6 +21,8 @@ pub(super) struct Finished {
     pub(super) local: Option<TaskId>,
     pub(super) id: u64,
     pub(super) deliveries: u32,
+    /// The local worker that ran it (0 if none did).
+    pub(super) worker: u32,
     pub(super) outcome: Outcome,
 }
 

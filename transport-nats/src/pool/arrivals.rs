@@ -70,6 +70,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 end.id
             ));
         }
+        p.at.set_worker(usize::try_from(end.worker).unwrap_or(usize::MAX));
         if p.seen_from(member) < end.outputs {
             p.parked = Some((member.into(), end));
             return Ok(());

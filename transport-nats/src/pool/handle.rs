@@ -1,17 +1,7 @@
-//! What the program holds of a NATS pool's own: task handles and member events (deliveries
-//! and the output stream are the core's).
+//! What the program holds of a NATS pool's own: member events, and how a pool stopped (task
+//! handles, deliveries and the output stream are the core's).
 
-use super::shared::lock;
-use crate::error::RawTaskError;
-use looppool_core::{Failure, TaskError};
-use serde::de::DeserializeOwned;
-use std::fmt;
-use std::future::Future;
-use std::marker::PhantomData;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::Poll;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 
 /// What a member told the parent when it joined.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,68 +63,4 @@ pub struct Stopped {
     pub left: Vec<String>,
     /// Members that did not leave within the stop timeout.
     pub unresponsive: Vec<String>,
-}
-
-#[derive(Debug)]
-pub(super) struct Status {
-    pub(super) member: String,
-    pub(super) deliveries: u32,
-}
-
-/// Resolves, exactly once, to how one submitted task ended: the core's
-/// [`TaskError`], with the worker's own error type `E` in [`TaskError::Failed`].
-///
-/// A task whose member dies is redelivered to another member, so it may run more than once;
-/// its handle still resolves once. Dropping the handle does not cancel the task.
-#[must_use = "a task handle tells how the task ended; drop it explicitly to ignore that"]
-pub struct TaskHandle<E = Failure> {
-    pub(super) id: u64,
-    pub(super) status: Arc<Mutex<Status>>,
-    pub(super) rx: oneshot::Receiver<Result<(), RawTaskError>>,
-    pub(super) error: PhantomData<fn() -> E>,
-}
-
-impl<E> fmt::Debug for TaskHandle<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskHandle")
-            .field("id", &self.id)
-            .field("status", &self.status)
-            .finish()
-    }
-}
-
-impl<E> TaskHandle<E> {
-    /// The task's id, which tags its outputs ([`Delivery::task_id`](looppool_core::Delivery::task_id)).
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The member that ran the task (once it ended), or the one it was sent to.
-    pub fn member(&self) -> String {
-        lock(&self.status).member.clone()
-    }
-
-    /// How many times JetStream delivered the task to a member: 1, plus one per redelivery
-    /// after a member died holding it. Read it after awaiting the handle by reference
-    /// (`(&mut handle).await`).
-    pub fn deliveries(&self) -> u32 {
-        lock(&self.status).deliveries
-    }
-}
-
-impl<E: DeserializeOwned> Future for TaskHandle<E> {
-    type Output = Result<(), TaskError<E>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx).poll(cx).map(|r| {
-            r.unwrap_or_else(|_| {
-                Err(TaskError::MemberLost {
-                    member: lock(&self.status).member.clone(),
-                    reason: "the pool was dropped".into(),
-                })
-            })
-            // The worker's error is decoded here, by its receiver.
-            .map_err(RawTaskError::decode)
-        })
-    }
 }

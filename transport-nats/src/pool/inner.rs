@@ -2,22 +2,25 @@
 //! handles, and the core's [`Members`] placement, which decides where each task goes and
 //! which member holds it.
 
-use super::handle::{MemberInfo, Status, TaskHandle};
+use super::handle::MemberInfo;
 use super::sessions::{Departed, Session};
-use super::shared::lock;
 use crate::error::RawTaskError;
 use crate::wire::EndMsg;
+use futures_channel::oneshot;
 use looppool_core::state::members::{For, Members, Unplaced};
-use looppool_core::TaskError;
+use looppool_core::{MemberTask, TaskError, TaskHandle};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::oneshot;
 
 /// A task under way: its handle's side and what arrived for it.
 pub(super) struct Pending {
     pub(super) tx: Option<oneshot::Sender<Result<(), RawTaskError>>>,
-    pub(super) status: Arc<Mutex<Status>>,
+    /// Where the task is, as its handle tells.
+    pub(super) at: Arc<MemberTask>,
+    /// Its deliveries to members, as its handle tells.
+    pub(super) deliveries: Arc<AtomicU32>,
     /// Outputs received per member that ran it.
     pub(super) seen: Vec<(String, u32)>,
     /// An end that arrived before all the outputs it counts.
@@ -38,9 +41,8 @@ impl Pending {
         if matches!(&self.parked, Some((m, _)) if m == member) {
             self.parked = None;
         }
-        let mut status = lock(&self.status);
-        status.deliveries = deliveries;
-        status.member = member.into();
+        self.deliveries.store(deliveries, Ordering::Relaxed);
+        self.at.set_member(member);
     }
 
     pub(super) fn seen_from(&self, member: &str) -> u32 {
@@ -168,14 +170,13 @@ impl Inner {
     }
 
     fn pending<E>(&mut self, id: u64, member: &str) -> TaskHandle<E> {
-        let status = Arc::new(Mutex::new(Status {
-            member: member.into(),
-            deliveries: 0,
-        }));
+        let at = Arc::new(MemberTask::new(member));
+        let deliveries = Arc::new(AtomicU32::new(0));
         let (tx, rx) = oneshot::channel();
         let pending = Pending {
             tx: Some(tx),
-            status: status.clone(),
+            at: at.clone(),
+            deliveries: deliveries.clone(),
             seen: Vec::new(),
             parked: None,
             dropped: None,
@@ -183,12 +184,7 @@ impl Inner {
             call: false,
         };
         self.tasks.insert(id, pending);
-        TaskHandle {
-            id,
-            status,
-            rx,
-            error: std::marker::PhantomData,
-        }
+        TaskHandle::of_member(id, rx, deliveries, at)
     }
 
     /// Ends every task under way with the error `error` makes for the member holding it.
@@ -216,11 +212,8 @@ impl Inner {
             return;
         };
         self.placement.end(id);
-        {
-            let mut status = lock(&p.status);
-            status.member = member.into();
-            status.deliveries = status.deliveries.max(deliveries);
-        }
+        p.at.set_member(member);
+        p.deliveries.fetch_max(deliveries, Ordering::Relaxed);
         let result = match (result, p.dropped.take()) {
             (Ok(()), Some(why)) => Err(TaskError::Codec {
                 message: format!("an output of the task could not be delivered: {why}"),

@@ -1,12 +1,13 @@
 //! The parent: a pool whose members join over NATS, with the local pool's routing, credit,
 //! stop and exactly-once guarantees.
 //!
-//! `builder` configures and starts it; `handle` holds what the program gets back (task handles,
-//! outputs, member events) and `dead` the dead letters; `shared` what the parent's tasks
-//! share, `inner` its table (placement decided by the core's sans-IO
-//! [`Members`](looppool_core::state::members::Members)), with `sessions` what it keeps of
-//! each member's runs; `join` the parent's side of joining and
-//! leaving, `reclaim` of taking a gone member's tasks back; `lease` keeps the pool to one
+//! `builder` configures and starts it; task handles, deliveries and the output stream are the
+//! core's, and `handle` holds what else the program gets back (member events, how the pool
+//! stopped), `dead` the dead letters, `call` request-reply calls; `shared` what the parent's
+//! tasks share, `inner` its table (placement decided by the core's sans-IO
+//! [`Members`](looppool_core::state::members::Members)), with `sessions` what it keeps of each
+//! member's runs; `join` the parent's side of joining and leaving, `reclaim` of taking a gone
+//! member's tasks back, `arrivals` of members' outputs and ends; `lease` keeps the pool to one
 //! parent; `tasks` the loops that serve the broker's subjects and streams.
 
 mod arrivals;
@@ -28,8 +29,8 @@ pub use crate::broker::JetStreamApi;
 pub use builder::Builder;
 use builder::Settings;
 pub use dead::DeadLetter;
-pub use handle::{MemberEvent, MemberEvents, MemberInfo, Stopped, TaskHandle};
-use looppool_core::{Delivery, Outputs};
+pub use handle::{MemberEvent, MemberEvents, MemberInfo, Stopped};
+use looppool_core::{Delivery, Outputs, TaskHandle};
 
 use self::inner::{Inner, Sticky};
 use self::shared::{lock, Shared};

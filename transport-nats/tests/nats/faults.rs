@@ -155,8 +155,8 @@ pub(super) async fn sigkilled_member() -> Result<(), Failed> {
     for h in handles.iter_mut() {
         (&mut *h).await?;
         ended += 1;
-        if h.deliveries() >= 2 {
-            check(h.member() == "keeper", || {
+        if h.attempts() >= 2 {
+            check(h.member().as_deref() == Some("keeper"), || {
                 "redelivered to the victim".into()
             })?;
             moved += 1;
@@ -217,7 +217,10 @@ pub(super) async fn member_shutdown() -> Result<(), Failed> {
     tokio::time::timeout(Duration::from_secs(30), all)
         .await
         .map_err(|_| "tasks waited for the ack wait")??;
-    let on_staying = handles.iter().filter(|h| h.member() == "staying").count();
+    let on_staying = handles
+        .iter()
+        .filter(|h| h.member().as_deref() == Some("staying"))
+        .count();
     check(on_staying > 6, || {
         format!("{on_staying} tasks ran on the staying member")
     })?;

@@ -78,6 +78,7 @@ pub(super) mod wire {
             id: u64,
             deliveries: u32,
             outputs: u32,
+            worker: u32,
             outcome: Outcome,
         },
     }

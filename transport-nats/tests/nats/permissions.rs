@@ -68,6 +68,7 @@ pub(super) async fn member_permissions() -> Result<(), Failed> {
             id: held.id(),
             deliveries: 1,
             outputs: 0,
+            worker: 0,
             outcome: wire::Outcome::Done,
         }],
     };

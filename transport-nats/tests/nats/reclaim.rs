@@ -26,8 +26,8 @@ pub(super) async fn poison_task() -> Result<(), Failed> {
         Err(TaskError::MemberLost { reason, .. }) if reason.contains("delivered 2 times") => {}
         other => return Err(format!("the poison task: {other:?}").into()),
     }
-    check(poison.deliveries() == 2, || {
-        format!("{} deliveries", poison.deliveries())
+    check(poison.attempts() == 2, || {
+        format!("{} deliveries", poison.attempts())
     })?;
     // Two members died of it; the third never had it.
     let mut dead = 0;
@@ -106,7 +106,10 @@ pub(super) async fn undelivered_move_at_once() -> Result<(), Failed> {
     let mut running: Vec<_> = waiting.into_iter().map(Some).collect();
     while running.iter().any(Option::is_some) {
         most = most.max(pool.outstanding("keeper").unwrap_or(0));
-        let on_keeper = running.iter().flatten().any(|h| h.member() == "keeper");
+        let on_keeper = running
+            .iter()
+            .flatten()
+            .any(|h| h.member().as_deref() == Some("keeper"));
         if first_move.is_none() && on_keeper {
             first_move = Some(killed.elapsed());
         }
@@ -181,13 +184,13 @@ pub(super) async fn handed_back() -> Result<(), Failed> {
     // Round-robin over two members: of two tasks, one goes to each.
     let first = pool.submit(Task::Double(1)).await?;
     let second = pool.submit(Task::Double(2)).await?;
-    let (mut returned, other) = if first.member() == "played" {
+    let (mut returned, other) = if first.member().as_deref() == Some("played") {
         (first, second)
     } else {
         (second, first)
     };
-    check(returned.member() == "played", || {
-        format!("no task went to the played member: {}", returned.member())
+    check(returned.member().as_deref() == Some("played"), || {
+        format!("no task went to the played member: {:?}", returned.member())
     })?;
     let js = async_nats::jetstream::new(client.clone());
     let consumer: PullConsumer = js
@@ -217,12 +220,12 @@ pub(super) async fn handed_back() -> Result<(), Failed> {
         .map_err(|_| "the task handed back did not end within 20 s")?;
     check(end.is_ok(), || format!("the task handed back: {end:?}"))?;
     check(
-        returned.member() == "real" && returned.deliveries() == 1,
+        returned.member().as_deref() == Some("real") && returned.attempts() == 1,
         || {
             format!(
-                "it ended on {} after {} deliveries",
+                "it ended on {:?} after {} deliveries",
                 returned.member(),
-                returned.deliveries()
+                returned.attempts()
             )
         },
     )?;

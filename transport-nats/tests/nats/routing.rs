@@ -33,10 +33,10 @@ pub(super) async fn round_robin() -> Result<(), Failed> {
     let mut per_member = std::collections::BTreeMap::new();
     for h in handles.iter_mut() {
         (&mut *h).await?;
-        check(h.deliveries() == 1, || {
-            format!("deliveries {}", h.deliveries())
-        })?;
-        *per_member.entry(h.member()).or_insert(0) += 1;
+        check(h.attempts() == 1, || format!("deliveries {}", h.attempts()))?;
+        *per_member
+            .entry(h.member().unwrap_or_default())
+            .or_insert(0) += 1;
     }
     check(per_member.values().all(|&k| k == 10), || {
         format!("round-robin gave {per_member:?}")
@@ -49,7 +49,7 @@ pub(super) async fn round_robin() -> Result<(), Failed> {
             .iter()
             .find(|h| h.id() == id)
             .ok_or("unknown task")?;
-        check(d.member() == Some(h.member().as_str()), || {
+        check(d.member() == h.member().as_deref(), || {
             "output from another member".into()
         })?;
         values.push(doubled(&d).ok_or("not Doubled")?);
@@ -268,8 +268,8 @@ pub(super) async fn calls() -> Result<(), Failed> {
         format!("the stream had {:?} and {} more", d.value(), outputs.len())
     })?;
     drop(d);
-    // A delivery names its member and that member's worker: over a member of two worker
-    // processes, each worker number stands for one process.
+    // A delivery names its member and that member's worker, and so does its task's handle:
+    // over a member of two worker processes, each worker number stands for one process.
     let two = Spec {
         workers: 2,
         ..Spec::new(&url, "calls")
@@ -281,8 +281,8 @@ pub(super) async fn calls() -> Result<(), Failed> {
         handles.push(pool.submit_to("two", Task::Pid).await?);
     }
     let mut seen = std::collections::BTreeSet::new();
-    for h in handles {
-        h.await?;
+    let mut by_task = std::collections::HashMap::new();
+    for _ in 0..handles.len() {
         let d = outputs.recv().await.ok_or("outputs ended")?;
         let Out::Pid(pid) = *d else {
             return Err(format!("not a pid: {:?}", d.value()).into());
@@ -291,6 +291,23 @@ pub(super) async fn calls() -> Result<(), Failed> {
             format!("a delivery of {:?}, worker {}", d.member(), d.worker())
         })?;
         seen.insert((d.worker(), pid));
+        by_task.insert(d.task_id(), d.worker());
+    }
+    // The handle, the core's, names the member and its worker that ran the task.
+    for mut h in handles {
+        (&mut h).await?;
+        let emitted = by_task.get(&Some(h.id())).copied();
+        check(
+            h.member().as_deref() == Some("two") && emitted == Some(h.worker()),
+            || {
+                format!(
+                    "task {} ran on {:?} worker {}; its output came from worker {emitted:?}",
+                    h.id(),
+                    h.member(),
+                    h.worker()
+                )
+            },
+        )?;
     }
     let workers: std::collections::BTreeSet<_> = seen.iter().map(|(w, _)| w).collect();
     let pids: std::collections::BTreeSet<_> = seen.iter().map(|(_, p)| p).collect();

@@ -47,6 +47,7 @@ pub(super) async fn forged_messages() -> Result<(), Failed> {
             id: long.id(),
             deliveries: 1,
             outputs: 0,
+            worker: 0,
             outcome: wire::Outcome::Done,
         }],
     };
