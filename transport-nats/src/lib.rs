@@ -76,7 +76,8 @@
 //! sans-IO [`Members`](looppool_core::state::members::Members) state, which the testkit
 //! model-checks. Handles, deliveries and the output stream are the core's [`TaskHandle`],
 //! [`Delivery`] and [`Outputs`]: `member()` names the member (on a handle, the one holding the
-//! task, which changes when it moves), `worker()` its worker that ran it, and
+//! task, which changes when it moves), `worker()` its worker the task went to (on a handle,
+//! once the task ended), and
 //! [`TaskHandle::attempts`] counts JetStream deliveries. A member is not told to drop a task, so
 //! [`TaskHandle::abort`] returns `false` and a call dropped early does not cancel its task;
 //! `try_submit` is async (it stores the task before it returns).

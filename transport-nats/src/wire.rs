@@ -3,7 +3,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The version of these messages; a member speaking another is refused when it joins.
-pub(crate) const VERSION: u32 = 5;
+pub(crate) const VERSION: u32 = 6;
 
 /// Whether `name` can be a pool or member name: 1 to 64 ASCII letters, digits, `-` or `_`
 /// (it becomes a NATS subject token and part of stream and consumer names).

@@ -15,7 +15,9 @@ use std::task::{Context, Poll};
 /// Resolves, exactly once, to how one submitted task ended.
 ///
 /// Dropping the handle does not cancel the task, as with tokio's `JoinHandle`: it only forgoes
-/// learning how it ended ([`abort`](Self::abort) cancels it).
+/// learning how it ended ([`abort`](Self::abort) cancels it). In a pool of members reached
+/// through a broker (`looppool-nats`) a task whose member died may run again elsewhere; its
+/// handle still resolves once.
 ///
 /// ```
 /// # use looppool_core::{async_trait, BoxError, Context, Failure, Pool, StartMethod, Worker};
@@ -109,7 +111,8 @@ pub(crate) trait CancelSink: Send + Sync {
     fn cancel(&self, id: TaskId) -> bool;
 }
 
-/// The canceller of a pool that cannot cancel (a pool of members): never reached.
+/// The canceller of a pool that cannot cancel (a pool of members): only its type is used, as
+/// the target of an empty `Weak`, which never upgrades.
 struct NoCancel;
 
 impl CancelSink for NoCancel {
@@ -184,9 +187,10 @@ impl<E> TaskHandle<E> {
     }
 
     /// How many times the task was sent to a worker: 1, plus one per retry after its worker
-    /// died (see [`Builder::retries`](crate::Builder::retries)); in a pool of members, how many
-    /// times JetStream delivered it to a member. Read it after awaiting the handle by
-    /// reference (`(&mut handle).await`) to learn how the task got there.
+    /// died (see [`Builder::retries`](crate::Builder::retries)). In a pool of members, how many
+    /// times JetStream delivered it to a member, not counting deliveries a leaving member
+    /// handed back unstarted (0 until its first delivery is known). Read it after awaiting the
+    /// handle by reference (`(&mut handle).await`) to learn how the task got there.
     pub fn attempts(&self) -> u32 {
         self.attempts.load(Ordering::Relaxed)
     }
@@ -202,8 +206,8 @@ impl<E> TaskHandle<E> {
         self.id
     }
 
-    /// The worker the task was sent to; in a pool of members, the worker of its member that
-    /// ran it, once it ended.
+    /// The worker the task was sent to; in a pool of members, the worker of its member it was
+    /// sent to there, once it ended (0 until then, and for a task lost with its member).
     pub fn worker(&self) -> usize {
         match &self.member {
             Some(m) => m.worker.load(Ordering::Relaxed),
@@ -216,23 +220,24 @@ impl<E: DeserializeOwned> Future for TaskHandle<E> {
     type Output = Result<(), TaskError<E>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let ended = std::task::ready!(Pin::new(&mut self.rx).poll(cx));
         let worker = self.worker;
-        let member = self.member();
-        Pin::new(&mut self.rx).poll(cx).map(|r| {
-            r.unwrap_or_else(|_| match member {
-                Some(member) => Err(TaskError::MemberLost {
-                    member,
-                    reason: "the pool was dropped".into(),
-                }),
-                None => Err(TaskError::Lost {
-                    worker,
-                    exit: Exit::Unknown,
-                    cause: Some("the pool was dropped".into()),
-                }),
-            })
-            // The worker's error is decoded here, by its receiver, not on the pool's reader.
-            .map_err(RawTaskError::decode)
-        })
+        Poll::Ready(
+            ended
+                .unwrap_or_else(|_| match self.member() {
+                    Some(member) => Err(TaskError::MemberLost {
+                        member,
+                        reason: "the pool was dropped".into(),
+                    }),
+                    None => Err(TaskError::Lost {
+                        worker,
+                        exit: Exit::Unknown,
+                        cause: Some("the pool was dropped".into()),
+                    }),
+                })
+                // The worker's error is decoded here, by its receiver, not on the pool's reader.
+                .map_err(RawTaskError::decode),
+        )
     }
 }
 
@@ -274,7 +279,8 @@ impl Drop for Acker {
 
 /// One output from a worker.
 ///
-/// While a delivery is alive it holds one of its worker's result credits; dropping it (or
+/// While a delivery is alive it holds one of its worker's (in a pool of members, its member's)
+/// result credits; dropping it (or
 /// calling [`ack`](Self::ack) or [`into_value`](Self::into_value)) acknowledges it and lets the
 /// worker emit another. A consumer that holds deliveries therefore slows the workers down.
 ///

@@ -70,11 +70,11 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 end.id
             ));
         }
-        p.at.set_worker(usize::try_from(end.worker).unwrap_or(usize::MAX));
         if p.seen_from(member) < end.outputs {
             p.parked = Some((member.into(), end));
             return Ok(());
         }
+        p.at.set_worker(usize::try_from(end.worker).unwrap_or(usize::MAX));
         let result = outcome(member, end.outcome);
         inner.finish(end.id, member, end.deliveries, result);
         drop(inner);
@@ -120,7 +120,12 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     /// Ends a task with its end that waited for its last output.
     pub(super) fn end_parked(&self, (member, end): (String, EndMsg)) {
         let result = outcome(&member, end.outcome);
-        self.lock().finish(end.id, &member, end.deliveries, result);
+        let mut inner = self.lock();
+        if let Some(p) = inner.tasks.get(&end.id) {
+            p.at.set_worker(usize::try_from(end.worker).unwrap_or(usize::MAX));
+        }
+        inner.finish(end.id, &member, end.deliveries, result);
+        drop(inner);
         self.changed.notify_waiters();
     }
 }

@@ -43,6 +43,7 @@ impl Pending {
         }
         self.deliveries.store(deliveries, Ordering::Relaxed);
         self.at.set_member(member);
+        self.at.set_worker(0);
     }
 
     pub(super) fn seen_from(&self, member: &str) -> u32 {
