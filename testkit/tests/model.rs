@@ -33,6 +33,14 @@ proptest::proptest! {
 
 /// Runs the model check against a faulty state, from a fixed seed, and returns what it found.
 fn hunt(mutation: Mutation) -> Option<String> {
+    hunt_with(cases(STEPS), |case| check(&case, mutation))
+}
+
+/// Runs `check` over 5,000 cases of `strategy` from a fixed seed; the first failure found.
+fn hunt_with<S: proptest::strategy::Strategy>(
+    strategy: S,
+    check: impl Fn(S::Value) -> Result<(), String>,
+) -> Option<String> {
     let config = Config {
         cases: 5_000,
         failure_persistence: None,
@@ -40,9 +48,7 @@ fn hunt(mutation: Mutation) -> Option<String> {
     };
     let mut runner =
         TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
-    match runner.run(&cases(STEPS), |case| {
-        check(&case, mutation).map_err(TestCaseError::fail)
-    }) {
+    match runner.run(&strategy, |case| check(case).map_err(TestCaseError::fail)) {
         Ok(()) => None,
         Err(e) => Some(e.to_string()),
     }
@@ -126,20 +132,10 @@ fn faults_planted_in_member_placement_are_caught() {
         (M::EndKeepsPlace, &["[backlog]"][..]),
     ];
     for (mutation, labels) in expected {
-        let config = Config {
-            cases: 5_000,
-            failure_persistence: None,
-            ..Config::default()
-        };
-        let mut runner =
-            TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
-        let found = runner.run(&members::cases(STEPS), |case| {
-            members::check(&case, mutation).map_err(TestCaseError::fail)
-        });
-        let found = found
-            .err()
-            .unwrap_or_else(|| panic!("the model check missed {mutation:?}"))
-            .to_string();
+        let found = hunt_with(members::cases(STEPS), |case| {
+            members::check(&case, mutation)
+        })
+        .unwrap_or_else(|| panic!("the model check missed {mutation:?}"));
         assert!(
             labels.iter().any(|l| found.contains(l)),
             "{mutation:?} was caught, but as: {found}"
