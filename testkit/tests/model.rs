@@ -125,11 +125,13 @@ fn faults_planted_in_member_placement_are_caught() {
         (M::IgnoreLeave, &["[exactly-once]", "[routing]"][..]),
         (M::NoGiveUp, &["[deliveries]"][..]),
         (M::IgnoreClose, &["[stop]"][..]),
-        (M::RouteToFirst, &["[round-robin]"][..]),
+        (M::RouteToFirst, &["[round-robin]", "[targeted]"][..]),
         (M::StuckTurn, &["[round-robin]"][..]),
         (M::MoveIgnoresBacklog, &["[round-robin]", "[backlog]"][..]),
         (M::TargetedMoves, &["[targeted]"][..]),
         (M::EndKeepsPlace, &["[backlog]"][..]),
+        (M::CancelIsEnd, &["[exactly-once]", "[backlog]"][..]),
+        (M::CancelledMoves, &["[cancel]"][..]),
     ];
     for (mutation, labels) in expected {
         let found = hunt_with(members::cases(STEPS), |case| {

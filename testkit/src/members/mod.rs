@@ -10,16 +10,28 @@
 //!   with room, as the reference picks; `[targeted]` a task for one member never moves to
 //!   another;
 //! - `[deliveries]` a task taken back after the most deliveries allowed is given up on;
-//! - `[stop]` once closed, nothing is placed and nothing taken back waits for a member.
+//! - `[stop]` once closed, nothing is placed and nothing taken back waits for a member;
+//! - `[cancel]` a cancelled task stays with its member, in its backlog, until its end, and one
+//!   taken back is dropped, never moved; one that waits ends at once.
 //!
 //! A [`Mutation`] plants a fault, in the calls made to the state or inside it (through the
 //! core's `fault-injection` feature); the testkit's tests prove each is caught.
 
-use looppool_core::state::members::{Fault, For, Members, TakenBack, Unplaced};
+use checks::{invariants, take_back};
+use looppool_core::state::members::{Cancelled, Fault, For, Members, TakenBack, Unplaced};
 use looppool_core::TaskId;
 use proptest::prelude::*;
 use reference::Reference;
 
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+mod checks;
 mod reference;
 
 /// Members are named by small numbers.
@@ -55,6 +67,8 @@ pub enum Step {
     /// The task at this index, any, comes back as if from member `1` after `2` deliveries:
     /// taken back only if that member is gone and holds it.
     TakeBackFrom(usize, Key, u32),
+    /// The program cancels the task at this index (modulo the tasks under way).
+    Cancel(usize),
     /// The pool stops.
     Close,
 }
@@ -80,6 +94,7 @@ pub fn cases(max_len: usize) -> impl Strategy<Value = Case> {
         3 => any::<usize>().prop_map(Step::PlaceWaiting),
         1 => (0u8..4).prop_map(Step::Record),
         1 => (any::<usize>(), 0u8..4, 0u32..=4).prop_map(|(i, k, d)| Step::TakeBackFrom(i, k, d)),
+        2 => any::<usize>().prop_map(Step::Cancel),
     ];
     // A stop late in the run, or none: a stop early would leave little to check after it.
     let steps = prop::collection::vec(step, 0..max_len);
@@ -116,14 +131,11 @@ pub enum Mutation {
     TargetedMoves,
     /// Planted in the state: an ended task keeps its place in its member's backlog.
     EndKeepsPlace,
-}
-
-macro_rules! ensure {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(format!($($msg)+));
-        }
-    };
+    /// A cancel is told to the state as the task's end: its place is freed while its member
+    /// still runs it.
+    CancelIsEnd,
+    /// Planted in the state: a cancelled task taken back is moved to another member.
+    CancelledMoves,
 }
 
 /// Runs `case` on the real state (with `mutation` planted) and on the reference; the first
@@ -135,6 +147,7 @@ pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
         Mutation::MoveIgnoresBacklog => Some(Fault::MoveIgnoresBacklog),
         Mutation::TargetedMoves => Some(Fault::TargetedMoves),
         Mutation::EndKeepsPlace => Some(Fault::EndKeepsPlace),
+        Mutation::CancelledMoves => Some(Fault::CancelledMoves),
         _ => None,
     };
     if let Some(fault) = planted {
@@ -318,6 +331,37 @@ pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
                     ensure!(real.end(id).is_some(), "[exactly-once] {}", at());
                 }
             }
+            Step::Cancel(i) => {
+                let ids: Vec<TaskId> = model.tasks.keys().copied().collect();
+                let Some(&id) = ids.get(i % ids.len().max(1)) else {
+                    ensure!(
+                        real.cancel(next_id + 1) == Cancelled::NotHeld,
+                        "[cancel] {}",
+                        at()
+                    );
+                    continue;
+                };
+                let got = if mutation == Mutation::CancelIsEnd {
+                    match real.end(id) {
+                        Some(key) if !model.tasks[&id].waiting => Cancelled::Tell(key),
+                        Some(_) => Cancelled::Ended,
+                        None => Cancelled::NotHeld,
+                    }
+                } else {
+                    real.cancel(id)
+                };
+                let expected = model.cancel(id);
+                ensure!(
+                    got == expected,
+                    "[cancel] {}: {got:?}, the reference {expected:?}",
+                    at()
+                );
+                ensure!(
+                    real.cancel(id) == Cancelled::NotHeld,
+                    "[cancel] {}: cancelled twice",
+                    at()
+                );
+            }
             Step::Close => {
                 if mutation != Mutation::IgnoreClose {
                     real.close();
@@ -327,92 +371,5 @@ pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
         }
         invariants(&real, &model).map_err(|e| format!("{e} after {}", at()))?;
     }
-    Ok(())
-}
-
-/// Task `id` comes back from `from` after `deliveries` deliveries, on both sides.
-fn take_back(
-    real: &mut Members<Key>,
-    model: &mut Reference,
-    id: TaskId,
-    from: Key,
-    deliveries: u32,
-    mutation: Mutation,
-) -> Result<(), String> {
-    let counted = if mutation == Mutation::NoGiveUp {
-        0
-    } else {
-        deliveries
-    };
-    let got = real.take_back(id, &from, counted);
-    let task = model.tasks[&id].clone();
-    let expected = if task.waiting || task.holder != from || model.limit(from).is_some() {
-        TakenBack::NotHeld
-    } else if !task.any {
-        TakenBack::Lost
-    } else if deliveries >= MAX_DELIVERIES {
-        TakenBack::GiveUp
-    } else {
-        model.move_on(id)
-    };
-    let label = match expected {
-        TakenBack::Lost => "[targeted]",
-        TakenBack::GiveUp => "[deliveries]",
-        TakenBack::Stopped => "[stop]",
-        TakenBack::NotHeld => "[exactly-once]",
-        _ => "[round-robin]",
-    };
-    ensure!(
-        got == expected,
-        "{label} task {id} from {from}: {got:?}, the reference {expected:?} at"
-    );
-    if matches!(
-        expected,
-        TakenBack::Lost | TakenBack::GiveUp | TakenBack::Stopped
-    ) {
-        model.tasks.remove(&id);
-        ensure!(
-            real.end(id) == Some(from),
-            "[exactly-once] task {id} ended at"
-        );
-    }
-    Ok(())
-}
-
-/// What must hold after every step.
-fn invariants(real: &Members<Key>, model: &Reference) -> Result<(), String> {
-    ensure!(
-        real.len() == model.tasks.len(),
-        "[exactly-once] {} tasks under way, the reference {}",
-        real.len(),
-        model.tasks.len()
-    );
-    for (id, task) in &model.tasks {
-        ensure!(
-            real.holder(*id) == Some(&task.holder),
-            "[exactly-once] task {id} held by {:?}, not {}",
-            real.holder(*id),
-            task.holder
-        );
-        ensure!(
-            real.holds(*id, &task.holder) != task.waiting,
-            "[exactly-once] task {id}: waiting is {}",
-            task.waiting
-        );
-    }
-    for (key, _) in &model.live {
-        ensure!(
-            real.backlog(key) == Some(model.held(*key)),
-            "[backlog] member {key}: backlog {:?}, holding {}",
-            real.backlog(key),
-            model.held(*key)
-        );
-    }
-    let live: Vec<Key> = real.live().copied().collect();
-    let expected: Vec<Key> = model.live.iter().map(|(k, _)| *k).collect();
-    ensure!(
-        live == expected,
-        "[routing] live members {live:?}, the reference {expected:?}"
-    );
     Ok(())
 }

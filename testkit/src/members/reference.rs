@@ -1,7 +1,7 @@
 //! The reference for the placement over members: the rules, written plainly.
 
 use super::Key;
-use looppool_core::state::members::TakenBack;
+use looppool_core::state::members::{Cancelled, TakenBack};
 use looppool_core::TaskId;
 use std::collections::BTreeMap;
 
@@ -10,6 +10,7 @@ pub(super) struct RefTask {
     pub(super) holder: Key,
     pub(super) waiting: bool,
     pub(super) any: bool,
+    pub(super) cancelled: bool,
 }
 
 /// The reference: the rules, written plainly.
@@ -49,6 +50,7 @@ impl Reference {
             holder: key,
             waiting: false,
             any,
+            cancelled: false,
         };
         self.tasks.insert(id, task);
         key
@@ -60,8 +62,23 @@ impl Reference {
             holder: key,
             waiting: false,
             any: false,
+            cancelled: false,
         };
         self.tasks.insert(id, task);
+    }
+
+    /// The program cancels task `id`: one waiting ends, one held stays with its member.
+    pub(super) fn cancel(&mut self, id: TaskId) -> Cancelled<Key> {
+        let task = self.tasks.get_mut(&id).expect("under way");
+        if task.cancelled {
+            Cancelled::NotHeld
+        } else if task.waiting {
+            self.tasks.remove(&id);
+            Cancelled::Ended
+        } else {
+            task.cancelled = true;
+            Cancelled::Tell(task.holder)
+        }
     }
 
     pub(super) fn move_on(&mut self, id: TaskId) -> TakenBack<Key> {

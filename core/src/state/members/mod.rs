@@ -17,54 +17,16 @@
 //!    next member with room; a task for one member never moves to another;
 //! 4. a task taken back after `max_deliveries` deliveries is given up on;
 //! 5. once closed, [`place`](Members::place) refuses, and a task taken back with no member to
-//!    take it ends at once rather than wait (one with a member there still moves to it).
+//!    take it ends at once rather than wait (one with a member there still moves to it);
+//! 6. a cancelled task ([`cancel`](Members::cancel)) never goes to another member: its member
+//!    keeps it, in its backlog, until it reports the end, and one taken back is dropped.
 
 use super::TaskId;
 use std::collections::BTreeMap;
 
-/// Who a task is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum For<'a, K> {
-    /// Any member: each in turn, in join order (a task whose member in turn holds its
-    /// backlog waits for it).
-    Any,
-    /// This member only (targeted, or one copy of a broadcast).
-    Member(&'a K),
-}
+mod answers;
 
-/// Why a task was not placed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unplaced<K> {
-    /// The pool is stopping.
-    Closed,
-    /// No member is in the pool.
-    NoMember,
-    /// The member asked for is not in the pool.
-    Unknown,
-    /// The member the task would go to (for [`For::Any`], the member in turn) holds its
-    /// backlog.
-    Full(K),
-}
-
-/// What becomes of a task taken back from a member that is gone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TakenBack<K> {
-    /// It goes to this member, which now holds it (and counts it in its backlog).
-    To(K),
-    /// Members are there but all hold their backlogs: ask again when one has room.
-    Busy,
-    /// No member is there: it waits, held by nobody, for one to join
-    /// ([`place_waiting`](Members::place_waiting)).
-    Waiting,
-    /// It was for the gone member only: it ends as lost.
-    Lost,
-    /// It was delivered as often as the pool allows: it ends as lost and is dead-lettered.
-    GiveUp,
-    /// The pool is stopping and no member can take it: it ends as lost.
-    Stopped,
-    /// It is not held by that member (it ended, or was moved meanwhile).
-    NotHeld,
-}
+pub use answers::{Cancelled, For, TakenBack, Unplaced};
 
 /// The faults [`Members`] can have planted, named whether or not the feature is on.
 #[derive(Clone, Copy)]
@@ -73,6 +35,7 @@ enum FaultKind {
     MoveIgnoresBacklog,
     TargetedMoves,
     EndKeepsPlace,
+    CancelledMoves,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +51,7 @@ struct Placed<K> {
     /// Taken back from `holder` with no member to take it: nobody holds it.
     waiting: bool,
     any: bool,
+    cancelled: bool,
 }
 
 /// A fault planted in [`Members`], for the testkit to prove its model check catches it.
@@ -103,6 +67,8 @@ pub enum Fault {
     TargetedMoves,
     /// Ending a task does not free its place in its member's backlog.
     EndKeepsPlace,
+    /// A cancelled task taken back is moved to another member like any other.
+    CancelledMoves,
 }
 
 /// The routing, backlogs and task table of a pool of members. See the [module docs](self).
@@ -146,6 +112,7 @@ impl<K: Clone + Eq> Members<K> {
                 FaultKind::MoveIgnoresBacklog => Fault::MoveIgnoresBacklog,
                 FaultKind::TargetedMoves => Fault::TargetedMoves,
                 FaultKind::EndKeepsPlace => Fault::EndKeepsPlace,
+                FaultKind::CancelledMoves => Fault::CancelledMoves,
             };
             self.fault == Some(planted)
         }
@@ -241,6 +208,7 @@ impl<K: Clone + Eq> Members<K> {
             holder: key,
             waiting: false,
             any: false,
+            cancelled: false,
         };
         assert!(
             self.tasks.insert(id, placed).is_none(),
@@ -309,7 +277,10 @@ impl<K: Clone + Eq> Members<K> {
     pub fn take_back(&mut self, id: TaskId, from: &K, deliveries: u32) -> TakenBack<K> {
         match self.tasks.get(&id) {
             Some(p) if !p.waiting && p.holder == *from && !self.is_live(from) => {
-                if !p.any && !self.planted(FaultKind::TargetedMoves) {
+                if p.cancelled && !self.planted(FaultKind::CancelledMoves) {
+                    self.tasks.remove(&id);
+                    TakenBack::Dropped
+                } else if !p.any && !self.planted(FaultKind::TargetedMoves) {
                     TakenBack::Lost
                 } else if deliveries >= self.max_deliveries {
                     TakenBack::GiveUp
@@ -319,6 +290,30 @@ impl<K: Clone + Eq> Members<K> {
             }
             _ => TakenBack::NotHeld,
         }
+    }
+
+    /// The program cancelled task `id`. One that waits for a member leaves the table at once;
+    /// one a member holds stays that member's, in its backlog, until the member reports its
+    /// end ([`end`](Self::end)) or, gone, has it taken back ([`TakenBack::Dropped`]): it is
+    /// never sent to another member.
+    pub fn cancel(&mut self, id: TaskId) -> Cancelled<K> {
+        match self.tasks.get_mut(&id) {
+            Some(p) if p.cancelled => Cancelled::NotHeld,
+            Some(p) if p.waiting => {
+                self.tasks.remove(&id);
+                Cancelled::Ended
+            }
+            Some(p) => {
+                p.cancelled = true;
+                Cancelled::Tell(p.holder.clone())
+            }
+            None => Cancelled::NotHeld,
+        }
+    }
+
+    /// Whether task `id` was cancelled and waits for its member's end.
+    pub fn is_cancelled(&self, id: TaskId) -> bool {
+        self.tasks.get(&id).is_some_and(|p| p.cancelled)
     }
 
     /// Waiting task `id`: the next member with room takes it, if there is one.
@@ -364,6 +359,7 @@ impl<K: Clone + Eq> Members<K> {
             holder: key.clone(),
             waiting: false,
             any,
+            cancelled: false,
         };
         self.tasks.insert(id, placed);
         key
