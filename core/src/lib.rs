@@ -37,14 +37,14 @@ pub mod __private {
     pub use inventory;
 }
 pub use pipe::{duplex, PipeCloser, PipeEnd};
-#[doc(hidden)]
-pub use pool::MemberTask;
 #[cfg(feature = "tower")]
 pub use pool::ServiceFuture;
 pub use pool::{
     metric_names, Builder, CallStream, Delivery, Outputs, Pool, PoolStats, Stopped, TaskHandle,
     WorkerStats,
 };
+#[doc(hidden)]
+pub use pool::{CancelSink, MemberTask};
 pub use runtime::{AsyncIo, BoxFuture, BoxIo, LocalBoxFuture, Runtime};
 pub use state::{Routing, TaskId};
 pub use worker::{Context, Worker};

@@ -78,9 +78,12 @@
 //! [`Delivery`] and [`Outputs`]: `member()` names the member (on a handle, the one holding the
 //! task, which changes when it moves), `worker()` its worker the task went to (on a handle,
 //! once the task ended), and
-//! [`TaskHandle::attempts`] counts JetStream deliveries. A member is not told to drop a task, so
-//! [`TaskHandle::abort`] returns `false` and a call dropped early does not cancel its task;
-//! `try_submit` is async (it stores the task before it returns).
+//! [`TaskHandle::attempts`] counts JetStream deliveries. [`TaskHandle::abort`], a call dropped
+//! early, `call_timeout` and `submit_timeout` cancel a task as in a local pool: its handle ends
+//! at once, and the member holding it is told to drop it (one that has not received it yet
+//! drops it when it comes); the task keeps its place in that member's backlog until the member
+//! reports it ended, and is never sent to another member. `try_submit` is async (it stores the
+//! task before it returns).
 //!
 //! The transport is tokio-only (the official `async-nats` client). A member's connection runs
 //! on tokio; its workers may run tokio, smol or async-std: pick the local pool's worker runtime.
@@ -95,7 +98,7 @@
 //! | `looppool.P.stopped` | core NATS | the parent stopped the pool (for members joining again) |
 //! | `looppool.P.alive.M` | core NATS | member `M`'s heartbeat |
 //! | `looppool.P.leave.M` | core NATS | member `M` leaves |
-//! | `looppool.P.ctl.M` | core NATS | the parent tells member `M` to stop |
+//! | `looppool.P.ctl.M` | core NATS | the parent tells member `M` to stop, or to drop tasks it cancelled |
 //! | `looppool.P.up.M` | core NATS, sent again until confirmed | member `M`'s outputs and task ends, numbered, in order |
 //! | `looppool.P.credit.M` | core NATS | how many of `M`'s outputs the program took, and how far `M`'s messages arrived |
 //! | `looppool.P.beacon` | core NATS | the parent's heartbeat |

@@ -3,7 +3,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The version of these messages; a member speaking another is refused when it joins.
-pub(crate) const VERSION: u32 = 6;
+pub(crate) const VERSION: u32 = 7;
 
 /// Whether `name` can be a pool or member name: 1 to 64 ASCII letters, digits, `-` or `_`
 /// (it becomes a NATS subject token and part of stream and consumer names).
@@ -185,6 +185,8 @@ pub(crate) enum Control {
     Stop,
     /// The parent no longer counts this member in (it went silent): leave at once.
     Evicted { reason: String },
+    /// The program cancelled these tasks: drop them, running or yet to come.
+    Cancel { ids: Vec<u64> },
 }
 
 /// What the parent has of one run of a member: how many of its outputs the program took, in
@@ -283,6 +285,8 @@ pub(crate) enum Outcome {
     Lost(String),
     /// The task, or the worker's error, could not be carried: why.
     Codec(String),
+    /// The parent cancelled it.
+    Cancelled,
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {

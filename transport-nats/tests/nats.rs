@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 #[path = "nats/broker.rs"]
 mod broker;
+#[path = "nats/cancel.rs"]
+mod cancel;
 #[path = "nats/faults.rs"]
 mod faults;
 #[path = "nats/forge.rs"]
@@ -79,6 +81,10 @@ fn main() {
         trial(
             "a_call_answers_with_its_tasks_first_output_and_the_cores_errors",
             routing::calls,
+        ),
+        trial(
+            "cancelled_tasks_end_at_once_and_their_members_drop_them",
+            cancel::cancellation,
         ),
         trial(
             "task_credit_is_the_consumers_max_ack_pending",

@@ -105,20 +105,12 @@ impl MemberTask {
     }
 }
 
-/// Where cancellations go: the pool's shared state.
-pub(crate) trait CancelSink: Send + Sync {
+/// Where cancellations go: the pool's shared state (or, for a pool of members, the
+/// transport's). Public for transports only.
+#[doc(hidden)]
+pub trait CancelSink: Send + Sync {
     /// Cancels task `id`; returns whether it had not ended.
     fn cancel(&self, id: TaskId) -> bool;
-}
-
-/// The canceller of a pool that cannot cancel (a pool of members): only its type is used, as
-/// the target of an empty `Weak`, which never upgrades.
-struct NoCancel;
-
-impl CancelSink for NoCancel {
-    fn cancel(&self, _: TaskId) -> bool {
-        false
-    }
 }
 
 impl<E> fmt::Debug for TaskHandle<E> {
@@ -151,16 +143,16 @@ impl<E> TaskHandle<E> {
     }
 
     /// The handle of task `id` of a pool of members reached through a broker: it resolves
-    /// through `rx`, counts its deliveries to members in `deliveries`, and is where `at` says.
-    /// It cannot be aborted. For transports (`looppool-nats`).
+    /// through `rx`, counts its deliveries to members in `deliveries`, is where `at` says, and
+    /// is aborted through `canceller`. For transports (`looppool-nats`).
     #[doc(hidden)]
     pub fn of_member(
         id: TaskId,
         rx: oneshot::Receiver<Result<(), TaskError<Vec<u8>>>>,
         deliveries: Arc<AtomicU32>,
         at: Arc<MemberTask>,
+        canceller: Weak<dyn CancelSink>,
     ) -> Self {
-        let canceller: Weak<dyn CancelSink> = Weak::<NoCancel>::new();
         Self {
             id,
             worker: 0,
@@ -178,8 +170,10 @@ impl<E> TaskHandle<E> {
     /// delivered stay. A worker that does not drop it within the cancel grace (code that never
     /// yields) is killed and replaced, and the other tasks it held are sent again (see
     /// [`Builder::cancel_grace`](crate::Builder::cancel_grace)). Returns whether the task was
-    /// still running or queued. A pool of members reached through a broker (`looppool-nats`)
-    /// cannot cancel: there it returns `false` and changes nothing.
+    /// still running or queued. In a pool of members reached through a broker
+    /// (`looppool-nats`), the task ends now as well, and its member is told to drop it (a
+    /// member that has not received it yet drops it on arrival); it keeps its place in that
+    /// member's backlog until the member reports it ended, and is never sent to another.
     pub fn abort(&self) -> bool {
         self.canceller
             .upgrade()

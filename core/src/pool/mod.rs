@@ -19,7 +19,7 @@ mod stream;
 mod supervisor;
 
 pub use builder::Builder;
-pub use handle::{Delivery, MemberTask, Outputs, TaskHandle};
+pub use handle::{CancelSink, Delivery, MemberTask, Outputs, TaskHandle};
 #[cfg(feature = "tower")]
 pub use service::ServiceFuture;
 pub use stats::{names as metric_names, PoolStats, WorkerStats};

@@ -74,6 +74,9 @@ impl<W: Worker> Serving<W> {
                 outcome,
             });
         };
+        if lock(&self.cancels).take_early(id) {
+            return fail(Outcome::Cancelled);
+        }
         let value: W::Task = match wire::decode(&task.payload) {
             Ok(v) => v,
             Err(e) => return fail(Outcome::Codec(format!("cannot decode the task: {e}"))),
@@ -89,10 +92,21 @@ impl<W: Worker> Serving<W> {
         let local = handle.id();
         let worker = u32::try_from(handle.worker()).unwrap_or(u32::MAX);
         lock(&self.ids).insert(local, id);
+        let cancelled = lock(&self.cancels).watch(id);
         self.changed.notify_waiters();
         let finished = finished.clone();
+        let me = self.clone();
         tokio::spawn(async move {
-            let outcome = match handle.await {
+            let mut handle = handle;
+            let ended = tokio::select! {
+                ended = &mut handle => ended,
+                Ok(()) = cancelled => {
+                    handle.abort();
+                    handle.await
+                }
+            };
+            lock(&me.cancels).done(id);
+            let outcome = match ended {
                 Ok(()) => Outcome::Done,
                 Err(e) => local_outcome(e),
             };
@@ -217,6 +231,7 @@ fn local_outcome<F: serde::Serialize + std::fmt::Display>(
         E::Panicked { message } => Outcome::Panicked(message),
         E::TimedOut { after } => Outcome::TimedOut(after.as_millis() as u64),
         E::Codec { message } => Outcome::Codec(message),
+        E::Cancelled => Outcome::Cancelled,
         other => Outcome::Lost(other.to_string()),
     }
 }

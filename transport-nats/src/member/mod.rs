@@ -1,6 +1,7 @@
 //! A member: a host's share of a pool, running the same `Worker` in a local pool of worker
 //! processes and taking its tasks from its own JetStream consumer.
 
+mod cancel;
 mod join;
 mod lanes;
 mod round;

@@ -118,6 +118,7 @@ impl<W: Worker> Member<W> {
             running: Mutex::new(HashMap::new()),
             ids: Mutex::new(HashMap::new()),
             taken: Mutex::new(Default::default()),
+            cancels: Mutex::new(Default::default()),
             changed: Notify::new(),
             ended: std::sync::atomic::AtomicU64::new(0),
             resent: std::sync::atomic::AtomicU64::new(0),

@@ -55,6 +55,8 @@ pub(super) struct Serving<W: Worker> {
     pub(super) resent: std::sync::atomic::AtomicU64,
     /// Tasks this run took.
     pub(super) taken: Mutex<TakenTasks>,
+    /// Tasks the parent cancelled, or may.
+    pub(super) cancels: Mutex<super::cancel::Cancels>,
 }
 
 /// The tasks a run of the member took, each by its stream sequence: a task stored again
@@ -230,6 +232,7 @@ impl<W: Worker> Serving<W> {
                     Ok(CtlMsg { control: Control::Stop, .. }) => {
                         break "the pool stopped".to_string()
                     }
+                    Ok(CtlMsg { control: Control::Cancel { ids }, .. }) => self.cancel(&ids),
                     Ok(CtlMsg { control: Control::Evicted { reason }, .. }) => {
                         evicted = Some(reason.clone());
                         ending = Ending::Lost { evicted: Some(reason.clone()) };

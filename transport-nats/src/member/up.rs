@@ -275,7 +275,9 @@ impl<W: Worker> Serving<W> {
                     }
                 }
                 let len = match &mut end.outcome {
-                    wire::Outcome::Done | wire::Outcome::TimedOut(_) => 0,
+                    wire::Outcome::Done | wire::Outcome::TimedOut(_) | wire::Outcome::Cancelled => {
+                        0
+                    }
                     wire::Outcome::Failed(bytes) => bytes.len(),
                     wire::Outcome::Panicked(t)
                     | wire::Outcome::Lost(t)

@@ -114,7 +114,13 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         let ready =
             matches!(&p.parked, Some((m, end)) if m == member && p.seen_from(m) >= end.outputs);
         let end = if ready { p.parked.take() } else { None };
-        Ok(Counted { call: p.call, end })
+        let call = p.call;
+        let cancelled = inner.placement.is_cancelled(id);
+        Ok(Counted {
+            call,
+            cancelled,
+            end,
+        })
     }
 
     /// Ends a task with its end that waited for its last output.
@@ -135,6 +141,8 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
 pub(super) struct Counted {
     /// The task is a call's: its outputs go to the call, never to the stream.
     call: bool,
+    /// The task was cancelled: its outputs are dropped.
+    cancelled: bool,
     /// The task's end, which waited for this output.
     end: Option<(String, EndMsg)>,
 }
@@ -152,6 +160,7 @@ pub(super) fn outcome(member: &str, outcome: wire::Outcome) -> Result<(), RawTas
             member: member.into(),
             reason,
         }),
+        wire::Outcome::Cancelled => Err(TaskError::Cancelled),
     }
 }
 
@@ -261,6 +270,9 @@ fn take_output<O: DeserializeOwned + Send + 'static>(
         }
     };
     match value {
+        Ok(_) if counted.cancelled => {
+            let _ = shared.acks.send(ack);
+        }
         Ok(value) => {
             let acks = shared.acks.clone();
             let worker = usize::try_from(output.worker).unwrap_or(usize::MAX);

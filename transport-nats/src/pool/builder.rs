@@ -1,6 +1,7 @@
 //! Configuring and starting a [`Pool`]: the builder, its settings, the pool's streams.
 
 use super::arrivals::{read_up, send_acks};
+use super::cancel::send_cancels;
 use super::inner::Inner;
 use super::lease::Lease;
 use super::recover::recovery;
@@ -315,8 +316,9 @@ impl<W: Worker> Builder<W> {
         let (outputs_tx, outputs_rx) = async_channel::unbounded();
         let (acks, acks_rx) = mpsc::unbounded_channel();
         let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+        let (cancels, cancels_rx) = mpsc::unbounded_channel();
         let max_deliveries = self.settings.max_deliveries;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|me: &std::sync::Weak<Shared<W::Output>>| Shared {
             names,
             pool: self.pool,
             broker,
@@ -326,7 +328,8 @@ impl<W: Worker> Builder<W> {
             sealer: Sealer::new(&secret),
             refused: Refusals::default(),
             stored: Default::default(),
-            inner: Mutex::new(Inner::new(max_deliveries)),
+            // Handles cancel through the pool's state.
+            inner: Mutex::new(Inner::new(max_deliveries, me.clone())),
             changed: Notify::new(),
             events,
             outputs_tx,
@@ -336,6 +339,7 @@ impl<W: Worker> Builder<W> {
             background: Mutex::new(Vec::new()),
             calls: Mutex::new(HashMap::new()),
             lost: lost_tx,
+            cancels,
         });
         let subs = match Subscriptions::open(&shared).await {
             Ok(opened) => opened,
@@ -353,6 +357,7 @@ impl<W: Worker> Builder<W> {
         shared.spawn(read_up(shared.clone(), subs.up));
         shared.spawn(send_acks(shared.clone(), acks_rx));
         shared.spawn(recovery(shared.clone(), lost_rx));
+        shared.spawn(send_cancels(Arc::downgrade(&shared), cancels_rx));
         tracing::info!(pool = %shared.pool, "pool started; members may join");
         Ok(Pool {
             shared,

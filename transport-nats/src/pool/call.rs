@@ -1,8 +1,10 @@
 //! Request-reply calls: a task whose first output is the answer, as in a local pool.
 
+use super::cancel::CancelOnDrop;
 use super::{Pool, Target};
 use crate::pool::shared::lock;
 use looppool_core::{CallError, Worker};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 impl<W: Worker> Pool<W> {
@@ -12,10 +14,23 @@ impl<W: Worker> Pool<W> {
     /// The task's outputs go to this call, not to [`outputs`](Self::outputs): the first is
     /// returned (and acknowledged), later ones are acknowledged and dropped, those of a second
     /// run (after its member died) included. A task that completes without an output gives
-    /// [`CallError::NoOutput`]. Unlike a local pool's, dropping the future does not cancel the
-    /// task (a member is not told to drop a task): it runs on, and its outputs are dropped.
+    /// [`CallError::NoOutput`]. Dropping the future before it resolves (a client that went
+    /// away, a `timeout` around it) cancels the task, as
+    /// [`TaskHandle::abort`](looppool_core::TaskHandle::abort) does.
     pub async fn call(&self, task: W::Task) -> Result<W::Output, CallError<W::Error>> {
-        self.call_inner(Target::Any, task, true).await
+        self.call_inner(Target::Any, task, true, None).await
+    }
+
+    /// Like [`call`](Self::call), but cancels the task and fails with
+    /// [`CallError::TimedOut`] if it has not ended `timeout` after it was stored (the wait
+    /// for room in a member's backlog, if any, comes first and is not counted).
+    pub async fn call_timeout(
+        &self,
+        task: W::Task,
+        timeout: Duration,
+    ) -> Result<W::Output, CallError<W::Error>> {
+        self.call_inner(Target::Any, task, true, Some(timeout))
+            .await
     }
 
     /// Like [`call`](Self::call), on member `member` only.
@@ -24,13 +39,14 @@ impl<W: Worker> Pool<W> {
         member: &str,
         task: W::Task,
     ) -> Result<W::Output, CallError<W::Error>> {
-        self.call_inner(Target::Member(member), task, true).await
+        self.call_inner(Target::Member(member), task, true, None)
+            .await
     }
 
     /// Like [`call`](Self::call), but fails at once with [`CallError::Full`] instead of waiting
     /// while the member in turn holds its backlog.
     pub async fn try_call(&self, task: W::Task) -> Result<W::Output, CallError<W::Error>> {
-        self.call_inner(Target::Any, task, false).await
+        self.call_inner(Target::Any, task, false, None).await
     }
 
     async fn call_inner(
@@ -38,6 +54,7 @@ impl<W: Worker> Pool<W> {
         target: Target<'_>,
         task: W::Task,
         wait: bool,
+        timeout: Option<Duration>,
     ) -> Result<W::Output, CallError<W::Error>> {
         let (tx, mut reply) = oneshot::channel();
         let handle = self
@@ -45,11 +62,20 @@ impl<W: Worker> Pool<W> {
             .await
             .map_err(CallError::refused)?;
         let id = handle.id();
+        if let Some(after) = timeout {
+            self.shared.expire(id, after);
+        }
         let forget = Forget {
             calls: &self.shared.calls,
             id,
         };
+        // Dropping this future before the task ends cancels the task.
+        let mut cancel = CancelOnDrop {
+            shared: self.shared.clone(),
+            id: Some(id),
+        };
         let ended = handle.await;
+        cancel.id = None;
         drop(forget);
         ended.map_err(|e| CallError::ended(id, e))?;
         // A member sends a task's outputs before its end, and the parent takes the end only

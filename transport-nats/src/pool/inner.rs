@@ -8,10 +8,10 @@ use crate::error::RawTaskError;
 use crate::wire::EndMsg;
 use futures_channel::oneshot;
 use looppool_core::state::members::{For, Members, Unplaced};
-use looppool_core::{MemberTask, TaskError, TaskHandle};
+use looppool_core::{CancelSink, MemberTask, TaskError, TaskHandle};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 /// A task under way: its handle's side and what arrived for it.
@@ -93,11 +93,14 @@ pub(super) struct Inner {
     /// The last run of each member name that joined.
     pub(super) sessions: HashMap<String, Session>,
     pub(super) departed: Departed,
+    /// Where handles cancel: the pool's shared state.
+    canceller: Weak<dyn CancelSink>,
 }
 
 impl Inner {
-    /// An empty pool that gives up on a task after `max_deliveries` deliveries.
-    pub(super) fn new(max_deliveries: u32) -> Self {
+    /// An empty pool that gives up on a task after `max_deliveries` deliveries, whose handles
+    /// cancel through `canceller`.
+    pub(super) fn new(max_deliveries: u32, canceller: Weak<dyn CancelSink>) -> Self {
         Self {
             failed: None,
             broker_gone: None,
@@ -111,6 +114,7 @@ impl Inner {
             reclaiming: HashSet::new(),
             sessions: HashMap::new(),
             departed: Departed::default(),
+            canceller,
         }
     }
 
@@ -185,7 +189,7 @@ impl Inner {
             call: false,
         };
         self.tasks.insert(id, pending);
-        TaskHandle::of_member(id, rx, deliveries, at)
+        TaskHandle::of_member(id, rx, deliveries, at, self.canceller.clone())
     }
 
     /// Ends every task under way with the error `error` makes for the member holding it.
@@ -212,6 +216,7 @@ impl Inner {
         let Some(mut p) = self.tasks.remove(&id) else {
             return;
         };
+        let cancelled = self.placement.is_cancelled(id);
         self.placement.end(id);
         p.at.set_member(member);
         p.deliveries.fetch_max(deliveries, Ordering::Relaxed);
@@ -225,6 +230,7 @@ impl Inner {
             Some(tx) => {
                 let _ = tx.send(result);
             }
+            None if cancelled => {}
             None => {
                 if let Err(e) = result {
                     // The worker's error stays encoded: its type is the pool's, not this table's.

@@ -13,6 +13,7 @@
 mod arrivals;
 mod builder;
 mod call;
+mod cancel;
 mod dead;
 mod handle;
 mod inner;

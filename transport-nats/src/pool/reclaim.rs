@@ -143,6 +143,10 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     format!("{reason}; the pool stopped with no member left to take the task");
                 self.lose(task.id, gone, prior, why);
             }
+            // Cancelled: its handle ended then.
+            TakenBack::Dropped => {
+                self.withdraw(task.id);
+            }
             TakenBack::Waiting => {
                 left = Some(Waiting {
                     id: task.id,

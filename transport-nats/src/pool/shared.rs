@@ -49,6 +49,8 @@ pub(super) struct Shared<O> {
     pub(super) calls: Mutex<Calls<O>>,
     /// Reports of the pool's streams found gone, for the recovery.
     pub(super) lost: mpsc::UnboundedSender<String>,
+    /// Cancelled tasks their members are to drop.
+    pub(super) cancels: mpsc::UnboundedSender<super::cancel::ToDrop>,
 }
 
 /// Per task sent by a call, where its first output goes.
@@ -216,7 +218,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         };
         if let Ok(bytes) = self.sealer.pack(&subject, &msg) {
             if let Err(e) = self.broker.client.publish(subject, bytes.into()).await {
-                tracing::warn!(member, "cannot tell the member to stop: {e}");
+                tracing::warn!(member, "cannot reach the member: {e}");
             }
         }
     }

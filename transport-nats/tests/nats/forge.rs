@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The version of the messages below.
-pub(super) const VERSION: u32 = 6;
+pub(super) const VERSION: u32 = 7;
 
 /// The pool's messages as anyone reading the protocol can lay them out; the forger appends a
 /// tag of its own making, as it has not the secret.
