@@ -188,19 +188,67 @@ pub(crate) async fn publish(
     payload: &[u8],
     deadline: Instant,
 ) -> Result<(), PublishFailure> {
-    let mut backoff = Duration::from_micros(500);
+    retry(js, subject, msg_id, bytes_of(payload), deadline, None).await
+}
+
+/// Like [`publish`], but hands the message to the client before it returns, so that messages
+/// published one after another go out in that order; the future it returns waits until
+/// JetStream stored it, and retries from there.
+pub(crate) async fn publish_in_order(
+    js: &jetstream::Context,
+    subject: &str,
+    msg_id: &str,
+    payload: &[u8],
+    deadline: Instant,
+) -> impl std::future::Future<Output = Result<(), PublishFailure>> + Send + 'static {
     let payload = bytes_of(payload);
-    loop {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id);
-        let attempt = async {
-            js.publish_with_headers(subject.to_string(), headers, payload.clone())
-                .await?
-                .await
-        };
-        let error = match attempt.await {
-            Ok(_) => return Ok(()),
+    let first = js
+        .publish_with_headers(subject.to_string(), id_header(msg_id), payload.clone())
+        .await;
+    let (js, subject, msg_id) = (js.clone(), subject.to_string(), msg_id.to_string());
+    async move {
+        let error = match first {
+            Ok(ack) => match ack.await {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            },
             Err(e) => e,
+        };
+        retry(&js, &subject, &msg_id, payload, deadline, Some(error)).await
+    }
+}
+
+fn id_header(msg_id: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id);
+    headers
+}
+
+/// Publishes until stored, refused for good, or past `deadline`, after the failed attempt
+/// `failed` if one was made.
+async fn retry(
+    js: &jetstream::Context,
+    subject: &str,
+    msg_id: &str,
+    payload: bytes::Bytes,
+    deadline: Instant,
+    mut failed: Option<jetstream::context::PublishError>,
+) -> Result<(), PublishFailure> {
+    let mut backoff = Duration::from_micros(500);
+    loop {
+        let error = match failed.take() {
+            Some(e) => e,
+            None => {
+                let attempt = async {
+                    js.publish_with_headers(subject.to_string(), id_header(msg_id), payload.clone())
+                        .await?
+                        .await
+                };
+                match attempt.await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => e,
+                }
+            }
         };
         let text = error_text(&error);
         match error.kind() {

@@ -82,8 +82,9 @@
 //! early, `call_timeout` and `submit_timeout` cancel a task as in a local pool: its handle ends
 //! at once, and the member holding it is told to drop it (one that has not received it yet
 //! drops it when it comes); the task keeps its place in that member's backlog until the member
-//! reports it ended, and is never sent to another member. `try_submit` is async (it stores the
-//! task before it returns).
+//! reports it ended, and is never sent to another member. `submit` returns once the broker
+//! stored the task; `try_submit` is synchronous, as in a local pool: it returns once the task is
+//! placed, and the pool stores its tasks in that order right after.
 //!
 //! The transport is tokio-only (the official `async-nats` client). A member's connection runs
 //! on tokio; its workers may run tokio, smol or async-std: pick the local pool's worker runtime.

@@ -87,6 +87,10 @@ fn main() {
             cancel::cancellation,
         ),
         trial(
+            "try_submit_returns_at_once_and_stores_in_order",
+            routing::try_submit_in_order,
+        ),
+        trial(
             "task_credit_is_the_consumers_max_ack_pending",
             routing::task_credit,
         ),

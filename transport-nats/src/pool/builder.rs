@@ -6,6 +6,7 @@ use super::inner::Inner;
 use super::lease::Lease;
 use super::recover::recovery;
 use super::shared::Shared;
+use super::store::store_in_order;
 use super::tasks::{keep_lease, serve_joins, serve_members, tick, watch_streams, Subscriptions};
 use super::Pool;
 use crate::broker::{self, Broker, JetStreamApi, PING};
@@ -317,6 +318,7 @@ impl<W: Worker> Builder<W> {
         let (acks, acks_rx) = mpsc::unbounded_channel();
         let (lost_tx, lost_rx) = mpsc::unbounded_channel();
         let (cancels, cancels_rx) = mpsc::unbounded_channel();
+        let (store, store_rx) = mpsc::unbounded_channel();
         let max_deliveries = self.settings.max_deliveries;
         let shared = Arc::new_cyclic(|me: &std::sync::Weak<Shared<W::Output>>| Shared {
             names,
@@ -340,6 +342,7 @@ impl<W: Worker> Builder<W> {
             calls: Mutex::new(HashMap::new()),
             lost: lost_tx,
             cancels,
+            store,
         });
         let subs = match Subscriptions::open(&shared).await {
             Ok(opened) => opened,
@@ -358,6 +361,7 @@ impl<W: Worker> Builder<W> {
         shared.spawn(send_acks(shared.clone(), acks_rx));
         shared.spawn(recovery(shared.clone(), lost_rx));
         shared.spawn(send_cancels(Arc::downgrade(&shared), cancels_rx));
+        shared.spawn(store_in_order(Arc::downgrade(&shared), store_rx));
         tracing::info!(pool = %shared.pool, "pool started; members may join");
         Ok(Pool {
             shared,

@@ -24,6 +24,7 @@ mod recover;
 mod sessions;
 mod shared;
 mod stop;
+mod store;
 mod tasks;
 
 pub use crate::broker::JetStreamApi;
@@ -33,8 +34,9 @@ pub use dead::DeadLetter;
 pub use handle::{MemberEvent, MemberEvents, MemberInfo, Stopped};
 use looppool_core::{Delivery, Outputs, TaskHandle};
 
-use self::inner::{Inner, Sticky};
+use self::inner::Sticky;
 use self::shared::{lock, Shared};
+use self::store::ToStore;
 use crate::broker;
 use crate::error::Error;
 use crate::wire;
@@ -69,6 +71,7 @@ impl<W: Worker> fmt::Debug for Pool<W> {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Target<'a> {
     Any,
     Member(&'a str),
@@ -150,12 +153,13 @@ impl<W: Worker> Pool<W> {
         self.submit_inner(Target::Any, task, true, None).await
     }
 
-    /// Like [`submit`](Self::submit), refusing with [`SubmitError::Full`] instead of waiting.
-    pub async fn try_submit(
-        &self,
-        task: W::Task,
-    ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
-        self.submit_inner(Target::Any, task, false, None).await
+    /// Like [`submit`](Self::submit), refusing with [`SubmitError::Full`] instead of waiting,
+    /// and returning once the task is placed: the pool stores it on the broker right after,
+    /// tasks in the order they were placed. A task the broker does not store ends with
+    /// [`TaskError::Broker`](looppool_core::TaskError::Broker) (where `submit` would return
+    /// [`SubmitError::Broker`]).
+    pub fn try_submit(&self, task: W::Task) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
+        self.place_and_store(Target::Any, task)
     }
 
     /// Submits a task to `member`, waiting while it holds its backlog. If that member leaves
@@ -170,14 +174,14 @@ impl<W: Worker> Pool<W> {
     }
 
     /// Like [`submit_to`](Self::submit_to), refusing with [`SubmitError::Full`] instead of
-    /// waiting.
-    pub async fn try_submit_to(
+    /// waiting, and returning once the task is placed, as [`try_submit`](Self::try_submit)
+    /// does.
+    pub fn try_submit_to(
         &self,
         member: &str,
         task: W::Task,
     ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
-        self.submit_inner(Target::Member(member), task, false, None)
-            .await
+        self.place_and_store(Target::Member(member), task)
     }
 
     /// Sends a task to every live member, after everything submitted to it before; one handle
@@ -231,38 +235,13 @@ impl<W: Worker> Pool<W> {
             Err(e) => return Err(SubmitError::Encode(task, e)),
         };
         let shared = &self.shared;
-        let named = match target {
-            Target::Any => None,
-            Target::Member(m) => Some(m.to_string()),
-        };
         let (id, member, handle) = loop {
             let mut notified = pin!(shared.changed.notified());
             notified.as_mut().enable();
-            {
-                let mut inner = shared.lock();
-                if inner.closed() {
-                    return Err(refusal(&inner, task));
-                }
-                if let Some(why) = &inner.broker_gone {
-                    return Err(SubmitError::Broker(task, format!("the broker is {why}")));
-                }
-                match inner.place(named.as_ref().map_or(For::Any, For::Member)) {
-                    Ok(placed) => {
-                        if let Some(p) = inner.tasks.get_mut(&placed.0) {
-                            p.call = reply.is_some();
-                        }
-                        break placed;
-                    }
-                    Err(Unplaced::Closed) => return Err(refusal(&inner, task)),
-                    Err(Unplaced::NoMember) => {
-                        return Err(SubmitError::Unroutable(task, Refusal::NoMembers))
-                    }
-                    Err(Unplaced::Unknown) => {
-                        return Err(SubmitError::Unroutable(task, Refusal::UnknownMember))
-                    }
-                    Err(Unplaced::Full(_)) if !wait => return Err(SubmitError::Full(task)),
-                    Err(Unplaced::Full(_)) => {}
-                }
+            match self.place(target, reply.is_some()) {
+                Ok(placed) => break placed,
+                Err(NotPlaced::Full) if wait => {}
+                Err(why) => return Err(why.with(task)),
             }
             notified.await;
         };
@@ -280,6 +259,60 @@ impl<W: Worker> Pool<W> {
         }
     }
 
+    /// Places `task` for `target` now, or refuses, and has the pool store it.
+    fn place_and_store(
+        &self,
+        target: Target<'_>,
+        task: W::Task,
+    ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
+        let payload = match self.encode(&task) {
+            Ok(p) => p,
+            Err(e) => return Err(SubmitError::Encode(task, e)),
+        };
+        let (id, member, handle) = self.place(target, false).map_err(|why| why.with(task))?;
+        let store = ToStore {
+            id,
+            member,
+            payload,
+        };
+        if self.shared.store.send(store).is_err() {
+            // The storing loop ended: the pool is being dropped.
+            self.shared.withdraw(id);
+        }
+        Ok(handle)
+    }
+
+    /// Places a task for `target` on a member with room, as the pool's placement decides.
+    fn place(
+        &self,
+        target: Target<'_>,
+        call: bool,
+    ) -> Result<(u64, String, TaskHandle<W::Error>), NotPlaced> {
+        let mut inner = self.shared.lock();
+        if inner.closed() {
+            return Err(NotPlaced::Closed(inner.failed.clone()));
+        }
+        if let Some(why) = &inner.broker_gone {
+            return Err(NotPlaced::Broker(format!("the broker is {why}")));
+        }
+        let named = match target {
+            Target::Any => None,
+            Target::Member(m) => Some(m.to_string()),
+        };
+        match inner.place(named.as_ref().map_or(For::Any, For::Member)) {
+            Ok(placed) => {
+                if let Some(p) = inner.tasks.get_mut(&placed.0) {
+                    p.call = call;
+                }
+                Ok(placed)
+            }
+            Err(Unplaced::Closed) => Err(NotPlaced::Closed(inner.failed.clone())),
+            Err(Unplaced::NoMember) => Err(NotPlaced::Unroutable(Refusal::NoMembers)),
+            Err(Unplaced::Unknown) => Err(NotPlaced::Unroutable(Refusal::UnknownMember)),
+            Err(Unplaced::Full(_)) => Err(NotPlaced::Full),
+        }
+    }
+
     async fn broadcast_inner(
         &self,
         key: Option<&str>,
@@ -293,7 +326,7 @@ impl<W: Worker> Pool<W> {
         let placed = {
             let mut inner = shared.lock();
             if inner.closed() {
-                return Err(refusal(&inner, task));
+                return Err(NotPlaced::Closed(inner.failed.clone()).with(task));
             }
             if let Some(why) = &inner.broker_gone {
                 return Err(SubmitError::Broker(task, format!("the broker is {why}")));
@@ -323,11 +356,26 @@ impl<W: Worker> Pool<W> {
     }
 }
 
-/// Why a submission to a closed pool is refused.
-fn refusal<T>(inner: &Inner, task: T) -> SubmitError<T> {
-    match &inner.failed {
-        Some(why) => SubmitError::Broker(task, format!("the pool failed: {why}")),
-        None => SubmitError::Closed(task),
+/// Why a task was not placed; the submission's error once it has its task back.
+enum NotPlaced {
+    /// The pool is stopping, or failed (why).
+    Closed(Option<String>),
+    Broker(String),
+    Unroutable(Refusal),
+    Full,
+}
+
+impl NotPlaced {
+    fn with<T>(self, task: T) -> SubmitError<T> {
+        match self {
+            NotPlaced::Closed(Some(why)) => {
+                SubmitError::Broker(task, format!("the pool failed: {why}"))
+            }
+            NotPlaced::Closed(None) => SubmitError::Closed(task),
+            NotPlaced::Broker(why) => SubmitError::Broker(task, why),
+            NotPlaced::Unroutable(r) => SubmitError::Unroutable(task, r),
+            NotPlaced::Full => SubmitError::Full(task),
+        }
     }
 }
 

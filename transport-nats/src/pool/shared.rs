@@ -51,6 +51,8 @@ pub(super) struct Shared<O> {
     pub(super) lost: mpsc::UnboundedSender<String>,
     /// Cancelled tasks their members are to drop.
     pub(super) cancels: mpsc::UnboundedSender<super::cancel::ToDrop>,
+    /// Tasks placed by `try_submit`, to store in order.
+    pub(super) store: mpsc::UnboundedSender<super::store::ToStore>,
 }
 
 /// Per task sent by a call, where its first output goes.
@@ -89,6 +91,23 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
         prior: u32,
         payload: Vec<u8>,
     ) -> Result<(), PublishFailure> {
+        let (subject, msg_id, msg) = self.task_message(id, member, prior, payload)?;
+        let deadline = Instant::now() + self.settings.broker_timeout;
+        let sent = broker::publish(&self.broker.js, &subject, &msg_id, &msg, deadline).await;
+        if let Err(PublishFailure::NoStream) = &sent {
+            self.streams_lost(format!("stream {} is gone", self.names.tasks_stream()));
+        }
+        sent
+    }
+
+    /// Task `id` as stored for `member`: its subject, message id and sealed message.
+    pub(super) fn task_message(
+        &self,
+        id: u64,
+        member: &str,
+        prior: u32,
+        payload: Vec<u8>,
+    ) -> Result<(String, String, Vec<u8>), PublishFailure> {
         let subject = self.names.task(member);
         let task = TaskMsg {
             run: self.run,
@@ -102,12 +121,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
             .map_err(PublishFailure::Refused)?;
         let storing = self.stored.fetch_add(1, Ordering::Relaxed);
         let msg_id = format!("{:x}-{id}-{storing}", self.run);
-        let deadline = Instant::now() + self.settings.broker_timeout;
-        let sent = broker::publish(&self.broker.js, &subject, &msg_id, &msg, deadline).await;
-        if let Err(PublishFailure::NoStream) = &sent {
-            self.streams_lost(format!("stream {} is gone", self.names.tasks_stream()));
-        }
-        sent
+        Ok((subject, msg_id, msg))
     }
 
     /// Sends task `id`'s first output to `reply`, and none to the output stream. Forgets the

@@ -173,8 +173,16 @@ pub(super) async fn bounded_streams() -> Result<(), Failed> {
         format!("the member's consumer expires after {expiry:?}")
     })?;
 
-    // The task stream fills: the next submission is refused at once, saying so.
-    let hold = pool.submit(Task::Sleep(2000)).await?;
+    // The task stream fills: the next submission is refused at once, saying so. The member
+    // holds one task until a gate opens; the rest wait in the stream.
+    let gate = std::env::temp_dir().join(format!("looppool-bounded-gate-{}", std::process::id()));
+    let _ = std::fs::remove_file(&gate);
+    let held = Task::EmitAcross {
+        first: 0,
+        file: gate.display().to_string(),
+        then: 0,
+    };
+    let hold = pool.submit(held).await?;
     let blob = Task::Blob(vec![7; 40_000]);
     let mut accepted = Vec::new();
     let started = Instant::now();
@@ -195,8 +203,16 @@ pub(super) async fn bounded_streams() -> Result<(), Failed> {
     check((3..=5).contains(&accepted.len()), || {
         format!("{} blobs of 40 kB taken in 200 kB", accepted.len())
     })?;
+    // `try_submit` returns before the task is stored: the broker's refusal ends the task.
+    let unstored = pool.try_submit(blob.clone())?;
+    match tokio::time::timeout(Duration::from_secs(5), unstored).await {
+        Ok(Err(TaskError::Broker { reason })) if reason.contains("full") => {}
+        other => return Err(format!("a task the full stream refused: {other:?}").into()),
+    }
     // Nothing that waited was dropped, and the pool takes tasks again.
+    std::fs::write(&gate, b"go")?;
     hold.await?;
+    let _ = std::fs::remove_file(&gate);
     for h in accepted {
         h.await?;
     }

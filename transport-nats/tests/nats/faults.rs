@@ -103,7 +103,7 @@ pub(super) async fn graceful_stop() -> Result<(), Failed> {
         // Once stop began, nothing new is taken.
         let wait = Deadline::new("the pool to close", Duration::from_secs(10));
         loop {
-            match pool.try_submit(Task::Double(1)).await {
+            match pool.try_submit(Task::Double(1)) {
                 Err(SubmitError::Closed(_)) => return Ok::<(), Failed>(()),
                 Ok(h) => drop(h),
                 Err(_) => {}

@@ -130,7 +130,7 @@ pub(super) async fn task_credit() -> Result<(), Failed> {
     for _ in 0..6 {
         handles.push(pool.submit(Task::SpinUntilExists(gate_s.clone())).await?);
     }
-    match pool.try_submit(Task::Double(1)).await {
+    match pool.try_submit(Task::Double(1)) {
         Err(SubmitError::Full(_)) => {}
         other => return Err(format!("a 7th task past a backlog of 6: {other:?}").into()),
     }
@@ -316,4 +316,40 @@ pub(super) async fn calls() -> Result<(), Failed> {
         || format!("worker numbers and processes do not match: {seen:?}"),
     )?;
     stop_all(&pool, vec![member, two]).await
+}
+
+/// `try_submit` returns as soon as the task is placed, and the pool stores its tasks in the
+/// order they were placed: a member that runs one task at a time answers them in that order.
+pub(super) async fn try_submit_in_order() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = quick(Pool::builder(&url, "order"))
+        .backlog(64)
+        .start()
+        .await?;
+    let member = Spec {
+        capacity: 1,
+        ..Spec::new(&url, "order")
+    }
+    .spawn("m");
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let outputs = pool.outputs();
+    let handles = (0..64u64)
+        .map(|n| pool.try_submit(Task::Double(n)))
+        .collect::<Result<Vec<_>, _>>()?;
+    match pool.try_submit(Task::Double(0)) {
+        Err(SubmitError::Full(_)) => {}
+        other => return Err(format!("a task past a backlog of 64: {other:?}").into()),
+    }
+    let mut values = Vec::new();
+    for _ in 0..64 {
+        let d = outputs.recv().await.ok_or("outputs ended")?;
+        values.push(doubled(&d).ok_or("not Doubled")?);
+    }
+    check(values == (0..64).map(|n| n * 2).collect::<Vec<_>>(), || {
+        format!("outputs out of order: {values:?}")
+    })?;
+    for h in handles {
+        h.await?;
+    }
+    stop_all(&pool, vec![member]).await
 }
