@@ -26,6 +26,16 @@ pub(super) async fn forged_messages() -> Result<(), Failed> {
     let started = Instant::now();
     let long = pool.submit(Task::Sleep(3000)).await?;
     let long_id = long.id();
+    // The forger connects without credentials and reads the genuine task from the stream
+    // while its member runs it.
+    let rogue = async_nats::connect(&url).await?;
+    let js = async_nats::jetstream::new(rogue.clone());
+    let genuine = js
+        .get_stream("looppool-forged-tasks")
+        .await?
+        .get_last_raw_message_by_subject("looppool.forged.task.m")
+        .await?
+        .payload;
     // When it resolves, noted as it happens: the trial's own steps may take longer than the
     // task on a loaded machine, so "not yet resolved" later would prove nothing.
     let long = tokio::spawn(async move {
@@ -33,9 +43,7 @@ pub(super) async fn forged_messages() -> Result<(), Failed> {
         (ended, started.elapsed())
     });
 
-    // The forger connects without credentials and learns the runs' numbers from the traffic.
-    let rogue = async_nats::connect(&url).await?;
-    let js = async_nats::jetstream::new(rogue.clone());
+    // It learns the runs' numbers from the traffic.
     let (alive, alive_sealed) = sniff::<wire::Alive>(&rogue, "looppool.forged.alive.m").await?;
     let (beacon, _) = sniff::<wire::Beacon>(&rogue, "looppool.forged.beacon").await?;
     let (nonce, run) = (alive.nonce, beacon.run);
@@ -142,7 +150,6 @@ pub(super) async fn forged_messages() -> Result<(), Failed> {
         wait.tick().await?;
     }
     // The pool still works, and only genuine outputs arrive.
-    let mut tasks = rogue.subscribe("looppool.forged.task.m").await?;
     let mut ups = rogue.subscribe("looppool.forged.up.m").await?;
     rogue.flush().await?;
     pool.submit(Task::Double(4)).await?.await?;
@@ -166,18 +173,27 @@ pub(super) async fn forged_messages() -> Result<(), Failed> {
         rogue.publish("looppool.forged.up.m", payload).await?;
     }
     rogue.flush().await?;
-    // The genuine task, seen on the wire, stored again: the member does not run it twice.
-    let seen = tokio::time::timeout(Duration::from_secs(5), tasks.next())
-        .await?
-        .ok_or("no task seen")?;
-    js.publish("looppool.forged.task.m", seen.payload)
-        .await?
-        .await?;
     let (ended, after) = long.await?;
     ended?;
     check(after >= Duration::from_secs(3), || {
         format!("the 3 s task resolved after {after:?}: the forged end was taken")
     })?;
+    // The genuine task, ended, stored again: the member does not run it twice, and drops it.
+    js.publish("looppool.forged.task.m", genuine).await?.await?;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream("m", "looppool-forged-tasks")
+        .await?;
+    let wait = Deadline::new(
+        "the member to drop the stored copy",
+        Duration::from_secs(10),
+    );
+    loop {
+        let info = consumer.info().await?;
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        wait.tick().await?;
+    }
     check(outputs.try_recv().is_none(), || {
         "a forged output reached the program".into()
     })?;
