@@ -132,6 +132,8 @@ fn faults_planted_in_member_placement_are_caught() {
         (M::EndKeepsPlace, &["[backlog]"][..]),
         (M::CancelIsEnd, &["[exactly-once]", "[backlog]"][..]),
         (M::CancelledMoves, &["[cancel]"][..]),
+        (M::FrozenClock, &["[wait]"][..]),
+        (M::WaitFromFirst, &["[wait]"][..]),
     ];
     for (mutation, labels) in expected {
         let found = hunt_with(members::cases(STEPS), |case| {

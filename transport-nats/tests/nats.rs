@@ -185,6 +185,10 @@ fn main() {
             reclaim::handed_back,
         ),
         trial(
+            "tasks_waiting_for_a_member_are_lost_a_member_timeout_after_none_came",
+            reclaim::waiting_tasks_expire,
+        ),
+        trial(
             "a_stopped_pool_ends_at_once_the_tasks_waiting_for_a_member",
             reclaim::stop_ends_waiting_tasks,
         ),

@@ -1,7 +1,7 @@
 //! The checks of one step's answers and of the invariants after it.
 
 use super::reference::Reference;
-use super::{Key, Mutation, MAX_DELIVERIES};
+use super::{clock, Key, Mutation, MAX_DELIVERIES, WAIT_MS};
 use looppool_core::state::members::{Members, TakenBack};
 use looppool_core::TaskId;
 
@@ -19,7 +19,7 @@ pub(super) fn take_back(
     } else {
         deliveries
     };
-    let got = real.take_back(id, &from, counted);
+    let got = real.take_back(id, &from, counted, clock(model.now));
     let task = model.tasks[&id].clone();
     let expected = if task.waiting || task.holder != from || model.limit(from).is_some() {
         TakenBack::NotHeld
@@ -64,6 +64,9 @@ pub(super) fn take_back(
             "[exactly-once] task {id} ended at"
         );
     }
+    if expected != TakenBack::NotHeld {
+        model.arm(from, WAIT_MS);
+    }
     Ok(())
 }
 
@@ -86,6 +89,12 @@ pub(super) fn invariants(real: &Members<Key>, model: &Reference) -> Result<(), S
             real.holds(*id, &task.holder) != task.waiting,
             "[exactly-once] task {id}: waiting is {}",
             task.waiting
+        );
+        let until = real.waits_until(*id);
+        ensure!(
+            until == task.until.map(clock),
+            "[wait] task {id} waits until {until:?}, the reference {:?} ms",
+            task.until
         );
         ensure!(
             real.is_cancelled(*id) == task.cancelled,

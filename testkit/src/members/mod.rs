@@ -11,6 +11,8 @@
 //!   another;
 //! - `[deliveries]` a task taken back after the most deliveries allowed is given up on;
 //! - `[stop]` once closed, nothing is placed and nothing taken back waits for a member;
+//! - `[wait]` a task waiting for a member waits from the moment its gone member's last task
+//!   was taken back, and is given up on once offered past its wait with no member there;
 //! - `[cancel]` a cancelled task stays with its member, in its backlog, until its end, and one
 //!   taken back is dropped, never moved; one that waits ends at once.
 //!
@@ -22,6 +24,7 @@ use looppool_core::state::members::{Cancelled, Fault, For, Members, TakenBack, U
 use looppool_core::TaskId;
 use proptest::prelude::*;
 use reference::Reference;
+use std::time::{Duration, Instant};
 
 macro_rules! ensure {
     ($cond:expr, $($msg:tt)+) => {
@@ -39,6 +42,15 @@ type Key = u8;
 
 /// Most deliveries a task gets in the checked pools.
 pub const MAX_DELIVERIES: u32 = 3;
+
+/// How long a task taken back waits for a member, in the checked pools (ms).
+pub const WAIT_MS: u64 = 100;
+
+/// The run's clock, from a fixed start: `ms` after it.
+fn clock(ms: u64) -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now) + Duration::from_millis(ms)
+}
 
 /// One input to the state.
 #[derive(Debug, Clone)]
@@ -69,6 +81,8 @@ pub enum Step {
     TakeBackFrom(usize, Key, u32),
     /// The program cancels the task at this index (modulo the tasks under way).
     Cancel(usize),
+    /// This many ms pass.
+    Advance(u64),
     /// The pool stops.
     Close,
 }
@@ -95,6 +109,7 @@ pub fn cases(max_len: usize) -> impl Strategy<Value = Case> {
         1 => (0u8..4).prop_map(Step::Record),
         1 => (any::<usize>(), 0u8..4, 0u32..=4).prop_map(|(i, k, d)| Step::TakeBackFrom(i, k, d)),
         2 => any::<usize>().prop_map(Step::Cancel),
+        3 => (0..=WAIT_MS).prop_map(Step::Advance),
     ];
     // A stop late in the run, or none: a stop early would leave little to check after it.
     let steps = prop::collection::vec(step, 0..max_len);
@@ -136,18 +151,25 @@ pub enum Mutation {
     CancelIsEnd,
     /// Planted in the state: a cancelled task taken back is moved to another member.
     CancelledMoves,
+    /// Waiting tasks are offered to the members with the clock stopped at the run's start:
+    /// none is ever given up on.
+    FrozenClock,
+    /// Planted in the state: a task's wait starts when it is taken back, not when its gone
+    /// member's last task was.
+    WaitFromFirst,
 }
 
 /// Runs `case` on the real state (with `mutation` planted) and on the reference; the first
 /// difference or broken invariant, labelled with its invariant.
 pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
-    let mut real = Members::<Key>::new(MAX_DELIVERIES);
+    let mut real = Members::<Key>::new(MAX_DELIVERIES, Duration::from_millis(WAIT_MS));
     let planted = match mutation {
         Mutation::StuckTurn => Some(Fault::StuckTurn),
         Mutation::MoveIgnoresBacklog => Some(Fault::MoveIgnoresBacklog),
         Mutation::TargetedMoves => Some(Fault::TargetedMoves),
         Mutation::EndKeepsPlace => Some(Fault::EndKeepsPlace),
         Mutation::CancelledMoves => Some(Fault::CancelledMoves),
+        Mutation::WaitFromFirst => Some(Fault::WaitFromFirst),
         _ => None,
     };
     if let Some(fault) = planted {
@@ -319,14 +341,28 @@ pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
                 let Some(&id) = waiting.get(i % waiting.len().max(1)) else {
                     continue;
                 };
-                let got = real.place_waiting(id);
-                let expected = model.move_on(id);
+                let now = if mutation == Mutation::FrozenClock {
+                    0
+                } else {
+                    model.now
+                };
+                let got = real.place_waiting(id, clock(now));
+                let task = model.tasks.get_mut(&id).expect("listed");
+                let until = *task.until.get_or_insert(model.now + WAIT_MS);
+                let expected = match model.move_on(id) {
+                    TakenBack::Waiting if model.now >= until => TakenBack::Expired,
+                    other => other,
+                };
+                let label = match (&got, &expected) {
+                    (TakenBack::Expired, _) | (_, TakenBack::Expired) => "[wait]",
+                    _ => "[stop]",
+                };
                 ensure!(
                     got == expected,
-                    "[stop] {}: {got:?}, the reference {expected:?}",
+                    "{label} {}: {got:?}, the reference {expected:?}",
                     at()
                 );
-                if expected == TakenBack::Stopped {
+                if matches!(expected, TakenBack::Stopped | TakenBack::Expired) {
                     model.tasks.remove(&id);
                     ensure!(real.end(id).is_some(), "[exactly-once] {}", at());
                 }
@@ -362,6 +398,7 @@ pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
                     at()
                 );
             }
+            Step::Advance(ms) => model.now += ms,
             Step::Close => {
                 if mutation != Mutation::IgnoreClose {
                     real.close();

@@ -11,6 +11,8 @@ pub(super) struct RefTask {
     pub(super) waiting: bool,
     pub(super) any: bool,
     pub(super) cancelled: bool,
+    /// Waiting: until when (ms on the run's clock), once its gone member held no more.
+    pub(super) until: Option<u64>,
 }
 
 /// The reference: the rules, written plainly.
@@ -21,6 +23,8 @@ pub(super) struct Reference {
     pub(super) cursor: usize,
     pub(super) tasks: BTreeMap<TaskId, RefTask>,
     pub(super) closed: bool,
+    /// The run's clock, in ms.
+    pub(super) now: u64,
 }
 
 impl Reference {
@@ -51,6 +55,7 @@ impl Reference {
             waiting: false,
             any,
             cancelled: false,
+            until: None,
         };
         self.tasks.insert(id, task);
         key
@@ -63,6 +68,7 @@ impl Reference {
             waiting: false,
             any: false,
             cancelled: false,
+            until: None,
         };
         self.tasks.insert(id, task);
     }
@@ -78,6 +84,18 @@ impl Reference {
         } else {
             task.cancelled = true;
             Cancelled::Tell(task.holder)
+        }
+    }
+
+    /// `from` holds no more tasks: its tasks waiting for a member wait `wait` from now.
+    pub(super) fn arm(&mut self, from: Key, wait: u64) {
+        if self.held(from) > 0 {
+            return;
+        }
+        let now = self.now;
+        let waiting = self.tasks.values_mut();
+        for t in waiting.filter(|t| t.waiting && t.holder == from && t.until.is_none()) {
+            t.until = Some(now + wait);
         }
     }
 

@@ -320,6 +320,8 @@ impl<W: Worker> Builder<W> {
         let (cancels, cancels_rx) = mpsc::unbounded_channel();
         let (store, store_rx) = mpsc::unbounded_channel();
         let max_deliveries = self.settings.max_deliveries;
+        // Tasks taken back wait this long for a member to join.
+        let wait = self.settings.member_timeout();
         let shared = Arc::new_cyclic(|me: &std::sync::Weak<Shared<W::Output>>| Shared {
             names,
             pool: self.pool,
@@ -331,7 +333,7 @@ impl<W: Worker> Builder<W> {
             refused: Refusals::default(),
             stored: Default::default(),
             // Handles cancel through the pool's state.
-            inner: Mutex::new(Inner::new(max_deliveries, me.clone())),
+            inner: Mutex::new(Inner::new(max_deliveries, wait, me.clone())),
             changed: Notify::new(),
             events,
             outputs_tx,

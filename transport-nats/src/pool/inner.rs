@@ -98,16 +98,20 @@ pub(super) struct Inner {
 }
 
 impl Inner {
-    /// An empty pool that gives up on a task after `max_deliveries` deliveries, whose handles
-    /// cancel through `canceller`.
-    pub(super) fn new(max_deliveries: u32, canceller: Weak<dyn CancelSink>) -> Self {
+    /// An empty pool that gives up on a task after `max_deliveries` deliveries, and on a task
+    /// waiting for a member after `wait`, whose handles cancel through `canceller`.
+    pub(super) fn new(
+        max_deliveries: u32,
+        wait: std::time::Duration,
+        canceller: Weak<dyn CancelSink>,
+    ) -> Self {
         Self {
             failed: None,
             broker_gone: None,
             recovering: false,
             next_id: 0,
             members: Vec::new(),
-            placement: Members::new(max_deliveries),
+            placement: Members::new(max_deliveries, wait),
             tasks: HashMap::new(),
             sticky: Vec::new(),
             sticky_set: 0,

@@ -131,7 +131,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 .saturating_add(to_members.saturating_sub(returned))
         };
         let mut left = None;
-        match self.reroute(task.id, gone, prior, None).await {
+        match self.reroute(task.id, gone, prior, false).await {
             TakenBack::To(next) => {
                 self.send_on(task.id, gone, &next, prior, task.payload)
                     .await
@@ -162,13 +162,13 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     }
 
     /// Sends the tasks taken back from `gone` that no member was there to take to the first
-    /// member with room, waiting up to the member timeout, once for all of them, for one to
-    /// join: a pool's only member that left for a parent gone silent comes back within it.
-    /// Past it, or at once if the pool is stopping, they are lost.
+    /// member with room, as members join; the pool's placement gives each up once it waited
+    /// the member timeout from when `gone`'s last task was taken back (a pool's only member
+    /// that left for a parent gone silent comes back within it), or at once if the pool is
+    /// stopping.
     pub(super) async fn place_waiting(&self, gone: &str, reason: &str, waiting: Vec<Waiting>) {
-        let mut until = tokio::time::Instant::now() + self.settings.member_timeout();
         for w in waiting {
-            let why = match self.reroute(w.id, gone, w.prior, Some(&mut until)).await {
+            let why = match self.reroute(w.id, gone, w.prior, true).await {
                 TakenBack::To(next) => {
                     self.send_on(w.id, gone, &next, w.prior, w.payload).await;
                     continue;
@@ -176,7 +176,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 TakenBack::Stopped => {
                     format!("{reason}; the pool stopped with no member left to take the task")
                 }
-                TakenBack::Waiting => format!(
+                TakenBack::Expired => format!(
                     "{reason}; no member joined within the member timeout ({:?}) to take the \
                      task",
                     self.settings.member_timeout()
@@ -242,27 +242,23 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     }
 
     /// What becomes of task `id`, taken back from gone member `gone` after `prior`
-    /// deliveries, as the pool's placement decides: with `until`, the task waits for a member
-    /// and is offered to the members until then; without, it has just come back. Members all
-    /// busy are waited for as long as it takes (and move `until` on: their room is what is
-    /// waited for). A task that moves is counted as delivered `prior` times.
-    async fn reroute(
-        &self,
-        id: u64,
-        gone: &str,
-        prior: u32,
-        mut until: Option<&mut tokio::time::Instant>,
-    ) -> TakenBack<String> {
+    /// deliveries, as the pool's placement decides: if `waiting`, the task waits for a member
+    /// and is offered to the members as they change, until the placement gives it up; else it
+    /// has just come back. Members all busy are waited for as long as it takes. A task that
+    /// moves is counted as delivered `prior` times.
+    async fn reroute(&self, id: u64, gone: &str, prior: u32, waiting: bool) -> TakenBack<String> {
         let gone = gone.to_string();
         loop {
             let mut notified = pin!(self.changed.notified());
             notified.as_mut().enable();
-            let deadline = {
+            let until = {
                 let mut inner = self.lock();
                 let inner = &mut *inner;
-                let answer = match until {
-                    None => inner.placement.take_back(id, &gone, prior),
-                    Some(_) => inner.placement.place_waiting(id),
+                let now = Instant::now();
+                let answer = if waiting {
+                    inner.placement.place_waiting(id, now)
+                } else {
+                    inner.placement.take_back(id, &gone, prior, now)
                 };
                 match answer {
                     TakenBack::To(next) => {
@@ -271,23 +267,18 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                         }
                         return TakenBack::To(next);
                     }
-                    TakenBack::Busy => {
-                        let busy = tokio::time::Instant::now() + self.settings.member_timeout();
-                        if let Some(u) = until.as_deref_mut() {
-                            *u = busy;
-                        }
-                        busy
-                    }
-                    TakenBack::Waiting => match until.as_deref() {
-                        Some(u) => *u,
-                        None => return TakenBack::Waiting,
-                    },
+                    // Room is what is waited for: a member that ends a task says so (and
+                    // looked at again now and then all the same).
+                    TakenBack::Busy => Some(now + self.settings.member_timeout()),
+                    TakenBack::Waiting if waiting => inner.placement.waits_until(id),
                     other => return other,
                 }
             };
-            let timed_out = tokio::time::timeout_at(deadline, notified).await.is_err();
-            if timed_out && until.is_some() && self.lock().placement.live().next().is_none() {
-                return TakenBack::Waiting;
+            match until {
+                Some(until) => {
+                    let _ = tokio::time::timeout_at(until.into(), notified).await;
+                }
+                None => notified.await,
             }
         }
     }

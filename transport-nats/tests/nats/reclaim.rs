@@ -1,5 +1,6 @@
 //! Trials of taking back a dead member's tasks: a task that kills every member it reaches is
-//! given up on, and tasks a dead member never received move at once, within backlogs.
+//! given up on, tasks a dead member never received move at once, within backlogs, and tasks
+//! with no member to take them wait one member timeout, or end at once when the pool stops.
 
 use super::{check, quick, shared_url, stop_all, Deadline, Failed, MemberProc, Spec};
 use futures_util::FutureExt;
@@ -286,5 +287,59 @@ pub(super) async fn stop_ends_waiting_tasks() -> Result<(), Failed> {
     check(took < member_timeout * 2, || {
         format!("stop took {took:?} with three tasks waiting for a member")
     })?;
+    Ok(())
+}
+
+/// Tasks of a pool's only member, killed, wait for a member to join for one member timeout
+/// from when the last of them was taken back; with none joining, they are lost, saying why.
+pub(super) async fn waiting_tasks_expire() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let member_timeout = Duration::from_secs(2);
+    let pool = quick(Pool::builder(&url, "waitexpire"))
+        .member_timeout(member_timeout)
+        .ack_wait(Duration::from_secs(1))
+        .start()
+        .await?;
+    let mut events = pool.events();
+    let mut only = Spec {
+        capacity: 4,
+        ..Spec::new(&url, "waitexpire")
+    }
+    .spawn("only");
+    pool.wait_for_members(1, Duration::from_secs(30)).await?;
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        handles.push(pool.submit(Task::Sleep(60_000)).await?);
+    }
+    only.kill();
+    let left = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.recv().await {
+                Some(looppool_nats::MemberEvent::Left { member, .. }) if member == "only" => {
+                    return Ok(Instant::now())
+                }
+                Some(_) => continue,
+                None => return Err("the pool's events ended"),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "the killed member was not counted gone within 30 s")??;
+    for h in handles {
+        let ended = tokio::time::timeout(Duration::from_secs(30), h)
+            .await
+            .map_err(|_| "a task waiting for a member was not given up on within 30 s")?;
+        match ended {
+            Err(TaskError::MemberLost { reason, .. })
+                if reason.contains("no member joined within the member timeout") => {}
+            other => return Err(format!("a task the dead member held: {other:?}").into()),
+        }
+        // Its wait began once the member was gone and its tasks taken back.
+        let waited = left.elapsed();
+        check(waited >= member_timeout, || {
+            format!("a task lost {waited:?} after its member was counted gone")
+        })?;
+    }
+    pool.stop().await;
     Ok(())
 }

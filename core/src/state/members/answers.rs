@@ -42,6 +42,8 @@ pub enum TakenBack<K> {
     Stopped,
     /// It is not held by that member (it ended, or was moved meanwhile).
     NotHeld,
+    /// It waited for a member past the pool's wait, and none came: it ends as lost.
+    Expired,
     /// It was cancelled: it is not sent again, and leaves the table (its handle ended when it
     /// was cancelled).
     Dropped,

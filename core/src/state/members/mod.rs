@@ -19,10 +19,14 @@
 //! 5. once closed, [`place`](Members::place) refuses, and a task taken back with no member to
 //!    take it ends at once rather than wait (one with a member there still moves to it);
 //! 6. a cancelled task ([`cancel`](Members::cancel)) never goes to another member: its member
-//!    keeps it, in its backlog, until it reports the end, and one taken back is dropped.
+//!    keeps it, in its backlog, until it reports the end, and one taken back is dropped;
+//! 7. a task waiting for a member waits the pool's wait from the moment its gone member's last
+//!    task was taken back (the member may join again only then), and no longer: offered to the
+//!    members past it with none there, it is given up on ([`TakenBack::Expired`]).
 
 use super::TaskId;
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 mod answers;
 
@@ -36,6 +40,7 @@ enum FaultKind {
     TargetedMoves,
     EndKeepsPlace,
     CancelledMoves,
+    WaitFromFirst,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +57,8 @@ struct Placed<K> {
     waiting: bool,
     any: bool,
     cancelled: bool,
+    /// Waiting: until when, once its gone member's last task was taken back.
+    until: Option<Instant>,
 }
 
 /// A fault planted in [`Members`], for the testkit to prove its model check catches it.
@@ -69,6 +76,9 @@ pub enum Fault {
     EndKeepsPlace,
     /// A cancelled task taken back is moved to another member like any other.
     CancelledMoves,
+    /// A task's wait for a member starts when it is taken back, not when its gone member's
+    /// last task was.
+    WaitFromFirst,
 }
 
 /// The routing, backlogs and task table of a pool of members. See the [module docs](self).
@@ -78,19 +88,23 @@ pub struct Members<K> {
     cursor: usize,
     tasks: BTreeMap<TaskId, Placed<K>>,
     max_deliveries: u32,
+    /// How long a task taken back waits for a member to join.
+    wait: Duration,
     closed: bool,
     #[cfg(feature = "fault-injection")]
     fault: Option<Fault>,
 }
 
 impl<K: Clone + Eq> Members<K> {
-    /// No member yet; a task taken back after `max_deliveries` deliveries is given up on.
-    pub fn new(max_deliveries: u32) -> Self {
+    /// No member yet; a task taken back after `max_deliveries` deliveries is given up on, and
+    /// one taken back with no member there waits up to `wait` for one to join.
+    pub fn new(max_deliveries: u32, wait: Duration) -> Self {
         Self {
             live: Vec::new(),
             cursor: 0,
             tasks: BTreeMap::new(),
             max_deliveries: max_deliveries.max(1),
+            wait,
             closed: false,
             #[cfg(feature = "fault-injection")]
             fault: None,
@@ -113,6 +127,7 @@ impl<K: Clone + Eq> Members<K> {
                 FaultKind::TargetedMoves => Fault::TargetedMoves,
                 FaultKind::EndKeepsPlace => Fault::EndKeepsPlace,
                 FaultKind::CancelledMoves => Fault::CancelledMoves,
+                FaultKind::WaitFromFirst => Fault::WaitFromFirst,
             };
             self.fault == Some(planted)
         }
@@ -209,6 +224,7 @@ impl<K: Clone + Eq> Members<K> {
             waiting: false,
             any: false,
             cancelled: false,
+            until: None,
         };
         assert!(
             self.tasks.insert(id, placed).is_none(),
@@ -271,10 +287,39 @@ impl<K: Clone + Eq> Members<K> {
         Some(p.holder)
     }
 
-    /// Task `id` came back from gone member `from` after `deliveries` deliveries to members:
-    /// what becomes of it. A task for `from` only is lost; an untargeted one delivered as often
-    /// as the pool allows is given up on; else it goes to the next member with room.
-    pub fn take_back(&mut self, id: TaskId, from: &K, deliveries: u32) -> TakenBack<K> {
+    /// Task `id` came back from gone member `from` after `deliveries` deliveries to members,
+    /// at `now`: what becomes of it. A task for `from` only is lost; an untargeted one
+    /// delivered as often as the pool allows is given up on; else it goes to the next member
+    /// with room, or waits for one. Once `from` holds no more tasks, its tasks waiting for a
+    /// member wait the pool's wait from `now`.
+    pub fn take_back(
+        &mut self,
+        id: TaskId,
+        from: &K,
+        deliveries: u32,
+        now: Instant,
+    ) -> TakenBack<K> {
+        let answer = self.answer_taken_back(id, from, deliveries);
+        if answer != TakenBack::NotHeld {
+            // A task lost or given up on is still in the table, for the driver to end.
+            let ending = matches!(
+                answer,
+                TakenBack::Lost | TakenBack::GiveUp | TakenBack::Stopped
+            );
+            let held = self.held_by(from) - usize::from(ending);
+            if held == 0 || self.planted(FaultKind::WaitFromFirst) {
+                let until = now + self.wait;
+                let waiting = self.tasks.values_mut();
+                let from_gone = waiting.filter(|p| p.waiting && p.holder == *from);
+                for p in from_gone.filter(|p| p.until.is_none()) {
+                    p.until = Some(until);
+                }
+            }
+        }
+        answer
+    }
+
+    fn answer_taken_back(&mut self, id: TaskId, from: &K, deliveries: u32) -> TakenBack<K> {
         match self.tasks.get(&id) {
             Some(p) if !p.waiting && p.holder == *from && !self.is_live(from) => {
                 if p.cancelled && !self.planted(FaultKind::CancelledMoves) {
@@ -316,12 +361,30 @@ impl<K: Clone + Eq> Members<K> {
         self.tasks.get(&id).is_some_and(|p| p.cancelled)
     }
 
-    /// Waiting task `id`: the next member with room takes it, if there is one.
-    pub fn place_waiting(&mut self, id: TaskId) -> TakenBack<K> {
-        match self.tasks.get(&id) {
-            Some(p) if p.waiting => self.move_on(id),
-            _ => TakenBack::NotHeld,
+    /// Waiting task `id`, at `now`: the next member with room takes it, if there is one. With
+    /// no member there past its wait, it is given up on ([`TakenBack::Expired`]). A task
+    /// offered before its wait started (its gone member's other tasks were ended rather than
+    /// taken back) starts it now.
+    pub fn place_waiting(&mut self, id: TaskId, now: Instant) -> TakenBack<K> {
+        let wait = self.wait;
+        let until = match self.tasks.get_mut(&id) {
+            Some(p) if p.waiting => *p.until.get_or_insert(now + wait),
+            _ => return TakenBack::NotHeld,
+        };
+        match self.move_on(id) {
+            TakenBack::Waiting if now >= until => TakenBack::Expired,
+            other => other,
         }
+    }
+
+    /// Until when waiting task `id` waits for a member (none until its gone member's last task
+    /// was taken back): the time to offer it again ([`place_waiting`](Self::place_waiting)) if
+    /// no member joined by then.
+    pub fn waits_until(&self, id: TaskId) -> Option<Instant> {
+        self.tasks
+            .get(&id)
+            .filter(|p| p.waiting)
+            .and_then(|p| p.until)
     }
 
     /// Moves task `id` (held by a gone member, or waiting) to the next member with room.
@@ -360,6 +423,7 @@ impl<K: Clone + Eq> Members<K> {
             waiting: false,
             any,
             cancelled: false,
+            until: None,
         };
         self.tasks.insert(id, placed);
         key
