@@ -134,6 +134,8 @@ fn faults_planted_in_member_placement_are_caught() {
         (M::CancelledMoves, &["[cancel]"][..]),
         (M::FrozenClock, &["[wait]"][..]),
         (M::WaitFromFirst, &["[wait]"][..]),
+        (M::BusyKeepsWait, &["[wait]"][..]),
+        (M::CancelFreesPlace, &["[backlog]"][..]),
     ];
     for (mutation, labels) in expected {
         let found = hunt_with(members::cases(STEPS), |case| {

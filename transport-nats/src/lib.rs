@@ -84,7 +84,8 @@
 //! drops it when it comes); the task keeps its place in that member's backlog until the member
 //! reports it ended, and is never sent to another member. `submit` returns once the broker
 //! stored the task; `try_submit` is synchronous, as in a local pool: it returns once the task is
-//! placed, and the pool stores its tasks in that order right after.
+//! placed. The pool stores tasks in the order they were placed, but for one the broker took
+//! only on a retry.
 //!
 //! The transport is tokio-only (the official `async-nats` client). A member's connection runs
 //! on tokio; its workers may run tokio, smol or async-std: pick the local pool's worker runtime.

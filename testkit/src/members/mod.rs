@@ -12,7 +12,8 @@
 //! - `[deliveries]` a task taken back after the most deliveries allowed is given up on;
 //! - `[stop]` once closed, nothing is placed and nothing taken back waits for a member;
 //! - `[wait]` a task waiting for a member waits from the moment its gone member's last task
-//!   was taken back, and is given up on once offered past its wait with no member there;
+//!   was taken back, anew each time it finds every member busy, and is given up on once
+//!   offered past its wait with no member there;
 //! - `[cancel]` a cancelled task stays with its member, in its backlog, until its end, and one
 //!   taken back is dropped, never moved; one that waits ends at once.
 //!
@@ -157,6 +158,10 @@ pub enum Mutation {
     /// Planted in the state: a task's wait starts when it is taken back, not when its gone
     /// member's last task was.
     WaitFromFirst,
+    /// Planted in the state: a waiting task that finds every member busy keeps its wait.
+    BusyKeepsWait,
+    /// Planted in the state: a cancel frees the task's place in its member's backlog at once.
+    CancelFreesPlace,
 }
 
 /// Runs `case` on the real state (with `mutation` planted) and on the reference; the first
@@ -170,6 +175,8 @@ pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
         Mutation::EndKeepsPlace => Some(Fault::EndKeepsPlace),
         Mutation::CancelledMoves => Some(Fault::CancelledMoves),
         Mutation::WaitFromFirst => Some(Fault::WaitFromFirst),
+        Mutation::BusyKeepsWait => Some(Fault::BusyKeepsWait),
+        Mutation::CancelFreesPlace => Some(Fault::CancelFreesPlace),
         _ => None,
     };
     if let Some(fault) = planted {
@@ -351,6 +358,11 @@ pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
                 let until = *task.until.get_or_insert(model.now + WAIT_MS);
                 let expected = match model.move_on(id) {
                     TakenBack::Waiting if model.now >= until => TakenBack::Expired,
+                    TakenBack::Busy => {
+                        let task = model.tasks.get_mut(&id).expect("listed");
+                        task.until = Some(model.now + WAIT_MS);
+                        TakenBack::Busy
+                    }
                     other => other,
                 };
                 let label = match (&got, &expected) {
@@ -368,15 +380,16 @@ pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
                 }
             }
             Step::Cancel(i) => {
-                let ids: Vec<TaskId> = model.tasks.keys().copied().collect();
-                let Some(&id) = ids.get(i % ids.len().max(1)) else {
+                // Any task placed so far, ended ones included, or one never placed.
+                let id = (i as TaskId) % (next_id + 1) + 1;
+                if !model.tasks.contains_key(&id) {
                     ensure!(
-                        real.cancel(next_id + 1) == Cancelled::NotHeld,
-                        "[cancel] {}",
+                        real.cancel(id) == Cancelled::NotHeld,
+                        "[cancel] {}: task {id} is not under way",
                         at()
                     );
                     continue;
-                };
+                }
                 let got = if mutation == Mutation::CancelIsEnd {
                     match real.end(id) {
                         Some(key) if !model.tasks[&id].waiting => Cancelled::Tell(key),

@@ -99,16 +99,22 @@ impl<W: Worker> Serving<W> {
         tokio::spawn(async move {
             let mut handle = handle;
             let ended = tokio::select! {
-                ended = &mut handle => ended,
+                ended = &mut handle => ended.map_err(local_outcome),
                 Ok(()) = cancelled => {
-                    handle.abort();
-                    handle.await
+                    // Unless it ended meanwhile, the parent's cancel ended it.
+                    let aborted = handle.abort();
+                    match handle.await {
+                        Err(looppool_core::TaskError::Cancelled) if aborted => {
+                            Err(Outcome::Cancelled)
+                        }
+                        ended => ended.map_err(local_outcome),
+                    }
                 }
             };
             lock(&me.cancels).done(id);
             let outcome = match ended {
                 Ok(()) => Outcome::Done,
-                Err(e) => local_outcome(e),
+                Err(outcome) => outcome,
             };
             let _ = finished.send(Finished {
                 local: Some(local),
@@ -231,7 +237,6 @@ fn local_outcome<F: serde::Serialize + std::fmt::Display>(
         E::Panicked { message } => Outcome::Panicked(message),
         E::TimedOut { after } => Outcome::TimedOut(after.as_millis() as u64),
         E::Codec { message } => Outcome::Codec(message),
-        E::Cancelled => Outcome::Cancelled,
         other => Outcome::Lost(other.to_string()),
     }
 }

@@ -284,7 +284,20 @@ impl<W: Worker> Serving<W> {
                 if lock(&self.running).is_empty() {
                     break;
                 }
-                notified.await;
+                // Tasks the parent cancels meanwhile are dropped: one that never ends would
+                // keep this member from leaving.
+                tokio::select! {
+                    () = notified => {}
+                    Some(m) = ctl.next() => {
+                        if let Ok(CtlMsg { run, nonce, control: Control::Cancel { ids } }) =
+                            self.sealer.unpack::<CtlMsg>(&m.subject, &m.payload)
+                        {
+                            if run == self.parent && nonce == self.nonce {
+                                self.cancel(&ids);
+                            }
+                        }
+                    }
+                }
             }
             drop(finished_tx);
             pump.abort();

@@ -3,7 +3,7 @@
 use super::cancel::CancelOnDrop;
 use super::{Pool, Target};
 use crate::pool::shared::lock;
-use looppool_core::{CallError, Worker};
+use looppool_core::{CallError, SubmitError, Worker};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -56,24 +56,36 @@ impl<W: Worker> Pool<W> {
         wait: bool,
         timeout: Option<Duration>,
     ) -> Result<W::Output, CallError<W::Error>> {
-        let (tx, mut reply) = oneshot::channel();
-        let handle = self
-            .submit_inner(target, task, wait, Some(tx))
+        let payload = match self.encode(&task) {
+            Ok(p) => p,
+            Err(e) => return Err(CallError::refused(SubmitError::Encode(task, e))),
+        };
+        let (id, member, handle) = self
+            .place_when_room(target, wait, true)
             .await
-            .map_err(CallError::refused)?;
-        let id = handle.id();
-        if let Some(after) = timeout {
-            self.shared.expire(id, after);
-        }
+            .map_err(|why| CallError::refused(why.with(task)))?;
+        // Before the task is stored: no output of it can have arrived.
+        let (tx, mut reply) = oneshot::channel();
+        self.shared.expect_reply(id, tx);
         let forget = Forget {
             calls: &self.shared.calls,
             id,
         };
-        // Dropping this future before the task ends cancels the task.
+        // Dropping this future before the task ends cancels the task, stored yet or not.
         let mut cancel = CancelOnDrop {
             shared: self.shared.clone(),
             id: Some(id),
         };
+        if let Err(e) = self.stored(id, member, payload).await {
+            cancel.id = None;
+            return Err(CallError::Broker {
+                task: None,
+                reason: e,
+            });
+        }
+        if let Some(after) = timeout {
+            self.shared.expire(id, after);
+        }
         let ended = handle.await;
         cancel.id = None;
         drop(forget);

@@ -26,6 +26,10 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     /// Cancels task `id`, which ends now with `error`; whether it had not ended.
     pub(super) fn cancel_as(&self, id: TaskId, error: RawTaskError) -> bool {
         let mut inner = self.lock();
+        // Its member ended it, and its end waits only for outputs on their way.
+        if inner.tasks.get(&id).is_some_and(|p| p.parked.is_some()) {
+            return false;
+        }
         let holder = inner.placement.holder(id).cloned().unwrap_or_default();
         match inner.placement.cancel(id) {
             Cancelled::NotHeld => return false,
@@ -48,12 +52,17 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
     /// Cancels task `id` with [`TaskError::TimedOut`] if it has not ended `after` from now.
     pub(super) fn expire(self: &Arc<Self>, id: TaskId, after: Duration) {
         let shared = Arc::downgrade(self);
-        tokio::spawn(async move {
+        let timer = tokio::spawn(async move {
             tokio::time::sleep(after).await;
             if let Some(shared) = shared.upgrade() {
                 shared.cancel_as(id, TaskError::TimedOut { after });
             }
         });
+        // Stopped when the task ends, not left to sleep out its time.
+        match self.lock().tasks.get_mut(&id) {
+            Some(p) => p.timer = Some(timer.abort_handle()),
+            None => timer.abort(),
+        }
     }
 }
 

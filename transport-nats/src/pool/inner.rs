@@ -31,6 +31,8 @@ pub(super) struct Pending {
     pub(super) returned: u32,
     /// Sent by a call: its outputs go to the call (`Shared::calls`), never to the stream.
     pub(super) call: bool,
+    /// Its deadline's timer, stopped when it ends.
+    pub(super) timer: Option<tokio::task::AbortHandle>,
 }
 
 impl Pending {
@@ -191,6 +193,7 @@ impl Inner {
             dropped: None,
             returned: 0,
             call: false,
+            timer: None,
         };
         self.tasks.insert(id, pending);
         TaskHandle::of_member(id, rx, deliveries, at, self.canceller.clone())
@@ -222,6 +225,9 @@ impl Inner {
         };
         let cancelled = self.placement.is_cancelled(id);
         self.placement.end(id);
+        if let Some(timer) = p.timer.take() {
+            timer.abort();
+        }
         p.at.set_member(member);
         p.deliveries.fetch_max(deliveries, Ordering::Relaxed);
         let result = match (result, p.dropped.take()) {
@@ -247,7 +253,9 @@ impl Inner {
 
     /// Forgets a task the broker did not take.
     pub(super) fn withdraw(&mut self, id: u64) {
-        self.tasks.remove(&id);
+        if let Some(timer) = self.tasks.remove(&id).and_then(|p| p.timer) {
+            timer.abort();
+        }
         self.placement.end(id);
     }
 }

@@ -25,6 +25,7 @@ mod sessions;
 mod shared;
 mod stop;
 mod store;
+mod submit;
 mod tasks;
 
 pub use crate::broker::JetStreamApi;
@@ -32,16 +33,11 @@ pub use builder::Builder;
 use builder::Settings;
 pub use dead::DeadLetter;
 pub use handle::{MemberEvent, MemberEvents, MemberInfo, Stopped};
-use looppool_core::{Delivery, Outputs, TaskHandle};
+use looppool_core::{Outputs, TaskHandle};
 
-use self::inner::Sticky;
-use self::shared::{lock, Shared};
-use self::store::ToStore;
+use self::shared::Shared;
 use crate::broker;
 use crate::error::Error;
-use crate::wire;
-use looppool_core::state::members::{For, Unplaced};
-use looppool_core::state::Refusal;
 use looppool_core::SubmitError;
 use looppool_core::Worker;
 use std::fmt;
@@ -49,7 +45,6 @@ use std::marker::PhantomData;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
 
 /// A pool of members on any number of hosts, reached through NATS JetStream.
 ///
@@ -150,12 +145,13 @@ impl<W: Worker> Pool<W> {
         &self,
         task: W::Task,
     ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
-        self.submit_inner(Target::Any, task, true, None).await
+        self.submit_inner(Target::Any, task, true).await
     }
 
     /// Like [`submit`](Self::submit), refusing with [`SubmitError::Full`] instead of waiting,
     /// and returning once the task is placed: the pool stores it on the broker right after,
-    /// tasks in the order they were placed. A task the broker does not store ends with
+    /// tasks in the order they were placed (but for one the broker took only on a retry). A
+    /// task the broker does not store ends with
     /// [`TaskError::Broker`](looppool_core::TaskError::Broker) (where `submit` would return
     /// [`SubmitError::Broker`]).
     pub fn try_submit(&self, task: W::Task) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
@@ -169,8 +165,7 @@ impl<W: Worker> Pool<W> {
         member: &str,
         task: W::Task,
     ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
-        self.submit_inner(Target::Member(member), task, true, None)
-            .await
+        self.submit_inner(Target::Member(member), task, true).await
     }
 
     /// Like [`submit_to`](Self::submit_to), refusing with [`SubmitError::Full`] instead of
@@ -190,7 +185,7 @@ impl<W: Worker> Pool<W> {
         &self,
         task: W::Task,
     ) -> Result<Vec<TaskHandle<W::Error>>, SubmitError<W::Task>> {
-        self.broadcast_inner(None, task).await
+        self.broadcast_inner(None, task)
     }
 
     /// Like [`broadcast`](Self::broadcast), and also remembered under `key` (replacing an
@@ -202,180 +197,7 @@ impl<W: Worker> Pool<W> {
         key: &str,
         task: W::Task,
     ) -> Result<Vec<TaskHandle<W::Error>>, SubmitError<W::Task>> {
-        self.broadcast_inner(Some(key), task).await
-    }
-
-    fn encode(&self, task: &W::Task) -> Result<Vec<u8>, String> {
-        let payload = wire::encode(task)?;
-        // Room for the envelope and the headers.
-        let limit = self.shared.broker.max_payload().saturating_sub(512);
-        if payload.len() > limit {
-            return Err(format!(
-                "the task is {} bytes; the broker takes messages up to {} bytes (its \
-                 max_payload) with room for the envelope",
-                payload.len(),
-                limit
-            ));
-        }
-        Ok(payload)
-    }
-
-    /// Places `task` for `target` (waiting for room if `wait`) and stores it for its member.
-    /// With `reply`, the task's first output goes there and later ones are dropped, none to
-    /// [`outputs`](Self::outputs).
-    async fn submit_inner(
-        &self,
-        target: Target<'_>,
-        task: W::Task,
-        wait: bool,
-        reply: Option<oneshot::Sender<Delivery<W::Output>>>,
-    ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
-        let payload = match self.encode(&task) {
-            Ok(p) => p,
-            Err(e) => return Err(SubmitError::Encode(task, e)),
-        };
-        let shared = &self.shared;
-        let (id, member, handle) = loop {
-            let mut notified = pin!(shared.changed.notified());
-            notified.as_mut().enable();
-            match self.place(target, reply.is_some()) {
-                Ok(placed) => break placed,
-                Err(NotPlaced::Full) if wait => {}
-                Err(why) => return Err(why.with(task)),
-            }
-            notified.await;
-        };
-        if let Some(reply) = reply {
-            // Before the task is stored: no output of it can have arrived.
-            shared.expect_reply(id, reply);
-        }
-        match shared.send_task(id, &member, 0, payload).await {
-            Ok(()) => Ok(handle),
-            Err(e) => {
-                shared.withdraw(id);
-                lock(&shared.calls).remove(&id);
-                Err(SubmitError::Broker(task, e.to_string()))
-            }
-        }
-    }
-
-    /// Places `task` for `target` now, or refuses, and has the pool store it.
-    fn place_and_store(
-        &self,
-        target: Target<'_>,
-        task: W::Task,
-    ) -> Result<TaskHandle<W::Error>, SubmitError<W::Task>> {
-        let payload = match self.encode(&task) {
-            Ok(p) => p,
-            Err(e) => return Err(SubmitError::Encode(task, e)),
-        };
-        let (id, member, handle) = self.place(target, false).map_err(|why| why.with(task))?;
-        let store = ToStore {
-            id,
-            member,
-            payload,
-        };
-        if self.shared.store.send(store).is_err() {
-            // The storing loop ended: the pool is being dropped.
-            self.shared.withdraw(id);
-        }
-        Ok(handle)
-    }
-
-    /// Places a task for `target` on a member with room, as the pool's placement decides.
-    fn place(
-        &self,
-        target: Target<'_>,
-        call: bool,
-    ) -> Result<(u64, String, TaskHandle<W::Error>), NotPlaced> {
-        let mut inner = self.shared.lock();
-        if inner.closed() {
-            return Err(NotPlaced::Closed(inner.failed.clone()));
-        }
-        if let Some(why) = &inner.broker_gone {
-            return Err(NotPlaced::Broker(format!("the broker is {why}")));
-        }
-        let named = match target {
-            Target::Any => None,
-            Target::Member(m) => Some(m.to_string()),
-        };
-        match inner.place(named.as_ref().map_or(For::Any, For::Member)) {
-            Ok(placed) => {
-                if let Some(p) = inner.tasks.get_mut(&placed.0) {
-                    p.call = call;
-                }
-                Ok(placed)
-            }
-            Err(Unplaced::Closed) => Err(NotPlaced::Closed(inner.failed.clone())),
-            Err(Unplaced::NoMember) => Err(NotPlaced::Unroutable(Refusal::NoMembers)),
-            Err(Unplaced::Unknown) => Err(NotPlaced::Unroutable(Refusal::UnknownMember)),
-            Err(Unplaced::Full(_)) => Err(NotPlaced::Full),
-        }
-    }
-
-    async fn broadcast_inner(
-        &self,
-        key: Option<&str>,
-        task: W::Task,
-    ) -> Result<Vec<TaskHandle<W::Error>>, SubmitError<W::Task>> {
-        let payload = match self.encode(&task) {
-            Ok(p) => p,
-            Err(e) => return Err(SubmitError::Encode(task, e)),
-        };
-        let shared = &self.shared;
-        let placed = {
-            let mut inner = shared.lock();
-            if inner.closed() {
-                return Err(NotPlaced::Closed(inner.failed.clone()).with(task));
-            }
-            if let Some(why) = &inner.broker_gone {
-                return Err(SubmitError::Broker(task, format!("the broker is {why}")));
-            }
-            if let Some(key) = key {
-                inner.sticky.retain(|s| s.key != key);
-                inner.sticky_set += 1;
-                let set = inner.sticky_set;
-                inner.sticky.push(Sticky {
-                    key: key.into(),
-                    set,
-                    payload: payload.clone(),
-                });
-            } else if inner.members.is_empty() {
-                return Err(SubmitError::Unroutable(task, Refusal::NoMembers));
-            }
-            inner.broadcast()
-        };
-        let mut handles = Vec::with_capacity(placed.len());
-        for (id, member, handle) in placed {
-            if let Err(e) = shared.send_task(id, &member, 0, payload.clone()).await {
-                shared.lose(id, &member, 0, format!("the broker did not take it: {e}"));
-            }
-            handles.push(handle);
-        }
-        Ok(handles)
-    }
-}
-
-/// Why a task was not placed; the submission's error once it has its task back.
-enum NotPlaced {
-    /// The pool is stopping, or failed (why).
-    Closed(Option<String>),
-    Broker(String),
-    Unroutable(Refusal),
-    Full,
-}
-
-impl NotPlaced {
-    fn with<T>(self, task: T) -> SubmitError<T> {
-        match self {
-            NotPlaced::Closed(Some(why)) => {
-                SubmitError::Broker(task, format!("the pool failed: {why}"))
-            }
-            NotPlaced::Closed(None) => SubmitError::Closed(task),
-            NotPlaced::Broker(why) => SubmitError::Broker(task, why),
-            NotPlaced::Unroutable(r) => SubmitError::Unroutable(task, r),
-            NotPlaced::Full => SubmitError::Full(task),
-        }
+        self.broadcast_inner(Some(key), task)
     }
 }
 

@@ -2,7 +2,7 @@
 //! given up on, tasks a dead member never received move at once, within backlogs, and tasks
 //! with no member to take them wait one member timeout, or end at once when the pool stops.
 
-use super::{check, quick, shared_url, stop_all, Deadline, Failed, MemberProc, Spec};
+use super::{check, js, quick, shared_url, stop_all, Deadline, Failed, MemberProc, Spec};
 use futures_util::FutureExt;
 use looppool_nats::{async_nats, Pool, TaskError};
 use looppool_testkit::conformance::Task;
@@ -292,15 +292,19 @@ pub(super) async fn stop_ends_waiting_tasks() -> Result<(), Failed> {
 
 /// Tasks of a pool's only member, killed, wait for a member to join for one member timeout
 /// from when the last of them was taken back; with none joining, they are lost, saying why.
+/// Two never reached the member and come back as soon as it is counted gone; four ran there
+/// and come back only once their ack wait, longer than the member timeout, ran out: the first
+/// two wait for those.
 pub(super) async fn waiting_tasks_expire() -> Result<(), Failed> {
     let url = shared_url()?;
     let member_timeout = Duration::from_secs(2);
+    let ack_wait = Duration::from_millis(4500);
     let pool = quick(Pool::builder(&url, "waitexpire"))
         .member_timeout(member_timeout)
-        .ack_wait(Duration::from_secs(1))
+        .ack_wait(ack_wait)
+        .backlog(6)
         .start()
         .await?;
-    let mut events = pool.events();
     let mut only = Spec {
         capacity: 4,
         ..Spec::new(&url, "waitexpire")
@@ -308,36 +312,41 @@ pub(super) async fn waiting_tasks_expire() -> Result<(), Failed> {
     .spawn("only");
     pool.wait_for_members(1, Duration::from_secs(30)).await?;
     let mut handles = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..6 {
         handles.push(pool.submit(Task::Sleep(60_000)).await?);
     }
+    let js = js(&url).await?;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream("only", "looppool-waitexpire-tasks")
+        .await?;
+    let wait = Deadline::new("4 tasks delivered, 2 waiting", Duration::from_secs(10));
+    while {
+        let info = consumer.info().await?;
+        (info.num_ack_pending, info.num_pending) != (4, 2)
+    } {
+        wait.tick().await?;
+    }
+    let killed = Instant::now();
     only.kill();
-    let left = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match events.recv().await {
-                Some(looppool_nats::MemberEvent::Left { member, .. }) if member == "only" => {
-                    return Ok(Instant::now())
-                }
-                Some(_) => continue,
-                None => return Err("the pool's events ended"),
-            }
-        }
-    })
-    .await
-    .map_err(|_| "the killed member was not counted gone within 30 s")??;
-    for h in handles {
-        let ended = tokio::time::timeout(Duration::from_secs(30), h)
-            .await
-            .map_err(|_| "a task waiting for a member was not given up on within 30 s")?;
+    // The running tasks' progress came every third of the ack wait: they come back no earlier
+    // than two thirds of it after the kill, and wait one member timeout from then.
+    let earliest = killed + ack_wait * 2 / 3 + member_timeout;
+    // Each task's end, and when it came.
+    let ends = handles.into_iter().map(|h| async move {
+        let ended = tokio::time::timeout(Duration::from_secs(30), h).await;
+        (ended, Instant::now())
+    });
+    for (ended, at) in futures_util::future::join_all(ends).await {
+        let ended =
+            ended.map_err(|_| "a task waiting for a member was not given up on within 30 s")?;
         match ended {
             Err(TaskError::MemberLost { reason, .. })
                 if reason.contains("no member joined within the member timeout") => {}
             other => return Err(format!("a task the dead member held: {other:?}").into()),
         }
-        // Its wait began once the member was gone and its tasks taken back.
-        let waited = left.elapsed();
-        check(waited >= member_timeout, || {
-            format!("a task lost {waited:?} after its member was counted gone")
+        let early = earliest.saturating_duration_since(at);
+        check(early.is_zero(), || {
+            format!("a task given up on {early:?} before the last came back and waited")
         })?;
     }
     pool.stop().await;

@@ -21,27 +21,21 @@
 //! 6. a cancelled task ([`cancel`](Members::cancel)) never goes to another member: its member
 //!    keeps it, in its backlog, until it reports the end, and one taken back is dropped;
 //! 7. a task waiting for a member waits the pool's wait from the moment its gone member's last
-//!    task was taken back (the member may join again only then), and no longer: offered to the
-//!    members past it with none there, it is given up on ([`TakenBack::Expired`]).
+//!    task was taken back (the member may join again only then), and from anew each time it
+//!    finds members there but all busy (room is then what it waits for), and no longer: offered
+//!    to the members past it with none there, it is given up on ([`TakenBack::Expired`]).
 
 use super::TaskId;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 mod answers;
+mod faults;
 
 pub use answers::{Cancelled, For, TakenBack, Unplaced};
-
-/// The faults [`Members`] can have planted, named whether or not the feature is on.
-#[derive(Clone, Copy)]
-enum FaultKind {
-    StuckTurn,
-    MoveIgnoresBacklog,
-    TargetedMoves,
-    EndKeepsPlace,
-    CancelledMoves,
-    WaitFromFirst,
-}
+#[cfg(feature = "fault-injection")]
+pub use faults::Fault;
+use faults::FaultKind;
 
 #[derive(Debug, Clone)]
 struct Member<K> {
@@ -59,26 +53,6 @@ struct Placed<K> {
     cancelled: bool,
     /// Waiting: until when, once its gone member's last task was taken back.
     until: Option<Instant>,
-}
-
-/// A fault planted in [`Members`], for the testkit to prove its model check catches it.
-#[cfg(feature = "fault-injection")]
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// Untargeted tasks do not advance the turn.
-    StuckTurn,
-    /// A task taken back goes to the next member, room or not.
-    MoveIgnoresBacklog,
-    /// A task taken back is moved whoever it was for.
-    TargetedMoves,
-    /// Ending a task does not free its place in its member's backlog.
-    EndKeepsPlace,
-    /// A cancelled task taken back is moved to another member like any other.
-    CancelledMoves,
-    /// A task's wait for a member starts when it is taken back, not when its gone member's
-    /// last task was.
-    WaitFromFirst,
 }
 
 /// The routing, backlogs and task table of a pool of members. See the [module docs](self).
@@ -109,30 +83,6 @@ impl<K: Clone + Eq> Members<K> {
             #[cfg(feature = "fault-injection")]
             fault: None,
         }
-    }
-
-    /// Plants `fault`.
-    #[cfg(feature = "fault-injection")]
-    #[doc(hidden)]
-    pub fn plant(&mut self, fault: Fault) {
-        self.fault = Some(fault);
-    }
-
-    fn planted(&self, _fault: FaultKind) -> bool {
-        #[cfg(feature = "fault-injection")]
-        {
-            let planted = match _fault {
-                FaultKind::StuckTurn => Fault::StuckTurn,
-                FaultKind::MoveIgnoresBacklog => Fault::MoveIgnoresBacklog,
-                FaultKind::TargetedMoves => Fault::TargetedMoves,
-                FaultKind::EndKeepsPlace => Fault::EndKeepsPlace,
-                FaultKind::CancelledMoves => Fault::CancelledMoves,
-                FaultKind::WaitFromFirst => Fault::WaitFromFirst,
-            };
-            self.fault == Some(planted)
-        }
-        #[cfg(not(feature = "fault-injection"))]
-        false
     }
 
     /// Member `key` joins with a backlog of `limit` tasks: tasks are routed to it from now on.
@@ -281,7 +231,7 @@ impl<K: Clone + Eq> Members<K> {
         let p = self.tasks.remove(&id)?;
         if !p.waiting && !self.planted(FaultKind::EndKeepsPlace) {
             if let Some(k) = self.position(&p.holder) {
-                self.live[k].held -= 1;
+                self.live[k].held = self.live[k].held.saturating_sub(1);
             }
         }
         Some(p.holder)
@@ -350,7 +300,13 @@ impl<K: Clone + Eq> Members<K> {
             }
             Some(p) => {
                 p.cancelled = true;
-                Cancelled::Tell(p.holder.clone())
+                let holder = p.holder.clone();
+                if self.planted(FaultKind::CancelFreesPlace) {
+                    if let Some(k) = self.position(&holder) {
+                        self.live[k].held = self.live[k].held.saturating_sub(1);
+                    }
+                }
+                Cancelled::Tell(holder)
             }
             None => Cancelled::NotHeld,
         }
@@ -362,7 +318,8 @@ impl<K: Clone + Eq> Members<K> {
     }
 
     /// Waiting task `id`, at `now`: the next member with room takes it, if there is one. With
-    /// no member there past its wait, it is given up on ([`TakenBack::Expired`]). A task
+    /// members there but all busy, its wait starts anew; with no member there past its wait, it
+    /// is given up on ([`TakenBack::Expired`]). A task
     /// offered before its wait started (its gone member's other tasks were ended rather than
     /// taken back) starts it now.
     pub fn place_waiting(&mut self, id: TaskId, now: Instant) -> TakenBack<K> {
@@ -373,6 +330,12 @@ impl<K: Clone + Eq> Members<K> {
         };
         match self.move_on(id) {
             TakenBack::Waiting if now >= until => TakenBack::Expired,
+            TakenBack::Busy if !self.planted(FaultKind::BusyKeepsWait) => {
+                if let Some(p) = self.tasks.get_mut(&id) {
+                    p.until = Some(now + wait);
+                }
+                TakenBack::Busy
+            }
             other => other,
         }
     }

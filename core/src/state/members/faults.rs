@@ -1,0 +1,70 @@
+//! Faults [`Members`] can have planted, for the testkit to prove its model check catches
+//! each (with the core's `fault-injection` feature; without it none can be).
+
+use super::Members;
+
+/// The faults [`Members`] can have planted, named whether or not the feature is on.
+#[derive(Clone, Copy)]
+pub(super) enum FaultKind {
+    StuckTurn,
+    MoveIgnoresBacklog,
+    TargetedMoves,
+    EndKeepsPlace,
+    CancelledMoves,
+    WaitFromFirst,
+    BusyKeepsWait,
+    CancelFreesPlace,
+}
+
+/// A fault planted in [`Members`], for the testkit to prove its model check catches it.
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Untargeted tasks do not advance the turn.
+    StuckTurn,
+    /// A task taken back goes to the next member, room or not.
+    MoveIgnoresBacklog,
+    /// A task taken back is moved whoever it was for.
+    TargetedMoves,
+    /// Ending a task does not free its place in its member's backlog.
+    EndKeepsPlace,
+    /// A cancelled task taken back is moved to another member like any other.
+    CancelledMoves,
+    /// A task's wait for a member starts when it is taken back, not when its gone member's
+    /// last task was.
+    WaitFromFirst,
+    /// A waiting task that finds every member busy keeps its wait rather than start anew.
+    BusyKeepsWait,
+    /// Cancelling a task frees its place in its member's backlog at once, while the member
+    /// may still run it.
+    CancelFreesPlace,
+}
+
+impl<K> Members<K> {
+    /// Plants `fault`.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn plant(&mut self, fault: Fault) {
+        self.fault = Some(fault);
+    }
+
+    pub(super) fn planted(&self, _fault: FaultKind) -> bool {
+        #[cfg(feature = "fault-injection")]
+        {
+            let planted = match _fault {
+                FaultKind::StuckTurn => Fault::StuckTurn,
+                FaultKind::MoveIgnoresBacklog => Fault::MoveIgnoresBacklog,
+                FaultKind::TargetedMoves => Fault::TargetedMoves,
+                FaultKind::EndKeepsPlace => Fault::EndKeepsPlace,
+                FaultKind::CancelledMoves => Fault::CancelledMoves,
+                FaultKind::WaitFromFirst => Fault::WaitFromFirst,
+                FaultKind::BusyKeepsWait => Fault::BusyKeepsWait,
+                FaultKind::CancelFreesPlace => Fault::CancelFreesPlace,
+            };
+            self.fault == Some(planted)
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        false
+    }
+}
