@@ -87,6 +87,10 @@ fn main() {
             cancel::cancellation,
         ),
         trial(
+            "a_cancelled_task_of_a_dead_member_is_dropped_not_moved",
+            cancel::cancelled_task_of_a_dead_member,
+        ),
+        trial(
             "try_submit_returns_at_once_and_stores_in_order",
             routing::try_submit_in_order,
         ),

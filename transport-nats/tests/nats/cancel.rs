@@ -2,6 +2,7 @@
 //! before its member received it.
 
 use super::{check, quick, shared_url, stop_all, Deadline, Failed, Spec};
+use futures_util::FutureExt;
 use looppool_nats::{CallError, Pool, TaskError};
 use looppool_testkit::conformance::{Probe, Task};
 use std::path::{Path, PathBuf};
@@ -157,4 +158,60 @@ pub(super) async fn cancellation() -> Result<(), Failed> {
         let _ = std::fs::remove_file(path);
     }
     stop_all(&pool, members).await
+}
+
+/// A task cancelled while its member is stopped, then killed, is dropped when taken back from
+/// it, never sent to the other member.
+pub(super) async fn cancelled_task_of_a_dead_member() -> Result<(), Failed> {
+    let url = shared_url()?;
+    let pool = quick(Pool::builder(&url, "cancel-dead")).start().await?;
+    let mut events = pool.events();
+    let spec = Spec::new(&url, "cancel-dead");
+    let mut members = vec![spec.spawn("a"), spec.spawn("b")];
+    pool.wait_for_members(2, Duration::from_secs(30)).await?;
+    let ticked = tick_file("dead");
+    let handle = pool
+        .submit(Task::Tick(ticked.display().to_string()))
+        .await?;
+    runs(&ticked, "the task to run").await?;
+    let holder = handle.member().ok_or("no member holds the task")?;
+    let k = members
+        .iter()
+        .position(|m| m.name == holder)
+        .ok_or("an unknown holder")?;
+    let mut dead = members.remove(k);
+    // Stopped, it cannot drop the task; killed, it never will.
+    dead.signal(nix::sys::signal::Signal::SIGSTOP);
+    check(handle.abort(), || "abort found the task ended".into())?;
+    match handle.await {
+        Err(TaskError::Cancelled) => {}
+        other => return Err(format!("an aborted task's handle: {other:?}").into()),
+    }
+    dead.kill();
+    let wait = Deadline::new(
+        "the killed member to be counted gone",
+        Duration::from_secs(30),
+    );
+    loop {
+        match events.recv().now_or_never() {
+            Some(Some(looppool_nats::MemberEvent::Left { member, .. })) if member == holder => {
+                break
+            }
+            Some(Some(_)) => continue,
+            Some(None) => return Err("the pool's events ended".into()),
+            None => wait.tick().await?,
+        }
+    }
+    // The stop waits for every task to end: the cancelled one ends when it is taken back.
+    let stopped = pool.stop().await;
+    check(stopped.unresponsive.is_empty(), || {
+        format!("members did not leave: {:?}", stopped.unresponsive)
+    })?;
+    let other = members.pop().ok_or("no other member")?;
+    let (code, text) = other.exit(Duration::from_secs(10)).await?;
+    check(code == 0 && text.contains("left after 0 tasks ("), || {
+        format!("the other member exited {code}: {text}")
+    })?;
+    let _ = std::fs::remove_file(&ticked);
+    Ok(())
 }

@@ -137,8 +137,13 @@ impl MemberProc {
 
     /// Asks the member to shut down (SIGTERM).
     pub(super) fn terminate(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Sends `signal` to the member's process.
+    pub(super) fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(pid, signal);
     }
 }
 
