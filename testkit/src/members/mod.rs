@@ -12,8 +12,8 @@
 //! - `[deliveries]` a task taken back after the most deliveries allowed is given up on;
 //! - `[stop]` once closed, nothing is placed and nothing taken back waits for a member;
 //! - `[wait]` a task waiting for a member waits from the moment its gone member's last task
-//!   was taken back, anew each time it finds every member busy, and is given up on once
-//!   offered past its wait with no member there;
+//!   was taken back, or, once it found every member busy, from when it next finds none, and is
+//!   given up on once offered past its wait with no member there;
 //! - `[cancel]` a cancelled task stays with its member, in its backlog, until its end, and one
 //!   taken back is dropped, never moved; one that waits ends at once.
 //!
@@ -158,7 +158,8 @@ pub enum Mutation {
     /// Planted in the state: a task's wait starts when it is taken back, not when its gone
     /// member's last task was.
     WaitFromFirst,
-    /// Planted in the state: a waiting task that finds every member busy keeps its wait.
+    /// Planted in the state: a waiting task that finds every member busy keeps its wait rather
+    /// than start it anew once it finds none.
     BusyKeepsWait,
     /// Planted in the state: a cancel frees the task's place in its member's backlog at once.
     CancelFreesPlace,
@@ -354,13 +355,21 @@ pub fn check(case: &Case, mutation: Mutation) -> Result<(), String> {
                     model.now
                 };
                 let got = real.place_waiting(id, clock(now));
-                let task = model.tasks.get_mut(&id).expect("listed");
-                let until = *task.until.get_or_insert(model.now + WAIT_MS);
+                let now = model.now;
                 let expected = match model.move_on(id) {
-                    TakenBack::Waiting if model.now >= until => TakenBack::Expired,
+                    // Its wait runs from when its gone member's last task came back, or from
+                    // now if it has none: it found members busy, or never started one.
+                    TakenBack::Waiting => {
+                        let task = model.tasks.get_mut(&id).expect("waiting");
+                        let until = *task.until.get_or_insert(now + WAIT_MS);
+                        if now >= until {
+                            TakenBack::Expired
+                        } else {
+                            TakenBack::Waiting
+                        }
+                    }
                     TakenBack::Busy => {
-                        let task = model.tasks.get_mut(&id).expect("listed");
-                        task.until = Some(model.now + WAIT_MS);
+                        model.tasks.get_mut(&id).expect("waiting").until = None;
                         TakenBack::Busy
                     }
                     other => other,

@@ -277,6 +277,7 @@ impl<W: Worker> Serving<W> {
         // Finish and report what the workers hold; the lanes close once they sent it.
         // Heartbeats and credit go on meanwhile (outputs may wait for the parent's program to
         // read them). Not for a parent that is gone: nobody would take the reports.
+        // Whether the parent evicted this member meanwhile: it no longer takes its reports.
         let drain = async {
             loop {
                 let mut notified = pin!(self.changed.notified());
@@ -288,20 +289,25 @@ impl<W: Worker> Serving<W> {
                 // keep this member from leaving.
                 tokio::select! {
                     () = notified => {}
-                    Some(m) = ctl.next() => {
-                        if let Ok(CtlMsg { run, nonce, control: Control::Cancel { ids } }) =
-                            self.sealer.unpack::<CtlMsg>(&m.subject, &m.payload)
-                        {
-                            if run == self.parent && nonce == self.nonce {
-                                self.cancel(&ids);
-                            }
+                    Some(m) = ctl.next() => match self.sealer.unpack::<CtlMsg>(&m.subject, &m.payload) {
+                        Ok(c) if c.run != self.parent || c.nonce != self.nonce => self
+                            .refusals
+                            .refuse(format_args!("a control message for another run")),
+                        Ok(CtlMsg { control: Control::Cancel { ids }, .. }) => self.cancel(&ids),
+                        Ok(CtlMsg { control: Control::Evicted { reason }, .. }) => {
+                            tracing::warn!("evicted while finishing its tasks: {reason}");
+                            return true;
                         }
-                    }
+                        // Leaving already.
+                        Ok(CtlMsg { control: Control::Stop, .. }) => {}
+                        Err(e) => self.refusals.refuse(format_args!("a control message: {e}")),
+                    },
                 }
             }
             drop(finished_tx);
             pump.abort();
             let _ = up.await;
+            false
         };
         let parent_gone = async {
             while parent_silent().is_none() {
@@ -310,7 +316,7 @@ impl<W: Worker> Serving<W> {
         };
         let abandoned = evicted.is_some()
             || tokio::select! {
-                () = drain => false,
+                evicted = drain => evicted,
                 () = parent_gone => true,
             };
         if abandoned {

@@ -180,7 +180,9 @@ impl<W: Worker> Pool<W> {
     }
 
     /// Sends a task to every live member, after everything submitted to it before; one handle
-    /// per member, in the order of [`members`](Self::members).
+    /// per member, in the order of [`members`](Self::members). Returns once the copies are
+    /// placed; the pool stores them right after, and a copy the broker does not store ends
+    /// with [`TaskError::Broker`](looppool_core::TaskError::Broker).
     pub async fn broadcast(
         &self,
         task: W::Task,

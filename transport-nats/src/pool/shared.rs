@@ -51,7 +51,7 @@ pub(super) struct Shared<O> {
     pub(super) lost: mpsc::UnboundedSender<String>,
     /// Cancelled tasks their members are to drop.
     pub(super) cancels: mpsc::UnboundedSender<super::cancel::ToDrop>,
-    /// Tasks placed by `try_submit`, to store in order.
+    /// Tasks placed, to store in the order they were placed.
     pub(super) store: mpsc::UnboundedSender<super::store::ToStore>,
 }
 

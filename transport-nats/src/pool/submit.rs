@@ -70,8 +70,8 @@ impl<W: Worker> Pool<W> {
     }
 
     /// Has placed task `id` stored for `member`, and waits until the broker stored it. A task
-    /// the broker did not take is withdrawn: `Err` says why. Should this future be dropped
-    /// first, the task is stored all the same (and ends with a broker error if it is not).
+    /// the broker did not take has left the table: `Err` says why. Should this future be
+    /// dropped first, the task is stored all the same, or leaves the table if it is not.
     pub(super) async fn stored(
         &self,
         id: u64,
@@ -81,14 +81,16 @@ impl<W: Worker> Pool<W> {
         let shared = &self.shared;
         let (tx, rx) = tokio::sync::oneshot::channel();
         shared.store_task(id, member, payload, Some(tx));
-        let failed = match rx.await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "the pool was dropped".to_string(),
-        };
-        shared.withdraw(id);
-        lock(&shared.calls).remove(&id);
-        Err(failed)
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => {
+                // The storing loop was aborted with the pool.
+                shared.withdraw(id);
+                lock(&shared.calls).remove(&id);
+                Err("the pool was dropped".to_string())
+            }
+        }
     }
 
     /// Places `task` for `target` now, or refuses, and has the pool store it.

@@ -44,8 +44,9 @@ async fn drained(pool: &Pool<Probe>, what: &'static str) -> Result<(), Failed> {
 /// `paths` no longer grow: a task that ran on the member after they were measured saw them
 /// unchanged.
 async fn stopped(pool: &Pool<Probe>, paths: &[&Path]) -> Result<(), Failed> {
-    // A task's worker drops it at its next await, which may come after its end was reported:
-    // measured once a task after them ran.
+    // A task's worker drops it at its next await, which may come after its end was reported;
+    // the member's one worker process reads its frames in order, so once a task sent after
+    // the cancels ran, the cancelled ones are dropped.
     pool.submit(Task::Sleep(100)).await?.await?;
     let before: Vec<u64> = paths.iter().map(|p| size(p)).collect();
     pool.submit(Task::Sleep(100)).await?.await?;
@@ -202,8 +203,16 @@ pub(super) async fn cancelled_task_of_a_dead_member() -> Result<(), Failed> {
             None => wait.tick().await?,
         }
     }
-    // The stop waits for every task to end: the cancelled one ends when it is taken back.
-    let stopped = pool.stop().await;
+    // The stop waits for every task to end: the cancelled one ends when it is taken back (a
+    // task moved to the other member would tick forever).
+    let stopped = tokio::time::timeout(Duration::from_secs(30), pool.stop())
+        .await
+        .map_err(|_| {
+            format!(
+                "stop did not return within 30 s; the other member holds {:?} tasks",
+                pool.outstanding(&members[0].name)
+            )
+        })?;
     check(stopped.unresponsive.is_empty(), || {
         format!("members did not leave: {:?}", stopped.unresponsive)
     })?;

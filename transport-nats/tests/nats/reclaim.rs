@@ -298,7 +298,7 @@ pub(super) async fn stop_ends_waiting_tasks() -> Result<(), Failed> {
 pub(super) async fn waiting_tasks_expire() -> Result<(), Failed> {
     let url = shared_url()?;
     let member_timeout = Duration::from_secs(2);
-    let ack_wait = Duration::from_millis(4500);
+    let ack_wait = Duration::from_secs(6);
     let pool = quick(Pool::builder(&url, "waitexpire"))
         .member_timeout(member_timeout)
         .ack_wait(ack_wait)
@@ -328,9 +328,12 @@ pub(super) async fn waiting_tasks_expire() -> Result<(), Failed> {
     }
     let killed = Instant::now();
     only.kill();
-    // The running tasks' progress came every third of the ack wait: they come back no earlier
-    // than two thirds of it after the kill, and wait one member timeout from then.
-    let earliest = killed + ack_wait * 2 / 3 + member_timeout;
+    // The running tasks' progress came every third of the ack wait: they come back about two
+    // thirds of it after the kill (a second earlier allows for a late tick), and all six wait
+    // one member timeout from then, so they end together. Waits started when each came back
+    // would end the first two a member timeout before the others.
+    let earliest = killed + ack_wait * 2 / 3 + member_timeout - Duration::from_secs(1);
+    let mut times = Vec::new();
     // Each task's end, and when it came.
     let ends = handles.into_iter().map(|h| async move {
         let ended = tokio::time::timeout(Duration::from_secs(30), h).await;
@@ -348,7 +351,13 @@ pub(super) async fn waiting_tasks_expire() -> Result<(), Failed> {
         check(early.is_zero(), || {
             format!("a task given up on {early:?} before the last came back and waited")
         })?;
+        times.push(at);
     }
+    let first = times.iter().min().ok_or("no task")?;
+    let spread = times.iter().max().ok_or("no task")?.duration_since(*first);
+    check(spread < member_timeout / 2, || {
+        format!("the tasks waiting for a member were given up on {spread:?} apart")
+    })?;
     pool.stop().await;
     Ok(())
 }

@@ -34,7 +34,8 @@ pub enum Fault {
     /// A task's wait for a member starts when it is taken back, not when its gone member's
     /// last task was.
     WaitFromFirst,
-    /// A waiting task that finds every member busy keeps its wait rather than start anew.
+    /// A waiting task that finds every member busy keeps its wait rather than start it anew
+    /// once it finds none.
     BusyKeepsWait,
     /// Cancelling a task frees its place in its member's backlog at once, while the member
     /// may still run it.

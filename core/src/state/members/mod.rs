@@ -21,9 +21,10 @@
 //! 6. a cancelled task ([`cancel`](Members::cancel)) never goes to another member: its member
 //!    keeps it, in its backlog, until it reports the end, and one taken back is dropped;
 //! 7. a task waiting for a member waits the pool's wait from the moment its gone member's last
-//!    task was taken back (the member may join again only then), and from anew each time it
-//!    finds members there but all busy (room is then what it waits for), and no longer: offered
-//!    to the members past it with none there, it is given up on ([`TakenBack::Expired`]).
+//!    task was taken back (the member may join again only then), or, once it found members
+//!    there but all busy (room is then what it waits for), from when it next finds none; and no
+//!    longer: offered to the members past it with none there, it is given up on
+//!    ([`TakenBack::Expired`]).
 
 use super::TaskId;
 use std::collections::BTreeMap;
@@ -318,21 +319,35 @@ impl<K: Clone + Eq> Members<K> {
     }
 
     /// Waiting task `id`, at `now`: the next member with room takes it, if there is one. With
-    /// members there but all busy, its wait starts anew; with no member there past its wait, it
-    /// is given up on ([`TakenBack::Expired`]). A task
-    /// offered before its wait started (its gone member's other tasks were ended rather than
-    /// taken back) starts it now.
+    /// members there but all busy, it waits for room, and its wait for a member starts anew
+    /// when it next finds none; with no member there past its wait, it is given up on
+    /// ([`TakenBack::Expired`]). A task that finds no member before its wait started (its gone
+    /// member's other tasks were ended rather than taken back) starts it now.
     pub fn place_waiting(&mut self, id: TaskId, now: Instant) -> TakenBack<K> {
-        let wait = self.wait;
-        let until = match self.tasks.get_mut(&id) {
-            Some(p) if p.waiting => *p.until.get_or_insert(now + wait),
+        match self.tasks.get(&id) {
+            Some(p) if p.waiting => {}
             _ => return TakenBack::NotHeld,
+        }
+        let keep_wait = self.planted(FaultKind::BusyKeepsWait);
+        let wait = self.wait;
+        let answer = self.move_on(id);
+        let Some(p) = self.tasks.get_mut(&id) else {
+            return answer;
         };
-        match self.move_on(id) {
-            TakenBack::Waiting if now >= until => TakenBack::Expired,
-            TakenBack::Busy if !self.planted(FaultKind::BusyKeepsWait) => {
-                if let Some(p) = self.tasks.get_mut(&id) {
-                    p.until = Some(now + wait);
+        match answer {
+            TakenBack::Waiting => {
+                let until = *p.until.get_or_insert(now + wait);
+                if now >= until {
+                    TakenBack::Expired
+                } else {
+                    TakenBack::Waiting
+                }
+            }
+            TakenBack::Busy => {
+                // Room is what it waits for now; its wait for a member starts anew once it
+                // finds none there.
+                if !keep_wait {
+                    p.until = None;
                 }
                 TakenBack::Busy
             }
@@ -341,8 +356,8 @@ impl<K: Clone + Eq> Members<K> {
     }
 
     /// Until when waiting task `id` waits for a member (none until its gone member's last task
-    /// was taken back): the time to offer it again ([`place_waiting`](Self::place_waiting)) if
-    /// no member joined by then.
+    /// was taken back, nor while it waits for room): the time to offer it again
+    /// ([`place_waiting`](Self::place_waiting)) if no member joined by then.
     pub fn waits_until(&self, id: TaskId) -> Option<Instant> {
         self.tasks
             .get(&id)
