@@ -1,7 +1,7 @@
 //! Tasks taken back from members that are gone: moved on, lost, given up on, dropped, or
 //! waiting for a member, and for how long.
 
-use super::{FaultKind, Members, TakenBack};
+use super::{Fault, Members, TakenBack};
 use crate::state::TaskId;
 use std::time::Instant;
 
@@ -26,7 +26,7 @@ impl<K: Clone + Eq> Members<K> {
                 TakenBack::Lost | TakenBack::GiveUp | TakenBack::Stopped
             );
             let held = self.held_by(from) - usize::from(ending);
-            if held == 0 || self.planted(FaultKind::WaitFromFirst) {
+            if held == 0 || self.planted(Fault::WaitFromFirst) {
                 let until = now + self.wait;
                 let waiting = self.tasks.values_mut();
                 let from_gone = waiting.filter(|p| p.waiting && p.holder == *from);
@@ -41,10 +41,10 @@ impl<K: Clone + Eq> Members<K> {
     fn answer_taken_back(&mut self, id: TaskId, from: &K, deliveries: u32) -> TakenBack<K> {
         match self.tasks.get(&id) {
             Some(p) if !p.waiting && p.holder == *from && !self.is_live(from) => {
-                if p.cancelled && !self.planted(FaultKind::CancelledMoves) {
+                if p.cancelled && !self.planted(Fault::CancelledMoves) {
                     self.tasks.remove(&id);
                     TakenBack::Dropped
-                } else if !p.any && !self.planted(FaultKind::TargetedMoves) {
+                } else if !p.any && !self.planted(Fault::TargetedMoves) {
                     TakenBack::Lost
                 } else if deliveries >= self.max_deliveries {
                     TakenBack::GiveUp
@@ -66,7 +66,7 @@ impl<K: Clone + Eq> Members<K> {
             Some(p) if p.waiting => {}
             _ => return TakenBack::NotHeld,
         }
-        let keep_wait = self.planted(FaultKind::BusyKeepsWait);
+        let keep_wait = self.planted(Fault::BusyKeepsWait);
         let wait = self.wait;
         let answer = self.move_on(id);
         let Some(p) = self.tasks.get_mut(&id) else {
@@ -106,7 +106,7 @@ impl<K: Clone + Eq> Members<K> {
     /// Moves task `id` (held by a gone member, or waiting) to the next member with room.
     /// Its gone member is not live, so it counts in no backlog until it moves.
     fn move_on(&mut self, id: TaskId) -> TakenBack<K> {
-        let next = if self.planted(FaultKind::MoveIgnoresBacklog) && !self.live.is_empty() {
+        let next = if self.planted(Fault::MoveIgnoresBacklog) && !self.live.is_empty() {
             Some(self.cursor % self.live.len())
         } else {
             self.roomy()

@@ -3,21 +3,8 @@
 
 use super::Members;
 
-/// The faults [`Members`] can have planted, named whether or not the feature is on.
-#[derive(Clone, Copy)]
-pub(super) enum FaultKind {
-    StuckTurn,
-    MoveIgnoresBacklog,
-    TargetedMoves,
-    EndKeepsPlace,
-    CancelledMoves,
-    WaitFromFirst,
-    BusyKeepsWait,
-    CancelFreesPlace,
-}
-
-/// A fault planted in [`Members`], for the testkit to prove its model check catches it.
-#[cfg(feature = "fault-injection")]
+/// A fault planted in [`Members`], for the testkit to prove its model check catches it (only
+/// with the `fault-injection` feature can one be planted).
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -50,20 +37,10 @@ impl<K> Members<K> {
         self.fault = Some(fault);
     }
 
-    pub(super) fn planted(&self, _fault: FaultKind) -> bool {
+    pub(super) fn planted(&self, _fault: Fault) -> bool {
         #[cfg(feature = "fault-injection")]
         {
-            let planted = match _fault {
-                FaultKind::StuckTurn => Fault::StuckTurn,
-                FaultKind::MoveIgnoresBacklog => Fault::MoveIgnoresBacklog,
-                FaultKind::TargetedMoves => Fault::TargetedMoves,
-                FaultKind::EndKeepsPlace => Fault::EndKeepsPlace,
-                FaultKind::CancelledMoves => Fault::CancelledMoves,
-                FaultKind::WaitFromFirst => Fault::WaitFromFirst,
-                FaultKind::BusyKeepsWait => Fault::BusyKeepsWait,
-                FaultKind::CancelFreesPlace => Fault::CancelFreesPlace,
-            };
-            self.fault == Some(planted)
+            self.fault == Some(_fault)
         }
         #[cfg(not(feature = "fault-injection"))]
         false

@@ -35,9 +35,7 @@ mod back;
 mod faults;
 
 pub use answers::{Cancelled, For, TakenBack, Unplaced};
-#[cfg(feature = "fault-injection")]
 pub use faults::Fault;
-use faults::FaultKind;
 
 #[derive(Debug, Clone)]
 struct Member<K> {
@@ -231,7 +229,7 @@ impl<K: Clone + Eq> Members<K> {
     /// (or last held it, if it waited), if it was in the table.
     pub fn end(&mut self, id: TaskId) -> Option<K> {
         let p = self.tasks.remove(&id)?;
-        if !p.waiting && !self.planted(FaultKind::EndKeepsPlace) {
+        if !p.waiting && !self.planted(Fault::EndKeepsPlace) {
             if let Some(k) = self.position(&p.holder) {
                 self.live[k].held = self.live[k].held.saturating_sub(1);
             }
@@ -253,7 +251,7 @@ impl<K: Clone + Eq> Members<K> {
             Some(p) => {
                 p.cancelled = true;
                 let holder = p.holder.clone();
-                if self.planted(FaultKind::CancelFreesPlace) {
+                if self.planted(Fault::CancelFreesPlace) {
                     if let Some(k) = self.position(&holder) {
                         self.live[k].held = self.live[k].held.saturating_sub(1);
                     }
@@ -270,7 +268,7 @@ impl<K: Clone + Eq> Members<K> {
     }
 
     fn give(&mut self, id: TaskId, k: usize, any: bool) -> K {
-        if any && !self.planted(FaultKind::StuckTurn) {
+        if any && !self.planted(Fault::StuckTurn) {
             self.cursor = k + 1;
         }
         let member = &mut self.live[k];
