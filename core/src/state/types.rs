@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 /// The identifier the pool gives each accepted task; unique within a pool.
 pub type TaskId = u64;
 
-/// A map keyed by task id. Ids are handed out in sequence and never chosen by a peer, so a
-/// multiplicative hash spreads them well and costs a fraction of SipHash on the per-task path.
+/// A map keyed by task id. Ids are handed out in sequence by the pool (a worker's come from its
+/// parent, never from an untrusted peer), so a multiplicative hash spreads them well and costs
+/// a fraction of SipHash on the per-task path.
 pub(crate) type IdMap<V> = std::collections::HashMap<TaskId, V, BuildHasherDefault<IdHasher>>;
 
 /// Fibonacci hashing of a task id (see [`IdMap`]).

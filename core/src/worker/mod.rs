@@ -4,6 +4,7 @@ mod context;
 mod observe;
 mod outbox;
 mod serve;
+mod signal;
 
 pub use context::Context;
 pub(crate) use observe::filter_code;

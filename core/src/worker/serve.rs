@@ -16,6 +16,7 @@
 use super::context::{Context, Link};
 use super::observe::{self, Forwarding, InTask};
 use super::outbox::{DirectSink, Outbox};
+use super::signal::Signal;
 use super::Worker;
 use crate::error::{error_chain, panic_message};
 use crate::protocol::{
@@ -23,17 +24,19 @@ use crate::protocol::{
     WireOutcome, HELLO_LIMIT, HELLO_READ_LIMIT, MESSAGE_LIMIT, PROTOCOL_VERSION,
 };
 use crate::runtime::{BoxIo, Runtime};
-use crate::state::TaskId;
+use crate::state::{IdMap, TaskId};
 use event_listener::Event;
 use futures_util::future::{select, AbortHandle, AbortRegistration, Abortable, Either, FutureExt};
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt as _;
 use futures_util::{AsyncWrite, AsyncWriteExt};
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 /// Exit codes of a worker process.
@@ -62,9 +65,9 @@ enum End {
 struct Inbox<T> {
     queue: RefCell<VecDeque<(TaskId, Result<T, String>)>>,
     /// How to cancel each running task.
-    running: RefCell<HashMap<TaskId, AbortHandle>>,
+    running: RefCell<IdMap<AbortHandle>>,
     stopping: Cell<bool>,
-    changed: Event,
+    changed: Signal,
 }
 
 /// Runs worker `W` over `io` until the link ends; returns the process exit code.
@@ -164,9 +167,9 @@ pub(crate) async fn serve<W: Worker>(
 
     let inbox = Rc::new(Inbox::<W::Task> {
         queue: RefCell::new(VecDeque::new()),
-        running: RefCell::new(HashMap::new()),
+        running: RefCell::new(IdMap::default()),
         stopping: Cell::new(false),
-        changed: Event::new(),
+        changed: Signal::default(),
     });
 
     let read = pin!(read_loop(&mut reader, &link, &inbox));
@@ -226,12 +229,12 @@ where
                 let task = postcard::from_bytes::<T>(payload)
                     .map_err(|e| format!("the worker cannot decode the task: {e}"));
                 inbox.queue.borrow_mut().push_back((id, task));
-                inbox.changed.notify(1);
+                inbox.changed.notify();
             }
             Ok((ToWorker::Ack { n }, _)) => link.add_credit(n as usize),
             Ok((ToWorker::Stop, _)) => {
                 inbox.stopping.set(true);
-                inbox.changed.notify(1);
+                inbox.changed.notify();
             }
             Ok((ToWorker::Cancel { id }, _)) => {
                 let mut queue = inbox.queue.borrow_mut();
@@ -240,7 +243,7 @@ where
                     queue.remove(at);
                     drop(queue);
                     report(link, id, &Ended::Cancelled);
-                    inbox.changed.notify(1);
+                    inbox.changed.notify();
                 } else if let Some(running) = inbox.running.borrow().get(&id) {
                     // Dropped at its current await; the run loop reports it.
                     running.abort();
@@ -371,15 +374,19 @@ async fn run_loop<W: Worker>(
         if running.is_empty() && inbox.stopping.get() && inbox.queue.borrow().is_empty() {
             break;
         }
-        let listener = inbox.changed.listen();
+        inbox.changed.arm();
         if running.len() < concurrency && !inbox.queue.borrow().is_empty() {
             continue;
         }
         if running.is_empty() {
-            listener.await;
+            std::future::poll_fn(|cx| inbox.changed.poll_taken(cx)).await;
             continue;
         }
-        if let Either::Left((Some((id, ended)), _)) = select(running.next(), listener).await {
+        let next = std::future::poll_fn(|cx| match running.poll_next_unpin(cx) {
+            Poll::Ready(ended) => Poll::Ready(ended),
+            Poll::Pending => inbox.changed.poll_taken(cx).map(|()| None),
+        });
+        if let Some((id, ended)) = next.await {
             inbox.running.borrow_mut().remove(&id);
             report(link, id, &ended);
             // The next task may start at once: its first poll hands this end to the outbox,
