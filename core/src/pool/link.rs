@@ -16,6 +16,7 @@ use futures_util::AsyncWriteExt;
 use serde::de::DeserializeOwned;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -279,7 +280,10 @@ async fn write_loop<O>(
     let mut direct: Vec<(usize, Payload)> = Vec::new();
     let mut deferred = false;
     loop {
-        let listener = shared.lanes[worker].writer.listen();
+        let lane = &shared.lanes[worker];
+        let listener = lane.writer.listen();
+        // Before the look at the state: whatever is queued after it wakes us.
+        lane.writer_may_wait.store(true, Ordering::SeqCst);
         {
             let mut inner = shared.lock();
             let state = &mut inner.state;
@@ -291,6 +295,10 @@ async fn write_loop<O>(
                 return;
             }
             transmits.extend(std::iter::from_fn(|| state.poll_transmit(worker)));
+        }
+        if !transmits.is_empty() {
+            // We look at the state again after writing these.
+            lane.writer_may_wait.store(false, Ordering::SeqCst);
         }
         // Acknowledgements alone can wait one turn of the loop: a task for this worker may
         // follow in the same turn and share the write, and a task for another worker goes

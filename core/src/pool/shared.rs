@@ -15,13 +15,13 @@ use crate::runtime::Runtime;
 use crate::state::{IdMap, PoolState, Refusal, Route, Routing, TaskId};
 use event_listener::Event;
 use futures_channel::oneshot;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// An encoded task, shared by the state (which keeps it for retries) and the writer without
 /// copying.
-pub(crate) type Payload = Arc<Vec<u8>>;
+pub(crate) type Payload = Arc<[u8]>;
 
 /// A task handle's sending side.
 pub(crate) struct Pending<O> {
@@ -86,6 +86,10 @@ pub(crate) struct Lane {
     pub(crate) room: Event,
     /// Something is waiting to be written to its link.
     pub(crate) writer: Event,
+    /// Its writer may be about to wait on `writer`: set before it looks at the state, cleared
+    /// once it found something to write. A wake-up while it is clear is not needed (the
+    /// writer looks again after every write) and skips the event's lock.
+    pub(crate) writer_may_wait: AtomicBool,
     /// The state decided what its supervisor does next.
     pub(crate) supervisor: Event,
     /// When a frame last arrived, in microseconds since the pool's base instant.
@@ -166,6 +170,7 @@ impl<O> Shared<O> {
             .map(|w| Lane {
                 room: Event::new(),
                 writer: Event::new(),
+                writer_may_wait: AtomicBool::new(true),
                 supervisor: Event::new(),
                 last_seen: AtomicU64::new(0),
                 instruments: Instruments::new(&settings.name, w),
@@ -195,8 +200,13 @@ impl<O> Shared<O> {
     /// Wakes the writer of `worker`'s link. Every listener is woken, not one: a writer of a
     /// dead incarnation may still hold an already-notified listener on the same event, and
     /// `notify(1)` would count that one and leave the current writer asleep.
+    ///
+    /// Called after the state change it announces, with the lock released.
     pub(crate) fn wake_writer(&self, worker: usize) {
-        self.lanes[worker].writer.notify(usize::MAX);
+        let lane = &self.lanes[worker];
+        if lane.writer_may_wait.swap(false, Ordering::SeqCst) {
+            lane.writer.notify(usize::MAX);
+        }
     }
 
     /// Wakes everything that waits on the pool's phase: submitters, writers and supervisors of
