@@ -184,17 +184,16 @@ impl<W: Worker> Pool<W> {
     }
 
     pub(super) fn encode(&self, task: &W::Task) -> Result<Payload, String> {
-        let bytes =
-            postcard::to_stdvec(task).map_err(|e| format!("cannot encode the task: {e}"))?;
+        let payload = encode_shared(task).map_err(|e| format!("cannot encode the task: {e}"))?;
         // The frame adds a header of at most 11 bytes (variant and a varint id).
         let limit = self.shared.settings.max_frame - 11;
-        if bytes.len() > limit {
+        if payload.len() > limit {
             return Err(format!(
                 "the encoded task is {} bytes, over the frame limit of {limit} bytes",
-                bytes.len()
+                payload.len()
             ));
         }
-        Ok(Arc::new(bytes))
+        Ok(payload)
     }
 
     pub(super) async fn place(
@@ -239,5 +238,19 @@ impl Drop for CancelOnDrop {
         if let (Some(id), Some(sink)) = (self.id, self.sink.upgrade()) {
             sink.cancel(id);
         }
+    }
+}
+
+/// Encodes `task` straight into the buffer the state and the writer share: one allocation and
+/// no copy, where encoding into a vector and sharing that took two allocations.
+fn encode_shared<T: serde::Serialize>(task: &T) -> postcard::Result<Payload> {
+    let size = postcard::serialize_with_flavor(task, postcard::ser_flavors::Size::default())?;
+    // One allocation, written in place (a `TrustedLen` iterator collects without a copy).
+    let mut shared: Payload = std::iter::repeat_n(0, size).collect();
+    let bytes = Arc::get_mut(&mut shared).expect("a new buffer is not shared yet");
+    match postcard::to_slice(task, bytes) {
+        Ok(written) if written.len() == size => Ok(shared),
+        // A `Serialize` that does not write what it measured: encode it the plain way.
+        _ => postcard::to_stdvec(task).map(Payload::from),
     }
 }
