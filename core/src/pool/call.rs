@@ -1,23 +1,19 @@
 //! Placing tasks: encoding, pending entries and handles, deadlines, request-reply calls, and
 //! cancellation when a call's future is dropped.
 
+use super::ending::{end_slot, EndReceiver};
 use super::handle::{CancelSink, Delivery, TaskHandle};
 use super::shared::{Payload, Pending, Replies};
 use super::Pool;
-use crate::error::{CallError, RawTaskError, SubmitError};
+use crate::error::{CallError, SubmitError};
 use crate::state::{Route, TaskId};
 use crate::worker::Worker;
 use futures_channel::{mpsc, oneshot};
-use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// The receiving sides of a pending entry: its end, its attempts, and its outputs' receiver.
-type Parts<O> = (
-    oneshot::Receiver<Result<(), RawTaskError>>,
-    Arc<AtomicU32>,
-    Receiving<O>,
-);
+type Parts<O> = (EndReceiver, Receiving<O>);
 
 /// Where a task's outputs should go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +138,7 @@ impl<W: Worker> Pool<W> {
         want: Want,
         timeout: Option<Duration>,
     ) -> (Pending<W::Output>, Parts<W::Output>) {
-        let (done, rx) = oneshot::channel();
+        let (done, end) = end_slot();
         let (replies, receiving) = match want {
             Want::Outputs => (Replies::Outputs, Receiving::Outputs),
             Want::First => {
@@ -154,15 +150,13 @@ impl<W: Worker> Pool<W> {
                 (Replies::Stream(tx), Receiving::Stream(rx))
             }
         };
-        let attempts = Arc::new(AtomicU32::new(0));
         let pending = Pending {
             done,
             replies,
-            attempts: attempts.clone(),
             since: self.shared.runtime.now(),
             timeout,
         };
-        (pending, (rx, attempts, receiving))
+        (pending, (end, receiving))
     }
 
     /// Logs a placed task in the caller's context (a request's span): the task id, which the
@@ -208,7 +202,7 @@ impl<W: Worker> Pool<W> {
             Ok(p) => p,
             Err(e) => return Err(SubmitError::Encode(task, e)),
         };
-        let (pending, (rx, attempts, receiving)) = self.pending(want, timeout);
+        let (pending, (end, receiving)) = self.pending(want, timeout);
         match self
             .shared
             .place(route, &payload, pending, wait, timeout)
@@ -217,7 +211,7 @@ impl<W: Worker> Pool<W> {
             Ok((worker, id)) => {
                 self.log_placed(worker, id, "task placed");
                 Ok((
-                    TaskHandle::new(id, worker, rx, attempts, self.canceller()),
+                    TaskHandle::new(id, worker, end, self.canceller()),
                     receiving,
                 ))
             }

@@ -6,7 +6,6 @@ use super::shared::{Inner, Next, Shared};
 use crate::error::{Exit, TaskError};
 use crate::launch::Killer;
 use crate::state::{Event as Decision, KillCause, Loss};
-use std::sync::atomic::Ordering;
 
 /// The state's decisions, taken under the lock and carried out after it is released.
 #[must_use]
@@ -102,7 +101,7 @@ impl<O> Shared<O> {
                     Loss::Stopped => Some(format!(
                         "its worker died, and the pool stopped before its retry found a worker \
                          ({} attempts)",
-                        p.attempts.load(Ordering::Relaxed)
+                        p.done.attempts()
                     )),
                     Loss::Unroutable(refusal) => Some(format!(
                         "its worker died, and no worker can take its retry: {refusal}"
@@ -114,13 +113,13 @@ impl<O> Shared<O> {
                     exit,
                     cause,
                 };
-                let _ = p.done.send(Err(lost));
+                p.done.send(Err(lost));
             }
             Decision::Retried { id, from, to } => {
                 if let Some(p) = inner.pending.get(&id) {
                     // At-least-once: it may have run partly on the dead worker. It keeps its id,
                     // which goes on tagging its outputs.
-                    let attempt = p.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                    let attempt = p.done.sent_again();
                     actions.notes.push((
                         Level::DEBUG,
                         from,
@@ -132,7 +131,7 @@ impl<O> Shared<O> {
             Decision::Expired { worker, id } => {
                 if let Some(p) = inner.pending.remove(&id) {
                     let after = p.timeout.unwrap_or_default();
-                    let _ = p.done.send(Err(TaskError::TimedOut { after }));
+                    p.done.send(Err(TaskError::TimedOut { after }));
                 }
                 // Its worker is sent the cancellation, and has room again.
                 actions.writers.push(worker);

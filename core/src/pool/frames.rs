@@ -128,7 +128,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                 batch.room_freed = true;
                 actions.run(self);
                 if let Some(p) = pending {
-                    let _ = p.done.send(result);
+                    p.done.send(result);
                 }
             }
             ToParent::Bye => {

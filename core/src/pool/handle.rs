@@ -1,5 +1,6 @@
 //! What the parent holds: task handles, output deliveries and the output stream.
 
+use super::ending::EndReceiver;
 use crate::error::{Exit, Failure, RawTaskError, TaskError};
 use crate::state::TaskId;
 use futures_channel::oneshot;
@@ -59,12 +60,22 @@ use std::task::{Context, Poll};
 pub struct TaskHandle<E = Failure> {
     id: TaskId,
     worker: usize,
-    rx: oneshot::Receiver<Result<(), RawTaskError>>,
-    attempts: Arc<AtomicU32>,
+    end: End,
     canceller: Weak<dyn CancelSink>,
-    /// Where the task is, in a pool of members reached through a broker.
-    member: Option<Arc<MemberTask>>,
     error: PhantomData<fn() -> E>,
+}
+
+/// Where a handle learns its task's end.
+enum End {
+    /// From a local pool's slot, which also counts the task's attempts.
+    Local(EndReceiver),
+    /// From a pool of members reached through a broker: the end, the deliveries, and where the
+    /// task is.
+    Member {
+        rx: oneshot::Receiver<Result<(), RawTaskError>>,
+        deliveries: Arc<AtomicU32>,
+        at: Arc<MemberTask>,
+    },
 }
 
 /// Where a task of a pool of members is: the member holding it (which changes when the task
@@ -127,17 +138,14 @@ impl<E> TaskHandle<E> {
     pub(crate) fn new(
         id: TaskId,
         worker: usize,
-        rx: oneshot::Receiver<Result<(), RawTaskError>>,
-        attempts: Arc<AtomicU32>,
+        end: EndReceiver,
         canceller: Weak<dyn CancelSink>,
     ) -> Self {
         Self {
             id,
             worker,
-            rx,
-            attempts,
+            end: End::Local(end),
             canceller,
-            member: None,
             error: PhantomData,
         }
     }
@@ -156,10 +164,8 @@ impl<E> TaskHandle<E> {
         Self {
             id,
             worker: 0,
-            rx,
-            attempts: deliveries,
+            end: End::Member { rx, deliveries, at },
             canceller,
-            member: Some(at),
             error: PhantomData,
         }
     }
@@ -186,13 +192,19 @@ impl<E> TaskHandle<E> {
     /// handed back unstarted (0 until its first delivery is known). Read it after awaiting the
     /// handle by reference (`(&mut handle).await`) to learn how the task got there.
     pub fn attempts(&self) -> u32 {
-        self.attempts.load(Ordering::Relaxed)
+        match &self.end {
+            End::Local(end) => end.attempts(),
+            End::Member { deliveries, .. } => deliveries.load(Ordering::Relaxed),
+        }
     }
 
     /// In a pool of members reached through a broker (`looppool-nats`): the member that ran
     /// the task (once it ended), or the one holding it; `None` in a local pool.
     pub fn member(&self) -> Option<String> {
-        self.member.as_ref().map(|m| m.member())
+        match &self.end {
+            End::Local(_) => None,
+            End::Member { at, .. } => Some(at.member()),
+        }
     }
 
     /// The task's id, which tags its outputs (a retry keeps it).
@@ -203,9 +215,9 @@ impl<E> TaskHandle<E> {
     /// The worker the task was sent to; in a pool of members, the worker of its member it was
     /// sent to there, once it ended (0 until then, and for a task lost with its member).
     pub fn worker(&self) -> usize {
-        match &self.member {
-            Some(m) => m.worker.load(Ordering::Relaxed),
-            None => self.worker,
+        match &self.end {
+            End::Member { at, .. } => at.worker.load(Ordering::Relaxed),
+            End::Local(_) => self.worker,
         }
     }
 }
@@ -214,11 +226,14 @@ impl<E: DeserializeOwned> Future for TaskHandle<E> {
     type Output = Result<(), TaskError<E>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let ended = std::task::ready!(Pin::new(&mut self.rx).poll(cx));
+        let ended = match &mut self.end {
+            End::Local(end) => std::task::ready!(end.poll_end(cx)).ok(),
+            End::Member { rx, .. } => std::task::ready!(Pin::new(rx).poll(cx)).ok(),
+        };
         let worker = self.worker;
         Poll::Ready(
             ended
-                .unwrap_or_else(|_| match self.member() {
+                .unwrap_or_else(|| match self.member() {
                     Some(member) => Err(TaskError::MemberLost {
                         member,
                         reason: "the pool was dropped".into(),

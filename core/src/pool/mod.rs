@@ -4,6 +4,7 @@ mod builder;
 mod call;
 mod clock;
 mod decisions;
+mod ending;
 mod frames;
 mod handle;
 mod incarnation;
@@ -34,7 +35,6 @@ use call::Want;
 use shared::Shared;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// A pool of worker processes, each running a `W` on its own event loop.
@@ -312,12 +312,11 @@ impl<W: Worker> Pool<W> {
                         let handles = copies
                             .into_iter()
                             .map(|(worker, id)| {
-                                let (pending, (rx, attempts, _)) =
-                                    self.pending(Want::Outputs, None);
-                                pending.attempts.fetch_add(1, Ordering::Relaxed);
+                                let (pending, (end, _)) = self.pending(Want::Outputs, None);
+                                pending.done.sent_again();
                                 inner.pending.insert(id, pending);
                                 self.log_placed(worker, id, "broadcast copy placed");
-                                TaskHandle::new(id, worker, rx, attempts, self.canceller())
+                                TaskHandle::new(id, worker, end, self.canceller())
                             })
                             .collect::<Vec<_>>();
                         drop(inner);

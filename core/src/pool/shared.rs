@@ -6,6 +6,7 @@
 //! notified after the state change they announce, and waiters register their listener while
 //! holding the lock, so no wake-up is lost.
 
+use super::ending::EndSender;
 use super::handle::Delivery;
 use super::incarnation::Respawner;
 use super::stats::{Account, Instruments};
@@ -15,7 +16,7 @@ use crate::runtime::Runtime;
 use crate::state::{IdMap, PoolState, Refusal, Route, Routing, TaskId};
 use event_listener::Event;
 use futures_channel::oneshot;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,11 +26,10 @@ pub(crate) type Payload = Arc<[u8]>;
 
 /// A task handle's sending side.
 pub(crate) struct Pending<O> {
-    pub(crate) done: oneshot::Sender<Result<(), RawTaskError>>,
+    /// Its end, and how many times it was sent, shared with its handle.
+    pub(crate) done: EndSender,
     /// Where its outputs go.
     pub(crate) replies: Replies<O>,
-    /// How many times it was sent, shared with its handle.
-    pub(crate) attempts: Arc<AtomicU32>,
     /// When it was submitted, for its latency.
     pub(crate) since: Instant,
     /// Its deadline after submission, if it has one.
@@ -265,7 +265,7 @@ impl<O> Shared<O> {
                 let deadline = timeout.and_then(|t| self.runtime.now().checked_add(t));
                 match inner.state.submit_until(route, payload.clone(), deadline) {
                     Ok((worker, id)) => {
-                        pending.attempts.fetch_add(1, Ordering::Relaxed);
+                        pending.done.sent_again();
                         inner.pending.insert(id, pending);
                         drop(inner);
                         self.wake_writer(worker);
@@ -310,7 +310,7 @@ impl<O> Shared<O> {
             (done, worker, self.decisions(&mut inner))
         };
         if let Some(done) = done {
-            let _ = done.send(Err(why));
+            done.send(Err(why));
         }
         actions.run(self);
         self.wake_writer(worker);
