@@ -5,6 +5,7 @@ mod observe;
 mod outbox;
 mod serve;
 mod signal;
+mod turn;
 
 pub use context::Context;
 pub(crate) use observe::filter_code;

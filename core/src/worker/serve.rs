@@ -17,6 +17,7 @@ use super::context::{Context, Link};
 use super::observe::{self, Forwarding, InTask};
 use super::outbox::{DirectSink, Outbox};
 use super::signal::Signal;
+use super::turn::first_of;
 use super::Worker;
 use crate::error::{error_chain, panic_message};
 use crate::protocol::{
@@ -184,12 +185,7 @@ pub(crate) async fn serve<W: Worker>(
     let beat = pin!(ticker(&link, &inbox, hs.heartbeat, hs.stats));
     // Polled in this order each turn: tasks that arrived start, then whatever they emitted
     // (and their ends) is written in the same turn, without waiting to be woken again.
-    let end = match select(select(read, beat), select(run, write)).await {
-        Either::Left((Either::Left((end, _)), _)) => end,
-        Either::Left((Either::Right((end, _)), _)) => end,
-        Either::Right((Either::Left((end, _)), _)) => end,
-        Either::Right((Either::Right((end, _)), _)) => end,
-    };
+    let end = first_of([read, beat, run, write]).await;
     link.close();
     match end {
         End::Drained | End::ParentGone => exit_code::OK,
