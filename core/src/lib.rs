@@ -44,7 +44,7 @@ pub use pool::{
     WorkerStats,
 };
 #[doc(hidden)]
-pub use pool::{CancelSink, MemberTask};
+pub use pool::{CancelSink, MemberTask, OutputSender};
 pub use runtime::{AsyncIo, BoxFuture, BoxIo, LocalBoxFuture, Runtime};
 pub use state::{Routing, TaskId};
 pub use worker::{Context, Worker};

@@ -87,7 +87,7 @@ impl<O: DeserializeOwned + Send + 'static> Shared<O> {
                     // A call's later outputs: dropping acknowledges them.
                     Reply::First(None) => drop(delivery),
                     Reply::Stream(tx) => drop(tx.unbounded_send(delivery)),
-                    Reply::Outputs => drop(self.outputs.try_send(delivery)),
+                    Reply::Outputs => self.outputs.send(delivery),
                 }
             }
             ToParent::Done { task, outcome } => {

@@ -10,6 +10,7 @@ mod handle;
 mod incarnation;
 mod link;
 mod monitor;
+mod outputs;
 mod relay;
 #[cfg(feature = "tower")]
 mod service;
@@ -20,7 +21,8 @@ mod stream;
 mod supervisor;
 
 pub use builder::Builder;
-pub use handle::{CancelSink, Delivery, MemberTask, Outputs, TaskHandle};
+pub use handle::{CancelSink, Delivery, MemberTask, TaskHandle};
+pub use outputs::{OutputSender, Outputs};
 #[cfg(feature = "tower")]
 pub use service::ServiceFuture;
 pub use stats::{names as metric_names, PoolStats, WorkerStats};
@@ -197,7 +199,7 @@ impl<W: Worker> Pool<W> {
 
     /// The stream of outputs that are not replies to [`call`](Self::call).
     pub fn outputs(&self) -> Outputs<W::Output> {
-        Outputs::new(self.shared.outputs_rx.clone())
+        self.shared.outputs.subscribe()
     }
 
     /// Sends `task` to the worker the pool's [`Routing`](crate::state::Routing) picks

@@ -9,6 +9,7 @@
 use super::ending::EndSender;
 use super::handle::Delivery;
 use super::incarnation::Respawner;
+use super::outputs::OutputSender;
 use super::stats::{Account, Instruments};
 use crate::error::{Exit, RawTaskError, TaskError};
 use crate::launch::Killer;
@@ -147,8 +148,7 @@ pub(crate) struct Shared<O> {
     pub(crate) room_any: Event,
     /// The state's next deadline may have moved: the pool's clock looks again.
     pub(crate) clock: Event,
-    pub(crate) outputs: async_channel::Sender<Delivery<O>>,
-    pub(crate) outputs_rx: async_channel::Receiver<Delivery<O>>,
+    pub(crate) outputs: OutputSender<O>,
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) settings: Settings,
     pub(crate) respawner: Option<Respawner>,
@@ -163,7 +163,7 @@ impl<O> Shared<O> {
         respawner: Option<Respawner>,
     ) -> Self {
         let n = inner.state.size();
-        let (outputs, outputs_rx) = async_channel::unbounded();
+        let outputs = OutputSender::new();
         let base = runtime.now();
         super::stats::describe();
         let lanes = (0..n)
@@ -183,7 +183,6 @@ impl<O> Shared<O> {
             room_any: Event::new(),
             clock: Event::new(),
             outputs,
-            outputs_rx,
             runtime,
             settings,
             respawner,

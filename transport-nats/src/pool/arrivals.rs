@@ -291,7 +291,7 @@ fn take_output<O: DeserializeOwned + Send + 'static>(
                 }
             } else {
                 // Unbounded: each member has at most its result credit of outputs waiting.
-                let _ = shared.outputs_tx.try_send(delivery);
+                shared.outputs_tx.send(delivery);
             }
         }
         Err(e) => {

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::seal::{Refusals, Sealer, Secret};
 use crate::wire::{self, Names};
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
-use looppool_core::Worker;
+use looppool_core::{OutputSender, Worker};
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
@@ -314,7 +314,7 @@ impl<W: Worker> Builder<W> {
             return Err(e);
         }
         let (events, _) = broadcast::channel(1024);
-        let (outputs_tx, outputs_rx) = async_channel::unbounded();
+        let outputs_tx = OutputSender::new();
         let (acks, acks_rx) = mpsc::unbounded_channel();
         let (lost_tx, lost_rx) = mpsc::unbounded_channel();
         let (cancels, cancels_rx) = mpsc::unbounded_channel();
@@ -337,7 +337,6 @@ impl<W: Worker> Builder<W> {
             changed: Notify::new(),
             events,
             outputs_tx,
-            outputs_rx,
             acks,
             acked: Mutex::new(HashMap::new()),
             background: Mutex::new(Vec::new()),

@@ -137,7 +137,7 @@ impl<W: Worker> Pool<W> {
 
     /// The stream of outputs. Clones share one stream: each output goes to one receiver.
     pub fn outputs(&self) -> Outputs<W::Output> {
-        Outputs::from_channel(self.shared.outputs_rx.clone())
+        self.shared.outputs_tx.subscribe()
     }
 
     /// Submits a task to the next member in turn, waiting while that member holds its backlog.

@@ -6,8 +6,8 @@ use super::Settings;
 use crate::broker::{self, Broker, PublishFailure};
 use crate::seal::{Refusals, Sealer};
 use crate::wire::{Control, Credit, CtlMsg, Names, TaskMsg};
-use looppool_core::Delivery;
 use looppool_core::TaskError;
+use looppool_core::{Delivery, OutputSender};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,8 +37,7 @@ pub(super) struct Shared<O> {
     /// Notified whenever a task ends, a member joins or leaves, or the pool closes.
     pub(super) changed: Notify,
     pub(super) events: broadcast::Sender<MemberEvent>,
-    pub(super) outputs_tx: async_channel::Sender<Delivery<O>>,
-    pub(super) outputs_rx: async_channel::Receiver<Delivery<O>>,
+    pub(super) outputs_tx: OutputSender<O>,
     pub(super) acks: mpsc::UnboundedSender<Ack>,
     /// Per member, its current run and how many of that run's outputs the parent
     /// acknowledged.
