@@ -129,7 +129,22 @@ impl<O> Outputs<O> {
 
     /// The next output, or `None` once the pool has stopped and all were received.
     pub async fn recv(&self) -> Option<Delivery<O>> {
-        poll_fn(|cx| self.poll_recv(cx)).await
+        // Each call waits under a number of its own: tasks sharing one `Outputs` may call this
+        // at the same time, and each must be woken.
+        let mut wait = Wait {
+            queue: &self.queue,
+            id: None,
+        };
+        poll_fn(|cx| {
+            let queue = wait.queue;
+            let known = wait.id;
+            let (polled, id) = poll_queue(queue, cx, || {
+                known.unwrap_or_else(|| queue.consumers.fetch_add(1, Ordering::Relaxed))
+            });
+            wait.id = id.or(known);
+            polled
+        })
+        .await
     }
 
     /// The next output if one is waiting.
@@ -148,19 +163,55 @@ impl<O> Outputs<O> {
     }
 
     fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Delivery<O>>> {
-        let mut state = self.queue.lock();
-        if let Some(item) = state.items.pop_front() {
-            return Poll::Ready(Some(item));
-        }
-        if state.closed {
-            return Poll::Ready(None);
-        }
-        match state.waiting.iter_mut().find(|(id, _)| *id == self.id) {
-            Some((_, waker)) => waker.clone_from(cx.waker()),
-            None => state.waiting.push((self.id, cx.waker().clone())),
-        }
-        Poll::Pending
+        poll_queue(&self.queue, cx, || self.id).0
     }
+}
+
+impl<O> Drop for Outputs<O> {
+    fn drop(&mut self) {
+        forget_waiter(&self.queue, self.id);
+    }
+}
+
+/// One call of [`Outputs::recv`]: its number, once it had to wait.
+struct Wait<'a, T> {
+    queue: &'a Queue<T>,
+    id: Option<u64>,
+}
+
+impl<T> Drop for Wait<'_, T> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            forget_waiter(self.queue, id);
+        }
+    }
+}
+
+/// The next item of `queue`, or `None` once it is closed and empty; otherwise the waker of `cx`
+/// waits under the number `id` gives, which is returned.
+fn poll_queue<T>(
+    queue: &Queue<T>,
+    cx: &mut Context<'_>,
+    id: impl FnOnce() -> u64,
+) -> (Poll<Option<T>>, Option<u64>) {
+    let mut state = queue.lock();
+    if let Some(item) = state.items.pop_front() {
+        return (Poll::Ready(Some(item)), None);
+    }
+    if state.closed {
+        return (Poll::Ready(None), None);
+    }
+    let id = id();
+    match state.waiting.iter_mut().find(|(waiting, _)| *waiting == id) {
+        Some((_, waker)) => waker.clone_from(cx.waker()),
+        None => state.waiting.push((id, cx.waker().clone())),
+    }
+    (Poll::Pending, Some(id))
+}
+
+/// A consumer that waited under `id` no longer does.
+fn forget_waiter<T>(queue: &Queue<T>, id: u64) {
+    queue.lock().waiting.retain(|(waiting, _)| *waiting != id);
 }
 
 impl<O> futures_util::Stream for Outputs<O> {
@@ -175,6 +226,7 @@ impl<O> futures_util::Stream for Outputs<O> {
 mod tests {
     use super::*;
     use crate::pool::handle::Acker;
+    use std::future::Future;
     use std::sync::atomic::AtomicUsize;
     use std::task::Wake;
 
@@ -232,5 +284,48 @@ mod tests {
             4,
             "and what was refused is acknowledged"
         );
+    }
+
+    #[test]
+    fn calls_of_recv_on_one_consumer_each_wait_and_each_is_woken() {
+        let acked = Arc::new(AtomicUsize::new(0));
+        let tx = OutputSender::new();
+        let outputs = tx.subscribe();
+        let mut first = Box::pin(outputs.recv());
+        let mut second = Box::pin(outputs.recv());
+        let (woken_1, w1) = waker();
+        let (woken_2, w2) = waker();
+        assert!(first
+            .as_mut()
+            .poll(&mut Context::from_waker(&w1))
+            .is_pending());
+        assert!(second
+            .as_mut()
+            .poll(&mut Context::from_waker(&w2))
+            .is_pending());
+        tx.send(delivery(1, &acked));
+        tx.send(delivery(2, &acked));
+        assert_eq!(
+            woken_1.0.load(Ordering::SeqCst),
+            1,
+            "the first call is woken"
+        );
+        assert_eq!(woken_2.0.load(Ordering::SeqCst), 1, "and so is the second");
+        let value = |p: Poll<Option<Delivery<u32>>>| match p {
+            Poll::Ready(Some(d)) => d.into_value(),
+            _ => panic!("expected an output"),
+        };
+        let a = value(second.as_mut().poll(&mut Context::from_waker(&w2)));
+        let b = value(first.as_mut().poll(&mut Context::from_waker(&w1)));
+        assert_eq!((a, b), (1, 2));
+        // A call dropped while it waits leaves nothing behind.
+        let mut third = Box::pin(outputs.recv());
+        assert!(third
+            .as_mut()
+            .poll(&mut Context::from_waker(&w1))
+            .is_pending());
+        assert_eq!(outputs.queue.lock().waiting.len(), 1);
+        drop(third);
+        assert!(outputs.queue.lock().waiting.is_empty());
     }
 }
