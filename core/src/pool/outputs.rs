@@ -57,6 +57,14 @@ impl<O> Default for OutputSender<O> {
     }
 }
 
+impl<O> Drop for OutputSender<O> {
+    /// The stream ends with the pool, however the pool ends: a consumer waiting for an output
+    /// must not wait forever for a pool dropped without a finished `stop`.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 impl<O> OutputSender<O> {
     /// A new output stream, with no consumer yet.
     pub fn new() -> Self {
@@ -284,6 +292,34 @@ mod tests {
             4,
             "and what was refused is acknowledged"
         );
+    }
+
+    #[test]
+    fn the_stream_ends_when_its_sender_is_dropped_unclosed() {
+        let acked = Arc::new(AtomicUsize::new(0));
+        let tx = OutputSender::new();
+        let outputs = tx.subscribe();
+        tx.send(delivery(1, &acked));
+        let mut waiting = Box::pin(async {
+            let first = outputs.recv().await.map(Delivery::into_value);
+            (first, outputs.recv().await.is_none())
+        });
+        let (woken, w) = waker();
+        assert!(waiting
+            .as_mut()
+            .poll(&mut Context::from_waker(&w))
+            .is_pending());
+        // A pool dropped without a finished `stop` drops its sender without closing it.
+        drop(tx);
+        assert_eq!(
+            woken.0.load(Ordering::SeqCst),
+            1,
+            "the waiting consumer is woken"
+        );
+        assert!(matches!(
+            waiting.as_mut().poll(&mut Context::from_waker(&w)),
+            Poll::Ready((Some(1), true))
+        ));
     }
 
     #[test]
