@@ -295,10 +295,12 @@ async fn write_loop<O>(
                 return;
             }
             transmits.extend(std::iter::from_fn(|| state.poll_transmit(worker)));
-        }
-        if !transmits.is_empty() {
-            // We look at the state again after writing these.
-            lane.writer_may_wait.store(false, Ordering::SeqCst);
+            if !transmits.is_empty() {
+                // We look at the state again after writing these. Lowered under the lock, past
+                // the generation check: a writer of a dead incarnation must never lower the
+                // flag its successor raised, or the successor would sleep through every wake.
+                lane.writer_may_wait.store(false, Ordering::SeqCst);
+            }
         }
         // Acknowledgements alone can wait one turn of the loop: a task for this worker may
         // follow in the same turn and share the write, and a task for another worker goes
