@@ -178,16 +178,8 @@ impl<W: Worker> Pool<W> {
     }
 
     pub(super) fn encode(&self, task: &W::Task) -> Result<Payload, String> {
-        let payload = encode_shared(task).map_err(|e| format!("cannot encode the task: {e}"))?;
         // The frame adds a header of at most 11 bytes (variant and a varint id).
-        let limit = self.shared.settings.max_frame - 11;
-        if payload.len() > limit {
-            return Err(format!(
-                "the encoded task is {} bytes, over the frame limit of {limit} bytes",
-                payload.len()
-            ));
-        }
-        Ok(payload)
+        encode_shared(task, self.shared.settings.max_frame - 11)
     }
 
     pub(super) async fn place(
@@ -236,15 +228,30 @@ impl Drop for CancelOnDrop {
 }
 
 /// Encodes `task` straight into the buffer the state and the writer share: one allocation and
-/// no copy, where encoding into a vector and sharing that took two allocations.
-fn encode_shared<T: serde::Serialize>(task: &T) -> postcard::Result<Payload> {
-    let size = postcard::serialize_with_flavor(task, postcard::ser_flavors::Size::default())?;
+/// no copy, where encoding into a vector and sharing that took two allocations. A task over
+/// `limit` bytes is refused before anything is allocated for it.
+fn encode_shared<T: serde::Serialize>(task: &T, limit: usize) -> Result<Payload, String> {
+    let failed = |e: postcard::Error| format!("cannot encode the task: {e}");
+    let too_big = |size: usize| {
+        format!("the encoded task is {size} bytes, over the frame limit of {limit} bytes")
+    };
+    let size = postcard::serialize_with_flavor(task, postcard::ser_flavors::Size::default())
+        .map_err(failed)?;
+    if size > limit {
+        return Err(too_big(size));
+    }
     // One allocation, written in place (a `TrustedLen` iterator collects without a copy).
     let mut shared: Payload = std::iter::repeat_n(0, size).collect();
     let bytes = Arc::get_mut(&mut shared).expect("a new buffer is not shared yet");
     match postcard::to_slice(task, bytes) {
         Ok(written) if written.len() == size => Ok(shared),
         // A `Serialize` that does not write what it measured: encode it the plain way.
-        _ => postcard::to_stdvec(task).map(Payload::from),
+        _ => {
+            let bytes = postcard::to_stdvec(task).map_err(failed)?;
+            if bytes.len() > limit {
+                return Err(too_big(bytes.len()));
+            }
+            Ok(Payload::from(bytes))
+        }
     }
 }
