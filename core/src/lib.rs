@@ -24,6 +24,8 @@ mod runtime;
 #[cfg(test)]
 mod send_sync;
 pub mod state;
+#[cfg(test)]
+mod wakes;
 mod worker;
 
 pub use async_trait::async_trait;

@@ -234,22 +234,9 @@ impl<O> futures_util::Stream for Outputs<O> {
 mod tests {
     use super::*;
     use crate::pool::handle::Acker;
+    use crate::wakes::counting as waker;
     use std::future::Future;
     use std::sync::atomic::AtomicUsize;
-    use std::task::Wake;
-
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn waker() -> (Arc<Count>, Waker) {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        (count.clone(), Waker::from(count))
-    }
 
     /// A delivery that counts its acknowledgement in `acked`.
     fn delivery(value: u32, acked: &Arc<AtomicUsize>) -> Delivery<u32> {
@@ -271,8 +258,8 @@ mod tests {
         assert!(b.poll_recv(&mut Context::from_waker(&wb)).is_pending());
         tx.send(delivery(1, &acked));
         // Both are woken: if `a` was woken and then dropped its wait, `b` still takes it.
-        assert_eq!(woken_a.0.load(Ordering::SeqCst), 1);
-        assert_eq!(woken_b.0.load(Ordering::SeqCst), 1);
+        assert_eq!(woken_a.count(), 1);
+        assert_eq!(woken_b.count(), 1);
         tx.send(delivery(2, &acked));
         let first = b.try_recv().map(Delivery::into_value);
         let second = a.clone().try_recv().map(Delivery::into_value);
@@ -311,11 +298,7 @@ mod tests {
             .is_pending());
         // A pool dropped without a finished `stop` drops its sender without closing it.
         drop(tx);
-        assert_eq!(
-            woken.0.load(Ordering::SeqCst),
-            1,
-            "the waiting consumer is woken"
-        );
+        assert_eq!(woken.count(), 1, "the waiting consumer is woken");
         assert!(matches!(
             waiting.as_mut().poll(&mut Context::from_waker(&w)),
             Poll::Ready((Some(1), true))
@@ -341,12 +324,8 @@ mod tests {
             .is_pending());
         tx.send(delivery(1, &acked));
         tx.send(delivery(2, &acked));
-        assert_eq!(
-            woken_1.0.load(Ordering::SeqCst),
-            1,
-            "the first call is woken"
-        );
-        assert_eq!(woken_2.0.load(Ordering::SeqCst), 1, "and so is the second");
+        assert_eq!(woken_1.count(), 1, "the first call is woken");
+        assert_eq!(woken_2.count(), 1, "and so is the second");
         let value = |p: Poll<Option<Delivery<u32>>>| match p {
             Poll::Ready(Some(d)) => d.into_value(),
             _ => panic!("expected an output"),

@@ -48,22 +48,11 @@ impl Signal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::task::Wake;
-
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::wakes::counting;
 
     #[test]
     fn a_notification_before_the_wait_is_kept_and_one_during_it_wakes() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (wakes, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         let signal = Signal::default();
         signal.arm();
@@ -71,7 +60,7 @@ mod tests {
         assert!(signal.poll_taken(&mut cx).is_ready(), "kept until taken");
         assert!(signal.poll_taken(&mut cx).is_pending(), "taken once");
         signal.notify();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the waiter is woken");
+        assert_eq!(wakes.count(), 1, "the waiter is woken");
         signal.arm();
         assert!(signal.poll_taken(&mut cx).is_pending(), "armed: lowered");
     }

@@ -104,17 +104,9 @@ pub(crate) async fn first_of<T>(mut parts: Parts<'_, T>) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wakes::counting;
     use crate::worker::signal::Signal;
     use std::cell::Cell;
-
-    /// Counts its wake-ups.
-    struct Count(std::sync::atomic::AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     #[test]
     fn parts_that_wake_each_other_run_in_one_poll_and_only_outside_wakes_count() {
@@ -142,24 +134,15 @@ mod tests {
         let mut idle2 = std::pin::pin!(std::future::pending::<&str>());
         let parts: Parts<'_, &str> = [a.as_mut(), b.as_mut(), idle1.as_mut(), idle2.as_mut()];
         let mut all = std::pin::pin!(first_of(parts));
-        let count = Arc::new(Count(Default::default()));
-        let waker = Waker::from(count.clone());
+        let (wakes, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         assert!(all.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            0,
-            "nothing woke the loop yet"
-        );
+        assert_eq!(wakes.count(), 0, "nothing woke the loop yet");
         outside.notify();
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "a wake-up from outside");
+        assert_eq!(wakes.count(), 1, "a wake-up from outside");
         assert_eq!(all.as_mut().poll(&mut cx), Poll::Ready("a"));
         assert_eq!(rounds.get(), 3, "every hand-over ran within that one poll");
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "and woke nothing outside"
-        );
+        assert_eq!(wakes.count(), 1, "and woke nothing outside");
     }
 
     #[test]
@@ -179,16 +162,11 @@ mod tests {
         let mut d = std::pin::pin!(std::future::pending::<()>());
         let parts: Parts<'_, ()> = [spinning.as_mut(), b.as_mut(), c.as_mut(), d.as_mut()];
         let mut all = std::pin::pin!(first_of(parts));
-        let count = Arc::new(Count(Default::default()));
-        let waker = Waker::from(count.clone());
+        let (wakes, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         assert!(all.as_mut().poll(&mut cx).is_pending());
         assert_eq!(polls.get(), MAX_ROUNDS, "polled a bounded number of times");
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "then the loop asked for another turn"
-        );
+        assert_eq!(wakes.count(), 1, "then the loop asked for another turn");
         assert!(all.as_mut().poll(&mut cx).is_pending());
         assert_eq!(
             polls.get(),
