@@ -1,4 +1,4 @@
-//! What the parent holds: task handles, output deliveries and the output stream.
+//! What the parent holds: task handles and output deliveries (the output stream is in `outputs`).
 
 use super::ending::EndReceiver;
 use crate::error::{Exit, Failure, RawTaskError, TaskError};
