@@ -3,12 +3,11 @@
 
 use super::frames::Batch;
 use super::incarnation::Linked;
+use super::shared::Inner;
 use super::shared::{Payload, Shared};
+use super::write_now::encode_transmit;
 use crate::launch::{Killer, Reaper};
-use crate::protocol::{
-    encode_header, encode_header_before_raw, encode_with_raw, FrameError, LinkReader, LinkWriter,
-    ToWorker,
-};
+use crate::protocol::{encode_header_before_raw, FrameError, LinkReader, LinkWriter, ToWorker};
 use crate::runtime::yield_now;
 use crate::state::{Transmit, WorkerStatus};
 use futures_util::future::{select, Either};
@@ -213,7 +212,12 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
     // waiting on it. The descriptor leaves the list forked replacements close now, while our
     // reader still holds it open: once both halves are dropped its number may be reused by a
     // new link, which a stale entry would make a forked child close.
-    let fd = shared.lock().workers[worker].link_fd.take();
+    let fd = {
+        let mut inner = shared.lock();
+        let entry = &mut inner.workers[worker];
+        entry.carry.clear();
+        entry.link_fd.take()
+    };
     if let Some(fd) = fd {
         shut_down(fd);
     }
@@ -282,31 +286,34 @@ async fn write_loop<O>(
     loop {
         let lane = &shared.lanes[worker];
         let listener = lane.writer.listen();
-        // Before the look at the state: whatever is queued after it wakes us.
-        lane.writer_may_wait.store(true, Ordering::SeqCst);
         {
             let mut inner = shared.lock();
-            let state = &mut inner.state;
+            let Inner { state, workers, .. } = &mut *inner;
             let gone = matches!(
                 state.status(worker),
                 WorkerStatus::Exited | WorkerStatus::Replacing
             );
+            // A writer of a dead incarnation leaves the flag alone: it belongs to its successor.
             if state.generation(worker) != generation || gone {
                 return;
             }
+            // What a submitter began to write goes first (`buf` is empty here).
+            let carry = &mut workers[worker].carry;
+            buf.extend_from_slice(carry);
+            carry.clear();
             transmits.extend(std::iter::from_fn(|| state.poll_transmit(worker)));
-            if !transmits.is_empty() {
-                // We look at the state again after writing these. Lowered under the lock, past
-                // the generation check: a writer of a dead incarnation must never lower the
-                // flag its successor raised, or the successor would sleep through every wake.
-                lane.writer_may_wait.store(false, Ordering::SeqCst);
-            }
+            // Raised only by a look that found nothing, so that a submitter seeing it raised
+            // knows this writer has nothing in hand; whatever is queued after this look wakes
+            // the listener taken before it.
+            let idle = transmits.is_empty() && buf.is_empty();
+            lane.writer_may_wait.store(idle, Ordering::SeqCst);
         }
         // Acknowledgements alone can wait one turn of the loop: a task for this worker may
         // follow in the same turn and share the write, and a task for another worker goes
-        // out first instead of queueing behind them.
-        let acks_only =
-            !transmits.is_empty() && transmits.iter().all(|t| matches!(t, Transmit::Ack(_)));
+        // out first instead of queueing behind them. The flag stays lowered meanwhile.
+        let acks_only = buf.is_empty()
+            && !transmits.is_empty()
+            && transmits.iter().all(|t| matches!(t, Transmit::Ack(_)));
         if acks_only && !deferred {
             deferred = true;
             yield_now().await;
@@ -323,14 +330,7 @@ async fn write_loop<O>(
                     direct.push((buf.len(), payload));
                     encoded
                 }
-                Transmit::Task { id, payload } => {
-                    encode_with_raw(&mut buf, &ToWorker::Task { id }, &payload, max_frame)
-                }
-                Transmit::Ack(n) => encode_header(&mut buf, &ToWorker::Ack { n }, max_frame),
-                Transmit::Stop => encode_header(&mut buf, &ToWorker::Stop, max_frame),
-                Transmit::Cancel { id } => {
-                    encode_header(&mut buf, &ToWorker::Cancel { id }, max_frame)
-                }
+                transmit => encode_transmit(&mut buf, transmit, max_frame),
             };
             // Task sizes were checked when they were submitted.
             encoded.expect("a queued frame fits the frame limit");

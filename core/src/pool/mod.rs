@@ -19,6 +19,7 @@ mod stats;
 mod stop;
 mod stream;
 mod supervisor;
+mod write_now;
 
 pub use builder::Builder;
 pub use handle::{CancelSink, Delivery, MemberTask, TaskHandle};

@@ -75,6 +75,9 @@ pub(crate) struct WorkerEntry {
     pub(crate) kill_cause: Option<String>,
     /// The parent's end of its live link, as a descriptor, for forked replacements to close.
     pub(crate) link_fd: Option<std::os::fd::RawFd>,
+    /// Bytes of frames a submitter began writing to the live link and the socket did not take:
+    /// its writer sends them before anything else (see `write_now`). Emptied with a new link.
+    pub(crate) carry: Vec<u8>,
     /// What its supervisor is to do next, as the state decided.
     pub(crate) next: Option<Next>,
     /// What the parent knows about it, for statistics.
@@ -87,9 +90,11 @@ pub(crate) struct Lane {
     pub(crate) room: Event,
     /// Something is waiting to be written to its link.
     pub(crate) writer: Event,
-    /// Its writer may be about to wait on `writer`: set before it looks at the state, cleared
-    /// once it found something to write. A wake-up while it is clear is not needed (the
-    /// writer looks again after every write) and skips the event's lock.
+    /// Its writer has nothing in hand and waits, or is about to wait, on `writer`. Raised under
+    /// the lock when a look at the state found nothing to write, lowered under the lock when a
+    /// look found something, and by a wake-up. A wake-up while it is lowered is not needed (the
+    /// writer looks again after every write) and skips the event's lock; a submitter that sees
+    /// it raised under the lock may write to the link itself (see `write_now`).
     pub(crate) writer_may_wait: AtomicBool,
     /// The state decided what its supervisor does next.
     pub(crate) supervisor: Event,
@@ -266,8 +271,12 @@ impl<O> Shared<O> {
                     Ok((worker, id)) => {
                         pending.done.sent_again();
                         inner.pending.insert(id, pending);
+                        let written = payload.len() <= super::write_now::WRITE_NOW_LIMIT
+                            && self.write_now(&mut inner, worker);
                         drop(inner);
-                        self.wake_writer(worker);
+                        if !written {
+                            self.wake_writer(worker);
+                        }
                         if deadline.is_some() {
                             // A new deadline for the pool's clock.
                             self.clock.notify(usize::MAX);

@@ -213,6 +213,7 @@ async fn register<O: DeserializeOwned + Send + 'static>(
             entry.killer = Some(linked.killer.clone());
             entry.pid = Some(linked.pid);
             entry.link_fd = linked.fd;
+            entry.carry.clear();
             entry.exit = None;
             entry.cause = None;
             entry.kill_cause = None;

@@ -17,6 +17,7 @@ mod reader;
 
 pub(crate) use codec::{
     encode_header, encode_header_before_raw, encode_with_payload, encode_with_raw, split_body,
+    EncodeError,
 };
 pub(crate) use handshake::{
     handshake, rejection, truncate_to, Handshake, HandshakeError, LinkReader, LinkWriter,
