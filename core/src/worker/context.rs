@@ -24,7 +24,8 @@ pub(super) struct Link {
     pub(super) outgoing: RefCell<Vec<u8>>,
     /// Frames handed over, for the writer or the flusher to send.
     pub(super) outbox: std::sync::Arc<super::outbox::Outbox>,
-    pub(super) wake_writer: Event,
+    /// Wakes the loop's writer: something was staged for the parent.
+    pub(super) wake_writer: super::signal::Signal,
     /// Set once the worker said goodbye or lost its parent: no more outputs.
     pub(super) closed: Cell<bool>,
     /// Set by fault injection: close the link once the writer has flushed.
@@ -47,7 +48,7 @@ impl Link {
     pub(super) fn close(&self) {
         self.closed.set(true);
         self.credit_returned.notify(usize::MAX);
-        self.wake_writer.notify(usize::MAX);
+        self.wake_writer.notify();
     }
 
     /// Hands the frames encoded so far to the outbox. After a stall was injected, they are the
@@ -256,7 +257,7 @@ impl<O: Serialize> Context<O> {
             return Err(PutError::Encode(output, e.to_string()));
         }
         link.credit.set(credit - 1);
-        link.wake_writer.notify(1);
+        link.wake_writer.notify();
         Ok(())
     }
 }
@@ -319,7 +320,7 @@ impl<O> Context<O> {
                 .expect("a small frame");
             }
         }
-        self.link.wake_writer.notify(1);
+        self.link.wake_writer.notify();
     }
 
     /// A context whose outputs claim to belong to task `task`, whatever this worker holds.

@@ -117,7 +117,7 @@ pub(super) fn forward(level: u8, target: &str, message: &str) -> bool {
             return true;
         }
         drop(out);
-        link.wake_writer.notify(1);
+        link.wake_writer.notify();
         true
     })
 }

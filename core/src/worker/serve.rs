@@ -115,7 +115,7 @@ pub(crate) async fn serve<W: Worker>(
         credit_returned: Event::new(),
         outgoing: RefCell::new(Vec::new()),
         outbox: Arc::new(Outbox::default()),
-        wake_writer: Event::new(),
+        wake_writer: Signal::default(),
         closed: Cell::new(false),
         hang_up: Cell::new(false),
         stall_writer: Cell::new(false),
@@ -163,7 +163,7 @@ pub(crate) async fn serve<W: Worker>(
         encode_header(&mut ready, &frame, HELLO_LIMIT).expect("small frame");
         // Outputs the init hook emitted are already queued; the handshake answer goes first.
         link.outgoing.borrow_mut().splice(0..0, ready);
-        link.wake_writer.notify(1);
+        link.wake_writer.notify();
     }
 
     let inbox = Rc::new(Inbox::<W::Task> {
@@ -293,13 +293,14 @@ async fn ticker<T>(
         };
         encode_header(&mut link.outgoing.borrow_mut(), &frame, link.max_frame)
             .expect("small frame");
-        link.wake_writer.notify(1);
+        link.wake_writer.notify();
     }
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(w: &mut W, link: &Link) -> End {
     loop {
-        let listener = link.wake_writer.listen();
+        // Lowered before the look: whatever is staged after it raises the signal again.
+        link.wake_writer.arm();
         link.hand_over();
         if link.outbox.has_unsent() {
             let sent = std::future::poll_fn(|cx| link.outbox.poll_send(w, cx)).await;
@@ -322,7 +323,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(w: &mut W, link: &Link) -> End {
         if link.closed.get() {
             return End::Drained;
         }
-        listener.await;
+        std::future::poll_fn(|cx| link.wake_writer.poll_taken(cx)).await;
     }
 }
 
@@ -497,5 +498,5 @@ fn report(link: &Link, id: TaskId, ended: &Ended) {
         link.max_frame.max(HELLO_LIMIT),
     )
     .expect("a task end with a bounded message fits any frame limit");
-    link.wake_writer.notify(1);
+    link.wake_writer.notify();
 }

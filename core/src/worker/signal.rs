@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Waker};
 /// A flag set by [`notify`](Self::notify) and taken by a waiter. A notification that comes
 /// while nobody waits is kept until the next [`poll_taken`](Self::poll_taken), so a waiter that
 /// [`arm`](Self::arm)s before looking at what it waits for misses nothing.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub(crate) struct Signal {
     raised: Cell<bool>,
     waker: RefCell<Option<Waker>>,
