@@ -41,10 +41,12 @@ pub(crate) fn encode_transmit(
 }
 
 impl<O> Shared<O> {
-    /// Writes what is queued for `worker` now, if its writer has nothing in hand and the worker
-    /// holds only the task just placed (a worker with more in hand is busy: its frames can wait
-    /// to share one write). Returns whether everything went out, so that the writer need not be
-    /// woken.
+    /// Writes what is queued for `worker` now, if its writer has nothing in hand and the state
+    /// says the worker is [quiet](crate::state::PoolState::quiet) but for the task just placed.
+    /// Returns whether everything went out, so that the writer need not be woken.
+    ///
+    /// A worker in the middle of a stream of tasks gets them from its writer, many to a write:
+    /// written one by one as they are placed, each would cost a system call on both sides.
     pub(crate) fn write_now(&self, inner: &mut Inner<O>, worker: usize) -> bool {
         let Inner { state, workers, .. } = inner;
         let entry = &mut workers[worker];
@@ -53,7 +55,7 @@ impl<O> Shared<O> {
         };
         if !self.lanes[worker].writer_may_wait.load(Ordering::SeqCst)
             || !entry.carry.is_empty()
-            || state.held(worker) != 1
+            || !state.quiet(worker)
         {
             return false;
         }

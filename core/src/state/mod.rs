@@ -455,6 +455,16 @@ impl<P: Clone> PoolState<P> {
     pub fn unacked(&self, worker: usize) -> usize {
         self.slots[worker].unacked()
     }
+
+    /// Whether nothing streams to or from `worker` but the one task it was just given: it
+    /// holds no other task, and the consumer acknowledged every output it emitted. A driver
+    /// sends such a worker's task at once, on its own; a worker that is busy, or whose outputs
+    /// are still being read, is in the middle of a stream, and its tasks can wait a moment to
+    /// share one write.
+    pub fn quiet(&self, worker: usize) -> bool {
+        let slot = &self.slots[worker];
+        slot.held() <= 1 && slot.unacked() == 0
+    }
 }
 
 #[cfg(test)]

@@ -156,6 +156,22 @@ fn outputs_beyond_credit_are_a_violation_and_acks_return_credit() {
 }
 
 #[test]
+fn a_worker_is_quiet_only_with_one_task_at_most_and_every_output_acknowledged() {
+    let mut s = ready(1, 4, 8);
+    assert!(s.quiet(0));
+    let (_, first) = s.submit(Route::Any, 1).unwrap();
+    assert!(s.quiet(0), "the one task it was just given");
+    s.submit(Route::Any, 2).unwrap();
+    assert!(!s.quiet(0), "a second task: a stream");
+    drain(&mut s, 0);
+    s.handle_output(0, Some(first)).unwrap();
+    s.handle_done(0, first).unwrap();
+    assert!(!s.quiet(0), "an output still being read");
+    s.handle_ack(0);
+    assert!(s.quiet(0), "one task, every output acknowledged");
+}
+
+#[test]
 fn result_credit_belongs_to_the_worker_number_across_incarnations() {
     let mut s = ready(1, 1, 3);
     s.handle_output(0, None).unwrap();
