@@ -3,6 +3,7 @@
 mod context;
 mod observe;
 mod outbox;
+mod runner;
 mod serve;
 mod signal;
 mod turn;
