@@ -98,6 +98,15 @@ pub(crate) struct Launched {
 
 impl Launched {
     /// The parent's end of the link, as a descriptor (none for thread workers).
+    /// A second handle on the parent's end of a socket link, for writes from outside the
+    /// link's tasks; `None` for a pipe, or when the descriptor table is full.
+    pub(crate) fn parent_sender(&self) -> Option<UnixStream> {
+        match &self.transport {
+            Transport::Unix(s) => s.try_clone().ok(),
+            Transport::Pipe(_) => None,
+        }
+    }
+
     pub(crate) fn parent_fd(&self) -> Option<RawFd> {
         match &self.transport {
             Transport::Unix(s) => Some(s.as_raw_fd()),

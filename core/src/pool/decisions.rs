@@ -205,6 +205,7 @@ impl<O: serde::de::DeserializeOwned + Send + 'static> Shared<O> {
             entry.exit = Some(exit);
             entry.killer = None;
             entry.link_fd = None;
+            entry.sender = None;
             entry.carry.clear();
             entry.account.incarnation_ended();
             let how = if retired {

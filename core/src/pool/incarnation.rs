@@ -12,6 +12,9 @@ pub(crate) struct Linked {
     pub(crate) writer: LinkWriter,
     pub(crate) pid: u32,
     pub(crate) fd: Option<std::os::fd::RawFd>,
+    /// A second handle on the parent's end of the link, which submitters write small tasks to
+    /// (see `write_now`).
+    pub(crate) sender: Option<std::os::unix::net::UnixStream>,
     pub(crate) killer: Killer,
     pub(crate) reaper: Reaper,
 }

@@ -94,6 +94,14 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
     reaper: Reaper,
 ) {
     reader.set_max_frame(shared.settings.max_frame);
+    // Declared after `reader`, so dropped before it: the entry forgets the descriptor while
+    // the socket is still open, however this future ends.
+    let mut link_fd = LinkFd {
+        shared: &shared,
+        worker,
+        generation,
+        taken: false,
+    };
     let runtime = shared.runtime.clone();
     let frame_timeout = shared.settings.frame_timeout;
     // Death is seen through the process as well as the link: a program or a forked child the
@@ -209,16 +217,10 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
         killer.kill();
     }
     // Whoever else holds the link (a program the worker started) must not keep our writer
-    // waiting on it. The descriptor leaves the list forked replacements close now, while our
-    // reader still holds it open: once both halves are dropped its number may be reused by a
-    // new link, which a stale entry would make a forked child close.
-    let fd = {
-        let mut inner = shared.lock();
-        let entry = &mut inner.workers[worker];
-        entry.carry.clear();
-        entry.link_fd.take()
-    };
-    if let Some(fd) = fd {
+    // waiting on it. The descriptor leaves the worker's entry now, while our reader still holds
+    // it open: once both halves are dropped its number may be reused by a new link, which a
+    // stale entry would make a forked child close and a submitter write to.
+    if let Some(fd) = link_fd.take() {
         shut_down(fd);
     }
     drop(reader);
@@ -244,6 +246,42 @@ async fn read_loop<O: DeserializeOwned + Send + 'static>(
         reaper.reap(&*shared.runtime).await
     };
     shared.worker_exited(worker, generation, exit, cause, said_goodbye);
+}
+
+/// The worker entry's hold on a link: its descriptor number, which forked replacements close
+/// and which must not name a number reused by another socket, and the submitters' handle on
+/// the socket, which keeps it open. Taken when the link ends, and when the reader's future is
+/// dropped before that (the runtime shut down, or a panic ended the task), so that the worker
+/// sees its link close once the link's tasks are gone.
+struct LinkFd<'a, O> {
+    shared: &'a Shared<O>,
+    worker: usize,
+    generation: u64,
+    taken: bool,
+}
+
+impl<O> LinkFd<'_, O> {
+    /// Removes the descriptor (and whatever a submitter left unsent on it) from the entry,
+    /// unless a later incarnation owns the entry by now.
+    fn take(&mut self) -> Option<std::os::fd::RawFd> {
+        self.taken = true;
+        let mut inner = self.shared.lock();
+        if inner.state.generation(self.worker) != self.generation {
+            return None;
+        }
+        let entry = &mut inner.workers[self.worker];
+        entry.carry.clear();
+        entry.sender = None;
+        entry.link_fd.take()
+    }
+}
+
+impl<O> Drop for LinkFd<'_, O> {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.take();
+        }
+    }
 }
 
 /// Handles one frame; a panic while doing so (a user's `Deserialize`, say) ends this link with

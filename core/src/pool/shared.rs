@@ -3,8 +3,9 @@
 //!
 //! Lock discipline: the lock is never held across an await, and nothing that can take the lock
 //! again (dropping a [`Delivery`], which acknowledges it) happens while it is held. Events are
-//! notified after the state change they announce, and waiters register their listener while
-//! holding the lock, so no wake-up is lost.
+//! notified after the state change they announce, and waiters take their listener before they
+//! look at the state under the lock, so no wake-up is lost. One system call is made under it: a
+//! submitter's non-blocking send of a small task to a quiet worker (see `write_now`).
 
 use super::ending::EndSender;
 use super::handle::Delivery;
@@ -75,6 +76,11 @@ pub(crate) struct WorkerEntry {
     pub(crate) kill_cause: Option<String>,
     /// The parent's end of its live link, as a descriptor, for forked replacements to close.
     pub(crate) link_fd: Option<std::os::fd::RawFd>,
+    /// A handle of its own on the same socket, which submitters write small tasks to (see
+    /// `write_now`): owned here, so its descriptor cannot be closed or reused under them,
+    /// whatever becomes of the link's tasks. Set with the incarnation and dropped with its
+    /// link (forked replacements close it too).
+    pub(crate) sender: Option<std::os::unix::net::UnixStream>,
     /// Bytes of frames a submitter began writing to the live link and the socket did not take:
     /// its writer sends them before anything else (see `write_now`). Emptied with a new link.
     pub(crate) carry: Vec<u8>,
@@ -94,7 +100,8 @@ pub(crate) struct Lane {
     /// the lock when a look at the state found nothing to write, lowered under the lock when a
     /// look found something, and by a wake-up. A wake-up while it is lowered is not needed (the
     /// writer looks again after every write) and skips the event's lock; a submitter that sees
-    /// it raised under the lock may write to the link itself (see `write_now`).
+    /// it raised under the lock may write to the link itself (see `write_now`). It starts
+    /// raised: before an incarnation's writer first looks, it has nothing in hand either.
     pub(crate) writer_may_wait: AtomicBool,
     /// The state decided what its supervisor does next.
     pub(crate) supervisor: Event,
@@ -254,7 +261,8 @@ impl<O> Shared<O> {
     }
 
     /// Places a new task for `route`, waiting while the chosen worker is full or being replaced
-    /// if `wait`. On refusal the pending entry is handed back.
+    /// if `wait`. On refusal the pending entry is handed back. A small task for a quiet worker
+    /// is written to its link here (see `write_now`); any other is left to the link's writer.
     pub(crate) async fn place(
         &self,
         route: Route,

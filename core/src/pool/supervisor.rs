@@ -9,6 +9,7 @@ use super::shared::{Next, Shared};
 use crate::state::Phase;
 use futures_util::future::select;
 use serde::de::DeserializeOwned;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -149,7 +150,15 @@ async fn launch<O: DeserializeOwned + Send + 'static>(
     };
     let (fds, credit) = {
         let inner = shared.lock();
-        let fds = inner.workers.iter().filter_map(|w| w.link_fd).collect();
+        // Forked, it would inherit every one of them.
+        let fds = inner
+            .workers
+            .iter()
+            .flat_map(|w| {
+                let sender = w.sender.as_ref().map(|s| s.as_raw_fd());
+                w.link_fd.into_iter().chain(sender)
+            })
+            .collect();
         (fds, inner.state.replacement_credit(worker))
     };
     // A stop, a kill or a drop of the pool kills it while it launches (a slow init).
@@ -198,7 +207,7 @@ fn abandon<O>(shared: &Shared<O>) {
 async fn register<O: DeserializeOwned + Send + 'static>(
     shared: &Arc<Shared<O>>,
     worker: usize,
-    linked: Linked,
+    mut linked: Linked,
     credit: usize,
 ) -> Option<(Linked, u64)> {
     let registered = {
@@ -213,6 +222,7 @@ async fn register<O: DeserializeOwned + Send + 'static>(
             entry.killer = Some(linked.killer.clone());
             entry.pid = Some(linked.pid);
             entry.link_fd = linked.fd;
+            entry.sender = linked.sender.take();
             entry.carry.clear();
             entry.exit = None;
             entry.cause = None;

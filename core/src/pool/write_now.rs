@@ -1,7 +1,7 @@
 //! Writing a task from its submitter when the worker's link is idle.
 //!
-//! A task for a worker that holds nothing else is written by its submitter, under the lock,
-//! straight to the link. Left to the writer task, one frame costs a wake-up and a turn of the
+//! A task for a worker that is quiet (it holds no other task and every output it emitted was
+//! acknowledged) is written by its submitter, under the lock, straight to the link. Left to the writer task, one frame costs a wake-up and a turn of the
 //! scheduler, and on async-io's executors a turn of the reactor as well: that hop is a good part
 //! of a round trip's latency.
 //!
@@ -17,11 +17,11 @@ use crate::protocol::{encode_header, encode_with_raw, EncodeError, ToWorker};
 use crate::state::Transmit;
 use nix::errno::Errno;
 use nix::sys::socket::{send, MsgFlags};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 
-/// Tasks up to this size may be written by their submitter; larger ones are left to the writer,
-/// which does not copy them and does not hold the lock while it writes them.
+/// Tasks up to this size may be written by their submitter, which copies them into a frame and
+/// sends it under the lock; larger ones are left to the writer, which sends them outside it.
 pub(crate) const WRITE_NOW_LIMIT: usize = 16 * 1024;
 
 /// Appends the frame of `transmit` to `buf`.
@@ -43,14 +43,15 @@ pub(crate) fn encode_transmit(
 impl<O> Shared<O> {
     /// Writes what is queued for `worker` now, if its writer has nothing in hand and the state
     /// says the worker is [quiet](crate::state::PoolState::quiet) but for the task just placed.
-    /// Returns whether everything went out, so that the writer need not be woken.
+    /// Returns whether the writer need not be woken: everything went out, or the link is
+    /// broken (its reader ends it).
     ///
     /// A worker in the middle of a stream of tasks gets them from its writer, many to a write:
     /// written one by one as they are placed, each would cost a system call on both sides.
     pub(crate) fn write_now(&self, inner: &mut Inner<O>, worker: usize) -> bool {
         let Inner { state, workers, .. } = inner;
         let entry = &mut workers[worker];
-        let Some(fd) = entry.link_fd else {
+        let Some(fd) = entry.sender.as_ref().map(|s| s.as_raw_fd()) else {
             return false;
         };
         if !self.lanes[worker].writer_may_wait.load(Ordering::SeqCst)
@@ -72,7 +73,8 @@ impl<O> Shared<O> {
 /// Sends what `carry` holds to `fd` without waiting, and keeps in it what the socket did not
 /// take. Returns whether nothing is left for the writer: all of it went out, or the link is
 /// broken (its reader sees the same and ends it; what was in it is dealt with as the worker's
-/// exit says).
+/// exit says). Any other failure (say, the kernel short of buffers) leaves the bytes to the
+/// writer, whose own write reports it.
 fn send_carry(fd: RawFd, carry: &mut Vec<u8>) -> bool {
     let mut sent = 0;
     while sent < carry.len() {
@@ -83,11 +85,11 @@ fn send_carry(fd: RawFd, carry: &mut Vec<u8>) -> bool {
         ) {
             Ok(n) => sent += n,
             Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => break,
-            Err(_) => {
+            Err(Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN) => {
                 carry.clear();
                 return true;
             }
+            Err(_) => break,
         }
     }
     carry.drain(..sent);

@@ -147,6 +147,7 @@ pub(super) fn all<A: Adapter>() -> Vec<(&'static str, Scope, Body)> {
         an_init_that_exits_reports_its_exit_status: Processes,
         lost_tasks_say_what_killed_their_worker: All,
         result_credit_spans_a_workers_incarnations: All,
+        a_pool_outliving_its_runtime_writes_to_no_socket_it_no_longer_owns: Once,
     ]
 }
 

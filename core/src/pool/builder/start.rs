@@ -48,6 +48,7 @@ impl LaunchPlan {
         credit: usize,
     ) -> Result<Linked, Error> {
         let fd = launched.parent_fd();
+        let sender = launched.parent_sender();
         let io = match launched.transport.into_io(&*self.runtime) {
             Ok(io) => io,
             Err(source) => {
@@ -74,6 +75,7 @@ impl LaunchPlan {
                 writer,
                 pid,
                 fd,
+                sender,
                 killer: launched.killer,
                 reaper: launched.reaper,
             }),
@@ -248,11 +250,12 @@ impl<W: Worker> Builder<W> {
             Respawner { launch }
         });
         let entries = links
-            .iter()
+            .iter_mut()
             .map(|l| WorkerEntry {
                 killer: Some(l.killer.clone()),
                 pid: Some(l.pid),
                 link_fd: l.fd,
+                sender: l.sender.take(),
                 ..WorkerEntry::default()
             })
             .collect();

@@ -339,3 +339,44 @@ pub(super) async fn workers_started_nice_run_at_that_priority<A: Adapter>(
     }
     Ok(())
 }
+
+/// A pool whose runtime shut down, dropping the tasks that held its links, writes to no
+/// descriptor it no longer owns: sockets opened afterwards, on the freed numbers, receive
+/// nothing from a call made then. (Where the pool's tasks outlive the runtime's thread, the
+/// links stay open and the call reaches its worker as usual.)
+pub(super) async fn a_pool_outliving_its_runtime_writes_to_no_socket_it_no_longer_owns<
+    A: Adapter,
+>(
+    m: StartMethod,
+) -> Outcome {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let started = std::thread::scope(|s| {
+        s.spawn(|| A::block_on(start(pool::<A>(m, 1))))
+            .join()
+            .map_err(|_| "starting the pool on a thread of its own panicked".to_string())
+    });
+    let pool = started??;
+    // Freed descriptor numbers go to new sockets, lowest first.
+    let pairs = (0..32)
+        .map(|_| UnixStream::pair())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    // A call places its task, and may write it, on its first poll.
+    drop(futures_util::FutureExt::now_or_never(pool.call(Task::Get)));
+    for (k, end) in pairs.iter().flat_map(|(a, b)| [a, b]).enumerate() {
+        end.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut byte = [0u8; 1];
+        match (&*end).read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => {
+                return Err(format!(
+                    "socket {k}, opened after the pool's runtime shut down, was written to: \
+                     {other:?}"
+                ))
+            }
+        }
+    }
+    drop(pool);
+    Ok(())
+}
