@@ -3,8 +3,7 @@
 
 use super::frames::Batch;
 use super::incarnation::Linked;
-use super::shared::Inner;
-use super::shared::{Payload, Shared};
+use super::shared::{Inner, Payload, Shared};
 use super::write_now::encode_transmit;
 use crate::launch::{Killer, Reaper};
 use crate::protocol::{encode_header_before_raw, FrameError, LinkReader, LinkWriter, ToWorker};

@@ -1,9 +1,9 @@
-//! Writing a task from its submitter when the worker's link is idle.
+//! Writing a task from its submitter to a quiet worker.
 //!
 //! A task for a worker that is quiet (it holds no other task and every output it emitted was
-//! acknowledged) is written by its submitter, under the lock, straight to the link. Left to the writer task, one frame costs a wake-up and a turn of the
-//! scheduler, and on async-io's executors a turn of the reactor as well: that hop is a good part
-//! of a round trip's latency.
+//! acknowledged) is written by its submitter, under the lock, straight to the link. Left to the
+//! writer task, one frame costs a wake-up and a turn of the scheduler, and on async-io's
+//! executors a turn of the reactor as well: that hop is a good part of a round trip's latency.
 //!
 //! The writer stays the only one to write whenever it has anything in hand. Its lane's
 //! `writer_may_wait` flag says it has not: the writer raises it, under the lock, only when a look
