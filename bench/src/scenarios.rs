@@ -140,9 +140,10 @@ pub(crate) async fn latency(s: &Setup, trips: usize) -> Result<Vec<Report>, BoxE
     cpus::pin_self(&cpus::only(0)?)?;
     // Started now, the workers and the peer inherit CPU 0.
     let pinned = pool_trips(s, trips).await;
+    let in_task = pool_trips_in_task(s, trips).await;
     let pinned_floor = floor_trips(trips);
     cpus::pin_self(&every)?;
-    let (mut pinned, pinned_floor) = (pinned?, pinned_floor?);
+    let (mut pinned, mut in_task, pinned_floor) = (pinned?, in_task?, pinned_floor?);
     let (mut free, mut free_floor, mut pinned_floor) = (free, free_floor, pinned_floor);
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let mut best =
@@ -161,13 +162,41 @@ pub(crate) async fn latency(s: &Setup, trips: usize) -> Result<Vec<Report>, BoxE
         s.report("latency", "p99 one CPU")
             .value(us(percentile(&mut pinned, 0.99)), "us")
             .floor(floor99),
+        s.report("latency", "p50 one CPU from a task")
+            .value(us(percentile(&mut in_task, 0.50)), "us")
+            .floor(floor50),
+        s.report("latency", "p99 one CPU from a task")
+            .value(us(percentile(&mut in_task, 0.99)), "us")
+            .floor(floor99),
     ])
 }
 
 /// `trips` calls of a 16-byte echo through a fresh pool, one in flight, after a tenth as many
-/// to warm up; each one's duration.
+/// to warm up; each one's duration. The calls are made from the future the runtime blocks on,
+/// as a plain `main` makes them.
 async fn pool_trips(s: &Setup, trips: usize) -> Result<Vec<Duration>, BoxError> {
-    let pool = (s.builder)().workers(s.workers).start().await?;
+    trips_through(s.builder, s.workers, trips).await
+}
+
+/// The same, with the calls made from a task spawned on the pool's runtime, as a server's
+/// request handlers make them. A task woken by another task is polled straight away, where the
+/// future a runtime blocks on is woken through the runtime, which looks at its reactor first.
+async fn pool_trips_in_task(s: &Setup, trips: usize) -> Result<Vec<Duration>, BoxError> {
+    let (builder, workers) = (s.builder, s.workers);
+    let (tx, rx) = futures_channel::oneshot::channel();
+    s.rt.spawn(Box::pin(async move {
+        let times = trips_through(builder, workers, trips).await;
+        let _ = tx.send(times.map_err(|e| e.to_string()));
+    }));
+    Ok(rx.await.map_err(|_| "the calling task was dropped")??)
+}
+
+async fn trips_through(
+    builder: fn() -> Builder<Echo>,
+    workers: usize,
+    trips: usize,
+) -> Result<Vec<Duration>, BoxError> {
+    let pool = builder().workers(workers).start().await?;
     let task = ByteBuf::from(vec![7u8; 16]);
     let mut times = Vec::with_capacity(trips);
     for i in 0..trips + trips / 10 {

@@ -67,6 +67,8 @@ fn every_scenario_prints_a_json_line_beside_its_floor() {
             ("latency", "p50 one CPU"),
             ("latency", "p99"),
             ("latency", "p99 one CPU"),
+            ("latency", "p50 one CPU from a task"),
+            ("latency", "p99 one CPU from a task"),
             ("payload", "bandwidth"),
             ("startup", "8 workers"),
             ("startup", "respawn"),
@@ -105,7 +107,7 @@ fn the_other_runtimes_run_the_scenarios_too() {
             Duration::from_secs(120),
         );
         assert_eq!(code, 0, "{stdout}\n{stderr}");
-        assert_eq!(stdout.lines().count(), 4, "{stdout}");
+        assert_eq!(stdout.lines().count(), 6, "{stdout}");
         assert!(stdout.lines().all(|l| l.contains(runtime)), "{stdout}");
     }
 }
