@@ -97,7 +97,6 @@ pub(crate) struct Launched {
 }
 
 impl Launched {
-    /// The parent's end of the link, as a descriptor (none for thread workers).
     /// A second handle on the parent's end of a socket link, for writes from outside the
     /// link's tasks; `None` for a pipe, or when the descriptor table is full.
     pub(crate) fn parent_sender(&self) -> Option<UnixStream> {
@@ -107,6 +106,7 @@ impl Launched {
         }
     }
 
+    /// The parent's end of the link, as a descriptor (none for thread workers).
     pub(crate) fn parent_fd(&self) -> Option<RawFd> {
         match &self.transport {
             Transport::Unix(s) => Some(s.as_raw_fd()),

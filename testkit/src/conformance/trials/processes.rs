@@ -1,5 +1,5 @@
-//! Trials of worker processes: killed workers, dropped pools, names, signals and sockets,
-//! orphans, fork refusal, and nice values.
+//! Trials of worker processes: killed workers, dropped pools and pools outliving their runtime,
+//! names, signals and sockets, orphans, fork refusal, and nice values.
 
 use super::*;
 use looppool_core::{CallError, Error, Exit, SubmitError};
